@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+import PackageDescription
+import Foundation
+
+// Every target is built for Haswell (AVX2 + FMA + F16C) unless QUANTKIT_PORTABLE=1:
+// without it SIMD FMAs and Float16 conversions become library calls (40-100x slower).
+let portable = ProcessInfo.processInfo.environment["QUANTKIT_PORTABLE"] == "1"
+let cpuFlags: [SwiftSetting] = portable ? [] : [.unsafeFlags(["-target-cpu", "haswell"])]
+let settings: [SwiftSetting] = cpuFlags + [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "QuantKit",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "quantkit", targets: ["quantkit"]),
+        .library(name: "TensorCore", targets: ["TensorCore"]),
+        .library(name: "Kernels", targets: ["Kernels"]),
+        .library(name: "Tokenization", targets: ["Tokenization"]),
+        .library(name: "Models", targets: ["Models"]),
+        .library(name: "Quantization", targets: ["Quantization"]),
+        .library(name: "NPU", targets: ["NPU"]),
+        .library(name: "Evaluation", targets: ["Evaluation"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .target(name: "TensorCore", dependencies: ["CZstd", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: settings),
+        .target(name: "Kernels", dependencies: ["TensorCore"], swiftSettings: settings),
+        .target(name: "Tokenization", dependencies: [], swiftSettings: settings),
+        .target(name: "Models", dependencies: ["TensorCore", "Kernels", "Tokenization"], swiftSettings: settings),
+        .target(name: "Quantization", dependencies: ["TensorCore", "Kernels", "Models"], swiftSettings: settings),
+        .target(name: "NPU", dependencies: ["TensorCore", "Kernels", "Models"], swiftSettings: settings),
+        .target(name: "Evaluation", dependencies: ["TensorCore", "Kernels", "Tokenization", "Models", "Quantization", "NPU"],
+                swiftSettings: settings),
+        .executableTarget(name: "quantkit", dependencies: [
+            "TensorCore", "Kernels", "Tokenization", "Models", "Quantization", "NPU", "Evaluation",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: settings),
+
+        .target(name: "TestSupport", dependencies: ["TensorCore"], path: "Tests/TestSupport", swiftSettings: settings),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "NPUTests", dependencies: ["NPU", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: settings),
+    ]
+)

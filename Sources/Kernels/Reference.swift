@@ -1,0 +1,96 @@
+import Foundation
+import TensorCore
+
+/// Scalar reference twins of every fast kernel: plain loops, Double accumulation where it matters, no SIMD,
+/// no threads. Tests compare the fast kernels against these.
+public enum Reference {
+    /// out[m, n] = sum_k x[m, k] * w[n, k] + bias[n]
+    public static func matmulNT(x: UnsafePointer<Float>, m: Int, k: Int, weight: WeightRef, n: Int,
+                                bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>) {
+        for i in 0..<m {
+            for j in 0..<n {
+                var acc: Double = 0
+                for kk in 0..<k { acc += Double(x[i * k + kk]) * Double(weight.element(j * k + kk)) }
+                out[i * n + j] = Float(acc) + (bias?[j] ?? 0)
+            }
+        }
+    }
+
+    /// y = x / sqrt(mean(x^2) + eps) * weight, per row of `dim`.
+    public static func rmsNorm(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
+                               out: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            var ss: Double = 0
+            for i in 0..<dim { ss += Double(x[r * dim + i]) * Double(x[r * dim + i]) }
+            let inv = Float(1.0 / (ss / Double(dim) + Double(eps)).squareRoot())
+            for i in 0..<dim { out[r * dim + i] = x[r * dim + i] * inv * weight[i] }
+        }
+    }
+
+    /// In-place softmax over each row of `cols`.
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
+        for r in 0..<rows {
+            let p = x + r * cols
+            var mx = -Float.infinity
+            for i in 0..<cols { mx = max(mx, p[i]) }
+            var s: Double = 0
+            for i in 0..<cols { let e = exp(p[i] - mx); p[i] = e; s += Double(e) }
+            for i in 0..<cols { p[i] = Float(Double(p[i]) / s) }
+        }
+    }
+
+    /// gate[i] = silu(gate[i]) * up[i]
+    public static func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { let g = gate[i]; gate[i] = g / (1 + exp(-g)) * up[i] }
+    }
+
+    /// Rotary embedding, Hugging Face "rotate_half" layout: within each head the pairs are (i, i + headDim/2),
+    /// frequency theta^(-2i/headDim). `x` is [rows, heads * headDim]; row r sits at position positions[r].
+    public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+                            positions: UnsafePointer<Int32>, theta: Float) {
+        let half = headDim / 2
+        for r in 0..<rows {
+            let pos = Double(positions[r])
+            for h in 0..<heads {
+                let p = x + r * heads * headDim + h * headDim
+                for i in 0..<half {
+                    let freq = 1.0 / pow(Double(theta), Double(2 * i) / Double(headDim))
+                    let angle = pos * freq
+                    let c = Float(cos(angle)), s = Float(sin(angle))
+                    let a = p[i], b = p[i + half]
+                    p[i] = a * c - b * s
+                    p[i + half] = a * s + b * c
+                }
+            }
+        }
+    }
+
+    /// Causal grouped-query attention for one sequence.
+    /// q: [tokens, nHeads*headDim] at positions start..<start+tokens; keys/values: [start+tokens, nKV*headDim]
+    /// (the cache, including these tokens). out: [tokens, nHeads*headDim]. Scale 1/sqrt(headDim).
+    public static func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                 tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
+                                 out: UnsafeMutablePointer<Float>) {
+        let group = nHeads / nKVHeads
+        let scale = 1 / Float(headDim).squareRoot()
+        let kvStride = nKVHeads * headDim
+        for t in 0..<tokens {
+            let len = start + t + 1
+            for h in 0..<nHeads {
+                let kvh = h / group
+                var scores = [Float](repeating: 0, count: len)
+                for j in 0..<len {
+                    var d: Double = 0
+                    for i in 0..<headDim { d += Double(q[t * nHeads * headDim + h * headDim + i]) * Double(keys[j * kvStride + kvh * headDim + i]) }
+                    scores[j] = Float(d) * scale
+                }
+                scores.withUnsafeMutableBufferPointer { softmax($0.baseAddress!, rows: 1, cols: len) }
+                for i in 0..<headDim {
+                    var acc: Double = 0
+                    for j in 0..<len { acc += Double(scores[j]) * Double(values[j * kvStride + kvh * headDim + i]) }
+                    out[t * nHeads * headDim + h * headDim + i] = Float(acc)
+                }
+            }
+        }
+    }
+}

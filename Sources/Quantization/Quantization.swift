@@ -1,0 +1,1 @@
+// Quantization: see ARCHITECTURE.md

@@ -1,0 +1,65 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bytes a tensor lives in: a read-only mmapped file region (zero copy) or owned, 64-byte aligned memory.
+public final class TensorStorage: @unchecked Sendable {
+    public let bytes: UnsafeMutableRawPointer
+    public let byteCount: Int
+    public let isMapped: Bool
+    private let mapping: MappedFile?
+
+    /// Owned, zero-filled memory.
+    public init(byteCount: Int) {
+        self.byteCount = byteCount
+        self.bytes = UnsafeMutableRawPointer.allocate(byteCount: max(byteCount, 1), alignment: 64)
+        self.bytes.initializeMemory(as: UInt8.self, repeating: 0, count: max(byteCount, 1))
+        self.isMapped = false
+        self.mapping = nil
+    }
+
+    /// A view of `byteCount` bytes at `offset` inside a mapped file; keeps the mapping alive.
+    public init(mapping: MappedFile, offset: Int, byteCount: Int) {
+        self.mapping = mapping
+        self.bytes = UnsafeMutableRawPointer(mutating: mapping.base + offset)
+        self.byteCount = byteCount
+        self.isMapped = true
+    }
+
+    deinit {
+        if mapping == nil { bytes.deallocate() }
+    }
+}
+
+/// A whole file mapped read-only. Pages are only read when touched.
+public final class MappedFile: @unchecked Sendable {
+    public let path: String
+    public let base: UnsafeRawPointer
+    public let size: Int
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else {
+            throw QuantKitError(.io, "\(path): cannot open (\(String(cString: strerror(errno))))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw QuantKitError(.io, "\(path): cannot stat") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw QuantKitError(.io, "\(path): not a regular file") }
+        size = Int(st.st_size)
+        if size == 0 {
+            base = UnsafeRawPointer(UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 64))
+            return
+        }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw QuantKitError(.io, "\(path): mmap failed (\(String(cString: strerror(errno))))")
+        }
+        base = UnsafeRawPointer(p)
+    }
+
+    deinit {
+        if size == 0 { UnsafeMutableRawPointer(mutating: base).deallocate() } else { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+    }
+}

@@ -1,0 +1,1 @@
+// Tokenization: see ARCHITECTURE.md

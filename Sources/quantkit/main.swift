@@ -1,0 +1,13 @@
+import ArgumentParser
+import Foundation
+import TensorCore
+
+struct QuantKitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quantkit",
+        abstract: "Quantize transformer checkpoints (GPTQ, RTN; INT8/INT4) and measure what it costs.",
+        subcommands: [InspectCommand.self]
+    )
+}
+
+QuantKitCommand.main()
