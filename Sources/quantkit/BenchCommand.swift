@@ -1,0 +1,10 @@
+import ArgumentParser
+
+/// `quantkit bench ...`: release-build benchmarks whose figures go into BENCHMARKS.md.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmarks (run them from a release build).",
+        subcommands: []
+    )
+}
