@@ -35,4 +35,13 @@ public enum Kernels {
         Reference.attention(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads,
                             nKVHeads: nKVHeads, headDim: headDim, out: out)
     }
+
+    public static func layerNorm(x: UnsafePointer<Float>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
+                                 rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
+        Reference.layerNorm(x: x, gamma: gamma, beta: beta, rows: rows, dim: dim, eps: eps, out: out)
+    }
+
+    public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        Reference.gelu(x, count: count)
+    }
 }

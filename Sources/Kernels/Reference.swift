@@ -93,4 +93,23 @@ public enum Reference {
             }
         }
     }
+
+    /// y = (x - mean) / sqrt(var + eps) * gamma + beta, per row (biased variance, as torch.nn.LayerNorm).
+    public static func layerNorm(x: UnsafePointer<Float>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
+                                 rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
+        for r in 0..<rows {
+            var mean: Double = 0
+            for i in 0..<dim { mean += Double(x[r * dim + i]) }
+            mean /= Double(dim)
+            var v: Double = 0
+            for i in 0..<dim { let d = Double(x[r * dim + i]) - mean; v += d * d }
+            let inv = 1 / (v / Double(dim) + Double(eps)).squareRoot()
+            for i in 0..<dim { out[r * dim + i] = Float((Double(x[r * dim + i]) - mean) * inv) * gamma[i] + beta[i] }
+        }
+    }
+
+    /// Exact GELU: x * 0.5 * (1 + erf(x / sqrt 2)), in place.
+    public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { let v = Double(x[i]); x[i] = Float(v * 0.5 * (1 + erf(v / 2.0.squareRoot()))) }
+    }
 }
