@@ -2,13 +2,40 @@
 /// the leftmost one on ties, until no adjacent pair is mergeable. A binary heap with lazy invalidation makes it
 /// O(n log n) over the whole sequence (the algorithm of sentencepiece's bpe_model.cc and of the Hugging Face
 /// BPE `Word::merge_all`, which give the same result as the naive rescan of llama2.c's run.c).
-struct PairInfo {
+struct PairInfo: Sendable {
     var priority: Float   // higher merges first (SentencePiece score; -rank for rank-ordered merges)
     var merged: Int32     // id of the merged symbol
 }
 
 @inline(__always) func pairKey(_ a: Int32, _ b: Int32) -> UInt64 {
     UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b))
+}
+
+/// Merge lookup by (left id, right id): a dense table for small vocabularies (SentencePiece/llama2.c models of
+/// a few hundred pieces, where this lookup dominates), a hash map otherwise.
+struct PairTable: Sendable {
+    private let dense: [PairInfo]
+    private let stride: Int
+    private let map: [UInt64: PairInfo]
+
+    init(_ pairs: [UInt64: PairInfo], symbolCount: Int) {
+        if symbolCount <= 1024 {
+            var d = [PairInfo](repeating: PairInfo(priority: 0, merged: -1), count: symbolCount * symbolCount)
+            for (k, v) in pairs { d[Int(k >> 32) * symbolCount + Int(k & 0xFFFF_FFFF)] = v }
+            dense = d; stride = symbolCount; map = [:]
+        } else {
+            dense = []; stride = 0; map = pairs
+        }
+    }
+
+    @inline(__always) func lookup(_ a: Int32, _ b: Int32) -> PairInfo? {
+        if stride > 0 {
+            guard Int(a) < stride && Int(b) < stride else { return nil }
+            let v = dense[Int(a) * stride + Int(b)]
+            return v.merged >= 0 ? v : nil
+        }
+        return map[pairKey(a, b)]
+    }
 }
 
 struct BPEMerger {
@@ -63,7 +90,7 @@ struct BPEMerger {
     /// sizes in any unit (bytes or chars); `pairs` maps (left id, right id) to the merge. `onMerge` sees each
     /// merge (left id, right id, merged id). Returns the surviving symbols in order.
     mutating func merge(ids: inout [Int32], lengths: [Int32], frozen: [Bool]? = nil,
-                        pairs: [UInt64: PairInfo],
+                        pairs: PairTable,
                         onMerge: ((Int32, Int32, Int32) -> Void)? = nil) -> [Int32] {
         let n = ids.count
         if n < 2 { return ids }
@@ -76,7 +103,7 @@ struct BPEMerger {
         @inline(__always) func consider(_ l: Int32, _ r: Int32, _ ids: [Int32]) -> Candidate? {
             let a = ids[Int(l)], b = ids[Int(r)]
             if a < 0 || b < 0 || len[Int(l)] <= 0 || len[Int(r)] <= 0 { return nil }
-            guard let info = pairs[pairKey(a, b)] else { return nil }
+            guard let info = pairs.lookup(a, b) else { return nil }
             return Candidate(priority: info.priority, left: l, right: r,
                              size: len[Int(l)] + len[Int(r)], merged: info.merged)
         }

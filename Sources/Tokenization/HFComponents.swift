@@ -76,10 +76,26 @@ func replaceArgs(_ d: [String: Any], _ ctx: JSONContext, _ what: String) throws 
     return (s.scalars, content.scalars)
 }
 
-/// NFC/NFD/... through Foundation; ASCII is invariant under all four forms, so skip the round trip.
+/// NFC/NFD/NFKC/NFKD through Foundation, applied only to each non-ASCII run with the ASCII character before it:
+/// ASCII is invariant under all four forms, never reorders (combining class 0) and only composes with the
+/// marks that follow it, so the result equals normalizing the whole text.
 func unicodeForm(_ s: [Unicode.Scalar], _ f: (String) -> String) -> [Unicode.Scalar] {
-    if s.allSatisfy({ $0.value < 0x80 }) { return s }
-    return f(s.string).scalars
+    guard let firstNonASCII = s.firstIndex(where: { $0.value >= 0x80 }) else { return s }
+    var out: [Unicode.Scalar] = []
+    out.reserveCapacity(s.count + 8)
+    var i = 0
+    while i < s.count {
+        guard let j = (i == firstNonASCII ? i : s[i...].firstIndex(where: { $0.value >= 0x80 })) else {
+            out += s[i...]; break
+        }
+        let start = j > i ? j - 1 : j        // include the ASCII starter before the run
+        out += s[i..<start]
+        var end = j
+        while end < s.count && s[end].value >= 0x80 { end += 1 }
+        out += f(Array(s[start..<end]).string).unicodeScalars
+        i = end
+    }
+    return out
 }
 
 /// Per-character full lowercase mapping (Rust `char::to_lowercase`, no context rules such as final sigma).
@@ -337,7 +353,7 @@ enum HFModel {
 struct BPEModel {
     let vocab: [[UInt8]: Int32]
     let idToToken: [String?]
-    let pairs: [UInt64: PairInfo]
+    let pairs: PairTable
     let unk: Int32?
     let fuseUnk: Bool
     let byteFallback: Bool
@@ -382,7 +398,7 @@ struct BPEModel {
             let key = pairKey(ia, ib)
             if pairs[key] == nil { pairs[key] = PairInfo(priority: -Float(rank), merged: im) }
         }
-        self.pairs = pairs
+        self.pairs = PairTable(pairs, symbolCount: idToToken.count)
         var small = [Int32](repeating: -1, count: 0x200)
         for v in 0..<0x200 {
             if let s = Unicode.Scalar(UInt32(v)), let id = vocab[Array(String(s).utf8)] { small[v] = id }

@@ -10,7 +10,7 @@ public struct Llama2cTokenizer: Tokenizer {
     let pieces: [[UInt8]]
     let scores: [Float]
     let lookup: [[UInt8]: Int32]
-    let pairs: [UInt64: PairInfo]
+    let pairs: PairTable
     let maxTokenLength: Int
 
     public var vocabSize: Int { pieces.count }
@@ -55,7 +55,7 @@ public struct Llama2cTokenizer: Tokenizer {
                 pairs[pairKey(x, y)] = PairInfo(priority: scores[i], merged: Int32(i))
             }
         }
-        self.pairs = pairs
+        self.pairs = PairTable(pairs, symbolCount: pieces.count)
     }
 
     public func token(for id: Int) -> String? {

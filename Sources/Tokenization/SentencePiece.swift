@@ -28,9 +28,12 @@ public struct SentencePieceTokenizer: Tokenizer {
     let asciiIds: [Int32]
     let charIds: [UInt32: Int32]
     let extraChars: [[UInt8]]
-    let pairs: [UInt64: PairInfo]
+    let pairs: PairTable
     /// User-defined pieces, matched longest-first while splitting; they never merge.
     let userDefined: [[UInt8]]
+    /// Symbol id of the (escaped) space, and whether words between spaces merge independently.
+    let spaceSymbol: Int32
+    let wordsIndependent: Bool
 
     public var vocabSize: Int { pieces.count }
     public var addsBOS: Bool { true }
@@ -183,7 +186,13 @@ public struct SentencePieceTokenizer: Tokenizer {
                 pairs[pairKey(a, b)] = PairInfo(priority: scores[i], merged: Int32(i))
             }
         }
-        self.pairs = pairs
+        self.pairs = PairTable(pairs, symbolCount: pieces.count + extra.count)
+        let spaceBytes: [UInt8] = escape ? [0xE2, 0x96, 0x81] : [0x20]
+        let spaceSym = symbolId[spaceBytes] ?? -1
+        spaceSymbol = spaceSym
+        wordsIndependent = spaceSym >= 0 && !normal.keys.contains { p in
+            p.count > spaceBytes.count && (1...(p.count - spaceBytes.count)).contains { p[$0..<($0 + spaceBytes.count)].elementsEqual(spaceBytes) }
+        }
     }
 
     public func token(for id: Int) -> String? { id >= 0 && id < pieces.count ? pieces[id] : nil }
@@ -253,18 +262,47 @@ public struct SentencePieceTokenizer: Tokenizer {
     }
 
     public func encode(_ text: String, addSpecialTokens: Bool) -> [Int] {
-        var merger = BPEMerger()
-        return encode(text, addSpecialTokens: addSpecialTokens, merger: &merger)
+        var cache = SPCache()
+        return encode(text, addSpecialTokens: addSpecialTokens, cache: &cache)
     }
 
-    func encode(_ text: String, addSpecialTokens: Bool, merger: inout BPEMerger) -> [Int] {
+    /// Merges the symbols. When no mergeable piece has the space symbol after its start, no merge can cross
+    /// the boundary before a space symbol, so the words merge independently (same result, cached per word).
+    private func mergeSymbols(_ ids: inout [Int32], _ lens: [Int32], _ frozen: [Bool]?, _ cache: inout SPCache,
+                              _ onMerge: ((Int32, Int32, Int32) -> Void)?) -> [Int32] {
+        guard wordsIndependent && frozen == nil && onMerge == nil else {
+            return cache.merger.merge(ids: &ids, lengths: lens, frozen: frozen, pairs: pairs, onMerge: onMerge)
+        }
+        var out: [Int32] = []
+        out.reserveCapacity(ids.count / 2)
+        var start = 0
+        while start < ids.count {
+            var end = start + 1
+            while end < ids.count && ids[end] != spaceSymbol { end += 1 }
+            var word = Array(ids[start..<end])
+            if let hit = cache.words[word] { out += hit } else {
+                let key = word
+                let merged = cache.merger.merge(ids: &word, lengths: Array(lens[start..<end]), pairs: pairs)
+                // Unknown characters carry their text offset, so such words are not reusable.
+                if !key.contains(where: { $0 < 0 }) {
+                    if cache.words.count > 200_000 { cache.words.removeAll(keepingCapacity: true) }
+                    cache.words[key] = merged
+                }
+                out += merged
+            }
+            start = end
+        }
+        return out
+    }
+
+    func encode(_ text: String, addSpecialTokens: Bool, cache: inout SPCache) -> [Int] {
         var (ids, lens, frozen) = initialSymbols(text)
         // Unknown characters carry -(byte offset + 2); keep their bytes for byte fallback.
         let hasUnused = types.contains(.unused)
         var revMerge: [Int32: (Int32, Int32)] = [:]
         let onMerge: ((Int32, Int32, Int32) -> Void)? = hasUnused ? { a, b, m in revMerge[m] = (a, b) } : nil
         let utf8 = ids.contains(where: { $0 < -1 }) ? Array(text.utf8) : []
-        let symbols = merger.merge(ids: &ids, lengths: lens, frozen: frozen, pairs: pairs, onMerge: onMerge)
+        let symbols = mergeSymbols(&ids, lens, frozen, &cache, onMerge)
         var out: [Int] = []
         out.reserveCapacity(symbols.count + 1)
         if addSpecialTokens, let b = bosId { out.append(b) }
@@ -366,9 +404,11 @@ func validUTF8Length(_ b: [UInt8], _ k: Int) -> Int {
     return n
 }
 
+struct SPCache {
+    var merger = BPEMerger()
+    var words: [[Int32]: [Int32]] = [:]
+}
+
 extension SentencePieceTokenizer: CachingEncoder {
-    func makeCache() -> BPEMerger { BPEMerger() }
-    func encode(_ text: String, addSpecialTokens: Bool, cache: inout BPEMerger) -> [Int] {
-        encode(text, addSpecialTokens: addSpecialTokens, merger: &cache)
-    }
+    func makeCache() -> SPCache { SPCache() }
 }

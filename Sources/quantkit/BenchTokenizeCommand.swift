@@ -29,7 +29,7 @@ struct BenchTokenizeCommand: ParsableCommand {
         try runReportingErrors {
             let raw = try readMaybeCompressed(corpus)
             guard let text = String(data: raw, encoding: .utf8) else { throw QuantKitError(.input, "\(corpus): not UTF-8 text") }
-            let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            let lines = text.utf8.split(separator: 0x0A, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
             let mb = Double(raw.count) / 1e6
             func median(_ body: () -> Void) -> Double {
                 var t: [Double] = []
@@ -65,9 +65,13 @@ struct BenchTokenizeCommand: ParsableCommand {
                 for mode in ["single_whole", "single_lines", "multi_lines"] {
                     let q = r[mode] as! Double
                     let p = pyResults[name]?[mode] as? Double
-                    print(String(format: "%-10@ %-13@ %8.2f %8@ %7@  %d", name as NSString, mode as NSString, q,
-                                 (p.map { String(format: "%.2f", $0) } ?? "-") as NSString,
-                                 (p.map { String(format: "%.2fx", q / $0) } ?? "-") as NSString, r["tokens"] as! Int))
+                    func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
+                        let fill = String(repeating: " ", count: max(0, n - s.count))
+                        return left ? fill + s : s + fill
+                    }
+                    print(pad(name, 10) + " " + pad(mode, 13) + pad(String(format: "%.2f", q), 9, left: true)
+                          + pad(p.map { String(format: "%.2f", $0) } ?? "-", 9, left: true)
+                          + pad(p.map { String(format: "%.2fx", q / $0) } ?? "-", 8, left: true) + "  \(r["tokens"] as! Int)")
                     if let pt = pyResults[name]?["tokens"] as? Int, pt != r["tokens"] as! Int {
                         print("  warning: token count differs from the Python library (\(pt))")
                     }
