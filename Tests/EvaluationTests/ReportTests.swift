@@ -55,9 +55,12 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(try doc.nodes(forXPath: "(//*[local-name()='svg'])[2]//*[local-name()='circle']").count, 4)
         // Bars have positive sizes and stay inside the drawing.
         for r in try doc.nodes(forXPath: "//*[local-name()='rect']") {
-            let e = r as! XMLElement
-            let w = Double(e.attribute(forName: "width")!.stringValue!)!
-            let x = Double(e.attribute(forName: "x")!.stringValue!)!
+            func attr(_ n: String) -> Double? {
+                (r as? XMLElement)?.attributes?.first { $0.localName == n || $0.name == n }?.stringValue.flatMap(Double.init)
+            }
+            guard let w = attr("width"), let x = attr("x") else {
+                XCTFail("rect without numeric x/width: \(r.xmlString)"); continue
+            }
             XCTAssertGreaterThan(w, 0); XCTAssertGreaterThanOrEqual(x, 0); XCTAssertLessThanOrEqual(x + w, 760.5)
         }
     }
