@@ -135,14 +135,14 @@ public struct Comparison: Sendable {
                          row.relativeDelta.map { reportPercent($0, signed: true) } ?? ""]
             for k in extras { cells.append(row.run.metrics[k].map { reportFormat($0) } ?? "-") }
             cells.append(row.verdict?.interval.map { "[\(reportPercent($0.lower, signed: true)), \(reportPercent($0.upper, signed: true))]" } ?? "")
-            cells.append(row.verdict.map { "\($0.decision.rawValue) (\($0.measure.components(separatedBy: " =").first!) \(reportPercent($0.relativeLoss, signed: true)))" } ?? "")
+            cells.append(row.verdict.map { "\($0.decision.rawValue) (\($0.measure.components(separatedBy: " (").first!) \(reportPercent($0.relativeLoss, signed: true)))" } ?? "")
             lines.append(cells)
         }
         var out = "Comparison of \(kind.rawValue) results (baseline: \(baseline.label); thresholds: ship < \(reportPercent(thresholds.ship)), improve <= \(reportPercent(thresholds.stay)), else stay FP16)\n"
         out += Comparison.align(lines)
         for row in rows {
             guard let v = row.verdict else { continue }
-            out += "\n\(row.run.label): \(v.decision.rawValue.uppercased()) — \(v.measure) \(reportPercent(v.relativeLoss, signed: true))"
+            out += "\n\(row.run.label): \(v.decision.rawValue.uppercased()) — \(v.measure) = \(reportPercent(v.relativeLoss, signed: true))"
             if let n = v.note { out += " (\(n))" }
             for s in v.nextSteps { out += "\n  try: \(s)" }
         }

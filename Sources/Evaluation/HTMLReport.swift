@@ -43,7 +43,7 @@ public enum HTMLReport {
         h += "</tbody></table>"
         for r in c.rows {
             guard let v = r.verdict else { continue }
-            h += "<p><b>\(e(r.run.label))</b>: \(e(v.decision.rawValue)) — \(e(v.measure)) \(e(reportPercent(v.relativeLoss, signed: true)))"
+            h += "<p><b>\(e(r.run.label))</b>: \(e(v.decision.rawValue)) — \(e(v.measure)) = \(e(reportPercent(v.relativeLoss, signed: true)))"
             if let n = v.note { h += " (\(e(n)))" }
             h += "</p>"
             if !v.nextSteps.isEmpty {
@@ -56,17 +56,24 @@ public enum HTMLReport {
         let losses = c.rows.compactMap { r in r.verdict.map { (label: r.run.label, value: $0.relativeLoss * 100) } }
         if !losses.isEmpty {
             h += figure(SVGChart.bars(title: "Relative loss of \(hName) per run (%)", items: losses,
-                                      color: "#e45756", negativeColor: "#54a24b", format: { String(format: "%+.3f%%", $0) }))
+                                      color: "#e45756", negativeColor: "#54a24b",
+                                      markers: [(c.thresholds.ship * 100, "ship < \(reportPercent(c.thresholds.ship))"),
+                                                (c.thresholds.stay * 100, "stay FP16 > \(reportPercent(c.thresholds.stay))")],
+                                      format: { String(format: "%+.3f%%", $0) }))
         }
         if c.kind == .perplexity {
             let withBits = c.rows.filter { $0.run.bitsPerWeight != nil }
             let missing = c.rows.filter { $0.run.bitsPerWeight == nil }.map(\.run.label)
             if withBits.count >= 1 {
+                // One series per quantization method, so only like runs are joined by a line.
+                let groups = Dictionary(grouping: withBits) { HTMLReport.method($0.run) }
+                let names = groups.keys.sorted()
                 h += figure(SVGChart.lines(title: "Perplexity vs bits per weight", xLabel: "bits per weight", yLabel: "perplexity",
-                                           series: [("ppl", withBits.compactMap { r in r.value.map { SVGChart.Point(x: r.run.bitsPerWeight!, y: $0, label: r.run.label) } })]))
-                let kld = withBits.compactMap { r in r.run.metrics["kldmean"].map { SVGChart.Point(x: r.run.bitsPerWeight!, y: $0, label: r.run.label) } }
+                                           series: names.map { m in (m, groups[m]!.compactMap { r in r.value.map { SVGChart.Point(x: r.run.bitsPerWeight!, y: $0, label: r.run.label) } }) }))
+                let kld = names.map { m in (m, groups[m]!.compactMap { r in r.run.metrics["kldmean"].map { SVGChart.Point(x: r.run.bitsPerWeight!, y: $0, label: r.run.label) } }) }
+                    .filter { !$0.1.isEmpty }
                 if !kld.isEmpty {
-                    h += figure(SVGChart.lines(title: "Mean KLD vs bits per weight", xLabel: "bits per weight", yLabel: "mean KLD (nats)", series: [("KLD", kld)]))
+                    h += figure(SVGChart.lines(title: "Mean KLD vs bits per weight", xLabel: "bits per weight", yLabel: "mean KLD (nats)", series: kld))
                 }
             }
             if !missing.isEmpty {
@@ -104,6 +111,13 @@ public enum HTMLReport {
         }
         h += "<p style=\"color:#777\">Files: \(e(c.files.joined(separator: ", ")))</p>"
         return h + "</body></html>\n"
+    }
+
+    /// The series a run belongs to in the bits-per-weight charts.
+    static func method(_ r: ResultRun) -> String {
+        if let m = ResultValue.object(r.quantization).first(["method", "quant_method"])?.string { return m.uppercased() }
+        if r.isBase || (r.bitsPerWeight ?? 0) >= 16 { return "float" }
+        return "quantized"
     }
 
     static func figure(_ svg: String) -> String { "<figure>\(svg)</figure>" }

@@ -48,12 +48,14 @@ public enum SVGChart {
     /// printed beside each bar.
     public static func bars(title: String, items: [(label: String, value: Double)], width: Int = 760,
                             color: String = "#4c78a8", negativeColor: String = "#e45756",
+                            markers: [(value: Double, label: String)] = [],
                             format: (Double) -> String = { label($0) }) -> String {
-        let rowH = 22.0, top = 34.0, left = min(260.0, 40 + 7.0 * Double(items.map(\.label.count).max() ?? 10)), right = 90.0
+        let rowH = 22.0, top = markers.isEmpty ? 34.0 : 46.0, left = min(260.0, 40 + 7.0 * Double(items.map(\.label.count).max() ?? 10)), right = 90.0
         let h = top + rowH * Double(max(items.count, 1)) + 28
         let w = Double(width)
         let vals = items.map(\.value).filter(\.isFinite)
-        let lo = min(0, vals.min() ?? 0), hi = max(0, vals.max() ?? 0)
+        let mv = markers.map(\.value).filter(\.isFinite)
+        let lo = min(0, (vals + mv).min() ?? 0), hi = max(0, (vals + mv).max() ?? 0)
         let span = hi - lo == 0 ? 1 : hi - lo
         let plotW = w - left - right
         func x(_ v: Double) -> Double { left + (v - lo) / span * plotW }
@@ -72,6 +74,10 @@ public enum SVGChart {
         let axisY = top + rowH * Double(max(items.count, 1))
         s += "<line x1=\"\(n(x(0)))\" y1=\"\(n(top))\" x2=\"\(n(x(0)))\" y2=\"\(n(axisY))\" stroke=\"#333\"/>"
         s += "<line x1=\"\(n(left))\" y1=\"\(n(axisY))\" x2=\"\(n(left + plotW))\" y2=\"\(n(axisY))\" stroke=\"#999\"/>"
+        for m in markers where m.value.isFinite {
+            s += "<line x1=\"\(n(x(m.value)))\" y1=\"\(n(top - 4))\" x2=\"\(n(x(m.value)))\" y2=\"\(n(axisY))\" stroke=\"#555\" stroke-dasharray=\"4 3\"/>"
+            s += "<text x=\"\(n(x(m.value) + 3))\" y=\"\(n(top - 6))\" font-size=\"10\" fill=\"#555\">\(escape(m.label))</text>"
+        }
         for t in ticks(lo, hi) {
             s += "<text x=\"\(n(x(t)))\" y=\"\(n(axisY + 16))\" font-size=\"10\" text-anchor=\"middle\">\(escape(label(t)))</text>"
         }
@@ -119,9 +125,14 @@ public enum SVGChart {
             for q in p {
                 s += "<g><title>\(escape(ser.name)) \(escape(q.label)): \(escape(label(q.x))), \(escape(label(q.y)))</title>"
                 s += "<circle cx=\"\(n(px(q.x)))\" cy=\"\(n(py(q.y)))\" r=\"4\" fill=\"\(c)\"/>"
-                s += "<text x=\"\(n(px(q.x) + 6))\" y=\"\(n(py(q.y) - 6))\" font-size=\"10\">\(escape(q.label))</text></g>"
+                // Labels near the right edge go to the left of their point.
+                let leftSide = px(q.x) > w - right - 150
+                s += "<text x=\"\(n(px(q.x) + (leftSide ? -6 : 6)))\" y=\"\(n(py(q.y) - 6))\" font-size=\"10\"\(leftSide ? " text-anchor=\"end\"" : "")>\(escape(q.label))</text></g>"
             }
-            s += "<text x=\"\(n(w - right - 4))\" y=\"\(n(top + 14 + 14 * Double(si)))\" font-size=\"11\" text-anchor=\"end\" fill=\"\(c)\">\(escape(ser.name))</text>"
+            // Legend: right-aligned on the title line, one entry per series.
+            let after = series[(si + 1)...].map { Double($0.name.count) * 7 + 24 }.reduce(0, +)
+            s += "<circle cx=\"\(n(w - right - after - Double(ser.name.count) * 7 - 10))\" cy=\"16\" r=\"4\" fill=\"\(c)\"/>"
+            s += "<text x=\"\(n(w - right - after))\" y=\"20\" font-size=\"11\" text-anchor=\"end\" fill=\"\(c)\">\(escape(ser.name))</text>"
         }
         return s + "</svg>"
     }

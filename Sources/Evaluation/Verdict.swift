@@ -55,7 +55,7 @@ public enum VerdictLogic {
         switch run.kind {
         case .perplexity:
             guard let b = base.metric("ppl"), let q = run.metric("ppl"), b > 0 else { return nil }
-            return (q / b - 1, "QError = ppl_q/ppl_base - 1")
+            return (q / b - 1, "QError (ppl_q/ppl_base - 1)")
         case .retrieval:
             guard let b = base.metric("ndcg@10"), let q = run.metric("ndcg@10"), b > 0 else { return nil }
             return ((b - q) / b, "relative nDCG@10 drop")
