@@ -51,8 +51,8 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(all.contains("model.layers.4.mlp.down_proj"))
         XCTAssertTrue(all.contains("12.3"))
         XCTAssertTrue(all.contains("stay FP16"))
-        // One point per run with known bits per weight in the ppl chart (4 runs).
-        XCTAssertEqual(try doc.nodes(forXPath: "(//*[local-name()='svg'])[2]//*[local-name()='circle']").count, 4)
+        // One data point per run with known bits per weight in the ppl chart (4 runs; legend dots are outside <g>).
+        XCTAssertEqual(try doc.nodes(forXPath: "(//*[local-name()='svg'])[2]//*[local-name()='g']/*[local-name()='circle']").count, 4)
         // Bars have positive sizes and stay inside the drawing.
         for r in try doc.nodes(forXPath: "//*[local-name()='rect']") {
             func attr(_ n: String) -> Double? {
