@@ -108,7 +108,23 @@ public struct Comparison: Sendable {
     }
 
     /// All segments carried by the compared runs, worst first.
-    public var segments: [SegmentDelta] { Segments.worstFirst(rows.flatMap { $0.run.isBase ? [] : $0.run.segments }) }
+    /// Retrieval runs whose per-query entries carry the query text also get query-length buckets (unless the file
+    /// already has them).
+    public var segments: [SegmentDelta] {
+        var all: [SegmentDelta] = []
+        for row in rows where row.delta != nil {
+            all += row.run.segments
+            if kind == .retrieval, !row.run.segments.contains(where: { $0.group == "query length" }) {
+                let texts = row.run.queryTexts.isEmpty ? baseline.queryTexts : row.run.queryTexts
+                let items = texts.keys.sorted().compactMap { id -> (text: String, base: Double, quantized: Double)? in
+                    guard let b = baseline.perQuery[id]?["ndcg10"], let q = row.run.perQuery[id]?["ndcg10"] else { return nil }
+                    return (texts[id]!, b, q)
+                }
+                if !items.isEmpty { all += Segments.byQueryLength(items) }
+            }
+        }
+        return Segments.worstFirst(all)
+    }
 
     /// The worst verdict over the compared runs, i.e. whether every run could ship.
     public var worstDecision: Decision? {

@@ -128,6 +128,8 @@ public struct ResultRun: Sendable {
     public var segments: [SegmentDelta]
     /// True when this run is the float/base side of a file that holds both sides.
     public var isBase: Bool
+    /// Query texts by query id, when the per-query entries carry them (for query-length buckets).
+    public var queryTexts: [String: String] = [:]
 
     public init(label: String, file: String, kind: ResultKind, metrics: [String: Double] = [:],
                 perQuery: [String: [String: Double]] = [:], chunks: [ChunkNLL]? = nil, bitsPerWeight: Double? = nil,
@@ -362,11 +364,13 @@ public struct ResultFile: Sendable {
             }
             let info = modelInfo(p.value, fallbackLabel: p.label)
             let rootInfo = modelInfo(root, fallbackLabel: p.label)
-            runs.append(ResultRun(label: p.label, file: path, kind: kind, metrics: metrics,
+            var run = ResultRun(label: p.label, file: path, kind: kind, metrics: metrics,
                                   perQuery: readPerQuery(root, run: p.value, side: p.isBase ? "base" : "quantized", single: pieces.count == 1),
                                   bitsPerWeight: info.bpw ?? (p.isBase ? nil : rootInfo.bpw), quantization: info.quant.isEmpty && !p.isBase ? rootInfo.quant : info.quant,
                                   segments: readSegments(p.value, higherIsBetter: true) + (p.isBase ? [] : readSegments(root, higherIsBetter: true)),
-                                  isBase: p.isBase))
+                                  isBase: p.isBase)
+            run.queryTexts = readQueryTexts(root, run: p.value)
+            runs.append(run)
         }
         return runs
     }
@@ -395,6 +399,17 @@ public struct ResultFile: Sendable {
                 }
             }
             if !vals.isEmpty { out[id] = vals }
+        }
+        return out
+    }
+
+    static func readQueryTexts(_ root: ResultValue, run: ResultValue) -> [String: String] {
+        let arr = run.first(["per_query", "queries"])?.array ?? root.first(["per_query", "queries"])?.array ?? []
+        var out: [String: String] = [:]
+        for (i, e) in arr.enumerated() {
+            if let t = e.first(["text", "query", "query_text"])?.string, case .string = e.first(["text", "query", "query_text"])! {
+                out[e.first(["query_id", "qid", "id"])?.string ?? String(i)] = t
+            }
         }
         return out
     }

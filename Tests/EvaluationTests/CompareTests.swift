@@ -151,6 +151,17 @@ final class CompareTests: XCTestCase {
         XCTAssertEqual(v.interval!.estimate, 0.08 / 3.0, accuracy: 1e-12)
         XCTAssertEqual(c.rows[1].metricDeltas.count, 8)
         XCTAssertEqual(c.segments.first?.segment, "11-20 words")
+        XCTAssertEqual(f.runs[1].queryTexts["3"], "1,000 genomes project enables mapping of genetic sequence variation")
+        // Without file segments, the per-query texts give query-length buckets: queries 3, 5, 13, 36 have 9, 7,
+        // 10, 10 words: "6-10 words" means 2.0/4 -> 1.92/4; query 1 (5 words, 1 -> 1) is "1-5 words".
+        var o = try object("retrieval.json"); o.removeValue(forKey: "segments")
+        let c2 = try Comparison.build(files: [ResultFile(path: write(o, "noseg.json"))], resamples: 50)
+        let six = c2.segments.first { $0.segment == "6-10 words" }
+        XCTAssertEqual(six?.count, 4)
+        XCTAssertEqual(six!.base, 0.5, accuracy: 1e-12)
+        XCTAssertEqual(six!.quantized, 0.48, accuracy: 1e-12)
+        XCTAssertEqual(c2.segments.map(\.segment), ["6-10 words", "1-5 words"])
+        XCTAssertEqual(c2.segments.first?.segment, "6-10 words")
         XCTAssertTrue(c.table().contains("Recall@100"))
     }
 
