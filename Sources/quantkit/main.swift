@@ -10,6 +10,7 @@ struct QuantKitCommand: ParsableCommand {
             InspectCommand.self,
             ConvertCommand.self,
             BenchCommand.self,
+            CompareCommand.self,
         ]
     )
 }
