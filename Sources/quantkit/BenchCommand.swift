@@ -5,6 +5,6 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (run them from a release build).",
-        subcommands: []
+        subcommands: [BenchKernelsCommand.self]
     )
 }
