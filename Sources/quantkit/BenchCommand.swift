@@ -11,6 +11,7 @@ struct BenchCommand: ParsableCommand {
             BenchGPTQCommand.self,
             BenchNpuCommand.self,
             BenchTokenizeCommand.self,
+            BenchKernelsCommand.self,
         ]
     )
 }
