@@ -12,6 +12,7 @@ struct QuantKitCommand: ParsableCommand {
             BenchCommand.self,
             CompareCommand.self,
             TokenizeCommand.self,
+            NpuCommand.self,
         ]
     )
 }
