@@ -152,17 +152,17 @@ public enum LayerSensitivity {
                 let old = try swap(model, [n: twins[n]!])
                 defer { _ = try? swap(model, old) }
                 modules[i].enableOneQError = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl / f.ppl - 1
-                done += 1; progress?("enable-one", done, total)
+                done += 1; progress?("effects", done, total)
             }
             let originals = try swap(model, twins)
             defer { _ = try? swap(model, originals) }
             quantPPL = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl
-            done += 1; progress?("all quantized", done, total)
+            done += 1; progress?("effects", done, total)
             for (i, n) in names.enumerated() {
                 let q = try swap(model, [n: originals[n]!])
                 defer { _ = try? swap(model, q) }
                 modules[i].disableOneQError = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl / f.ppl - 1
-                done += 1; progress?("disable-one", done, total)
+                done += 1; progress?("effects", done, total)
             }
         }
         return SensitivityReport(modules: modules, floatPPL: floatPPL, quantizedPPL: quantPPL, calibrationTokens: calTokens,
@@ -251,5 +251,42 @@ public struct MixedPrecisionPlan: Sendable, Equatable {
             else { throw QuantKitError(.format, "\(path): module \"\(n)\" needs \"bits\" or \"float\": true") }
         }
         return plan
+    }
+}
+
+extension LayerSensitivity {
+    /// Builds a plan for a QError target by measurement: promote modules in `ranking` order to 8 bits (then, if
+    /// still above, to float) until the held-out QError of the whole plan is at most `target`.
+    /// `low`/`eight`: dequantized weights of every module at the default scheme and at 8 bits.
+    public static func planForTargetQError(model: LlamaModel, low: [String: [Float]], eight: [String: [Float]], ranking: [String],
+                                           heldout: [Int32], ctx: Int, chunks: Int, target: Double, defaultBits: Int, groupSize: Int,
+                                           progress: ((Int, Double) -> Void)? = nil) throws -> (plan: MixedPrecisionPlan, qerror: Double) {
+        let floatPPL = try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl
+        var plan = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize)
+        func measure() throws -> Double {
+            var weights: [String: [Float]] = [:]
+            for (n, w) in low {
+                switch plan.overrides[n] {
+                case 16?: continue
+                case 8?: weights[n] = eight[n] ?? w
+                default: weights[n] = w
+                }
+            }
+            let originals = try swap(model, denseLayers(weights, model: model))
+            defer { _ = try? swap(model, originals) }
+            return try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl / floatPPL - 1
+        }
+        var q = try measure()
+        progress?(0, q)
+        var steps = 0
+        for level in [8, 16] {
+            for n in ranking where q > target && low[n] != nil && (plan.overrides[n] ?? defaultBits) < level {
+                plan.overrides[n] = level
+                q = try measure()
+                steps += 1
+                progress?(steps, q)
+            }
+        }
+        return (plan, q)
     }
 }

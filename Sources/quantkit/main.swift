@@ -6,7 +6,7 @@ struct QuantKitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "quantkit",
         abstract: "Quantize transformer checkpoints (GPTQ, RTN; INT8/INT4) and measure what it costs.",
-        subcommands: [InspectCommand.self, CompareCommand.self, BenchCommand.self]
+        subcommands: [InspectCommand.self, CompareCommand.self, LayersCommand.self, BenchCommand.self]
     )
 }
 
