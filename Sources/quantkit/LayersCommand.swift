@@ -210,7 +210,7 @@ struct LayersCommand: ParsableCommand {
     static func align(_ rows: [[String]]) -> String {
         var w = [Int](repeating: 0, count: rows.map(\.count).max() ?? 0)
         for r in rows { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
-        return rows.map { $0.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ") }
+        return rows.map { $0.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces) }
             .joined(separator: "\n")
     }
 }
