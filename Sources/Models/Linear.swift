@@ -141,3 +141,36 @@ public struct FloatOps: NonlinearOps {
         while i < count { x[i] += delta[i]; i += 1 }
     }
 }
+
+/// Causal GQA attention with a caller-supplied softmax, for NonlinearOps implementations that change only the
+/// softmax (fp16 / LUT exp) and keep the float score and value products. Same layout as Kernels.attention.
+public enum AttentionMath {
+    public static func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                 tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
+                                 out: UnsafeMutablePointer<Float>,
+                                 softmax: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        let group = nHeads / nKVHeads, kvStride = nKVHeads * headDim, qStride = nHeads * headDim
+        let scale = 1 / Float(headDim).squareRoot()
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: start + tokens)
+        defer { scores.deallocate() }
+        for t in 0..<tokens {
+            let len = start + t + 1
+            for h in 0..<nHeads {
+                let qp = q + t * qStride + h * headDim, kvOff = (h / group) * headDim
+                for j in 0..<len {
+                    var d: Float = 0
+                    let kp = keys + j * kvStride + kvOff
+                    for i in 0..<headDim { d += qp[i] * kp[i] }
+                    scores[j] = d * scale
+                }
+                softmax(scores, len)
+                let op = out + t * qStride + h * headDim
+                for i in 0..<headDim { op[i] = 0 }
+                for j in 0..<len {
+                    let vp = values + j * kvStride + kvOff, s = scores[j]
+                    for i in 0..<headDim { op[i] += s * vp[i] }
+                }
+            }
+        }
+    }
+}

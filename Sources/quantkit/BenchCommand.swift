@@ -5,6 +5,11 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (run them from a release build).",
-        subcommands: [BenchSafetensorsCommand.self]
+        subcommands: [
+            BenchSafetensorsCommand.self,
+            BenchPerplexityCommand.self,
+            BenchGPTQCommand.self,
+            BenchNpuCommand.self,
+        ]
     )
 }

@@ -58,3 +58,14 @@ final class StoriesLogitsTests: XCTestCase {
         XCTAssertEqual(got, Array(ref.dropFirst()))
     }
 }
+
+final class LayerwiseTests: XCTestCase {
+    func testBlockByBlockEqualsFullForward() throws {
+        let model = try LlamaModel.load(path: StoriesLogitsTests.modelPath)
+        let toks: [Int32] = [1, 403, 407, 261, 378, 383, 286]
+        let runner = LayerwiseRunner(model: model, maxRows: 16)
+        var h = try runner.embed(toks)
+        for i in model.blocks.indices { runner.runBlock(i, hidden: &h, rows: toks.count) }
+        XCTAssertEqual(runner.logits(hidden: h, rows: toks.count), try model.logits(toks))
+    }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import TensorCore
 import TestSupport
@@ -86,5 +87,32 @@ final class SyntheticCheckpointTests: XCTestCase {
         try model.blocks[1].setLinear(zero, named: "mlp.down_proj")
         XCTAssertGreaterThan(maxAbsDiff(before, try model.logits([1, 2, 3])), 1e-3)
         XCTAssertThrowsError(try model.blocks[1].setLinear(zero, named: "self_attn.q_proj"))
+    }
+}
+
+/// Ops that route attention through AttentionMath with the Kernels softmax: same logits as the default path.
+struct SoftmaxOnlyOps: NonlinearOps {
+    let base = FloatOps()
+    func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
+        base.rmsNorm(x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
+    }
+    func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>, theta: Float) {
+        base.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+    }
+    func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int, start: Int,
+                   nHeads: Int, nKVHeads: Int, headDim: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+        AttentionMath.attention(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads, nKVHeads: nKVHeads,
+                                headDim: headDim, out: out) { Reference.softmax($0, rows: 1, cols: $1) }
+    }
+    func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) { base.swiglu(gate: gate, up: up, count: count) }
+    func residualAdd(_ x: UnsafeMutablePointer<Float>, _ d: UnsafePointer<Float>, count: Int) { base.residualAdd(x, d, count: count) }
+}
+
+final class NonlinearOpsTests: XCTestCase {
+    func testSubstitutedOpsAreUsed() throws {
+        let model = try LlamaModel.load(path: SyntheticCheckpointTests.dir("llama_gqa_f32_untied"))
+        let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/synthetic/llama_gqa_f32_untied/logits.json.zst")
+        model.ops = SoftmaxOnlyOps()
+        XCTAssertLessThan(maxAbsDiff(try model.logits(fx.windows[1].tokens), fx.windows[1].logits), 1e-4)
     }
 }
