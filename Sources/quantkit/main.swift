@@ -13,6 +13,7 @@ struct QuantKitCommand: ParsableCommand {
             CompareCommand.self,
             TokenizeCommand.self,
             NpuCommand.self,
+            LayersCommand.self,
         ]
     )
 }
