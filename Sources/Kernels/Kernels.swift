@@ -1,47 +1,67 @@
 import Foundation
 import TensorCore
 
-/// The fast kernels (SIMD + multithreaded). Until a kernel has its fast version it forwards to its reference
-/// twin; the signatures are the contract the model code is written against.
+/// The fast kernels (SIMD + multithreaded); each has a scalar twin in `Reference`. The signatures are the contract
+/// the model code is written against.
 public enum Kernels {
     /// out[m, n] = sum_k x[m, k] * w[n, k] + bias[n]; x row-major [m, k], weight [n, k] in its stored dtype.
     public static func matmulNT(x: UnsafePointer<Float>, m: Int, k: Int, weight: WeightRef, n: Int,
                                 bias: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>,
                                 threads: Int = Parallel.defaultThreads) {
-        Reference.matmulNT(x: x, m: m, k: k, weight: weight, n: n, bias: bias, out: out)
+        switch weight {
+        case .f32(let p): dispatchMatmul(F32Rows(p: p, k: k), x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+        case .f16(let p): dispatchMatmul(F16Rows(p: p, k: k), x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+        case .bf16(let p): dispatchMatmul(BF16Rows(p: p, k: k), x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+        }
     }
 
     public static func rmsNorm(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
                                out: UnsafeMutablePointer<Float>) {
-        Reference.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
+        Elementwise.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
     }
 
     public static func softmax(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
-        Reference.softmax(x, rows: rows, cols: cols)
+        for r in 0..<rows { Elementwise.softmaxRow(x + r * cols, cols) }
     }
 
-    public static func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
-        Reference.swiglu(gate: gate, up: up, count: count)
+    public static func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int,
+                              threads: Int = Parallel.defaultThreads) {
+        let g = SendablePointer(gate), u = SendablePointer(up)
+        Parallel.forRanges((count + 7) / 8, threads: threads, minPerThread: 4096) { r in
+            let lo = r.lowerBound * 8, hi = min(count, r.upperBound * 8)
+            Elementwise.swiglu(gate: g.base + lo, up: u.base + lo, count: hi - lo)
+        }
     }
 
     public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
                             positions: UnsafePointer<Int32>, theta: Float) {
-        Reference.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+        Rope.apply(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: nil, theta: theta)
+    }
+
+    /// RoPE with precomputed cos/sin (positions beyond the table are computed on the fly).
+    public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+                            positions: UnsafePointer<Int32>, table: RopeTable) {
+        Rope.apply(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: table,
+                   theta: table.theta)
     }
 
     public static func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                  tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
                                  out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads) {
-        Reference.attention(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads,
-                            nKVHeads: nKVHeads, headDim: headDim, out: out)
+        Attention.run(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads,
+                      nKVHeads: nKVHeads, headDim: headDim, out: out, threads: threads)
     }
 
     public static func layerNorm(x: UnsafePointer<Float>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
                                  rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
-        Reference.layerNorm(x: x, gamma: gamma, beta: beta, rows: rows, dim: dim, eps: eps, out: out)
+        Elementwise.layerNorm(x: x, gamma: gamma, beta: beta, rows: rows, dim: dim, eps: eps, out: out)
     }
 
-    public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        Reference.gelu(x, count: count)
+    public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int, threads: Int = Parallel.defaultThreads) {
+        let p = SendablePointer(x)
+        Parallel.forRanges((count + 7) / 8, threads: threads, minPerThread: 2048) { r in
+            let lo = r.lowerBound * 8, hi = min(count, r.upperBound * 8)
+            Elementwise.gelu(p.base + lo, count: hi - lo)
+        }
     }
 }

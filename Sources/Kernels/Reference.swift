@@ -108,8 +108,9 @@ public enum Reference {
         }
     }
 
-    /// Exact GELU: x * 0.5 * (1 + erf(x / sqrt 2)), in place.
+    /// Exact GELU: x * 0.5 * (1 + erf(x / sqrt 2)), in place, written as x * 0.5 * erfc(-x / sqrt 2) (the same
+    /// function) so that 1 + erf does not cancel for negative x.
     public static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count { let v = Double(x[i]); x[i] = Float(v * 0.5 * (1 + erf(v / 2.0.squareRoot()))) }
+        for i in 0..<count { let v = Double(x[i]); x[i] = Float(v * 0.5 * erfc(-v / 2.0.squareRoot())) }
     }
 }

@@ -1,0 +1,313 @@
+import TensorCore
+
+// GEMM out[m, n] = x[m, k] · w[n, k]^T + bias, BLIS-style (Van Zee & van de Geijn, "BLIS: A Framework for Rapidly
+// Instantiating BLAS Functionality", 2015): the weight is packed into k-major panels of 16 columns (converted to
+// Float32 while packing, so one micro-kernel serves f32, f16, bf16 and quantized weights), and a 6x16 register
+// tile (12 ymm accumulators, 2 B loads + 6 broadcasts per k step) runs over it. x is read in place.
+
+/// A weight matrix [n, k] that can hand out 8 consecutive elements of a row as Float32.
+protocol RowSource: Sendable {
+    /// Elements row, col..<col+8 (col + 8 <= k).
+    func load8(_ row: Int, _ col: Int) -> SIMD8<Float>
+    func scalar(_ row: Int, _ col: Int) -> Float
+}
+
+struct F32Rows: RowSource, @unchecked Sendable {
+    let p: UnsafePointer<Float>, k: Int
+    @inline(__always) func load8(_ row: Int, _ col: Int) -> SIMD8<Float> {
+        UnsafeRawPointer(p + row * k + col).loadUnaligned(as: SIMD8<Float>.self)
+    }
+    @inline(__always) func scalar(_ row: Int, _ col: Int) -> Float { p[row * k + col] }
+}
+
+struct F16Rows: RowSource, @unchecked Sendable {
+    let p: UnsafePointer<Float16>, k: Int
+    // Compiles to vcvtph2ps (F16C) with -target-cpu haswell.
+    @inline(__always) func load8(_ row: Int, _ col: Int) -> SIMD8<Float> {
+        f16x8(UnsafeRawPointer(p + row * k + col))
+    }
+    @inline(__always) func scalar(_ row: Int, _ col: Int) -> Float { Float(p[row * k + col]) }
+}
+
+struct BF16Rows: RowSource, @unchecked Sendable {
+    let p: UnsafePointer<UInt16>, k: Int
+    // bf16 is the top half of a Float32: widen and shift.
+    @inline(__always) func load8(_ row: Int, _ col: Int) -> SIMD8<Float> {
+        bf16x8(UnsafeRawPointer(p + row * k + col))
+    }
+    @inline(__always) func scalar(_ row: Int, _ col: Int) -> Float { bf16ToFloat(p[row * k + col]) }
+}
+
+@inline(__always) func loadU(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+@inline(__always) func storeU(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+
+/// In-register 8x8 transpose (rows r0..r7 become columns).
+@inline(__always)
+func transpose8x8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
+                  _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>,
+                  _ dst: UnsafeMutablePointer<Float>, _ stride: Int) {
+    // unpack pairs of rows, then pairs of pairs, then swap 128-bit halves.
+    @inline(__always) func lo(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+        SIMD8(a[0], b[0], a[1], b[1], a[4], b[4], a[5], b[5])
+    }
+    @inline(__always) func hi(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+        SIMD8(a[2], b[2], a[3], b[3], a[6], b[6], a[7], b[7])
+    }
+    @inline(__always) func lo2(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+        SIMD8(a[0], a[1], b[0], b[1], a[4], a[5], b[4], b[5])
+    }
+    @inline(__always) func hi2(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+        SIMD8(a[2], a[3], b[2], b[3], a[6], a[7], b[6], b[7])
+    }
+    let t0 = lo(r0, r1), t1 = hi(r0, r1), t2 = lo(r2, r3), t3 = hi(r2, r3)
+    let t4 = lo(r4, r5), t5 = hi(r4, r5), t6 = lo(r6, r7), t7 = hi(r6, r7)
+    let u0 = lo2(t0, t2), u1 = hi2(t0, t2), u2 = lo2(t1, t3), u3 = hi2(t1, t3)
+    let u4 = lo2(t4, t6), u5 = hi2(t4, t6), u6 = lo2(t5, t7), u7 = hi2(t5, t7)
+    storeU(SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), dst)
+    storeU(SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf), dst + stride)
+    storeU(SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), dst + 2 * stride)
+    storeU(SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf), dst + 3 * stride)
+    storeU(SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), dst + 4 * stride)
+    storeU(SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf), dst + 5 * stride)
+    storeU(SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), dst + 6 * stride)
+    storeU(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), dst + 7 * stride)
+}
+
+enum Gemm {
+    static let mr = 6, nr = 16
+    static let kc = 256          // k block: a 16 KiB B micro-panel stays in L1
+    static let nc = 256          // columns packed at once: kc x nc x 4 = 256 KiB, in L2 (512 KiB per core)
+    static let mc = 72           // rows of x per block: 72 KiB of x in L2
+
+    /// Packs rows n0..<n0+nv (nv <= 16) and columns k0..<k0+kcur of the weight into dst[kcur][16], zero-padding
+    /// missing rows.
+    @inline(__always)
+    static func packPanel<S: RowSource>(_ src: S, n0: Int, nv: Int, k0: Int, kcur: Int, dst: UnsafeMutablePointer<Float>) {
+        let k8 = kcur & ~7
+        if nv == 16 {
+            var kk = 0
+            while kk < k8 {
+                for half in 0..<2 {
+                    let r = n0 + half * 8, c = k0 + kk
+                    transpose8x8(src.load8(r, c), src.load8(r + 1, c), src.load8(r + 2, c), src.load8(r + 3, c),
+                                 src.load8(r + 4, c), src.load8(r + 5, c), src.load8(r + 6, c), src.load8(r + 7, c),
+                                 dst + kk * 16 + half * 8, 16)
+                }
+                kk += 8
+            }
+            for kk in k8..<kcur {
+                for j in 0..<16 { dst[kk * 16 + j] = src.scalar(n0 + j, k0 + kk) }
+            }
+        } else {
+            for j in 0..<16 {
+                if j < nv {
+                    for kk in 0..<kcur { dst[kk * 16 + j] = src.scalar(n0 + j, k0 + kk) }
+                } else {
+                    for kk in 0..<kcur { dst[kk * 16 + j] = 0 }
+                }
+            }
+        }
+    }
+
+    /// C[rows x cols] (+)= A[rows x kc] · B-panel, rows <= 6, cols <= 16. With `accumulate` false the tile is
+    /// overwritten with the product plus bias.
+    @inline(__always)
+    static func kernel(_ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int, _ b: UnsafePointer<Float>, _ kcur: Int,
+                       _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ cols: Int, _ accumulate: Bool,
+                       _ bias: UnsafePointer<Float>?, _ tile: UnsafeMutablePointer<Float>) {
+        let a0 = a
+        let a1 = rows > 1 ? a + lda : a
+        let a2 = rows > 2 ? a + 2 * lda : a
+        let a3 = rows > 3 ? a + 3 * lda : a
+        let a4 = rows > 4 ? a + 4 * lda : a
+        let a5 = rows > 5 ? a + 5 * lda : a
+        var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+        var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+        var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+        var pb = UnsafeRawPointer(b)
+        for kk in 0..<kcur {
+            let b0 = pb.load(as: SIMD8<Float>.self)
+            let b1 = pb.load(fromByteOffset: 32, as: SIMD8<Float>.self)
+            var v = SIMD8<Float>(repeating: a0[kk]); c00.addProduct(v, b0); c01.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: a1[kk]); c10.addProduct(v, b0); c11.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: a2[kk]); c20.addProduct(v, b0); c21.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: a3[kk]); c30.addProduct(v, b0); c31.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: a4[kk]); c40.addProduct(v, b0); c41.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: a5[kk]); c50.addProduct(v, b0); c51.addProduct(v, b1)
+            pb += 64
+        }
+        var b0 = SIMD8<Float>(), b1 = SIMD8<Float>()
+        if !accumulate, let bias {
+            if cols == 16 { b0 = loadU(bias); b1 = loadU(bias + 8) } else {
+                for j in 0..<cols { if j < 8 { b0[j] = bias[j] } else { b1[j - 8] = bias[j] } }
+            }
+        }
+        if rows == 6 && cols == 16 {
+            @inline(__always) func put(_ p: UnsafeMutablePointer<Float>, _ x0: SIMD8<Float>, _ x1: SIMD8<Float>) {
+                if accumulate {
+                    storeU(loadU(p) + x0, p); storeU(loadU(p + 8) + x1, p + 8)
+                } else {
+                    storeU(x0 + b0, p); storeU(x1 + b1, p + 8)
+                }
+            }
+            put(c, c00, c01); put(c + ldc, c10, c11); put(c + 2 * ldc, c20, c21)
+            put(c + 3 * ldc, c30, c31); put(c + 4 * ldc, c40, c41); put(c + 5 * ldc, c50, c51)
+        } else {
+            storeU(c00, tile); storeU(c01, tile + 8); storeU(c10, tile + 16); storeU(c11, tile + 24)
+            storeU(c20, tile + 32); storeU(c21, tile + 40); storeU(c30, tile + 48); storeU(c31, tile + 56)
+            storeU(c40, tile + 64); storeU(c41, tile + 72); storeU(c50, tile + 80); storeU(c51, tile + 88)
+            for r in 0..<rows {
+                for j in 0..<cols {
+                    let v = tile[r * 16 + j]
+                    if accumulate { c[r * ldc + j] += v } else { c[r * ldc + j] = v + (j < 8 ? b0[j] : b1[j - 8]) }
+                }
+            }
+        }
+    }
+
+    /// Computes out rows mRange x columns nRange with a per-thread packing buffer.
+    static func block<S: RowSource>(_ src: S, x: UnsafePointer<Float>, k: Int, n: Int, bias: UnsafePointer<Float>?,
+                                    out: UnsafeMutablePointer<Float>, mRange: Range<Int>, nRange: Range<Int>) {
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: (kc * nc + 96) * 4, alignment: 64)
+        defer { buf.deallocate() }
+        let pack = buf.bindMemory(to: Float.self, capacity: kc * nc + 96)
+        let tile = pack + kc * nc
+        var jc = nRange.lowerBound
+        while jc < nRange.upperBound {
+            let ncur = min(nc, nRange.upperBound - jc)
+            let panels = (ncur + 15) / 16
+            var pc = 0
+            while pc < k {
+                let kcur = min(kc, k - pc)
+                for p in 0..<panels {
+                    packPanel(src, n0: jc + p * 16, nv: min(16, ncur - p * 16), k0: pc, kcur: kcur,
+                              dst: pack + p * kcur * 16)
+                }
+                var ic = mRange.lowerBound
+                while ic < mRange.upperBound {
+                    let mcur = min(mc, mRange.upperBound - ic)
+                    for p in 0..<panels {
+                        let col = jc + p * 16
+                        let cols = min(16, ncur - p * 16)
+                        var ir = 0
+                        while ir < mcur {
+                            let rows = min(mr, mcur - ir)
+                            let row = ic + ir
+                            kernel(x + row * k + pc, k, rows, pack + p * kcur * 16, kcur, out + row * n + col, n, cols,
+                                   pc > 0, bias.map { $0 + col }, tile)
+                            ir += mr
+                        }
+                    }
+                    ic += mcur
+                }
+                pc += kcur
+            }
+            jc += ncur
+        }
+    }
+
+    /// Splits the work across threads: over 16-column panels when there are enough, else over 6-row strips.
+    static func run<S: RowSource>(_ src: S, x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
+                                  bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, threads: Int) {
+        let xs = SendablePointer(x), os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
+        let panels = (n + 15) / 16
+        let work = m * n * k
+        let t = work < 1 << 17 ? 1 : threads
+        if panels >= 2 * t || m < 12 * t {
+            Parallel.forRanges(panels, threads: t) { r in
+                block(src, x: xs.base, k: k, n: n, bias: bs?.base, out: os.base, mRange: 0..<m,
+                      nRange: (r.lowerBound * 16)..<min(n, r.upperBound * 16))
+            }
+        } else {
+            let strips = (m + mr - 1) / mr
+            Parallel.forRanges(strips, threads: t) { r in
+                block(src, x: xs.base, k: k, n: n, bias: bs?.base, out: os.base,
+                      mRange: (r.lowerBound * mr)..<min(m, r.upperBound * mr), nRange: 0..<n)
+            }
+        }
+    }
+}
+
+/// Matrix-vector products for decode and tiny batches (m <= 3): weight rows are streamed once per pair of x rows,
+/// 4 weight rows at a time, converted on the fly. Memory-bandwidth bound.
+enum Gemv {
+    @inline(__always)
+    static func rows<S: RowSource>(_ src: S, x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
+                                   bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, range: Range<Int>) {
+        let k8 = k & ~7
+        var i = 0
+        while i < m {
+            let two = m - i >= 2
+            let x0 = x + i * k, x1 = two ? x + (i + 1) * k : x + i * k
+            var j = range.lowerBound
+            while j < range.upperBound {
+                let nw = min(4, range.upperBound - j)
+                let r0 = j, r1 = nw > 1 ? j + 1 : j, r2 = nw > 2 ? j + 2 : j, r3 = nw > 3 ? j + 3 : j
+                var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>(), a03 = SIMD8<Float>()
+                var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>(), a13 = SIMD8<Float>()
+                var kk = 0
+                if two {
+                    while kk < k8 {
+                        let w0 = src.load8(r0, kk), w1 = src.load8(r1, kk), w2 = src.load8(r2, kk), w3 = src.load8(r3, kk)
+                        let v0 = loadU(x0 + kk), v1 = loadU(x1 + kk)
+                        a00.addProduct(v0, w0); a01.addProduct(v0, w1); a02.addProduct(v0, w2); a03.addProduct(v0, w3)
+                        a10.addProduct(v1, w0); a11.addProduct(v1, w1); a12.addProduct(v1, w2); a13.addProduct(v1, w3)
+                        kk += 8
+                    }
+                } else {
+                    while kk < k8 {
+                        let v0 = loadU(x0 + kk)
+                        a00.addProduct(v0, src.load8(r0, kk)); a01.addProduct(v0, src.load8(r1, kk))
+                        a02.addProduct(v0, src.load8(r2, kk)); a03.addProduct(v0, src.load8(r3, kk))
+                        kk += 8
+                    }
+                }
+                var s0 = SIMD4<Float>(a00.sum(), a01.sum(), a02.sum(), a03.sum())
+                var s1 = SIMD4<Float>(a10.sum(), a11.sum(), a12.sum(), a13.sum())
+                for kt in k8..<k {
+                    let w = SIMD4<Float>(src.scalar(r0, kt), src.scalar(r1, kt), src.scalar(r2, kt), src.scalar(r3, kt))
+                    s0.addProduct(x0[kt], w); s1.addProduct(x1[kt], w)
+                }
+                for q in 0..<nw {
+                    let b = bias?[j + q] ?? 0
+                    out[i * n + j + q] = s0[q] + b
+                    if two { out[(i + 1) * n + j + q] = s1[q] + b }
+                }
+                j += nw
+            }
+            i += two ? 2 : 1
+        }
+    }
+
+    static func run<S: RowSource>(_ src: S, x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
+                                  bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, threads: Int) {
+        let xs = SendablePointer(x), os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
+        // ~32K multiply-adds per thread pay for a dispatch.
+        let minRows = max(4, (1 << 15) / max(1, k * m))
+        Parallel.forRanges(n, threads: threads, minPerThread: minRows) { r in
+            rows(src, x: xs.base, m: m, k: k, n: n, bias: bs?.base, out: os.base, range: r)
+        }
+    }
+}
+
+/// Largest m for which the GEMV path (no packing) is used.
+let gemvMaxRows = 3
+
+@inline(__always)
+func dispatchMatmul<S: RowSource>(_ src: S, x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
+                                  bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, threads: Int) {
+    if m <= 0 || n <= 0 { return }
+    if k == 0 {
+        for i in 0..<m { for j in 0..<n { out[i * n + j] = bias?[j] ?? 0 } }
+        return
+    }
+    if m <= gemvMaxRows {
+        Gemv.run(src, x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+    } else {
+        Gemm.run(src, x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+    }
+}

@@ -1,0 +1,158 @@
+import XCTest
+import Foundation
+import Kernels
+import TensorCore
+import TestSupport
+
+/// Norms, softmax, activations, RoPE and attention against their scalar reference twins on odd sizes.
+final class ElementwiseTests: XCTestCase {
+    let sizes = [1, 7, 8, 33, 172, 513]
+
+    func testRMSNorm() {
+        var rng = SeededRandom(seed: 11)
+        for dim in sizes {
+            let rows = 3
+            let x = rng.floats(rows * dim, in: -3...3), w = rng.floats(dim)
+            var f = [Float](repeating: .nan, count: rows * dim), r = f
+            Kernels.rmsNorm(x: x, weight: w, rows: rows, dim: dim, eps: 1e-5, out: &f)
+            Reference.rmsNorm(x: x, weight: w, rows: rows, dim: dim, eps: 1e-5, out: &r)
+            // Output magnitudes are O(1-3): 1e-6 is a few float ulps.
+            XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 1e-6, "dim \(dim)")
+        }
+    }
+
+    func testLayerNormWithLargeMean() {
+        var rng = SeededRandom(seed: 12)
+        for dim in sizes where dim > 1 {
+            let rows = 3
+            let x = rng.floats(rows * dim, in: -2...2).map { $0 + 50 }  // a large mean exercises the two-pass variance
+            let g = rng.floats(dim), b = rng.floats(dim)
+            var f = [Float](repeating: .nan, count: rows * dim), r = f
+            Kernels.layerNorm(x: x, gamma: g, beta: b, rows: rows, dim: dim, eps: 1e-12, out: &f)
+            Reference.layerNorm(x: x, gamma: g, beta: b, rows: rows, dim: dim, eps: 1e-12, out: &r)
+            // x - mean loses log2(50/2) bits of x's ulp: ~3e-6 of the normalized value.
+            XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 2e-5, "dim \(dim)")
+        }
+    }
+
+    /// Relative error of every probability below 2e-6 (vectorized exp is ~1e-7 relative; the normalization adds
+    /// an ulp or two). Masked (-inf) entries give exactly 0.
+    func testSoftmax() {
+        var rng = SeededRandom(seed: 13)
+        for cols in sizes + [32000] {
+            let rows = 2
+            var x = rng.floats(rows * cols, in: -40...40)
+            if cols > 3 { x[1] = -.infinity; x[cols + 2] = -.infinity }
+            var f = x, r = x
+            Kernels.softmax(&f, rows: rows, cols: cols)
+            Reference.softmax(&r, rows: rows, cols: cols)
+            for i in f.indices {
+                XCTAssertLessThanOrEqual(abs(f[i] - r[i]), 2e-6 * r[i] + 1e-38, "cols \(cols) index \(i)")
+            }
+            if cols > 3 { XCTAssertEqual(f[1], 0); XCTAssertEqual(f[cols + 2], 0) }
+        }
+    }
+
+    /// Small logit differences must survive: a peaked row against numpy-style float64 softmax.
+    func testSoftmaxSumsToOne() {
+        var rng = SeededRandom(seed: 14)
+        var x = rng.floats(1000, in: -5...5)
+        Kernels.softmax(&x, rows: 1, cols: 1000)
+        XCTAssertEqual(x.reduce(0.0) { $0 + Double($1) }, 1, accuracy: 1e-5)
+    }
+
+    /// silu(g)·up over g in [-90, 90] (exp from underflow to overflow); relative error < 2e-6.
+    func testSwiGLU() {
+        var rng = SeededRandom(seed: 15)
+        for count in sizes + [40_000] {
+            let g = rng.floats(count, in: -90...90), u = rng.floats(count)
+            var f = g, r = g
+            Kernels.swiglu(gate: &f, up: u, count: count, threads: 2)
+            Reference.swiglu(gate: &r, up: u, count: count)
+            for i in f.indices {
+                XCTAssertLessThanOrEqual(abs(f[i] - r[i]), 2e-6 * abs(r[i]) + 1e-37, "count \(count) g \(g[i])")
+            }
+        }
+    }
+
+    /// Exact GELU: the erfc formula has fractional error < 1.2e-7, so negative x keep relative accuracy and
+    /// positive x are off by at most ~1e-7·x. exp(-x²/2) of a Float x carries a further relative error of about
+    /// x²·6e-8 (the rounding of x²/2 near -40 is 4e-6 absolute in the exponent), hence the x² term.
+    func testGELU() {
+        var rng = SeededRandom(seed: 16)
+        for count in sizes + [30_000] {
+            let x = rng.floats(count, in: -12...12)
+            var f = x, r = x
+            Kernels.gelu(&f, count: count, threads: 2)
+            Reference.gelu(&r, count: count)
+            for i in f.indices {
+                let tol = (1e-6 + 1.2e-7 * x[i] * x[i]) * abs(r[i]) + (x[i] > 0 ? 1e-7 * x[i] : 1e-38)
+                XCTAssertLessThanOrEqual(abs(f[i] - r[i]), tol, "x \(x[i])")
+            }
+        }
+        var special: [Float] = [0, -0.0, 1e-30, -1e-30, 3, -3, 100, -100]
+        var ref = special
+        Kernels.gelu(&special, count: special.count)
+        Reference.gelu(&ref, count: ref.count)
+        for i in special.indices { XCTAssertEqual(special[i], ref[i], accuracy: 1e-6 * max(1, abs(ref[i]))) }
+    }
+
+    func testRoPE() {
+        var rng = SeededRandom(seed: 17)
+        for headDim in [2, 6, 16, 64, 128] {
+            for theta: Float in [10_000, 500_000] {
+                let rows = 5, heads = 3
+                let x = rng.floats(rows * heads * headDim, in: -2...2)
+                let pos: [Int32] = [0, 1, 77, 4095, 9000]
+                var r = x
+                Reference.rope(&r, rows: rows, heads: heads, headDim: headDim, positions: pos, theta: theta)
+                var f = x
+                Kernels.rope(&f, rows: rows, heads: heads, headDim: headDim, positions: pos, theta: theta)
+                // Same Double angles, same unfused Float arithmetic: equal up to an ulp.
+                XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 1e-6, "theta-path headDim \(headDim)")
+                let table = RopeTable(headDim: headDim, theta: theta, maxPositions: 5000)  // 9000 falls outside
+                var t = x
+                Kernels.rope(&t, rows: rows, heads: heads, headDim: headDim, positions: pos, table: table)
+                XCTAssertLessThanOrEqual(maxAbsDiff(t, r), 1e-6, "table-path headDim \(headDim)")
+            }
+        }
+    }
+
+    func testAttention() {
+        var rng = SeededRandom(seed: 18)
+        for (nHeads, nKV) in [(4, 4), (4, 2), (4, 1), (3, 1)] {
+            for headDim in [6, 8, 16, 64] {
+                for (tokens, start) in [(1, 0), (1, 40), (7, 0), (33, 5), (20, 100)] {
+                    for threads in [1, 2] {
+                        let total = start + tokens
+                        let q = rng.floats(tokens * nHeads * headDim, in: -2...2)
+                        let k = rng.floats(total * nKV * headDim, in: -2...2)
+                        let v = rng.floats(total * nKV * headDim)
+                        var f = [Float](repeating: .nan, count: tokens * nHeads * headDim), r = f
+                        Kernels.attention(q: q, keys: k, values: v, tokens: tokens, start: start, nHeads: nHeads,
+                                          nKVHeads: nKV, headDim: headDim, out: &f, threads: threads)
+                        Reference.attention(q: q, keys: k, values: v, tokens: tokens, start: start, nHeads: nHeads,
+                                            nKVHeads: nKV, headDim: headDim, out: &r)
+                        // Outputs are convex combinations of values in [-1, 1].
+                        XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 2e-6,
+                                                 "heads \(nHeads)/\(nKV) hd \(headDim) t \(tokens) s \(start) th \(threads)")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A long prefill (ctx 512, 8 heads of 64) exercises the threaded cost-balanced split.
+    func testAttentionLong() {
+        var rng = SeededRandom(seed: 19)
+        let tokens = 300, nHeads = 8, nKV = 2, hd = 64
+        let q = rng.floats(tokens * nHeads * hd, in: -2...2)
+        let k = rng.floats(tokens * nKV * hd, in: -2...2), v = rng.floats(tokens * nKV * hd)
+        var f = [Float](repeating: .nan, count: tokens * nHeads * hd), r = f
+        Kernels.attention(q: q, keys: k, values: v, tokens: tokens, start: 0, nHeads: nHeads, nKVHeads: nKV,
+                          headDim: hd, out: &f, threads: 2)
+        Reference.attention(q: q, keys: k, values: v, tokens: tokens, start: 0, nHeads: nHeads, nKVHeads: nKV,
+                            headDim: hd, out: &r)
+        XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 2e-6)
+    }
+}
