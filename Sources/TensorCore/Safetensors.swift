@@ -126,7 +126,7 @@ public final class SafetensorsFile: @unchecked Sendable {
     private static func ints(_ a: [Any]) -> [Int]? {
         var out: [Int] = []
         for v in a {
-            guard let num = v as? NSNumber, !(v is Bool) else { return nil }
+            guard let num = v as? NSNumber else { return nil }
             let d = num.doubleValue
             guard d >= -9.0e15, d <= 9.0e15, d == d.rounded() else { return nil }
             out.append(Int(d))

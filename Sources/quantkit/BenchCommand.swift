@@ -5,6 +5,13 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (run them from a release build).",
-        subcommands: [BenchKernelsCommand.self]
+        subcommands: [
+            BenchSafetensorsCommand.self,
+            BenchPerplexityCommand.self,
+            BenchGPTQCommand.self,
+            BenchNpuCommand.self,
+            BenchTokenizeCommand.self,
+            BenchKernelsCommand.self,
+        ]
     )
 }

@@ -22,13 +22,10 @@ struct InspectCommand: ParsableCommand {
     }
 }
 
-/// Prints a user-input error as one line on stderr and exits 1, instead of a stack trace.
+/// Prints an error as one line on stderr and exits 1, instead of a stack trace.
 func runReportingErrors(_ body: () throws -> Void) throws {
-    do { try body() } catch let e as QuantKitError {
-        FileHandle.standardError.write("error: \(e.message)\n".data(using: .utf8)!)
-        throw ExitCode(1)
-    } catch let e as CustomStringConvertible where !(e is ExitCode) && !(e is CleanExit) {
-        FileHandle.standardError.write("error: \(e.description)\n".data(using: .utf8)!)
+    do { try body() } catch let e as ExitCode { throw e } catch {
+        FileHandle.standardError.write("error: \(error)\n".data(using: .utf8)!)
         throw ExitCode(1)
     }
 }

@@ -6,7 +6,15 @@ struct QuantKitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "quantkit",
         abstract: "Quantize transformer checkpoints (GPTQ, RTN; INT8/INT4) and measure what it costs.",
-        subcommands: [InspectCommand.self, BenchCommand.self]
+        subcommands: [
+            InspectCommand.self,
+            ConvertCommand.self,
+            BenchCommand.self,
+            CompareCommand.self,
+            TokenizeCommand.self,
+            NpuCommand.self,
+            LayersCommand.self,
+        ]
     )
 }
 

@@ -1,0 +1,251 @@
+import Foundation
+import TensorCore
+
+// `quantkit compare`: runs of one kind against the float baseline: deltas, relative deltas, bootstrap intervals
+// and the verdict per run.
+
+public struct CompareRow: Sendable {
+    public var run: ResultRun
+    public var value: Double?
+    public var delta: Double?
+    public var relativeDelta: Double?
+    public var verdict: Verdict?
+    /// Every shared metric: normalized name -> (base, run).
+    public var metricDeltas: [(name: String, base: Double, value: Double)]
+}
+
+public struct Comparison: Sendable {
+    public var kind: ResultKind
+    public var files: [String]
+    public var baseline: ResultRun
+    public var rows: [CompareRow]
+    public var layers: [LayerFigure]
+    public var thresholds: VerdictThresholds
+    public var notes: [String]
+
+    /// The headline metric's normalized key and display name.
+    public static func headline(_ k: ResultKind) -> (key: String, name: String, higherIsBetter: Bool) {
+        switch k {
+        case .perplexity: return ("ppl", "ppl", false)
+        case .retrieval: return ("ndcg10", "nDCG@10", true)
+        case .answers: return ("em", "EM", true)
+        case .layers: return ("", "", false)
+        }
+    }
+
+    /// Display names of known normalized metric keys.
+    public static func displayName(_ key: String) -> String {
+        let known = ["ppl": "ppl", "pplerror": "ppl error", "kldmean": "KLD mean", "kldstderr": "KLD stderr",
+                     "kldmax": "KLD max", "rmsdp": "RMS dp", "sametop": "same-top %", "pplratio": "ppl ratio",
+                     "qerror": "QError", "em": "EM", "f1": "F1", "agreementem": "agreement EM",
+                     "mrr10": "MRR@10", "recall10": "Recall@10", "recall100": "Recall@100"]
+        if let k = known[key] { return k }
+        if key.hasPrefix("ndcg") { return "nDCG@" + key.dropFirst(4) }
+        if key.hasPrefix("recall") { return "Recall@" + key.dropFirst(6) }
+        return key
+    }
+
+    public static func build(files: [ResultFile], thresholds: VerdictThresholds = VerdictThresholds(),
+                             resamples: Int = Bootstrap.defaultResamples, seed: UInt64 = Bootstrap.defaultSeed) throws -> Comparison {
+        guard !files.isEmpty else { throw QuantKitError(.input, "compare: no result files given") }
+        try ResultFile.checkComparable(files)
+        let measured = files.filter { $0.kind != .layers }
+        let layers = files.filter { $0.kind == .layers }.flatMap(\.layers)
+        guard let kind = measured.first?.kind else {
+            throw QuantKitError(.input, "compare: only layer results given; add perplexity, retrieval or answers results to compare")
+        }
+        var all = measured.flatMap(\.runs)
+        // Same labels from different files: add the file name.
+        let dupes = Dictionary(grouping: all.indices, by: { all[$0].label }).filter { $0.value.count > 1 }
+        for (_, idx) in dupes { for i in idx { all[i].label += " [\(URL(fileURLWithPath: all[i].file).lastPathComponent)]" } }
+        guard let baseline = all.first(where: \.isBase) ?? all.first else {
+            throw QuantKitError(.input, "compare: the result files hold no runs")
+        }
+        var notes: [String] = []
+        let (hKey, hName, _) = headline(kind)
+        // Other files' own bases are dropped; say so if they disagree with the baseline.
+        for r in all where r.isBase && !(r.file == baseline.file && r.label == baseline.label) {
+            if let a = r.metrics[hKey], let b = baseline.metrics[hKey], abs(a - b) > 1e-9 * max(1, abs(b)) {
+                notes.append("\(r.file): its base \(hName) \(reportFormat(a)) differs from the baseline's \(reportFormat(b)); compared against the baseline")
+            }
+        }
+        let others = all.filter { !$0.isBase && !($0.file == baseline.file && $0.label == baseline.label) }
+        if others.isEmpty { throw QuantKitError(.input, "compare: need at least two runs (a baseline and a quantized run); got only \(baseline.label) from \(baseline.file)") }
+        var rows: [CompareRow] = []
+        rows.append(CompareRow(run: baseline, value: baseline.metrics[hKey], delta: nil, relativeDelta: nil, verdict: nil, metricDeltas: []))
+        for r in others {
+            let v = r.metrics[hKey], b = baseline.metrics[hKey]
+            var ci: ConfidenceInterval? = nil
+            switch kind {
+            case .perplexity:
+                if let bc = baseline.chunks, let rc = r.chunks {
+                    do { ci = try Bootstrap.qerror(base: bc, quantized: rc, resamples: resamples, seed: seed) }
+                    catch { notes.append("no CI for \(r.label): \(error)") }
+                } else {
+                    notes.append("no CI for \(r.label): per-chunk NLL sums (a \"chunks\" array of {nll_sum, count}) absent in \(baseline.chunks == nil ? baseline.file : r.file)")
+                }
+            case .retrieval:
+                let ids = baseline.perQuery.keys.filter { baseline.perQuery[$0]?[hKey] != nil && r.perQuery[$0]?[hKey] != nil }.sorted()
+                if ids.count >= 2 {
+                    if ids.count < max(baseline.perQuery.count, r.perQuery.count) {
+                        notes.append("\(r.label): CI over the \(ids.count) queries with per-query nDCG@10 on both sides")
+                    }
+                    ci = try? Bootstrap.relativeDrop(base: ids.map { baseline.perQuery[$0]![hKey]! },
+                                                     quantized: ids.map { r.perQuery[$0]![hKey]! }, resamples: resamples, seed: seed)
+                } else {
+                    notes.append("no CI for \(r.label): per-query nDCG@10 values absent")
+                }
+            case .answers, .layers:
+                break
+            }
+            let verdict = VerdictLogic.verdict(base: baseline, run: r, thresholds: thresholds, interval: ci, layers: layers)
+            if verdict == nil { notes.append("no verdict for \(r.label): the headline metric is missing on one side") }
+            var md: [(String, Double, Double)] = []
+            for k in r.metrics.keys.sorted() { if let bv = baseline.metrics[k], let rv = r.metrics[k] { md.append((k, bv, rv)) } }
+            rows.append(CompareRow(run: r, value: v, delta: v.flatMap { x in b.map { x - $0 } },
+                                   relativeDelta: (v != nil && b != nil && b! != 0) ? v! / b! - 1 : nil,
+                                   verdict: verdict, metricDeltas: md))
+        }
+        return Comparison(kind: kind, files: files.map(\.path), baseline: baseline, rows: rows, layers: layers,
+                          thresholds: thresholds, notes: notes)
+    }
+
+    /// All segments carried by the compared runs, worst first.
+    /// Retrieval runs whose per-query entries carry the query text also get query-length buckets (unless the file
+    /// already has them).
+    public var segments: [SegmentDelta] {
+        var all: [SegmentDelta] = []
+        for row in rows where row.delta != nil {
+            all += row.run.segments
+            if kind == .retrieval, !row.run.segments.contains(where: { $0.group == "query length" }) {
+                let texts = row.run.queryTexts.isEmpty ? baseline.queryTexts : row.run.queryTexts
+                let items = texts.keys.sorted().compactMap { id -> (text: String, base: Double, quantized: Double)? in
+                    guard let b = baseline.perQuery[id]?["ndcg10"], let q = row.run.perQuery[id]?["ndcg10"] else { return nil }
+                    return (texts[id]!, b, q)
+                }
+                if !items.isEmpty { all += Segments.byQueryLength(items) }
+            }
+        }
+        return Segments.worstFirst(all)
+    }
+
+    /// The worst verdict over the compared runs, i.e. whether every run could ship.
+    public var worstDecision: Decision? {
+        let ds = rows.compactMap(\.verdict?.decision)
+        if ds.contains(.stayFloat) { return .stayFloat }
+        if ds.contains(.improve) { return .improve }
+        return ds.isEmpty ? nil : .ship
+    }
+
+    // MARK: text
+
+    public func table() -> String {
+        let (_, hName, _) = Comparison.headline(kind)
+        var header = ["run", "bits/w", hName, "delta", "rel. delta", "95% CI (loss)", "verdict"]
+        let extraKeys: [String] = kind == .perplexity ? ["kldmean", "sametop"] : (kind == .retrieval ? ["recall100", "mrr10"] : ["f1", "agreementem"])
+        let extras = extraKeys.filter { k in rows.contains { $0.run.metrics[k] != nil } }
+        header.insert(contentsOf: extras.map(Comparison.displayName), at: 5)
+        var lines: [[String]] = [header]
+        for row in rows {
+            var cells = [row.run.label + (row.run.isBase || row.delta == nil ? " (baseline)" : ""),
+                         row.run.bitsPerWeight.map { reportFormat($0, 2) } ?? "-",
+                         row.value.map { reportFormat($0) } ?? "-",
+                         row.delta.map { reportSigned($0) } ?? "",
+                         row.relativeDelta.map { reportPercent($0, signed: true) } ?? ""]
+            for k in extras { cells.append(row.run.metrics[k].map { reportFormat($0) } ?? "-") }
+            cells.append(row.verdict?.interval.map { "[\(reportPercent($0.lower, signed: true)), \(reportPercent($0.upper, signed: true))]" } ?? "")
+            cells.append(row.verdict.map { "\($0.decision.rawValue) (\($0.measure.components(separatedBy: " (").first!) \(reportPercent($0.relativeLoss, signed: true)))" } ?? "")
+            lines.append(cells)
+        }
+        var out = "Comparison of \(kind.rawValue) results (baseline: \(baseline.label); thresholds: ship < \(reportPercent(thresholds.ship)), improve <= \(reportPercent(thresholds.stay)), else stay FP16)\n"
+        out += Comparison.align(lines)
+        for row in rows {
+            guard let v = row.verdict else { continue }
+            out += "\n\(row.run.label): \(v.decision.rawValue.uppercased()) — \(v.measure) = \(reportPercent(v.relativeLoss, signed: true))"
+            if let n = v.note { out += " (\(n))" }
+            for s in v.nextSteps { out += "\n  try: \(s)" }
+        }
+        if kind == .retrieval {
+            out += "\n\nMetric deltas (run - baseline):\n"
+            var t: [[String]] = [["run", "metric", "baseline", "run", "delta"]]
+            for row in rows where !row.metricDeltas.isEmpty {
+                for m in row.metricDeltas { t.append([row.run.label, Comparison.displayName(m.name), reportFormat(m.base), reportFormat(m.value), reportSigned(m.value - m.base)]) }
+            }
+            out += Comparison.align(t)
+        }
+        let segs = segments
+        if !segs.isEmpty {
+            out += "\n\nLargest per-segment degradations:\n"
+            var t: [[String]] = [["group", "segment", "count", "base", "quantized", "rel. loss"]]
+            for s in segs.prefix(8) { t.append([s.group, s.segment, String(s.count), reportFormat(s.base), reportFormat(s.quantized), reportPercent(s.relativeLoss, signed: true)]) }
+            out += Comparison.align(t)
+        }
+        if !layers.isEmpty {
+            out += "\n\nMost sensitive modules:\n"
+            var t: [[String]] = [["module", "cosine", "SQNR dB", "MSE", "loss", "QError (only this module)"]]
+            for l in layers.sorted(by: { $0.sensitivity > $1.sensitivity }).prefix(5) {
+                t.append([l.name, l.cosine.map { reportFormat($0, 6) } ?? "-", l.sqnrDB.map { reportFormat($0, 2) } ?? "-", l.mse.map { reportFormat($0) } ?? "-",
+                          l.loss.map { reportFormat($0) } ?? "-", l.qerror.map { reportPercent($0, signed: true) } ?? "-"])
+            }
+            out += Comparison.align(t)
+        }
+        for n in notes { out += "\nnote: \(n)" }
+        return out + "\n"
+    }
+
+    static func align(_ rows: [[String]]) -> String {
+        let n = rows.map(\.count).max() ?? 0
+        var w = [Int](repeating: 0, count: n)
+        for r in rows { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
+        return rows.map { r in
+            r.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
+    }
+
+    // MARK: JSON
+
+    public func jsonBody() -> [String: Any] {
+        func ci(_ c: ConfidenceInterval?) -> Any {
+            guard let c else { return NSNull() }
+            return ["estimate": c.estimate, "lower": c.lower, "upper": c.upper, "level": c.level, "resamples": c.resamples] as [String: Any]
+        }
+        let runs: [[String: Any]] = rows.map { r in
+            var o: [String: Any] = ["label": r.run.label, "file": r.run.file, "baseline": r.delta == nil,
+                                    "metrics": Dictionary(uniqueKeysWithValues: r.run.metrics.map { (Comparison.displayName($0.key), $0.value) })]
+            if let b = r.run.bitsPerWeight { o["bits_per_weight"] = b }
+            if let v = r.value { o["value"] = v }
+            if let d = r.delta { o["delta"] = d }
+            if let d = r.relativeDelta { o["relative_delta"] = d }
+            if let v = r.verdict {
+                o["verdict"] = ["decision": v.decision.rawValue, "relative_loss": v.relativeLoss, "measure": v.measure,
+                                "interval": ci(v.interval), "next_steps": v.nextSteps, "note": v.note ?? NSNull()] as [String: Any]
+            }
+            return o
+        }
+        return ["compared_kind": kind.rawValue, "files": files, "baseline": baseline.label,
+                "headline": Comparison.headline(kind).name,
+                "thresholds": ["ship_below": thresholds.ship, "stay_above": thresholds.stay],
+                "decision": worstDecision?.rawValue ?? NSNull(), "runs": runs,
+                "segments": segments.map { ["group": $0.group, "segment": $0.segment, "count": $0.count, "base": $0.base,
+                                            "quantized": $0.quantized, "relative_loss": $0.relativeLoss] as [String: Any] },
+                "layers": layers.map { l -> [String: Any] in
+                    var o: [String: Any] = ["name": l.name, "sensitivity": l.sensitivity]
+                    if let c = l.cosine { o["cosine"] = c }; if let s = l.sqnrDB { o["sqnr_db"] = s }
+                    if let m = l.mse { o["mse"] = m }; if let x = l.loss { o["loss"] = x }
+                    return o
+                },
+                "notes": notes]
+    }
+}
+
+// Number formatting shared by the reports.
+func reportFormat(_ v: Double, _ digits: Int = 4) -> String {
+    if !v.isFinite { return String(v) }
+    if v != 0 && (abs(v) >= 1e6 || abs(v) < 1e-4) { return String(format: "%.3e", v) }
+    return String(format: "%.\(digits)f", v)
+}
+func reportSigned(_ v: Double) -> String { (v >= 0 ? "+" : "") + reportFormat(v) }
+func reportPercent(_ v: Double, signed s: Bool = false) -> String {
+    (s && v >= 0 ? "+" : "") + String(format: "%.2f%%", v * 100)
+}

@@ -1,0 +1,128 @@
+import Foundation
+import TensorCore
+
+// One self-contained XHTML file: verdict, table, inline SVG charts; no scripts, no external resources.
+
+public enum HTMLReport {
+    static func e(_ s: String) -> String { SVGChart.escape(s) }
+
+    static func color(_ d: Decision?) -> String {
+        switch d {
+        case .ship: return "#2e7d32"
+        case .improve: return "#ef6c00"
+        case .stayFloat: return "#c62828"
+        case nil: return "#555"
+        }
+    }
+
+    public static func render(_ c: Comparison, title: String = "QuantKit comparison") -> String {
+        var h = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE html>\n"
+        h += "<html xmlns=\"http://www.w3.org/1999/xhtml\" lang=\"en\"><head><meta charset=\"UTF-8\"/>"
+        h += "<title>\(e(title))</title><style>"
+        h += "body{font-family:sans-serif;margin:24px;color:#222;max-width:1000px}table{border-collapse:collapse;margin:8px 0}"
+        h += "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        h += ".verdict{color:#fff;padding:2px 8px;border-radius:4px}.banner{font-size:20px;margin:12px 0}figure{margin:16px 0}"
+        h += "</style></head><body>"
+        h += "<h1>\(e(title))</h1>"
+        let (_, hName, _) = Comparison.headline(c.kind)
+        let worst = c.worstDecision
+        h += "<p class=\"banner\">Verdict: <span class=\"verdict\" style=\"background:\(color(worst))\">\(e(worst?.rawValue ?? "none"))</span> "
+        h += "(\(e(c.kind.rawValue)); baseline \(e(c.baseline.label)); ship below \(e(reportPercent(c.thresholds.ship))), improve up to \(e(reportPercent(c.thresholds.stay))), else stay FP16)</p>"
+
+        // Table
+        h += "<table><thead><tr><th>run</th><th>bits/weight</th><th>\(e(hName))</th><th>delta</th><th>rel. delta</th><th>95% CI of loss</th><th>verdict</th></tr></thead><tbody>"
+        for r in c.rows {
+            h += "<tr><td>\(e(r.run.label))\(r.delta == nil ? " (baseline)" : "")</td>"
+            h += "<td>\(e(r.run.bitsPerWeight.map { reportFormat($0, 2) } ?? "-"))</td><td>\(e(r.value.map { reportFormat($0) } ?? "-"))</td>"
+            h += "<td>\(e(r.delta.map(reportSigned) ?? ""))</td><td>\(e(r.relativeDelta.map { reportPercent($0, signed: true) } ?? ""))</td>"
+            h += "<td>\(e(r.verdict?.interval.map { "[\(reportPercent($0.lower, signed: true)), \(reportPercent($0.upper, signed: true))]" } ?? ""))</td>"
+            if let v = r.verdict {
+                h += "<td><span class=\"verdict\" style=\"background:\(color(v.decision))\">\(e(v.decision.rawValue))</span> \(e(reportPercent(v.relativeLoss, signed: true)))</td></tr>"
+            } else { h += "<td></td></tr>" }
+        }
+        h += "</tbody></table>"
+        for r in c.rows {
+            guard let v = r.verdict else { continue }
+            h += "<p><b>\(e(r.run.label))</b>: \(e(v.decision.rawValue)) — \(e(v.measure)) = \(e(reportPercent(v.relativeLoss, signed: true)))"
+            if let n = v.note { h += " (\(e(n)))" }
+            h += "</p>"
+            if !v.nextSteps.isEmpty {
+                h += "<ul>" + v.nextSteps.map { "<li>\(e($0))</li>" }.joined() + "</ul>"
+            }
+        }
+
+        // Charts
+        h += "<h2>Charts</h2>"
+        let losses = c.rows.compactMap { r in r.verdict.map { (label: r.run.label, value: $0.relativeLoss * 100) } }
+        if !losses.isEmpty {
+            h += figure(SVGChart.bars(title: "Relative loss of \(hName) per run (%)", items: losses,
+                                      color: "#e45756", negativeColor: "#54a24b",
+                                      markers: [(c.thresholds.ship * 100, "ship < \(reportPercent(c.thresholds.ship))"),
+                                                (c.thresholds.stay * 100, "stay FP16 > \(reportPercent(c.thresholds.stay))")],
+                                      format: { String(format: "%+.3f%%", $0) }))
+        }
+        if c.kind == .perplexity {
+            let withBits = c.rows.filter { $0.run.bitsPerWeight != nil }
+            let missing = c.rows.filter { $0.run.bitsPerWeight == nil }.map(\.run.label)
+            if withBits.count >= 1 {
+                // One series per quantization method, so only like runs are joined by a line.
+                let groups = Dictionary(grouping: withBits) { HTMLReport.method($0.run) }
+                let names = groups.keys.sorted()
+                h += figure(SVGChart.lines(title: "Perplexity vs bits per weight", xLabel: "bits per weight", yLabel: "perplexity",
+                                           series: names.map { m in (m, groups[m]!.compactMap { r in r.value.map { SVGChart.Point(x: r.run.bitsPerWeight!, y: $0, label: r.run.label) } }) }))
+                let kld = names.map { m in (m, groups[m]!.compactMap { r in r.run.metrics["kldmean"].map { SVGChart.Point(x: r.run.bitsPerWeight!, y: $0, label: r.run.label) } }) }
+                    .filter { !$0.1.isEmpty }
+                if !kld.isEmpty {
+                    h += figure(SVGChart.lines(title: "Mean KLD vs bits per weight", xLabel: "bits per weight", yLabel: "mean KLD (nats)", series: kld))
+                }
+            }
+            if !missing.isEmpty {
+                h += "<p>Bits per weight unknown (no <code>bits_per_weight</code> in the result) for: \(e(missing.joined(separator: ", "))).</p>"
+            }
+        }
+        if c.kind == .retrieval || c.kind == .answers {
+            var items: [(label: String, value: Double)] = []
+            for r in c.rows where !r.metricDeltas.isEmpty {
+                for m in r.metricDeltas { items.append(("\(r.run.label): \(Comparison.displayName(m.name))", m.value - m.base)) }
+            }
+            if !items.isEmpty {
+                h += figure(SVGChart.bars(title: c.kind == .retrieval ? "Retrieval metric deltas (run - baseline)" : "Answer metric deltas (run - baseline)",
+                                          items: items, format: { String(format: "%+.4f", $0) }))
+            }
+        }
+        let segs = c.segments
+        if !segs.isEmpty {
+            h += figure(SVGChart.bars(title: "Per-segment relative loss (%), worst first",
+                                      items: segs.prefix(24).map { ("\($0.group): \($0.segment)", $0.relativeLoss * 100) },
+                                      color: "#e45756", negativeColor: "#54a24b", format: { String(format: "%+.2f%%", $0) }))
+        }
+        if !c.layers.isEmpty {
+            let ranked = c.layers.sorted { $0.sensitivity > $1.sensitivity }.prefix(40)
+            let (title, value): (String, (LayerFigure) -> Double) = {
+                if c.layers.allSatisfy({ $0.qerror != nil }) { return ("Per-module sensitivity: QError when only this module is quantized (%)", { $0.qerror! * 100 }) }
+                if c.layers.allSatisfy({ $0.sqnrDB != nil }) { return ("Per-module sensitivity: SQNR (dB, lower = more sensitive)", { $0.sqnrDB! }) }
+                if c.layers.allSatisfy({ $0.cosine != nil }) { return ("Per-module sensitivity: 1 - cosine similarity", { 1 - $0.cosine! }) }
+                return ("Per-module sensitivity", { $0.sensitivity })
+            }()
+            h += figure(SVGChart.bars(title: title, items: ranked.map { ($0.name, value($0)) }, color: "#b279a2"))
+        }
+        if !c.notes.isEmpty {
+            h += "<h2>Notes</h2><ul>" + c.notes.map { "<li>\(e($0))</li>" }.joined() + "</ul>"
+        }
+        h += "<p style=\"color:#777\">Files: \(e(c.files.joined(separator: ", ")))</p>"
+        return h + "</body></html>\n"
+    }
+
+    /// The series a run belongs to in the bits-per-weight charts.
+    static func method(_ r: ResultRun) -> String {
+        if let m = ResultValue.object(r.quantization).first(["method", "quant_method"])?.string { return m.uppercased() }
+        if r.isBase || (r.bitsPerWeight ?? 0) >= 16 { return "float" }
+        return "quantized"
+    }
+
+    static func figure(_ svg: String) -> String { "<figure>\(svg)</figure>" }
+
+    public static func write(_ c: Comparison, to path: String) throws {
+        try AtomicFile.write(Data(render(c).utf8), to: path)
+    }
+}

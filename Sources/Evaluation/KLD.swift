@@ -1,0 +1,268 @@
+import Foundation
+import TensorCore
+
+/// What `--save-logits` stores per scored token, so a later run can compute SPECS.md "Quantized vs base
+/// statistics" without the base model.
+///
+/// Encodings:
+/// - `f16-logprobs` (vocab <= 4096, e.g. tok512): the full log-softmax row as Float16, plus the target's
+///   log-prob and the argmax exactly. Float16 keeps 11 significant bits: each log-prob carries a relative error
+///   <= 2^-11, so a token's KLD term p * (lp_b - lp_q) is off by at most ~|lp_b| * p * 4.9e-4; summed that is
+///   <= 4.9e-4 x the base entropy per token, and rounding errors of both signs mostly cancel in the mean. Base
+///   rows are renormalised after decoding.
+/// - `topk` (larger vocabularies): the k = 64 largest base log-probs (Float32) with their ids plus the
+///   remaining mass 1 - sum(top-k p). KLD is then computed over k + 1 buckets (top-k tokens and "the rest"),
+///   which by the log-sum inequality is a LOWER bound of the full-vocabulary KLD; the gap is the divergence
+///   inside the tail bucket, small when the top-k hold nearly all the mass.
+public enum LogitsEncoding: String, Codable, Sendable { case f16LogProbs = "f16-logprobs", topK = "topk" }
+
+public struct LogitsFileHeader: Codable, Sendable, Equatable {
+    public var schema_version: Int = 1
+    public var corpus_sha256: String
+    public var tokenizer: String
+    public var `protocol`: String
+    public var ctx: Int
+    public var stride: Int?
+    public var model: String
+    public var vocab: Int
+    public var encoding: LogitsEncoding
+    public var top_k: Int?
+    public var tokens_scored: Int
+    public var nll_sum: Double
+}
+
+/// Collects scored rows of a base run and writes the zstd-compressed logits file.
+public final class LogitsWriter {
+    public let vocab: Int
+    public let encoding: LogitsEncoding
+    public let topK: Int
+    private var body = Data()
+    private var count = 0
+    private var nllSum: Double = 0
+    private var lp: [Double]
+    private var order: [Int]
+
+    public init(vocab: Int, topK: Int = 64, maxFullVocab: Int = 4096) {
+        self.vocab = vocab
+        encoding = vocab <= maxFullVocab ? .f16LogProbs : .topK
+        self.topK = min(topK, vocab)
+        lp = [Double](repeating: 0, count: vocab)
+        order = Array(0..<vocab)
+    }
+
+    private func append<T>(_ v: T) { withUnsafeBytes(of: v) { body.append(contentsOf: $0) } }
+
+    public func add(_ row: ScoredRow) {
+        logSoftmax(row.logits, vocab: vocab, into: &lp)
+        var am = 0
+        for i in 1..<vocab where lp[i] > lp[am] { am = i }
+        append(UInt32(row.target).littleEndian)
+        append(Float(lp[Int(row.target)]).bitPattern.littleEndian)
+        append(UInt32(am).littleEndian)
+        nllSum -= lp[Int(row.target)]
+        count += 1
+        switch encoding {
+        case .f16LogProbs:
+            for i in 0..<vocab { append(Float16(Float(max(lp[i], -60000))).bitPattern.littleEndian) }
+        case .topK:
+            // Partial selection of the k largest (k is small).
+            order.withUnsafeMutableBufferPointer { o in
+                for i in 0..<vocab { o[i] = i }
+                for j in 0..<topK {
+                    var best = j
+                    for i in (j + 1)..<vocab where lp[o[i]] > lp[o[best]] { best = i }
+                    o.swapAt(j, best)
+                }
+            }
+            var mass: Double = 0
+            for j in 0..<topK { mass += exp(lp[order[j]]) }
+            append(Float(max(0, 1 - mass)).bitPattern.littleEndian)
+            for j in 0..<topK { append(UInt32(order[j]).littleEndian); append(Float(lp[order[j]]).bitPattern.littleEndian) }
+        }
+    }
+
+    public func write(to path: String, corpusSHA256: String, tokenizer: String, protocolName: String, ctx: Int,
+                      stride: Int?, model: String) throws {
+        let header = LogitsFileHeader(corpus_sha256: corpusSHA256, tokenizer: tokenizer, protocol: protocolName, ctx: ctx,
+                                      stride: stride, model: model, vocab: vocab, encoding: encoding,
+                                      top_k: encoding == .topK ? topK : nil, tokens_scored: count, nll_sum: nllSum)
+        let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+        let json = try enc.encode(header)
+        var out = Data("QKLOGITS".utf8)
+        var n = UInt32(json.count).littleEndian
+        out.append(Data(bytes: &n, count: 4))
+        out.append(json)
+        out.append(body)
+        try AtomicFile.write(try Zstd.compress(out, level: 3), to: path)
+    }
+}
+
+/// Log-softmax of a Float row in Double (max subtraction).
+func logSoftmax(_ x: UnsafePointer<Float>, vocab: Int, into out: inout [Double]) {
+    var mx = x[0]
+    for i in 1..<vocab where x[i] > mx { mx = x[i] }
+    var s: Double = 0
+    for i in 0..<vocab { s += exp(Double(x[i] - mx)) }
+    let lse = Double(mx) + log(s)
+    for i in 0..<vocab { out[i] = Double(x[i]) - lse }
+}
+
+/// A base logits file, decompressed in memory.
+public final class LogitsFile {
+    public let header: LogitsFileHeader
+    private let data: Data
+    private let bodyStart: Int
+    public let rowBytes: Int
+
+    public init(path: String) throws {
+        let raw = try readFile(path)
+        let d: Data
+        do { d = try Zstd.decompress(raw, source: path) } catch { throw QuantKitError(.format, "\(path): not a QuantKit logits file (\(error))") }
+        guard d.count >= 12, d.prefix(8) == Data("QKLOGITS".utf8) else {
+            throw QuantKitError(.format, "\(path): not a QuantKit logits file (bad magic)")
+        }
+        let n = Int(d.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt32.self)) })
+        guard d.count >= 12 + n, let h = try? JSONDecoder().decode(LogitsFileHeader.self, from: d.subdata(in: 12..<(12 + n))) else {
+            throw QuantKitError(.format, "\(path): logits file header is damaged")
+        }
+        header = h
+        data = d
+        bodyStart = 12 + n
+        rowBytes = h.encoding == .f16LogProbs ? 12 + 2 * h.vocab : 16 + 8 * (h.top_k ?? 0)
+        guard d.count - bodyStart == rowBytes * h.tokens_scored else {
+            throw QuantKitError(.format, "\(path): logits file holds \(d.count - bodyStart) bytes of rows, header implies \(rowBytes * h.tokens_scored)")
+        }
+    }
+
+    /// Refuses a base made from different text, tokenizer, protocol, context or window layout.
+    public func checkCompatible(corpusSHA256: String, tokenizer: String, protocolName: String, ctx: Int, stride: Int?, vocab: Int) throws {
+        var diffs: [String] = []
+        if header.corpus_sha256 != corpusSHA256 { diffs.append("corpus sha256 \(header.corpus_sha256.prefix(12))... vs \(corpusSHA256.prefix(12))...") }
+        // Tokenizer labels are "name@sha256-prefix": the same file under another name is the same tokenizer.
+        func contentId(_ s: String) -> String { s.split(separator: "@").last.map(String.init) ?? s }
+        if contentId(header.tokenizer) != contentId(tokenizer) { diffs.append("tokenizer '\(header.tokenizer)' vs '\(tokenizer)'") }
+        if header.protocol != protocolName { diffs.append("protocol \(header.protocol) vs \(protocolName)") }
+        if header.ctx != ctx { diffs.append("ctx \(header.ctx) vs \(ctx)") }
+        if header.stride != stride { diffs.append("stride \(header.stride.map(String.init) ?? "none") vs \(stride.map(String.init) ?? "none")") }
+        if header.vocab != vocab { diffs.append("vocab \(header.vocab) vs \(vocab)") }
+        if !diffs.isEmpty {
+            throw QuantKitError(.input, "--kld-base was made from a different evaluation: " + diffs.joined(separator: "; "))
+        }
+    }
+
+    func withRow<R>(_ i: Int, _ body: (UnsafeRawPointer) -> R) -> R {
+        data.withUnsafeBytes { body($0.baseAddress! + bodyStart + i * rowBytes) }
+    }
+}
+
+public struct KLDResult: Codable, Sendable {
+    public var tokens: Int
+    public var kld_mean: Double
+    public var kld_stderr: Double
+    public var kld_max: Double
+    /// "99.9", "99", ..., "0.1" -> KLD at that percentile (linear interpolation between order statistics).
+    public var kld_percentiles: [String: Double]
+    public var rms_dp: Double
+    public var same_top_percent: Double
+    public var ppl_base: Double
+    public var ppl_quant: Double
+    public var ppl_ratio: Double
+    public var ln_ppl_diff: Double
+    public var q_error: Double
+    public var encoding: String
+}
+
+/// Accumulates per-token statistics of a run against a base logits file.
+public final class KLDAccumulator {
+    public let base: LogitsFile
+    private var kld: [Double] = []
+    private var dpSq: Double = 0
+    private var same = 0
+    private var nllQ: Double = 0
+    private var lq: [Double]
+    private var lb: [Double]
+
+    public init(base: LogitsFile) {
+        self.base = base
+        lq = [Double](repeating: 0, count: base.header.vocab)
+        lb = [Double](repeating: 0, count: base.header.vocab)
+    }
+
+    public static let percentiles: [Double] = [99.9, 99, 95, 90, 50, 10, 5, 1, 0.1]
+
+    public func add(_ row: ScoredRow) throws {
+        let i = kld.count
+        let h = base.header
+        guard i < h.tokens_scored else { throw QuantKitError(.input, "--kld-base holds \(h.tokens_scored) tokens; this run scores more") }
+        guard row.vocab == h.vocab else { throw QuantKitError(.input, "--kld-base vocab \(h.vocab) differs from the model's \(row.vocab)") }
+        logSoftmax(row.logits, vocab: row.vocab, into: &lq)
+        let vocab = row.vocab
+        var qArg = 0
+        for v in 1..<vocab where lq[v] > lq[qArg] { qArg = v }
+        var k: Double = 0
+        var err: QuantKitError? = nil
+        base.withRow(i) { p in
+            let target = Int(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+            let lpT = Double(Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))))
+            let bArg = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
+            if target != Int(row.target) {
+                err = QuantKitError(.input, "--kld-base token \(i) is \(target) but this run scores \(row.target): different text or tokenization")
+                return
+            }
+            dpSq += pow(exp(lq[target]) - exp(lpT), 2)
+            if bArg == qArg { same += 1 }
+            switch h.encoding {
+            case .f16LogProbs:
+                let f = p + 12
+                var s: Double = 0
+                for v in 0..<vocab {
+                    lb[v] = Double(Float(Float16(bitPattern: UInt16(littleEndian: f.loadUnaligned(fromByteOffset: 2 * v, as: UInt16.self)))))
+                    s += exp(lb[v])
+                }
+                let norm = log(s)
+                for v in 0..<vocab {
+                    let l = lb[v] - norm
+                    let pb = exp(l)
+                    if pb > 0 { k += pb * (l - lq[v]) }
+                }
+            case .topK:
+                let rest = Double(Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self))))
+                var massQ: Double = 0
+                for j in 0..<(h.top_k ?? 0) {
+                    let id = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 16 + 8 * j, as: UInt32.self)))
+                    let l = Double(Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 20 + 8 * j, as: UInt32.self))))
+                    k += exp(l) * (l - lq[id])
+                    massQ += exp(lq[id])
+                }
+                let restQ = max(1 - massQ, 1e-300)
+                if rest > 0 { k += rest * (log(rest) - log(restQ)) }
+            }
+        }
+        if let e = err { throw e }
+        kld.append(max(k, 0))
+        nllQ -= lq[Int(row.target)]
+    }
+
+    public func result() throws -> KLDResult {
+        let n = kld.count
+        guard n == base.header.tokens_scored else {
+            throw QuantKitError(.input, "--kld-base holds \(base.header.tokens_scored) tokens; this run scored \(n)")
+        }
+        guard n > 1 else { throw QuantKitError(.input, "KLD needs at least two scored tokens") }
+        let mean = kld.reduce(0, +) / Double(n)
+        let m2 = kld.reduce(0) { $0 + $1 * $1 } / Double(n)
+        let sorted = kld.sorted()
+        var pct: [String: Double] = [:]
+        for p in KLDAccumulator.percentiles {
+            let pos = p / 100 * Double(n - 1)
+            let lo = Int(pos.rounded(.down)), hi = min(lo + 1, n - 1)
+            pct[p == 99.9 ? "99.9" : (p == 0.1 ? "0.1" : String(Int(p)))] = sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - Double(lo))
+        }
+        let lnB = base.header.nll_sum / Double(n), lnQ = nllQ / Double(n)
+        return KLDResult(tokens: n, kld_mean: mean, kld_stderr: (max(m2 - mean * mean, 0) / Double(n - 1)).squareRoot(),
+                         kld_max: sorted.last!, kld_percentiles: pct, rms_dp: (dpSq / Double(n)).squareRoot(),
+                         same_top_percent: 100 * Double(same) / Double(n), ppl_base: exp(lnB), ppl_quant: exp(lnQ),
+                         ppl_ratio: exp(lnQ - lnB), ln_ppl_diff: lnQ - lnB, q_error: exp(lnQ - lnB) - 1,
+                         encoding: base.header.encoding.rawValue)
+    }
+}

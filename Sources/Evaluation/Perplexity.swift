@@ -1,0 +1,143 @@
+import Foundation
+import Models
+import TensorCore
+
+/// The perplexity protocols of SPECS.md "Perplexity". Figures from different protocols are never compared.
+public enum PerplexityProtocol: String, Sendable, CaseIterable, Codable {
+    case llamacpp, gptq, strided
+}
+
+public struct PerplexityOptions: Sendable {
+    public var protocolKind: PerplexityProtocol
+    public var ctx: Int
+    /// Only for `strided` (default ctx / 2).
+    public var stride: Int?
+    public var maxChunks: Int?
+    public init(protocolKind: PerplexityProtocol = .llamacpp, ctx: Int, stride: Int? = nil, maxChunks: Int? = nil) {
+        self.protocolKind = protocolKind; self.ctx = ctx; self.stride = stride; self.maxChunks = maxChunks
+    }
+    public var effectiveStride: Int? { protocolKind == .strided ? (stride ?? max(1, ctx / 2)) : nil }
+}
+
+/// One scored position: the logits row that predicts `target`. Row pointer valid only during the callback.
+public struct ScoredRow {
+    public let chunk: Int
+    public let index: Int  // running index over all scored tokens
+    public let target: Int32
+    public let logits: UnsafePointer<Float>
+    public let vocab: Int
+}
+
+public struct PerplexityResult: Sendable {
+    public var protocolKind: PerplexityProtocol
+    public var ctx: Int
+    public var stride: Int?
+    public var chunks: Int
+    public var tokensScored: Int
+    public var totalTokens: Int
+    public var nllSum: Double
+    public var nllSqSum: Double
+    public var seconds: Double
+
+    public var meanNLL: Double { nllSum / Double(max(tokensScored, 1)) }
+    public var ppl: Double { exp(meanNLL) }
+    /// SPECS.md: sqrt((E[nll^2] - E[nll]^2) / (count - 1)) * ppl
+    public var pplError: Double {
+        guard tokensScored > 1 else { return .nan }
+        let m = meanNLL, m2 = nllSqSum / Double(tokensScored)
+        return (max(m2 - m * m, 0) / Double(tokensScored - 1)).squareRoot() * ppl
+    }
+}
+
+/// Negative log-likelihood of `target` under softmax(logits): max subtraction, Double accumulation.
+@inlinable
+public func negativeLogLikelihood(_ logits: UnsafePointer<Float>, vocab: Int, target: Int) -> Double {
+    var mx = logits[0]
+    for i in 1..<vocab where logits[i] > mx { mx = logits[i] }
+    var s: Double = 0
+    for i in 0..<vocab { s += Foundation.exp(Double(logits[i] - mx)) }
+    return -(Double(logits[target] - mx) - Foundation.log(s))
+}
+
+public enum Perplexity {
+    /// A window to run: tokens[begin..<end] (with the first optionally replaced by BOS), scoring targets at
+    /// absolute indices scoreFrom..<end (each predicted by the previous row).
+    struct Window { let begin: Int; let end: Int; let scoreFrom: Int; let replaceFirstWithBOS: Bool }
+
+    static func windows(n: Int, options o: PerplexityOptions, addsBOS: Bool) throws -> [Window] {
+        let ctx = o.ctx
+        guard ctx >= 2 else { throw QuantKitError(.input, "--ctx must be at least 2 (got \(ctx))") }
+        guard n >= 2 * ctx else {
+            throw QuantKitError(.input, "corpus has \(n) tokens; at least 2 x ctx = \(2 * ctx) are needed")
+        }
+        let limit = o.maxChunks ?? Int.max
+        guard limit > 0 else { throw QuantKitError(.input, "--max-chunks must be positive") }
+        var out: [Window] = []
+        switch o.protocolKind {
+        case .llamacpp:
+            // Score positions ctx/2 ... ctx-2 (each predicting the next token): targets ctx/2+1 ..< ctx.
+            for c in 0..<min(n / ctx, limit) {
+                out.append(Window(begin: c * ctx, end: (c + 1) * ctx, scoreFrom: c * ctx + ctx / 2 + 1, replaceFirstWithBOS: addsBOS))
+            }
+        case .gptq:
+            for c in 0..<min(n / ctx, limit) {
+                out.append(Window(begin: c * ctx, end: (c + 1) * ctx, scoreFrom: c * ctx + 1, replaceFirstWithBOS: false))
+            }
+        case .strided:
+            let stride = o.effectiveStride!
+            guard stride >= 1, stride <= ctx else { throw QuantKitError(.input, "--stride must be in 1...ctx (got \(stride))") }
+            var prevEnd = 0, begin = 0
+            while begin < n && out.count < limit {
+                let end = min(begin + ctx, n)
+                let trg = end - prevEnd
+                // The window's first token has no prediction; HF's shifted labels skip it too.
+                out.append(Window(begin: begin, end: end, scoreFrom: max(end - trg, begin + 1), replaceFirstWithBOS: false))
+                prevEnd = end
+                if end == n { break }
+                begin += stride
+            }
+        }
+        return out
+    }
+
+    /// How many windows a run over `n` tokens evaluates (throws on the same input errors as `evaluate`).
+    public static func windowCount(n: Int, options: PerplexityOptions, addsBOS: Bool = true) throws -> Int {
+        try windows(n: n, options: options, addsBOS: addsBOS).count
+    }
+
+    /// Runs a protocol over `tokens` (the whole text tokenized once, BOS prepended when the tokenizer adds it).
+    /// `onRow` sees every scored logits row (KLD capture/compare); `progress` gets (windows done, total, running ppl).
+    public static func evaluate(model: LlamaModel, tokens: [Int32], addsBOS: Bool, bosId: Int32, options: PerplexityOptions,
+                                onRow: ((ScoredRow) throws -> Void)? = nil,
+                                progress: ((Int, Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
+        try model.validate(tokens: tokens)
+        let wins = try windows(n: tokens.count, options: options, addsBOS: addsBOS)
+        let vocab = model.config.vocabSize
+        let ctx = options.ctx
+        let cache = model.makeCache(capacity: ctx)
+        let state = model.makeState(maxRows: ctx)
+        var res = PerplexityResult(protocolKind: options.protocolKind, ctx: ctx, stride: options.effectiveStride, chunks: 0,
+                                   tokensScored: 0, totalTokens: tokens.count, nllSum: 0, nllSqSum: 0, seconds: 0)
+        let t0 = Date()
+        for (wi, w) in wins.enumerated() {
+            var window = Array(tokens[w.begin..<w.end])
+            if w.replaceFirstWithBOS { window[0] = bosId }
+            cache.reset()
+            let firstRow = w.scoreFrom - 1 - w.begin  // row predicting the first scored target
+            let logits = model.forward(window, cache: cache, state: state, logitsFrom: firstRow)
+            for t in w.scoreFrom..<w.end {
+                let row = logits + (t - 1 - w.begin - firstRow) * vocab
+                let target = window[t - w.begin]
+                let nll = negativeLogLikelihood(row, vocab: vocab, target: Int(target))
+                if let cb = onRow { try cb(ScoredRow(chunk: wi, index: res.tokensScored, target: target, logits: row, vocab: vocab)) }
+                res.nllSum += nll
+                res.nllSqSum += nll * nll
+                res.tokensScored += 1
+            }
+            res.chunks += 1
+            progress?(wi + 1, wins.count, res.tokensScored, res.ppl)
+        }
+        res.seconds = Date().timeIntervalSince(t0)
+        return res
+    }
+}

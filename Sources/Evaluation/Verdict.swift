@@ -1,0 +1,119 @@
+import Foundation
+import TensorCore
+
+// The decision framework of issue 7: the relative loss of the headline metric against the float baseline decides
+// ship (below the first threshold), improve (between, inclusive), or stay at FP16 (above the second).
+
+public struct VerdictThresholds: Sendable, Equatable {
+    /// Fractions: 0.01 = 1 %.
+    public var ship: Double
+    public var stay: Double
+    public init(ship: Double = 0.01, stay: Double = 0.03) { self.ship = ship; self.stay = stay }
+
+    /// Parses "1,3" (percent) as used by --thresholds.
+    public init(parsing s: String) throws {
+        let parts = s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "%", with: "") }
+        guard parts.count == 2, let a = Double(parts[0]), let b = Double(parts[1]), a.isFinite, b.isFinite, a >= 0, b >= a else {
+            throw QuantKitError(.input, "--thresholds: expected two percentages SHIP,STAY with 0 <= SHIP <= STAY (e.g. 1,3), got \"\(s)\"")
+        }
+        self.init(ship: a / 100, stay: b / 100)
+    }
+}
+
+public enum Decision: String, Sendable {
+    case ship = "ship"
+    case improve = "improve"
+    case stayFloat = "stay FP16"
+}
+
+public struct Verdict: Sendable {
+    public var decision: Decision
+    /// Relative loss of the headline metric (fraction; positive = worse than the baseline).
+    public var relativeLoss: Double
+    /// How the loss was measured, e.g. "QError (ppl_q/ppl_base - 1)".
+    public var measure: String
+    public var interval: ConfidenceInterval?
+    /// Concrete next steps when the decision is improve (or stay, to say what might get there).
+    public var nextSteps: [String]
+    /// When the CI straddles a threshold, the point estimate decides and this says so.
+    public var note: String?
+}
+
+public enum VerdictLogic {
+    /// loss < ship -> ship; ship <= loss <= stay -> improve; loss > stay -> stay FP16.
+    public static func decide(_ loss: Double, _ t: VerdictThresholds) -> Decision {
+        if loss < t.ship { return .ship }
+        if loss <= t.stay { return .improve }
+        return .stayFloat
+    }
+
+    /// A fraction from a value that may be written in percent (agreement 97.5 or 0.975).
+    static func fraction(_ v: Double) -> Double { v > 1 ? v / 100 : v }
+
+    /// The headline relative loss of `run` against `base`, or nil when the needed metrics are absent.
+    public static func relativeLoss(base: ResultRun, run: ResultRun) -> (loss: Double, measure: String)? {
+        switch run.kind {
+        case .perplexity:
+            guard let b = base.metric("ppl"), let q = run.metric("ppl"), b > 0 else { return nil }
+            return (q / b - 1, "QError (ppl_q/ppl_base - 1)")
+        case .retrieval:
+            guard let b = base.metric("ndcg@10"), let q = run.metric("ndcg@10"), b > 0 else { return nil }
+            return ((b - q) / b, "relative nDCG@10 drop")
+        case .answers:
+            if let a = run.metric("agreementem") { return (1 - fraction(a), "1 - agreement EM") }
+            var best: (Double, String)? = nil
+            for m in ["em", "f1"] {
+                guard let b = base.metric(m), let q = run.metric(m), b > 0 else { continue }
+                let l = (b - q) / b
+                if best == nil || l > best!.0 { best = (l, "relative \(m.uppercased()) drop") }
+            }
+            return best
+        case .layers:
+            return nil
+        }
+    }
+
+    /// Concrete steps to try, from the run's quantization settings and, when given, the sensitivity ranking.
+    public static func nextSteps(run: ResultRun, layers: [LayerFigure], keep: Int = 3) -> [String] {
+        var steps: [String] = []
+        let q = run.quantization
+        func get(_ k: [String]) -> ResultValue? { ResultValue.object(q).first(k) }
+        let method = get(["method", "quant_method"])?.string?.lowercased()
+        let bits = get(["bits", "w_bits"])?.int
+        let group = get(["group_size", "groupsize"])?.int
+        let actOrder = get(["act_order", "desc_act"])?.bool
+        if method != "gptq" {
+            steps.append("quantize with GPTQ (--method gptq) instead of \(method.map { $0.uppercased() } ?? "round-to-nearest"), with act-order (--act-order)")
+        } else if actOrder != true {
+            steps.append("enable act-order (--act-order)")
+        }
+        if bits != 8 {
+            if let g = group, g > 32 { steps.append("smaller groups (--group-size \(g / 2))") }
+            else if group == nil || group! <= 0 { steps.append("grouped scales (--group-size 128, then 64/32)") }
+        }
+        let ranked = layers.sorted { $0.sensitivity > $1.sensitivity }.prefix(keep)
+        if ranked.isEmpty {
+            steps.append("mixed precision: run `quantkit layers` to rank module sensitivity, then keep the most sensitive at 8 bits (--override) or float (--skip)")
+        } else {
+            let names = ranked.map(\.name)
+            steps.append("mixed precision: keep the most sensitive modules at 8 bits or float: \(names.joined(separator: ", ")) (" +
+                         names.map { "--override '\($0)=8'" }.joined(separator: " ") + ")")
+        }
+        return steps
+    }
+
+    public static func verdict(base: ResultRun, run: ResultRun, thresholds: VerdictThresholds,
+                               interval: ConfidenceInterval?, layers: [LayerFigure]) -> Verdict? {
+        guard let (loss, measure) = relativeLoss(base: base, run: run) else { return nil }
+        let d = decide(loss, thresholds)
+        var note: String? = nil
+        if let ci = interval {
+            let lo = decide(ci.lower, thresholds), hi = decide(ci.upper, thresholds)
+            if lo != hi {
+                note = "the \(Int((ci.level * 100).rounded()))% interval spans \(lo.rawValue) to \(hi.rawValue); the point estimate decides"
+            }
+        }
+        return Verdict(decision: d, relativeLoss: loss, measure: measure, interval: interval,
+                       nextSteps: d == .ship ? [] : nextSteps(run: run, layers: layers), note: note)
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import TensorCore
+
+/// A Llama-family model config with the Hugging Face config.json names. Optional fields take the defaults
+/// transformers uses; derived sizes are computed properties.
+public struct LlamaConfig: Codable, Sendable, Equatable {
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var numHiddenLayers: Int
+    public var numAttentionHeads: Int
+    public var numKeyValueHeads: Int?
+    public var headDim: Int?
+    public var rmsNormEps: Double
+    public var ropeTheta: Double
+    public var vocabSize: Int
+    public var maxPositionEmbeddings: Int
+    public var tieWordEmbeddings: Bool
+    public var bosTokenId: Int?
+    public var eosTokenId: Int?
+    public var modelType: String
+    public var architectures: [String]?
+    public var attentionBias: Bool?
+    public var torchDtype: String?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads", numKeyValueHeads = "num_key_value_heads", headDim = "head_dim"
+        case rmsNormEps = "rms_norm_eps", ropeTheta = "rope_theta", vocabSize = "vocab_size"
+        case maxPositionEmbeddings = "max_position_embeddings", tieWordEmbeddings = "tie_word_embeddings"
+        case bosTokenId = "bos_token_id", eosTokenId = "eos_token_id", modelType = "model_type"
+        case architectures, attentionBias = "attention_bias", torchDtype = "torch_dtype"
+    }
+
+    public static let supportedModelTypes = ["llama", "mistral", "qwen2"]
+    public static let supportedArchitectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+
+    public init(hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
+                numKeyValueHeads: Int? = nil, headDim: Int? = nil, rmsNormEps: Double = 1e-6, ropeTheta: Double = 10000,
+                vocabSize: Int, maxPositionEmbeddings: Int = 2048, tieWordEmbeddings: Bool = false,
+                bosTokenId: Int? = 1, eosTokenId: Int? = 2, modelType: String = "llama",
+                architectures: [String]? = ["LlamaForCausalLM"], attentionBias: Bool? = nil) {
+        self.hiddenSize = hiddenSize; self.intermediateSize = intermediateSize; self.numHiddenLayers = numHiddenLayers
+        self.numAttentionHeads = numAttentionHeads; self.numKeyValueHeads = numKeyValueHeads; self.headDim = headDim
+        self.rmsNormEps = rmsNormEps; self.ropeTheta = ropeTheta; self.vocabSize = vocabSize
+        self.maxPositionEmbeddings = maxPositionEmbeddings; self.tieWordEmbeddings = tieWordEmbeddings
+        self.bosTokenId = bosTokenId; self.eosTokenId = eosTokenId; self.modelType = modelType
+        self.architectures = architectures; self.attentionBias = attentionBias
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
+        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
+        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
+        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
+        numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads)
+        headDim = try c.decodeIfPresent(Int.self, forKey: .headDim)
+        rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
+        ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000
+        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+        bosTokenId = try c.decodeIfPresent(Int.self, forKey: .bosTokenId)
+        // eos_token_id may be a list in HF configs; the first entry is the primary one.
+        if let one = try? c.decodeIfPresent(Int.self, forKey: .eosTokenId) {
+            eosTokenId = one
+        } else {
+            eosTokenId = (try? c.decodeIfPresent([Int].self, forKey: .eosTokenId))??.first
+        }
+        modelType = try c.decode(String.self, forKey: .modelType)
+        architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
+        attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias)
+        torchDtype = try? c.decodeIfPresent(String.self, forKey: .torchDtype)
+    }
+
+    // Derived sizes.
+    public var kvHeads: Int { numKeyValueHeads ?? numAttentionHeads }
+    public var headDimension: Int { headDim ?? hiddenSize / numAttentionHeads }
+    public var qDim: Int { numAttentionHeads * headDimension }
+    public var kvDim: Int { kvHeads * headDimension }
+    /// Qwen2 always has q/k/v biases; Llama has them (and an o bias) when attention_bias is true.
+    public var hasQKVBias: Bool { modelType == "qwen2" || attentionBias == true }
+    public var hasOBias: Bool { modelType != "qwen2" && attentionBias == true }
+
+    /// Checks the architecture is one this engine runs and the sizes are consistent.
+    public func validate(source: String = "config.json") throws {
+        guard LlamaConfig.supportedModelTypes.contains(modelType) else {
+            throw QuantKitError(.unsupported, "\(source): unknown model_type '\(modelType)' (supported: \(LlamaConfig.supportedModelTypes.joined(separator: ", ")))")
+        }
+        if let archs = architectures {
+            for a in archs where !LlamaConfig.supportedArchitectures.contains(a) {
+                throw QuantKitError(.unsupported, "\(source): unknown architecture '\(a)' (supported: \(LlamaConfig.supportedArchitectures.joined(separator: ", ")))")
+            }
+        }
+        for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+                          ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
+                          ("num_key_value_heads", kvHeads), ("vocab_size", vocabSize),
+                          ("max_position_embeddings", maxPositionEmbeddings), ("head_dim", headDimension)] where v <= 0 {
+            throw QuantKitError(.config, "\(source): \(name) must be positive (got \(v))")
+        }
+        if headDim == nil, hiddenSize % numAttentionHeads != 0 {
+            throw QuantKitError(.config, "\(source): num_attention_heads (\(numAttentionHeads)) does not divide hidden_size (\(hiddenSize))")
+        }
+        if numAttentionHeads % kvHeads != 0 {
+            throw QuantKitError(.config, "\(source): num_key_value_heads (\(kvHeads)) does not divide num_attention_heads (\(numAttentionHeads))")
+        }
+        if headDimension % 2 != 0 {
+            throw QuantKitError(.config, "\(source): head_dim (\(headDimension)) must be even for rotary embeddings")
+        }
+        if !(rmsNormEps > 0) { throw QuantKitError(.config, "\(source): rms_norm_eps must be positive") }
+        if !(ropeTheta > 0) { throw QuantKitError(.config, "\(source): rope_theta must be positive") }
+    }
+
+    /// Reads and validates a config.json; decoding failures name the missing or mistyped field.
+    public static func load(path: String) throws -> LlamaConfig {
+        let data = try readFile(path)
+        let cfg: LlamaConfig
+        do { cfg = try JSONDecoder().decode(LlamaConfig.self, from: data) } catch let DecodingError.keyNotFound(key, _) {
+            throw QuantKitError(.config, "\(path): missing field '\(key.stringValue)'")
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw QuantKitError(.config, "\(path): field '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))' has the wrong type")
+        } catch let DecodingError.valueNotFound(_, ctx) {
+            throw QuantKitError(.config, "\(path): field '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))' is null")
+        } catch {
+            throw QuantKitError(.config, "\(path): not a valid config.json (\(error.localizedDescription))")
+        }
+        try cfg.validate(source: path)
+        return cfg
+    }
+
+    /// Pretty JSON with HF names, as written into converted checkpoints.
+    public func jsonData() throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try enc.encode(self)
+    }
+}

@@ -1,0 +1,424 @@
+import Foundation
+import Kernels
+import TensorCore
+
+/// Keys and values of every layer for one sequence: per layer [capacity, kvDim] Float32. `length` tokens are
+/// filled; a forward call appends its rows at positions length..<length+rows.
+public final class KVCache {
+    public let layers: Int
+    public let capacity: Int
+    public let kvDim: Int
+    public var length: Int = 0
+    public let keys: [UnsafeMutablePointer<Float>]
+    public let values: [UnsafeMutablePointer<Float>]
+
+    public init(config: LlamaConfig, capacity: Int) {
+        layers = config.numHiddenLayers
+        self.capacity = capacity
+        kvDim = config.kvDim
+        keys = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: max(1, capacity * config.kvDim)) }
+        values = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: max(1, capacity * config.kvDim)) }
+    }
+
+    public func reset() { length = 0 }
+
+    deinit {
+        keys.forEach { $0.deallocate() }
+        values.forEach { $0.deallocate() }
+    }
+}
+
+/// Scratch activations for up to `maxRows` rows, allocated once (llama2.c's RunState); forward allocates nothing.
+public final class RunState {
+    public let maxRows: Int
+    public let x: UnsafeMutablePointer<Float>       // [rows, dim] residual stream
+    public let xb: UnsafeMutablePointer<Float>      // [rows, dim] normed input
+    public let xb2: UnsafeMutablePointer<Float>     // [rows, dim] block output before the residual add
+    public let q: UnsafeMutablePointer<Float>       // [rows, qDim]
+    public let att: UnsafeMutablePointer<Float>     // [rows, qDim]
+    public let hb: UnsafeMutablePointer<Float>      // [rows, hidden] gate
+    public let hb2: UnsafeMutablePointer<Float>     // [rows, hidden] up
+    public let logits: UnsafeMutablePointer<Float>  // [rows, vocab]
+    public let positions: UnsafeMutablePointer<Int32>
+    let dim: Int
+
+    public init(config c: LlamaConfig, maxRows: Int) {
+        self.maxRows = maxRows
+        let r = max(1, maxRows)
+        dim = c.hiddenSize
+        x = .allocate(capacity: r * c.hiddenSize)
+        xb = .allocate(capacity: r * c.hiddenSize)
+        xb2 = .allocate(capacity: r * c.hiddenSize)
+        q = .allocate(capacity: r * c.qDim)
+        att = .allocate(capacity: r * c.qDim)
+        hb = .allocate(capacity: r * c.intermediateSize)
+        hb2 = .allocate(capacity: r * c.intermediateSize)
+        logits = .allocate(capacity: r * c.vocabSize)
+        positions = .allocate(capacity: r)
+    }
+
+    deinit {
+        for p in [x, xb, xb2, q, att, hb, hb2, logits] { p.deallocate() }
+        positions.deallocate()
+    }
+}
+
+/// What a block needs from its model while running.
+public struct BlockContext {
+    public var ops: NonlinearOps
+    public var observer: LinearObserver?
+    public var threads: Int
+    public init(ops: NonlinearOps, observer: LinearObserver?, threads: Int) {
+        self.ops = ops; self.observer = observer; self.threads = threads
+    }
+}
+
+/// One decoder layer. The linear layers are `var`s: a quantizer swaps them one by one after loading.
+public final class LlamaBlock {
+    public let index: Int
+    public let prefix: String  // "model.layers.<i>."
+    public let config: LlamaConfig
+    public var qProj: LinearLayer     // self_attn.q_proj [qDim, dim]
+    public var kProj: LinearLayer     // self_attn.k_proj [kvDim, dim]
+    public var vProj: LinearLayer     // self_attn.v_proj [kvDim, dim]
+    public var oProj: LinearLayer     // self_attn.o_proj [dim, qDim]
+    public var gateProj: LinearLayer  // mlp.gate_proj [hidden, dim]
+    public var upProj: LinearLayer    // mlp.up_proj [hidden, dim]
+    public var downProj: LinearLayer  // mlp.down_proj [dim, hidden]
+    public let inputNorm: [Float]          // input_layernorm.weight [dim]
+    public let postAttentionNorm: [Float]  // post_attention_layernorm.weight [dim]
+
+    /// Relative module names in true-sequential order (GPTQ): each group's inputs are known once the previous
+    /// groups ran.
+    public static let sequentialGroups: [[String]] = [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"],
+    ]
+    public static let linearNames: [String] = sequentialGroups.flatMap { $0 }
+
+    /// Full module names ("model.layers.3.self_attn.q_proj") in true-sequential groups.
+    public var linearGroups: [[String]] { LlamaBlock.sequentialGroups.map { $0.map { prefix + $0 } } }
+
+    init(index: Int, config: LlamaConfig, linears: [String: LinearLayer], inputNorm: [Float], postNorm: [Float]) {
+        self.index = index
+        self.prefix = "model.layers.\(index)."
+        self.config = config
+        qProj = linears["self_attn.q_proj"]!; kProj = linears["self_attn.k_proj"]!; vProj = linears["self_attn.v_proj"]!
+        oProj = linears["self_attn.o_proj"]!; gateProj = linears["mlp.gate_proj"]!; upProj = linears["mlp.up_proj"]!
+        downProj = linears["mlp.down_proj"]!
+        self.inputNorm = inputNorm
+        self.postAttentionNorm = postNorm
+    }
+
+    /// The linear layer under a relative ("mlp.up_proj") or full ("model.layers.0.mlp.up_proj") name.
+    public func linear(named name: String) -> LinearLayer? {
+        switch name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count)) : name {
+        case "self_attn.q_proj": return qProj
+        case "self_attn.k_proj": return kProj
+        case "self_attn.v_proj": return vProj
+        case "self_attn.o_proj": return oProj
+        case "mlp.gate_proj": return gateProj
+        case "mlp.up_proj": return upProj
+        case "mlp.down_proj": return downProj
+        default: return nil
+        }
+    }
+
+    /// Replaces a linear layer (same in/out features required). Returns false for an unknown name.
+    @discardableResult
+    public func setLinear(_ layer: LinearLayer, named name: String) throws -> Bool {
+        guard let old = linear(named: name) else { return false }
+        guard old.inFeatures == layer.inFeatures, old.outFeatures == layer.outFeatures else {
+            throw QuantKitError(.shape, "\(prefix)\(name): replacement is [\(layer.outFeatures), \(layer.inFeatures)], expected [\(old.outFeatures), \(old.inFeatures)]")
+        }
+        switch name.hasPrefix(prefix) ? String(name.dropFirst(prefix.count)) : name {
+        case "self_attn.q_proj": qProj = layer
+        case "self_attn.k_proj": kProj = layer
+        case "self_attn.v_proj": vProj = layer
+        case "self_attn.o_proj": oProj = layer
+        case "mlp.gate_proj": gateProj = layer
+        case "mlp.up_proj": upProj = layer
+        default: downProj = layer
+        }
+        return true
+    }
+
+    @inline(__always)
+    private func run(_ l: LinearLayer, _ rel: String, _ x: UnsafePointer<Float>, _ rows: Int,
+                     _ out: UnsafeMutablePointer<Float>, _ ctx: BlockContext) {
+        l.forward(x, rows: rows, out: out, threads: ctx.threads)
+        ctx.observer?.observe(module: prefix + rel, input: x, inFeatures: l.inFeatures, output: out,
+                              outFeatures: l.outFeatures, rows: rows)
+    }
+
+    /// Runs the block on `rows` hidden states `x` (in place, [rows, dim]) at positions start..<start+rows.
+    /// keys/values: this layer's cache ([start+rows, kvDim] at least); the new rows' K/V are written at `start`.
+    /// state.positions[0..<rows] must hold the positions.
+    public func forward(_ x: UnsafeMutablePointer<Float>, rows: Int, start: Int, keys: UnsafeMutablePointer<Float>,
+                        values: UnsafeMutablePointer<Float>, state s: RunState, context ctx: BlockContext) {
+        let c = config
+        let dim = c.hiddenSize, kvDim = c.kvDim, hidden = c.intermediateSize
+        let eps = Float(c.rmsNormEps), theta = Float(c.ropeTheta)
+        inputNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
+        let kOut = keys + start * kvDim, vOut = values + start * kvDim
+        run(qProj, "self_attn.q_proj", s.xb, rows, s.q, ctx)
+        run(kProj, "self_attn.k_proj", s.xb, rows, kOut, ctx)
+        run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx)
+        ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
+        ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
+        ctx.ops.attention(q: s.q, keys: keys, values: values, tokens: rows, start: start, nHeads: c.numAttentionHeads,
+                          nKVHeads: c.kvHeads, headDim: c.headDimension, out: s.att, threads: ctx.threads)
+        run(oProj, "self_attn.o_proj", s.att, rows, s.xb2, ctx)
+        ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
+        postAttentionNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
+        run(gateProj, "mlp.gate_proj", s.xb, rows, s.hb, ctx)
+        run(upProj, "mlp.up_proj", s.xb, rows, s.hb2, ctx)
+        ctx.ops.swiglu(gate: s.hb, up: s.hb2, count: rows * hidden)
+        run(downProj, "mlp.down_proj", s.hb, rows, s.xb2, ctx)
+        ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
+    }
+}
+
+/// A Llama-family causal LM (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM).
+public final class LlamaModel {
+    public let config: LlamaConfig
+    /// model.embed_tokens.weight [vocab, dim], stored dtype.
+    public let embedding: Tensor
+    public var blocks: [LlamaBlock]
+    /// model.norm.weight [dim]
+    public let finalNorm: [Float]
+    /// lm_head.weight [vocab, dim] (the embedding when tied). Always dense unless swapped.
+    public var lmHead: LinearLayer
+    public var ops: NonlinearOps = FloatOps()
+    public var observer: LinearObserver?
+    public var threads: Int = Parallel.defaultThreads
+    /// A label for reports (the path it was loaded from).
+    public var name: String
+    /// Where the weights came from (kept alive: tensors may be views into its mapping).
+    public let source: WeightSource
+
+    public var context: BlockContext { BlockContext(ops: ops, observer: observer, threads: threads) }
+
+    /// Builds the model from weights with HF names, verifying every tensor name and shape. All problems are
+    /// listed in one error.
+    public init(config: LlamaConfig, source: WeightSource, backend: LinearBackend = DenseBackend(),
+                name: String = "model") throws {
+        try config.validate(source: name)
+        self.config = config
+        self.name = name
+        self.source = source
+        let rec = RecordingSource(source)
+        var missing: [String] = [], misshaped: [String] = [], unexpected: [String] = []
+        let dim = config.hiddenSize, vocab = config.vocabSize
+
+        func expect(_ n: String, _ shape: [Int]) -> Tensor? {
+            guard source.contains(n) else { missing.append(n); return nil }
+            guard let t = try? rec.tensor(n) else { missing.append(n); return nil }
+            guard t.shape == shape, t.dtype.isFloat else {
+                misshaped.append("\(n) (expected \(shape), got \(t.dtype.rawValue) \(t.shape))"); return nil
+            }
+            return t
+        }
+        func floats(_ t: Tensor?) -> [Float] { t?.floats() ?? [] }
+
+        let emb = expect("model.embed_tokens.weight", [vocab, dim])
+        let norm = floats(expect("model.norm.weight", [dim]))
+        var head: Tensor? = nil
+        if config.tieWordEmbeddings {
+            if source.contains("lm_head.weight") { _ = expect("lm_head.weight", [vocab, dim]) }  // present but unused
+            head = emb
+        } else {
+            head = expect("lm_head.weight", [vocab, dim])
+        }
+        let dims: [String: (out: Int, in: Int, bias: Bool)] = [
+            "self_attn.q_proj": (config.qDim, dim, config.hasQKVBias), "self_attn.k_proj": (config.kvDim, dim, config.hasQKVBias),
+            "self_attn.v_proj": (config.kvDim, dim, config.hasQKVBias), "self_attn.o_proj": (dim, config.qDim, config.hasOBias),
+            "mlp.gate_proj": (config.intermediateSize, dim, false), "mlp.up_proj": (config.intermediateSize, dim, false),
+            "mlp.down_proj": (dim, config.intermediateSize, false),
+        ]
+        var built: [LlamaBlock] = []
+        for i in 0..<config.numHiddenLayers {
+            let p = "model.layers.\(i)."
+            let inNorm = floats(expect(p + "input_layernorm.weight", [dim]))
+            let postNorm = floats(expect(p + "post_attention_layernorm.weight", [dim]))
+            var linears: [String: LinearLayer] = [:]
+            for rel in LlamaBlock.linearNames {
+                let full = p + rel
+                let d = dims[rel]!
+                var ok = true
+                // Dense-style tensors are checked here; other formats are checked by their backend.
+                if source.contains(full + ".weight"), let t = try? source.tensor(full + ".weight"), t.shape != [d.out, d.in] {
+                    misshaped.append("\(full).weight (expected \([d.out, d.in]), got \(t.dtype.rawValue) \(t.shape))"); ok = false
+                }
+                if d.bias {
+                    if !source.contains(full + ".bias") { missing.append(full + ".bias"); ok = false }
+                } else if source.contains(full + ".bias") {
+                    unexpected.append(full + ".bias"); ok = false
+                }
+                guard ok else { continue }
+                let before = rec.missing.count
+                do {
+                    let l = try backend.makeLinear(name: full, source: rec)
+                    if l.inFeatures != d.in || l.outFeatures != d.out {
+                        misshaped.append("\(full) (expected [\(d.out), \(d.in)], got [\(l.outFeatures), \(l.inFeatures)])")
+                    } else {
+                        linears[rel] = l
+                    }
+                } catch {
+                    if rec.missing.count > before { missing.append(contentsOf: rec.missing[before...]) } else {
+                        misshaped.append("\(full): \(error)")
+                    }
+                }
+            }
+            if missing.isEmpty && misshaped.isEmpty && unexpected.isEmpty {
+                built.append(LlamaBlock(index: i, config: config, linears: linears, inputNorm: inNorm, postNorm: postNorm))
+            }
+        }
+        if let all = allTensorNames(source) {
+            for n in all where !rec.accessed.contains(n) && !n.hasSuffix("rotary_emb.inv_freq") && !unexpected.contains(n) {
+                if missing.contains(n) || misshaped.contains(where: { $0.hasPrefix(n + " ") }) { continue }
+                unexpected.append(n)
+            }
+        }
+        if !missing.isEmpty || !misshaped.isEmpty || !unexpected.isEmpty {
+            var parts: [String] = []
+            if !missing.isEmpty { parts.append("missing \(missing.count): " + missing.joined(separator: ", ")) }
+            if !misshaped.isEmpty { parts.append("mis-shaped \(misshaped.count): " + misshaped.joined(separator: ", ")) }
+            if !unexpected.isEmpty { parts.append("unexpected \(unexpected.count): " + unexpected.sorted().joined(separator: ", ")) }
+            throw QuantKitError(.shape, "\(name): checkpoint does not match the \(config.modelType) config: " + parts.joined(separator: "; "))
+        }
+        embedding = emb!
+        finalNorm = norm
+        blocks = built
+        lmHead = try DenseLinear(weight: head!, name: config.tieWordEmbeddings ? "model.embed_tokens" : "lm_head")
+    }
+
+    /// Loads a Hugging Face directory (config.json + safetensors) or a llama2.c .bin checkpoint.
+    public static func load(path: String, backend: LinearBackend = DenseBackend()) throws -> LlamaModel {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw QuantKitError(.io, "\(path): no such file or directory")
+        }
+        if !isDir.boolValue {
+            let (cfg, weights) = try Llama2C.load(path: path)
+            return try LlamaModel(config: cfg, source: weights, backend: backend, name: path)
+        }
+        let cfgPath = URL(fileURLWithPath: path).appendingPathComponent("config.json").path
+        let cfg = try LlamaConfig.load(path: cfgPath)
+        let ckpt = try SafetensorsCheckpoint(path: path)
+        return try LlamaModel(config: cfg, source: ckpt, backend: backend, name: path)
+    }
+
+    public func makeCache(capacity: Int) -> KVCache { KVCache(config: config, capacity: capacity) }
+    public func makeState(maxRows: Int) -> RunState { RunState(config: config, maxRows: maxRows) }
+
+    /// Embedding rows (converted to Float32) for `tokens` into x [tokens.count, dim]. Ids must be < vocab.
+    public func embed(_ tokens: UnsafeBufferPointer<Int32>, into x: UnsafeMutablePointer<Float>) {
+        let dim = config.hiddenSize
+        for (r, t) in tokens.enumerated() {
+            let dst = x + r * dim
+            let off = Int(t) * dim
+            switch embedding.dtype {
+            case .f32: dst.update(from: embedding.pointer(as: Float.self) + off, count: dim)
+            case .f16: let p = embedding.pointer(as: Float16.self) + off; for i in 0..<dim { dst[i] = Float(p[i]) }
+            case .bf16: let p = embedding.pointer(as: UInt16.self) + off; for i in 0..<dim { dst[i] = bf16ToFloat(p[i]) }
+            default: break
+            }
+        }
+    }
+
+    /// Final RMSNorm of `rows` hidden states into out.
+    public func applyFinalNorm(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
+        finalNorm.withUnsafeBufferPointer {
+            ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: config.hiddenSize, eps: Float(config.rmsNormEps), out: out)
+        }
+    }
+
+    /// Checks token ids against the vocabulary (user input).
+    public func validate(tokens: [Int32]) throws {
+        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= config.vocabSize }) {
+            throw QuantKitError(.input, "token id \(bad) is outside the model's vocabulary (0..<\(config.vocabSize))")
+        }
+    }
+
+    /// Runs `tokens` after what `cache` holds (prefill of a window, or one decode step). Returns state.logits,
+    /// holding [tokens.count - logitsFrom, vocab] logits for rows logitsFrom..<tokens.count.
+    @discardableResult
+    public func forward(_ tokens: [Int32], cache: KVCache, state: RunState, logitsFrom: Int = 0) -> UnsafeMutablePointer<Float> {
+        let rows = tokens.count
+        precondition(rows <= state.maxRows && cache.length + rows <= cache.capacity, "window larger than the allocated state")
+        let start = cache.length
+        for r in 0..<rows { state.positions[r] = Int32(start + r) }
+        tokens.withUnsafeBufferPointer { embed($0, into: state.x) }
+        let ctx = context
+        for (l, b) in blocks.enumerated() {
+            b.forward(state.x, rows: rows, start: start, keys: cache.keys[l], values: cache.values[l], state: state, context: ctx)
+        }
+        cache.length += rows
+        let from = min(max(0, logitsFrom), rows)
+        let n = rows - from
+        if n > 0 {
+            applyFinalNorm(state.x + from * config.hiddenSize, rows: n, out: state.xb)
+            lmHead.forward(state.xb, rows: n, out: state.logits, threads: threads)
+            observer?.observe(module: "lm_head", input: state.xb, inFeatures: lmHead.inFeatures, output: state.logits,
+                              outFeatures: lmHead.outFeatures, rows: n)
+        }
+        return state.logits
+    }
+
+    /// Logits [tokens.count * vocab] of one fresh sequence (convenience for tests and tools).
+    public func logits(_ tokens: [Int32]) throws -> [Float] {
+        try validate(tokens: tokens)
+        let cache = makeCache(capacity: tokens.count)
+        let state = makeState(maxRows: tokens.count)
+        let p = forward(tokens, cache: cache, state: state)
+        return Array(UnsafeBufferPointer(start: p, count: tokens.count * config.vocabSize))
+    }
+
+    /// Greedy generation: prefill the prompt, then one token at a time through the KV cache. Stops after
+    /// maxTokens, at a stop token (not included), or when the context is full.
+    public func generateGreedy(prompt: [Int32], maxTokens: Int, stopTokens: Set<Int32> = [],
+                               onToken: ((Int32) -> Void)? = nil) throws -> [Int32] {
+        guard !prompt.isEmpty else { throw QuantKitError(.input, "generation needs at least one prompt token") }
+        try validate(tokens: prompt)
+        let capacity = min(prompt.count + maxTokens, max(config.maxPositionEmbeddings, prompt.count))
+        let cache = makeCache(capacity: capacity)
+        let state = makeState(maxRows: prompt.count)
+        var out: [Int32] = []
+        var logits = forward(prompt, cache: cache, state: state, logitsFrom: prompt.count - 1)
+        let vocab = config.vocabSize
+        while out.count < maxTokens {
+            var best = 0
+            for v in 1..<vocab where logits[v] > logits[best] { best = v }
+            let next = Int32(best)
+            if stopTokens.contains(next) { break }
+            out.append(next)
+            onToken?(next)
+            if cache.length >= cache.capacity || out.count == maxTokens { break }
+            logits = forward([next], cache: cache, state: state)
+        }
+        return out
+    }
+}
+
+/// Records which tensors were read and which were asked for but absent.
+final class RecordingSource: WeightSource {
+    let base: WeightSource
+    var accessed: Set<String> = []
+    var missing: [String] = []
+    init(_ base: WeightSource) { self.base = base }
+    func tensor(_ name: String) throws -> Tensor {
+        guard base.contains(name) else { missing.append(name); return try base.tensor(name) }
+        accessed.insert(name)
+        return try base.tensor(name)
+    }
+    func contains(_ name: String) -> Bool { base.contains(name) }
+}
+
+/// Every tensor name of a source that can list them.
+func allTensorNames(_ s: WeightSource) -> [String]? {
+    if let c = s as? SafetensorsCheckpoint { return c.names }
+    if let d = s as? TensorDictionary { return d.names }
+    if let r = s as? RecordingSource { return allTensorNames(r.base) }
+    return nil
+}

@@ -1,0 +1,277 @@
+import Foundation
+import TensorCore
+
+/// The simulated NPU's hardware parameters for the cost model.
+public struct NPUHardware: Codable, Equatable, Sendable {
+    public var name: String
+    /// int8 multiply-accumulates per cycle of the MAC array.
+    public var macsPerCycle: Int
+    public var clockHz: Double
+    /// On-chip SRAM; half of it double-buffers weight tiles, the rest holds activations.
+    public var sramBytes: Int
+    /// DRAM bandwidth (bytes per second), shared by weights and spilled activations.
+    public var dramBytesPerSecond: Double
+    /// Lossless weight compression on the DRAM path; when on, weight bytes moved are multiplied by
+    /// `compressionRatio` (0.75 by default: entropy-coded int8 weights of LLMs typically shrink by 15-30%).
+    public var weightCompression: Bool
+    public var compressionRatio: Double
+    /// Element operations per cycle of the vector unit (nonlinear ops, requantization of activations).
+    public var vectorOpsPerCycle: Int
+
+    enum CodingKeys: String, CodingKey {
+        case name, macsPerCycle = "macs_per_cycle", clockHz = "clock_hz", sramBytes = "sram_bytes"
+        case dramBytesPerSecond = "dram_bytes_per_second", weightCompression = "weight_compression"
+        case compressionRatio = "compression_ratio", vectorOpsPerCycle = "vector_ops_per_cycle"
+    }
+
+    public init(name: String, macsPerCycle: Int, clockHz: Double, sramBytes: Int, dramBytesPerSecond: Double,
+                weightCompression: Bool = false, compressionRatio: Double = 0.75, vectorOpsPerCycle: Int = 16) {
+        self.name = name
+        self.macsPerCycle = macsPerCycle
+        self.clockHz = clockHz
+        self.sramBytes = sramBytes
+        self.dramBytesPerSecond = dramBytesPerSecond
+        self.weightCompression = weightCompression
+        self.compressionRatio = compressionRatio
+        self.vectorOpsPerCycle = vectorOpsPerCycle
+    }
+
+    /// Named presets (numbers chosen to resemble two classes of parts, not any one product):
+    /// - `edge-small`: a microcontroller-class NPU: 256 int8 MACs/cycle at 800 MHz (0.41 TOPS), 1 MiB SRAM,
+    ///   4 GB/s LPDDR, 16-lane vector unit.
+    /// - `edge-mid`: a phone-class NPU slice: 1024 MACs/cycle at 1 GHz (2 TOPS), 4 MiB SRAM, 12.8 GB/s, 32 lanes.
+    /// - `edge-large`: a laptop/automotive NPU: 4096 MACs/cycle at 1 GHz (8.2 TOPS), 8 MiB SRAM, 25 GB/s,
+    ///   weight compression on, 64 lanes.
+    public static let presets: [NPUHardware] = [
+        NPUHardware(name: "edge-small", macsPerCycle: 256, clockHz: 800e6, sramBytes: 1 << 20,
+                    dramBytesPerSecond: 4e9, vectorOpsPerCycle: 16),
+        NPUHardware(name: "edge-mid", macsPerCycle: 1024, clockHz: 1e9, sramBytes: 4 << 20,
+                    dramBytesPerSecond: 12.8e9, vectorOpsPerCycle: 32),
+        NPUHardware(name: "edge-large", macsPerCycle: 4096, clockHz: 1e9, sramBytes: 8 << 20,
+                    dramBytesPerSecond: 25e9, weightCompression: true, compressionRatio: 0.75, vectorOpsPerCycle: 64),
+    ]
+
+    public static func preset(_ name: String) throws -> NPUHardware {
+        guard let p = presets.first(where: { $0.name == name }) else {
+            throw QuantKitError(.config, "unknown NPU preset '\(name)'; known: \(presets.map(\.name).joined(separator: ", "))")
+        }
+        return p
+    }
+
+    /// Rejects values no hardware can have.
+    public func validate(source: String = "NPU config") throws {
+        func bad(_ field: String, _ value: String, _ why: String) -> QuantKitError {
+            QuantKitError(.config, "\(source): \(field) = \(value) is impossible (\(why))")
+        }
+        if macsPerCycle <= 0 { throw bad("macs_per_cycle", "\(macsPerCycle)", "must be > 0") }
+        if !(clockHz > 0) || !clockHz.isFinite { throw bad("clock_hz", "\(clockHz)", "must be a positive number") }
+        if sramBytes < 1024 { throw bad("sram_bytes", "\(sramBytes)", "must be at least 1024") }
+        if !(dramBytesPerSecond > 0) || !dramBytesPerSecond.isFinite {
+            throw bad("dram_bytes_per_second", "\(dramBytesPerSecond)", "must be a positive number")
+        }
+        if !(compressionRatio > 0 && compressionRatio <= 1) {
+            throw bad("compression_ratio", "\(compressionRatio)", "must be in (0, 1]")
+        }
+        if vectorOpsPerCycle <= 0 { throw bad("vector_ops_per_cycle", "\(vectorOpsPerCycle)", "must be > 0") }
+    }
+
+    public var dramBytesPerCycle: Double { dramBytesPerSecond / clockHz }
+}
+
+/// The transformer dimensions the cost model needs (Llama family).
+public struct TransformerShape: Codable, Equatable, Sendable {
+    public var dim: Int
+    public var hiddenDim: Int
+    public var layers: Int
+    public var heads: Int
+    public var kvHeads: Int
+    public var vocab: Int
+    public var headDim: Int { dim / heads }
+    public var kvDim: Int { kvHeads * headDim }
+
+    public init(dim: Int, hiddenDim: Int, layers: Int, heads: Int, kvHeads: Int, vocab: Int) {
+        self.dim = dim
+        self.hiddenDim = hiddenDim
+        self.layers = layers
+        self.heads = heads
+        self.kvHeads = kvHeads
+        self.vocab = vocab
+    }
+
+    /// Reads the 7-int32 header of a llama2.c checkpoint (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+    /// vocab_size (negative: unshared classifier), seq_len).
+    public static func llama2c(path: String) throws -> TransformerShape {
+        let data = try readFile(path)
+        guard data.count >= 28 else { throw QuantKitError(.format, "\(path): too short for a llama2.c header") }
+        let h = data.withUnsafeBytes { raw in (0..<7).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) } }
+        let s = TransformerShape(dim: h[0], hiddenDim: h[1], layers: h[2], heads: h[3], kvHeads: h[4], vocab: abs(h[5]))
+        guard s.dim > 0, s.hiddenDim > 0, s.layers > 0, s.heads > 0, s.kvHeads > 0, s.vocab > 0, s.dim % s.heads == 0,
+              s.heads % s.kvHeads == 0 else {
+            throw QuantKitError(.format, "\(path): implausible llama2.c header \(h)")
+        }
+        return s
+    }
+
+    /// Reads a Hugging Face config.json (Llama names).
+    public static func huggingFace(configPath: String) throws -> TransformerShape {
+        let data = try readFile(configPath)
+        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw QuantKitError(.format, "\(configPath): not a JSON object")
+        }
+        func int(_ k: String) throws -> Int {
+            guard let v = o[k] as? Int else { throw QuantKitError(.format, "\(configPath): missing integer '\(k)'") }
+            return v
+        }
+        let heads = try int("num_attention_heads")
+        return TransformerShape(dim: try int("hidden_size"), hiddenDim: try int("intermediate_size"),
+                                layers: try int("num_hidden_layers"), heads: heads,
+                                kvHeads: (o["num_key_value_heads"] as? Int) ?? heads, vocab: try int("vocab_size"))
+    }
+
+    /// The linear layers of one decoder block, Hugging Face names: (name, inFeatures, outFeatures).
+    public var blockLinears: [(String, Int, Int)] {
+        [("q_proj", dim, dim), ("k_proj", dim, kvDim), ("v_proj", dim, kvDim), ("o_proj", dim, dim),
+         ("gate_proj", dim, hiddenDim), ("up_proj", dim, hiddenDim), ("down_proj", hiddenDim, dim)]
+    }
+}
+
+/// One row of the cost model.
+public struct LayerCost: Codable, Equatable, Sendable {
+    public enum Bound: String, Codable, Sendable { case compute, memory, vector }
+    public var name: String
+    public var macs: Int
+    /// Weight bytes read from DRAM (after compression) and parameter bytes (multiplier + bias per channel).
+    public var weightBytes: Int
+    /// Activation / KV-cache bytes moved to or from DRAM.
+    public var activationBytes: Int
+    public var sramPeakBytes: Int
+    public var vectorOps: Int
+    public var computeCycles: Int
+    public var memoryCycles: Int
+    public var cycles: Int
+    public var bound: Bound
+
+    enum CodingKeys: String, CodingKey {
+        case name, macs, weightBytes = "weight_bytes", activationBytes = "activation_bytes"
+        case sramPeakBytes = "sram_peak_bytes", vectorOps = "vector_ops", computeCycles = "compute_cycles"
+        case memoryCycles = "memory_cycles", cycles, bound
+    }
+}
+
+public struct CostPhase: Codable, Sendable {
+    public var tokens: Int
+    public var context: Int
+    public var layers: [LayerCost]
+    public var totalCycles: Int
+    public var totalMacs: Int
+    public var totalDramBytes: Int
+    public var seconds: Double
+    public var secondsPerToken: Double
+    public var tokensPerSecond: Double
+
+    enum CodingKeys: String, CodingKey {
+        case tokens, context, layers, totalCycles = "total_cycles", totalMacs = "total_macs"
+        case totalDramBytes = "total_dram_bytes", seconds, secondsPerToken = "seconds_per_token"
+        case tokensPerSecond = "tokens_per_second"
+    }
+}
+
+public struct CostReport: Codable, Sendable {
+    public var hardware: NPUHardware
+    public var shape: TransformerShape
+    public var weightBits: Int
+    public var prefill: CostPhase
+    public var decode: CostPhase
+}
+
+/// cycles = max(compute, memory) per layer (SPECS.md "Integer NPU numerics").
+public enum CostModel {
+    static func ceilDiv(_ a: Double, _ b: Double) -> Int { Int((a / b).rounded(.up)) }
+
+    /// A fully connected layer over `rows` tokens: weights stream from DRAM once per call through a
+    /// double-buffered tile of at most half the SRAM; activations (int8) stay in SRAM when input + output +
+    /// tile fit, otherwise they make one DRAM round trip. Per output channel 8 parameter bytes (int32
+    /// multiplier with its shift packed, int32 bias).
+    public static func linear(name: String, rows: Int, inFeatures: Int, outFeatures: Int, weightBits: Int,
+                              hw: NPUHardware) -> LayerCost {
+        let macs = rows * inFeatures * outFeatures
+        let payload = Double((inFeatures * outFeatures * weightBits + 7) / 8)
+        let weightBytes = Int((hw.weightCompression ? payload * hw.compressionRatio : payload).rounded(.up)) + 8 * outFeatures
+        let acts = rows * (inFeatures + outFeatures)
+        let tile = min(weightBytes, hw.sramBytes / 2)
+        let fits = acts + tile <= hw.sramBytes
+        let actBytes = fits ? 0 : acts
+        let compute = ceilDiv(Double(macs), Double(hw.macsPerCycle))
+        let memory = ceilDiv(Double(weightBytes + actBytes), hw.dramBytesPerCycle)
+        return LayerCost(name: name, macs: macs, weightBytes: weightBytes, activationBytes: actBytes,
+                         sramPeakBytes: fits ? acts + tile : hw.sramBytes, vectorOps: rows * outFeatures,
+                         computeCycles: compute, memoryCycles: memory, cycles: max(compute, memory),
+                         bound: compute >= memory ? .compute : .memory)
+    }
+
+    /// Attention score and value products for `rows` new tokens after `past` cached ones, on an int8 KV cache:
+    /// MACs = 2 * heads * headDim * (sum of context lengths); K and V of the new tokens are written, and the cache
+    /// is read from DRAM unless it fits in the activation half of SRAM. Softmax: ~5 vector ops per score.
+    public static func attention(name: String, rows: Int, past: Int, shape: TransformerShape, hw: NPUHardware) -> LayerCost {
+        // sum over new tokens t of their context length (past + t + 1)
+        let ctxSum = rows * past + rows * (rows + 1) / 2
+        let macs = 2 * shape.heads * shape.headDim * ctxSum
+        let cacheBytes = (past + rows) * shape.kvDim * 2
+        let written = rows * shape.kvDim * 2
+        let fits = cacheBytes <= hw.sramBytes / 2
+        let actBytes = written + (fits ? 0 : past * shape.kvDim * 2)
+        let compute = ceilDiv(Double(macs), Double(hw.macsPerCycle))
+        let memory = ceilDiv(Double(actBytes), hw.dramBytesPerCycle)
+        let vops = 5 * shape.heads * ctxSum
+        let vector = ceilDiv(Double(vops), Double(hw.vectorOpsPerCycle))
+        let cycles = max(compute, memory, vector)
+        return LayerCost(name: name, macs: macs, weightBytes: 0, activationBytes: actBytes,
+                         sramPeakBytes: min(cacheBytes, hw.sramBytes / 2), vectorOps: vops, computeCycles: compute,
+                         memoryCycles: memory, cycles: cycles,
+                         bound: cycles == compute ? .compute : (cycles == memory ? .memory : .vector))
+    }
+
+    /// Norms, RoPE, SwiGLU and residual adds of a block on the vector unit, in element operations: two RMSNorms
+    /// at 4 per element, RoPE 3 per q and k element, SwiGLU 5 per hidden element, two residual adds at 1.
+    public static func vectorOps(name: String, rows: Int, shape: TransformerShape, hw: NPUHardware) -> LayerCost {
+        let ops = rows * (2 * 4 * shape.dim + 3 * (shape.dim + shape.kvDim) + 5 * shape.hiddenDim + 2 * shape.dim)
+        let cycles = ceilDiv(Double(ops), Double(hw.vectorOpsPerCycle))
+        return LayerCost(name: name, macs: 0, weightBytes: 0, activationBytes: 0, sramPeakBytes: rows * shape.dim * 2,
+                         vectorOps: ops, computeCycles: 0, memoryCycles: 0, cycles: cycles, bound: .vector)
+    }
+
+    /// All layers for `rows` tokens after `past` cached ones.
+    public static func phase(shape: TransformerShape, hw: NPUHardware, weightBits: Int, rows: Int, past: Int) -> CostPhase {
+        var layers: [LayerCost] = []
+        for l in 0..<shape.layers {
+            for (name, i, o) in shape.blockLinears {
+                let prefix = ["gate_proj", "up_proj", "down_proj"].contains(name) ? "mlp" : "self_attn"
+                layers.append(linear(name: "model.layers.\(l).\(prefix).\(name)", rows: rows, inFeatures: i, outFeatures: o,
+                                     weightBits: weightBits, hw: hw))
+            }
+            layers.append(attention(name: "model.layers.\(l).self_attn.attention", rows: rows, past: past, shape: shape, hw: hw))
+            layers.append(vectorOps(name: "model.layers.\(l).vector_ops", rows: rows, shape: shape, hw: hw))
+        }
+        layers.append(linear(name: "lm_head", rows: rows, inFeatures: shape.dim, outFeatures: shape.vocab,
+                             weightBits: weightBits, hw: hw))
+        let cycles = layers.reduce(0) { $0 + $1.cycles }
+        let seconds = Double(cycles) / hw.clockHz
+        return CostPhase(tokens: rows, context: past + rows, layers: layers, totalCycles: cycles,
+                         totalMacs: layers.reduce(0) { $0 + $1.macs },
+                         totalDramBytes: layers.reduce(0) { $0 + $1.weightBytes + $1.activationBytes },
+                         seconds: seconds, secondsPerToken: seconds / Double(rows), tokensPerSecond: Double(rows) / seconds)
+    }
+
+    /// Prefill of `promptTokens` tokens, then decoding one token with `decodeContext` tokens already cached.
+    public static func report(shape: TransformerShape, hw: NPUHardware, weightBits: Int, promptTokens: Int,
+                              decodeContext: Int) throws -> CostReport {
+        try hw.validate()
+        guard weightBits == 8 || weightBits == 4 else { throw QuantKitError(.config, "weight bits must be 8 or 4, got \(weightBits)") }
+        guard promptTokens > 0, decodeContext >= 0 else {
+            throw QuantKitError(.config, "prompt tokens must be > 0 and decode context >= 0")
+        }
+        return CostReport(hardware: hw, shape: shape, weightBits: weightBits,
+                          prefill: phase(shape: shape, hw: hw, weightBits: weightBits, rows: promptTokens, past: 0),
+                          decode: phase(shape: shape, hw: hw, weightBits: weightBits, rows: 1, past: decodeContext))
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+import TensorCore
+
+/// The simulator's settings (`--npu-config FILE`, JSON). Every field is optional; defaults are W8 per-channel,
+/// A8 min/max, fp16 nonlinear unit, the edge-small hardware. Example:
+/// ```
+/// { "weight_bits": 4, "weight_granularity": "per_tensor", "activation_calibration": "percentile",
+///   "percentile": 99.99, "nonlinear_mode": "lut", "preset": "edge-large",
+///   "hardware": { "dram_bytes_per_second": 50e9 }, "min_calibration_tokens": 32 }
+/// ```
+public struct NPUConfig: Equatable, Sendable {
+    public var weightBits: Int = 8
+    public var weightGranularity: WeightGranularity = .perChannel
+    public var calibration: CalibrationMethod = .minMax
+    public var nonlinearMode: NonlinearMode = .fp16
+    public var hardware: NPUHardware = NPUHardware.presets[0]
+    /// Fewer calibration tokens than this is an error (ranges from a handful of tokens are noise).
+    public var minCalibrationTokens: Int = 16
+
+    public init() {}
+
+    public static let allowedKeys: Set<String> = ["weight_bits", "weight_granularity", "activation_calibration",
+                                                  "percentile", "nonlinear_mode", "preset", "hardware",
+                                                  "min_calibration_tokens", "schema_version", "comment"]
+
+    public static func load(path: String) throws -> NPUConfig {
+        try parse(try readFile(path), source: path)
+    }
+
+    public static func parse(_ data: Data, source: String) throws -> NPUConfig {
+        guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw QuantKitError(.config, "\(source): not a JSON object")
+        }
+        func fail(_ msg: String) -> QuantKitError { QuantKitError(.config, "\(source): \(msg)") }
+        if let unknown = obj.keys.sorted().first(where: { !allowedKeys.contains($0) }) {
+            throw fail("unknown key '\(unknown)' (allowed: \(allowedKeys.sorted().joined(separator: ", ")))")
+        }
+        var c = NPUConfig()
+        if let v = obj["weight_bits"] {
+            guard let b = v as? Int, b == 8 || b == 4 else { throw fail("weight_bits = \(v) is impossible (8 or 4)") }
+            c.weightBits = b
+        }
+        if let v = obj["weight_granularity"] {
+            guard let s = v as? String, let g = WeightGranularity(rawValue: s) else {
+                throw fail("weight_granularity = \(v) is not one of per_channel, per_tensor")
+            }
+            c.weightGranularity = g
+        }
+        if let v = obj["activation_calibration"] {
+            switch v as? String {
+            case "minmax": c.calibration = .minMax
+            case "mse": c.calibration = .mse
+            case "percentile":
+                let p = obj["percentile"] as? Double ?? 99.99
+                guard p > 50, p < 100 else { throw fail("percentile = \(p) is impossible (must be in (50, 100))") }
+                c.calibration = .percentile(p)
+            default: throw fail("activation_calibration = \(v) is not one of minmax, percentile, mse")
+            }
+        } else if obj["percentile"] != nil {
+            throw fail("'percentile' given without \"activation_calibration\": \"percentile\"")
+        }
+        if let v = obj["nonlinear_mode"] {
+            guard let s = v as? String, let m = NonlinearMode(rawValue: s) else {
+                throw fail("nonlinear_mode = \(v) is not one of fp16, lut")
+            }
+            c.nonlinearMode = m
+        }
+        if let v = obj["preset"] {
+            guard let s = v as? String else { throw fail("preset must be a string") }
+            do { c.hardware = try NPUHardware.preset(s) } catch let e as QuantKitError { throw fail(e.message) }
+        }
+        if let v = obj["hardware"] {
+            guard let h = v as? [String: Any] else { throw fail("hardware must be an object") }
+            try c.applyHardware(h, fail: fail)
+        }
+        if let v = obj["min_calibration_tokens"] {
+            guard let n = v as? Int, n >= 1 else { throw fail("min_calibration_tokens = \(v) is impossible (>= 1)") }
+            c.minCalibrationTokens = n
+        }
+        try c.hardware.validate(source: source)
+        return c
+    }
+
+    mutating func applyHardware(_ h: [String: Any], fail: (String) -> QuantKitError) throws {
+        for (key, value) in h.sorted(by: { $0.key < $1.key }) {
+            func number() throws -> Double {
+                guard let d = value as? Double, d.isFinite else { throw fail("hardware.\(key) = \(value) is not a number") }
+                return d
+            }
+            func integer() throws -> Int {
+                let d = try number()
+                guard d == d.rounded(), abs(d) < 1e15 else { throw fail("hardware.\(key) = \(value) is not an integer") }
+                return Int(d)
+            }
+            switch key {
+            case "name": hardware.name = value as? String ?? hardware.name
+            case "macs_per_cycle": hardware.macsPerCycle = try integer()
+            case "clock_hz": hardware.clockHz = try number()
+            case "sram_bytes": hardware.sramBytes = try integer()
+            case "dram_bytes_per_second": hardware.dramBytesPerSecond = try number()
+            case "weight_compression":
+                guard let b = value as? Bool else { throw fail("hardware.weight_compression must be true or false") }
+                hardware.weightCompression = b
+            case "compression_ratio": hardware.compressionRatio = try number()
+            case "vector_ops_per_cycle": hardware.vectorOpsPerCycle = try integer()
+            default: throw fail("unknown hardware key '\(key)'")
+            }
+        }
+    }
+
+    /// A JSON description of the effective settings (for reports).
+    public var json: [String: Any] {
+        var d: [String: Any] = ["weight_bits": weightBits, "weight_granularity": weightGranularity.rawValue,
+                                "nonlinear_mode": nonlinearMode.rawValue, "min_calibration_tokens": minCalibrationTokens]
+        switch calibration {
+        case .minMax: d["activation_calibration"] = "minmax"
+        case .mse: d["activation_calibration"] = "mse"
+        case .percentile(let p): d["activation_calibration"] = "percentile"; d["percentile"] = p
+        }
+        d["hardware"] = ["name": hardware.name, "macs_per_cycle": hardware.macsPerCycle, "clock_hz": hardware.clockHz,
+                         "sram_bytes": hardware.sramBytes, "dram_bytes_per_second": hardware.dramBytesPerSecond,
+                         "weight_compression": hardware.weightCompression, "compression_ratio": hardware.compressionRatio,
+                         "vector_ops_per_cycle": hardware.vectorOpsPerCycle] as [String: Any]
+        return d
+    }
+}

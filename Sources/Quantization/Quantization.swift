@@ -1,1 +1,0 @@
-// Quantization: see ARCHITECTURE.md

@@ -1,0 +1,127 @@
+import ArgumentParser
+import Evaluation
+import Foundation
+import Models
+import TensorCore
+
+/// `quantkit bench perplexity`: llamacpp-protocol tokens/s on seeded random llama2.c-shaped models.
+struct BenchPerplexityCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "perplexity",
+        abstract: "Perplexity throughput (tokens/s) on seeded random models; run from a release build.")
+    @Option(help: "Model shapes: small (dim 512, 8 layers, vocab 512), 110m (dim 768, 12 layers, vocab 32000), or both.")
+    var shape: String = "small"
+    @Option(help: "Comma-separated context lengths.") var ctx: String = "128,512"
+    @Option(help: "Comma-separated weight dtypes (f32, f16, bf16).") var dtype: String = "f32,f16"
+    @Option(help: "Chunks per measurement.") var chunks: Int = 4
+    @Option(help: "Repetitions (the median is reported).") var repeats: Int = 3
+    @Option(help: "Worker threads.") var threads: Int?
+    @Option(help: "Write a JSON result here.") var json: String?
+
+    struct Shape { let name: String; let dim, hidden, layers, heads, kvHeads, vocab, seq: Int }
+    static let shapes = [Shape(name: "small", dim: 512, hidden: 1536, layers: 8, heads: 8, kvHeads: 8, vocab: 512, seq: 1024),
+                         Shape(name: "110m", dim: 768, hidden: 2048, layers: 12, heads: 12, kvHeads: 12, vocab: 32000, seq: 1024)]
+
+    /// Seeded random weights (uniform, scaled like an init), norms 1; stored in `dtype`.
+    static func randomModel(_ s: Shape, dtype: DType, seed: UInt64) throws -> LlamaModel {
+        let cfg = LlamaConfig(hiddenSize: s.dim, intermediateSize: s.hidden, numHiddenLayers: s.layers, numAttentionHeads: s.heads,
+                              numKeyValueHeads: s.kvHeads, rmsNormEps: 1e-5, vocabSize: s.vocab, maxPositionEmbeddings: s.seq,
+                              tieWordEmbeddings: true)
+        var state = seed
+        func next() -> Float {  // SplitMix64 -> uniform [-1, 1)
+            state &+= 0x9E3779B97F4A7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) &* 0x94D049BB133111EB; z ^= z >> 31
+            return Float(z >> 40) / Float(1 << 23) - 1
+        }
+        func matrix(_ r: Int, _ c: Int) -> Tensor {
+            let t = Tensor(zeros: .f32, shape: [r, c])
+            let p = t.mutableRaw.assumingMemoryBound(to: Float.self)
+            let scale = 1 / Float(c).squareRoot()
+            for i in 0..<(r * c) { p[i] = next() * scale }
+            return t.converted(to: dtype)
+        }
+        func ones(_ n: Int) -> Tensor { Tensor(shape: [n], floats: [Float](repeating: 1, count: n)) }
+        var t: [String: Tensor] = ["model.embed_tokens.weight": matrix(s.vocab, s.dim), "model.norm.weight": ones(s.dim)]
+        for l in 0..<s.layers {
+            let p = "model.layers.\(l)."
+            t[p + "input_layernorm.weight"] = ones(s.dim); t[p + "post_attention_layernorm.weight"] = ones(s.dim)
+            t[p + "self_attn.q_proj.weight"] = matrix(cfg.qDim, s.dim); t[p + "self_attn.k_proj.weight"] = matrix(cfg.kvDim, s.dim)
+            t[p + "self_attn.v_proj.weight"] = matrix(cfg.kvDim, s.dim); t[p + "self_attn.o_proj.weight"] = matrix(s.dim, cfg.qDim)
+            t[p + "mlp.gate_proj.weight"] = matrix(s.hidden, s.dim); t[p + "mlp.up_proj.weight"] = matrix(s.hidden, s.dim)
+            t[p + "mlp.down_proj.weight"] = matrix(s.dim, s.hidden)
+        }
+        return try LlamaModel(config: cfg, source: TensorDictionary(t), name: "random-\(s.name)-\(dtype.rawValue)")
+    }
+
+    static func cpuSeconds() -> Double {
+        var ru = rusage()
+        getrusage(Int32(RUSAGE_SELF.rawValue), &ru)
+        return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let wanted = shape == "both" ? Self.shapes : Self.shapes.filter { $0.name == shape }
+            guard !wanted.isEmpty else { throw QuantKitError(.input, "--shape must be small, 110m or both") }
+            let ctxs = try ctx.split(separator: ",").map { s -> Int in
+                guard let v = Int(s), v >= 4 else { throw QuantKitError(.input, "--ctx: bad value '\(s)'") }
+                return v
+            }
+            let dtypes = try dtype.split(separator: ",").map { s -> DType in
+                guard let d = ["f32": DType.f32, "f16": .f16, "bf16": .bf16][String(s)] else { throw QuantKitError(.input, "--dtype: bad value '\(s)'") }
+                return d
+            }
+            var rows: [[String: Any]] = []
+            print("shape  dtype  ctx  tokens/s(median, wall)  runs  threads  tokens/CPU-s x threads(median)")
+            for s in wanted {
+                for d in dtypes {
+                    let model = try Self.randomModel(s, dtype: d, seed: 42)
+                    if let t = threads { model.threads = max(1, t) }
+                    for c in ctxs {
+                        var rng = SplitMix(seed: 7)
+                        let n = c * max(chunks, 2)
+                        let toks = (0..<n).map { _ in Int32(rng.next() % UInt64(s.vocab)) }
+                        var rates: [Double] = [], cpuRates: [Double] = []
+                        for _ in 0..<max(1, repeats) {
+                            let cpu0 = Self.cpuSeconds()
+                            let r = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1,
+                                                            options: PerplexityOptions(ctx: c, maxChunks: chunks))
+                            let cpu = Self.cpuSeconds() - cpu0
+                            rates.append(Double(r.chunks * c) / r.seconds)
+                            // On a shared machine wall time includes waiting for a core; tokens per CPU-second
+                            // x threads estimates the rate with the threads' cores to itself.
+                            cpuRates.append(Double(r.chunks * c) / max(cpu, 1e-9) * Double(model.threads))
+                        }
+                        rates.sort(); cpuRates.sort()
+                        let med = rates[rates.count / 2], cmed = cpuRates[cpuRates.count / 2]
+                        print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f", s.name, d.rawValue, c, med,
+                                     rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads, cmed))
+                        rows.append(["shape": s.name, "dtype": d.rawValue, "ctx": c, "tokens_per_s": med, "runs": rates,
+                                     "threads": model.threads, "tokens_per_cpu_s_x_threads": cmed])
+                    }
+                }
+            }
+            var ru = rusage()
+            getrusage(Int32(RUSAGE_SELF.rawValue), &ru)
+            let rssMiB = Double(ru.ru_maxrss) / 1024
+            print(String(format: "peak RSS %.1f MiB", rssMiB))
+            if let j = json {
+                let obj: [String: Any] = ["schema_version": 1, "benchmark": "perplexity", "results": rows, "peak_rss_mib": rssMiB,
+                                          "timings": [String: Double]()]
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: j)
+            }
+        }
+    }
+}
+
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
+}

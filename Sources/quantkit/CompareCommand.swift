@@ -1,0 +1,62 @@
+import ArgumentParser
+import Evaluation
+import Foundation
+import TensorCore
+
+/// `quantkit compare RESULT.json...`: deltas, intervals and the ship / improve / stay verdict.
+struct CompareCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "compare",
+        abstract: "Compare result files of one kind (float baseline first) and decide: ship, improve or stay FP16.",
+        discussion: """
+        The first run that is marked as base (or the first run of the first file) is the baseline. Layer results \
+        (quantkit layers, npu report, quantize) may be added: they rank modules for the 'improve' advice and feed \
+        the sensitivity chart.
+        """)
+
+    @Argument(help: "Result JSON files (perplexity, retrieval, answers; plus optional layers results).")
+    var results: [String]
+
+    @Option(help: "Relative-loss thresholds in percent: SHIP,STAY (below SHIP ship; up to STAY improve; above stay FP16).")
+    var thresholds: String = "1,3"
+
+    @Option(help: "Write a self-contained HTML report with SVG charts.")
+    var html: String?
+
+    @Option(name: .customLong("markdown"), help: "Write a Markdown report (for a pull-request comment) to this file; '-' prints it.")
+    var markdown: String?
+
+    @Option(help: "Write the comparison as JSON.")
+    var json: String?
+
+    @Option(help: "Bootstrap resamples for the confidence intervals.")
+    var resamples: Int = Bootstrap.defaultResamples
+
+    @Option(help: "Bootstrap seed.")
+    var seed: UInt64 = Bootstrap.defaultSeed
+
+    func run() throws {
+        try runReportingErrors {
+            let t = try VerdictThresholds(parsing: thresholds)
+            guard resamples >= 10 else { throw QuantKitError(.input, "--resamples must be at least 10, got \(resamples)") }
+            let files = try results.map { try ResultFile(path: $0) }
+            let c = try Comparison.build(files: files, thresholds: t, resamples: resamples, seed: seed)
+            print(c.table(), terminator: "")
+            if let path = html {
+                try HTMLReport.write(c, to: path)
+                print("HTML report: \(path)")
+            }
+            if let path = markdown {
+                let md = MarkdownReport.render(c)
+                if path == "-" { print(md) } else {
+                    try AtomicFile.write(Data(md.utf8), to: path)
+                    print("Markdown report: \(path)")
+                }
+            }
+            if let path = json {
+                try ResultEnvelope(kind: "compare").write(c.jsonBody(), to: path)
+                print("JSON: \(path)")
+            }
+        }
+    }
+}

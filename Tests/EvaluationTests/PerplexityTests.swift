@@ -1,0 +1,58 @@
+import Evaluation
+import Foundation
+import Models
+import TensorCore
+import TestSupport
+import XCTest
+
+/// Perplexity of stories260K vs Tools/reference_llama.py (numpy float64 forward, same protocols, tokens from
+/// the Python sentencepiece library with tok512.model, BOS prepended once).
+final class PerplexityTests: XCTestCase {
+    struct Case: Decodable {
+        let corpus: String; let sha256: String; let `protocol`: String; let ctx: Int; let stride: Int?
+        let max_chunks: Int; let total_tokens: Int; let tokens: [Int32]; let chunks: Int; let tokens_scored: Int
+        let ppl: Double; let ppl_error: Double
+    }
+    struct Fixture: Decodable { let cases: [Case] }
+
+    func testProtocolsMatchNumpyReference() throws {
+        let fx = try JSONDecoder().decode(Fixture.self, from: readMaybeCompressed(Repo.path("Tests/EvaluationTests/Fixtures/perplexity_stories260K.json.zst")))
+        XCTAssertEqual(fx.cases.count, 8)
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        for c in fx.cases {
+            // The fixture keeps the tokens the limited run needs; pad to the corpus length so the 2 x ctx rule
+            // and window layout see the real N (padding is never read with max_chunks).
+            var tokens = c.tokens
+            if c.protocol != "strided" { tokens += [Int32](repeating: 0, count: c.total_tokens - tokens.count) }
+            let opts = PerplexityOptions(protocolKind: PerplexityProtocol(rawValue: c.protocol)!, ctx: c.ctx, stride: c.stride,
+                                         maxChunks: c.max_chunks)
+            let r = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: opts)
+            let label = "\(c.corpus) \(c.protocol) ctx \(c.ctx)"
+            XCTAssertEqual(r.chunks, c.chunks, label)
+            XCTAssertEqual(r.tokensScored, c.tokens_scored, label)
+            XCTAssertEqual(r.ppl, c.ppl, accuracy: c.ppl * 1e-4, label)
+            XCTAssertEqual(r.pplError, c.ppl_error, accuracy: c.ppl_error * 1e-3, label)
+        }
+    }
+
+    func testCorpusShorterThanTwoContextsIsRejected() throws {
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        XCTAssertThrowsError(try Perplexity.evaluate(model: model, tokens: [Int32](repeating: 5, count: 255), addsBOS: true,
+                                                     bosId: 1, options: PerplexityOptions(ctx: 128))) { e in
+            XCTAssertTrue("\(e)".contains("2 x ctx"), "\(e)")
+        }
+    }
+
+    /// Window layout of each protocol on a tiny N, worked out by hand from SPECS.md.
+    func testWindowCounts() throws {
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        let toks = (0..<50).map { Int32(3 + $0 % 100) }
+        let l = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1, options: PerplexityOptions(ctx: 16))
+        XCTAssertEqual(l.chunks, 3); XCTAssertEqual(l.tokensScored, 3 * (16 - 1 - 8))
+        let g = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1, options: PerplexityOptions(protocolKind: .gptq, ctx: 16))
+        XCTAssertEqual(g.chunks, 3); XCTAssertEqual(g.tokensScored, 3 * 15)
+        // strided, stride 8: windows [0,16) [8,24) [16,32) [24,40) [32,48) [40,50): 15 + 8*4 + 2 scored.
+        let s = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1, options: PerplexityOptions(protocolKind: .strided, ctx: 16, stride: 8))
+        XCTAssertEqual(s.chunks, 6); XCTAssertEqual(s.tokensScored, 49)
+    }
+}

@@ -1,0 +1,71 @@
+import Foundation
+import Models
+import TensorCore
+import TestSupport
+import XCTest
+
+/// Fixture JSON written by Tools/reference_llama.py (numpy float64 forward, llama2.c's own interleaved RoPE).
+struct LogitFixture: Decodable {
+    struct Window: Decodable { let tokens: [Int32]; let logits: [Float] }
+    let vocab: Int
+    let windows: [Window]
+    let greedy_from_bos: [Int32]?
+    let greedy_text: String?
+
+    static func load(_ relative: String) throws -> LogitFixture {
+        try JSONDecoder().decode(LogitFixture.self, from: readMaybeCompressed(Repo.path(relative)))
+    }
+}
+
+final class StoriesLogitsTests: XCTestCase {
+    static let modelPath = Repo.path("Models/stories260K/stories260K.bin")
+
+    func testLogitsMatchNumpyReference() throws {
+        let model = try LlamaModel.load(path: Self.modelPath)
+        XCTAssertEqual(model.config.hiddenSize, 64)
+        XCTAssertEqual(model.config.kvHeads, 4)
+        let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/stories260K_logits.json.zst")
+        XCTAssertEqual(fx.windows.count, 4)
+        for w in fx.windows {
+            let got = try model.logits(w.tokens)
+            let d = maxAbsDiff(got, w.logits)
+            XCTAssertLessThan(d, 1e-4, "window of \(w.tokens.count) tokens")
+        }
+    }
+
+    /// Prefill in two parts through the KV cache gives the same logits as one prefill.
+    func testCacheContinuationMatchesPrefill() throws {
+        let model = try LlamaModel.load(path: Self.modelPath)
+        let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/stories260K_logits.json.zst")
+        let w = fx.windows[1]  // 17 tokens
+        let cache = model.makeCache(capacity: w.tokens.count)
+        let state = model.makeState(maxRows: w.tokens.count)
+        model.forward(Array(w.tokens[0..<10]), cache: cache, state: state)
+        var got: [Float] = []
+        for t in w.tokens[10...] {
+            let p = model.forward([t], cache: cache, state: state)
+            got += Array(UnsafeBufferPointer(start: p, count: fx.vocab))
+        }
+        XCTAssertLessThan(maxAbsDiff(got, Array(w.logits[(10 * fx.vocab)...])), 1e-4)
+    }
+
+    func testGreedyGenerationFromBOS() throws {
+        let model = try LlamaModel.load(path: Self.modelPath)
+        let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/stories260K_logits.json.zst")
+        let ref = fx.greedy_from_bos!
+        XCTAssertTrue(fx.greedy_text!.hasPrefix("Once upon a time, there was a little girl named Lily."))
+        let got = try model.generateGreedy(prompt: [1], maxTokens: ref.count - 1)
+        XCTAssertEqual(got, Array(ref.dropFirst()))
+    }
+}
+
+final class LayerwiseTests: XCTestCase {
+    func testBlockByBlockEqualsFullForward() throws {
+        let model = try LlamaModel.load(path: StoriesLogitsTests.modelPath)
+        let toks: [Int32] = [1, 403, 407, 261, 378, 383, 286]
+        let runner = LayerwiseRunner(model: model, maxRows: 16)
+        var h = try runner.embed(toks)
+        for i in model.blocks.indices { runner.runBlock(i, hidden: &h, rows: toks.count) }
+        XCTAssertEqual(runner.logits(hidden: h, rows: toks.count), try model.logits(toks))
+    }
+}

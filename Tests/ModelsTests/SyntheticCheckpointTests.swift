@@ -1,0 +1,118 @@
+import Foundation
+import Kernels
+import Models
+import TensorCore
+import TestSupport
+import XCTest
+
+/// Synthetic HF checkpoints from Tools/make_synthetic_checkpoints.py with numpy float64 reference logits.
+final class SyntheticCheckpointTests: XCTestCase {
+    static let variants = ["llama_gqa_f32_untied", "llama_mqa_f16_tied", "qwen2_bias_bf16_tied",
+                           "mistral_mha_f32_theta500k", "llama_headdim16_bf16_untied"]
+    static func dir(_ v: String) -> String { Repo.path("Tests/ModelsTests/Fixtures/synthetic/\(v)") }
+
+    func testLogitsMatchNumpyReference() throws {
+        for v in Self.variants {
+            let model = try LlamaModel.load(path: Self.dir(v))
+            let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/synthetic/\(v)/logits.json.zst")
+            for w in fx.windows {
+                let d = maxAbsDiff(try model.logits(w.tokens), w.logits)
+                XCTAssertLessThan(d, 1e-4, "\(v), \(w.tokens.count) tokens")
+            }
+        }
+    }
+
+    func testStoredDtypesAreKept() throws {
+        let f16 = try LlamaModel.load(path: Self.dir("llama_mqa_f16_tied"))
+        XCTAssertEqual(f16.embedding.dtype, .f16)
+        XCTAssertTrue(f16.embedding.storage.isMapped)
+        XCTAssertEqual((f16.blocks[0].qProj as? DenseLinear)?.weight.dtype, .f16)
+        let bf = try LlamaModel.load(path: Self.dir("qwen2_bias_bf16_tied"))
+        XCTAssertEqual((bf.blocks[1].kProj as? DenseLinear)?.weight.dtype, .bf16)
+        XCTAssertNotNil((bf.blocks[1].kProj as? DenseLinear)?.bias)
+    }
+
+    /// A checkpoint missing one tensor, with a wrongly shaped one and an extra one, is rejected with all three named.
+    func testLoadListsMissingUnexpectedAndMisshaped() throws {
+        let src = try SafetensorsCheckpoint(path: Self.dir("llama_gqa_f32_untied"))
+        var t: [String: Tensor] = [:]
+        for n in src.names { t[n] = try src.tensor(n) }
+        t["model.layers.1.mlp.up_proj.weight"] = nil
+        t["model.layers.0.self_attn.k_proj.weight"] = Tensor(zeros: .f32, shape: [8, 32])
+        t["model.layers.0.extra.weight"] = Tensor(zeros: .f32, shape: [3])
+        let cfg = try LlamaConfig.load(path: Self.dir("llama_gqa_f32_untied") + "/config.json")
+        XCTAssertThrowsError(try LlamaModel(config: cfg, source: TensorDictionary(t), name: "broken")) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("missing 1: model.layers.1.mlp.up_proj.weight"), s)
+            XCTAssertTrue(s.contains("model.layers.0.self_attn.k_proj.weight (expected [16, 32]"), s)
+            XCTAssertTrue(s.contains("unexpected 1: model.layers.0.extra.weight"), s)
+        }
+    }
+
+    func testConfigErrors() throws {
+        let base = try String(contentsOfFile: Self.dir("llama_gqa_f32_untied") + "/config.json", encoding: .utf8)
+        func check(_ edit: (inout [String: Any]) -> Void, _ expect: String) throws {
+            var obj = try JSONSerialization.jsonObject(with: Data(base.utf8)) as! [String: Any]
+            edit(&obj)
+            let dir = Repo.tempDirectory("cfg")
+            try JSONSerialization.data(withJSONObject: obj).write(to: URL(fileURLWithPath: dir + "/config.json"))
+            XCTAssertThrowsError(try LlamaConfig.load(path: dir + "/config.json")) { e in
+                XCTAssertTrue("\(e)".contains(expect), "\(e) should mention \(expect)")
+            }
+        }
+        try check({ $0["model_type"] = "gpt2" }, "unknown model_type 'gpt2'")
+        try check({ $0["architectures"] = ["GPT2LMHeadModel"] }, "unknown architecture 'GPT2LMHeadModel'")
+        try check({ $0["num_attention_heads"] = 5 }, "does not divide hidden_size")
+        try check({ $0["num_key_value_heads"] = 3 }, "num_key_value_heads (3) does not divide")
+        try check({ $0["hidden_size"] = nil }, "missing field 'hidden_size'")
+    }
+
+    /// Observer sees every linear module in order; swapping a linear changes the output.
+    func testObserverAndLinearSwap() throws {
+        let model = try LlamaModel.load(path: Self.dir("llama_gqa_f32_untied"))
+        final class Names: LinearObserver {
+            var names: [String] = []
+            func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int, rows: Int) {
+                names.append(module)
+            }
+        }
+        let obs = Names()
+        model.observer = obs
+        let before = try model.logits([1, 2, 3])
+        XCTAssertEqual(obs.names.count, 2 * 7 + 1)
+        XCTAssertEqual(Array(obs.names.prefix(7)), model.blocks[0].linearGroups.flatMap { $0 })
+        model.observer = nil
+        let old = model.blocks[1].downProj as! DenseLinear
+        let zero = try DenseLinear(weight: Tensor(zeros: .f32, shape: old.weight.shape))
+        try model.blocks[1].setLinear(zero, named: "mlp.down_proj")
+        XCTAssertGreaterThan(maxAbsDiff(before, try model.logits([1, 2, 3])), 1e-3)
+        XCTAssertThrowsError(try model.blocks[1].setLinear(zero, named: "self_attn.q_proj"))
+    }
+}
+
+/// Ops that route attention through AttentionMath with the Kernels softmax: same logits as the default path.
+struct SoftmaxOnlyOps: NonlinearOps {
+    let base = FloatOps()
+    func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
+        base.rmsNorm(x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
+    }
+    func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>, theta: Float) {
+        base.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+    }
+    func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int, start: Int,
+                   nHeads: Int, nKVHeads: Int, headDim: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+        AttentionMath.attention(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads, nKVHeads: nKVHeads,
+                                headDim: headDim, out: out) { Reference.softmax($0, rows: 1, cols: $1) }
+    }
+    func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) { base.swiglu(gate: gate, up: up, count: count) }
+    func residualAdd(_ x: UnsafeMutablePointer<Float>, _ d: UnsafePointer<Float>, count: Int) { base.residualAdd(x, d, count: count) }
+}
+
+final class NonlinearOpsTests: XCTestCase {
+    func testSubstitutedOpsAreUsed() throws {
+        let model = try LlamaModel.load(path: SyntheticCheckpointTests.dir("llama_gqa_f32_untied"))
+        let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/synthetic/llama_gqa_f32_untied/logits.json.zst")
+        model.ops = SoftmaxOnlyOps()
+        XCTAssertLessThan(maxAbsDiff(try model.logits(fx.windows[1].tokens), fx.windows[1].logits), 1e-4)
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import NPU
+import TestSupport
+import XCTest
+
+/// Expected figures are worked out by hand in the comments (edge-small: 256 MACs/cycle, 800 MHz, 1 MiB SRAM,
+/// 4 GB/s = 5 bytes/cycle).
+final class CostModelTests: XCTestCase {
+    let small = try! NPUHardware.preset("edge-small")
+    let stories = TransformerShape(dim: 64, hiddenDim: 172, layers: 5, heads: 8, kvHeads: 4, vocab: 512)
+
+    func testLinearDecodeIsMemoryBound() {
+        // 64 -> 172, one token: 11008 MACs -> 43 cycles; weights 11008 B + 8 B x 172 channels = 12384 B
+        // -> ceil(12384 / 5) = 2477 cycles; activations 236 B stay in SRAM.
+        let c = CostModel.linear(name: "w1", rows: 1, inFeatures: 64, outFeatures: 172, weightBits: 8, hw: small)
+        XCTAssertEqual(c.macs, 11008)
+        XCTAssertEqual(c.weightBytes, 12384)
+        XCTAssertEqual(c.activationBytes, 0)
+        XCTAssertEqual(c.sramPeakBytes, 236 + 12384)
+        XCTAssertEqual(c.computeCycles, 43)
+        XCTAssertEqual(c.memoryCycles, 2477)
+        XCTAssertEqual(c.cycles, 2477)
+        XCTAssertEqual(c.bound, .memory)
+    }
+
+    func testLinearPrefillIsComputeBound() {
+        // 512 tokens: 5,636,096 MACs / 256 = 22016 cycles > 2477 memory cycles.
+        let c = CostModel.linear(name: "w1", rows: 512, inFeatures: 64, outFeatures: 172, weightBits: 8, hw: small)
+        XCTAssertEqual(c.macs, 5_636_096)
+        XCTAssertEqual(c.computeCycles, 22016)
+        XCTAssertEqual(c.cycles, 22016)
+        XCTAssertEqual(c.bound, .compute)
+    }
+
+    func testInt4HalvesWeightPayload() {
+        // 11008 weights at 4 bits = 5504 B + 1376 B parameters = 6880 B -> 1376 cycles.
+        let c = CostModel.linear(name: "w1", rows: 1, inFeatures: 64, outFeatures: 172, weightBits: 4, hw: small)
+        XCTAssertEqual(c.weightBytes, 6880)
+        XCTAssertEqual(c.memoryCycles, 1376)
+    }
+
+    func testCompressionOnLargePreset() throws {
+        // edge-large: 4096 MACs/cycle, 25 bytes/cycle, ratio 0.75: 11008 * 0.75 = 8256 + 1376 = 9632 B
+        // -> ceil(385.28) = 386 cycles; compute ceil(11008 / 4096) = 3.
+        let large = try NPUHardware.preset("edge-large")
+        let c = CostModel.linear(name: "w1", rows: 1, inFeatures: 64, outFeatures: 172, weightBits: 8, hw: large)
+        XCTAssertEqual(c.weightBytes, 9632)
+        XCTAssertEqual(c.memoryCycles, 386)
+        XCTAssertEqual(c.computeCycles, 3)
+    }
+
+    func testActivationsSpillWhenSRAMIsSmall() {
+        // SRAM 16 KiB: tile = 8192, activations 64 x 236 = 15104 B do not fit beside it -> they go to DRAM:
+        // (12384 + 15104) / 5 = 5497.6 -> 5498 cycles; compute 64 x 11008 / 256 = 2752.
+        var hw = small
+        hw.sramBytes = 16384
+        let c = CostModel.linear(name: "w1", rows: 64, inFeatures: 64, outFeatures: 172, weightBits: 8, hw: hw)
+        XCTAssertEqual(c.activationBytes, 15104)
+        XCTAssertEqual(c.sramPeakBytes, 16384)
+        XCTAssertEqual(c.memoryCycles, 5498)
+        XCTAssertEqual(c.computeCycles, 2752)
+        XCTAssertEqual(c.bound, .memory)
+    }
+
+    func testAttentionDecode() {
+        // token 100 (99 cached): 2 x 8 heads x 8 x 100 = 12800 MACs -> 50 cycles; writes K,V of one token
+        // (2 x 32 B) -> 13 cycles; softmax 5 x 8 x 100 = 4000 ops / 16 = 250 cycles: vector bound.
+        let c = CostModel.attention(name: "a", rows: 1, past: 99, shape: stories, hw: small)
+        XCTAssertEqual(c.macs, 12800)
+        XCTAssertEqual(c.activationBytes, 64)
+        XCTAssertEqual(c.computeCycles, 50)
+        XCTAssertEqual(c.memoryCycles, 13)
+        XCTAssertEqual(c.cycles, 250)
+        XCTAssertEqual(c.bound, .vector)
+    }
+
+    func testWholeModelTotals() throws {
+        let r = try CostModel.report(shape: stories, hw: small, weightBits: 8, promptTokens: 64, decodeContext: 0)
+        // Per block linears: 4096 + 2048 + 2048 + 4096 + 3 x 11008 = 45312 MACs; attention of one token 128;
+        // five blocks plus lm_head 64 x 512 = 32768: 5 x 45440 + 32768 = 259968.
+        XCTAssertEqual(r.decode.totalMacs, 259_968)
+        XCTAssertEqual(r.decode.layers.count, 5 * 9 + 1)
+        XCTAssertEqual(r.decode.totalCycles, r.decode.layers.reduce(0) { $0 + $1.cycles })
+        XCTAssertEqual(r.decode.seconds, Double(r.decode.totalCycles) / 800e6, accuracy: 1e-15)
+        XCTAssertEqual(r.decode.tokensPerSecond, 1 / r.decode.seconds, accuracy: 1e-6)
+        XCTAssertEqual(r.prefill.secondsPerToken, r.prefill.seconds / 64, accuracy: 1e-15)
+        XCTAssertLessThan(r.prefill.secondsPerToken, r.decode.secondsPerToken)  // weights amortised over 64 rows
+        XCTAssertThrowsError(try CostModel.report(shape: stories, hw: small, weightBits: 3, promptTokens: 1, decodeContext: 0))
+    }
+
+    func testLlama2cHeader() throws {
+        let s = try TransformerShape.llama2c(path: Repo.path("Models/stories260K/stories260K.bin"))
+        XCTAssertEqual(s, stories)
+    }
+
+    func testConfigParsingAndErrors() throws {
+        let ok = try NPUConfig.parse(Data("""
+            {"weight_bits": 4, "weight_granularity": "per_tensor", "activation_calibration": "percentile",
+             "percentile": 99.9, "nonlinear_mode": "lut", "preset": "edge-large",
+             "hardware": {"dram_bytes_per_second": 5e10}, "min_calibration_tokens": 8}
+            """.utf8), source: "cfg.json")
+        XCTAssertEqual(ok.weightBits, 4)
+        XCTAssertEqual(ok.weightGranularity, .perTensor)
+        XCTAssertEqual(ok.calibration, .percentile(99.9))
+        XCTAssertEqual(ok.nonlinearMode, .lut)
+        XCTAssertEqual(ok.hardware.macsPerCycle, 4096)
+        XCTAssertEqual(ok.hardware.dramBytesPerSecond, 5e10)
+        XCTAssertEqual(ok.minCalibrationTokens, 8)
+        let bad: [(String, String)] = [
+            (#"{"weight_bits": 3}"#, "weight_bits"),
+            (#"{"weight_bitz": 8}"#, "unknown key 'weight_bitz'"),
+            (#"{"hardware": {"clock_hz": -1}}"#, "clock_hz"),
+            (#"{"hardware": {"macs_per_cycle": 0}}"#, "macs_per_cycle"),
+            (#"{"hardware": {"sram_bytes": 10}}"#, "sram_bytes"),
+            (#"{"hardware": {"compression_ratio": 1.5}}"#, "compression_ratio"),
+            (#"{"activation_calibration": "percentile", "percentile": 120}"#, "percentile"),
+            (#"{"nonlinear_mode": "fp8"}"#, "nonlinear_mode"),
+            (#"{"preset": "huge"}"#, "unknown NPU preset"),
+            (#"[1, 2]"#, "not a JSON object"),
+        ]
+        for (text, needle) in bad {
+            XCTAssertThrowsError(try NPUConfig.parse(Data(text.utf8), source: "cfg.json"), text) { e in
+                XCTAssertTrue("\(e)".contains(needle) && "\(e)".contains("cfg.json"), "\(text): \(e)")
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+import Foundation
+import Kernels
+import NPU
+import TestSupport
+import XCTest
+
+final class NPULinearTests: XCTestCase {
+    /// The layer's float output is exactly dequant(scalar integer reference(quant(x))).
+    func testLinearEqualsScalarPipeline() throws {
+        var rng = SeededRandom(seed: 21)
+        let m = 9, k = 70, n = 33
+        let x = rng.floats(m * k, in: -2...3), w = rng.floats(n * k, in: -0.5...0.5), b = rng.floats(n, in: -1...1)
+        for bits in [8, 4] {
+            for g in [WeightGranularity.perChannel, .perTensor] {
+                let weights = try w.withUnsafeBufferPointer { try NPUWeights(weight: .f32($0.baseAddress!), n: n, k: k, bits: bits, granularity: g) }
+                var yf = [Float](repeating: 0, count: m * n)
+                Reference.matmulNT(x: x, m: m, k: k, weight: .f32(w), n: n, bias: b, out: &yf)
+                let inP = QuantParams.fromRange(min: -2, max: 3), outP = QuantParams.fromRange(min: yf.min()!, max: yf.max()!)
+                let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP)
+                var y = [Float](repeating: 0, count: m * n)
+                layer.forward(x: x, rows: m, out: &y, threads: 2)
+                let xq = x.map { inP.quantize($0) }
+                let yq = IntReference.fullyConnected(x: xq, w: weights.unpacked(), m: m, k: k, n: n, zpX: inP.zeroPoint,
+                                                     bias: layer.bias, multipliers: layer.multipliers, zpOut: outP.zeroPoint)
+                XCTAssertEqual(y, yq.map { outP.dequantize($0) }, "int\(bits) \(g)")
+                // and it approximates the float layer (SQNR of a W8A8 layer on uniform data is ~30 dB; W4 ~15 dB)
+                let e = ErrorMetrics(reference: yf, approximation: y)
+                XCTAssertGreaterThan(e.sqnrDB, bits == 8 ? 25 : 12, "int\(bits) \(g): \(e)")
+                XCTAssertGreaterThan(e.cosine, bits == 8 ? 0.99 : 0.95)
+            }
+        }
+    }
+
+    func testErrorMetricsHandComputed() {
+        // ref (3, 4), approx (3, 3): MSE = 1/2, SQNR = 10 log10(25 / 1) = 13.979 dB, PSNR = 10 log10(16 / 0.5) = 15.051 dB,
+        // cosine = 21 / (5 * sqrt 18).
+        let e = ErrorMetrics(reference: [3, 4], approximation: [3, 3])
+        XCTAssertEqual(e.mse, 0.5)
+        XCTAssertEqual(e.sqnrDB, 10 * log10(25.0), accuracy: 1e-12)
+        XCTAssertEqual(e.psnrDB, 10 * log10(32.0), accuracy: 1e-12)
+        XCTAssertEqual(e.cosine, 21 / (5 * 18.0.squareRoot()), accuracy: 1e-12)
+        let acc = ErrorAccumulator()
+        acc.add(reference: [3], approximation: [3], count: 1)
+        acc.add(reference: [4], approximation: [3], count: 1)
+        XCTAssertEqual(acc.metrics, e)
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import NPU
+import TestSupport
+import XCTest
+
+/// Fixture written by Tools/reference_tflite_requant.py (an independent Python re-implementation of TFLite's
+/// QuantizeMultiplier / MultiplyByQuantizedMultiplier and gemmlowp's fixed-point functions).
+struct TFLiteFixture: Decodable {
+    struct QM: Decodable { let m: String; let m0: Int32; let shift: Int }
+    struct MBQM: Decodable { let x: Int32; let m0: Int32; let shift: Int; let srdhm: Int32; let out: Int32 }
+    struct RDBPOT: Decodable { let x: Int32; let e: Int; let out: Int32 }
+    struct RQ: Decodable { let acc: Int32; let m: String; let m0: Int32; let shift: Int; let zp: Int32; let out: Int8 }
+    struct FC: Decodable {
+        let name: String; let m: Int; let k: Int; let n: Int; let bits: Int; let per_channel: Bool
+        let x: [Int8]; let w: [Int8]; let bias: [Int32]; let zp_x: Int32; let zp_out: Int32
+        let s_in: String; let s_out: String; let s_w: [String]; let acc: [Int32]; let m0: [Int32]; let shift: [Int]
+        let y: [Int8]
+    }
+    let quantize_multiplier: [QM]
+    let multiply_by_quantized_multiplier: [MBQM]
+    let rounding_divide_by_pot: [RDBPOT]
+    let requantize_int8: [RQ]
+    let fully_connected: [FC]
+
+    static let shared: TFLiteFixture = {
+        let data = try! Data(contentsOf: URL(fileURLWithPath: Repo.path("Tests/NPUTests/Fixtures/tflite_requant.json")))
+        return try! JSONDecoder().decode(TFLiteFixture.self, from: data)
+    }()
+}
+
+func hexDouble(_ s: String) -> Double {
+    guard let d = Double(s) else { XCTFail("bad hex float \(s)"); return .nan }
+    return d
+}
+
+final class RequantTests: XCTestCase {
+    let fx = TFLiteFixture.shared
+
+    func testQuantizeMultiplierMatchesPython() {
+        XCTAssertGreaterThan(fx.quantize_multiplier.count, 300)
+        for c in fx.quantize_multiplier {
+            let got = Requant.quantizeMultiplier(hexDouble(c.m))
+            XCTAssertEqual(got, Requant.Multiplier(m0: c.m0, shift: c.shift), "multiplier \(c.m)")
+        }
+    }
+
+    func testQuantizeMultiplierEdgeCases() {
+        // q rounds up to 2^31: M0 becomes 2^30 and the shift grows.
+        XCTAssertEqual(Requant.quantizeMultiplier(1 - pow(2, -33)), .init(m0: 1 << 30, shift: 1))
+        XCTAssertEqual(Requant.quantizeMultiplier(1), .init(m0: 1 << 30, shift: 1))
+        XCTAssertEqual(Requant.quantizeMultiplier(0.75), .init(m0: 1610612736, shift: 0))
+        // Below 2^-32 the exponent is < -31: flushed to zero.
+        XCTAssertEqual(Requant.quantizeMultiplier(pow(2, -33)), .init(m0: 0, shift: 0))
+        XCTAssertEqual(Requant.quantizeMultiplier(0), .init(m0: 0, shift: 0))
+        for v in [1e-6, 0.0123, 0.5, 3.7, 1000.0] {
+            let m = Requant.quantizeMultiplier(v)
+            XCTAssertGreaterThanOrEqual(m.m0, 1 << 30)
+            XCTAssertEqual(m.realValue, v, accuracy: v * 1e-9)
+        }
+    }
+
+    func testMultiplyByQuantizedMultiplierMatchesPythonAndReference() {
+        for c in fx.multiply_by_quantized_multiplier {
+            let shifted = c.x &<< Int32(max(c.shift, 0))
+            XCTAssertEqual(Requant.saturatingRoundingDoublingHighMul(shifted, c.m0), c.srdhm, "srdhm \(c.x) \(c.m0) \(c.shift)")
+            XCTAssertEqual(RequantReference.doublingHighMul(shifted, c.m0), c.srdhm, "ref srdhm \(c.x) \(c.m0)")
+            XCTAssertEqual(Requant.multiplyByQuantizedMultiplier(c.x, c.m0, c.shift), c.out, "mbqm \(c.x) \(c.m0) \(c.shift)")
+            XCTAssertEqual(RequantReference.multiply(c.x, c.m0, c.shift), c.out, "ref mbqm \(c.x) \(c.m0) \(c.shift)")
+        }
+    }
+
+    func testRoundingDivideByPOTMatchesPython() {
+        for c in fx.rounding_divide_by_pot {
+            XCTAssertEqual(Requant.roundingDivideByPOT(c.x, c.e), c.out, "rdbpot \(c.x) \(c.e)")
+            XCTAssertEqual(RequantReference.roundShift(c.x, c.e), c.out, "ref rdbpot \(c.x) \(c.e)")
+        }
+        // Ties go away from zero.
+        XCTAssertEqual(Requant.roundingDivideByPOT(6, 2), 2)   // 1.5 -> 2
+        XCTAssertEqual(Requant.roundingDivideByPOT(-6, 2), -2) // -1.5 -> -2
+        XCTAssertEqual(Requant.roundingDivideByPOT(5, 2), 1)   // 1.25 -> 1
+    }
+
+    func testRequantizeToInt8MatchesPython() {
+        for c in fx.requantize_int8 {
+            let m = Requant.quantizeMultiplier(hexDouble(c.m))
+            XCTAssertEqual(m, .init(m0: c.m0, shift: c.shift))
+            XCTAssertEqual(Requant.requantizeToInt8(c.acc, m, zeroPoint: c.zp), c.out, "requant \(c.acc) \(c.m)")
+        }
+    }
+
+    func testActivationParamsFromRange() {
+        let p = QuantParams.fromRange(min: -1, max: 3)
+        XCTAssertEqual(p.scale, 4 / 255, accuracy: 1e-9)
+        XCTAssertEqual(p.zeroPoint, -64)  // round(-128 + 63.75)
+        XCTAssertEqual(p.quantize(0), Int8(-64))
+        XCTAssertEqual(p.dequantize(p.quantize(0)), 0)
+        XCTAssertEqual(p.quantize(100), 127)
+        XCTAssertEqual(p.quantize(-100), -128)
+        XCTAssertEqual(p.quantize(.nan), -64)
+        // An all-positive range is widened to include 0: zero point -128.
+        XCTAssertEqual(QuantParams.fromRange(min: 2, max: 5).zeroPoint, -128)
+        XCTAssertEqual(QuantParams.fromRange(min: -5, max: -2).zeroPoint, 127)
+    }
+
+    func testCalibrationMethods() throws {
+        var rng = SeededRandom(seed: 7)
+        var xs = rng.floats(20000, in: -1...1)
+        xs[123] = 50  // one outlier
+        let obs = RangeObserver(name: "t")
+        obs.observe(xs)
+        let mm = try obs.params(.minMax)
+        XCTAssertEqual(mm.scale, 51 / 255, accuracy: 1e-3)
+        let pc = try obs.params(.percentile(99.99))
+        XCTAssertLessThan(pc.scale, 2.1 / 255)   // the outlier is clipped
+        XCTAssertGreaterThan(pc.scale, 1.9 / 255)
+        let ms = try obs.params(.mse)
+        XCTAssertLessThan(ms.scale, mm.scale)
+        // MSE-optimal must not be worse than minmax on the samples it scored.
+        func mse(_ p: QuantParams) -> Double { xs.reduce(0) { $0 + Double(($1 - p.dequantize(p.quantize($1))) * ($1 - p.dequantize(p.quantize($1)))) } }
+        XCTAssertLessThanOrEqual(mse(ms), mse(mm))
+        // Too few samples for a percentile: a clear error naming the tensor.
+        let small = RangeObserver(name: "layers.0.q_proj.input")
+        small.observe([1, 2, 3])
+        XCTAssertThrowsError(try small.params(.percentile(99.99))) { e in
+            XCTAssertTrue("\(e)".contains("layers.0.q_proj.input"), "\(e)")
+            XCTAssertTrue("\(e)".contains("10000"), "\(e)")
+        }
+    }
+}

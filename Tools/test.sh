@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: set-up, then every test target in a release build
+# (the numerical kernels are SIMD code that debug builds run 100x slower).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash Tools/setup.sh
+# -enable-testing lets test targets use @testable imports in a release build.
+swift build -c release --build-tests -Xswiftc -enable-testing
+swift test -c release --skip-build -Xswiftc -enable-testing
