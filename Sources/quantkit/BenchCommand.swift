@@ -10,6 +10,7 @@ struct BenchCommand: ParsableCommand {
             BenchPerplexityCommand.self,
             BenchGPTQCommand.self,
             BenchNpuCommand.self,
+            RagBenchCommand.self,
         ]
     )
 }
