@@ -54,7 +54,10 @@ public struct Comparison: Sendable {
         guard let kind = measured.first?.kind else {
             throw QuantKitError(.input, "compare: only layer results given; add perplexity, retrieval or answers results to compare")
         }
-        let all = measured.flatMap(\.runs)
+        var all = measured.flatMap(\.runs)
+        // Same labels from different files: add the file name.
+        let dupes = Dictionary(grouping: all.indices, by: { all[$0].label }).filter { $0.value.count > 1 }
+        for (_, idx) in dupes { for i in idx { all[i].label += " [\(URL(fileURLWithPath: all[i].file).lastPathComponent)]" } }
         guard let baseline = all.first(where: \.isBase) ?? all.first else {
             throw QuantKitError(.input, "compare: the result files hold no runs")
         }
@@ -179,9 +182,10 @@ public struct Comparison: Sendable {
         }
         if !layers.isEmpty {
             out += "\n\nMost sensitive modules:\n"
-            var t: [[String]] = [["module", "cosine", "SQNR dB", "MSE", "loss"]]
+            var t: [[String]] = [["module", "cosine", "SQNR dB", "MSE", "loss", "QError (only this module)"]]
             for l in layers.sorted(by: { $0.sensitivity > $1.sensitivity }).prefix(5) {
-                t.append([l.name, l.cosine.map { reportFormat($0, 6) } ?? "-", l.sqnrDB.map { reportFormat($0, 2) } ?? "-", l.mse.map { reportFormat($0) } ?? "-", l.loss.map { reportFormat($0) } ?? "-"])
+                t.append([l.name, l.cosine.map { reportFormat($0, 6) } ?? "-", l.sqnrDB.map { reportFormat($0, 2) } ?? "-", l.mse.map { reportFormat($0) } ?? "-",
+                          l.loss.map { reportFormat($0) } ?? "-", l.qerror.map { reportPercent($0, signed: true) } ?? "-"])
             }
             out += Comparison.align(t)
         }

@@ -74,6 +74,18 @@ public enum ResultValue: Sendable, Equatable {
         return s
     }
 
+    /// A stable text form (sorted keys) for comparing structured values.
+    public var canonical: String {
+        switch self {
+        case .null: return "null"
+        case .bool(let b): return String(b)
+        case .number(let d): return string ?? String(d)
+        case .string(let s): return "\"\(s)\""
+        case .array(let a): return "[" + a.map(\.canonical).joined(separator: ",") + "]"
+        case .object(let o): return "{" + o.keys.sorted().map { "\"\($0)\":\(o[$0]!.canonical)" }.joined(separator: ",") + "}"
+        }
+    }
+
     /// Serializes back to Foundation objects (for merging into written JSON).
     public var foundation: Any {
         switch self {
@@ -273,8 +285,11 @@ public struct ResultFile: Sendable {
         if bpw == nil, let dt = (model?["dtype"] ?? v["dtype"])?.string?.lowercased() {
             bpw = ["f32": 32, "float32": 32, "f16": 16, "float16": 16, "bf16": 16, "bfloat16": 16][dt]
         }
-        let name = label.map { URL(fileURLWithPath: $0).lastPathComponent } ?? fallbackLabel
-        return (name.isEmpty ? fallbackLabel : name, bpw, quant)
+        var name = label.map { URL(fileURLWithPath: $0).lastPathComponent } ?? fallbackLabel
+        if name.isEmpty { name = fallbackLabel }
+        // Runs of one model on different backends (CPU, NPU) need telling apart.
+        if let b = (v["backend"] ?? model?["backend"])?.string, !["cpu", "dense", "float", ""].contains(b.lowercased()) { name += " (\(b))" }
+        return (name, bpw, quant)
     }
 
     static func fileLabel(_ path: String) -> String {
@@ -460,10 +475,7 @@ public struct ResultFile: Sendable {
     func identity(_ keys: [String]) -> String? {
         for src in [root, root["dataset"] ?? .null, root["data"] ?? .null, root["corpus"] ?? .null] {
             for k in keys {
-                if let v = src[k], v != .null {
-                    if let s = v.string { return s }
-                    if v.object != nil { continue }
-                }
+                if let v = src[k], v != .null { return v.string ?? v.canonical }
             }
         }
         return nil

@@ -10,6 +10,8 @@ struct BenchCommand: ParsableCommand {
             BenchPerplexityCommand.self,
             BenchGPTQCommand.self,
             BenchNpuCommand.self,
+            BenchTokenizeCommand.self,
+            BenchKernelsCommand.self,
             RagBenchCommand.self,
         ]
     )

@@ -11,6 +11,9 @@ struct QuantKitCommand: ParsableCommand {
             ConvertCommand.self,
             BenchCommand.self,
             CompareCommand.self,
+            TokenizeCommand.self,
+            NpuCommand.self,
+            LayersCommand.self,
             RagCommand.self,
         ]
     )

@@ -203,6 +203,22 @@ final class CompareTests: XCTestCase {
                     contains: ["cannot compare a perplexity result", "retrieval"])
     }
 
+    func testStructuredIdentityFieldsBackendsAndDuplicateLabels() throws {
+        var a = try object("ppl_f32.json"); a["tokenizer"] = ["id": "tok512.model", "type": "sentencepiece"]
+        var b = try object("ppl_int8.json"); b["tokenizer"] = ["type": "sentencepiece", "id": "tok512.model"]
+        let pa = try write(a, "ta.json"), pb = try write(b, "tb.json")
+        XCTAssertNoThrow(try Comparison.build(files: [ResultFile(path: pa), ResultFile(path: pb)], resamples: 20))
+        b["tokenizer"] = ["type": "sentencepiece", "id": "tokenizer.bin"]
+        assertError(try Comparison.build(files: [ResultFile(path: pa), ResultFile(path: write(b, "tc.json"))]),
+                    contains: ["\"tokenizer\"", "tokenizer.bin"])
+        // The same model on the NPU is labelled by its backend; identical labels get the file name.
+        var npu = try object("ppl_int8.json"); npu["backend"] = "npu"
+        let c = try Comparison.build(files: [ResultFile(path: compareFixture("ppl_f32.json")), ResultFile(path: compareFixture("ppl_int8.json")),
+                                             ResultFile(path: write(npu, "npu.json")), ResultFile(path: write(try object("ppl_int8.json"), "again.json"))], resamples: 20)
+        XCTAssertEqual(c.rows.map(\.run.label), ["stories260K", "stories260K-rtn-int8 [ppl_int8.json]", "stories260K-rtn-int8 (npu)",
+                                                 "stories260K-rtn-int8 [again.json]"])
+    }
+
     func testMissingFieldsNameFileAndField() throws {
         for key in ["corpus_sha256", "ppl", "protocol", "tokenizer", "ctx"] {
             var o = try object("ppl_int8.json"); o.removeValue(forKey: key)
