@@ -12,6 +12,7 @@ struct BenchCommand: ParsableCommand {
             BenchNpuCommand.self,
             BenchTokenizeCommand.self,
             BenchKernelsCommand.self,
+            RagBenchCommand.self,
         ]
     )
 }

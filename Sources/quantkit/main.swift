@@ -14,6 +14,7 @@ struct QuantKitCommand: ParsableCommand {
             TokenizeCommand.self,
             NpuCommand.self,
             LayersCommand.self,
+            RagCommand.self,
         ]
     )
 }
