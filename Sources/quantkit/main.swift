@@ -9,6 +9,8 @@ struct QuantKitCommand: ParsableCommand {
         subcommands: [
             InspectCommand.self,
             ConvertCommand.self,
+            GenerateCommand.self,
+            PerplexityCommand.self,
             BenchCommand.self,
             CompareCommand.self,
             TokenizeCommand.self,
