@@ -11,6 +11,7 @@ struct QuantKitCommand: ParsableCommand {
             ConvertCommand.self,
             BenchCommand.self,
             CompareCommand.self,
+            QuantizeCommand.self,
         ]
     )
 }
