@@ -17,6 +17,7 @@ struct QuantKitCommand: ParsableCommand {
             NpuCommand.self,
             LayersCommand.self,
             RagCommand.self,
+            QuantizeCommand.self,
         ]
     )
 }
