@@ -93,7 +93,7 @@ struct QuantizeCommand: ParsableCommand {
                 let p = (model as NSString).appendingPathComponent(f)
                 if FileManager.default.fileExists(atPath: p) { copies.append((p, f)) }
             }
-            if let t = tokenizer, copies.isEmpty {
+            if copies.isEmpty, let t = try? ModelLoading.tokenizerPath(model: model, explicit: tokenizer) {
                 let ext = (t as NSString).pathExtension
                 copies.append((t, ext == "model" ? "tokenizer.model" : ext == "bin" ? "tokenizer.bin" : ext == "json" ? "tokenizer.json" : (t as NSString).lastPathComponent))
             }
@@ -146,7 +146,10 @@ struct QuantizeCommand: ParsableCommand {
             return (ids, nil, raw)
         }
         let text = try CalibrationText.load(path)
-        // Tokenization lives in the Tokenization target; until it is wired here, text calibration cannot run.
-        throw QuantKitError(.unsupported, "\(path): tokenizing calibration text needs the QuantKit tokenizer (\(tokenizer ?? model)), which this build does not wire yet; pass pre-tokenized ids as a .tokens file (\(text.count) characters read)")
+        let tokPath = try ModelLoading.tokenizerPath(model: model, explicit: tokenizer)
+        let tok = try ModelLoading.loadTokenizer(tokPath)
+        // Windows are drawn from one token stream; no BOS, as the GPTQ reference samples raw text windows.
+        let ids = tok.encode(text, addSpecialTokens: false).map { Int32($0) }
+        return (ids, text, raw)
     }
 }
