@@ -78,6 +78,17 @@ struct BenchKernelsCommand: ParsableCommand {
         }
         result["gemv"] = vrows
 
+        // Causal attention of a whole prefill window: 8 heads of 64 (the engine benchmark's shape).
+        var arows: [[String: Any]] = []
+        print("Attention prefill (8 heads x 64, causal), median of \(reps):")
+        for tokens in [128, 512] {
+            let sec = KernelBench.timeAttention(tokens: tokens, heads: 8, headDim: 64, threads: threads, reps: reps)
+            let flop = 4.0 * 8 * 64 * Double(tokens) * Double(tokens + 1) / 2
+            print(String(format: "  tokens %-4d %8.3f ms wall  %.1f GFLOP/s", tokens, sec * 1e3, flop / sec / 1e9))
+            arows.append(["tokens": tokens, "heads": 8, "head_dim": 64, "seconds": sec, "gflops": flop / sec / 1e9])
+        }
+        result["attention"] = arows
+
         if let json {
             let data = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
             try AtomicFile.write(data, to: json)
@@ -142,6 +153,21 @@ enum KernelBench {
             c9 = c9.addingProduct(a, b); c10 = c10.addingProduct(a, b); c11 = c11.addingProduct(a, b)
         }
         return (c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11).sum()
+    }
+
+    static func timeAttention(tokens: Int, heads: Int, headDim: Int, threads: Int, reps: Int) -> Double {
+        var rng = SystemRandomNumberGenerator()
+        let q = (0..<(tokens * heads * headDim)).map { _ in Float.random(in: -1...1, using: &rng) }
+        let kv = (0..<(tokens * heads * headDim)).map { _ in Float.random(in: -1...1, using: &rng) }
+        var out = [Float](repeating: 0, count: tokens * heads * headDim)
+        var times: [Double] = []
+        for rep in 0...reps {
+            let t0 = now()
+            Kernels.attention(q: q, keys: kv, values: kv, tokens: tokens, start: 0, nHeads: heads, nKVHeads: heads,
+                              headDim: headDim, out: &out, threads: threads)
+            if rep > 0 { times.append(now() - t0) }
+        }
+        return median(times)
     }
 
     static func weightBytes(kind: String, k: Int, n: Int) -> Int {
