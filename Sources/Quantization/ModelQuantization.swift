@@ -1,25 +1,48 @@
 import Foundation
+import Kernels
 import Models
 import TensorCore
 
 /// A linear layer holding quantized weights. Until the Kernels' quantized GEMM is wired in it runs on a float
 /// copy of the dequantized weights (scale as stored in f16 x (q - zero)), which is exactly what a loader of the
 /// checkpoint computes.
-public final class DequantizedLinear: LinearLayer, @unchecked Sendable {
+public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
     public let quantized: QuantizedWeight
-    private let dense: DenseLinear
+    /// The packed integer codes the kernels run on; the float weight matrix is never materialised.
+    public let matrix: QuantizedMatrix
+    private let bias: [Float]?
     public var inFeatures: Int { quantized.inFeatures }
     public var outFeatures: Int { quantized.outFeatures }
 
     public init(_ q: QuantizedWeight, bias: Tensor? = nil, name: String = "linear") throws {
         quantized = q
-        var f16 = q
-        f16.scales = q.scales.map { Float(Float16($0)) }
-        dense = try DenseLinear(weight: Tensor(shape: [q.outFeatures, q.inFeatures], floats: f16.dequantized()), bias: bias, name: name)
+        // Scales are stored as float16 in the checkpoint; round them here too so a freshly quantized layer
+        // computes exactly what its written and reloaded checkpoint computes.
+        do {
+            matrix = try QuantizedMatrix.fromGroupIndex(
+                bits: q.bits, outFeatures: q.outFeatures, inFeatures: q.inFeatures, codesOriginalOrder: q.codes,
+                scales: q.scales.map { Float(Float16($0)) }, zeros: q.zeros.map { Float($0) }, gIdx: q.gIdx)
+        } catch let e as QuantKitError {
+            throw QuantKitError(e.kind, "\(name): \(e.message)")
+        }
+        if let bias {
+            guard bias.count == q.outFeatures, bias.dtype.isFloat else {
+                throw QuantKitError(.shape, "\(name).bias: shape \(bias.shape), expected [\(q.outFeatures)]")
+            }
+            self.bias = bias.floats()
+        } else {
+            self.bias = nil
+        }
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
-        dense.forward(x, rows: rows, out: out, threads: threads)
+        if let bias {
+            bias.withUnsafeBufferPointer {
+                Kernels.matmulQuantized(x: x, m: rows, weight: matrix, bias: $0.baseAddress, out: out, threads: threads)
+            }
+        } else {
+            Kernels.matmulQuantized(x: x, m: rows, weight: matrix, out: out, threads: threads)
+        }
     }
 }
 
@@ -38,7 +61,7 @@ public struct QuantizedLinearBackend: LinearBackend {
         let s = config.settings(for: name)
         let q = try GPTQPacking.readLayer(source, prefix: name, bits: s.bits, groupSize: s.groupSize, symmetric: config.sym)
         let bias = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
-        return try DequantizedLinear(q, bias: bias, name: name)
+        return try QuantizedLinear(q, bias: bias, name: name)
     }
 }
 
@@ -338,7 +361,7 @@ public enum ModelQuantizer {
                         q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: model.threads)
                     }
                     let bias = model.source.contains(name + ".bias") ? try model.source.tensor(name + ".bias") : nil
-                    let layer = try DequantizedLinear(q, bias: bias, name: name)
+                    let layer = try QuantizedLinear(q, bias: bias, name: name)
                     try block.setLinear(layer, named: name)
                     var f16 = q
                     f16.scales = q.scales.map { Float(Float16($0)) }

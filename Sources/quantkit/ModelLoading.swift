@@ -1,10 +1,53 @@
 import Foundation
 import Models
+import Quantization
 import TensorCore
 import Tokenization
 
 /// Shared by generate / perplexity / convert: find and load a model and its tokenizer.
 enum ModelLoading {
+    /// Loads a float checkpoint (HF dir or llama2.c .bin) or a GPTQ-format directory (quantized kernels).
+    static func loadModel(_ path: String) throws -> LlamaModel {
+        if GPTQCheckpoint.isGPTQ(path) {
+            return try LlamaModel.load(path: path, backend: try QuantizedLinearBackend(directory: path))
+        }
+        return try LlamaModel.load(path: path)
+    }
+
+    /// Storage bits per weight of the transformer blocks' linear layers (what quantization changes): codes plus
+    /// per-group float16 scales and integer zero points for quantized layers, the stored dtype for float ones.
+    static func blockLinearBitsPerWeight(_ m: LlamaModel) -> Double? {
+        var bits = 0.0, weights = 0.0
+        for block in m.blocks {
+            for name in block.linearGroups.joined() {
+                guard let layer = block.linear(named: name) else { continue }
+                let n = Double(layer.inFeatures * layer.outFeatures)
+                if let q = layer as? QuantizedLinear {
+                    let groups = Double(q.quantized.groupCount * q.outFeatures)
+                    bits += n * Double(q.quantized.bits) + groups * Double(16 + q.quantized.bits)
+                } else if let d = layer as? DenseLinear {
+                    bits += n * Double(d.weight.dtype.byteSize * 8)
+                } else {
+                    return nil
+                }
+                weights += n
+            }
+        }
+        return weights > 0 ? bits / weights : nil
+    }
+
+    /// A quantized checkpoint records its calibration text's n-gram fingerprint; evaluating on text that
+    /// overlaps it would flatter the quantized model. Refuses above 10% overlap unless allowed (then warns).
+    static func checkCalibrationOverlap(model: String, text: String, corpus: String, allow: Bool) throws {
+        guard let fp = try CalibrationFingerprint.read(checkpoint: model) else { return }
+        let overlap = fp.overlap(with: text)
+        guard overlap > 0.1 else { return }
+        let msg = String(format: "%@ overlaps the calibration text of %@ (%.0f%% of its 8-grams were seen in calibration)",
+                         corpus, model, overlap * 100)
+        if !allow { throw QuantKitError(.input, msg + "; evaluate on other text or pass --allow-overlap") }
+        logInfo("warning: " + msg)
+    }
+
     /// The tokenizer file: --tokenizer if given; else one in the model directory (tokenizer.json, tokenizer.model,
     /// tokenizer.bin, tok*.model); else, for a llama2.c file, a tok512.model beside it or the shipped
     /// Tokenizers/tok512/tok512.model.

@@ -2,6 +2,8 @@ import ArgumentParser
 import Evaluation
 import Foundation
 import Models
+import NPU
+import Quantization
 import TensorCore
 import Tokenization
 
@@ -27,12 +29,26 @@ struct PerplexityCommand: ParsableCommand {
         if stride != nil && protocolKind != .strided { throw ValidationError("--stride applies to --protocol strided only") }
         if ctx < 2 { throw ValidationError("--ctx must be at least 2") }
         if let m = maxChunks, m <= 0 { throw ValidationError("--max-chunks must be positive") }
+        try validateBackend()
+    }
+
+    @Option(help: "cpu | npu: run the linear layers and nonlinear ops on the simulated integer NPU.") var backend: String = "cpu"
+    @Option(name: .customLong("npu-config"), help: "NPU settings (JSON), with --backend npu.") var npuConfig: String?
+    @Option(name: .customLong("npu-calibration"), help: "Text whose first tokens calibrate the NPU activation ranges (default: Corpora/scifact/corpus.jsonl.zst).")
+    var npuCalibration: String?
+    @Option(name: .customLong("npu-calibration-tokens"), help: "Calibration tokens for the NPU ranges.") var npuCalibrationTokens: Int = 4096
+    @Flag(name: .customLong("allow-overlap"), help: "Only warn when the corpus overlaps a quantized model's calibration text.")
+    var allowOverlap = false
+
+    func validateBackend() throws {
+        guard ["cpu", "npu"].contains(backend) else { throw ValidationError("--backend must be cpu or npu, not '\(backend)'") }
+        if npuConfig != nil && backend != "npu" { throw ValidationError("--npu-config needs --backend npu") }
     }
 
     func run() throws {
         try runReportingErrors {
             let t0 = Date()
-            let m = try LlamaModel.load(path: model)
+            let m = try ModelLoading.loadModel(model)
             if let t = threads { m.threads = max(1, t) }
             let tokPath = try ModelLoading.tokenizerPath(model: model, explicit: tokenizer)
             let tok = try ModelLoading.loadTokenizer(tokPath)
@@ -44,6 +60,18 @@ struct PerplexityCommand: ParsableCommand {
             let bytes = try readMaybeCompressed(corpus)
             let sha = Digest.sha256(bytes)
             guard let text = String(data: bytes, encoding: .utf8) else { throw QuantKitError(.format, "\(corpus): not valid UTF-8 text") }
+            try ModelLoading.checkCalibrationOverlap(model: model, text: text, corpus: corpus, allow: allowOverlap)
+            var npuSummary: String?
+            if backend == "npu" {
+                let cfg = try npuConfig.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
+                let calPath = npuCalibration ?? "Corpora/scifact/corpus.jsonl.zst"
+                let calText = try CalibrationText.load(calPath)
+                let calIds = tok.encode(calText, addSpecialTokens: false).prefix(npuCalibrationTokens).map { Int32($0) }
+                let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: Array(calIds), window: ctx)
+                try sim.apply(to: m)
+                npuSummary = sim.summary
+                logInfo("npu: calibrated on \(calIds.count) tokens of \(calPath)")
+            }
             let t1 = Date()
             var ids = tok.encode(text, addSpecialTokens: false).map { Int32($0) }
             let bos = Int32(tok.bosId ?? m.config.bosTokenId ?? 1)
@@ -58,8 +86,17 @@ struct PerplexityCommand: ParsableCommand {
             let writer = saveLogits != nil ? LogitsWriter(vocab: m.config.vocabSize) : nil
             let reporter = ProgressReporter("perplexity", total: try Perplexity.windowCount(n: ids.count, options: opts), unit: "tok")
             var processed = 0
+            var chunkNLL: [(Double, Int)] = []
+            let bitsPerWeight = backend == "npu" ? nil : ModelLoading.blockLinearBitsPerWeight(m)
             let r = try Perplexity.evaluate(model: m, tokens: ids, addsBOS: tok.addsBOS, bosId: bos, options: opts,
-                onRow: (writer == nil && acc == nil) ? nil : { row in writer?.add(row); try acc?.add(row) },
+                onRow: { row in
+                    writer?.add(row)
+                    try acc?.add(row)
+                    // Per-chunk NLL sums let `compare` bootstrap confidence intervals over chunks.
+                    while chunkNLL.count <= row.chunk { chunkNLL.append((0, 0)) }
+                    chunkNLL[row.chunk].0 += negativeLogLikelihood(row.logits, vocab: row.vocab, target: Int(row.target))
+                    chunkNLL[row.chunk].1 += 1
+                },
                 progress: { done, total, _, ppl in
                     processed += ctx
                     reporter.update(done: done, units: processed, extra: String(format: "ppl %.4f", ppl))
@@ -78,6 +115,7 @@ struct PerplexityCommand: ParsableCommand {
             print("chunks       \(r.chunks)  tokens scored \(r.tokensScored)  (corpus \(ids.count) tokens)")
             print(String(format: "ppl          %.4f +/- %.4f", r.ppl, r.pplError))
             print(String(format: "speed        %.1f tokens/s  (%.2f s evaluating, %.2f s tokenizing)", tps, r.seconds, tokenizeSecs))
+            if let n = npuSummary { print(n) }
             if let k = kld {
                 print(String(format: "KLD          %.6g +/- %.3g  max %.6g", k.kld_mean, k.kld_stderr, k.kld_max))
                 print("KLD pct      " + KLDAccumulator.percentiles.map { p -> String in
@@ -92,9 +130,12 @@ struct PerplexityCommand: ParsableCommand {
                     "schema_version": 1, "protocol": protocolKind.rawValue, "ctx": ctx,
                     "stride": opts.effectiveStride.map { $0 as Any } ?? NSNull(), "chunks": r.chunks,
                     "tokens_scored": r.tokensScored, "corpus_sha256": sha, "tokenizer": tokLabel, "model": model,
-                    "ppl": r.ppl, "ppl_error": r.pplError,
+                    "ppl": r.ppl, "ppl_error": r.pplError, "kind": "perplexity", "backend": backend,
+                    "chunk_nll": chunkNLL.map { ["nll_sum": $0.0, "count": $0.1] },
                     "timings": ["total_s": total, "tokenize_s": tokenizeSecs, "evaluate_s": r.seconds, "tokens_per_s": tps],
                 ]
+                if let b = bitsPerWeight { obj["bits_per_weight"] = b }
+                if let n = npuSummary { obj["npu"] = n }
                 if let k = kld {
                     obj["kld"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(k))
                 }

@@ -79,7 +79,7 @@ final class ModelQuantizationTests: XCTestCase {
         let toks: [Int32] = [1, 5, 9, 30, 2, 7]
         XCTAssertEqual(try loaded.logits(toks), try model.logits(toks))
         XCTAssertTrue(loaded.blocks[0].qProj is DenseLinear)
-        XCTAssertTrue(loaded.blocks[1].downProj is DequantizedLinear)
+        XCTAssertTrue(loaded.blocks[1].downProj is QuantizedLinear)
     }
 
     func testCalibrationWindowsAndFingerprint() throws {
