@@ -58,7 +58,9 @@ public struct Comparison: Sendable {
         // Same labels from different files: add the file name.
         let dupes = Dictionary(grouping: all.indices, by: { all[$0].label }).filter { $0.value.count > 1 }
         for (_, idx) in dupes { for i in idx { all[i].label += " [\(URL(fileURLWithPath: all[i].file).lastPathComponent)]" } }
-        guard let baseline = all.first(where: \.isBase) ?? all.first else {
+        // A plain float run given first is the baseline; otherwise a base named inside a quantized-vs-base file.
+        let firstPlain = all.first.flatMap { $0.isBase || $0.metrics["kldmean"] != nil ? nil : $0 }
+        guard let baseline = firstPlain ?? all.first(where: \.isBase) ?? all.first else {
             throw QuantKitError(.input, "compare: the result files hold no runs")
         }
         var notes: [String] = []

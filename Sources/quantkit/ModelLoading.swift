@@ -74,11 +74,12 @@ enum ModelLoading {
         }
     }
 
-    /// Tokenizer id for reports: the tokenizer's name plus the file's hash prefix (two files with the same name
-    /// but different contents must not compare).
+    /// Tokenizer id for reports: its kind plus the file's hash prefix. Content, not file name, identifies it:
+    /// a quantized directory carries the same tokenizer under another name and must still compare.
     static func tokenizerLabel(_ tok: any Tokenizer, path: String) throws -> String {
         let sha = Digest.sha256(try readMaybeCompressed(path))
-        return "\(tok.name)@\(sha.prefix(12))"
+        let kind = tok.name.split(separator: ":").first.map(String.init) ?? tok.name
+        return "\(kind)@\(sha.prefix(12))"
     }
 
     /// Errors when the tokenizer cannot address the model's embedding rows.
