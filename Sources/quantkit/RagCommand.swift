@@ -9,7 +9,7 @@ struct RagCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rag",
         abstract: "RAG evaluation: retrieval quality (nDCG/recall/MRR) and answers (EM/F1), float vs quantized.",
-        subcommands: [RagRetrievalCommand.self]
+        subcommands: [RagRetrievalCommand.self, RagAnswersCommand.self]
     )
 }
 
