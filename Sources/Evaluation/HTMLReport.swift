@@ -99,7 +99,7 @@ public enum HTMLReport {
         if !c.layers.isEmpty {
             let ranked = c.layers.sorted { $0.sensitivity > $1.sensitivity }.prefix(40)
             let (title, value): (String, (LayerFigure) -> Double) = {
-                if c.layers.allSatisfy({ $0.qerror != nil }) { return ("Per-module sensitivity: QError when only this module is quantized (%)", { $0.qerror! * 100 }) }
+                if c.layers.allSatisfy({ $0.qerror != nil }) { return ("Per-module QError with only this module quantized (%)", { $0.qerror! * 100 }) }
                 if c.layers.allSatisfy({ $0.sqnrDB != nil }) { return ("Per-module sensitivity: SQNR (dB, lower = more sensitive)", { $0.sqnrDB! }) }
                 if c.layers.allSatisfy({ $0.cosine != nil }) { return ("Per-module sensitivity: 1 - cosine similarity", { 1 - $0.cosine! }) }
                 return ("Per-module sensitivity", { $0.sensitivity })

@@ -439,7 +439,7 @@ public struct ResultFile: Sendable {
             let count = s.first(["count", "n", "tokens"])?.int ?? 0
             if let b = base, let q = q {
                 return SegmentDelta(group: group, segment: name, count: count, base: b, quantized: q,
-                                    higherIsBetter: s["higher_is_better"]?.bool ?? higherIsBetter)
+                                    higherIsBetter: s["higher_is_better"]?.bool ?? higherIsBetter, kldMean: s["kld_mean"]?.double)
             }
             if let d = s.first(["relative", "relative_delta"])?.double {
                 return SegmentDelta(group: group, segment: name, count: count, base: 1, quantized: 1 + d, higherIsBetter: false)

@@ -61,7 +61,7 @@ public enum SVGChart {
         func x(_ v: Double) -> Double { left + (v - lo) / span * plotW }
         var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(Int(h))\" viewBox=\"0 0 \(width) \(Int(h))\" role=\"img\">"
         s += "<title>\(escape(title))</title>"
-        s += "<text x=\"\(n(left))\" y=\"20\" font-size=\"14\" font-weight=\"bold\">\(escape(title))</text>"
+        s += "<text x=\"10\" y=\"20\" font-size=\"14\" font-weight=\"bold\">\(escape(title))</text>"
         for (i, it) in items.enumerated() {
             let y = top + rowH * Double(i)
             let v = it.value.isFinite ? it.value : 0

@@ -23,6 +23,14 @@ public struct SegmentDelta: Sendable, Equatable {
     }
 
     public var delta: Double { quantized - base }
+
+    /// The form result files carry in their `segments` arrays (what `quantkit compare` reads back).
+    public var json: [String: Any] {
+        var o: [String: Any] = ["group": group, "segment": segment, "count": count, "base": base, "quantized": quantized,
+                                "relative_loss": relativeLoss, "higher_is_better": higherIsBetter]
+        if let k = kldMean { o["kld_mean"] = k }
+        return o
+    }
     /// Relative loss: positive = worse. ppl: q/b - 1; higher-is-better metrics: (b - q)/b. A zero base with a
     /// drop counts as a total loss (1) so such segments still sort first.
     public var relativeLoss: Double {

@@ -76,16 +76,33 @@ enum Attention {
         while bounds.count <= t { bounds.append(items) }
         let qs = SendablePointer(q), ks = SendablePointer(keys), vs = SendablePointer(values), os = SendablePointer(out)
         let bs = bounds
+        let total = start + tokens
         Parallel.forRanges(t, threads: t) { r in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: start + tokens + 8)
-            defer { scores.deallocate() }
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: total + 8)
+            // One KV head's keys and values copied contiguous: rows of the cache lie nKV·headDim floats apart
+            // (2 KiB for 8 heads of 64), a power-of-two stride that maps every row to the same few cache sets.
+            let kbuf = UnsafeMutablePointer<Float>.allocate(capacity: total * headDim)
+            let vbuf = UnsafeMutablePointer<Float>.allocate(capacity: total * headDim)
+            defer { scores.deallocate(); kbuf.deallocate(); vbuf.deallocate() }
+            var copiedHead = -1, copiedRows = 0
             for part in r {
                 for it in bs[part]..<bs[part + 1] {
                     let h = it / tokens, tok = it % tokens
                     let kvh = h / group
-                    row(q: qs.base + tok * qStride + h * headDim, keys: ks.base + kvh * headDim,
-                        values: vs.base + kvh * headDim, len: start + tok + 1, kvStride: kvStride, headDim: headDim,
-                        scale: scale, scores: scores, out: os.base + tok * qStride + h * headDim)
+                    let len = start + tok + 1
+                    if kvh != copiedHead || len > copiedRows {
+                        // Rows this part needs for the head: up to its last token of head h.
+                        let last = min(bs[part + 1], (h + 1) * tokens) - 1 - h * tokens
+                        let rows = start + last + 1
+                        for j in 0..<rows {
+                            (kbuf + j * headDim).update(from: ks.base + j * kvStride + kvh * headDim, count: headDim)
+                            (vbuf + j * headDim).update(from: vs.base + j * kvStride + kvh * headDim, count: headDim)
+                        }
+                        copiedHead = kvh; copiedRows = rows
+                    }
+                    row(q: qs.base + tok * qStride + h * headDim, keys: kbuf, values: vbuf, len: len,
+                        kvStride: headDim, headDim: headDim, scale: scale, scores: scores,
+                        out: os.base + tok * qStride + h * headDim)
                 }
             }
         }

@@ -222,33 +222,47 @@ struct QuantRows: RowSource, @unchecked Sendable {
     }
 }
 
+/// Loads 8 codes of one row (starting at a multiple of 8) as Float32.
+protocol CodeBlock { static func load(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> }
+enum NibbleCodes: CodeBlock {
+    @inline(__always) static func load(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> {
+        nibbles8(row.load(fromByteOffset: col &>> 1, as: UInt32.self))
+    }
+}
+enum ByteCodes: CodeBlock {
+    @inline(__always) static func load(_ row: UnsafeRawPointer, _ col: Int) -> SIMD8<Float> { u8x8(row + col) }
+}
+
 enum QuantGemv {
     /// y[r] for rows in `range`, one x row: per group, Σ x·q with SIMD on the aligned interior and
     /// y += scale·(Σx·q) − scale·zero·Σx with Σx per group precomputed; group edges not on an 8-column boundary
     /// are done scalar.
-    static func rows(_ s: QuantRows, starts: UnsafePointer<Int32>, x: UnsafePointer<Float>, sumX: UnsafePointer<Float>,
-                     n: Int, bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, range: Range<Int>) {
+    static func rows<C: CodeBlock>(_ s: QuantRows, _ codes: C.Type, starts: UnsafePointer<Int32>, x: UnsafePointer<Float>,
+                                   sumX: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                   out: UnsafeMutablePointer<Float>, range: Range<Int>) {
+        let ng = s.nGroups, rowBytes = s.rowWords &* 4
+        let base = UnsafeRawPointer(s.words)
         var r = range.lowerBound
         while r < range.upperBound {
             // Four output rows at once: four independent FMA chains share each x load.
             let nr = min(4, range.upperBound - r)
             let r0 = r, r1 = nr > 1 ? r + 1 : r, r2 = nr > 2 ? r + 2 : r, r3 = nr > 3 ? r + 3 : r
+            let b0 = base + r0 &* rowBytes, b1 = base + r1 &* rowBytes
+            let b2 = base + r2 &* rowBytes, b3 = base + r3 &* rowBytes
             var y0 = SIMD8<Float>(), y1 = SIMD8<Float>(), y2 = SIMD8<Float>(), y3 = SIMD8<Float>()
             var t = SIMD4<Float>()
-            let sp0 = s.scales + r0 * s.nGroups, sp1 = s.scales + r1 * s.nGroups
-            let sp2 = s.scales + r2 * s.nGroups, sp3 = s.scales + r3 * s.nGroups
-            let zp0 = s.zeros + r0 * s.nGroups, zp1 = s.zeros + r1 * s.nGroups
-            let zp2 = s.zeros + r2 * s.nGroups, zp3 = s.zeros + r3 * s.nGroups
-            for g in 0..<s.nGroups {
+            let sp0 = s.scales + r0 &* ng, sp1 = s.scales + r1 &* ng, sp2 = s.scales + r2 &* ng, sp3 = s.scales + r3 &* ng
+            let zp0 = s.zeros + r0 &* ng, zp1 = s.zeros + r1 &* ng, zp2 = s.zeros + r2 &* ng, zp3 = s.zeros + r3 &* ng
+            for g in 0..<ng {
                 let lo = Int(starts[g]), hi = Int(starts[g + 1])
                 let a = (lo + 7) & ~7, b = max(a, hi & ~7)
                 var c0 = SIMD8<Float>(), c1 = SIMD8<Float>(), c2 = SIMD8<Float>(), c3 = SIMD8<Float>()
                 var col = a
                 while col < b {
                     let xv = loadU(x + col)
-                    c0.addProduct(xv, s.codes8(r0, col)); c1.addProduct(xv, s.codes8(r1, col))
-                    c2.addProduct(xv, s.codes8(r2, col)); c3.addProduct(xv, s.codes8(r3, col))
-                    col += 8
+                    c0.addProduct(xv, C.load(b0, col)); c1.addProduct(xv, C.load(b1, col))
+                    c2.addProduct(xv, C.load(b2, col)); c3.addProduct(xv, C.load(b3, col))
+                    col &+= 8
                 }
                 let sc = SIMD4<Float>(sp0[g], sp1[g], sp2[g], sp3[g])
                 let zr = SIMD4<Float>(zp0[g], zp1[g], zp2[g], zp3[g])
@@ -329,8 +343,13 @@ extension Kernels {
                                 let st = SendablePointer(gs.baseAddress!)
                                 let minRows = max(4, (1 << 15) / k)
                                 Parallel.forRanges(n, threads: threads, minPerThread: minRows) { r in
-                                    QuantGemv.rows(src, starts: st.base, x: xs.base, sumX: ss.base, n: n,
-                                                   bias: bs?.base, out: os.base, range: r)
+                                    if src.container == 8 {
+                                        QuantGemv.rows(src, ByteCodes.self, starts: st.base, x: xs.base, sumX: ss.base,
+                                                       bias: bs?.base, out: os.base, range: r)
+                                    } else {
+                                        QuantGemv.rows(src, NibbleCodes.self, starts: st.base, x: xs.base, sumX: ss.base,
+                                                       bias: bs?.base, out: os.base, range: r)
+                                    }
                                 }
                             }
                         }

@@ -22,8 +22,8 @@ public struct HFTokenizer: Tokenizer {
     public var vocabSize: Int { idToToken.count }
     public var addsBOS: Bool { bosId != nil && prefixIds.first == bosId }
 
-    public init(data: Data, fileName: String) throws {
-        name = "tokenizer.json:" + fileName
+    public init(data: Data, fileName: String, name: String? = nil) throws {
+        self.name = name ?? "tokenizer.json:" + fileName
         let ctx = JSONContext(file: fileName)
         let rootAny: Any
         do { rootAny = try JSONSerialization.jsonObject(with: data) } catch {

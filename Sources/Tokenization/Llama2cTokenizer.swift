@@ -19,8 +19,8 @@ public struct Llama2cTokenizer: Tokenizer {
     public var padId: Int? { nil }
     public var addsBOS: Bool { true }
 
-    public init(data: Data, fileName: String) throws {
-        name = "llama2c:" + fileName
+    public init(data: Data, fileName: String, name: String? = nil) throws {
+        self.name = name ?? "llama2c:" + fileName
         let b = [UInt8](data)
         func bad(_ s: String) -> TokenizerError { TokenizerError(.malformed, file: fileName, s) }
         func i32(_ o: Int) -> Int32 {

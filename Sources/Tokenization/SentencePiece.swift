@@ -38,8 +38,8 @@ public struct SentencePieceTokenizer: Tokenizer {
     public var vocabSize: Int { pieces.count }
     public var addsBOS: Bool { true }
 
-    public init(data: Data, fileName: String) throws {
-        name = "sentencepiece:" + fileName
+    public init(data: Data, fileName: String, name: String? = nil) throws {
+        self.name = name ?? "sentencepiece:" + fileName
         func bad(_ s: String) -> TokenizerError { TokenizerError(.malformed, file: fileName, s) }
         func unsupported(_ s: String) -> TokenizerError { TokenizerError(.unsupported, file: fileName, s) }
         let bytes = [UInt8](data)

@@ -35,10 +35,13 @@ public enum TokenizerLoader {
     public static func load(data: Data, fileName: String) throws -> any Tokenizer {
         var base = (fileName as NSString).lastPathComponent
         if base.hasSuffix(".zst") { base.removeLast(4) }
-        if base.hasSuffix(".json") { return try HFTokenizer(data: data, fileName: base) }
-        if base.hasSuffix(".model") { return try SentencePieceTokenizer(data: data, fileName: base) }
-        if base.hasSuffix(".bin") { return try Llama2cTokenizer(data: data, fileName: base) }
-        throw TokenizerError(.unsupported, file: base,
+        // Errors name the file as given; the tokenizer's name is short (parent folder kept for tokenizer.json).
+        let parent = ((fileName as NSString).deletingLastPathComponent as NSString).lastPathComponent
+        let display = base == "tokenizer.json" && !parent.isEmpty ? parent + "/" + base : base
+        if base.hasSuffix(".json") { return try HFTokenizer(data: data, fileName: fileName, name: "hf-tokenizers:" + display) }
+        if base.hasSuffix(".model") { return try SentencePieceTokenizer(data: data, fileName: fileName, name: "sentencepiece:" + display) }
+        if base.hasSuffix(".bin") { return try Llama2cTokenizer(data: data, fileName: fileName, name: "llama2c:" + display) }
+        throw TokenizerError(.unsupported, file: fileName,
                              "unknown tokenizer format (expected .json, .model or .bin)")
     }
 }

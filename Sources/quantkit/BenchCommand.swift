@@ -9,6 +9,7 @@ struct BenchCommand: ParsableCommand {
             BenchSafetensorsCommand.self,
             BenchPerplexityCommand.self,
             BenchGPTQCommand.self,
+            BenchQuantEvalCommand.self,
             BenchNpuCommand.self,
             BenchTokenizeCommand.self,
             BenchKernelsCommand.self,

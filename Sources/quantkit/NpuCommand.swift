@@ -51,7 +51,8 @@ func costTable(_ r: CostReport) -> String {
     s += "decode per layer (first block and lm_head):\n"
     s += "  layer                                   MACs   weight B   act B  SRAM peak   cycles  bound\n"
     for l in r.decode.layers where l.name.hasPrefix("model.layers.0.") || l.name == "lm_head" {
-        s += String(format: "  %-36@ %8d %10d %7d %10d %8d  %@\n", l.name as NSString, l.macs, l.weightBytes,
+        s += "  " + l.name.padding(toLength: 36, withPad: " ", startingAt: 0)
+        s += String(format: " %8d %10d %7d %10d %8d  %@\n", l.macs, l.weightBytes,
                     l.activationBytes, l.sramPeakBytes, l.cycles, l.bound.rawValue as NSString)
     }
     return s
@@ -128,7 +129,7 @@ struct NpuReportCommand: ParsableCommand {
             print("  \(ErrorMetrics.definitions); isolated = the layer alone on the float input")
             print("  module                                  e2e SQNR  e2e PSNR  e2e cosine      e2e MSE  isolated SQNR")
             for l in cmp.layers {
-                print(String(format: "  %-38@ %8.2f  %8.2f  %10.6f  %11.4g  %12.2f", l.module as NSString, l.endToEnd.sqnrDB,
+                print("  " + l.module.padding(toLength: 38, withPad: " ", startingAt: 0) + String(format: " %8.2f  %8.2f  %10.6f  %11.4g  %12.2f", l.endToEnd.sqnrDB,
                              l.endToEnd.psnrDB, l.endToEnd.cosine, l.endToEnd.mse, l.isolated.sqnrDB))
             }
             print(String(format: "logits: SQNR %.2f dB, cosine %.6f", cmp.logits.sqnrDB, cmp.logits.cosine))

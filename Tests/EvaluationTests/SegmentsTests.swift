@@ -73,6 +73,13 @@ final class SegmentsTests: XCTestCase {
         XCTAssertEqual(s[0].base, M_E, accuracy: 1e-12)
         XCTAssertEqual(s[1].relativeLoss, 0, accuracy: 1e-15)
         XCTAssertEqual(s[0].count, 2)
+        // JSON form round-trips through a result file's `segments` array.
+        let body: [String: Any] = ["schema_version": 1, "kind": "perplexity", "protocol": "gptq", "ctx": 4, "corpus_sha256": "x",
+                                   "tokenizer": "t", "ppl": 3.0, "segments": s.map(\.json)]
+        let f = try ResultFile(data: JSONSerialization.data(withJSONObject: body), path: "seg.json")
+        XCTAssertEqual(f.runs[0].segments.map(\.segment), ["B", "A"])
+        XCTAssertEqual(f.runs[0].segments[0].relativeLoss, 0.1, accuracy: 1e-12)
+        XCTAssertEqual(f.runs[0].segments[0].group, "document")
         var bad = q; bad[1].tokenId = 6
         XCTAssertThrowsError(try Segments.byDocument(base: b, quantized: bad, documents: docs)) { XCTAssertTrue("\($0)".contains("record 1"), "\($0)") }
         XCTAssertThrowsError(try Segments.byWindowPosition(base: b, quantized: q, bucketWidth: 0))

@@ -3,7 +3,7 @@ import Models
 import TensorCore
 import TestSupport
 import XCTest
-@testable import Quantization
+import Quantization
 
 /// Model-level GPTQ/RTN on a tiny random Llama (dim 64, hidden 172 as in stories260K): write -> read gives the
 /// same logits, GPTQ reconstructs the float model's outputs better than RTN, overrides/skips apply.

@@ -11,7 +11,7 @@ final class BadInputTests: XCTestCase {
         XCTAssertThrowsError(try TokenizerLoader.load(data: data, fileName: name), file: file, line: line) { e in
             let text = String(describing: e)
             XCTAssertTrue(e is TokenizerError, "not a TokenizerError: \(text)", file: file, line: line)
-            XCTAssertTrue(text.hasPrefix(name.replacingOccurrences(of: ".zst", with: "")), text, file: file, line: line)
+            XCTAssertTrue(text.hasPrefix(name + ": "), text, file: file, line: line)
             XCTAssertTrue(text.contains(needle), "'\(text)' lacks '\(needle)'", file: file, line: line)
             XCTAssertFalse(text.contains("\n"), file: file, line: line)
         }

@@ -85,6 +85,29 @@ final class ExactnessTests: XCTestCase {
         XCTAssertNotEqual(tok.encode("a  b", addSpecialTokens: false), sp.encode("a  b", addSpecialTokens: false))
     }
 
+    func testMetadata() throws {
+        let gpt2 = try loadShipped("Tokenizers/gpt2/tokenizer.json.zst")
+        XCTAssertEqual(gpt2.name, "hf-tokenizers:gpt2/tokenizer.json")
+        XCTAssertFalse(gpt2.addsBOS)
+        XCTAssertEqual(gpt2.vocabSize, 50257)
+        XCTAssertEqual(gpt2.eosId, 50256)
+        XCTAssertEqual(gpt2.token(for: 50256), "<|endoftext|>")
+        let minilm = try loadShipped("Tokenizers/minilm/tokenizer.json.zst")
+        XCTAssertEqual(minilm.vocabSize, 30522)
+        XCTAssertEqual(minilm.padId, 0)
+        XCTAssertEqual(minilm.encode("", addSpecialTokens: true), [101, 102])
+        // Truncation in the file (128) is not applied: callers truncate.
+        XCTAssertEqual(minilm.encode(String(repeating: "word ", count: 300), addSpecialTokens: true).count, 302)
+        let sp = try loadShipped("Tokenizers/tok512/tok512.model")
+        XCTAssertEqual(sp.name, "sentencepiece:tok512.model")
+        XCTAssertEqual(sp.token(for: 1), "<s>")
+        let bin = try loadShipped("Tokenizers/tok512/tok512.bin")
+        XCTAssertEqual(bin.vocabSize, 512)
+        XCTAssertEqual(bin.bosId, 1); XCTAssertEqual(bin.eosId, 2); XCTAssertTrue(bin.addsBOS)
+        XCTAssertEqual(bin.decode(bin.encode("Once upon a time", addSpecialTokens: true), skipSpecialTokens: true),
+                       "Once upon a time")
+    }
+
     func testBatchEqualsSequential() throws {
         let lines = try wikiText().split(separator: "\n", omittingEmptySubsequences: false).prefix(600).map(String.init)
         for path in ["Tokenizers/gpt2/tokenizer.json.zst", "Tokenizers/minilm/tokenizer.json.zst", "Tokenizers/tok512/tok512.model"] {
