@@ -26,8 +26,9 @@ public enum Datasets {
     /// trailing newline is not returned.
     public static func readLines(_ path: String) throws -> (lines: [String], source: SourceFile) {
         let (text, source) = try readPlainText(path)
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
-            line.hasSuffix("\r") ? String(line.dropLast()) : String(line)
+        // Split on the scalar "\n": Swift treats "\r\n" as one Character, so a Character split would miss it.
+        var lines = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
+            String(String.UnicodeScalarView(line.last == "\r" ? line.dropLast() : line))
         }
         if lines.last == "" { lines.removeLast() }
         return (lines, source)

@@ -126,8 +126,8 @@ public enum RetrievalMetrics {
     public static func readTrecRun(_ path: String) throws -> RetrievalRun {
         let text = try readText(path)
         var run: RetrievalRun = [:]
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        for (i, line) in text.components(separatedBy: "\n").map({ $0.hasSuffix("\r") ? String($0.dropLast()) : $0 }).enumerated() {
+            let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
             if f.isEmpty { continue }
             guard f.count == 6, let s = Double(f[4]) else {
                 throw QuantKitError(.format, "\(path): line \(i + 1): expected `qid Q0 docid rank score tag`")
@@ -140,7 +140,7 @@ public enum RetrievalMetrics {
     public static func readQrels(_ path: String) throws -> Qrels {
         let text = try readText(path)
         var qrels: Qrels = [:]
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (i, line) in text.components(separatedBy: "\n").map({ $0.hasSuffix("\r") ? String($0.dropLast()) : $0 }).enumerated() {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             if f.isEmpty || (i == 0 && f[0] == "query-id") { continue }
             guard f.count == 3 || f.count == 4, let rel = Int(f[f.count - 1]) else {

@@ -3,10 +3,9 @@ import Models
 import Quantization
 import TensorCore
 
-/// Linear layers of a quantized embedder. Weights are quantized by the Quantization target (RTN here, or read
-/// from an AutoGPTQ-layout checkpoint) and run as their dequantized values, scale * (q - zero), through the float
-/// kernel: the numerics of weight-only quantization with float activations (what the quantized CPU kernels
-/// compute, up to summation order).
+/// Linear layers of an RTN-quantized embedder, quantized at load time by the Quantization target (the same
+/// quantizer and DequantizedLinear layer the causal models use). A GPTQ checkpoint directory of an embedder
+/// loads through Quantization's QuantizedLinearBackend instead.
 public struct RTNEmbedderBackend: LinearBackend {
     public let scheme: QuantScheme
     public init(scheme: QuantScheme) { self.scheme = scheme }
@@ -16,24 +15,7 @@ public struct RTNEmbedderBackend: LinearBackend {
         guard w.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight: expected 2-D, got \(w.shape)") }
         let q = try RTN.quantize(w.floats(), outFeatures: w.shape[0], inFeatures: w.shape[1], scheme: scheme, name: name)
         let b = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
-        return try DenseLinear(weight: Tensor(shape: w.shape, floats: q.dequantized()), bias: b, name: name)
-    }
-}
-
-/// Linear layers read from a GPTQ checkpoint (qweight/qzeros/scales/g_idx, quantize_config.json).
-public struct GPTQEmbedderBackend: LinearBackend {
-    public let config: GPTQQuantizeConfig
-    public init(directory: String) throws { config = try GPTQCheckpoint.readConfig(directory).config }
-
-    public func makeLinear(name: String, source: WeightSource) throws -> LinearLayer {
-        if source.contains(name + ".weight") { return try DenseBackend().makeLinear(name: name, source: source) }
-        guard let ckpt = source as? SafetensorsCheckpoint else {
-            throw QuantKitError(.unsupported, "\(name): GPTQ layers must come from a safetensors checkpoint")
-        }
-        let s = config.settings(for: name)
-        let q = try GPTQPacking.readLayer(ckpt, prefix: name, bits: s.bits, groupSize: s.groupSize, symmetric: config.sym)
-        let b = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
-        return try DenseLinear(weight: Tensor(shape: [q.outFeatures, q.inFeatures], floats: q.dequantized()), bias: b, name: name)
+        return try DequantizedLinear(q, bias: b, name: name)
     }
 }
 

@@ -24,7 +24,7 @@ enum RagQuantizedEmbedders {
             guard GPTQCheckpoint.isGPTQ(spec) else {
                 throw QuantKitError(.input, "--embedder-quantized \(spec): a directory must be a GPTQ checkpoint (quantize_config.json)")
             }
-            return (try BertModel(directory: spec, backend: try GPTQEmbedderBackend(directory: spec)),
+            return (try BertModel(directory: spec, backend: try QuantizedLinearBackend(directory: spec)),
                     (spec as NSString).lastPathComponent)
         }
         let scheme = try EmbedderQuantSpec.parseRTN(spec)

@@ -9,7 +9,7 @@ struct RagCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rag",
         abstract: "RAG evaluation: retrieval quality (nDCG/recall/MRR) and answers (EM/F1), float vs quantized.",
-        subcommands: [RagRetrievalCommand.self]
+        subcommands: [RagRetrievalCommand.self, RagAnswersCommand.self]
     )
 }
 
@@ -122,13 +122,13 @@ struct RagRetrievalCommand: ParsableCommand {
     func printSummary(_ ds: BeirDataset, _ runs: [RetrievalRunResult], _ comps: [RetrievalComparison]) {
         print("dataset \(dataset) split \(ds.split): \(ds.corpus.count) documents, \(ds.queries.count) queries")
         let names = RetrievalMetrics.metricNames
-        print("embedder".padding(toLength: 16, withPad: " ", startingAt: 0) + names.map { $0.padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
+        print("embedder".padding(toLength: 22, withPad: " ", startingAt: 0) + names.map { $0.padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
         for r in runs {
-            print(r.name.padding(toLength: 16, withPad: " ", startingAt: 0)
+            print(r.name.padding(toLength: 22, withPad: " ", startingAt: 0)
                   + names.map { String(format: "%-11.4f", r.scores.mean[$0] ?? 0) }.joined())
         }
         for c in comps {
-            print("delta \(c.other)".padding(toLength: 16, withPad: " ", startingAt: 0)
+            print("delta \(c.other)".padding(toLength: 22, withPad: " ", startingAt: 0)
                   + names.map { String(format: "%-+11.4f", c.deltas[$0] ?? 0) }.joined())
             print("  top-\(c.k) overlap with float: \(String(format: "%.3f", c.meanOverlap)); queries lost a relevant doc: \(c.lostRelevant.count); nDCG@10 worse/same/better: \(c.worse)/\(c.same)/\(c.better)")
         }

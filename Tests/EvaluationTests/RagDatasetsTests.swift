@@ -65,7 +65,7 @@ final class RagDatasetsTests: XCTestCase {
         XCTAssertEqual(lines, ["one", "two", "", "three"])
         // sha256("one\r\ntwo\n\nthree\n") from `printf 'one\r\ntwo\n\nthree\n' | sha256sum`
         XCTAssertEqual(src.sha256, "abc5915f9e96cd49eefbaf312b53a202c05632d9885f3092ed8dfa2a3855e9d0")
-        XCTAssertEqual(src.bytes, 17)
+        XCTAssertEqual(src.bytes, 16)
         FileManager.default.createFile(atPath: dir + "/bad.txt", contents: Data([0x66, 0xFF, 0xFE]))
         XCTAssertThrowsError(try Datasets.readPlainText(dir + "/bad.txt")) { XCTAssertTrue("\($0)".contains("UTF-8")) }
     }
