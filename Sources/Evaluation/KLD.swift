@@ -138,7 +138,9 @@ public final class LogitsFile {
     public func checkCompatible(corpusSHA256: String, tokenizer: String, protocolName: String, ctx: Int, stride: Int?, vocab: Int) throws {
         var diffs: [String] = []
         if header.corpus_sha256 != corpusSHA256 { diffs.append("corpus sha256 \(header.corpus_sha256.prefix(12))... vs \(corpusSHA256.prefix(12))...") }
-        if header.tokenizer != tokenizer { diffs.append("tokenizer '\(header.tokenizer)' vs '\(tokenizer)'") }
+        // Tokenizer labels are "name@sha256-prefix": the same file under another name is the same tokenizer.
+        func contentId(_ s: String) -> String { s.split(separator: "@").last.map(String.init) ?? s }
+        if contentId(header.tokenizer) != contentId(tokenizer) { diffs.append("tokenizer '\(header.tokenizer)' vs '\(tokenizer)'") }
         if header.protocol != protocolName { diffs.append("protocol \(header.protocol) vs \(protocolName)") }
         if header.ctx != ctx { diffs.append("ctx \(header.ctx) vs \(ctx)") }
         if header.stride != stride { diffs.append("stride \(header.stride.map(String.init) ?? "none") vs \(stride.map(String.init) ?? "none")") }

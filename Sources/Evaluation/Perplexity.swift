@@ -100,6 +100,11 @@ public enum Perplexity {
         return out
     }
 
+    /// How many windows a run over `n` tokens evaluates (throws on the same input errors as `evaluate`).
+    public static func windowCount(n: Int, options: PerplexityOptions, addsBOS: Bool = true) throws -> Int {
+        try windows(n: n, options: options, addsBOS: addsBOS).count
+    }
+
     /// Runs a protocol over `tokens` (the whole text tokenized once, BOS prepended when the tokenizer adds it).
     /// `onRow` sees every scored logits row (KLD capture/compare); `progress` gets (windows done, total, running ppl).
     public static func evaluate(model: LlamaModel, tokens: [Int32], addsBOS: Bool, bosId: Int32, options: PerplexityOptions,

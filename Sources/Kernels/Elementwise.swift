@@ -7,7 +7,7 @@ import TensorCore
 /// halves so results from about -103.9 (gradual underflow) to +88.72 (then +inf) come out right. NaN stays NaN.
 @inline(__always)
 func vexp(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let xc = x.clamped(lowerBound: SIMD8(repeating: -104), upperBound: SIMD8(repeating: 89))
+    let xc = vmin(vmax(x, SIMD8(repeating: -104)), SIMD8(repeating: 89))
     let fn = (xc * 1.442_695_04).rounded(.toNearestOrEven)
     var r = xc - fn * 0.693_359_375
     r = r - fn * -2.121_944_4e-4
@@ -18,7 +18,7 @@ func vexp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     p = p * r + 1.666_666_55e-1
     p = p * r + 5.000_000_12e-1
     var y = p * (r * r) + r + 1
-    let n = SIMD8<Int32>(truncatingIfNeeded: SIMD8<Int32>(fn, rounding: .towardZero))
+    let n = truncToInt32(fn)
     let e1 = n &>> 1, e2 = n &- e1
     y = y * unsafeBitCast((e1 &+ 127) &<< 23, to: SIMD8<Float>.self)
     y = y * unsafeBitCast((e2 &+ 127) &<< 23, to: SIMD8<Float>.self)
@@ -129,8 +129,8 @@ enum Elementwise {
         let c8 = cols & ~7
         var mv = SIMD8<Float>(repeating: -.infinity)
         var i = 0
-        while i < c8 { mv = pointwiseMax(mv, loadU(p + i)); i += 8 }
-        var mx = mv.max()
+        while i < c8 { mv = vmax(mv, loadU(p + i)); i += 8 }
+        var mx = hmax(mv)
         while i < cols { mx = max(mx, p[i]); i += 1 }
         if mx == -.infinity { mx = 0 }  // an all-masked row: exp(-inf) = 0 everywhere, then 0/0 as the reference
         let m8 = SIMD8<Float>(repeating: mx)

@@ -24,7 +24,7 @@ struct F16Rows: RowSource, @unchecked Sendable {
     let p: UnsafePointer<Float16>, k: Int
     // Compiles to vcvtph2ps (F16C) with -target-cpu haswell.
     @inline(__always) func load8(_ row: Int, _ col: Int) -> SIMD8<Float> {
-        SIMD8<Float>(UnsafeRawPointer(p + row * k + col).loadUnaligned(as: SIMD8<Float16>.self))
+        f16x8(UnsafeRawPointer(p + row * k + col))
     }
     @inline(__always) func scalar(_ row: Int, _ col: Int) -> Float { Float(p[row * k + col]) }
 }
@@ -33,8 +33,7 @@ struct BF16Rows: RowSource, @unchecked Sendable {
     let p: UnsafePointer<UInt16>, k: Int
     // bf16 is the top half of a Float32: widen and shift.
     @inline(__always) func load8(_ row: Int, _ col: Int) -> SIMD8<Float> {
-        let h = UnsafeRawPointer(p + row * k + col).loadUnaligned(as: SIMD8<UInt16>.self)
-        return unsafeBitCast(SIMD8<UInt32>(truncatingIfNeeded: h) &<< 16, to: SIMD8<Float>.self)
+        bf16x8(UnsafeRawPointer(p + row * k + col))
     }
     @inline(__always) func scalar(_ row: Int, _ col: Int) -> Float { bf16ToFloat(p[row * k + col]) }
 }

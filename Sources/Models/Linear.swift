@@ -112,14 +112,20 @@ public protocol NonlinearOps: Sendable {
 }
 
 public struct FloatOps: NonlinearOps {
-    public init() {}
+    /// Precomputed cos/sin (used when headDim and theta match; positions past it are computed on the fly).
+    public var ropeTable: RopeTable?
+    public init(ropeTable: RopeTable? = nil) { self.ropeTable = ropeTable }
     public func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
                         out: UnsafeMutablePointer<Float>) {
         Kernels.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
     }
     public func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
                      positions: UnsafePointer<Int32>, theta: Float) {
-        Kernels.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+        if let t = ropeTable, t.headDim == headDim, t.theta == theta {
+            Kernels.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: t)
+        } else {
+            Kernels.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+        }
     }
     public func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                           tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,

@@ -291,6 +291,8 @@ public final class LlamaModel {
         finalNorm = norm
         blocks = built
         lmHead = try DenseLinear(weight: head!, name: config.tieWordEmbeddings ? "model.embed_tokens" : "lm_head")
+        ops = FloatOps(ropeTable: RopeTable(headDim: config.headDimension, theta: Float(config.ropeTheta),
+                                            maxPositions: min(config.maxPositionEmbeddings, 8192)))
     }
 
     /// Loads a Hugging Face directory (config.json + safetensors) or a llama2.c .bin checkpoint.

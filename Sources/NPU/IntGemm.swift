@@ -135,8 +135,11 @@ public enum IntGemm {
         var kk = 0
         while kk + 32 <= k {
             let b0 = load16(w0 + kk / 2), b1 = load16(w1 + kk / 2)
-            let l0 = widen32((b0 &<< 4) &>> 4), h0 = widen32(b0 &>> 4)
-            let l1 = widen32((b1 &<< 4) &>> 4), h1 = widen32(b1 &>> 4)
+            // Nibbles are extracted on 32-bit lanes (x86 has no byte shifts): the low one by shifting it to the
+            // top and back, the high one by an arithmetic shift of the sign-extended byte.
+            let v0 = widen32(b0), v1 = widen32(b1)
+            let l0 = (v0 &<< 28) &>> 28, h0 = v0 &>> 4
+            let l1 = (v1 &<< 28) &>> 28, h1 = v1 &>> 4
             var u0 = widen32(load16(x0 + kk)), u1 = widen32(load16(x1 + kk))
             var u2 = widen32(load16(x2 + kk)), u3 = widen32(load16(x3 + kk))
             a00 &+= madd(u0, l0); a01 &+= madd(u1, l0); a02 &+= madd(u2, l0); a03 &+= madd(u3, l0)

@@ -122,16 +122,21 @@ public final class NPUNonlinear: @unchecked Sendable {
             let p = x + r * cols
             switch mode {
             case .fp16:
-                var mx = -Float.infinity
-                for i in 0..<cols { p[i] = fp16(p[i]); mx = max(mx, p[i]) }
-                var s: Float = 0
-                for i in 0..<cols { let e = fp16(exp(fp16(p[i] - mx))); p[i] = e; s += e }
-                let inv = fp16(1 / s)
-                for i in 0..<cols { p[i] = fp16(p[i] * inv) }
+                Self.softmaxFP16Row(p, cols: cols)
             case .lut:
                 SoftmaxLUT.row(p, cols: cols)
             }
         }
+    }
+
+    /// One softmax row on the fp16 unit (fp32 sum of fp16 exponentials, fp16 reciprocal).
+    public static func softmaxFP16Row(_ p: UnsafeMutablePointer<Float>, cols: Int) {
+        var mx = -Float.infinity
+        for i in 0..<cols { p[i] = fp16(p[i]); mx = max(mx, p[i]) }
+        var s: Float = 0
+        for i in 0..<cols { let e = fp16(exp(fp16(p[i] - mx))); p[i] = e; s += e }
+        let inv = fp16(1 / s)
+        for i in 0..<cols { p[i] = fp16(p[i] * inv) }
     }
 
     // MARK: activations

@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import TensorCore
 
 /// The AutoGPTQ "gptq" v1 checkpoint layout (SPECS.md "GPTQ checkpoint layout"), per quantized linear `prefix`:
@@ -78,7 +79,7 @@ public enum GPTQPacking {
     /// Reads one quantized linear. `inFeatures`/`outFeatures` come from the model config when known (needed when
     /// the input dimension was padded and no g_idx is present); `bits`/`groupSize` from quantize_config.json.
     /// Scales are taken as stored (f16 -> Float), so every consumer dequantizes exactly what is on disk.
-    public static func readLayer(_ ckpt: SafetensorsCheckpoint, prefix: String, bits: Int, groupSize: Int,
+    public static func readLayer(_ ckpt: WeightSource, prefix: String, bits: Int, groupSize: Int,
                                  inFeatures: Int? = nil, outFeatures: Int? = nil, symmetric: Bool = true) throws -> QuantizedWeight {
         func need(_ suffix: String) throws -> Tensor {
             guard ckpt.contains("\(prefix).\(suffix)") else {

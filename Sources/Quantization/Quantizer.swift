@@ -49,9 +49,7 @@ public struct QuantScheme: Sendable, Equatable, Codable {
         guard outFeatures > 0, inFeatures > 0 else {
             throw QuantKitError(.shape, "\(name): cannot quantize an empty matrix [\(outFeatures), \(inFeatures)]")
         }
-        if groupSize > inFeatures {
-            throw QuantKitError(.config, "\(name): group size \(groupSize) is larger than the input dimension \(inFeatures)")
-        }
+        // A group size above the input dimension is one (short) group, as in AutoGPTQ (ceil(in/g) = 1).
     }
 
     public var label: String {

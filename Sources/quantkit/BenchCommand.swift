@@ -9,7 +9,11 @@ struct BenchCommand: ParsableCommand {
             BenchSafetensorsCommand.self,
             BenchPerplexityCommand.self,
             BenchGPTQCommand.self,
+            BenchQuantEvalCommand.self,
             BenchNpuCommand.self,
+            BenchTokenizeCommand.self,
+            BenchKernelsCommand.self,
+            RagBenchCommand.self,
         ]
     )
 }

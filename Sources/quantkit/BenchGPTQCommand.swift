@@ -1,5 +1,7 @@
 import ArgumentParser
+import Evaluation
 import Foundation
+import Models
 import Quantization
 import TensorCore
 
@@ -12,7 +14,7 @@ struct BenchGPTQCommand: ParsableCommand {
     @Option(help: "Calibration tokens.") var tokens = 128 * 512
     @Option(help: "Tokens per calibration window (one Hessian update each).") var seqlen = 512
     @Option(help: "Bits.") var bits = 4
-    @Option(help: "Group size (-1 per channel).") var groupSize = 128
+    @Option(parsing: .unconditional, help: "Group size (-1 per channel).") var groupSize = 128
     @Flag(help: "act-order") var actOrder = false
     @Option(help: "Repetitions (median reported).") var repeats = 3
     @Option(help: "Write results as JSON here.") var json: String?
@@ -68,4 +70,73 @@ func cpuSeconds() -> Double {
     var u = rusage()
     getrusage(RUSAGE_SELF.rawValue, &u)
     return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+}
+
+/// Float vs quantized on one token stream (llama.cpp protocol): ppl, QError = ppl_q/ppl_base - 1, mean KLD
+/// (full vocabulary, SPECS.md "Quantized vs base statistics") and same-top %. For the quantizer table in
+/// BENCHMARKS.md; takes pre-tokenized ids (whitespace-separated) so it runs before a tokenizer is wired.
+struct BenchQuantEvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "quant-eval", abstract: "Float vs quantized: ppl, QError, KLD, same-top.")
+    @Option(help: "Base (float) model.") var base: String
+    @Option(parsing: .upToNextOption, help: "Quantized model directories (GPTQ layout).") var quantized: [String]
+    @Option(help: "Token ids file (whitespace-separated) of the evaluation text.") var tokens: String
+    @Option(help: "Context.") var ctx = 128
+    @Option(help: "Chunks at most.") var maxChunks: Int?
+    @Option(help: "BOS id replacing each chunk's first token (llama.cpp).") var bos: Int32 = 1
+    @Option(help: "Write results as JSON here.") var json: String?
+
+    static func loadModel(_ path: String) throws -> LlamaModel {
+        GPTQCheckpoint.isGPTQ(path) ? try LlamaModel.load(path: path, backend: try QuantizedLinearBackend(directory: path)) : try LlamaModel.load(path: path)
+    }
+
+    static func logSoftmax(_ p: UnsafePointer<Float>, _ n: Int) -> [Double] {
+        var mx = -Double.infinity
+        for i in 0..<n { mx = max(mx, Double(p[i])) }
+        var s = 0.0
+        for i in 0..<n { s += exp(Double(p[i]) - mx) }
+        let lse = mx + log(s)
+        return (0..<n).map { Double(p[$0]) - lse }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let s = try readText(tokens)
+            var ids: [Int32] = []
+            for f in s.split(whereSeparator: { " \n\t,".contains($0) }) {
+                guard let v = Int32(f) else { throw QuantKitError(.format, "\(tokens): '\(f)' is not a token id") }
+                ids.append(v)
+            }
+            let opts = PerplexityOptions(protocolKind: .llamacpp, ctx: ctx, maxChunks: maxChunks)
+            let bm = try Self.loadModel(base)
+            var baseRows: [[Double]] = []
+            let br = try Perplexity.evaluate(model: bm, tokens: ids, addsBOS: true, bosId: bos, options: opts, onRow: { r in
+                baseRows.append(Self.logSoftmax(r.logits, r.vocab))
+            })
+            print(String(format: "base %@: ppl %.4f over %d tokens", base, br.ppl, br.tokensScored))
+            var out: [[String: Any]] = []
+            for q in quantized {
+                let qm = try Self.loadModel(q)
+                var kld = 0.0, same = 0, n = 0
+                let qr = try Perplexity.evaluate(model: qm, tokens: ids, addsBOS: true, bosId: bos, options: opts, onRow: { r in
+                    let lq = Self.logSoftmax(r.logits, r.vocab), lb = baseRows[r.index]
+                    var k = 0.0, ab = 0, aq = 0
+                    for v in 0..<r.vocab {
+                        k += exp(lb[v]) * (lb[v] - lq[v])
+                        if lb[v] > lb[ab] { ab = v }
+                        if lq[v] > lq[aq] { aq = v }
+                    }
+                    kld += k; n += 1; if ab == aq { same += 1 }
+                })
+                let qe = qr.ppl / br.ppl - 1
+                print(String(format: "%@: ppl %.4f  QError %+.3f%%  mean KLD %.5f  same-top %.2f%%", q, qr.ppl, 100 * qe, kld / Double(n),
+                             100 * Double(same) / Double(n)))
+                out.append(["model": q, "ppl": qr.ppl, "qerror": qe, "mean_kld": kld / Double(n), "same_top": Double(same) / Double(n)])
+            }
+            if let json {
+                let o: [String: Any] = ["schema_version": 1, "benchmark": "quant-eval", "base": base, "base_ppl": br.ppl, "protocol": "llamacpp",
+                                        "ctx": ctx, "tokens_scored": br.tokensScored, "results": out]
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
+            }
+        }
+    }
 }

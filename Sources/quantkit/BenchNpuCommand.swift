@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Kernels
+import Models
 import NPU
 import TensorCore
 
@@ -17,6 +18,10 @@ struct BenchNpuCommand: ParsableCommand {
     var threads: Int = Parallel.defaultThreads
     @Option(help: "Write the figures as JSON here.")
     var json: String?
+    @Option(help: "Also time whole forward passes (float vs NPU W8A8) of this model (llama2.c .bin or HF directory).")
+    var model: String?
+    @Option(help: "Token ids for --model (JSON array or {\"tokens\": [...]}); the first 128-token windows are timed.")
+    var tokens: String?
 
     func validate() throws {
         guard reps >= 1 else { throw ValidationError("--reps must be >= 1") }
@@ -76,8 +81,30 @@ struct BenchNpuCommand: ParsableCommand {
                          "int8_over_float": g.1 / g.0, "int4_over_float": g.2 / g.0,
                          "float_seconds": tf, "int8_seconds": t8, "int4_seconds": t4])
         }
+        var modelRow: [String: Any] = [:]
+        if let model {
+            guard let tokens else { throw QuantKitError(.input, "--model needs --tokens") }
+            let toks = try readTokenFile(tokens)
+            let m = try LlamaModel.load(path: model)
+            m.threads = threads
+            let win = min(128, m.config.maxPositionEmbeddings)
+            guard toks.count >= 2 * win else { throw QuantKitError(.input, "\(tokens): need at least \(2 * win) tokens") }
+            let windows = (0..<(toks.count / win - 1)).map { Array(toks[($0 * win)..<(($0 + 1) * win)]) }
+            let cache = m.makeCache(capacity: win), state = m.makeState(maxRows: win)
+            func pass() { for w in windows { cache.reset(); m.forward(w, cache: cache, state: state) } }
+            let tFloat = Self.time(reps: reps, pass)
+            let sim = try NPUSimulator.calibrate(model: m, config: NPUConfig(), calibrationTokens: Array(toks.suffix(win)))
+            try sim.apply(to: m)
+            let tNPU = Self.time(reps: reps, pass)
+            let n = Double(windows.count * win)
+            print(String(format: "model %@: %d tokens in windows of %d: float %.1f tok/s, NPU W8A8 (fp16 ops) %.1f tok/s, NPU/float time %.2fx",
+                         model as NSString, windows.count * win, win, n / tFloat, n / tNPU, tNPU / tFloat))
+            modelRow = ["model": model, "tokens": windows.count * win, "float_tokens_per_second": n / tFloat,
+                        "npu_tokens_per_second": n / tNPU, "npu_over_float_time": tNPU / tFloat]
+        }
         if let json {
-            let obj: [String: Any] = ["schema_version": 1, "benchmark": "npu", "threads": threads, "reps": reps, "results": rows]
+            let obj: [String: Any] = ["schema_version": 1, "benchmark": "npu", "threads": threads, "reps": reps, "results": rows,
+                                      "model": modelRow]
             try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
         }
     }

@@ -54,6 +54,12 @@ struct BenchPerplexityCommand: ParsableCommand {
         return try LlamaModel(config: cfg, source: TensorDictionary(t), name: "random-\(s.name)-\(dtype.rawValue)")
     }
 
+    static func cpuSeconds() -> Double {
+        var ru = rusage()
+        getrusage(Int32(RUSAGE_SELF.rawValue), &ru)
+        return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
+    }
+
     func run() throws {
         try runReportingErrors {
             let wanted = shape == "both" ? Self.shapes : Self.shapes.filter { $0.name == shape }
@@ -67,7 +73,7 @@ struct BenchPerplexityCommand: ParsableCommand {
                 return d
             }
             var rows: [[String: Any]] = []
-            print("shape  dtype  ctx  tokens/s(median)  runs  threads")
+            print("shape  dtype  ctx  tokens/s(median, wall)  runs  threads  tokens/CPU-s x threads(median)")
             for s in wanted {
                 for d in dtypes {
                     let model = try Self.randomModel(s, dtype: d, seed: 42)
@@ -76,18 +82,23 @@ struct BenchPerplexityCommand: ParsableCommand {
                         var rng = SplitMix(seed: 7)
                         let n = c * max(chunks, 2)
                         let toks = (0..<n).map { _ in Int32(rng.next() % UInt64(s.vocab)) }
-                        var rates: [Double] = []
+                        var rates: [Double] = [], cpuRates: [Double] = []
                         for _ in 0..<max(1, repeats) {
+                            let cpu0 = Self.cpuSeconds()
                             let r = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1,
                                                             options: PerplexityOptions(ctx: c, maxChunks: chunks))
+                            let cpu = Self.cpuSeconds() - cpu0
                             rates.append(Double(r.chunks * c) / r.seconds)
+                            // On a shared machine wall time includes waiting for a core; tokens per CPU-second
+                            // x threads estimates the rate with the threads' cores to itself.
+                            cpuRates.append(Double(r.chunks * c) / max(cpu, 1e-9) * Double(model.threads))
                         }
-                        rates.sort()
-                        let med = rates[rates.count / 2]
-                        print(String(format: "%@  %@  %d  %.1f  %@  %d", s.name, d.rawValue, c, med,
-                                     rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads))
+                        rates.sort(); cpuRates.sort()
+                        let med = rates[rates.count / 2], cmed = cpuRates[cpuRates.count / 2]
+                        print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f", s.name, d.rawValue, c, med,
+                                     rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads, cmed))
                         rows.append(["shape": s.name, "dtype": d.rawValue, "ctx": c, "tokens_per_s": med, "runs": rates,
-                                     "threads": model.threads])
+                                     "threads": model.threads, "tokens_per_cpu_s_x_threads": cmed])
                     }
                 }
             }

@@ -9,9 +9,15 @@ struct QuantKitCommand: ParsableCommand {
         subcommands: [
             InspectCommand.self,
             ConvertCommand.self,
+            GenerateCommand.self,
+            PerplexityCommand.self,
             BenchCommand.self,
             CompareCommand.self,
+            TokenizeCommand.self,
+            NpuCommand.self,
             LayersCommand.self,
+            RagCommand.self,
+            QuantizeCommand.self,
         ]
     )
 }

@@ -1,6 +1,7 @@
 import Evaluation
 import Foundation
 import Models
+import Tokenization
 import TensorCore
 import TestSupport
 import XCTest
@@ -54,5 +55,23 @@ final class PerplexityTests: XCTestCase {
         // strided, stride 8: windows [0,16) [8,24) [16,32) [24,40) [32,48) [40,50): 15 + 8*4 + 2 scored.
         let s = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1, options: PerplexityOptions(protocolKind: .strided, ctx: 16, stride: 8))
         XCTAssertEqual(s.chunks, 6); XCTAssertEqual(s.tokensScored, 49)
+    }
+}
+
+/// The whole pipeline as the CLI runs it: QuantKit's SentencePiece tokenization of the corpus gives the same
+/// token stream (and so the same perplexity) as the Python sentencepiece stream in the fixture.
+final class PerplexityPipelineTests: XCTestCase {
+    func testCorpusTokenizationMatchesFixtureStream() throws {
+        let fx = try JSONDecoder().decode(PerplexityTests.Fixture.self, from: readMaybeCompressed(Repo.path("Tests/EvaluationTests/Fixtures/perplexity_stories260K.json.zst")))
+        let tokPath = Repo.path("Tokenizers/tok512/tok512.model")
+        let tok = try TokenizerLoader.load(data: try readMaybeCompressed(tokPath), fileName: tokPath)
+        XCTAssertTrue(tok.addsBOS)
+        for c in fx.cases where c.protocol == "llamacpp" && c.ctx == 128 {
+            let bytes = try readMaybeCompressed(Repo.path(c.corpus))
+            XCTAssertEqual(Digest.sha256(bytes), c.sha256)
+            let ids = [Int32(tok.bosId!)] + tok.encode(String(decoding: bytes, as: UTF8.self), addSpecialTokens: false).map { Int32($0) }
+            XCTAssertEqual(ids.count, c.total_tokens, c.corpus)
+            XCTAssertEqual(Array(ids.prefix(c.tokens.count)), c.tokens, c.corpus)
+        }
     }
 }

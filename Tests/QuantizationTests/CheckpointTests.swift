@@ -2,7 +2,7 @@ import Foundation
 import TensorCore
 import TestSupport
 import XCTest
-@testable import Quantization
+import Quantization
 
 /// The AutoGPTQ v1 layout: directories packed by the independent Tools/pack_autogptq.py load to exactly the
 /// values it packed, and QuantKit's writer produces the same bytes; write -> read round trips; bad input fails.

@@ -2,7 +2,7 @@ import Foundation
 import TensorCore
 import TestSupport
 import XCTest
-@testable import Quantization
+import Quantization
 
 /// Swift GPTQ / RTN against the independent numpy reference (Tools/reference_gptq.py), on fixtures it wrote.
 final class GPTQTests: XCTestCase {
@@ -129,7 +129,13 @@ final class GPTQTests: XCTestCase {
         XCTAssertEqual(Quantizer.code(99, QuantParams(scale: 1, zero: 0), maxq: 15), 15)
         // Bad schemes and input.
         XCTAssertThrowsError(try QuantScheme(bits: 5))
-        XCTAssertThrowsError(try RTN.quantize([1, 2, 3, 4], outFeatures: 2, inFeatures: 2, scheme: try QuantScheme(bits: 4, groupSize: 3)))
+        // A group wider than the row is one short group (AutoGPTQ: ceil(in/g) = 1), same as per-channel.
+        let wide = try RTN.quantize([1, 2, 3, 4], outFeatures: 2, inFeatures: 2, scheme: try QuantScheme(bits: 4, groupSize: 3))
+        let chan = try RTN.quantize([1, 2, 3, 4], outFeatures: 2, inFeatures: 2, scheme: try QuantScheme(bits: 4, groupSize: -1))
+        XCTAssertEqual(wide.codes, chan.codes)
+        XCTAssertEqual(wide.gIdx, [0, 0])
+        XCTAssertThrowsError(try RTN.quantize([1, 2, 3], outFeatures: 2, inFeatures: 2, scheme: s4))
+        XCTAssertThrowsError(try QuantScheme(bits: 4, groupSize: -2))
         XCTAssertThrowsError(try RTN.quantize([1, .nan, 3, 4], outFeatures: 2, inFeatures: 2, scheme: s4)) {
             XCTAssertTrue("\($0)".contains("non-finite"))
         }

@@ -1,0 +1,174 @@
+import Foundation
+import Models
+import TensorCore
+
+/// One embedder's retrieval run over a BEIR dataset.
+public struct RetrievalRunResult: Sendable {
+    public let name: String
+    public let digest: String
+    public let scores: RetrievalScores
+    public let run: RetrievalRun
+    public let corpusSeconds: Double
+    public let corpusCacheHit: Bool
+    public let querySeconds: Double
+    public let searchSeconds: Double
+    public let encoderStats: BertSentenceEncoder.Stats
+}
+
+/// Float-vs-quantized comparison of two runs on the same queries.
+public struct RetrievalComparison: Sendable {
+    public let base: String
+    public let other: String
+    public let deltas: [String: Double]
+    /// Mean over queries of |top-k(base) ∩ top-k(other)| / k.
+    public let meanOverlap: Double
+    public let k: Int
+    /// Queries where a relevant document in the base top-k is missing from the other top-k.
+    public let lostRelevant: [(query: String, docs: [String], baseNDCG10: Double, otherNDCG10: Double)]
+    public let gainedRelevant: Int
+    public let worse: Int, better: Int, same: Int
+}
+
+public enum RetrievalEvaluation {
+    /// Depth of every run: the deepest metric cut-off (nDCG@100 / recall@100) or k if larger.
+    public static func depth(k: Int) -> Int { max(k, (RetrievalMetrics.ndcgCuts + RetrievalMetrics.recallCuts).max()!) }
+
+    public static func run(_ ds: BeirDataset, embedder: RagEmbedder, k: Int, cache: EmbeddingCache?,
+                           threads: Int = Parallel.defaultThreads) throws -> RetrievalRunResult {
+        let dim = embedder.encoder.dimension
+        let ids = ds.corpus.map(\.id)
+        var corpusEmb: [Float]? = nil
+        var key = ""
+        if let cache {
+            key = cache.key(embedderDigest: embedder.digest, corpusSHA256: ds.corpusSHA256, docIDs: ids)
+            corpusEmb = cache.load(key: key, count: ids.count, dim: dim)
+        }
+        let hit = corpusEmb != nil
+        var t0 = Date()
+        if corpusEmb == nil {
+            corpusEmb = try embedder.embed(ds.corpus.map(\.embeddingText), label: "corpus", threads: threads)
+            if let cache {
+                try cache.store(key: key, embeddings: corpusEmb!, meta: [
+                    "schema_version": 1, "embedder": embedder.name, "embedder_digest": embedder.digest,
+                    "corpus_sha256": ds.corpusSHA256, "documents": ids.count, "dim": dim,
+                    "doc_ids_sha256": Digest.sha256(ids.joined(separator: "\n").data(using: .utf8)!),
+                ])
+            }
+        }
+        let corpusSeconds = Date().timeIntervalSince(t0)
+        t0 = Date()
+        let qEmb = try embedder.embed(ds.queries.map(\.text), label: "queries", threads: threads)
+        let querySeconds = Date().timeIntervalSince(t0)
+        t0 = Date()
+        let tops = DenseSearch.topK(queries: qEmb, corpus: corpusEmb!, dim: dim, docIDs: ids, k: depth(k: k), threads: threads)
+        let searchSeconds = Date().timeIntervalSince(t0)
+        var run: RetrievalRun = [:]
+        for (i, q) in ds.queries.enumerated() { run[q.id] = tops[i] }
+        return RetrievalRunResult(name: embedder.name, digest: embedder.digest,
+                                  scores: RetrievalMetrics.evaluate(qrels: ds.qrels, run: run), run: run,
+                                  corpusSeconds: corpusSeconds, corpusCacheHit: hit, querySeconds: querySeconds,
+                                  searchSeconds: searchSeconds, encoderStats: embedder.stats)
+    }
+
+    public static func compare(_ a: RetrievalRunResult, _ b: RetrievalRunResult, qrels: Qrels, k: Int) -> RetrievalComparison {
+        var deltas: [String: Double] = [:]
+        for n in a.scores.names { deltas[n] = (b.scores.mean[n] ?? 0) - (a.scores.mean[n] ?? 0) }
+        var overlapSum = 0.0
+        var lost: [(String, [String], Double, Double)] = []
+        var gained = 0, worse = 0, better = 0, same = 0
+        let queries = qrels.keys.sorted()
+        for q in queries {
+            let ta = RetrievalMetrics.rank(a.run[q] ?? []).prefix(k).map(\.id)
+            let tb = RetrievalMetrics.rank(b.run[q] ?? []).prefix(k).map(\.id)
+            let sb = Set(tb), sa = Set(ta)
+            overlapSum += Double(sa.intersection(sb).count) / Double(max(1, k))
+            let rel = qrels[q]!.filter { $0.value > 0 }
+            let lostDocs = ta.filter { rel[$0] != nil && !sb.contains($0) }
+            let na = a.scores.perQuery[q]?["ndcg@10"] ?? 0, nb = b.scores.perQuery[q]?["ndcg@10"] ?? 0
+            if !lostDocs.isEmpty { lost.append((q, lostDocs, na, nb)) }
+            gained += tb.filter { rel[$0] != nil && !sa.contains($0) }.isEmpty ? 0 : 1
+            if abs(nb - na) < 1e-12 { same += 1 } else if nb < na { worse += 1 } else { better += 1 }
+        }
+        return RetrievalComparison(base: a.name, other: b.name, deltas: deltas,
+                                   meanOverlap: overlapSum / Double(max(1, queries.count)), k: k,
+                                   lostRelevant: lost.map { (query: $0.0, docs: $0.1, baseNDCG10: $0.2, otherNDCG10: $0.3) },
+                                   gainedRelevant: gained, worse: worse, better: better, same: same)
+    }
+
+    /// Query length buckets (whitespace words) for per-segment means.
+    public static func lengthBucket(_ text: String) -> String {
+        let n = text.split(whereSeparator: { $0.isWhitespace }).count
+        switch n {
+        case ..<9: return "1-8 words"
+        case 9..<17: return "9-16 words"
+        default: return "17+ words"
+        }
+    }
+
+    /// Per-segment (query length bucket) nDCG@10 of `base` and `other`, in the segments layout the compare
+    /// command reads ({group, segment, count, base, quantized}).
+    public static func segments(_ ds: BeirDataset, base: RetrievalRunResult, other: RetrievalRunResult?,
+                                metric: String = "ndcg@10") -> [[String: Any]] {
+        var groups: [String: [String]] = [:]
+        for q in ds.queries { groups[lengthBucket(q.text), default: []].append(q.id) }
+        return ["1-8 words", "9-16 words", "17+ words"].compactMap { name in
+            guard let qs = groups[name] else { return nil }
+            func m(_ r: RetrievalRunResult) -> Double { qs.map { r.scores.perQuery[$0]?[metric] ?? 0 }.reduce(0, +) / Double(qs.count) }
+            var o: [String: Any] = ["group": "query length", "segment": name, "count": qs.count, "metric": metric,
+                                    "higher_is_better": true, "base": m(base)]
+            if let other { o["quantized"] = m(other) } else { o["value"] = m(base) }
+            return o
+        }
+    }
+
+    public static func json(dataset ds: BeirDataset, datasetPath: String, k: Int, runs: [RetrievalRunResult],
+                            comparisons: [RetrievalComparison], extra: [String: Any]) -> [String: Any] {
+        let texts = Dictionary(uniqueKeysWithValues: ds.queries.map { ($0.id, $0.text) })
+        var out: [String: Any] = [
+            "schema_version": 1,
+            "kind": "rag_retrieval",
+            "command": "rag retrieval",
+            "dataset": [
+                "path": datasetPath, "dataset_name": (datasetPath as NSString).lastPathComponent, "split": ds.split,
+                "corpus_sha256": ds.sources[0].sha256, "queries_sha256": ds.sources[1].sha256, "qrels_sha256": ds.sources[2].sha256,
+                "documents": ds.corpus.count, "queries": ds.queries.count,
+                "judgements": ds.qrels.values.map(\.count).reduce(0, +),
+                "files": ds.sources.map { ["path": $0.path, "sha256": $0.sha256, "bytes": $0.bytes] },
+                "unknown_query_judgements": ds.unknownQueryJudgements, "unknown_doc_judgements": ds.unknownDocJudgements,
+                "warnings": ds.warnings,
+            ] as [String: Any],
+            "k": k,
+            "metric_definitions": "trec_eval semantics (SPECS.md): linear gain, log2(i+1) discount, IDCG from all judged rel>0, ties by score desc then doc id desc; queries without positives score 0; mean over qrels queries",
+        ]
+        out["runs"] = runs.enumerated().map { (i, r) -> [String: Any] in
+            let s = r.encoderStats
+            return [
+                "label": r.name, "is_base": i == 0, "embedder_digest": r.digest, "metrics": r.scores.mean,
+                "queries_without_relevant": r.scores.queriesWithoutRelevant,
+                "timing_seconds": ["corpus_embedding": r.corpusSeconds, "query_embedding": r.querySeconds, "search": r.searchSeconds],
+                "corpus_cache_hit": r.corpusCacheHit,
+                "encoder": ["texts": s.texts, "tokens": s.tokens, "truncated_texts": s.truncated, "seconds": s.seconds,
+                            "tokens_per_second": s.seconds > 0 ? Double(s.tokens) / s.seconds : 0,
+                            "gflops": s.seconds > 0 ? 2 * Double(s.linearMACs + s.attentionMACs) / s.seconds / 1e9 : 0] as [String: Any],
+                "segments": segments(ds, base: runs[0], other: i == 0 ? nil : r),
+                "per_query": ds.queries.map { q -> [String: Any] in
+                    var o: [String: Any] = ["query_id": q.id, "text": texts[q.id] ?? ""]
+                    for (k, v) in r.scores.perQuery[q.id]?.values ?? [:] { o[k] = v }
+                    return o
+                },
+            ]
+        }
+        out["comparisons"] = comparisons.map { c -> [String: Any] in
+            [
+                "base": c.base, "other": c.other, "deltas": c.deltas, "mean_topk_overlap": c.meanOverlap, "k": c.k,
+                "queries_worse_ndcg10": c.worse, "queries_better_ndcg10": c.better, "queries_same_ndcg10": c.same,
+                "queries_gained_relevant": c.gainedRelevant,
+                "queries_lost_relevant": c.lostRelevant.map {
+                    ["query_id": $0.query, "lost_docs": $0.docs, "base_ndcg@10": $0.baseNDCG10, "other_ndcg@10": $0.otherNDCG10] as [String: Any]
+                },
+            ]
+        }
+        for (key, v) in extra { out[key] = v }
+        return out
+    }
+}

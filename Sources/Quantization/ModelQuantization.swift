@@ -1,0 +1,384 @@
+import Foundation
+import Models
+import TensorCore
+
+/// A linear layer holding quantized weights. Until the Kernels' quantized GEMM is wired in it runs on a float
+/// copy of the dequantized weights (scale as stored in f16 x (q - zero)), which is exactly what a loader of the
+/// checkpoint computes.
+public final class DequantizedLinear: LinearLayer, @unchecked Sendable {
+    public let quantized: QuantizedWeight
+    private let dense: DenseLinear
+    public var inFeatures: Int { quantized.inFeatures }
+    public var outFeatures: Int { quantized.outFeatures }
+
+    public init(_ q: QuantizedWeight, bias: Tensor? = nil, name: String = "linear") throws {
+        quantized = q
+        var f16 = q
+        f16.scales = q.scales.map { Float(Float16($0)) }
+        dense = try DenseLinear(weight: Tensor(shape: [q.outFeatures, q.inFeatures], floats: f16.dequantized()), bias: bias, name: name)
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+        dense.forward(x, rows: rows, out: out, threads: threads)
+    }
+}
+
+/// Builds quantized layers for modules stored as qweight/qzeros/scales/g_idx (AutoGPTQ v1) and dense ones
+/// for modules stored as `.weight`. Hand it to `LlamaModel.load(path:backend:)` for a GPTQ directory.
+public struct QuantizedLinearBackend: LinearBackend {
+    public let config: GPTQQuantizeConfig
+
+    public init(config: GPTQQuantizeConfig) { self.config = config }
+
+    /// Reads quantize_config.json (or config.json's quantization_config) of a checkpoint directory.
+    public init(directory: String) throws { config = try GPTQCheckpoint.readConfig(directory).config }
+
+    public func makeLinear(name: String, source: WeightSource) throws -> LinearLayer {
+        guard source.contains(name + ".qweight") else { return try DenseBackend().makeLinear(name: name, source: source) }
+        let s = config.settings(for: name)
+        let q = try GPTQPacking.readLayer(source, prefix: name, bits: s.bits, groupSize: s.groupSize, symmetric: config.sym)
+        let bias = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
+        return try DequantizedLinear(q, bias: bias, name: name)
+    }
+}
+
+/// Text of a calibration corpus: plain text, JSON lines with "title"/"text" fields (BEIR corpus.jsonl), or a
+/// SQuAD JSON (every paragraph context). Zstd-compressed files are read transparently.
+public enum CalibrationText {
+    public static func load(_ path: String) throws -> String {
+        let raw = try readText(path)
+        let base = path.hasSuffix(".zst") ? String(path.dropLast(4)) : path
+        if base.hasSuffix(".jsonl") {
+            var parts: [String] = []
+            for (i, line) in raw.split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
+                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+                    throw QuantKitError(.format, "\(path):\(i + 1): not a JSON object")
+                }
+                let t = [o["title"] as? String, o["text"] as? String].compactMap { $0 }.filter { !$0.isEmpty }
+                if !t.isEmpty { parts.append(t.joined(separator: "\n")) }
+            }
+            return parts.joined(separator: "\n\n")
+        }
+        if base.hasSuffix(".json") {
+            guard let o = try? JSONSerialization.jsonObject(with: Data(raw.utf8)) as? [String: Any],
+                  let data = o["data"] as? [[String: Any]] else {
+                throw QuantKitError(.format, "\(path): expected a SQuAD JSON object with a 'data' list")
+            }
+            var parts: [String] = []
+            for a in data { for p in (a["paragraphs"] as? [[String: Any]]) ?? [] { if let c = p["context"] as? String { parts.append(c) } } }
+            return parts.joined(separator: "\n\n")
+        }
+        return raw
+    }
+}
+
+/// Calibration windows: `samples` random windows of `seqlen` tokens from the tokenized corpus (start drawn
+/// uniformly, as the GPTQ reference's data loaders do), reproducible from `seed`.
+public enum CalibrationWindows {
+    public static func sample(tokens: [Int32], samples: Int, seqlen: Int, seed: UInt64, source: String = "calibration") throws -> [[Int32]] {
+        guard samples > 0, seqlen > 0 else { throw QuantKitError(.input, "--samples and --seqlen must be positive") }
+        guard tokens.count > seqlen else {
+            throw QuantKitError(.input, "\(source): \(tokens.count) tokens, too short for windows of \(seqlen) tokens (need more than \(seqlen))")
+        }
+        var state = seed
+        func next() -> UInt64 {  // SplitMix64
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        let span = UInt64(tokens.count - seqlen)
+        return (0..<samples).map { _ in
+            let start = Int(next() % span)
+            return Array(tokens[start..<(start + seqlen)])
+        }
+    }
+}
+
+/// What the calibration text was: its SHA-256 and a sampled word 8-gram Bloom filter, so evaluation can
+/// measure how much of its text the calibration saw (`overlap(with:)`) and refuse overlapping text.
+/// Sampling keeps the n-grams whose hash is 0 mod 8, applied identically on both sides, so the overlap is
+/// an unbiased estimate at 1/8 the size; false positives of the filter are about 0.2% (16 bits, 4 probes).
+public struct CalibrationFingerprint: Codable, Sendable, Equatable {
+    public static let n = 8
+    static let sampleModulus: UInt64 = 8
+    public let sha256: String
+    public let ngramCount: Int
+    public let bits: Int
+    public let filter: [UInt64]
+
+    public init(text: String, bytes: Data? = nil) {
+        sha256 = Digest.sha256(bytes ?? Data(text.utf8))
+        let hashes = CalibrationFingerprint.sampledHashes(text)
+        ngramCount = hashes.count
+        var m = 1024
+        while m < hashes.count * 16 { m <<= 1 }
+        bits = m
+        var f = [UInt64](repeating: 0, count: m / 64)
+        for h in hashes { for p in CalibrationFingerprint.probes(h, m) { f[p >> 6] |= 1 << UInt64(p & 63) } }
+        filter = f
+    }
+
+    /// Fraction of `text`'s (sampled) word 8-grams present in the calibration text (0 when it has none).
+    public func overlap(with text: String) -> Double {
+        let hashes = CalibrationFingerprint.sampledHashes(text)
+        guard !hashes.isEmpty else { return 0 }
+        var hit = 0
+        for h in hashes where CalibrationFingerprint.probes(h, bits).allSatisfy({ filter[$0 >> 6] & (1 << UInt64($0 & 63)) != 0 }) {
+            hit += 1
+        }
+        return Double(hit) / Double(hashes.count)
+    }
+
+    static func probes(_ h: UInt64, _ m: Int) -> [Int] {
+        let h2 = (h >> 33) | 1
+        return (0..<4).map { Int((h &+ UInt64($0) &* h2) & UInt64(m - 1)) }
+    }
+
+    /// Lower-cased alphanumeric words; FNV-1a over each 8-word window; keep hash % 8 == 0.
+    static func sampledHashes(_ text: String) -> [UInt64] {
+        var words: [UInt64] = []
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        var inWord = false
+        for u in text.lowercased().unicodeScalars {
+            if CharacterSet.alphanumerics.contains(u) {
+                h = (h ^ UInt64(u.value)) &* 0x100_0000_01b3
+                inWord = true
+            } else if inWord {
+                words.append(h); h = 0xcbf2_9ce4_8422_2325; inWord = false
+            }
+        }
+        if inWord { words.append(h) }
+        guard words.count >= n else { return [] }
+        var out: [UInt64] = []
+        for i in 0...(words.count - n) {
+            var g: UInt64 = 0x84222325cbf29ce4
+            for j in 0..<n { g = (g ^ words[i + j]) &* 0x100_0000_01b3; g ^= g >> 29 }
+            if g % sampleModulus == 0 { out.append(g) }
+        }
+        return out
+    }
+
+    public func write(to path: String) throws {
+        try AtomicFile.write(try JSONEncoder().encode(self), to: path)
+    }
+
+    public static func read(_ path: String) throws -> CalibrationFingerprint {
+        do { return try JSONDecoder().decode(CalibrationFingerprint.self, from: try readFile(path)) } catch let e as QuantKitError { throw e } catch {
+            throw QuantKitError(.format, "\(path): not a calibration fingerprint (\(error))")
+        }
+    }
+
+    /// The fingerprint stored beside a GPTQ checkpoint, if any.
+    public static func read(checkpoint dir: String) throws -> CalibrationFingerprint? {
+        let p = "\(dir)/calibration_fingerprint.json"
+        return FileManager.default.fileExists(atPath: p) ? try read(p) : nil
+    }
+}
+
+public enum QuantMethod: String, Sendable, Codable { case gptq, rtn }
+
+public struct ModelQuantizationOptions: Sendable {
+    public var method: QuantMethod
+    public var scheme: QuantScheme
+    public var actOrder: Bool
+    public var staticGroups: Bool
+    public var dampPercent: Double
+    public var trueSequential: Bool
+    /// (substring of the module name, bits): the first matching override sets the layer's bits.
+    public var overrides: [(pattern: String, bits: Int)]
+    /// Modules whose name contains any of these stay float.
+    public var skip: [String]
+
+    public init(method: QuantMethod, scheme: QuantScheme, actOrder: Bool = false, staticGroups: Bool = false,
+                dampPercent: Double = 0.01, trueSequential: Bool = true, overrides: [(pattern: String, bits: Int)] = [],
+                skip: [String] = []) {
+        self.method = method
+        self.scheme = scheme
+        self.actOrder = actOrder
+        self.staticGroups = staticGroups
+        self.dampPercent = dampPercent
+        self.trueSequential = trueSequential
+        self.overrides = overrides
+        self.skip = skip
+    }
+
+    public func scheme(for module: String) throws -> QuantScheme? {
+        if skip.contains(where: { module.contains($0) }) { return nil }
+        guard let o = overrides.first(where: { module.contains($0.pattern) }) else { return scheme }
+        return try QuantScheme(bits: o.bits, symmetric: scheme.symmetric, groupSize: scheme.groupSize, mseSearch: scheme.mseSearch,
+                               minZero: scheme.minZero)
+    }
+}
+
+public struct LayerQuantReport: Sendable {
+    public let name: String
+    public let outFeatures: Int
+    public let inFeatures: Int
+    public let bits: Int
+    public let groupSize: Int
+    public let gptqLoss: Double?
+    public let error: TensorError
+    public let seconds: Double
+    public let dampPercentUsed: Double?
+    public let dampEscalations: Int
+    public let deadColumns: Int
+
+    public var json: [String: Any] {
+        var o: [String: Any] = ["name": name, "shape": [outFeatures, inFeatures], "bits": bits, "group_size": groupSize,
+                                "seconds": seconds, "error": error.json, "damp_escalations": dampEscalations, "dead_columns": deadColumns]
+        if let l = gptqLoss { o["gptq_loss"] = l }
+        if let d = dampPercentUsed { o["damp_percent_used"] = d }
+        return o
+    }
+}
+
+/// Model-level quantization of a Llama model, block by block: the block's linear layers are quantized in
+/// true-sequential groups ([q,k,v], [o], [gate,up], [down]) from the Hessians of their inputs, each group seeing
+/// the already quantized groups' outputs; the quantized block's outputs are the next block's inputs.
+public enum ModelQuantizer {
+    public struct Result {
+        public var layers: [(String, QuantizedWeight)]
+        public var reports: [LayerQuantReport]
+        public var seconds: Double
+    }
+
+    /// Collects Hessians for the modules of one group. Modules fed the very same buffer in consecutive calls
+    /// (q/k/v, gate/up) share one accumulator.
+    final class HessianObserver: LinearObserver {
+        let wanted: Set<String>
+        var acc: [String: HessianAccumulator] = [:]
+        var alias: [String: String] = [:]
+        var last: (module: String, ptr: UnsafePointer<Float>, rows: Int)?
+        var error: Error?
+        init(_ wanted: [String]) { self.wanted = Set(wanted) }
+        func reset() { last = nil }
+        func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int, rows: Int) {
+            defer { last = (module, input, rows) }
+            guard wanted.contains(module), error == nil else { return }
+            if let l = last, l.ptr == input, l.rows == rows, let src = alias[l.module] ?? (acc[l.module] != nil ? l.module : nil) {
+                alias[module] = src
+                return
+            }
+            if acc[module] == nil { acc[module] = HessianAccumulator(columns: inFeatures) }
+            do { try acc[module]!.add(input, count: rows, samples: 1, name: module) } catch { self.error = error }
+        }
+        func hessian(_ module: String) -> HessianAccumulator? { acc[alias[module] ?? module] }
+    }
+
+    public static func quantize(model: LlamaModel, windows: [[Int32]], options: ModelQuantizationOptions,
+                                log: @escaping (String) -> Void = logInfo) throws -> Result {
+        let start = Date()
+        let c = model.config
+        var layers: [(String, QuantizedWeight)] = []
+        var reports: [LayerQuantReport] = []
+        for w in windows { try model.validate(tokens: w) }
+        let dim = c.hiddenSize
+        let seqlen = windows.first?.count ?? 0
+        guard options.method == .rtn || !windows.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration windows") }
+        if seqlen > c.maxPositionEmbeddings {
+            throw QuantKitError(.input, "--seqlen \(seqlen) exceeds the model's context (\(c.maxPositionEmbeddings))")
+        }
+        // Hidden states of every window entering the current block.
+        var xs: [[Float]] = []
+        let state = model.makeState(maxRows: max(seqlen, 1))
+        let keys = UnsafeMutablePointer<Float>.allocate(capacity: max(seqlen, 1) * c.kvDim)
+        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(seqlen, 1) * c.kvDim)
+        defer { keys.deallocate(); values.deallocate() }
+        if options.method == .gptq {
+            xs = windows.map { w in
+                var x = [Float](repeating: 0, count: w.count * dim)
+                w.withUnsafeBufferPointer { t in x.withUnsafeMutableBufferPointer { model.embed(t, into: $0.baseAddress!) } }
+                return x
+            }
+            for r in 0..<seqlen { state.positions[r] = Int32(r) }
+        }
+        let total = c.numHiddenLayers * LlamaBlock.linearNames.count
+        let progress = ProgressReporter("quantize", total: total, unit: "layers")
+        var done = 0
+        func runBlock(_ block: LlamaBlock, observer: LinearObserver?, writeBack: Bool) {
+            let ctx = BlockContext(ops: model.ops, observer: observer, threads: model.threads)
+            for s in 0..<xs.count {
+                (observer as? HessianObserver)?.reset()
+                state.x.update(from: xs[s], count: seqlen * dim)
+                block.forward(state.x, rows: seqlen, start: 0, keys: keys, values: values, state: state, context: ctx)
+                if writeBack { xs[s].withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: state.x, count: seqlen * dim) } }
+            }
+        }
+        for block in model.blocks {
+            let groups = options.trueSequential ? block.linearGroups : [block.linearGroups.flatMap { $0 }]
+            for group in groups {
+                var selected: [(String, QuantScheme)] = []
+                for name in group { if let s = try options.scheme(for: name) { selected.append((name, s)) } else { done += 1 } }
+                guard !selected.isEmpty else { continue }
+                var observer: HessianObserver?
+                if options.method == .gptq {
+                    let o = HessianObserver(selected.map(\.0))
+                    runBlock(block, observer: o, writeBack: false)
+                    if let e = o.error { throw e }
+                    observer = o
+                }
+                for (name, scheme) in selected {
+                    let t0 = Date()
+                    let wT = try model.source.tensor(name + ".weight")
+                    guard wT.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight is not 2-D") }
+                    let (out, inF) = (wT.shape[0], wT.shape[1])
+                    let w = wT.floats()
+                    var q: QuantizedWeight
+                    var loss: Double?, damp: Double?, esc = 0, dead = 0
+                    if options.method == .gptq {
+                        guard let acc = observer?.hessian(name) else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
+                        let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
+                                             dampPercent: options.dampPercent)
+                        let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
+                                                  name: name, log: log, threads: model.threads)
+                        q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
+                    } else {
+                        q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: model.threads)
+                    }
+                    let bias = model.source.contains(name + ".bias") ? try model.source.tensor(name + ".bias") : nil
+                    let layer = try DequantizedLinear(q, bias: bias, name: name)
+                    try block.setLinear(layer, named: name)
+                    var f16 = q
+                    f16.scales = q.scales.map { Float(Float16($0)) }
+                    let err = TensorError(reference: w, quantized: f16.dequantized())
+                    let rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: scheme.bits, groupSize: scheme.groupSize,
+                                               gptqLoss: loss, error: err, seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp,
+                                               dampEscalations: esc, deadColumns: dead)
+                    reports.append(rep)
+                    layers.append((name, q))
+                    done += 1
+                    progress.update(done: done, extra: name)
+                }
+            }
+            if options.method == .gptq { runBlock(block, observer: nil, writeBack: true) }
+        }
+        return Result(layers: layers, reports: reports, seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Writes the quantized model as a GPTQ directory: config.json (with quantization_config), model.safetensors
+    /// (float tensors as stored + packed layers), quantize_config.json (with `metadata` under "quantkit"),
+    /// calibration_fingerprint.json when given, and `copyFiles` (tokenizer).
+    public static func write(model: LlamaModel, result: Result, options: ModelQuantizationOptions, to dir: String,
+                             metadata: [String: Any], fingerprint: CalibrationFingerprint?,
+                             copyFiles: [(from: String, name: String)] = []) throws {
+        let quantized = Set(result.layers.map(\.0))
+        var floats: [(String, Tensor)] = []
+        for name in HFExport.tensorNames(model.config) {
+            if name.hasSuffix(".weight"), quantized.contains(String(name.dropLast(".weight".count))) { continue }
+            floats.append((name, try model.source.tensor(name)))
+        }
+        var overrides: [String: (bits: Int, groupSize: Int)] = [:]
+        for (name, q) in result.layers where q.bits != options.scheme.bits { overrides[name] = (q.bits, q.groupSize) }
+        let cfg = GPTQQuantizeConfig(bits: options.scheme.bits, groupSize: options.scheme.groupSize > 0 ? options.scheme.groupSize : -1,
+                                     descAct: options.actOrder, sym: options.scheme.symmetric, staticGroups: options.staticGroups,
+                                     dampPercent: options.dampPercent, trueSequential: options.trueSequential, overrides: overrides)
+        var modelConfig = (try JSONSerialization.jsonObject(with: try model.config.jsonData()) as? [String: Any]) ?? [:]
+        modelConfig["quantization_config"] = cfg.json()
+        var files: [String: Data] = ["config.json": try JSONSerialization.data(withJSONObject: modelConfig, options: [.prettyPrinted, .sortedKeys])]
+        if let fp = fingerprint { files["calibration_fingerprint.json"] = try JSONEncoder().encode(fp) }
+        for f in copyFiles { files[f.name] = try readFile(f.from) }
+        try GPTQCheckpoint.write(to: dir, floatTensors: floats, layers: result.layers, config: cfg, metadata: metadata, files: files)
+    }
+}

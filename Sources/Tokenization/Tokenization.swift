@@ -1,1 +1,0 @@
-// Tokenization: see ARCHITECTURE.md

