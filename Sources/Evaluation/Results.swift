@@ -315,7 +315,7 @@ public struct ResultFile: Sendable {
         if let r = kldObj.first(["ppl_ratio"])?.double { metrics["pplratio"] = r }
         if let q = kldObj.first(["qerror", "q_error"])?.double { metrics["qerror"] = q }
         if let b = kldObj.first(["ppl_base", "base_ppl"])?.double { metrics["pplbase"] = b }
-        if let p = kldObj["percentiles"]?.object {
+        if let p = kldObj.first(["percentiles", "kld_percentiles"])?.object {
             for (k, v) in p { if let d = v.double { metrics["kldp" + ResultValue.normalize(k)] = d } }
         }
         var chunks: [ChunkNLL]? = nil

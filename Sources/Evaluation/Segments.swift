@@ -77,10 +77,9 @@ public enum Segments {
     public static func wikiTextDocuments(_ text: String) -> [DocumentSpan] {
         var starts: [(String, Int)] = []
         var offset = 0
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            let s = String(line)
-            if let title = wikiTitle(s) { starts.append((title, offset)) }
-            offset += s.utf8.count + 1
+        for line in utf8Lines(text) {
+            if let title = wikiTitle(String(decoding: line, as: UTF8.self)) { starts.append((title, offset)) }
+            offset += line.count + 1
         }
         let total = text.utf8.count
         var spans: [DocumentSpan] = []
@@ -91,6 +90,12 @@ public enum Segments {
             spans.append(DocumentSpan(name: st.0, bytes: st.1..<end))
         }
         return spans
+    }
+
+    /// Lines split on the byte 0x0A (a Swift Character treats "\r\n" as one, so String.split on "\n" would
+    /// miss CRLF line ends); a trailing "\r" stays in the line.
+    static func utf8Lines(_ text: String) -> [ArraySlice<UInt8>] {
+        Array(text.utf8).split(separator: 0x0A, omittingEmptySubsequences: false)
     }
 
     /// The title when `line` matches `^ = [^=].* = $`.
@@ -107,9 +112,8 @@ public enum Segments {
         let n = max(1, linesPerDocument)
         var spans: [DocumentSpan] = []
         var offset = 0, start = 0, line = 0, startLine = 1
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-        for l in lines {
-            offset += l.utf8.count + 1
+        for l in utf8Lines(text) {
+            offset += l.count + 1
             line += 1
             if line % n == 0 {
                 spans.append(DocumentSpan(name: "lines \(startLine)-\(line)", bytes: start..<min(offset, text.utf8.count)))

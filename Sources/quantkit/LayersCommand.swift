@@ -12,8 +12,8 @@ struct LayersCommand: ParsableCommand {
         commandName: "layers",
         abstract: "Per-module sensitivity (output cosine/MSE/SQNR, enable-one/disable-one QError) and mixed-precision plans.",
         discussion: """
-        Token inputs: --calibration/--heldout take token ids as JSON (a list, or an object with "tokens"); plain \
-        text is tokenized once the Tokenization target provides the model's tokenizer.
+        Token inputs: --calibration/--heldout take text (tokenized with the model's tokenizer, BOS prepended when \
+        it adds one) or token ids as JSON (a list, or an object with "tokens").
         Plans: --plan auto with --target-bits B (promote the most sensitive modules to 8 bits within B bits per \
         weight) or --target-qerror P (percent; promote until the measured held-out QError is at most P) writes \
         --plan-out (JSON a user can edit: scheme, modules {name: {bits: 8} | {float: true}}).
@@ -22,8 +22,9 @@ struct LayersCommand: ParsableCommand {
     @Option(help: "Base (float) model: HF directory or llama2.c .bin.") var model: String
     @Option(help: "A quantized GPTQ-layout directory of the same model.") var quantized: String?
     @Option(help: "Or quantize here with RTN: BITS[:GROUP][:asym], e.g. 4:32 (GROUP -1 = per channel).") var scheme: String?
-    @Option(help: "Calibration tokens (JSON ids).") var calibration: String
-    @Option(help: "Held-out tokens for enable-one/disable-one effects and plans (JSON ids); omit to skip effects.") var heldout: String?
+    @Option(help: "Calibration text or JSON token ids (not the evaluation text).") var calibration: String
+    @Option(help: "Held-out text or JSON token ids for enable-one/disable-one effects and plans; omit to skip effects.") var heldout: String?
+    @Option(help: "Tokenizer for text inputs (default: the model's).") var tokenizer: String?
     @Option(help: "Window length.") var ctx: Int = 128
     @Option(help: "Calibration windows.") var windows: Int = 8
     @Option(help: "Held-out chunks (protocol gptq).") var chunks: Int = 4
@@ -44,11 +45,18 @@ struct LayersCommand: ParsableCommand {
         guard ctx >= 2, windows >= 1, chunks >= 1 else { throw ValidationError("--ctx >= 2, --windows >= 1, --chunks >= 1") }
     }
 
-    static func readTokens(_ path: String) throws -> [Int32] {
+    /// JSON token ids, or text tokenized with the model's tokenizer.
+    static func readTokens(_ path: String, model: String, tokenizer: String?, m: LlamaModel) throws -> [Int32] {
         let data = try readMaybeCompressed(path)
         let any: Any
         do { any = try JSONSerialization.jsonObject(with: data) } catch {
-            throw QuantKitError(.unsupported, "\(path): not JSON token ids; tokenizing text needs the model's tokenizer, which this build does not have yet: pass token ids as JSON (a list, or {\"tokens\": [...]})")
+            guard let text = String(data: data, encoding: .utf8) else { throw QuantKitError(.format, "\(path): neither JSON token ids nor UTF-8 text") }
+            let tokPath = try ModelLoading.tokenizerPath(model: model, explicit: tokenizer)
+            let tok = try ModelLoading.loadTokenizer(tokPath)
+            try ModelLoading.checkVocab(tok, model: m, tokenizerPath: tokPath)
+            var ids = tok.encode(text, addSpecialTokens: false).map { Int32($0) }
+            if tok.addsBOS { ids.insert(Int32(tok.bosId ?? m.config.bosTokenId ?? 1), at: 0) }
+            return ids
         }
         let list = (any as? [Any]) ?? ((any as? [String: Any])?["tokens"] as? [Any])
         guard let l = list else { throw QuantKitError(.format, "\(path): expected a JSON list of token ids or an object with \"tokens\"") }
@@ -84,8 +92,8 @@ struct LayersCommand: ParsableCommand {
         try runReportingErrors {
             let m = try LlamaModel.load(path: model)
             if let t = threads { m.threads = max(1, t) }
-            let cal = try LayersCommand.readTokens(calibration)
-            let held = try heldout.map(LayersCommand.readTokens)
+            let cal = try LayersCommand.readTokens(calibration, model: model, tokenizer: tokenizer, m: m)
+            let held = try heldout.map { try LayersCommand.readTokens($0, model: model, tokenizer: tokenizer, m: m) }
             var low: [String: [Float]]
             var defaultBits: Int, groupSize: Int, source: String
             if let q = quantized {

@@ -85,6 +85,14 @@ final class SegmentsTests: XCTestCase {
         XCTAssertThrowsError(try Segments.byWindowPosition(base: b, quantized: q, bucketWidth: 0))
     }
 
+    func testCRLFLineEnds() {
+        // "\r\n" is one Swift Character; boundaries must still be found, at byte offsets.
+        let docs = Segments.wikiTextDocuments(" = A = \r\nx\r\n = B = \r\ny\r\n")
+        XCTAssertEqual(docs, [DocumentSpan(name: "A", bytes: 0..<12), DocumentSpan(name: "B", bytes: 12..<24)])
+        XCTAssertEqual(Segments.lineRangeDocuments("a\r\nb\r\nc", linesPerDocument: 2),
+                       [DocumentSpan(name: "lines 1-2", bytes: 0..<6), DocumentSpan(name: "lines 3-3", bytes: 6..<7)])
+    }
+
     func testLineRangeDocuments() {
         let docs = Segments.lineRangeDocuments("a\nbb\nccc\nd", linesPerDocument: 2)
         XCTAssertEqual(docs, [DocumentSpan(name: "lines 1-2", bytes: 0..<5), DocumentSpan(name: "lines 3-4", bytes: 5..<10)])
