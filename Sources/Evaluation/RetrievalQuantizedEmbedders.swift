@@ -4,7 +4,7 @@ import Quantization
 import TensorCore
 
 /// Linear layers of an RTN-quantized embedder, quantized at load time by the Quantization target (the same
-/// quantizer and DequantizedLinear layer the causal models use). A GPTQ checkpoint directory of an embedder
+/// quantizer and QuantizedLinear layer the causal models use). A GPTQ checkpoint directory of an embedder
 /// loads through Quantization's QuantizedLinearBackend instead.
 public struct RTNEmbedderBackend: LinearBackend {
     public let scheme: QuantScheme
@@ -15,7 +15,7 @@ public struct RTNEmbedderBackend: LinearBackend {
         guard w.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight: expected 2-D, got \(w.shape)") }
         let q = try RTN.quantize(w.floats(), outFeatures: w.shape[0], inFeatures: w.shape[1], scheme: scheme, name: name)
         let b = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
-        return try DequantizedLinear(q, bias: b, name: name)
+        return try QuantizedLinear(q, bias: b, name: name)
     }
 }
 
