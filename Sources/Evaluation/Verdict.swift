@@ -83,7 +83,8 @@ public enum VerdictLogic {
         let group = get(["group_size", "groupsize"])?.int
         let actOrder = get(["act_order", "desc_act"])?.bool
         if method != "gptq" {
-            steps.append("quantize with GPTQ (--method gptq) instead of \(method.map { $0.uppercased() } ?? "round-to-nearest"), with act-order (--act-order)")
+            steps.append(method.map { "quantize with GPTQ (--method gptq) instead of \($0.uppercased()), with act-order (--act-order)" }
+                         ?? "quantize with GPTQ and act-order (--method gptq --act-order) if this run used round-to-nearest (the result does not say)")
         } else if actOrder != true {
             steps.append("enable act-order (--act-order)")
         }
