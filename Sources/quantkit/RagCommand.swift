@@ -87,6 +87,8 @@ struct RagRetrievalCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let th = threads ?? Parallel.defaultThreads
+            // Reject a bad scheme before the float corpus is embedded.
+            for q in embedderQuantized where !FileManager.default.fileExists(atPath: q) { _ = try EmbedderQuantSpec.parseRTN(q) }
             let full = try Datasets.loadBEIR(dataset, split: split)
             for w in full.warnings { logInfo("warning: \(w)") }
             let ds = (maxDocs != nil || maxQueries != nil) ? full.subset(maxDocs: maxDocs, maxQueries: maxQueries) : full
