@@ -50,7 +50,9 @@ struct LayersCommand: ParsableCommand {
         let data = try readMaybeCompressed(path)
         let any: Any
         do { any = try JSONSerialization.jsonObject(with: data) } catch {
-            guard let text = String(data: data, encoding: .utf8) else { throw QuantKitError(.format, "\(path): neither JSON token ids nor UTF-8 text") }
+            guard String(data: data, encoding: .utf8) != nil else { throw QuantKitError(.format, "\(path): neither JSON token ids nor UTF-8 text") }
+            // Plain text, BEIR .jsonl (title + text) or SQuAD .json contexts.
+            let text = try CalibrationText.load(path)
             let tokPath = try ModelLoading.tokenizerPath(model: model, explicit: tokenizer)
             let tok = try ModelLoading.loadTokenizer(tokPath)
             try ModelLoading.checkVocab(tok, model: m, tokenizerPath: tokPath)

@@ -101,7 +101,7 @@ struct NpuReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "report", abstract: "Cost model and per-layer float-vs-NPU comparison.")
     @Option(help: "Model: a llama2.c .bin or a Hugging Face directory.") var model: String
     @OptionGroup var npu: NpuOptions
-    @Option(help: "Calibration token ids (JSON array, or an object with \"tokens\").") var calibration: String
+    @Option(help: "Calibration text (tokenized with the model's tokenizer; .jsonl/SQuAD .json read as text) or JSON token ids.") var calibration: String
     @Option(help: "Tokens (from the end of the calibration file) used for the comparison; the rest calibrate.") var compareTokens: Int = 256
     @Option(help: "Window (tokens per forward pass).") var window: Int = 128
     @Option(help: "Prompt tokens for the prefill estimate.") var promptTokens: Int = 128
@@ -111,13 +111,13 @@ struct NpuReportCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let cfg = try npu.load()
-            let tokens = try readTokenFile(calibration)
+            let m = try LlamaModel.load(path: model)
+            let tokens = try LayersCommand.readTokens(calibration, model: model, tokenizer: nil, m: m)
             guard compareTokens >= 1, window >= 1 else { throw QuantKitError(.input, "--compare-tokens and --window must be >= 1") }
             guard tokens.count > compareTokens else {
                 throw QuantKitError(.input, "\(calibration): \(tokens.count) tokens; need more than --compare-tokens \(compareTokens) (the rest calibrate)")
             }
             let calib = Array(tokens[..<(tokens.count - compareTokens)]), compare = Array(tokens[(tokens.count - compareTokens)...])
-            let m = try LlamaModel.load(path: model)
             let shape = TransformerShape(dim: m.config.hiddenSize, hiddenDim: m.config.intermediateSize, layers: m.config.numHiddenLayers,
                                          heads: m.config.numAttentionHeads, kvHeads: m.config.kvHeads, vocab: m.config.vocabSize)
             let cost = try CostModel.report(shape: shape, hw: cfg.hardware, weightBits: cfg.weightBits,

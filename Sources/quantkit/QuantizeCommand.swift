@@ -1,4 +1,5 @@
 import ArgumentParser
+import Evaluation
 import Foundation
 import Models
 import Quantization
@@ -14,6 +15,8 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "Model: a Hugging Face directory or a llama2.c .bin.") var model: String
     @Option(help: "gptq or rtn.") var method: String = "gptq"
     @Option(help: "Bits: 2, 3, 4 or 8.") var bits: Int = 4
+    @Option(help: "Mixed-precision plan (JSON from `quantkit layers --plan auto`, editable): its scheme replaces --bits/--group-size, its modules become 8-bit overrides or float skips.")
+    var plan: String?
     @Option(parsing: .unconditional, help: "Group size along the input (-1 per output channel).") var groupSize: Int = 128
     @Flag(help: "GPTQ act-order (desc_act): columns in descending Hessian-diagonal order, g_idx stored.") var actOrder = false
     @Flag(help: "Static groups: group parameters from the original weights (with --act-order).") var staticGroups = false
@@ -37,11 +40,18 @@ struct QuantizeCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             guard let m = QuantMethod(rawValue: method.lowercased()) else { throw QuantKitError(.input, "--method must be gptq or rtn (got \(method))") }
+            let mixed = try plan.map { try MixedPrecisionPlan.read($0) }
+            let bits = mixed?.defaultBits ?? self.bits
+            let groupSize = mixed.map { $0.groupSize <= 0 ? -1 : $0.groupSize } ?? self.groupSize
             if sym && asym { throw QuantKitError(.input, "--sym and --asym are exclusive") }
             guard groupSize == -1 || groupSize > 0 else { throw QuantKitError(.input, "--group-size must be -1 or positive (got \(groupSize))") }
             guard damp > 0 else { throw QuantKitError(.input, "--damp must be positive") }
             let scheme = try QuantScheme(bits: bits, symmetric: !asym, groupSize: groupSize, mseSearch: mse, minZero: asym ? 1 : 0)
             var overrides: [(pattern: String, bits: Int)] = []
+            var skip = self.skip
+            for (module, b) in (mixed?.overrides ?? [:]).sorted(by: { $0.key < $1.key }) {
+                if b >= 16 { skip.append(module) } else { overrides.append((module, b)) }
+            }
             for o in override {
                 let parts = o.split(separator: "=", maxSplits: 1).map(String.init)
                 guard parts.count == 2, !parts[0].isEmpty, let b = Int(parts[1]), [2, 3, 4, 8].contains(b) else {

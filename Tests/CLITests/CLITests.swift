@@ -102,4 +102,28 @@ final class CLITests: XCTestCase {
         try expectError(["perplexity", "--model", dir + "/gptq", "--corpus", "Corpora/tinystories/tinystories_sample.txt.zst",
                          "--ctx", "128"], mentioning: "overlap")
     }
+
+    func testQuantizeFollowsAnEditedPlan() throws {
+        let dir = Repo.tempDirectory("cli-plan")
+        let plan = """
+        {"scheme": {"bits": 4, "group_size": 32},
+         "modules": {"model.layers.0.mlp.down_proj": {"bits": 8}, "model.layers.1.mlp.up_proj": {"float": true}}}
+        """
+        try plan.write(toFile: dir + "/plan.json", atomically: true, encoding: .utf8)
+        try run(["quantize", "--model", "Models/stories260K/stories260K.bin", "--method", "rtn", "--bits", "8",
+                 "--plan", dir + "/plan.json", "--output", dir + "/q"])
+        // Read the written safetensors header directly: the float module keeps .weight, the others are packed.
+        let data = try Data(contentsOf: URL(fileURLWithPath: dir + "/q/model.safetensors"))
+        let n = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + n))) as! [String: Any]
+        XCTAssertNotNil(header["model.layers.1.mlp.up_proj.weight"], "a float module of the plan stays float")
+        XCTAssertNil(header["model.layers.1.mlp.up_proj.qweight"])
+        // 8-bit module: qweight rows = in * 8 / 32 = 172 / 4 = 43; 4-bit default g32: ceil(64 * 4 / 32) = 8.
+        let down = header["model.layers.0.mlp.down_proj.qweight"] as! [String: Any]
+        XCTAssertEqual(down["shape"] as? [Int], [43, 64])
+        let gate = header["model.layers.0.mlp.gate_proj.qweight"] as! [String: Any]
+        XCTAssertEqual(gate["shape"] as? [Int], [8, 172])
+        let scales = header["model.layers.0.mlp.gate_proj.scales"] as! [String: Any]
+        XCTAssertEqual(scales["shape"] as? [Int], [2, 172], "group size 32 over 64 inputs: 2 groups (the plan's, not --group-size)")
+    }
 }
