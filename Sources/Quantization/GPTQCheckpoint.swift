@@ -128,7 +128,8 @@ public enum GPTQPacking {
             guard g.dtype == .i32 || g.dtype == .i64, g.count == inF else {
                 throw QuantKitError(.shape, "\(prefix).g_idx: expected \(inF) int32 entries, got \(g.dtype.rawValue) \(g.shape)")
             }
-            gIdx = g.dtype == .i32 ? g.int32s() : g.floats().map { Int32($0) }
+            // Clamping keeps absurd int64 entries out-of-range (reported below) instead of trapping.
+            gIdx = g.dtype == .i32 ? g.int32s() : UnsafeBufferPointer(start: g.pointer(as: Int64.self), count: g.count).map { Int32(clamping: $0) }
             if let bad = gIdx.firstIndex(where: { $0 < 0 || Int($0) >= ng }) {
                 throw QuantKitError(.format, "\(prefix).g_idx[\(bad)] = \(gIdx[bad]) is outside the \(ng) groups")
             }
