@@ -65,21 +65,30 @@ func jsonEncoder() -> JSONEncoder {
     return e
 }
 
+/// The token workload both NPU commands price with the cost model.
+struct CostWorkload: ParsableArguments {
+    @Option(help: "Prompt tokens for the prefill estimate.") var promptTokens: Int = 128
+    @Option(help: "Cached tokens before the decoded token.") var decodeContext: Int = 512
+
+    func report(shape: TransformerShape, config: NPUConfig) throws -> CostReport {
+        try CostModel.report(shape: shape, hw: config.hardware, weightBits: config.weightBits,
+                             promptTokens: promptTokens, decodeContext: decodeContext)
+    }
+}
+
 /// `quantkit npu cost`: the cost model alone (needs only the model's dimensions).
 struct NpuCostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cost", abstract: "Cycles, bytes and tokens/s of a model on the NPU.")
     @Option(help: "Model: a llama2.c .bin or a Hugging Face directory (config.json).") var model: String
     @OptionGroup var npu: NpuOptions
-    @Option(help: "Prompt tokens for the prefill estimate.") var promptTokens: Int = 128
-    @Option(help: "Cached tokens before the decoded token.") var decodeContext: Int = 512
+    @OptionGroup var workload: CostWorkload
     @Option(help: "Write the report as JSON.") var json: String?
 
     func run() throws {
         try runReportingErrors {
             let cfg = try npu.load()
             let shape = try loadShape(model)
-            let r = try CostModel.report(shape: shape, hw: cfg.hardware, weightBits: cfg.weightBits,
-                                         promptTokens: promptTokens, decodeContext: decodeContext)
+            let r = try workload.report(shape: shape, config: cfg)
             print(costTable(r), terminator: "")
             if let json {
                 let body = try JSONSerialization.jsonObject(with: jsonEncoder().encode(r))
@@ -104,8 +113,7 @@ struct NpuReportCommand: ParsableCommand {
     @Option(help: "Calibration text (tokenized with the model's tokenizer; .jsonl/SQuAD .json read as text) or JSON token ids.") var calibration: String
     @Option(help: "Tokens (from the end of the calibration file) used for the comparison; the rest calibrate.") var compareTokens: Int = 256
     @Option(help: "Window (tokens per forward pass).") var window: Int = 128
-    @Option(help: "Prompt tokens for the prefill estimate.") var promptTokens: Int = 128
-    @Option(help: "Cached tokens before the decoded token.") var decodeContext: Int = 512
+    @OptionGroup var workload: CostWorkload
     @Option(help: "Write the report as JSON.") var json: String?
 
     func run() throws {
@@ -120,8 +128,7 @@ struct NpuReportCommand: ParsableCommand {
             let calib = Array(tokens[..<(tokens.count - compareTokens)]), compare = Array(tokens[(tokens.count - compareTokens)...])
             let shape = TransformerShape(dim: m.config.hiddenSize, hiddenDim: m.config.intermediateSize, layers: m.config.numHiddenLayers,
                                          heads: m.config.numAttentionHeads, kvHeads: m.config.kvHeads, vocab: m.config.vocabSize)
-            let cost = try CostModel.report(shape: shape, hw: cfg.hardware, weightBits: cfg.weightBits,
-                                            promptTokens: promptTokens, decodeContext: decodeContext)
+            let cost = try workload.report(shape: shape, config: cfg)
             let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: calib, window: window)
             let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: window)
             print(costTable(cost), terminator: "")
