@@ -77,6 +77,21 @@ func transpose8x8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ 
     storeU(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), dst + 7 * stride)
 }
 
+/// Where the GEMM gets a k-major [kcur][16] panel of weight rows n0..<n0+nv, columns k0..<k0+kcur: packed now
+/// from the row-major matrix into `scratch`, or (pre-packed weights) straight from memory.
+protocol PanelSource: Sendable {
+    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float>
+}
+
+struct RowPanels<S: RowSource>: PanelSource {
+    let rows: S
+    @inline(__always)
+    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        Gemm.packPanel(rows, n0: n0, nv: nv, k0: k0, kcur: kcur, dst: scratch)
+        return UnsafePointer(scratch)
+    }
+}
+
 enum Gemm {
     static let mr = 6, nr = 16
     static let kc = 256          // k block: a 16 KiB B micro-panel stays in L1
@@ -113,32 +128,51 @@ enum Gemm {
         }
     }
 
-    /// C[rows x cols] (+)= A[rows x kc] · B-panel, rows <= 6, cols <= 16. With `accumulate` false the tile is
+    /// Packs rows 0..<rows, columns 0..<kcur of x (row stride lda) into 6-row micro-panels dst[strip][kk][6],
+    /// zero-padding the last strip: the micro-kernel then reads A as one contiguous stream.
+    @inline(__always)
+    static func packA(_ x: UnsafePointer<Float>, lda: Int, rows: Int, kcur: Int, dst: UnsafeMutablePointer<Float>) {
+        var ir = 0
+        while ir < rows {
+            let r = min(mr, rows - ir)
+            let d = dst + ir * kcur
+            if r == mr {
+                let s0 = x + ir * lda, s1 = s0 + lda, s2 = s1 + lda, s3 = s2 + lda, s4 = s3 + lda, s5 = s4 + lda
+                for kk in 0..<kcur {
+                    let o = d + kk * 6
+                    o[0] = s0[kk]; o[1] = s1[kk]; o[2] = s2[kk]; o[3] = s3[kk]; o[4] = s4[kk]; o[5] = s5[kk]
+                }
+            } else {
+                for kk in 0..<kcur {
+                    for i in 0..<mr { d[kk * 6 + i] = i < r ? x[(ir + i) * lda + kk] : 0 }
+                }
+            }
+            ir += mr
+        }
+    }
+
+    /// C[rows x cols] (+)= A-micro-panel [kc][6] · B-panel [kc][16], rows <= 6, cols <= 16. With `accumulate` false the tile is
     /// overwritten with the product plus bias.
     @inline(__always)
-    static func kernel(_ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int, _ b: UnsafePointer<Float>, _ kcur: Int,
+    static func kernel(_ a: UnsafePointer<Float>, _ rows: Int, _ b: UnsafePointer<Float>, _ kcur: Int,
                        _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ cols: Int, _ accumulate: Bool,
                        _ bias: UnsafePointer<Float>?, _ tile: UnsafeMutablePointer<Float>) {
-        let a0 = a
-        let a1 = rows > 1 ? a + lda : a
-        let a2 = rows > 2 ? a + 2 * lda : a
-        let a3 = rows > 3 ? a + 3 * lda : a
-        let a4 = rows > 4 ? a + 4 * lda : a
-        let a5 = rows > 5 ? a + 5 * lda : a
         var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
         var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
         var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
         var pb = UnsafeRawPointer(b)
-        for kk in 0..<kcur {
+        var pa = a
+        for _ in 0..<kcur {
             let b0 = pb.load(as: SIMD8<Float>.self)
             let b1 = pb.load(fromByteOffset: 32, as: SIMD8<Float>.self)
-            var v = SIMD8<Float>(repeating: a0[kk]); c00.addProduct(v, b0); c01.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: a1[kk]); c10.addProduct(v, b0); c11.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: a2[kk]); c20.addProduct(v, b0); c21.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: a3[kk]); c30.addProduct(v, b0); c31.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: a4[kk]); c40.addProduct(v, b0); c41.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: a5[kk]); c50.addProduct(v, b0); c51.addProduct(v, b1)
+            var v = SIMD8<Float>(repeating: pa[0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: pa[1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: pa[2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: pa[3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: pa[4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
+            v = SIMD8<Float>(repeating: pa[5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
             pb += 64
+            pa += 6
         }
         var b0 = SIMD8<Float>(), b1 = SIMD8<Float>()
         if !accumulate, let bias {
@@ -170,12 +204,15 @@ enum Gemm {
     }
 
     /// Computes out rows mRange x columns nRange with a per-thread packing buffer.
-    static func block<S: RowSource>(_ src: S, x: UnsafePointer<Float>, k: Int, n: Int, bias: UnsafePointer<Float>?,
-                                    out: UnsafeMutablePointer<Float>, mRange: Range<Int>, nRange: Range<Int>) {
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: (kc * nc + 96) * 4, alignment: 64)
+    static func block<S: PanelSource>(_ src: S, x: UnsafePointer<Float>, k: Int, n: Int, bias: UnsafePointer<Float>?,
+                                      out: UnsafeMutablePointer<Float>, mRange: Range<Int>, nRange: Range<Int>) {
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: (kc * nc + 96 + kc * mc) * 4, alignment: 64)
         defer { buf.deallocate() }
-        let pack = buf.bindMemory(to: Float.self, capacity: kc * nc + 96)
+        let pack = buf.bindMemory(to: Float.self, capacity: kc * nc + 96 + kc * mc)
         let tile = pack + kc * nc
+        let apack = tile + 96
+        let panelPtr = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: nc / 16)
+        defer { panelPtr.deallocate() }
         var jc = nRange.lowerBound
         while jc < nRange.upperBound {
             let ncur = min(nc, nRange.upperBound - jc)
@@ -184,12 +221,13 @@ enum Gemm {
             while pc < k {
                 let kcur = min(kc, k - pc)
                 for p in 0..<panels {
-                    packPanel(src, n0: jc + p * 16, nv: min(16, ncur - p * 16), k0: pc, kcur: kcur,
-                              dst: pack + p * kcur * 16)
+                    panelPtr[p] = src.panel(n0: jc + p * 16, nv: min(16, ncur - p * 16), k0: pc, kcur: kcur,
+                                            scratch: pack + p * kcur * 16)
                 }
                 var ic = mRange.lowerBound
                 while ic < mRange.upperBound {
                     let mcur = min(mc, mRange.upperBound - ic)
+                    packA(x + ic * k + pc, lda: k, rows: mcur, kcur: kcur, dst: apack)
                     for p in 0..<panels {
                         let col = jc + p * 16
                         let cols = min(16, ncur - p * 16)
@@ -197,7 +235,7 @@ enum Gemm {
                         while ir < mcur {
                             let rows = min(mr, mcur - ir)
                             let row = ic + ir
-                            kernel(x + row * k + pc, k, rows, pack + p * kcur * 16, kcur, out + row * n + col, n, cols,
+                            kernel(apack + ir * kcur, rows, panelPtr[p], kcur, out + row * n + col, n, cols,
                                    pc > 0, bias.map { $0 + col }, tile)
                             ir += mr
                         }
@@ -213,6 +251,11 @@ enum Gemm {
     /// Splits the work across threads: over 16-column panels when there are enough, else over 6-row strips.
     static func run<S: RowSource>(_ src: S, x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
                                   bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, threads: Int) {
+        run(panels: RowPanels(rows: src), x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+    }
+
+    static func run<S: PanelSource>(panels src: S, x: UnsafePointer<Float>, m: Int, k: Int, n: Int,
+                                    bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, threads: Int) {
         let xs = SendablePointer(x), os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
         let panels = (n + 15) / 16
         let work = m * n * k

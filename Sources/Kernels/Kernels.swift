@@ -15,6 +15,19 @@ public enum Kernels {
         }
     }
 
+    /// The same product with the weight also available pre-packed: prefill-sized batches (m > 3) run on the
+    /// packed panels, decode-sized ones stream the row-major weight.
+    public static func matmulNT(x: UnsafePointer<Float>, m: Int, k: Int, weight: WeightRef, packed: PackedWeight,
+                                n: Int, bias: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>,
+                                threads: Int = Parallel.defaultThreads) {
+        precondition(packed.n == n && packed.k == k, "packed weight shape differs from the matmul")
+        if m <= gemvMaxRows || k == 0 || n == 0 {
+            matmulNT(x: x, m: m, k: k, weight: weight, n: n, bias: bias, out: out, threads: threads)
+        } else {
+            Gemm.run(panels: PrepackedPanels(w: packed), x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+        }
+    }
+
     public static func rmsNorm(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
                                out: UnsafeMutablePointer<Float>) {
         Elementwise.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)

@@ -40,12 +40,27 @@ public protocol LinearBackend: Sendable {
 }
 
 /// Float weights in their stored dtype (F32/F16/BF16, zero-copy when the source is mmapped), Kernels.matmulNT.
+/// The first prefill-sized call packs the weight into GEMM panels (same dtype, one extra copy of the weight bytes)
+/// and later prefill calls run on them; decode streams the row-major weight. QUANTKIT_PREPACK=0 turns packing off.
 public final class DenseLinear: LinearLayer, @unchecked Sendable {
     public let weight: Tensor
     public let bias: [Float]?
     public let inFeatures: Int
     public let outFeatures: Int
     private let ref: WeightRef
+    private let packLock = NSLock()
+    private var packed: PackedWeight?
+    static let prepackEnabled = ProcessInfo.processInfo.environment["QUANTKIT_PREPACK"] != "0"
+
+    /// The packed panels, made on first use.
+    private func packedWeight(threads: Int) -> PackedWeight {
+        packLock.lock()
+        defer { packLock.unlock() }
+        if let p = packed { return p }
+        let p = PackedWeight(ref, n: outFeatures, k: inFeatures, threads: threads)
+        packed = p
+        return p
+    }
 
     public init(weight: Tensor, bias: Tensor? = nil, name: String = "linear") throws {
         guard weight.shape.count == 2, let ref = WeightRef(weight) else {
@@ -66,14 +81,17 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
-        if let b = bias {
-            b.withUnsafeBufferPointer { bp in
-                Kernels.matmulNT(x: x, m: rows, k: inFeatures, weight: ref, n: outFeatures, bias: bp.baseAddress,
-                                 out: out, threads: threads)
+        let packed = rows > 3 && Self.prepackEnabled ? packedWeight(threads: threads) : nil
+        let (k, n, ref) = (inFeatures, outFeatures, ref)
+        func run(_ bias: UnsafePointer<Float>?) {
+            if let packed {
+                Kernels.matmulNT(x: x, m: rows, k: k, weight: ref, packed: packed, n: n, bias: bias, out: out,
+                                 threads: threads)
+            } else {
+                Kernels.matmulNT(x: x, m: rows, k: k, weight: ref, n: n, bias: bias, out: out, threads: threads)
             }
-        } else {
-            Kernels.matmulNT(x: x, m: rows, k: inFeatures, weight: ref, n: outFeatures, bias: nil, out: out, threads: threads)
         }
+        if let b = bias { b.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
     }
 }
 

@@ -3,8 +3,8 @@ import Kernels
 import Models
 import TensorCore
 
-/// A linear layer holding quantized weights. Until the Kernels' quantized GEMM is wired in it runs on a float
-/// copy of the dequantized weights (scale as stored in f16 x (q - zero)), which is exactly what a loader of the
+/// A linear layer holding quantized weights, run on the Kernels' W8A16/W4A16 kernels: each weight is
+/// scale (rounded to f16, as stored in the checkpoint) x (q - zero), which is exactly what a loader of the
 /// checkpoint computes.
 public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
     public let quantized: QuantizedWeight

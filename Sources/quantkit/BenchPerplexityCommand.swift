@@ -2,6 +2,7 @@ import ArgumentParser
 import Evaluation
 import Foundation
 import Models
+import Quantization
 import TensorCore
 
 /// `quantkit bench perplexity`: llamacpp-protocol tokens/s on seeded random llama2.c-shaped models.
@@ -12,7 +13,8 @@ struct BenchPerplexityCommand: ParsableCommand {
     @Option(help: "Model shapes: small (dim 512, 8 layers, vocab 512), 110m (dim 768, 12 layers, vocab 32000), or both.")
     var shape: String = "small"
     @Option(help: "Comma-separated context lengths.") var ctx: String = "128,512"
-    @Option(help: "Comma-separated weight dtypes (f32, f16, bf16).") var dtype: String = "f32,f16"
+    @Option(help: "Comma-separated weight types: f32, f16, bf16, or wB[gG] for round-to-nearest symmetric B-bit weights (group G, per output channel without g) run on the W8A16/W4A16 kernels, e.g. w8,w4g32,w4g128.")
+    var dtype: String = "f32,f16"
     @Option(help: "Chunks per measurement.") var chunks: Int = 4
     @Option(help: "Repetitions (the median is reported).") var repeats: Int = 3
     @Option(help: "Worker threads.") var threads: Int?
@@ -54,6 +56,40 @@ struct BenchPerplexityCommand: ParsableCommand {
         return try LlamaModel(config: cfg, source: TensorDictionary(t), name: "random-\(s.name)-\(dtype.rawValue)")
     }
 
+    /// A weight type to benchmark: a float dtype, or RTN-quantized weights ("w4g32": 4 bits, groups of 32).
+    struct WeightKind {
+        let label: String
+        let dtype: DType
+        let scheme: QuantScheme?
+        init(_ s: String) throws {
+            label = s
+            if let d = ["f32": DType.f32, "f16": .f16, "bf16": .bf16][s] {
+                dtype = d; scheme = nil; return
+            }
+            let parts = s.dropFirst().split(separator: "g", omittingEmptySubsequences: false)
+            guard s.hasPrefix("w"), (1...2).contains(parts.count), let bits = Int(parts[0]),
+                  let group = parts.count == 2 ? Int(parts[1]) : QuantScheme.perChannel else {
+                throw QuantKitError(.input, "--dtype: bad value '\(s)' (f32, f16, bf16, or wB[gG] such as w8, w4g32)")
+            }
+            dtype = .f32
+            scheme = try QuantScheme(bits: bits, symmetric: true, groupSize: group)
+        }
+    }
+
+    /// Replaces every block linear by its RTN-quantized QuantizedLinear (codes packed as in a GPTQ checkpoint).
+    static func quantizeLinears(_ model: LlamaModel, scheme: QuantScheme) throws {
+        for b in model.blocks {
+            for group in b.linearGroups {
+                for name in group {
+                    guard let dense = b.linear(named: name) as? DenseLinear else { continue }
+                    let q = try RTN.quantize(dense.weight.floats(), outFeatures: dense.outFeatures,
+                                             inFeatures: dense.inFeatures, scheme: scheme, name: name)
+                    try b.setLinear(try QuantizedLinear(q, name: name), named: name)
+                }
+            }
+        }
+    }
+
     static func cpuSeconds() -> Double {
         var ru = rusage()
         getrusage(Int32(RUSAGE_SELF.rawValue), &ru)
@@ -68,15 +104,13 @@ struct BenchPerplexityCommand: ParsableCommand {
                 guard let v = Int(s), v >= 4 else { throw QuantKitError(.input, "--ctx: bad value '\(s)'") }
                 return v
             }
-            let dtypes = try dtype.split(separator: ",").map { s -> DType in
-                guard let d = ["f32": DType.f32, "f16": .f16, "bf16": .bf16][String(s)] else { throw QuantKitError(.input, "--dtype: bad value '\(s)'") }
-                return d
-            }
+            let dtypes = try dtype.split(separator: ",").map { try WeightKind(String($0)) }
             var rows: [[String: Any]] = []
             print("shape  dtype  ctx  tokens/s(median, wall)  runs  threads  tokens/CPU-s x threads(median)")
             for s in wanted {
                 for d in dtypes {
-                    let model = try Self.randomModel(s, dtype: d, seed: 42)
+                    let model = try Self.randomModel(s, dtype: d.dtype, seed: 42)
+                    if let scheme = d.scheme { try Self.quantizeLinears(model, scheme: scheme) }
                     if let t = threads { model.threads = max(1, t) }
                     for c in ctxs {
                         var rng = SplitMix(seed: 7)
@@ -95,9 +129,9 @@ struct BenchPerplexityCommand: ParsableCommand {
                         }
                         rates.sort(); cpuRates.sort()
                         let med = rates[rates.count / 2], cmed = cpuRates[cpuRates.count / 2]
-                        print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f", s.name, d.rawValue, c, med,
+                        print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f", s.name, d.label, c, med,
                                      rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads, cmed))
-                        rows.append(["shape": s.name, "dtype": d.rawValue, "ctx": c, "tokens_per_s": med, "runs": rates,
+                        rows.append(["shape": s.name, "dtype": d.label, "ctx": c, "tokens_per_s": med, "runs": rates,
                                      "threads": model.threads, "tokens_per_cpu_s_x_threads": cmed])
                     }
                 }

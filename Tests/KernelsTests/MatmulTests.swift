@@ -9,7 +9,7 @@ import TestSupport
 final class MatmulTests: XCTestCase {
     enum Kind: CaseIterable { case f32, f16, bf16 }
 
-    func check(m: Int, k: Int, n: Int, kind: Kind, threads: Int, bias: Bool, seed: UInt64,
+    func check(m: Int, k: Int, n: Int, kind: Kind, threads: Int, bias: Bool, seed: UInt64, prepacked: Bool = false,
                file: StaticString = #filePath, line: UInt = #line) {
         var rng = SeededRandom(seed: seed)
         let x = rng.floats(m * k)
@@ -30,7 +30,13 @@ final class MatmulTests: XCTestCase {
                     }
                     b.withUnsafeBufferPointer { bp in
                         let bptr = bias ? bp.baseAddress : nil
-                        Kernels.matmulNT(x: x, m: m, k: k, weight: w, n: n, bias: bptr, out: &fast, threads: threads)
+                        if prepacked {
+                            let packed = PackedWeight(w, n: n, k: k, threads: threads)
+                            Kernels.matmulNT(x: x, m: m, k: k, weight: w, packed: packed, n: n, bias: bptr, out: &fast,
+                                             threads: threads)
+                        } else {
+                            Kernels.matmulNT(x: x, m: m, k: k, weight: w, n: n, bias: bptr, out: &fast, threads: threads)
+                        }
                         Reference.matmulNT(x: x, m: m, k: k, weight: w, n: n, bias: bptr, out: &ref)
                     }
                 }
@@ -38,7 +44,7 @@ final class MatmulTests: XCTestCase {
         }
         let tol = 1e-5 * Float(k).squareRoot()
         let d = maxAbsDiff(fast, ref)
-        XCTAssertLessThanOrEqual(d, tol, "m=\(m) k=\(k) n=\(n) \(kind) threads=\(threads) bias=\(bias)",
+        XCTAssertLessThanOrEqual(d, tol, "m=\(m) k=\(k) n=\(n) \(kind) threads=\(threads) bias=\(bias) prepacked=\(prepacked)",
                                  file: file, line: line)
     }
 
@@ -64,6 +70,20 @@ final class MatmulTests: XCTestCase {
                               (13, 257, 271), (150, 33, 1)] {
                 for threads in [1, 2] {
                     check(m: m, k: k, n: n, kind: kind, threads: threads, bias: true, seed: seed)
+                    seed += 1
+                }
+            }
+        }
+    }
+
+    /// Weights packed once into GEMM panels (PackedWeight): odd shapes, short last panels, several k blocks.
+    func testPrepackedPanels() {
+        var seed: UInt64 = 500
+        for kind in Kind.allCases {
+            for (m, k, n) in [(4, 7, 33), (5, 1, 1), (7, 172, 17), (17, 513, 16), (64, 513, 513), (100, 300, 40),
+                              (13, 257, 271), (150, 33, 1), (2, 65, 9)] {
+                for threads in [1, 2] {
+                    check(m: m, k: k, n: n, kind: kind, threads: threads, bias: seed % 2 == 0, seed: seed, prepacked: true)
                     seed += 1
                 }
             }

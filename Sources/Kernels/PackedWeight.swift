@@ -1,0 +1,71 @@
+import TensorCore
+
+/// A weight matrix [n, k] re-laid out once into the GEMM's k-major panels of 16 rows ([panel][k][16], rows past n
+/// zero), kept in its stored dtype. Prefill GEMMs on it skip the per-call transpose: f32 panels are read in place,
+/// f16/bf16 panels are widened with one sequential pass per k block. Costs one extra copy of the weight bytes.
+public final class PackedWeight: @unchecked Sendable {
+    public let n: Int
+    public let k: Int
+    public var byteCount: Int { panels * k * 16 * elementSize }
+    let kind: Kind
+    let panels: Int
+    let storage: UnsafeMutableRawPointer
+    enum Kind { case f32, f16, bf16 }
+    private var elementSize: Int { kind == .f32 ? 4 : 2 }
+
+    public init(_ weight: WeightRef, n: Int, k: Int, threads: Int = Parallel.defaultThreads) {
+        self.n = n
+        self.k = k
+        panels = (n + 15) / 16
+        switch weight {
+        case .f32: kind = .f32
+        case .f16: kind = .f16
+        case .bf16: kind = .bf16
+        }
+        let size = kind == .f32 ? 4 : 2
+        storage = UnsafeMutableRawPointer.allocate(byteCount: max(1, panels * k * 16 * size), alignment: 64)
+        let dst = SendablePointer(storage.assumingMemoryBound(to: UInt8.self))
+        let (n, k, panels) = (n, k, panels)
+        func fill<T: Sendable>(_ w: UnsafePointer<T>, _ zero: T) {
+            let src = SendablePointer(w)
+            Parallel.forRanges(panels, threads: threads) { r in
+                let out = UnsafeMutableRawPointer(dst.base).assumingMemoryBound(to: T.self)
+                for p in r {
+                    let base = out + p * k * 16
+                    for j in 0..<16 {
+                        let row = p * 16 + j
+                        for kk in 0..<k { base[kk * 16 + j] = row < n ? src.base[row * k + kk] : zero }
+                    }
+                }
+            }
+        }
+        switch weight {
+        case .f32(let w): fill(w, 0)
+        case .f16(let w): fill(w, 0)
+        case .bf16(let w): fill(w, 0)
+        }
+    }
+
+    deinit { storage.deallocate() }
+}
+
+/// Panels straight from a PackedWeight (the 16 x kcur block at panel n0/16, k offset k0).
+struct PrepackedPanels: PanelSource, @unchecked Sendable {
+    let w: PackedWeight
+    @inline(__always)
+    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+        let offset = ((n0 >> 4) * w.k + k0) * 16
+        switch w.kind {
+        case .f32:
+            return UnsafePointer(w.storage.assumingMemoryBound(to: Float.self) + offset)
+        case .f16:
+            let src = UnsafeRawPointer(w.storage) + offset * 2
+            for i in stride(from: 0, to: kcur * 16, by: 8) { storeU(f16x8(src + i * 2), scratch + i) }
+            return UnsafePointer(scratch)
+        case .bf16:
+            let src = UnsafeRawPointer(w.storage) + offset * 2
+            for i in stride(from: 0, to: kcur * 16, by: 8) { storeU(bf16x8(src + i * 2), scratch + i) }
+            return UnsafePointer(scratch)
+        }
+    }
+}
