@@ -18,9 +18,13 @@ struct BenchGPTQCommand: ParsableCommand {
     @Flag(help: "act-order") var actOrder = false
     @Option(help: "Repetitions (median reported).") var repeats = 3
     @Option(help: "Write results as JSON here.") var json: String?
+    @Option(help: "Quantize a whole seeded random model of this shape (small or 110m, as `bench perplexity`) with GPTQ on random calibration windows (--samples x --seqlen) instead of timing single layers.")
+    var modelShape: String?
+    @Option(help: "Calibration windows for --model-shape.") var samples = 128
 
     func run() throws {
         try runReportingErrors {
+            if let modelShape { return try runModel(shapeName: modelShape) }
             var rows: [[String: Any]] = []
             for s in shapes {
                 let parts = s.split(separator: "x").compactMap { Int($0) }
@@ -61,6 +65,49 @@ struct BenchGPTQCommand: ParsableCommand {
                                         "act_order": actOrder, "threads": Parallel.defaultThreads, "results": rows]
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
             }
+        }
+    }
+}
+
+extension BenchGPTQCommand {
+    /// Whole-model GPTQ (the `quantkit quantize` path: true-sequential groups, quantized outputs feeding the next
+    /// block) on a seeded random llama2.c-shaped model: wall time, time per layer, peak RSS.
+    func runModel(shapeName: String) throws {
+        guard let shape = BenchPerplexityCommand.shapes.first(where: { $0.name == shapeName }) else {
+            throw QuantKitError(.input, "--model-shape must be one of \(BenchPerplexityCommand.shapes.map(\.name).joined(separator: ", "))")
+        }
+        guard samples > 0, seqlen > 0, seqlen <= shape.seq else {
+            throw QuantKitError(.input, "--samples must be positive and --seqlen in 1...\(shape.seq)")
+        }
+        let model = try BenchPerplexityCommand.randomModel(shape, dtype: .f32, seed: 42)
+        var rng = SplitMix(seed: 11)
+        let windows = (0..<samples).map { _ in (0..<seqlen).map { _ in Int32(rng.next() % UInt64(shape.vocab)) } }
+        let options = ModelQuantizationOptions(
+            method: .gptq, scheme: try QuantScheme(bits: bits, symmetric: false, groupSize: groupSize), actOrder: actOrder)
+        let c0 = cpuSeconds()
+        let r = try ModelQuantizer.quantize(model: model, windows: windows, options: options, log: { _ in })
+        let cpu = cpuSeconds() - c0
+        var byShape: [String: [Double]] = [:]
+        for rep in r.reports { byShape["\(rep.outFeatures)x\(rep.inFeatures)", default: []].append(rep.seconds) }
+        var ru = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &ru)
+        let rss = Double(ru.ru_maxrss) / 1024
+        print(String(format: "gptq model %@: %d layers x %d linears, %d x %d calibration tokens, w%d g%d%@: total %.1f s wall (cpu %.1f s), peak RSS %.0f MiB",
+                     shape.name, shape.layers, r.reports.count / max(1, shape.layers), samples, seqlen, bits, groupSize,
+                     actOrder ? " act-order" : "", r.seconds, cpu, rss))
+        print("per linear, by shape OUTxIN: median seconds of its quantization (damping, Cholesky, GPTQ sweep, packing); Hessian capture is in the total only")
+        var rows: [[String: Any]] = []
+        for (k, v) in byShape.sorted(by: { $0.key < $1.key }) {
+            let m = v.sorted()[v.count / 2]
+            print(String(format: "  %@  x%d  median %.3f s", k, v.count, m))
+            rows.append(["shape": k, "count": v.count, "median_s": m])
+        }
+        if let json {
+            let o: [String: Any] = ["schema_version": 1, "benchmark": "gptq-model", "model_shape": shape.name, "bits": bits,
+                                    "group_size": groupSize, "act_order": actOrder, "samples": samples, "seqlen": seqlen,
+                                    "threads": model.threads, "total_s": r.seconds, "cpu_s": cpu, "peak_rss_mib": rss,
+                                    "per_layer": rows]
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
         }
     }
 }
