@@ -21,6 +21,9 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     public var architectures: [String]?
     public var attentionBias: Bool?
     public var torchDtype: String?
+    /// Mistral's sliding_window / Qwen2's (with use_sliding_window): attention sees at most this many positions.
+    public var slidingWindow: Int?
+    public var useSlidingWindow: Bool?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
@@ -29,6 +32,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         case maxPositionEmbeddings = "max_position_embeddings", tieWordEmbeddings = "tie_word_embeddings"
         case bosTokenId = "bos_token_id", eosTokenId = "eos_token_id", modelType = "model_type"
         case architectures, attentionBias = "attention_bias", torchDtype = "torch_dtype"
+        case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window"
     }
 
     public static let supportedModelTypes = ["llama", "mistral", "qwen2"]
@@ -71,6 +75,24 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
         attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias)
         torchDtype = try? c.decodeIfPresent(String.self, forKey: .torchDtype)
+        slidingWindow = (try? c.decodeIfPresent(Int.self, forKey: .slidingWindow)) ?? nil
+        useSlidingWindow = (try? c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow)) ?? nil
+    }
+
+    /// The attention window in effect, if any: Mistral applies sliding_window whenever set; Qwen2 only with
+    /// use_sliding_window true (transformers' behaviour).
+    public var attentionWindow: Int? {
+        guard let w = slidingWindow, w > 0 else { return nil }
+        if modelType == "qwen2" { return useSlidingWindow == true ? w : nil }
+        return w
+    }
+
+    /// Sequences longer than the attention window would need sliding-window masking, which the engine does not
+    /// implement: refuse them rather than report figures for a different attention.
+    public func checkAttentionWindow(_ length: Int, what: String) throws {
+        if let w = attentionWindow, length > w {
+            throw QuantKitError(.input, "\(what) \(length) exceeds the model's sliding_window \(w); sliding-window attention is not supported, use at most \(w)")
+        }
     }
 
     // Derived sizes.

@@ -21,6 +21,8 @@ struct BenchGPTQCommand: ParsableCommand {
     @Option(help: "Quantize a whole seeded random model of this shape (small or 110m, as `bench perplexity`) with GPTQ on random calibration windows (--samples x --seqlen) instead of timing single layers.")
     var modelShape: String?
     @Option(help: "Calibration windows for --model-shape.") var samples = 128
+    @Option(help: "With --model-shape: also write the quantized model here (GPTQ checkpoint, no tokenizer), e.g. for `bench perplexity --model`.")
+    var output: String?
 
     func run() throws {
         try runReportingErrors {
@@ -101,6 +103,12 @@ extension BenchGPTQCommand {
             let m = v.sorted()[v.count / 2]
             print(String(format: "  %@  x%d  median %.3f s", k, v.count, m))
             rows.append(["shape": k, "count": v.count, "median_s": m])
+        }
+        if let output {
+            try ModelQuantizer.write(model: model, result: r, options: options, to: output,
+                                     metadata: ["method": "gptq", "calibration": "random token ids (bench gptq --model-shape)"],
+                                     fingerprint: nil)
+            print("wrote \(output)")
         }
         if let json {
             let o: [String: Any] = ["schema_version": 1, "benchmark": "gptq-model", "model_shape": shape.name, "bits": bits,

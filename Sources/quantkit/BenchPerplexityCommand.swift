@@ -19,6 +19,8 @@ struct BenchPerplexityCommand: ParsableCommand {
     @Option(help: "Repetitions (the median is reported).") var repeats: Int = 3
     @Option(help: "Worker threads.") var threads: Int?
     @Option(help: "Write a JSON result here.") var json: String?
+    @Option(help: "Measure this model directory (HF or GPTQ checkpoint) instead of the random shapes; --dtype and --shape are ignored. Peak RSS then covers loading and evaluating this model only.")
+    var model: String?
 
     struct Shape { let name: String; let dim, hidden, layers, heads, kvHeads, vocab, seq: Int }
     static let shapes = [Shape(name: "small", dim: 512, hidden: 1536, layers: 8, heads: 8, kvHeads: 8, vocab: 512, seq: 1024),
@@ -107,33 +109,45 @@ struct BenchPerplexityCommand: ParsableCommand {
             let dtypes = try dtype.split(separator: ",").map { try WeightKind(String($0)) }
             var rows: [[String: Any]] = []
             print("shape  dtype  ctx  tokens/s(median, wall)  runs  threads  tokens/CPU-s x threads(median)")
-            for s in wanted {
-                for d in dtypes {
-                    let model = try Self.randomModel(s, dtype: d.dtype, seed: 42)
-                    if let scheme = d.scheme { try Self.quantizeLinears(model, scheme: scheme) }
-                    if let t = threads { model.threads = max(1, t) }
-                    for c in ctxs {
-                        var rng = SplitMix(seed: 7)
-                        let n = c * max(chunks, 2)
-                        let toks = (0..<n).map { _ in Int32(rng.next() % UInt64(s.vocab)) }
-                        var rates: [Double] = [], cpuRates: [Double] = []
-                        for _ in 0..<max(1, repeats) {
-                            let cpu0 = Self.cpuSeconds()
-                            let r = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1,
-                                                            options: PerplexityOptions(ctx: c, maxChunks: chunks))
-                            let cpu = Self.cpuSeconds() - cpu0
-                            rates.append(Double(r.chunks * c) / r.seconds)
-                            // On a shared machine wall time includes waiting for a core; tokens per CPU-second
-                            // x threads estimates the rate with the threads' cores to itself.
-                            cpuRates.append(Double(r.chunks * c) / max(cpu, 1e-9) * Double(model.threads))
-                        }
-                        rates.sort(); cpuRates.sort()
-                        let med = rates[rates.count / 2], cmed = cpuRates[cpuRates.count / 2]
-                        print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f", s.name, d.label, c, med,
-                                     rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads, cmed))
-                        rows.append(["shape": s.name, "dtype": d.label, "ctx": c, "tokens_per_s": med, "runs": rates,
-                                     "threads": model.threads, "tokens_per_cpu_s_x_threads": cmed])
+            var cases: [(shape: String, kind: String, vocab: Int, make: () throws -> LlamaModel)] = []
+            if let path = model {
+                cases = [(path, GPTQCheckpoint.isGPTQ(path) ? "gptq" : "float", 0, { try ModelLoading.loadModel(path) })]
+            } else {
+                for s in wanted {
+                    for d in dtypes {
+                        cases.append((s.name, d.label, s.vocab, {
+                            let m = try Self.randomModel(s, dtype: d.dtype, seed: 42)
+                            if let scheme = d.scheme { try Self.quantizeLinears(m, scheme: scheme) }
+                            return m
+                        }))
                     }
+                }
+            }
+            for (shapeName, kind, knownVocab, make) in cases {
+                let model = try make()
+                let vocab = knownVocab > 0 ? knownVocab : model.config.vocabSize
+                if let t = threads { model.threads = max(1, t) }
+                for c in ctxs {
+                    var rng = SplitMix(seed: 7)
+                    let n = c * max(chunks, 2)
+                    let toks = (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) }
+                    var rates: [Double] = [], cpuRates: [Double] = []
+                    for _ in 0..<max(1, repeats) {
+                        let cpu0 = Self.cpuSeconds()
+                        let r = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1,
+                                                        options: PerplexityOptions(ctx: c, maxChunks: chunks))
+                        let cpu = Self.cpuSeconds() - cpu0
+                        rates.append(Double(r.chunks * c) / r.seconds)
+                        // On a shared machine wall time includes waiting for a core; tokens per CPU-second
+                        // x threads estimates the rate with the threads' cores to itself.
+                        cpuRates.append(Double(r.chunks * c) / max(cpu, 1e-9) * Double(model.threads))
+                    }
+                    rates.sort(); cpuRates.sort()
+                    let med = rates[rates.count / 2], cmed = cpuRates[cpuRates.count / 2]
+                    print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f", shapeName, kind, c, med,
+                                 rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads, cmed))
+                    rows.append(["shape": shapeName, "dtype": kind, "ctx": c, "tokens_per_s": med, "runs": rates,
+                                 "threads": model.threads, "tokens_per_cpu_s_x_threads": cmed])
                 }
             }
             var ru = rusage()

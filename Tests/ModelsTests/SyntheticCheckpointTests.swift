@@ -67,6 +67,29 @@ final class SyntheticCheckpointTests: XCTestCase {
         try check({ $0["hidden_size"] = nil }, "missing field 'hidden_size'")
     }
 
+    /// sliding_window: Mistral applies it, Qwen2 only with use_sliding_window; longer sequences are refused.
+    func testSlidingWindow() throws {
+        let base = try String(contentsOfFile: Self.dir("llama_gqa_f32_untied") + "/config.json", encoding: .utf8)
+        func config(_ edit: (inout [String: Any]) -> Void) throws -> LlamaConfig {
+            var obj = try JSONSerialization.jsonObject(with: Data(base.utf8)) as! [String: Any]
+            edit(&obj)
+            return try JSONDecoder().decode(LlamaConfig.self, from: JSONSerialization.data(withJSONObject: obj))
+        }
+        let mistral = try config { $0["model_type"] = "mistral"; $0["sliding_window"] = 64 }
+        XCTAssertEqual(mistral.attentionWindow, 64)
+        XCTAssertNoThrow(try mistral.checkAttentionWindow(64, what: "--ctx"))
+        XCTAssertThrowsError(try mistral.checkAttentionWindow(65, what: "--ctx")) { e in
+            XCTAssertTrue("\(e)".contains("--ctx 65 exceeds the model's sliding_window 64"), "\(e)")
+        }
+        let qwenOff = try config { $0["model_type"] = "qwen2"; $0["sliding_window"] = 64; $0["use_sliding_window"] = false }
+        XCTAssertNil(qwenOff.attentionWindow)
+        XCTAssertNoThrow(try qwenOff.checkAttentionWindow(4096, what: "--ctx"))
+        let qwenOn = try config { $0["model_type"] = "qwen2"; $0["sliding_window"] = 64; $0["use_sliding_window"] = true }
+        XCTAssertEqual(qwenOn.attentionWindow, 64)
+        let mistralNull = try config { $0["model_type"] = "mistral"; $0["sliding_window"] = NSNull() }
+        XCTAssertNil(mistralNull.attentionWindow)
+    }
+
     /// Observer sees every linear module in order; swapping a linear changes the output.
     func testObserverAndLinearSwap() throws {
         let model = try LlamaModel.load(path: Self.dir("llama_gqa_f32_untied"))
