@@ -1,57 +1,92 @@
 import TensorCore
 
 enum Attention {
+    /// Up to 4 query rows of one head at once (rows share every key and value load). Keys come transposed and
+    /// contiguous, kt[c * ldk + j] (ldk a multiple of 16, columns past the keys zero); values contiguous
+    /// v[j * vStride + c]. Row r attends to keys 0..<lens[r]; its scores live in scores[r * ldk ...].
     @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        let n8 = n & ~7
-        var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
-        var i = 0
-        while i + 16 <= n8 {
-            s0.addProduct(loadU(a + i), loadU(b + i)); s1.addProduct(loadU(a + i + 8), loadU(b + i + 8)); i += 16
+    static func block4(q: (UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>),
+                       rows: Int, lens: SIMD4<Int32>, kt: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>,
+                       vStride: Int, headDim d: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
+                       out: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
+                             UnsafeMutablePointer<Float>)) {
+        var maxLen = 0
+        for r in 0..<rows { maxLen = max(maxLen, Int(lens[r])) }
+        let s0 = scores, s1 = scores + ldk, s2 = scores + 2 * ldk, s3 = scores + 3 * ldk
+        let sv = SIMD8<Float>(repeating: scale)
+        // Scores: 4 rows x 16 keys per pass, the keys' dimension c innermost.
+        var j = 0
+        while j < maxLen {
+            var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
+            var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a30 = SIMD8<Float>(), a31 = SIMD8<Float>()
+            var kp = kt + j
+            for c in 0..<d {
+                let k0 = loadU(kp), k1 = loadU(kp + 8)
+                var b = SIMD8<Float>(repeating: q.0[c]); a00.addProduct(b, k0); a01.addProduct(b, k1)
+                b = SIMD8<Float>(repeating: q.1[c]); a10.addProduct(b, k0); a11.addProduct(b, k1)
+                b = SIMD8<Float>(repeating: q.2[c]); a20.addProduct(b, k0); a21.addProduct(b, k1)
+                b = SIMD8<Float>(repeating: q.3[c]); a30.addProduct(b, k0); a31.addProduct(b, k1)
+                kp += ldk
+            }
+            storeU(a00 * sv, s0 + j); storeU(a01 * sv, s0 + j + 8); storeU(a10 * sv, s1 + j); storeU(a11 * sv, s1 + j + 8)
+            storeU(a20 * sv, s2 + j); storeU(a21 * sv, s2 + j + 8); storeU(a30 * sv, s3 + j); storeU(a31 * sv, s3 + j + 8)
+            j += 16
         }
-        if i < n8 { s0.addProduct(loadU(a + i), loadU(b + i)); i += 8 }
-        var s = (s0 + s1).sum()
-        while i < n { s += a[i] * b[i]; i += 1 }
-        return s
+        // Softmax over each row's own keys; probabilities of keys a row does not see are 0.
+        for r in 0..<4 {
+            let p = scores + r * ldk
+            let len = r < rows ? Int(lens[r]) : 0
+            if len > 0 { Elementwise.softmaxRow(p, len) }
+            for jj in len..<maxLen { p[jj] = 0 }
+        }
+        // Outputs: 4 rows x 16 dimensions per pass over the values.
+        let d16 = d & ~15
+        var c = 0
+        while c < d16 {
+            var o00 = SIMD8<Float>(), o01 = SIMD8<Float>(), o10 = SIMD8<Float>(), o11 = SIMD8<Float>()
+            var o20 = SIMD8<Float>(), o21 = SIMD8<Float>(), o30 = SIMD8<Float>(), o31 = SIMD8<Float>()
+            var vp = v + c
+            for jj in 0..<maxLen {
+                let v0 = loadU(vp), v1 = loadU(vp + 8)
+                var b = SIMD8<Float>(repeating: s0[jj]); o00.addProduct(b, v0); o01.addProduct(b, v1)
+                b = SIMD8<Float>(repeating: s1[jj]); o10.addProduct(b, v0); o11.addProduct(b, v1)
+                b = SIMD8<Float>(repeating: s2[jj]); o20.addProduct(b, v0); o21.addProduct(b, v1)
+                b = SIMD8<Float>(repeating: s3[jj]); o30.addProduct(b, v0); o31.addProduct(b, v1)
+                vp += vStride
+            }
+            storeU(o00, out.0 + c); storeU(o01, out.0 + c + 8)
+            if rows > 1 { storeU(o10, out.1 + c); storeU(o11, out.1 + c + 8) }
+            if rows > 2 { storeU(o20, out.2 + c); storeU(o21, out.2 + c + 8) }
+            if rows > 3 { storeU(o30, out.3 + c); storeU(o31, out.3 + c + 8) }
+            c += 16
+        }
+        while c < d {
+            var o = SIMD4<Float>()
+            for jj in 0..<maxLen {
+                let x = v[jj * vStride + c]
+                o.addProduct(SIMD4(s0[jj], s1[jj], s2[jj], s3[jj]), SIMD4(repeating: x))
+            }
+            out.0[c] = o[0]
+            if rows > 1 { out.1[c] = o[1] }
+            if rows > 2 { out.2[c] = o[2] }
+            if rows > 3 { out.3[c] = o[3] }
+            c += 1
+        }
     }
 
-    /// One query row of one head: scores over `len` cached keys, softmax, weighted sum of values.
+    /// Writes keys rows 0..<rows (row stride kStride) of one head transposed into kt[c * ldk + j], zeroing the
+    /// padding columns rows..<ldk.
     @inline(__always)
-    static func row(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, len: Int,
-                    kvStride: Int, headDim: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
-                    out: UnsafeMutablePointer<Float>) {
-        for j in 0..<len { scores[j] = dot(q, keys + j * kvStride, headDim) * scale }
-        Elementwise.softmaxRow(scores, len)
-        let d8 = headDim & ~7
-        for i in 0..<headDim { out[i] = 0 }
-        var j = 0
-        // Four value rows per pass over the output row.
-        while j + 4 <= len {
-            let p0 = SIMD8<Float>(repeating: scores[j]), p1 = SIMD8<Float>(repeating: scores[j + 1])
-            let p2 = SIMD8<Float>(repeating: scores[j + 2]), p3 = SIMD8<Float>(repeating: scores[j + 3])
-            let v0 = values + j * kvStride, v1 = v0 + kvStride, v2 = v1 + kvStride, v3 = v2 + kvStride
-            var i = 0
-            while i < d8 {
-                var o = loadU(out + i)
-                o.addProduct(p0, loadU(v0 + i)); o.addProduct(p1, loadU(v1 + i))
-                o.addProduct(p2, loadU(v2 + i)); o.addProduct(p3, loadU(v3 + i))
-                storeU(o, out + i)
-                i += 8
-            }
-            while i < headDim {
-                out[i] += scores[j] * v0[i] + scores[j + 1] * v1[i] + scores[j + 2] * v2[i] + scores[j + 3] * v3[i]
-                i += 1
-            }
-            j += 4
+    static func transposeKeys(_ k: UnsafePointer<Float>, rows: Int, kStride: Int, headDim: Int,
+                              kt: UnsafeMutablePointer<Float>, ldk: Int) {
+        for j in 0..<rows {
+            let src = k + j * kStride
+            for c in 0..<headDim { kt[c * ldk + j] = src[c] }
         }
-        while j < len {
-            let p = scores[j], v = values + j * kvStride
-            var i = 0
-            while i < d8 { storeU(loadU(out + i).addingProduct(SIMD8(repeating: p), loadU(v + i)), out + i); i += 8 }
-            while i < headDim { out[i] += p * v[i]; i += 1 }
-            j += 1
-        }
+        if rows < ldk { for c in 0..<headDim { (kt + c * ldk + rows).update(repeating: 0, count: ldk - rows) } }
     }
+
+    @inline(__always) static func roundUp16(_ n: Int) -> Int { (n + 15) & ~15 }
 
     static func run(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                     tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
@@ -78,32 +113,78 @@ enum Attention {
         let bs = bounds
         let total = start + tokens
         Parallel.forRanges(t, threads: t) { r in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: total + 8)
-            // One KV head's keys and values copied contiguous: rows of the cache lie nKV·headDim floats apart
-            // (2 KiB for 8 heads of 64), a power-of-two stride that maps every row to the same few cache sets.
-            let kbuf = UnsafeMutablePointer<Float>.allocate(capacity: total * headDim)
+            let ldkMax = roundUp16(total)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: 4 * ldkMax)
+            // One KV head's keys transposed and values copied contiguous: rows of the cache lie nKV·headDim floats
+            // apart (2 KiB for 8 heads of 64), a power-of-two stride that maps every row to the same few cache sets.
+            let kt = UnsafeMutablePointer<Float>.allocate(capacity: ldkMax * headDim)
             let vbuf = UnsafeMutablePointer<Float>.allocate(capacity: total * headDim)
-            defer { scores.deallocate(); kbuf.deallocate(); vbuf.deallocate() }
-            var copiedHead = -1, copiedRows = 0
+            defer { scores.deallocate(); kt.deallocate(); vbuf.deallocate() }
+            var copiedHead = -1, copiedRows = 0, ldk = 16
             for part in r {
-                for it in bs[part]..<bs[part + 1] {
+                var it = bs[part]
+                while it < bs[part + 1] {
                     let h = it / tokens, tok = it % tokens
                     let kvh = h / group
-                    let len = start + tok + 1
-                    if kvh != copiedHead || len > copiedRows {
+                    // Up to 4 consecutive tokens of the same head inside this part.
+                    let n = min(4, bs[part + 1] - it, tokens - tok)
+                    let lastLen = start + tok + n
+                    if kvh != copiedHead || lastLen > copiedRows {
                         // Rows this part needs for the head: up to its last token of head h.
                         let last = min(bs[part + 1], (h + 1) * tokens) - 1 - h * tokens
                         let rows = start + last + 1
+                        ldk = roundUp16(rows)
+                        transposeKeys(ks.base + kvh * headDim, rows: rows, kStride: kvStride, headDim: headDim, kt: kt, ldk: ldk)
                         for j in 0..<rows {
-                            (kbuf + j * headDim).update(from: ks.base + j * kvStride + kvh * headDim, count: headDim)
                             (vbuf + j * headDim).update(from: vs.base + j * kvStride + kvh * headDim, count: headDim)
                         }
                         copiedHead = kvh; copiedRows = rows
                     }
-                    row(q: qs.base + tok * qStride + h * headDim, keys: kbuf, values: vbuf, len: len,
-                        kvStride: headDim, headDim: headDim, scale: scale, scores: scores,
-                        out: os.base + tok * qStride + h * headDim)
+                    let qb = qs.base + tok * qStride + h * headDim, ob = os.base + tok * qStride + h * headDim
+                    func qrow(_ i: Int) -> UnsafePointer<Float> { UnsafePointer(i < n ? qb + i * qStride : qb) }
+                    func orow(_ i: Int) -> UnsafeMutablePointer<Float> { i < n ? ob + i * qStride : ob }
+                    let base = Int32(start + tok + 1)
+                    block4(q: (qrow(0), qrow(1), qrow(2), qrow(3)), rows: n, lens: SIMD4(base, base + 1, base + 2, base + 3),
+                           kt: kt, ldk: ldk, v: vbuf, vStride: headDim, headDim: headDim, scale: scale, scores: scores,
+                           out: (orow(0), orow(1), orow(2), orow(3)))
+                    it += n
                 }
+            }
+        }
+    }
+
+    /// Bidirectional attention inside packed sequences (BERT with its padding mask): sequence s occupies rows
+    /// offsets[s]..<offsets[s+1] of q/k/v/out [total, heads * headDim]; one task per (sequence, head).
+    static func bidirectional(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                              out: UnsafeMutablePointer<Float>, offsets: [Int], heads: Int, headDim: Int, threads: Int) {
+        let nSeq = offsets.count - 1
+        guard nSeq > 0, heads > 0, headDim > 0 else { return }
+        let stride = heads * headDim
+        let scale = 1 / Float(headDim).squareRoot()
+        let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v), op = SendablePointer(out)
+        let maxLen = (0..<nSeq).map { offsets[$0 + 1] - offsets[$0] }.max() ?? 0
+        let ldkMax = roundUp16(maxLen)
+        Parallel.forEach(nSeq * heads, threads: threads) { task in
+            let s = task / heads, hd = task % heads
+            let start = offsets[s], len = offsets[s + 1] - start
+            if len == 0 { return }
+            let ldk = roundUp16(len)
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: 4 * ldkMax)
+            let kt = UnsafeMutablePointer<Float>.allocate(capacity: ldkMax * headDim)
+            defer { scores.deallocate(); kt.deallocate() }
+            let col = start * stride + hd * headDim
+            transposeKeys(kp.base + col, rows: len, kStride: stride, headDim: headDim, kt: kt, ldk: ldk)
+            let l32 = Int32(len)
+            var i = 0
+            while i < len {
+                let n = min(4, len - i)
+                let qb = qp.base + col + i * stride, ob = op.base + col + i * stride
+                func qrow(_ r: Int) -> UnsafePointer<Float> { UnsafePointer(r < n ? qb + r * stride : qb) }
+                func orow(_ r: Int) -> UnsafeMutablePointer<Float> { r < n ? ob + r * stride : ob }
+                block4(q: (qrow(0), qrow(1), qrow(2), qrow(3)), rows: n, lens: SIMD4(repeating: l32), kt: kt, ldk: ldk,
+                       v: UnsafePointer(vp.base + col), vStride: stride, headDim: headDim, scale: scale, scores: scores,
+                       out: (orow(0), orow(1), orow(2), orow(3)))
+                i += n
             }
         }
     }

@@ -65,6 +65,14 @@ public enum Kernels {
                       nKVHeads: nKVHeads, headDim: headDim, out: out, threads: threads)
     }
 
+    /// Bidirectional multi-head attention inside packed sequences (BERT's padding mask without padding rows):
+    /// sequence s occupies rows offsets[s]..<offsets[s+1] of q, k, v and out, each [total, heads * headDim].
+    public static func attentionBidirectional(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                              out: UnsafeMutablePointer<Float>, offsets: [Int], heads: Int, headDim: Int,
+                                              threads: Int = Parallel.defaultThreads) {
+        Attention.bidirectional(q: q, k: k, v: v, out: out, offsets: offsets, heads: heads, headDim: headDim, threads: threads)
+    }
+
     public static func layerNorm(x: UnsafePointer<Float>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
                                  rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
         Elementwise.layerNorm(x: x, gamma: gamma, beta: beta, rows: rows, dim: dim, eps: eps, out: out)

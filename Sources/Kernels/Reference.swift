@@ -94,6 +94,36 @@ public enum Reference {
         }
     }
 
+    /// Bidirectional attention inside packed sequences (twin of Kernels.attentionBidirectional), Double sums.
+    public static func attentionBidirectional(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                              out: UnsafeMutablePointer<Float>, offsets: [Int], heads: Int, headDim: Int) {
+        let stride = heads * headDim
+        let scale = 1 / Double(headDim).squareRoot()
+        for s in 0..<(offsets.count - 1) {
+            let start = offsets[s], len = offsets[s + 1] - start
+            for h in 0..<heads {
+                for i in 0..<len {
+                    let qi = q + (start + i) * stride + h * headDim
+                    var scores = [Double](repeating: 0, count: len)
+                    for j in 0..<len {
+                        let kj = k + (start + j) * stride + h * headDim
+                        var d = 0.0
+                        for c in 0..<headDim { d += Double(qi[c]) * Double(kj[c]) }
+                        scores[j] = d * scale
+                    }
+                    let mx = scores.max() ?? 0
+                    let e = scores.map { Foundation.exp($0 - mx) }
+                    let sum = e.reduce(0, +)
+                    for c in 0..<headDim {
+                        var acc = 0.0
+                        for j in 0..<len { acc += e[j] / sum * Double(v[(start + j) * stride + h * headDim + c]) }
+                        out[(start + i) * stride + h * headDim + c] = Float(acc)
+                    }
+                }
+            }
+        }
+    }
+
     /// y = (x - mean) / sqrt(var + eps) * gamma + beta, per row (biased variance, as torch.nn.LayerNorm).
     public static func layerNorm(x: UnsafePointer<Float>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>,
                                  rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {

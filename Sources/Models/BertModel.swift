@@ -194,41 +194,12 @@ public final class BertModel: @unchecked Sendable {
         }
     }
 
-    /// Bidirectional multi-head attention inside each packed sequence; one task per (sequence, head).
-    /// q/k/v/out: [total, heads*headDim]. Scale 1/sqrt(headDim), softmax in Float with max subtraction.
+    /// Bidirectional multi-head attention inside each packed sequence (Kernels.attentionBidirectional).
+    /// q/k/v/out: [total, heads*headDim]. Scale 1/sqrt(headDim), softmax with max subtraction.
     static func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                           out: UnsafeMutablePointer<Float>, offsets: [Int], heads: Int, headDim: Int, threads: Int) {
-        let nSeq = offsets.count - 1
-        let stride = heads * headDim
-        let scale = 1 / Float(headDim).squareRoot()
-        let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v), op = SendablePointer(out)
-        let maxLen = (0..<nSeq).map { offsets[$0 + 1] - offsets[$0] }.max() ?? 0
-        Parallel.forEach(nSeq * heads, threads: threads) { task in
-            let s = task / heads, hd = task % heads
-            let start = offsets[s], len = offsets[s + 1] - start
-            if len == 0 { return }
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: maxLen + headDim) { buf in
-                let scores = buf.baseAddress!, acc = buf.baseAddress! + maxLen
-                for i in 0..<len {
-                    let qi = qp.base + (start + i) * stride + hd * headDim
-                    var mx = -Float.infinity
-                    for j in 0..<len {
-                        let kj = kp.base + (start + j) * stride + hd * headDim
-                        let d = dot(qi, kj, headDim) * scale
-                        scores[j] = d
-                        mx = max(mx, d)
-                    }
-                    var sum: Float = 0
-                    for j in 0..<len { let e = expf(scores[j] - mx); scores[j] = e; sum += e }
-                    let inv = 1 / sum
-                    for c in 0..<headDim { acc[c] = 0 }
-                    for j in 0..<len {
-                        axpy(scores[j] * inv, vp.base + (start + j) * stride + hd * headDim, acc, headDim)
-                    }
-                    (op.base + (start + i) * stride + hd * headDim).update(from: acc, count: headDim)
-                }
-            }
-        }
+        Kernels.attentionBidirectional(q: q, k: k, v: v, out: out, offsets: offsets, heads: heads, headDim: headDim,
+                                       threads: threads)
     }
 
     @inline(__always)

@@ -121,7 +121,7 @@ final class ElementwiseTests: XCTestCase {
     func testAttention() {
         var rng = SeededRandom(seed: 18)
         for (nHeads, nKV) in [(4, 4), (4, 2), (4, 1), (3, 1)] {
-            for headDim in [6, 8, 16, 64] {
+            for headDim in [6, 8, 16, 20, 64] {
                 for (tokens, start) in [(1, 0), (1, 40), (7, 0), (33, 5), (20, 100)] {
                     for threads in [1, 2] {
                         let total = start + tokens
@@ -137,6 +137,26 @@ final class ElementwiseTests: XCTestCase {
                         XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 2e-6,
                                                  "heads \(nHeads)/\(nKV) hd \(headDim) t \(tokens) s \(start) th \(threads)")
                     }
+                }
+            }
+        }
+    }
+
+    /// BERT-style packed sequences: each row attends to its own sequence only; odd lengths and head sizes.
+    func testAttentionBidirectional() {
+        var rng = SeededRandom(seed: 20)
+        for (heads, headDim) in [(1, 8), (3, 6), (12, 32), (2, 64), (2, 20)] {
+            for lengths in [[1], [5], [17, 0, 3], [33, 64, 2, 7], [130]] {
+                for threads in [1, 2] {
+                    var offsets = [0]
+                    for l in lengths { offsets.append(offsets.last! + l) }
+                    let n = offsets.last! * heads * headDim
+                    let q = rng.floats(n, in: -2...2), k = rng.floats(n, in: -2...2), v = rng.floats(n)
+                    var f = [Float](repeating: .nan, count: n), r = f
+                    Kernels.attentionBidirectional(q: q, k: k, v: v, out: &f, offsets: offsets, heads: heads,
+                                                   headDim: headDim, threads: threads)
+                    Reference.attentionBidirectional(q: q, k: k, v: v, out: &r, offsets: offsets, heads: heads, headDim: headDim)
+                    XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 2e-6, "heads \(heads) hd \(headDim) lengths \(lengths) th \(threads)")
                 }
             }
         }
