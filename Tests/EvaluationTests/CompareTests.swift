@@ -90,7 +90,7 @@ final class CompareTests: XCTestCase {
         // Improve advice: act-order (desc_act false), smaller groups, the three least-SQNR modules.
         let steps = g4.verdict!.nextSteps
         XCTAssertTrue(steps.contains("enable act-order (--act-order)"), "\(steps)")
-        XCTAssertTrue(steps.contains("smaller groups (--group-size 64)"), "\(steps)")
+        XCTAssertTrue(steps.contains("smaller groups (--group-size 32 instead of 128)"), "\(steps)")
         XCTAssertTrue(steps.last!.contains("model.layers.4.mlp.down_proj, model.layers.0.mlp.down_proj, model.layers.2.mlp.up_proj"), steps.last!)
         XCTAssertEqual(c.worstDecision, .stayFloat)
         XCTAssertTrue(c.notes.contains { $0.contains("no CI for stories260K-rtn-int8") && $0.contains("chunks") }, "\(c.notes)")
