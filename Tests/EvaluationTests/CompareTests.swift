@@ -266,4 +266,22 @@ final class CompareTests: XCTestCase {
         assertError(try Comparison.build(files: [ResultFile(path: compareFixture("ppl_int8.json"))]), contains: ["at least two runs"])
         assertError(try Comparison.build(files: [ResultFile(path: compareFixture("layers.json"))]), contains: ["only layer results"])
     }
+
+    /// A quantized file's own base (from its --kld-base file) that agrees with the float baseline to rounding gets
+    /// no note; one from other text or another model does.
+    func testOwnBaseNoteOnlyWhenTheBasesReallyDiffer() throws {
+        func file(_ body: [String: Any], _ name: String) throws -> ResultFile {
+            var b = body
+            for (k, v) in ["schema_version": 2, "kind": "perplexity", "protocol": "llamacpp", "ctx": 256, "corpus_sha256": "s",
+                           "tokenizer": "t"] as [String: Any] { b[k] = v }
+            return try ResultFile(data: JSONSerialization.data(withJSONObject: b), path: name)
+        }
+        let base = try file(["ppl": 167.72190000, "model": "float"], "float.json")
+        // 5e-9 relative apart, as observed between a float run and its own --save-logits file.
+        let close = try file(["ppl": 206.0, "model": "q", "kld": ["kld_mean": 0.3, "ppl_base": 167.7219008]], "q.json")
+        XCTAssertFalse(try Comparison.build(files: [base, close], resamples: 20).notes.contains { $0.contains("differs from the baseline") })
+        let far = try file(["ppl": 206.0, "model": "q", "kld": ["kld_mean": 0.3, "ppl_base": 167.9]], "q2.json")
+        XCTAssertTrue(try Comparison.build(files: [base, far], resamples: 20).notes.contains { $0.contains("q2.json: its base ppl 167.9000 differs") })
+    }
 }
+
