@@ -277,7 +277,8 @@ final class CompareTests: XCTestCase {
             return try ResultFile(data: JSONSerialization.data(withJSONObject: b), path: name)
         }
         let base = try file(["ppl": 167.72190000, "model": "float"], "float.json")
-        // 5e-9 relative apart, as observed between a float run and its own --save-logits file.
+        // 5e-9 relative apart: the order seen between a float run and its own --save-logits file (1.4e-9 on
+        // stories260K, WikiText-2, ctx 256), and above the old 1e-9 tolerance.
         let close = try file(["ppl": 206.0, "model": "q", "kld": ["kld_mean": 0.3, "ppl_base": 167.7219008]], "q.json")
         XCTAssertFalse(try Comparison.build(files: [base, close], resamples: 20).notes.contains { $0.contains("differs from the baseline") })
         let far = try file(["ppl": 206.0, "model": "q", "kld": ["kld_mean": 0.3, "ppl_base": 167.9]], "q2.json")
