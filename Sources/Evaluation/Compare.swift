@@ -67,7 +67,9 @@ public struct Comparison: Sendable {
         let (hKey, hName, _) = headline(kind)
         // Other files' own bases are dropped; say so if they disagree with the baseline.
         for r in all where r.isBase && !(r.file == baseline.file && r.label == baseline.label) {
-            if let a = r.metrics[hKey], let b = baseline.metrics[hKey], abs(a - b) > 1e-9 * max(1, abs(b)) {
+            // 1e-6 relative: a --kld-base file's base ppl is summed from Double log-softmax rows, the float run's
+            // own from Float logit differences; the same run's two figures differ by a few 1e-9.
+            if let a = r.metrics[hKey], let b = baseline.metrics[hKey], abs(a - b) > 1e-6 * max(1, abs(b)) {
                 notes.append("\(r.file): its base \(hName) \(reportFormat(a)) differs from the baseline's \(reportFormat(b)); compared against the baseline")
             }
         }
@@ -118,17 +120,25 @@ public struct Comparison: Sendable {
     public var segments: [SegmentDelta] {
         var all: [SegmentDelta] = []
         for row in rows where row.delta != nil {
-            all += row.run.segments
+            all += row.run.segments.map { var s = $0; s.run = row.run.label; return s }
             if kind == .retrieval, !row.run.segments.contains(where: { $0.group == "query length" }) {
                 let texts = row.run.queryTexts.isEmpty ? baseline.queryTexts : row.run.queryTexts
                 let items = texts.keys.sorted().compactMap { id -> (text: String, base: Double, quantized: Double)? in
                     guard let b = baseline.perQuery[id]?["ndcg10"], let q = row.run.perQuery[id]?["ndcg10"] else { return nil }
                     return (texts[id]!, b, q)
                 }
-                if !items.isEmpty { all += Segments.byQueryLength(items) }
+                if !items.isEmpty { all += Segments.byQueryLength(items).map { var s = $0; s.run = row.run.label; return s } }
             }
         }
         return Segments.worstFirst(all)
+    }
+
+    /// True when segments come from more than one compared run (reports then name the run of each segment).
+    public var segmentsFromSeveralRuns: Bool { Set(segments.compactMap(\.run)).count > 1 }
+
+    /// The `limit` worst segments of each group (groups in order of their worst segment), for the reports.
+    public func worstSegmentsPerGroup(limit: Int = 5) -> [SegmentDelta] {
+        Segments.worstPerGroup(segments, limit: limit).flatMap(\.segments)
     }
 
     /// The worst verdict over the compared runs, i.e. whether every run could ship.
@@ -175,11 +185,15 @@ public struct Comparison: Sendable {
             }
             out += Comparison.align(t)
         }
-        let segs = segments
+        let segs = worstSegmentsPerGroup(limit: 5)
         if !segs.isEmpty {
-            out += "\n\nLargest per-segment degradations:\n"
-            var t: [[String]] = [["group", "segment", "count", "base", "quantized", "rel. loss"]]
-            for s in segs.prefix(8) { t.append([s.group, s.segment, String(s.count), reportFormat(s.base), reportFormat(s.quantized), reportPercent(s.relativeLoss, signed: true)]) }
+            let several = segmentsFromSeveralRuns
+            out += "\n\nLargest per-segment degradations (the 5 worst per group):\n"
+            var t: [[String]] = [(several ? ["run"] : []) + ["group", "segment", "count", "base", "quantized", "rel. loss", "KLD mean"]]
+            for s in segs {
+                t.append((several ? [s.run ?? "-"] : []) + [s.group, s.segment, String(s.count), reportFormat(s.base), reportFormat(s.quantized),
+                          reportPercent(s.relativeLoss, signed: true), s.kldMean.map { reportFormat($0) } ?? "-"])
+            }
             out += Comparison.align(t)
         }
         if !layers.isEmpty {
@@ -229,8 +243,7 @@ public struct Comparison: Sendable {
                 "headline": Comparison.headline(kind).name,
                 "thresholds": ["ship_below": thresholds.ship, "stay_above": thresholds.stay],
                 "decision": worstDecision?.rawValue ?? NSNull(), "runs": runs,
-                "segments": segments.map { ["group": $0.group, "segment": $0.segment, "count": $0.count, "base": $0.base,
-                                            "quantized": $0.quantized, "relative_loss": $0.relativeLoss] as [String: Any] },
+                "segments": segments.map(\.json),
                 "layers": layers.map { l -> [String: Any] in
                     var o: [String: Any] = ["name": l.name, "sensitivity": l.sensitivity]
                     if let c = l.cosine { o["cosine"] = c }; if let s = l.sqnrDB { o["sqnr_db"] = s }

@@ -90,11 +90,21 @@ public enum HTMLReport {
                                           items: items, format: { String(format: "%+.4f", $0) }))
             }
         }
-        let segs = c.segments
+        let segs = c.worstSegmentsPerGroup(limit: 8)
         if !segs.isEmpty {
+            let several = c.segmentsFromSeveralRuns
             h += figure(SVGChart.bars(title: "Per-segment relative loss (%), worst first",
-                                      items: segs.prefix(24).map { ("\($0.group): \($0.segment)", $0.relativeLoss * 100) },
+                                      items: segs.map { ((several ? "\($0.run ?? "-") " : "") + "\($0.group): \($0.segment)", $0.relativeLoss * 100) },
                                       color: "#e45756", negativeColor: "#54a24b", format: { String(format: "%+.2f%%", $0) }))
+            h += "<table><thead><tr>" + (several ? "<th>run</th>" : "")
+            h += "<th>group</th><th>segment</th><th>count</th><th>base</th><th>quantized</th><th>rel. loss</th><th>KLD mean</th></tr></thead><tbody>"
+            for s in segs {
+                h += "<tr>" + (several ? "<td>\(e(s.run ?? "-"))</td>" : "")
+                h += "<td>\(e(s.group))</td><td>\(e(s.segment))</td><td>\(s.count)</td><td>\(e(reportFormat(s.base)))</td>"
+                h += "<td>\(e(reportFormat(s.quantized)))</td><td>\(e(reportPercent(s.relativeLoss, signed: true)))</td>"
+                h += "<td>\(e(s.kldMean.map { reportFormat($0) } ?? "-"))</td></tr>"
+            }
+            h += "</tbody></table>"
         }
         if !c.layers.isEmpty {
             let ranked = c.layers.sorted { $0.sensitivity > $1.sensitivity }.prefix(40)

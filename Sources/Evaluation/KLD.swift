@@ -181,6 +181,12 @@ public final class KLDAccumulator {
     private var nllQ: Double = 0
     private var lq: [Double]
     private var lb: [Double]
+    /// Per scored token, in scoring order: the base NLL -log p_base(target) (from the Float32 target log-prob
+    /// every base-file row stores, whatever its encoding), this run's NLL (Double log-softmax) and
+    /// KL(base || this run). The per-segment analysis groups these.
+    public private(set) var baseNLL: [Double] = []
+    public private(set) var runNLL: [Double] = []
+    public var tokenKLD: [Double] { kld }
 
     public init(base: LogitsFile) {
         self.base = base
@@ -201,6 +207,7 @@ public final class KLDAccumulator {
         for v in 1..<vocab where lq[v] > lq[qArg] { qArg = v }
         var k: Double = 0
         var err: QuantKitError? = nil
+        var nllB: Double = 0
         base.withRow(i) { p in
             let target = Int(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
             let lpT = Double(Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))))
@@ -209,6 +216,7 @@ public final class KLDAccumulator {
                 err = QuantKitError(.input, "--kld-base token \(i) is \(target) but this run scores \(row.target): different text or tokenization")
                 return
             }
+            nllB = -lpT
             dpSq += pow(exp(lq[target]) - exp(lpT), 2)
             if bArg == qArg { same += 1 }
             switch h.encoding {
@@ -241,6 +249,8 @@ public final class KLDAccumulator {
         if let e = err { throw e }
         kld.append(max(k, 0))
         nllQ -= lq[Int(row.target)]
+        baseNLL.append(nllB)
+        runNLL.append(-lq[Int(row.target)])
     }
 
     public func result() throws -> KLDResult {

@@ -20,9 +20,16 @@ public enum MarkdownReport {
             guard let v = r.verdict, !v.nextSteps.isEmpty else { continue }
             m += "\n`\(r.run.label)` — \(v.decision.rawValue); try:\n" + v.nextSteps.map { "- \($0)\n" }.joined()
         }
-        let segs = c.segments.prefix(5)
+        let segs = c.worstSegmentsPerGroup(limit: 5)
         if !segs.isEmpty {
-            m += "\nLargest per-segment degradations: " + segs.map { "\($0.group) *\(cell($0.segment))* \(reportPercent($0.relativeLoss, signed: true))" }.joined(separator: "; ") + "\n"
+            let several = c.segmentsFromSeveralRuns
+            m += "\n#### Largest per-segment degradations (the 5 worst per group)\n\n"
+            m += (several ? "| run " : "") + "| group | segment | count | base | quantized | rel. loss | KLD mean |\n"
+            m += (several ? "|---" : "") + "|---|---|---:|---:|---:|---:|---:|\n"
+            for s in segs {
+                m += (several ? "| \(cell(s.run ?? "-")) " : "") + "| \(cell(s.group)) | \(cell(s.segment)) | \(s.count) | \(reportFormat(s.base)) | "
+                m += "\(reportFormat(s.quantized)) | \(reportPercent(s.relativeLoss, signed: true)) | \(s.kldMean.map { reportFormat($0) } ?? "-") |\n"
+            }
         }
         for n in c.notes { m += "\n> note: \(n)\n" }
         return m

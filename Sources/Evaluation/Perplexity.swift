@@ -23,6 +23,10 @@ public struct PerplexityOptions: Sendable {
 public struct ScoredRow {
     public let chunk: Int
     public let index: Int  // running index over all scored tokens
+    /// Index of the target token in the evaluated token stream (BOS included when prepended).
+    public let tokenIndex: Int
+    /// Position, inside its window, of the row that predicts the target (0-based; the target sits at +1).
+    public let windowPosition: Int
     public let target: Int32
     public let logits: UnsafePointer<Float>
     public let vocab: Int
@@ -129,7 +133,8 @@ public enum Perplexity {
                 let row = logits + (t - 1 - w.begin - firstRow) * vocab
                 let target = window[t - w.begin]
                 let nll = negativeLogLikelihood(row, vocab: vocab, target: Int(target))
-                if let cb = onRow { try cb(ScoredRow(chunk: wi, index: res.tokensScored, target: target, logits: row, vocab: vocab)) }
+                if let cb = onRow { try cb(ScoredRow(chunk: wi, index: res.tokensScored, tokenIndex: t, windowPosition: t - 1 - w.begin,
+                                                   target: target, logits: row, vocab: vocab)) }
                 res.nllSum += nll
                 res.nllSqSum += nll * nll
                 res.tokensScored += 1

@@ -115,10 +115,16 @@ public enum ResultKind: String, Sendable, CaseIterable {
     }
 }
 
-/// The schema versions this build reads. Version 1 is the first; older files cannot exist. A newer file gets an
-/// error saying which QuantKit schema it needs.
+/// The schema versions this build reads (and writes as `current`). A newer file gets an error saying which
+/// QuantKit schema it needs.
+/// - 1: the first; older files cannot exist.
+/// - 2: perplexity results add `quantization` (the quantized checkpoint's method and settings, see
+///   GPTQCheckpoint.quantizationSummary; null for a float model), and with --kld-base `segments` (an array of
+///   SegmentDelta.json: per document, window-position bucket and token-frequency class, each group worst first)
+///   and `segment_rules` (how tokens were assigned). Version 1 files still read: they have no segments, and
+///   their quantization method is unknown.
 public enum ResultSchema {
-    public static let current = 1
+    public static let current = 2
     public static let oldestReadable = 1
 }
 

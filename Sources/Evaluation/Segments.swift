@@ -15,6 +15,8 @@ public struct SegmentDelta: Sendable, Equatable {
     public var higherIsBetter: Bool
     /// Mean KLD over the segment's tokens when known.
     public var kldMean: Double?
+    /// The compared run this segment belongs to (set by `Comparison.segments` when several runs are compared).
+    public var run: String?
 
     public init(group: String, segment: String, count: Int, base: Double, quantized: Double, higherIsBetter: Bool,
                 kldMean: Double? = nil) {
@@ -29,6 +31,7 @@ public struct SegmentDelta: Sendable, Equatable {
         var o: [String: Any] = ["group": group, "segment": segment, "count": count, "base": base, "quantized": quantized,
                                 "relative_loss": relativeLoss, "higher_is_better": higherIsBetter]
         if let k = kldMean { o["kld_mean"] = k }
+        if let r = run { o["run"] = r }
         return o
     }
     /// Relative loss: positive = worse. ppl: q/b - 1; higher-is-better metrics: (b - q)/b. A zero base with a
@@ -51,7 +54,9 @@ public struct SegmentToken: Sendable, Equatable {
     public var windowPosition: Int
     /// The target token id.
     public var tokenId: Int32
-    /// UTF-8 byte offset in the evaluated text where the target token starts (to map tokens to documents).
+    /// UTF-8 byte offset in the evaluated text of the target token (to map tokens to documents). The perplexity
+    /// command locates tokens at line resolution (`Segments.locateLines`): the offset of the start of the line
+    /// holding the token, which is exact for documents, since documents start at line starts.
     public var byteOffset: Int
     /// Negative log-likelihood of the target token (natural log).
     public var nll: Double
@@ -164,10 +169,15 @@ public enum Segments {
 
     /// Perplexity deltas per document (tokens mapped by byte offset; tokens outside every span are dropped).
     public static func byDocument(base: [SegmentToken], quantized: [SegmentToken], documents: [DocumentSpan]) throws -> [SegmentDelta] {
+        let name = documentNamer(documents)
+        return try perplexityGroups(base, quantized, group: "document") { i in name(base[i].byteOffset) }
+    }
+
+    /// Maps a byte offset to the name of the document span holding it (nil outside every span).
+    public static func documentNamer(_ documents: [DocumentSpan]) -> @Sendable (Int) -> String? {
         let sorted = documents.sorted { $0.bytes.lowerBound < $1.bytes.lowerBound }
         let starts = sorted.map(\.bytes.lowerBound)
-        return try perplexityGroups(base, quantized, group: "document") { i in
-            let off = base[i].byteOffset
+        return { off in
             // Last span starting at or before off (binary search).
             var lo = 0, hi = starts.count
             while lo < hi { let m = (lo + hi) / 2; if starts[m] <= off { lo = m + 1 } else { hi = m } }
@@ -251,5 +261,202 @@ public enum Segments {
 
     public static func byAnswerType(_ items: [(answer: String, base: Double, quantized: Double)]) -> [SegmentDelta] {
         byLabel(items.map { (answerType($0.answer), $0.base, $0.quantized) }, group: "answer type")
+    }
+}
+
+// MARK: the perplexity command's breakdown
+
+/// How the evaluated text is cut into documents for the per-document breakdown.
+/// - `wikitext`: articles start at lines ` = Title = ` (a single '=' level heading; `wikiTextDocuments`).
+/// - `paragraphs`: documents are separated by blank lines (lines holding only whitespace); each is named
+///   "paragraph K (lines A-B)", 1-based. Runs of blank lines separate once; blank lines belong to the document
+///   before them.
+/// - `lines(N)`: consecutive blocks of N lines ("lines A-B").
+/// - `auto`: `wikitext` when the text has at least two article headings, else `paragraphs` when that gives at
+///   least two documents, else `lines(100)`.
+public enum DocumentRule: Sendable, Equatable, CustomStringConvertible {
+    case auto, wikitext, paragraphs, lines(Int)
+
+    /// Parses the `--documents` value: auto | wikitext | paragraphs | lines:N.
+    public init(parsing s: String) throws {
+        let v = s.lowercased().trimmingCharacters(in: .whitespaces)
+        switch v {
+        case "auto": self = .auto
+        case "wikitext": self = .wikitext
+        case "paragraphs": self = .paragraphs
+        default:
+            if v.hasPrefix("lines:"), let n = Int(v.dropFirst(6)), n > 0 { self = .lines(n); return }
+            throw QuantKitError(.input, "--documents: expected auto, wikitext, paragraphs or lines:N (N > 0), got \"\(s)\"")
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .auto: return "auto"
+        case .wikitext: return "wikitext"
+        case .paragraphs: return "paragraphs"
+        case .lines(let n): return "lines:\(n)"
+        }
+    }
+}
+
+/// Where the tokens of a whole-text tokenization lie in the text, at line resolution.
+public struct TokenLines: Sendable, Equatable {
+    /// Per token of the stream: the byte offset of the start of the line holding it (0 for leading special tokens).
+    public var offsets: [Int]
+    /// Lines whose separate tokenization matched the whole text's tokens at the expected place.
+    public var exactLines: Int
+    /// Lines where it did not: their tokens were placed by re-synchronising on the next line (approximate).
+    public var approximateLines: Int
+}
+
+extension Segments {
+    /// Documents of `text` under `rule`, and the rule actually applied (auto resolved).
+    public static func documents(_ text: String, rule: DocumentRule) -> (spans: [DocumentSpan], rule: DocumentRule) {
+        switch rule {
+        case .wikitext: return (wikiTextDocuments(text), .wikitext)
+        case .paragraphs: return (paragraphDocuments(text), .paragraphs)
+        case .lines(let n): return (lineRangeDocuments(text, linesPerDocument: n), .lines(n))
+        case .auto:
+            let w = wikiTextDocuments(text)
+            if w.filter({ $0.name != "(preamble)" && $0.name != "(whole text)" }).count >= 2 { return (w, .wikitext) }
+            let p = paragraphDocuments(text)
+            if p.count >= 2 { return (p, .paragraphs) }
+            return (lineRangeDocuments(text, linesPerDocument: 100), .lines(100))
+        }
+    }
+
+    /// Blank-line-separated documents (see `DocumentRule.paragraphs`).
+    public static func paragraphDocuments(_ text: String) -> [DocumentSpan] {
+        let total = text.utf8.count
+        var spans: [DocumentSpan] = []
+        var offset = 0, line = 0
+        var start: (byte: Int, line: Int)? = nil   // current document's first non-blank line
+        var lastContent = 0                         // last non-blank line of the current document
+        var pendingEnd: Int? = nil                  // document ended at a blank line; closes at the next content
+        for l in utf8Lines(text) {
+            line += 1
+            let blank = l.allSatisfy { $0 == 0x20 || $0 == 0x09 || $0 == 0x0D || $0 == 0x0B || $0 == 0x0C }
+            if blank {
+                if start != nil && pendingEnd == nil { pendingEnd = offset }
+            } else {
+                if let s = start, pendingEnd != nil {
+                    spans.append(DocumentSpan(name: "paragraph \(spans.count + 1) (lines \(s.line)-\(lastContent))", bytes: s.byte..<offset))
+                    start = nil; pendingEnd = nil
+                }
+                if start == nil { start = (spans.isEmpty ? 0 : offset, line) }
+                lastContent = line
+            }
+            offset += l.count + 1
+        }
+        if let s = start {
+            spans.append(DocumentSpan(name: "paragraph \(spans.count + 1) (lines \(s.line)-\(lastContent))", bytes: s.byte..<total))
+        } else {
+            spans.append(DocumentSpan(name: "(whole text)", bytes: 0..<total))
+        }
+        return spans
+    }
+
+    /// Locates the tokens of `tokens[leading...]` (the whole text tokenized once, after `leading` special tokens
+    /// such as BOS) in `text` at line resolution: every line (up to and including its "\n") is tokenized on its
+    /// own with `encode` and matched, in order, against the whole-text tokens. Tokenizers that do not merge
+    /// across a newline (SentencePiece, and byte-level BPE on most text) reproduce the whole-text tokens
+    /// exactly; where a line does not match, the line's tokens end where the following lines' own tokens are
+    /// found (at least 8 of them, searched within 16 tokens of the expected place, nearest first; a line may so
+    /// get no token of its own), and the line counts as approximate.
+    /// Lines are encoded in batches of 512 and only until the first `limit` tokens are placed (tokens past it
+    /// keep offset 0).
+    public static func locateLines(text: String, tokens: [Int32], leading: Int, limit: Int? = nil,
+                                   encode: ([String]) -> [[Int]]) -> TokenLines {
+        let bytes = Array(text.utf8)
+        var starts: [Int] = []
+        var ends: [Int] = []
+        var s = 0
+        while s < bytes.count {
+            var e = s
+            while e < bytes.count && bytes[e] != 0x0A { e += 1 }
+            if e < bytes.count { e += 1 }  // keep the newline with its line
+            starts.append(s); ends.append(e)
+            s = e
+        }
+        var enc = [[Int]?](repeating: nil, count: starts.count)
+        func line(_ i: Int) -> [Int] {
+            if enc[i] == nil {
+                let hi = min(i + 512, starts.count)
+                let got = encode((i..<hi).map { String(decoding: bytes[starts[$0]..<ends[$0]], as: UTF8.self) })
+                for (k, e) in got.enumerated() where i + k < hi { enc[i + k] = e }
+            }
+            return enc[i] ?? []
+        }
+        let n = tokens.count
+        let stop = min(limit ?? n, n)
+        var offsets = [Int](repeating: 0, count: n)
+        var cursor = min(max(leading, 0), n)
+        var exact = 0, approx = 0
+        func matches(_ e: [Int], at p: Int) -> Bool {
+            guard p >= 0, p + e.count <= n else { return false }
+            for j in e.indices where Int(tokens[p + j]) != e[j] { return false }
+            return true
+        }
+        var i = 0
+        while i < starts.count && cursor < stop {
+            let e = line(i)
+            var end: Int
+            if matches(e, at: cursor) {
+                end = cursor + e.count
+                exact += 1
+            } else {
+                approx += 1
+                end = min(cursor + e.count, n)
+                // Re-synchronise on the following lines: their own tokens, concatenated until at least 8 tokens
+                // (or 8 lines, or the end of the text), must appear where this line ends.
+                var probe: [Int] = []
+                var j = i + 1
+                while j < starts.count && j <= i + 8 && probe.count < 8 { probe += line(j); j += 1 }
+                if !probe.isEmpty {
+                    let expected = cursor + e.count
+                    for d in 0...16 {
+                        if expected - d >= cursor, matches(probe, at: expected - d) { end = expected - d; break }
+                        if d > 0, matches(probe, at: expected + d) { end = expected + d; break }
+                    }
+                }
+            }
+            if i == starts.count - 1 { end = n }  // whatever is left belongs to the last line
+            end = min(end, n)
+            if end > cursor { for t in cursor..<end { offsets[t] = starts[i] } }
+            cursor = max(cursor, end)
+            i += 1
+        }
+        return TokenLines(offsets: offsets, exactLines: exact, approximateLines: approx)
+    }
+
+    /// Window-position bucket width for a run whose scored (predicting) positions span `minPosition...maxPosition`:
+    /// the smallest power of two for which the buckets (aligned at multiples of the width) touching the span
+    /// number at most 8.
+    /// llamacpp at ctx 256 scores positions 128...254: width 16, buckets 128-143 ... 240-255.
+    public static func positionBucketWidth(minPosition: Int, maxPosition: Int) -> Int {
+        var w = 1
+        while (max(maxPosition, minPosition) / w) - (minPosition / w) + 1 > 8 { w *= 2 }
+        return w
+    }
+
+    /// The perplexity command's breakdown: per document, per window-position bucket and per token-frequency
+    /// class (in that group order, each group worst first).
+    public static func perplexityBreakdown(base: [SegmentToken], quantized: [SegmentToken], documents: [DocumentSpan],
+                                           positionBucketWidth: Int) throws -> [SegmentDelta] {
+        try byDocument(base: base, quantized: quantized, documents: documents)
+            + byWindowPosition(base: base, quantized: quantized, bucketWidth: positionBucketWidth)
+            + byTokenFrequency(base: base, quantized: quantized)
+    }
+
+    /// The `limit` worst segments of each group, groups in first-seen order.
+    public static func worstPerGroup(_ segments: [SegmentDelta], limit: Int) -> [(group: String, segments: [SegmentDelta])] {
+        var order: [String] = []
+        var by: [String: [SegmentDelta]] = [:]
+        for s in segments {
+            if by[s.group] == nil { order.append(s.group) }
+            by[s.group, default: []].append(s)
+        }
+        return order.map { g in (g, Array(worstFirst(by[g]!).prefix(limit))) }
     }
 }

@@ -73,32 +73,42 @@ public enum VerdictLogic {
         }
     }
 
-    /// Concrete steps to try, from the run's quantization settings and, when given, the sensitivity ranking.
+    /// Concrete steps to try, from the run's quantization settings (the result's `quantization` object) and, when
+    /// given, the sensitivity ranking. The ladder, first applicable step first:
+    /// 1. round-to-nearest (or a method the result does not name) -> GPTQ with act-order;
+    /// 2. GPTQ without act-order -> enable act-order;
+    /// 3. below 8 bits with groups larger than 32 or per-channel scales -> smaller groups (g32);
+    /// 4. last (and the only step for GPTQ act-order g32, or 8-bit GPTQ act-order): mixed precision, keeping the
+    ///    most sensitive modules at 8 bits, named from the layers results when given.
     public static func nextSteps(run: ResultRun, layers: [LayerFigure], keep: Int = 3) -> [String] {
         var steps: [String] = []
         let q = run.quantization
         func get(_ k: [String]) -> ResultValue? { ResultValue.object(q).first(k) }
-        let method = get(["method", "quant_method"])?.string?.lowercased()
+        // A raw quantize_config.json says quant_method "gptq" for every AutoGPTQ-layout checkpoint (the format);
+        // QuantKit's own method record (method, or quantkit.method) wins over it.
+        let method = (get(["method"]) ?? get(["quantkit"])?["method"] ?? get(["quant_method"]))?.string?.lowercased()
         let bits = get(["bits", "w_bits"])?.int
         let group = get(["group_size", "groupsize"])?.int
         let actOrder = get(["act_order", "desc_act"])?.bool
         if method != "gptq" {
-            steps.append(method.map { "quantize with GPTQ (--method gptq) instead of \($0.uppercased()), with act-order (--act-order)" }
-                         ?? "quantize with GPTQ and act-order (--method gptq --act-order) if this run used round-to-nearest (the result does not say)")
+            steps.append(method.map { "quantize with GPTQ and act-order (--method gptq --act-order) instead of \($0.uppercased())" }
+                         ?? "quantize with GPTQ and act-order (--method gptq --act-order) if this run used round-to-nearest (the result does not name its method)")
         } else if actOrder != true {
             steps.append("enable act-order (--act-order)")
         }
-        if bits != 8 {
-            if let g = group, g > 32 { steps.append("smaller groups (--group-size \(g / 2))") }
-            else if group == nil || group! <= 0 { steps.append("grouped scales (--group-size 128, then 64/32)") }
+        if bits.map({ $0 < 8 }) ?? true {
+            if let g = group, g > 32 { steps.append("smaller groups (--group-size 32 instead of \(g))") }
+            else if let g = group, g <= 0 { steps.append("smaller groups: grouped scales (--group-size 32) instead of per-channel") }
         }
         let ranked = layers.sorted { $0.sensitivity > $1.sensitivity }.prefix(keep)
+        let eight = bits == 8 ? "float (--skip)" : "8 bits"
         if ranked.isEmpty {
-            steps.append("mixed precision: run `quantkit layers` to rank module sensitivity, then keep the most sensitive at 8 bits (--override) or float (--skip)")
+            steps.append("mixed precision: keep the most sensitive modules at \(eight); run `quantkit layers` to rank module sensitivity, then pass them with --override NAME=8 or --skip NAME")
         } else {
             let names = ranked.map(\.name)
-            steps.append("mixed precision: keep the most sensitive modules at 8 bits or float: \(names.joined(separator: ", ")) (" +
-                         names.map { "--override '\($0)=8'" }.joined(separator: " ") + ")")
+            let flags = bits == 8 ? names.map { "--skip '\($0)'" } : names.map { "--override '\($0)=8'" }
+            steps.append("mixed precision: keep the most sensitive modules at \(eight): \(names.joined(separator: ", ")) (" +
+                         flags.joined(separator: " ") + ")")
         }
         return steps
     }

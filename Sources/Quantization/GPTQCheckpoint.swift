@@ -284,3 +284,30 @@ public enum GPTQCheckpoint {
         ckpt.names.filter { $0.hasSuffix(".qweight") }.map { String($0.dropLast(".qweight".count)) }
     }
 }
+
+extension GPTQCheckpoint {
+    /// A quantized checkpoint's method and settings, as result files record them (the `quantization` object of
+    /// perplexity results; nil for a directory that is not a GPTQ-layout checkpoint):
+    /// - `method`: "gptq" or "rtn" from QuantKit's own record (`quantkit.method` in quantize_config.json, a key
+    ///   AutoGPTQ-style loaders ignore); a checkpoint without it was written by another GPTQ tool: "gptq".
+    /// - `bits`, `group_size` (-1 = per output channel), `act_order` (desc_act), `static_groups`, `sym`,
+    ///   `damp_percent`, `true_sequential`, and `overrides` (module -> bits / group_size) for mixed precision.
+    public static func quantizationSummary(_ dir: String) throws -> [String: Any]? {
+        guard isGPTQ(dir) else { return nil }
+        let (cfg, extra) = try readConfig(dir)
+        var method = "gptq"
+        if let m = extra["method"] as? String {
+            guard ["gptq", "rtn"].contains(m.lowercased()) else {
+                throw QuantKitError(.format, "\(dir)/quantize_config.json: quantkit.method '\(m)' is not gptq or rtn")
+            }
+            method = m.lowercased()
+        }
+        var o: [String: Any] = ["method": method, "bits": cfg.bits, "group_size": cfg.groupSize, "act_order": cfg.descAct,
+                                "static_groups": cfg.staticGroups, "sym": cfg.sym, "damp_percent": cfg.dampPercent,
+                                "true_sequential": cfg.trueSequential, "format": "gptq-v1"]
+        if !cfg.overrides.isEmpty {
+            o["overrides"] = cfg.overrides.mapValues { ["bits": $0.bits, "group_size": $0.groupSize] }
+        }
+        return o
+    }
+}

@@ -24,11 +24,16 @@ struct PerplexityCommand: ParsableCommand {
     @Option(help: "Write a JSON result here.") var json: String?
     @Option(name: .customLong("save-logits"), help: "Store this run's scored distributions (zstd) for a later --kld-base.") var saveLogits: String?
     @Option(name: .customLong("kld-base"), help: "Compare with a base run saved by --save-logits (KLD statistics).") var kldBase: String?
+    @Option(help: "With --kld-base: how the text splits into documents for the per-segment deltas: auto | wikitext | paragraphs | lines:N (see Segments.swift, DocumentRule).")
+    var documents: String = "auto"
+    @Option(name: .customLong("save-tokens"), help: "With --kld-base: write the per-token records behind the segments (TSV).") var saveTokens: String?
 
     func validate() throws {
         if stride != nil && protocolKind != .strided { throw ValidationError("--stride applies to --protocol strided only") }
         if ctx < 2 { throw ValidationError("--ctx must be at least 2") }
         if let m = maxChunks, m <= 0 { throw ValidationError("--max-chunks must be positive") }
+        if saveTokens != nil && kldBase == nil { throw ValidationError("--save-tokens needs --kld-base (the per-token base NLL comes from it)") }
+        do { _ = try DocumentRule(parsing: documents) } catch { throw ValidationError("\(error)") }
         try validateBackend()
     }
 
@@ -88,11 +93,14 @@ struct PerplexityCommand: ParsableCommand {
             let reporter = ProgressReporter("perplexity", total: try Perplexity.windowCount(n: ids.count, options: opts), unit: "tok")
             var processed = 0
             var chunkNLL: [(Double, Int)] = []
+            // Per scored token (with --kld-base): where it sits, for the per-segment breakdown.
+            var rowPlaces: [(tokenIndex: Int, windowPosition: Int, target: Int32)] = []
             let bitsPerWeight = backend == "npu" ? nil : ModelLoading.blockLinearBitsPerWeight(m)
             let r = try Perplexity.evaluate(model: m, tokens: ids, addsBOS: tok.addsBOS, bosId: bos, options: opts,
                 onRow: { row in
                     writer?.add(row)
                     try acc?.add(row)
+                    if acc != nil { rowPlaces.append((row.tokenIndex, row.windowPosition, row.target)) }
                     // Per-chunk NLL sums let `compare` bootstrap confidence intervals over chunks.
                     while chunkNLL.count <= row.chunk { chunkNLL.append((0, 0)) }
                     chunkNLL[row.chunk].0 += negativeLogLikelihood(row.logits, vocab: row.vocab, target: Int(row.target))
@@ -103,6 +111,48 @@ struct PerplexityCommand: ParsableCommand {
                     reporter.update(done: done, units: processed, extra: String(format: "ppl %.4f", ppl))
                 })
             let kld = try acc?.result()
+            var segments: [SegmentDelta] = []
+            var segmentRules: [String: Any]? = nil
+            if let a = acc {
+                let docRule = try DocumentRule(parsing: documents)
+                let (spans, used) = Segments.documents(text, rule: docRule)
+                let leading = tok.addsBOS ? 1 : 0
+                let located = Segments.locateLines(text: text, tokens: ids, leading: leading,
+                                                   limit: (rowPlaces.map(\.tokenIndex).max() ?? 0) + 1) { pieces in
+                    tok.encodeBatch(pieces, addSpecialTokens: false, threads: m.threads)
+                }
+                if located.approximateLines > 0 {
+                    logInfo("segments: \(located.approximateLines) of \(located.exactLines + located.approximateLines) lines did not tokenize on their own as in the whole text; their tokens were placed approximately")
+                }
+                let baseTokens = rowPlaces.enumerated().map { i, r in
+                    SegmentToken(tokenIndex: r.tokenIndex, windowPosition: r.windowPosition, tokenId: r.target,
+                                 byteOffset: located.offsets[r.tokenIndex], nll: a.baseNLL[i])
+                }
+                var quantTokens = baseTokens
+                for i in quantTokens.indices { quantTokens[i].nll = a.runNLL[i]; quantTokens[i].kld = a.tokenKLD[i] }
+                let positions = rowPlaces.map(\.windowPosition)
+                let width = Segments.positionBucketWidth(minPosition: positions.min() ?? 0, maxPosition: positions.max() ?? 0)
+                segments = try Segments.perplexityBreakdown(base: baseTokens, quantized: quantTokens, documents: spans,
+                                                            positionBucketWidth: width)
+                segmentRules = [
+                    "documents": used.description, "document_count": spans.count,
+                    "token_location": ["resolution": "line", "exact_lines": located.exactLines, "approximate_lines": located.approximateLines],
+                    "position_bucket_width": width,
+                    "position": "window position of the row predicting the token, in buckets [k*w, (k+1)*w - 1]",
+                    "frequency": "distinct scored target ids ranked by count (then id): top 10% of ids frequent, bottom 50% rare, the rest mid",
+                    "ppl": "exp(mean NLL over the segment's tokens); base NLL from --kld-base (its Float32 target log-prob)",
+                ]
+                if let path = saveTokens {
+                    let docOf = Segments.documentNamer(spans)
+                    var tsv = "token_index\twindow_position\ttoken_id\tbyte_offset\tdocument\tnll_base\tnll_quantized\tkld\n"
+                    for (b, q) in zip(baseTokens, quantTokens) {
+                        let doc = (docOf(b.byteOffset) ?? "").map { $0 == "\t" || $0 == "\n" || $0 == "\r" ? " " : $0 }
+                        tsv += "\(b.tokenIndex)\t\(b.windowPosition)\t\(b.tokenId)\t\(b.byteOffset)\t\(String(doc))\t\(b.nll)\t\(q.nll)\t\(q.kld ?? .nan)\n"
+                    }
+                    try AtomicFile.write(Data(tsv.utf8), to: path)
+                }
+            }
+            let quantization = try GPTQCheckpoint.quantizationSummary(model)
             if let w = writer, let path = saveLogits {
                 try w.write(to: path, corpusSHA256: sha, tokenizer: tokLabel, protocolName: protocolKind.rawValue, ctx: ctx,
                             stride: opts.effectiveStride, model: model)
@@ -126,9 +176,24 @@ struct PerplexityCommand: ParsableCommand {
                 print(String(format: "RMS dp       %.4f %%   same top %.2f %%", 100 * k.rms_dp, k.same_top_percent))
                 print(String(format: "ppl ratio    %.6f  ln ratio %.6f  QError %.6f  (base ppl %.4f)", k.ppl_ratio, k.ln_ppl_diff, k.q_error, k.ppl_base))
             }
+            if let q = quantization {
+                print("quantization \(q["method"] ?? "?")  bits \(q["bits"] ?? "?")  group \(q["group_size"] ?? "?")  act-order \(q["act_order"] ?? "?")  static groups \(q["static_groups"] ?? "?")  sym \(q["sym"] ?? "?")"
+                      + ((q["overrides"] as? [String: Any]).map { "  (\($0.count) modules overridden)" } ?? ""))
+            }
+            if !segments.isEmpty {
+                print("segments     the 5 worst per group (rel. loss = segment ppl_q / ppl_base - 1)")
+                var rows: [[String]] = [["group", "segment", "tokens", "ppl base", "ppl quant", "rel. loss", "KLD mean"]]
+                for (_, segs) in Segments.worstPerGroup(segments, limit: 5) {
+                    for sg in segs {
+                        rows.append([sg.group, sg.segment, String(sg.count), String(format: "%.4f", sg.base), String(format: "%.4f", sg.quantized),
+                                     String(format: "%+.2f%%", 100 * sg.relativeLoss), sg.kldMean.map { String(format: "%.5f", $0) } ?? "-"])
+                    }
+                }
+                print(Self.align(rows).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            }
             if let j = json {
                 var obj: [String: Any] = [
-                    "schema_version": 1, "protocol": protocolKind.rawValue, "ctx": ctx,
+                    "schema_version": ResultSchema.current, "protocol": protocolKind.rawValue, "ctx": ctx,
                     "stride": opts.effectiveStride.map { $0 as Any } ?? NSNull(), "chunks": r.chunks,
                     "tokens_scored": r.tokensScored, "corpus_sha256": sha, "tokenizer": tokLabel, "model": model,
                     "ppl": r.ppl, "ppl_error": r.pplError, "kind": "perplexity", "backend": backend,
@@ -137,11 +202,27 @@ struct PerplexityCommand: ParsableCommand {
                 ]
                 if let b = bitsPerWeight { obj["bits_per_weight"] = b }
                 if let n = npuSummary { obj["npu"] = n }
+                // Float models: null; GPTQ-layout directories: method and settings (GPTQCheckpoint.quantizationSummary).
+                obj["quantization"] = quantization ?? NSNull()
+                if acc != nil {
+                    obj["segments"] = segments.map(\.json)
+                    obj["segment_rules"] = segmentRules ?? NSNull()
+                }
                 if let k = kld {
                     obj["kld"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(k))
                 }
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: j)
             }
         }
+    }
+
+    /// Left-aligned columns separated by two spaces.
+    static func align(_ rows: [[String]]) -> String {
+        var w = [Int](repeating: 0, count: rows.map(\.count).max() ?? 0)
+        for r in rows { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
+        return rows.map { r in
+            r.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TensorCore
 import TestSupport
 import XCTest
 
@@ -125,5 +126,148 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(gate["shape"] as? [Int], [8, 172])
         let scales = header["model.layers.0.mlp.gate_proj.scales"] as! [String: Any]
         XCTAssertEqual(scales["shape"] as? [Int], [2, 172], "group size 32 over 64 inputs: 2 groups (the plan's, not --group-size)")
+    }
+
+    private func jsonObject(_ path: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+    }
+
+    /// Perplexity with --kld-base writes per-segment deltas and the quantization settings; both are checked
+    /// against the per-token records (--save-tokens) with an assignment computed here, independently of
+    /// Segments.swift: WikiText article headings found by scanning the corpus bytes, window positions from the
+    /// llamacpp layout, frequency classes from the token counts. Compare then shows the segments and gives
+    /// advice that depends on the quantization method.
+    func testPerplexitySegmentsAndQuantizationEndToEnd() throws {
+        let dir = Repo.tempDirectory("cli-seg")
+        let corpus = "Corpora/wikitext-2-raw/wiki.test.raw.zst"
+        let model = "Models/stories260K/stories260K.bin"
+        try run(["quantize", "--model", model, "--method", "rtn", "--bits", "4", "--group-size", "32", "--output", dir + "/rtn4"])
+        try run(["quantize", "--model", model, "--method", "gptq", "--bits", "4", "--group-size", "32", "--act-order",
+                 "--calibration", "Corpora/tinystories/tinystories_sample.txt.zst", "--samples", "4", "--seqlen", "128",
+                 "--output", dir + "/gptq4"])
+        // 40 chunks of 128 from offset 0 cover the end of the first article (Robert Boulter) and the next.
+        let common = ["--corpus", corpus, "--ctx", "128", "--max-chunks", "40"]
+        try run(["perplexity", "--model", model] + common + ["--save-logits", dir + "/base.zst", "--json", dir + "/float.json"])
+        let (_, summary, _) = try run(["perplexity", "--model", dir + "/rtn4"] + common + ["--kld-base", dir + "/base.zst",
+                                       "--json", dir + "/rtn4.json", "--save-tokens", dir + "/rtn4.tsv"])
+        try run(["perplexity", "--model", dir + "/gptq4"] + common + ["--kld-base", dir + "/base.zst", "--json", dir + "/gptq4.json"])
+        let f = try jsonObject(dir + "/float.json"), q = try jsonObject(dir + "/rtn4.json"), g = try jsonObject(dir + "/gptq4.json")
+        XCTAssertEqual(q["schema_version"] as? Int, 2)
+        XCTAssertTrue(f["quantization"] is NSNull, "a float model's quantization is null")
+        XCTAssertNil(f["segments"], "no segments without --kld-base")
+        let qq = q["quantization"] as! [String: Any], gq = g["quantization"] as! [String: Any]
+        XCTAssertEqual(qq["method"] as? String, "rtn"); XCTAssertEqual(qq["bits"] as? Int, 4)
+        XCTAssertEqual(qq["group_size"] as? Int, 32); XCTAssertEqual(qq["act_order"] as? Bool, false)
+        XCTAssertEqual(gq["method"] as? String, "gptq"); XCTAssertEqual(gq["act_order"] as? Bool, true)
+        XCTAssertEqual(gq["static_groups"] as? Bool, false); XCTAssertNotNil(gq["sym"])
+        // The quantized checkpoint records the method where AutoGPTQ loaders do not look (quant_method stays gptq).
+        let qc = try jsonObject(dir + "/rtn4/quantize_config.json")
+        XCTAssertEqual(qc["quant_method"] as? String, "gptq")
+        XCTAssertEqual((qc["quantkit"] as? [String: Any])?["method"] as? String, "rtn")
+
+        let scored = q["tokens_scored"] as! Int
+        XCTAssertEqual(scored, 40 * (128 - 1 - 64))
+        // Per-token records.
+        let tsv = try String(contentsOfFile: dir + "/rtn4.tsv", encoding: .utf8).split(separator: "\n").map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
+        XCTAssertEqual(tsv[0], ["token_index", "window_position", "token_id", "byte_offset", "document", "nll_base", "nll_quantized", "kld"])
+        let rows = tsv.dropFirst().map { r in (index: Int(r[0])!, pos: Int(r[1])!, id: Int(r[2])!, offset: Int(r[3])!,
+                                               nb: Double(r[5])!, nq: Double(r[6])!, kld: Double(r[7])!) }
+        XCTAssertEqual(rows.count, scored)
+        // llamacpp layout: chunk c holds tokens [128c, 128c + 128); rows 64...126 predict tokens 65...127.
+        for r in rows {
+            XCTAssertEqual(r.pos, (r.index - 1) % 128); XCTAssertTrue((64...126).contains(r.pos), "\(r.pos)")
+        }
+        // Run-level figures from other code paths: the quantized run's ppl, and the float run's (another process).
+        let meanQ = rows.reduce(0) { $0 + $1.nq } / Double(rows.count), meanB = rows.reduce(0) { $0 + $1.nb } / Double(rows.count)
+        // (The run's ppl takes logit - max in Float, the per-token records in Double: a few 1e-9 apart.)
+        XCTAssertEqual(exp(meanQ), q["ppl"] as! Double, accuracy: 1e-7 * (q["ppl"] as! Double))
+        XCTAssertEqual(exp(meanB), f["ppl"] as! Double, accuracy: 1e-5 * (f["ppl"] as! Double), "base NLL from the file's Float32 log-probs")
+        XCTAssertEqual(rows.reduce(0) { $0 + $1.kld } / Double(rows.count), (q["kld"] as! [String: Any])["kld_mean"] as! Double, accuracy: 1e-12)
+
+        // Independent document assignment: article heading lines " = Title = " (not " = = "), scanned in the bytes.
+        let text = Array(try readMaybeCompressed(corpus))
+        var headings: [(start: Int, title: String)] = []
+        var lineStarts = Set<Int>()
+        var s = 0
+        while s < text.count {
+            var e = s
+            while e < text.count && text[e] != 0x0A { e += 1 }
+            lineStarts.insert(s)
+            var line = String(decoding: text[s..<e], as: UTF8.self)
+            if line.hasSuffix("\r") { line.removeLast() }
+            if line.count > 6, line.hasPrefix(" = "), line.hasSuffix(" = "), !line.hasPrefix(" = = ") {
+                headings.append((s, String(line.dropFirst(3).dropLast(3))))
+            }
+            s = e + 1
+        }
+        XCTAssertEqual(headings.first?.title, "Robert Boulter")
+        func document(_ off: Int) -> String { headings.last { $0.start <= off }?.title ?? "(preamble)" }
+        for r in rows { XCTAssertTrue(lineStarts.contains(r.offset), "token \(r.index): byte \(r.offset) is not a line start") }
+        // Independent frequency classes: distinct ids by count desc, id asc; ceil(10%) frequent, floor(50%) rare.
+        var counts: [Int: Int] = [:]
+        for r in rows { counts[r.id, default: 0] += 1 }
+        let ranked = counts.keys.sorted { (counts[$0]!, -$0) > (counts[$1]!, -$1) }
+        let top = max(1, Int((Double(ranked.count) * 0.1).rounded(.up))), rare = max(top, ranked.count - ranked.count / 2)
+        var cls: [Int: String] = [:]
+        for (i, id) in ranked.enumerated() { cls[id] = i < top ? "frequent (top 10% of ids)" : (i >= rare ? "rare (bottom 50% of ids)" : "mid") }
+        let rules = q["segment_rules"] as! [String: Any]
+        XCTAssertEqual(rules["documents"] as? String, "wikitext")
+        XCTAssertEqual(rules["position_bucket_width"] as? Int, 8, "positions 64...126 in 8 buckets of 8")
+        func expected(_ key: (Int) -> String) -> [String: (n: Int, b: Double, q: Double)] {
+            var acc: [String: (n: Int, b: Double, q: Double)] = [:]
+            for (i, r) in rows.enumerated() { let k = key(i); let a = acc[k] ?? (0, 0, 0); acc[k] = (a.n + 1, a.b + r.nb, a.q + r.nq) }
+            return acc.mapValues { ($0.n, exp($0.b / Double($0.n)), exp($0.q / Double($0.n))) }
+        }
+        let want: [String: [String: (n: Int, b: Double, q: Double)]] = [
+            "document": expected { document(rows[$0].offset) },
+            "window position": expected { "\(rows[$0].pos / 8 * 8)-\(rows[$0].pos / 8 * 8 + 7)" },
+            "token frequency": expected { cls[rows[$0].id]! },
+        ]
+        XCTAssertGreaterThanOrEqual(want["document"]!.count, 2, "the run spans an article boundary")
+        let segs = q["segments"] as! [[String: Any]]
+        for (group, w) in want {
+            let got = segs.filter { $0["group"] as? String == group }
+            XCTAssertEqual(Set(got.map { $0["segment"] as! String }), Set(w.keys), group)
+            XCTAssertEqual(got.reduce(0) { $0 + ($1["count"] as! Int) }, scored, "\(group): token counts sum to tokens_scored")
+            for sg in got {
+                guard let e = w[sg["segment"] as! String] else { continue }
+                XCTAssertEqual(sg["count"] as? Int, e.n, "\(group) \(sg["segment"]!)")
+                XCTAssertEqual(sg["base"] as! Double, e.b, accuracy: 1e-9 * e.b)
+                XCTAssertEqual(sg["quantized"] as! Double, e.q, accuracy: 1e-9 * e.q)
+            }
+            let losses = got.map { $0["relative_loss"] as! Double }
+            XCTAssertEqual(losses, losses.sorted(by: >), "\(group): worst first")
+        }
+        // The readable summary lists the worst segments per group.
+        XCTAssertTrue(summary.contains("segments     the 5 worst per group"), summary)
+        let worstDoc = segs.first { $0["group"] as? String == "document" }!["segment"] as! String
+        XCTAssertTrue(summary.contains(worstDoc), summary)
+
+        // Compare: segment table (Markdown), chart (HTML), and advice that follows each run's method.
+        let (_, out, _) = try run(["compare", dir + "/float.json", dir + "/rtn4.json", dir + "/gptq4.json", "--thresholds", "0,100",
+                                   "--markdown", dir + "/report.md", "--html", dir + "/report.html", "--json", dir + "/compare.json"])
+        XCTAssertTrue(out.contains("Largest per-segment degradations"), out)
+        let md = try String(contentsOfFile: dir + "/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("| run | group | segment | count | base | quantized | rel. loss | KLD mean |"), md)
+        XCTAssertTrue(md.contains("| rtn4 | document | \(worstDoc) |"), md)
+        let html = try String(contentsOfFile: dir + "/report.html", encoding: .utf8)
+        XCTAssertTrue(html.contains("Per-segment relative loss (%), worst first"))
+        XCTAssertTrue(html.contains("rtn4 document: \(SVGEscapeForTest(worstDoc))"))
+        let cmp = try jsonObject(dir + "/compare.json")
+        let runs = cmp["runs"] as! [[String: Any]]
+        func steps(_ label: String) -> [String] {
+            ((runs.first { $0["label"] as? String == label }?["verdict"] as? [String: Any])?["next_steps"] as? [String]) ?? []
+        }
+        XCTAssertTrue(steps("rtn4").first?.contains("--method gptq --act-order") ?? false, "\(steps("rtn4"))")
+        XCTAssertTrue(steps("rtn4").first?.contains("instead of RTN") ?? false, "\(steps("rtn4"))")
+        XCTAssertEqual(steps("gptq4").count, 1, "GPTQ act-order g32: only mixed precision is left: \(steps("gptq4"))")
+        XCTAssertTrue(steps("gptq4").first?.hasPrefix("mixed precision: keep the most sensitive modules at 8 bits") ?? false, "\(steps("gptq4"))")
+        XCTAssertTrue((cmp["segments"] as! [[String: Any]]).contains { $0["run"] as? String == "gptq4" })
+    }
+
+    /// XML escaping of a segment name as the HTML report writes it.
+    private func SVGEscapeForTest(_ s: String) -> String {
+        s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
+            .replacingOccurrences(of: "\"", with: "&quot;").replacingOccurrences(of: "'", with: "&#39;")
     }
 }

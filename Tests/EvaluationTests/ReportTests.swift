@@ -129,8 +129,11 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(md.contains("| stories260K-rtn-int8 | 8.25 |"), md)
         XCTAssertTrue(md.contains("ship (+0.40%)"), md)
         XCTAssertTrue(md.contains("- enable act-order (--act-order)"), md)
-        let rows = md.split(separator: "\n").filter { $0.hasPrefix("| ") }
+        let rows = md.components(separatedBy: "#### ")[0].split(separator: "\n").filter { $0.hasPrefix("| ") }
         XCTAssertEqual(rows.count, 5)  // header + 4 runs
+        // The segment table (one run carries segments: no run column).
+        XCTAssertTrue(md.contains("| group | segment | count | base | quantized | rel. loss | KLD mean |"), md)
+        XCTAssertTrue(md.contains("| document | Robert <Boulter> & co | 120 | 20.0000 | 23.0000 | +15.00% | - |"), md)
         for r in rows { XCTAssertEqual(r.filter { $0 == "|" }.count, 8, String(r)) }
     }
 
@@ -142,5 +145,48 @@ final class ReportTests: XCTestCase {
         let barLabels = try texts(doc, "(//*[local-name()='svg'])[2]//*[local-name()='text']")
         XCTAssertTrue(barLabels.contains("quantized: nDCG@10"), "\(barLabels)")
         XCTAssertTrue(barLabels.contains("-0.0128"), "\(barLabels)")
+    }
+
+    /// Markdown and HTML show the worst segments per group, with the run of each when several runs carry them.
+    func testSegmentTablesInMarkdownAndHTML() throws {
+        func withSegments(_ fixture: String, _ segs: [[String: Any]], _ name: String) throws -> ResultFile {
+            var o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: compareFixture(fixture)))) as! [String: Any]
+            o["segments"] = segs
+            let p = dir + "/" + name
+            try JSONSerialization.data(withJSONObject: o).write(to: URL(fileURLWithPath: p))
+            return try ResultFile(path: p)
+        }
+        // Seven documents in the RTN run (losses 1..7 %), so only the five worst show; one position bucket each.
+        var docs: [[String: Any]] = []
+        for k in 1...7 {
+            let q: Double = 10.0 * (1 + Double(k) / 100)
+            let kld: Double = 0.001 * Double(k)
+            docs.append(["group": "document", "segment": "Doc | \(k)", "count": 10 * k, "base": 10.0, "quantized": q, "kld_mean": kld])
+        }
+        let position: [String: Any] = ["group": "window position", "segment": "64-71", "count": 50, "base": 10.0, "quantized": 10.9]
+        let rtn = try withSegments("ppl_rtn_int4.json", docs + [position], "rtn.json")
+        let gptq = try withSegments("ppl_gptq_int4.json", [["group": "window position", "segment": "64-71", "count": 50, "base": 10.0, "quantized": 10.2]], "gptq.json")
+        let c = try Comparison.build(files: [try ResultFile(path: compareFixture("ppl_f32.json")), rtn, gptq], resamples: 100, seed: 1)
+        XCTAssertTrue(c.segmentsFromSeveralRuns)
+        let md = MarkdownReport.render(c)
+        XCTAssertTrue(md.contains("| run | group | segment | count | base | quantized | rel. loss | KLD mean |"), md)
+        let rows = md.split(separator: "\n").filter { $0.hasPrefix("| stories260K-rtn-int4 | document |") }
+        // Worst first (7 % ... 3 %), pipes in names escaped, the KLD mean shown.
+        XCTAssertEqual(rows.count, 5, md)
+        XCTAssertEqual(rows.first.map(String.init), "| stories260K-rtn-int4 | document | Doc \\| 7 | 70 | 10.0000 | 10.7000 | +7.00% | 0.0070 |")
+        XCTAssertTrue(rows.last?.contains("Doc \\| 3 |") ?? false, "\(rows)")
+        XCTAssertFalse(md.contains("Doc \\| 2 |"))
+        // The position group: the RTN bucket (+9 %) before the GPTQ one (+2 %), each named with its run.
+        let pos = md.split(separator: "\n").filter { $0.contains("| window position |") }
+        XCTAssertEqual(pos.count, 2)
+        XCTAssertTrue(pos[0].hasPrefix("| stories260K-rtn-int4 |") && pos[0].contains("+9.00%"), "\(pos)")
+        XCTAssertTrue(pos[1].hasPrefix("| stories260K-gptq-int4 |") && pos[1].contains("+2.00%"), "\(pos)")
+        let doc = try parseXHTML(HTMLReport.render(c))
+        let barLabels = try texts(doc, "//*[local-name()='svg'][*[local-name()='title']='Per-segment relative loss (%), worst first']//*[local-name()='g']/*[local-name()='text'][1]")
+        // Up to 8 per group: both position buckets (the group holding the worst segment first), all 7 documents.
+        XCTAssertEqual(barLabels.count, 9, "\(barLabels)")
+        XCTAssertEqual(barLabels.first, "stories260K-rtn-int4 window position: 64-71")
+        XCTAssertEqual(barLabels[2], "stories260K-rtn-int4 document: Doc | 7")
+        XCTAssertTrue(try texts(doc, "//*[local-name()='td']").contains("Doc | 1"))
     }
 }

@@ -54,7 +54,7 @@ final class VerdictTests: XCTestCase {
         let rtn = run(.perplexity, ["ppl": 1], quant: ["method": .string("rtn"), "bits": .number(4), "group_size": .number(128)])
         let s1 = VerdictLogic.nextSteps(run: rtn, layers: layers)
         XCTAssertTrue(s1[0].contains("GPTQ") && s1[0].contains("act-order"), "\(s1)")
-        XCTAssertTrue(s1.contains { $0.contains("--group-size 64") }, "\(s1)")
+        XCTAssertTrue(s1.contains { $0.contains("--group-size 32") }, "\(s1)")
         let mixed = s1.last!
         XCTAssertTrue(mixed.contains("b, c, d"), mixed)  // lowest SQNR first, three modules
         XCTAssertFalse(mixed.contains("a,"), mixed)
@@ -72,4 +72,49 @@ final class VerdictTests: XCTestCase {
         XCTAssertTrue(v.nextSteps.isEmpty)
         XCTAssertTrue(v.note?.contains("ship to improve") ?? false, v.note ?? "nil")
     }
+
+    /// The improve advice follows the quantization method and settings a result records (the ladder of
+    /// VerdictLogic.nextSteps: RTN -> GPTQ + act-order; GPTQ -> act-order; groups > 32 or per-channel -> g32;
+    /// GPTQ act-order g32 -> mixed precision naming the most sensitive modules).
+    func testAdviceFollowsTheQuantizationMethod() throws {
+        let layers = [LayerFigure(name: "layers.0.q", sqnrDB: 40), LayerFigure(name: "layers.1.down", sqnrDB: 12),
+                      LayerFigure(name: "layers.0.down", sqnrDB: 18), LayerFigure(name: "layers.1.up", sqnrDB: 15)]
+        func steps(_ q: [String: ResultValue], _ l: [LayerFigure] = []) -> [String] {
+            VerdictLogic.nextSteps(run: run(.perplexity, ["ppl": 1], quant: q), layers: l)
+        }
+        let rtn = steps(["method": .string("rtn"), "bits": .number(4), "group_size": .number(32), "act_order": .bool(false)])
+        XCTAssertEqual(rtn.count, 2, "\(rtn)")
+        XCTAssertEqual(rtn[0], "quantize with GPTQ and act-order (--method gptq --act-order) instead of RTN")
+        XCTAssertTrue(rtn[1].hasPrefix("mixed precision"), rtn[1])
+        let gptqNoAct = steps(["method": .string("gptq"), "bits": .number(4), "group_size": .number(128), "act_order": .bool(false)])
+        XCTAssertEqual(Array(gptqNoAct.prefix(2)), ["enable act-order (--act-order)", "smaller groups (--group-size 32 instead of 128)"])
+        let perChannel = steps(["method": .string("gptq"), "bits": .number(4), "group_size": .number(-1), "act_order": .bool(true)])
+        XCTAssertEqual(perChannel.first, "smaller groups: grouped scales (--group-size 32) instead of per-channel")
+        let best = steps(["method": .string("gptq"), "bits": .number(4), "group_size": .number(32), "act_order": .bool(true)], layers)
+        XCTAssertEqual(best, ["mixed precision: keep the most sensitive modules at 8 bits: layers.1.down, layers.1.up, layers.0.down "
+                              + "(--override 'layers.1.down=8' --override 'layers.1.up=8' --override 'layers.0.down=8')"])
+        // 8-bit GPTQ with act-order: groups do not matter; the sensitive modules stay float.
+        let int8 = steps(["method": .string("gptq"), "bits": .number(8), "group_size": .number(-1), "act_order": .bool(true)], layers)
+        XCTAssertEqual(int8.count, 1)
+        XCTAssertTrue(int8[0].contains("at float (--skip)") && int8[0].contains("--skip 'layers.1.down'"), int8[0])
+        // A raw quantize_config.json says quant_method gptq for every checkpoint of that layout; QuantKit's own
+        // record of the method wins.
+        let raw = steps(["quant_method": .string("gptq"), "bits": .number(4), "group_size": .number(32), "desc_act": .bool(false),
+                         "quantkit": .object(["method": .string("rtn")])])
+        XCTAssertTrue(raw[0].contains("instead of RTN"), "\(raw)")
+        XCTAssertEqual(steps(["quant_method": .string("gptq"), "bits": .number(4), "group_size": .number(32), "desc_act": .bool(false)]).first,
+                       "enable act-order (--act-order)")
+        // No record at all (a schema_version 1 result): the advice says it cannot tell.
+        XCTAssertTrue(steps([:]).first?.contains("does not name its method") ?? false)
+
+        // Through a result file as the perplexity command writes it (schema_version 2, `quantization` object).
+        let body: [String: Any] = ["schema_version": 2, "kind": "perplexity", "protocol": "llamacpp", "ctx": 128, "corpus_sha256": "x",
+                                   "tokenizer": "t", "ppl": 3.3, "model": "/tmp/q4",
+                                   "quantization": ["method": "rtn", "bits": 4, "group_size": 64, "act_order": false, "sym": true]]
+        let f = try ResultFile(data: JSONSerialization.data(withJSONObject: body), path: "q.json")
+        let viaFile = VerdictLogic.nextSteps(run: f.runs[0], layers: [])
+        XCTAssertEqual(Array(viaFile.prefix(2)), ["quantize with GPTQ and act-order (--method gptq --act-order) instead of RTN",
+                                                  "smaller groups (--group-size 32 instead of 64)"])
+    }
 }
+
