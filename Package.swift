@@ -47,7 +47,7 @@ let package = Package(
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TestSupport"], swiftSettings: settings),
-        .testTarget(name: "NPUTests", dependencies: ["NPU", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Tokenization", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "CLITests", dependencies: ["TestSupport"], swiftSettings: settings),
     ]
