@@ -47,7 +47,7 @@ let package = Package(
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
-        .testTarget(name: "NPUTests", dependencies: ["NPU", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Tokenization", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "TensorCore"], swiftSettings: settings),
     ]

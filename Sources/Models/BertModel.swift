@@ -12,7 +12,14 @@ public final class BertModel: @unchecked Sendable {
     struct Layer {
         let query, key, value, attnOut, inter, out: any LinearLayer
         let ln1g, ln1b, ln2g, ln2b: [Float]
+        /// The module name prefix "<prefix>encoder.layer.<i>."
+        let name: String
     }
+
+    /// LayerNorm, GELU, attention and residual adds (float Kernels by default; the NPU target swaps in its own).
+    public var ops: any BertNonlinearOps = BertFloatOps()
+    /// Sees every linear module's input and output during forward (activation-range calibration).
+    public var observer: (any LinearObserver)?
 
     let wordEmbeddings: Tensor  // [vocab, hidden]
     let positionEmbeddings: [Float]  // [maxPos, hidden]
@@ -96,7 +103,8 @@ public final class BertModel: @unchecked Sendable {
                          value: try lin(q + "attention.self.value"), attnOut: try lin(q + "attention.output.dense"),
                          inter: try lin(q + "intermediate.dense"), out: try lin(q + "output.dense"),
                          ln1g: try floats(q + "attention.output.LayerNorm.weight"), ln1b: try floats(q + "attention.output.LayerNorm.bias"),
-                         ln2g: try floats(q + "output.LayerNorm.weight"), ln2b: try floats(q + "output.LayerNorm.bias"))
+                         ln2g: try floats(q + "output.LayerNorm.weight"), ln2b: try floats(q + "output.LayerNorm.bias"),
+                         name: p + q)
         }
     }
 
@@ -144,54 +152,70 @@ public final class BertModel: @unchecked Sendable {
                 }
             }
         }
+        let ops = self.ops, observer = self.observer
+        let eps = config.layerNormEps
+        /// One linear module (observed when an observer is set).
+        func linear(_ l: any LinearLayer, _ module: String, _ input: [Float], _ out: inout [Float]) {
+            l.forward(input, rows: total, out: &out, threads: threads)
+            if let observer {
+                input.withUnsafeBufferPointer { ib in
+                    out.withUnsafeBufferPointer { ob in
+                        observer.observe(module: module, input: ib.baseAddress!, inFeatures: l.inFeatures, output: ob.baseAddress!,
+                                         outFeatures: l.outFeatures, rows: total)
+                    }
+                }
+            }
+        }
+        /// out = LN(src) with the given parameters.
+        func norm(_ src: [Float], _ g: [Float], _ b: [Float], _ out: inout [Float]) {
+            src.withUnsafeBufferPointer { sb in
+                g.withUnsafeBufferPointer { gb in
+                    b.withUnsafeBufferPointer { bb in
+                        out.withUnsafeMutableBufferPointer { ob in
+                            ops.layerNorm(sb.baseAddress!, gamma: gb.baseAddress!, beta: bb.baseAddress!, rows: total, dim: h,
+                                          eps: eps, out: ob.baseAddress!, threads: threads)
+                        }
+                    }
+                }
+            }
+        }
+        func residual(_ a: inout [Float], _ b: [Float]) {
+            a.withUnsafeMutableBufferPointer { ab in
+                b.withUnsafeBufferPointer { ops.residualAdd(ab.baseAddress!, $0.baseAddress!, count: total * h) }
+            }
+        }
         tmp.withUnsafeMutableBufferPointer { t in
             x.withUnsafeBufferPointer { t.baseAddress!.update(from: $0.baseAddress!, count: total * h) }
         }
-        Kernels.layerNorm(x: tmp, gamma: embLNg, beta: embLNb, rows: total, dim: h, eps: config.layerNormEps, out: &x)
+        norm(tmp, embLNg, embLNb, &x)
 
         for L in layers {
-            L.query.forward(x, rows: total, out: &q, threads: threads)
-            L.key.forward(x, rows: total, out: &k, threads: threads)
-            L.value.forward(x, rows: total, out: &v, threads: threads)
+            linear(L.query, L.name + "attention.self.query", x, &q)
+            linear(L.key, L.name + "attention.self.key", x, &k)
+            linear(L.value, L.name + "attention.self.value", x, &v)
             q.withUnsafeBufferPointer { qb in
                 k.withUnsafeBufferPointer { kb in
                     v.withUnsafeBufferPointer { vb in
                         tmp.withUnsafeMutableBufferPointer { ob in
-                            BertModel.attention(q: qb.baseAddress!, k: kb.baseAddress!, v: vb.baseAddress!, out: ob.baseAddress!,
-                                                offsets: offsets, heads: config.numAttentionHeads, headDim: config.headDim,
-                                                threads: threads)
+                            ops.attention(q: qb.baseAddress!, k: kb.baseAddress!, v: vb.baseAddress!, out: ob.baseAddress!,
+                                          offsets: offsets, heads: config.numAttentionHeads, headDim: config.headDim,
+                                          threads: threads)
                         }
                     }
                 }
             }
             // post-LN: x = LN(dense(ctx) + x)
-            L.attnOut.forward(tmp, rows: total, out: &q, threads: threads)
-            BertModel.addInPlace(&q, x)
-            Kernels.layerNorm(x: q, gamma: L.ln1g, beta: L.ln1b, rows: total, dim: h, eps: config.layerNormEps, out: &x)
-            L.inter.forward(x, rows: total, out: &inter, threads: threads)
-            inter.withUnsafeMutableBufferPointer { Kernels.gelu($0.baseAddress!, count: total * f, threads: threads) }
-            L.out.forward(inter, rows: total, out: &q, threads: threads)
-            BertModel.addInPlace(&q, x)
-            Kernels.layerNorm(x: q, gamma: L.ln2g, beta: L.ln2b, rows: total, dim: h, eps: config.layerNormEps, out: &x)
+            linear(L.attnOut, L.name + "attention.output.dense", tmp, &q)
+            residual(&q, x)
+            norm(q, L.ln1g, L.ln1b, &x)
+            let interName = L.name + "intermediate.dense"
+            linear(L.inter, interName, x, &inter)
+            inter.withUnsafeMutableBufferPointer { ops.gelu($0.baseAddress!, count: total * f, producer: interName, threads: threads) }
+            linear(L.out, L.name + "output.dense", inter, &q)
+            residual(&q, x)
+            norm(q, L.ln2g, L.ln2b, &x)
         }
         return (x, offsets)
-    }
-
-    static func addInPlace(_ a: inout [Float], _ b: [Float]) {
-        a.withUnsafeMutableBufferPointer { ab in
-            b.withUnsafeBufferPointer { bb in
-                let n = ab.count
-                var i = 0
-                let pa = ab.baseAddress!, pb = bb.baseAddress!
-                while i + 8 <= n {
-                    let s = UnsafeRawPointer(pa + i).loadUnaligned(as: SIMD8<Float>.self)
-                        + UnsafeRawPointer(pb + i).loadUnaligned(as: SIMD8<Float>.self)
-                    UnsafeMutableRawPointer(pa + i).storeBytes(of: s, as: SIMD8<Float>.self)
-                    i += 8
-                }
-                while i < n { pa[i] += pb[i]; i += 1 }
-            }
-        }
     }
 
     /// Bidirectional multi-head attention inside each packed sequence (Kernels.attentionBidirectional).
@@ -200,32 +224,5 @@ public final class BertModel: @unchecked Sendable {
                           out: UnsafeMutablePointer<Float>, offsets: [Int], heads: Int, headDim: Int, threads: Int) {
         Kernels.attentionBidirectional(q: q, k: k, v: v, out: out, offsets: offsets, heads: heads, headDim: headDim,
                                        threads: threads)
-    }
-
-    @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        var s = SIMD8<Float>(repeating: 0)
-        var i = 0
-        while i + 8 <= n {
-            s.addProduct(UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self),
-                         UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self))
-            i += 8
-        }
-        var r = s.sum()
-        while i < n { r += a[i] * b[i]; i += 1 }
-        return r
-    }
-
-    @inline(__always)
-    static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
-        let a = SIMD8<Float>(repeating: alpha)
-        var i = 0
-        while i + 8 <= n {
-            var yv = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
-            yv.addProduct(a, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
-            UnsafeMutableRawPointer(y + i).storeBytes(of: yv, as: SIMD8<Float>.self)
-            i += 8
-        }
-        while i < n { y[i] += alpha * x[i]; i += 1 }
     }
 }

@@ -160,6 +160,8 @@ public final class NPUSimulator: @unchecked Sendable {
     public var ops: NPUNonlinearOps { NPUNonlinearOps(npu: npu) }
     public var backend: NPULinearBackend { NPULinearBackend(config: config, ranges: ranges, log: fallbacks) }
     public let calibrationTokens: Int
+    /// Operations of the model that stay on the host CPU in float (not NPU hooks), listed in reports.
+    public internal(set) var hostOps: [String] = []
 
     init(config: NPUConfig, ranges: [String: (input: QuantParams, output: QuantParams)], calibrationTokens: Int) {
         self.config = config
@@ -263,6 +265,18 @@ public final class NPUSimulator: @unchecked Sendable {
                      "npu: \(fallbacks.count) module(s) fell back to the float CPU path"]
         lines += fallbacks.entries.map { "  \($0.module): \($0.reason)" }
         lines += npu.counter.entries.map { "npu op \($0.op) on \($0.unit): \($0.calls) calls, \($0.elements) elements" }
+        if !hostOps.isEmpty { lines.append("npu: on the host CPU (float): " + hostOps.joined(separator: ", ")) }
         return lines.joined(separator: "\n")
+    }
+
+    /// The same facts for result JSON: settings, calibration size, fallbacks (module + reason), op counts per unit.
+    public var reportFields: [String: Any] {
+        [
+            "npu": summary, "npu_config": config.json, "npu_calibration_tokens": calibrationTokens,
+            "npu_fallback_count": fallbacks.count,
+            "npu_fallbacks": fallbacks.entries.map { ["module": $0.module, "reason": $0.reason] },
+            "npu_ops": npu.counter.entries.map { ["op": $0.op, "unit": $0.unit, "calls": $0.calls, "elements": $0.elements] as [String: Any] },
+            "npu_host_ops": hostOps,
+        ]
     }
 }

@@ -93,23 +93,26 @@ public final class NPUNonlinear: @unchecked Sendable {
     public func layerNorm(x: UnsafePointer<Float>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, rows: Int,
                           dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
         counter.record("layer_norm", unit: unit, elements: rows * dim)
-        for r in 0..<rows {
-            let xr = x + r * dim, o = out + r * dim
-            switch mode {
-            case .fp16:
-                var s: Float = 0
-                for i in 0..<dim { s += fp16(xr[i]) }
-                let mean = fp16(s / Float(dim))
-                var v: Float = 0
-                for i in 0..<dim { let d = fp16(fp16(xr[i]) - mean); v += d * d }
-                let inv = fp16(1 / (v / Float(dim) + eps).squareRoot())
-                for i in 0..<dim {
-                    let d = fp16(fp16(xr[i]) - mean)
-                    o[i] = fp16(fp16(fp16(d * inv) * fp16(gamma[i])) + fp16(beta[i]))
-                }
-            case .lut:
-                IntNorm.layerNormRow(xr, gamma: gamma, beta: beta, dim: dim, eps: eps, out: o)
+        for r in 0..<rows { layerNormRow(x + r * dim, gamma: gamma, beta: beta, dim: dim, eps: eps, out: out + r * dim) }
+    }
+
+    /// One LayerNorm row in the configured mode (not counted: callers count once per op).
+    func layerNormRow(_ xr: UnsafePointer<Float>, gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, dim: Int,
+                      eps: Float, out o: UnsafeMutablePointer<Float>) {
+        switch mode {
+        case .fp16:
+            var s: Float = 0
+            for i in 0..<dim { s += fp16(xr[i]) }
+            let mean = fp16(s / Float(dim))
+            var v: Float = 0
+            for i in 0..<dim { let d = fp16(fp16(xr[i]) - mean); v += d * d }
+            let inv = fp16(1 / (v / Float(dim) + eps).squareRoot())
+            for i in 0..<dim {
+                let d = fp16(fp16(xr[i]) - mean)
+                o[i] = fp16(fp16(fp16(d * inv) * fp16(gamma[i])) + fp16(beta[i]))
             }
+        case .lut:
+            IntNorm.layerNormRow(xr, gamma: gamma, beta: beta, dim: dim, eps: eps, out: o)
         }
     }
 
@@ -166,12 +169,15 @@ public final class NPUNonlinear: @unchecked Sendable {
     public func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
         counter.record("gelu", unit: unit, elements: count)
         switch mode {
-        case .fp16: for i in 0..<count { x[i] = fp16(ActivationLUT.Function.gelu.apply(fp16(x[i]))) }
+        case .fp16: for i in 0..<count { x[i] = Self.gelu16(x[i]) }
         case .lut:
             let table = ActivationLUT(function: .gelu, input: x, count: count)
             for i in 0..<count { x[i] = table.lookup(x[i]) }
         }
     }
+
+    /// GELU on the fp16 unit: fp16 input, erf as one correctly rounded op, fp16 result.
+    @inline(__always) static func gelu16(_ v: Float) -> Float { fp16(ActivationLUT.Function.gelu.apply(fp16(v))) }
 
     @inline(__always) static func silu16(_ v: Float) -> Float {
         let x = fp16(v)
@@ -241,7 +247,7 @@ public enum SoftmaxLUT {
 
 /// A 256-entry activation table on int8 inputs: the input is quantized per call (per tensor) with min/max
 /// parameters, each table entry holds f(dequantized code) rounded to fp16, and the output is the entry.
-public struct ActivationLUT {
+public struct ActivationLUT: Sendable {
     public enum Function: Sendable {
         case silu, gelu
         public func apply(_ x: Float) -> Float {

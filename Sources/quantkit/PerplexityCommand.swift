@@ -34,21 +34,11 @@ struct PerplexityCommand: ParsableCommand {
         if let m = maxChunks, m <= 0 { throw ValidationError("--max-chunks must be positive") }
         if saveTokens != nil && kldBase == nil { throw ValidationError("--save-tokens needs --kld-base (the per-token base NLL comes from it)") }
         do { _ = try DocumentRule(parsing: documents) } catch { throw ValidationError("\(error)") }
-        try validateBackend()
     }
 
-    @Option(help: "cpu | npu: run the linear layers and nonlinear ops on the simulated integer NPU.") var backend: String = "cpu"
-    @Option(name: .customLong("npu-config"), help: "NPU settings (JSON), with --backend npu.") var npuConfig: String?
-    @Option(name: .customLong("npu-calibration"), help: "Text whose first tokens calibrate the NPU activation ranges (default: Corpora/scifact/corpus.jsonl.zst).")
-    var npuCalibration: String?
-    @Option(name: .customLong("npu-calibration-tokens"), help: "Calibration tokens for the NPU ranges.") var npuCalibrationTokens: Int = 4096
+    @OptionGroup var npu: NpuBackendOptions
     @Flag(name: .customLong("allow-overlap"), help: "Only warn when the corpus overlaps a quantized model's calibration text.")
     var allowOverlap = false
-
-    func validateBackend() throws {
-        guard ["cpu", "npu"].contains(backend) else { throw ValidationError("--backend must be cpu or npu, not '\(backend)'") }
-        if npuConfig != nil && backend != "npu" { throw ValidationError("--npu-config needs --backend npu") }
-    }
 
     func run() throws {
         try runReportingErrors {
@@ -67,16 +57,9 @@ struct PerplexityCommand: ParsableCommand {
             let sha = Digest.sha256(bytes)
             guard let text = String(data: bytes, encoding: .utf8) else { throw QuantKitError(.format, "\(corpus): not valid UTF-8 text") }
             try ModelLoading.checkCalibrationOverlap(model: model, text: text, corpus: corpus, allow: allowOverlap)
-            var npuSummary: String?
-            if backend == "npu" {
-                let cfg = try npuConfig.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
-                let calPath = npuCalibration ?? "Corpora/scifact/corpus.jsonl.zst"
-                let calText = try CalibrationText.load(calPath)
-                let calIds = tok.encode(calText, addSpecialTokens: false).prefix(npuCalibrationTokens).map { Int32($0) }
-                let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: Array(calIds), window: ctx)
-                try sim.apply(to: m)
-                npuSummary = sim.summary
-                logInfo("npu: calibrated on \(calIds.count) tokens of \(calPath)")
+            var sim: NPUSimulator?
+            if npu.isNPU {
+                sim = try NPUModelSetup.apply(to: m, tokenizer: tok, options: npu, window: ctx)
             }
             let t1 = Date()
             var ids = tok.encode(text, addSpecialTokens: false).map { Int32($0) }
@@ -95,7 +78,7 @@ struct PerplexityCommand: ParsableCommand {
             var chunkNLL: [(Double, Int)] = []
             // Per scored token (with --kld-base): where it sits, for the per-segment breakdown.
             var rowPlaces: [(tokenIndex: Int, windowPosition: Int, target: Int32)] = []
-            let bitsPerWeight = backend == "npu" ? nil : ModelLoading.blockLinearBitsPerWeight(m)
+            let bitsPerWeight = npu.isNPU ? nil : ModelLoading.blockLinearBitsPerWeight(m)
             let r = try Perplexity.evaluate(model: m, tokens: ids, addsBOS: tok.addsBOS, bosId: bos, options: opts,
                 onRow: { row in
                     writer?.add(row)
@@ -166,7 +149,7 @@ struct PerplexityCommand: ParsableCommand {
             print("chunks       \(r.chunks)  tokens scored \(r.tokensScored)  (corpus \(ids.count) tokens)")
             print(String(format: "ppl          %.4f +/- %.4f", r.ppl, r.pplError))
             print(String(format: "speed        %.1f tokens/s  (%.2f s evaluating, %.2f s tokenizing)", tps, r.seconds, tokenizeSecs))
-            if let n = npuSummary { print(n) }
+            if let sim { print(sim.summary) }  // after the run: the op counts are the run's
             if let k = kld {
                 print(String(format: "KLD          %.6g +/- %.3g  max %.6g", k.kld_mean, k.kld_stderr, k.kld_max))
                 print("KLD pct      " + KLDAccumulator.percentiles.map { p -> String in
@@ -196,18 +179,18 @@ struct PerplexityCommand: ParsableCommand {
                     "schema_version": ResultSchema.current, "protocol": protocolKind.rawValue, "ctx": ctx,
                     "stride": opts.effectiveStride.map { $0 as Any } ?? NSNull(), "chunks": r.chunks,
                     "tokens_scored": r.tokensScored, "corpus_sha256": sha, "tokenizer": tokLabel, "model": model,
-                    "ppl": r.ppl, "ppl_error": r.pplError, "kind": "perplexity", "backend": backend,
+                    "ppl": r.ppl, "ppl_error": r.pplError, "kind": "perplexity", "backend": npu.backend,
                     "chunk_nll": chunkNLL.map { ["nll_sum": $0.0, "count": $0.1] },
                     "timings": ["total_s": total, "tokenize_s": tokenizeSecs, "evaluate_s": r.seconds, "tokens_per_s": tps],
                 ]
                 if let b = bitsPerWeight { obj["bits_per_weight"] = b }
-                if let n = npuSummary { obj["npu"] = n }
                 // Float models: null; GPTQ-layout directories: method and settings (GPTQCheckpoint.quantizationSummary).
                 obj["quantization"] = quantization ?? NSNull()
                 if acc != nil {
                     obj["segments"] = segments.map(\.json)
                     obj["segment_rules"] = segmentRules ?? NSNull()
                 }
+                if let sim { obj.merge(NPUModelSetup.fields(sim, calibration: npu.npuCalibration ?? NPUModelSetup.defaultCalibration)) { $1 } }
                 if let k = kld {
                     obj["kld"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(k))
                 }

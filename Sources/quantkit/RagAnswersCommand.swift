@@ -2,6 +2,7 @@ import ArgumentParser
 import Evaluation
 import Foundation
 import Models
+import NPU
 import Quantization
 import TensorCore
 import Tokenization
@@ -59,6 +60,10 @@ struct RagAnswersCommand: ParsableCommand {
         questions; unanswerable questions are reported separately as the share the model declined ("unanswerable"
         or empty). Agreement EM/F1 score the quantized model's answer against the float model's, over all questions.
         With the shipped tiny model (stories260K) gold EM is near zero; agreement is the signal.
+        --backend npu adds a run of the generator (the quantized one when --generator-quantized is given, as loaded
+        for the CPU run: its packed layers then stay on the CPU, reported as fallbacks) through the simulated
+        integer NPU, calibrated and converted exactly as `perplexity --backend npu` does; its agreement is scored
+        against the float CPU answers. The retriever stays on the CPU in float.
         """
     )
 
@@ -73,11 +78,22 @@ struct RagAnswersCommand: ParsableCommand {
     @Option(help: "Most tokens generated per answer.") var maxTokens: Int = 16
     @Option(help: "Write the JSON result here.") var json: String?
     @Option(help: "Worker threads.") var threads: Int?
+    @OptionGroup var npu: NpuBackendOptions
 
     func validate() throws {
         guard topK >= 1 else { throw ValidationError("--top-k must be at least 1") }
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
         if let m = maxQuestions, m < 1 { throw ValidationError("--max-questions must be at least 1") }
+    }
+
+    /// The float generator, or the quantized one: a GPTQ directory or an RTN scheme applied at load time.
+    func loadGenerator(quantized q: String?) throws -> LlamaModel {
+        guard let q else { return try LlamaModel.load(path: generator) }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: q, isDirectory: &isDir), isDir.boolValue {
+            return try LlamaModel.load(path: q, backend: try QuantizedLinearBackend(directory: q))
+        }
+        return try LlamaModel.load(path: generator, backend: RTNEmbedderBackend(scheme: try EmbedderQuantSpec.parseRTN(q)))
     }
 
     func loadTokenizer() throws -> any Tokenizer {
@@ -93,6 +109,7 @@ struct RagAnswersCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let th = threads ?? Parallel.defaultThreads
+            if npu.isNPU { _ = try npu.loadConfig() }  // a bad --npu-config fails before any run
             let squad = try Datasets.loadSQuAD(dataset)
             let qs = maxQuestions.map { Array(squad.questions.prefix($0)) } ?? squad.questions
             // Passages per question.
@@ -119,18 +136,22 @@ struct RagAnswersCommand: ParsableCommand {
                                                 progress: ProgressReporter("answers float", total: qs.count, unit: "q"))
             var runs: [(AnswerRunSummary, EngineAnswerGenerator)] = [(base, floatGen)]
             if let q = generatorQuantized {
-                let backend: LinearBackend
-                var isDir: ObjCBool = false
-                if FileManager.default.fileExists(atPath: q, isDirectory: &isDir), isDir.boolValue {
-                    backend = try QuantizedLinearBackend(directory: q)
-                } else {
-                    backend = RTNEmbedderBackend(scheme: try EmbedderQuantSpec.parseRTN(q))
-                }
-                let qm = try LlamaModel.load(path: isDir.boolValue ? q : generator, backend: backend)
+                let qm = try loadGenerator(quantized: q)
                 qm.threads = th
                 let g = EngineAnswerGenerator(name: q, model: qm, tokenizer: tok)
                 runs.append((try AnswerEvaluation.run(g, questions: qs, contexts: contexts, maxTokens: maxTokens,
                                                       progress: ProgressReporter("answers \(q)", total: qs.count, unit: "q")), g))
+            }
+            var sim: NPUSimulator?
+            if npu.isNPU {
+                let nm = try loadGenerator(quantized: generatorQuantized)
+                nm.threads = th
+                let s = try NPUModelSetup.apply(to: nm, tokenizer: tok, options: npu, window: 256)
+                sim = s
+                let label = "npu-w\(s.config.weightBits)a8" + (generatorQuantized.map { "(\($0))" } ?? "")
+                let g = EngineAnswerGenerator(name: label, model: nm, tokenizer: tok)
+                runs.append((try AnswerEvaluation.run(g, questions: qs, contexts: contexts, maxTokens: maxTokens,
+                                                      progress: ProgressReporter("answers \(label)", total: qs.count, unit: "q")), g))
             }
             print("dataset \(dataset): \(qs.count) questions (\(qs.filter { !$0.isImpossible }.count) answerable); context: "
                   + (oracleContext ? "gold paragraph" : "top-\(topK) retrieved (gold paragraph retrieved for \(String(format: "%.1f%%", 100 * (retrievalHit ?? 0))))"))
@@ -147,11 +168,16 @@ struct RagAnswersCommand: ParsableCommand {
                                 "unanswerable_declined": r.unanswerableAbstention]
                 o["truncated_prompts"] = g.truncatedPrompts
                 o["generated_tokens"] = g.generatedTokens
+                o["backend"] = sim != nil && i == runs.count - 1 ? "npu" : "cpu"
+                if let sim, i == runs.count - 1 {
+                    o.merge(NPUModelSetup.fields(sim, calibration: npu.npuCalibration ?? NPUModelSetup.defaultCalibration)) { $1 }
+                }
                 out.append(o)
                 if g.truncatedPrompts > 0 { logInfo("note: \(r.name): \(g.truncatedPrompts) prompts longer than the model's positions were shortened in the middle") }
             }
+            if let sim { print(sim.summary) }
             if let json {
-                let obj: [String: Any] = [
+                var obj: [String: Any] = [
                     "schema_version": 1, "kind": "rag_answers", "command": "rag answers",
                     "dataset": ["path": dataset, "questions": qs.count, "answerable": qs.filter { !$0.isImpossible }.count],
                     "dataset_sha256": squad.source.sha256,
@@ -160,8 +186,9 @@ struct RagAnswersCommand: ParsableCommand {
                     "retrieval_gold_paragraph_rate": retrievalHit as Any,
                     "prompt_template": AnswerPrompt.template, "max_tokens": maxTokens,
                     "metric_definitions": "SQuAD v1.1 official normalisation, EM and F1 (SPECS.md); answerable questions only; unanswerable: share declined",
-                    "runs": out,
+                    "runs": out, "backend": npu.backend,
                 ]
+                if let sim { obj["npu_config"] = sim.config.json }
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
             }
         }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Evaluation
 import Foundation
 import Models
+import NPU
 import TensorCore
 
 /// `quantkit rag ...`: what quantization does to a retrieval-augmented pipeline.
@@ -50,6 +51,39 @@ enum RagEmbedders {
     }
 }
 
+extension RagEmbedders {
+    /// The embedder in `directory` through the simulated NPU: the float model (the `float` embedder's, left as it
+    /// was) runs over `passages` in order until `tokens` tokens (after truncation to max_seq_length) to calibrate
+    /// the activation ranges; a fresh load then puts every calibrated linear on the NPU and the BERT nonlinear ops
+    /// on its vector unit / LUTs. `queries` are the evaluation queries: a calibration passage equal to one is refused.
+    static func loadNPU(directory: String, float: RagEmbedder, config: NPUConfig, passages: [String], source: String,
+                        tokens: Int, queries: [String], threads: Int) throws -> (RagEmbedder, NPUSimulator) {
+        let queryTexts = Set(queries.map { BertSentenceEncoder.stripPythonWhitespace($0) })
+        var ids: [[Int32]] = []
+        var count = 0
+        for (i, p) in passages.enumerated() where count < tokens {
+            let text = BertSentenceEncoder.stripPythonWhitespace(p)
+            if text.isEmpty { continue }
+            if queryTexts.contains(text) {
+                throw QuantKitError(.input, "--npu-calibration \(source): passage \(i) is an evaluation query; calibrate on corpus passages only")
+            }
+            let t = try float.tokenize(text)
+            ids.append(t)
+            count += float.encoder.truncate(t).ids.count
+        }
+        let sim = try NPUSimulator.calibrate(encoder: float.encoder, config: config, texts: ids, threads: threads)
+        let model = try sim.makeBert(directory: directory)
+        let encoder = BertSentenceEncoder(model: model, pooling: float.encoder.pooling)
+        let calDigest = Digest.sha256(ids.map { $0.map(String.init).joined(separator: ",") }.joined(separator: "\n").data(using: .utf8)!)
+        let cfgJSON = try JSONSerialization.data(withJSONObject: config.json, options: [.sortedKeys])
+        let digest = try RagEmbedder.digest(directory: directory, pooling: float.encoder.pooling,
+                                            extra: "npu:" + String(decoding: cfgJSON, as: UTF8.self) + ":" + calDigest)
+        let label = "npu-w\(config.weightBits)a8-\(config.nonlinearMode.rawValue)"
+        logInfo("npu: \(label) calibrated on \(sim.calibrationTokens) tokens of \(ids.count) passages of \(source)")
+        return (RagEmbedder(name: label, encoder: encoder, digest: digest, tokenize: float.tokenize), sim)
+    }
+}
+
 struct RagRetrievalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "retrieval",
@@ -59,6 +93,9 @@ struct RagRetrievalCommand: ParsableCommand {
         Corpus embeddings are cached (key: embedder digest + corpus sha256 + document ids).
         Sized-down runs: --max-queries N keeps the first N queries of the split; --max-docs M keeps every judged
         document of those queries plus the first other documents of the corpus up to M (deterministic).
+        --backend npu adds the float embedder run through the simulated integer NPU (linears W8A8/W4A8 per the NPU
+        config, LayerNorm/GELU/softmax/residual adds on its fp16 unit or LUTs), with activation ranges calibrated on
+        corpus passages (the full dataset corpus in order, or --npu-calibration), never on the queries.
         """
     )
 
@@ -77,6 +114,7 @@ struct RagRetrievalCommand: ParsableCommand {
     @Option(help: "Embedding cache directory (default ~/.cache/quantkit/embeddings).") var cacheDir: String?
     @Flag(help: "Do not read or write the corpus embedding cache.") var noCache = false
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
+    @OptionGroup var npu: NpuBackendOptions
 
     func validate() throws {
         guard k >= 1 else { throw ValidationError("--k must be at least 1") }
@@ -89,6 +127,7 @@ struct RagRetrievalCommand: ParsableCommand {
             let th = threads ?? Parallel.defaultThreads
             // Reject a bad scheme before the float corpus is embedded.
             for q in embedderQuantized where !FileManager.default.fileExists(atPath: q) { _ = try EmbedderQuantSpec.parseRTN(q) }
+            let npuConfig = npu.isNPU ? try npu.loadConfig() : nil
             let full = try Datasets.loadBEIR(dataset, split: split)
             for w in full.warnings { logInfo("warning: \(w)") }
             let ds = (maxDocs != nil || maxQueries != nil) ? full.subset(maxDocs: maxDocs, maxQueries: maxQueries) : full
@@ -101,6 +140,16 @@ struct RagRetrievalCommand: ParsableCommand {
                 let e = try RagEmbedders.load(directory: dir, quantized: q)
                 runs.append(try RetrievalEvaluation.run(ds, embedder: e, k: k, cache: cache, threads: th))
             }
+            var sim: NPUSimulator?
+            if let npuConfig {
+                let source = npu.npuCalibration ?? "\(dataset) corpus"
+                let passages = try npu.npuCalibration.map { try NPUModelSetup.passages($0, tokens: npu.npuCalibrationTokens) }
+                    ?? full.corpus.map(\.embeddingText)
+                let (e, s) = try RagEmbedders.loadNPU(directory: dir, float: base, config: npuConfig, passages: passages, source: source,
+                                                      tokens: npu.npuCalibrationTokens, queries: full.queries.map(\.text), threads: th)
+                sim = s
+                runs.append(try RetrievalEvaluation.run(ds, embedder: e, k: k, cache: cache, threads: th))
+            }
             let comps = runs.dropFirst().map { RetrievalEvaluation.compare(runs[0], $0, qrels: ds.qrels, k: k) }
             if let runDir {
                 for r in runs {
@@ -110,12 +159,20 @@ struct RagRetrievalCommand: ParsableCommand {
                 }
             }
             printSummary(ds, runs, comps)
+            if let sim { print(sim.summary) }
             if let json {
-                let obj = RetrievalEvaluation.json(dataset: ds, datasetPath: dataset, k: k, runs: runs, comparisons: comps, extra: [
+                var obj = RetrievalEvaluation.json(dataset: ds, datasetPath: dataset, k: k, runs: runs, comparisons: comps, extra: [
                     "embedder_dir": dir, "subset": ["max_docs": maxDocs as Any, "max_queries": maxQueries as Any,
                                                     "full_documents": full.corpus.count, "full_queries": full.queries.count],
-                    "threads": th,
+                    "threads": th, "backend": npu.backend,
                 ])
+                if var rs = obj["runs"] as? [[String: Any]] {
+                    for i in rs.indices { rs[i]["backend"] = sim != nil && i == rs.count - 1 ? "npu" : "cpu" }
+                    obj["runs"] = rs
+                }
+                if let sim {
+                    obj.merge(NPUModelSetup.fields(sim, calibration: npu.npuCalibration ?? "\(dataset) corpus passages")) { $1 }
+                }
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
             }
         }

@@ -270,4 +270,89 @@ final class CLITests: XCTestCase {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
             .replacingOccurrences(of: "\"", with: "&quot;").replacingOccurrences(of: "'", with: "&#39;")
     }
+
+    private func readJSON(_ path: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+    }
+
+    /// The NPU facts every --backend npu result carries: settings, fallbacks (counted) and which op ran where.
+    private func checkNPUFields(_ o: [String: Any], fallbacks: Int, ops: [String], file: StaticString = #filePath, line: UInt = #line) {
+        let cfg = o["npu_config"] as? [String: Any]
+        XCTAssertEqual(cfg?["weight_bits"] as? Int, 8, file: file, line: line)
+        XCTAssertEqual(cfg?["nonlinear_mode"] as? String, "fp16", file: file, line: line)
+        XCTAssertGreaterThanOrEqual(o["npu_calibration_tokens"] as? Int ?? 0, 16, file: file, line: line)
+        XCTAssertNotNil(o["npu_calibration"], file: file, line: line)
+        XCTAssertEqual(o["npu_fallback_count"] as? Int, fallbacks, file: file, line: line)
+        XCTAssertEqual((o["npu_fallbacks"] as? [Any])?.count, fallbacks, file: file, line: line)
+        let entries = (o["npu_ops"] as? [[String: Any]]) ?? []
+        for op in ops {
+            XCTAssertGreaterThan(entries.first { $0["op"] as? String == op }?["calls"] as? Int ?? 0, 0, "op \(op) counted", file: file, line: line)
+        }
+    }
+
+    func testRagRetrievalThroughNPU() throws {
+        let dir = Repo.tempDirectory("cli-npu-retrieval")
+        let (_, out, _) = try run(["rag", "retrieval", "--max-queries", "4", "--max-docs", "40", "--no-cache", "--backend", "npu",
+                                   "--npu-calibration-tokens", "1024", "--json", dir + "/r.json"])
+        XCTAssertTrue(out.contains("npu op layer_norm on fp16"), out)
+        let r = try readJSON(dir + "/r.json")
+        XCTAssertEqual(r["backend"] as? String, "npu")
+        checkNPUFields(r, fallbacks: 0, ops: ["layer_norm", "gelu", "softmax", "attention_matmul", "residual_add"])
+        XCTAssertTrue((r["npu_calibration"] as? String ?? "").contains("corpus"), "calibrated on corpus passages")
+        XCTAssertEqual(r["npu_host_ops"] as? [String], ["embedding gather + position/type add", "pooling", "L2 normalisation"])
+        let runs = r["runs"] as! [[String: Any]]
+        XCTAssertEqual(runs.map { $0["label"] as? String }, ["float", "npu-w8a8-fp16"])
+        XCTAssertEqual(runs.map { $0["backend"] as? String }, ["cpu", "npu"])
+        for run in runs { XCTAssertNotNil((run["metrics"] as? [String: Any])?["ndcg@10"]) }
+        let comps = r["comparisons"] as! [[String: Any]]
+        XCTAssertEqual(comps.count, 1)
+        XCTAssertEqual(comps[0]["other"] as? String, "npu-w8a8-fp16")
+        XCTAssertNotNil((comps[0]["deltas"] as? [String: Any])?["ndcg@10"])
+    }
+
+    func testRagAnswersThroughNPU() throws {
+        let dir = Repo.tempDirectory("cli-npu-answers")
+        try run(["rag", "answers", "--oracle-context", "--max-questions", "3", "--max-tokens", "4", "--backend", "npu",
+                 "--npu-calibration-tokens", "512", "--json", dir + "/a.json"])
+        let a = try readJSON(dir + "/a.json")
+        XCTAssertEqual(a["backend"] as? String, "npu")
+        XCTAssertEqual((a["npu_config"] as? [String: Any])?["weight_bits"] as? Int, 8)
+        let runs = a["runs"] as! [[String: Any]]
+        XCTAssertEqual(runs.map { $0["label"] as? String }, ["float", "npu-w8a8"])
+        XCTAssertEqual(runs.map { $0["backend"] as? String }, ["cpu", "npu"])
+        checkNPUFields(runs[1], fallbacks: 0, ops: ["rms_norm", "swiglu", "softmax", "rope", "residual_add"])
+        let m = runs[1]["metrics"] as! [String: Any]
+        let agreement = try XCTUnwrap(m["agreement_em"] as? Double)
+        XCTAssertTrue((0...1).contains(agreement))
+        XCTAssertEqual((runs[0]["metrics"] as! [String: Any])["agreement_em"] as? Double, 1)
+
+        // A quantized generator through the NPU: its packed int8 layers cannot be re-quantized by the NPU; each
+        // falls back to the CPU, is named on stderr and counted (5 blocks x 7 linears); lm_head stays float -> NPU.
+        let (_, _, err) = try run(["rag", "answers", "--oracle-context", "--max-questions", "2", "--max-tokens", "2",
+                                   "--generator-quantized", "rtn-int8", "--backend", "npu", "--npu-calibration-tokens", "256",
+                                   "--json", dir + "/q.json"])
+        XCTAssertTrue(err.contains("falls back to the float CPU path"), err)
+        let q = try readJSON(dir + "/q.json")
+        let qr = q["runs"] as! [[String: Any]]
+        XCTAssertEqual(qr.map { $0["label"] as? String }, ["float", "rtn-int8", "npu-w8a8(rtn-int8)"])
+        checkNPUFields(qr[2], fallbacks: 35, ops: ["rms_norm"])
+    }
+
+    func testNPUBackendBadInput() throws {
+        let dir = Repo.tempDirectory("cli-npu-bad")
+        try #"{"weight_bits": 5}"#.write(toFile: dir + "/bad.json", atomically: true, encoding: .utf8)
+        try #"{"hardware": {"macs_per_cycle": 0}}"#.write(toFile: dir + "/zero.json", atomically: true, encoding: .utf8)
+        for args in [["rag", "answers", "--oracle-context", "--max-questions", "1"], ["rag", "retrieval", "--max-queries", "1", "--max-docs", "5", "--no-cache"],
+                     ["perplexity", "--model", "Models/stories260K/stories260K.bin", "--corpus", "Corpora/tinystories/tinystories_sample.txt.zst", "--ctx", "64"]] {
+            try expectError(args + ["--backend", "npu", "--npu-config", dir + "/bad.json", "--json", dir + "/o.json"], mentioning: "bad.json")
+            try expectError(args + ["--backend", "npu", "--npu-config", dir + "/zero.json", "--json", dir + "/o.json"], mentioning: "zero.json")
+            try expectError(args + ["--npu-config", dir + "/bad.json"], mentioning: "--npu-config needs --backend npu")
+            try expectError(args + ["--backend", "gpu"], mentioning: "--backend must be cpu or npu")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/o.json"), "no output after a failed run")
+        }
+        // Calibration text too small for the NPU config's minimum.
+        try #"{"min_calibration_tokens": 100000}"#.write(toFile: dir + "/min.json", atomically: true, encoding: .utf8)
+        try expectError(["rag", "answers", "--oracle-context", "--max-questions", "1", "--backend", "npu", "--npu-config", dir + "/min.json"],
+                        mentioning: "calibration too small")
+    }
 }
