@@ -9,9 +9,7 @@ import Tokenization
 /// encoding with the post-processor's [CLS] ... [SEP] (the encoder truncates to max_seq_length).
 enum RagTokenizerBridge {
     static func make(modelDirectory dir: String) throws -> @Sendable (String) throws -> [Int32] {
-        let path = try Datasets.resolve(dir, "tokenizer.json")
-        let tok = try TokenizerLoader.load(data: try readMaybeCompressed(path), fileName: "tokenizer.json")
-        return { text in tok.encode(text, addSpecialTokens: true).map { Int32($0) } }
+        try EmbedderTokenizer.load(directory: dir)
     }
 }
 
