@@ -26,6 +26,9 @@ enum RagQuantizedEmbedders {
                     (spec as NSString).lastPathComponent)
         }
         let scheme = try EmbedderQuantSpec.parseRTN(spec)
+        if GPTQCheckpoint.isGPTQ(floatDirectory) {
+            throw QuantKitError(.input, "--embedder-quantized \(spec): --embedder \(floatDirectory) is already quantized (GPTQ); RTN needs the float embedder")
+        }
         return (try BertModel(directory: floatDirectory, backend: RTNEmbedderBackend(scheme: scheme)), spec)
     }
 }

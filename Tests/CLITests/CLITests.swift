@@ -141,7 +141,7 @@ final class CLITests: XCTestCase {
         for f in ["1_Pooling/config.json", "modules.json", "sentence_bert_config.json", "tokenizer.json", "calibration_fingerprint.json"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/q8/" + f), f)
         }
-        let small = ["--max-queries", "10", "--max-docs", "100", "--no-cache"]
+        let small = ["--max-queries", "10", "--max-docs", "40", "--no-cache"]
         try run(["rag", "retrieval", "--embedder", dir + "/q8", "--json", dir + "/r1.json"] + small)
         try run(["rag", "retrieval", "--embedder-quantized", dir + "/q8", "--json", dir + "/r2.json"] + small)
         let r1 = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/r1.json"))) as! [String: Any]
@@ -154,6 +154,8 @@ final class CLITests: XCTestCase {
         try run(["quantize", "--model", "minilm", "--method", "gptq", "--bits", "8", "--group-size", "-1",
                  "--calibration", "Corpora/scifact/queries.jsonl.zst", "--samples", "8", "--seqlen", "32", "--output", dir + "/qq"])
         try expectError(["rag", "retrieval", "--embedder-quantized", dir + "/qq"] + small, mentioning: "overlap")
+        try expectError(["rag", "retrieval", "--embedder", dir + "/q8", "--embedder-quantized", "rtn-int8"] + small,
+                        mentioning: "already quantized")
         // Bad input: one clear line naming the file, flag or line.
         try "one passage\ntwo passages\n".write(toFile: dir + "/short.txt", atomically: true, encoding: .utf8)
         try expectError(["quantize", "--model", "minilm", "--calibration", dir + "/short.txt", "--samples", "8", "--output", dir + "/x"],
