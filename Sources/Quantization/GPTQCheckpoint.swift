@@ -242,7 +242,7 @@ public struct GPTQQuantizeConfig: Sendable, Equatable {
 public enum GPTQCheckpoint {
     /// Writes the directory atomically. `floatTensors` (embeddings, norms, head, biases) are written as given;
     /// each quantized layer becomes qweight/qzeros/scales/g_idx under its prefix. `files` are extra files
-    /// (config.json, tokenizer files) copied into the directory.
+    /// (config.json, tokenizer files; a name may contain "/" for a file in a subdirectory) copied into the directory.
     public static func write(to dir: String, floatTensors: [(String, Tensor)], layers: [(String, QuantizedWeight)],
                              config: GPTQQuantizeConfig, metadata: [String: Any] = [:], files: [String: Data] = [:]) throws {
         var tensors = floatTensors
@@ -251,7 +251,12 @@ public enum GPTQCheckpoint {
         try AtomicFile.writeDirectory(to: dir) { tmp in
             try SafetensorsWriter.write(tensors, metadata: ["format": "pt", "quantized_by": "quantkit"], to: "\(tmp)/model.safetensors")
             try cfg.write(to: URL(fileURLWithPath: "\(tmp)/quantize_config.json"))
-            for (name, data) in files { try data.write(to: URL(fileURLWithPath: "\(tmp)/\(name)")) }
+            for (name, data) in files {
+                // Names may hold a subdirectory (sentence-transformers' 1_Pooling/config.json).
+                let url = URL(fileURLWithPath: "\(tmp)/\(name)")
+                try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try data.write(to: url)
+            }
         }
     }
 

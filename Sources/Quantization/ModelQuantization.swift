@@ -73,25 +73,38 @@ public enum CalibrationText {
         let base = path.hasSuffix(".zst") ? String(path.dropLast(4)) : path
         if base.hasSuffix(".jsonl") {
             var parts: [String] = []
-            for (i, line) in raw.split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
-                guard let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
-                    throw QuantKitError(.format, "\(path):\(i + 1): not a JSON object")
-                }
+            try jsonLines(raw, path: path) { _, o in
                 let t = [o["title"] as? String, o["text"] as? String].compactMap { $0 }.filter { !$0.isEmpty }
                 if !t.isEmpty { parts.append(t.joined(separator: "\n")) }
             }
             return parts.joined(separator: "\n\n")
         }
-        if base.hasSuffix(".json") {
-            guard let o = try? JSONSerialization.jsonObject(with: Data(raw.utf8)) as? [String: Any],
-                  let data = o["data"] as? [[String: Any]] else {
-                throw QuantKitError(.format, "\(path): expected a SQuAD JSON object with a 'data' list")
-            }
-            var parts: [String] = []
-            for a in data { for p in (a["paragraphs"] as? [[String: Any]]) ?? [] { if let c = p["context"] as? String { parts.append(c) } } }
-            return parts.joined(separator: "\n\n")
-        }
+        if base.hasSuffix(".json") { return try squadContexts(raw, path: path).joined(separator: "\n\n") }
         return raw
+    }
+
+    /// Calls `body(lineNumber, object)` for every non-blank line (1-based numbers counting blank lines too); a line
+    /// that is not a JSON object is an error naming the file and line.
+    static func jsonLines(_ text: String, path: String, _ body: (Int, [String: Any]) throws -> Void) throws {
+        // Split on the scalar "\n": Swift treats "\r\n" as one Character, so a Character split would miss it.
+        for (i, line) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            if line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) { continue }
+            guard let o = try? JSONSerialization.jsonObject(with: Data(String(String.UnicodeScalarView(line)).utf8)) as? [String: Any] else {
+                throw QuantKitError(.format, "\(path): line \(i + 1): not a JSON object")
+            }
+            try body(i + 1, o)
+        }
+    }
+
+    /// Every paragraph context of a SQuAD JSON.
+    static func squadContexts(_ text: String, path: String) throws -> [String] {
+        guard let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+              let data = o["data"] as? [[String: Any]] else {
+            throw QuantKitError(.format, "\(path): expected a SQuAD JSON object with a 'data' list")
+        }
+        var parts: [String] = []
+        for a in data { for p in (a["paragraphs"] as? [[String: Any]]) ?? [] { if let c = p["context"] as? String { parts.append(c) } } }
+        return parts
     }
 }
 
@@ -103,17 +116,10 @@ public enum CalibrationWindows {
         guard tokens.count > seqlen else {
             throw QuantKitError(.input, "\(source): \(tokens.count) tokens, too short for windows of \(seqlen) tokens (need more than \(seqlen))")
         }
-        var state = seed
-        func next() -> UInt64 {  // SplitMix64
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var rng = CalibrationRandom(seed: seed)
         let span = UInt64(tokens.count - seqlen)
         return (0..<samples).map { _ in
-            let start = Int(next() % span)
+            let start = Int(rng.next() % span)
             return Array(tokens[start..<(start + seqlen)])
         }
     }
@@ -152,6 +158,18 @@ public struct CalibrationFingerprint: Codable, Sendable, Equatable {
             hit += 1
         }
         return Double(hit) / Double(hashes.count)
+    }
+
+    /// The same fraction over several texts (e.g. retrieval queries), each text's n-grams taken on its own so no
+    /// n-gram spans two texts: sampled n-grams seen in calibration / all sampled n-grams of the texts.
+    public func overlap(withTexts texts: [String]) -> Double {
+        var hit = 0, total = 0
+        for t in texts {
+            let hashes = CalibrationFingerprint.sampledHashes(t)
+            total += hashes.count
+            hit += hashes.filter { h in CalibrationFingerprint.probes(h, bits).allSatisfy { filter[$0 >> 6] & (1 << UInt64($0 & 63)) != 0 } }.count
+        }
+        return total > 0 ? Double(hit) / Double(total) : 0
     }
 
     static func probes(_ h: UInt64, _ m: Int) -> [Int] {
@@ -275,6 +293,9 @@ public enum ModelQuantizer {
         var alias: [String: String] = [:]
         var last: (module: String, ptr: UnsafePointer<Float>, rows: Int)?
         var error: Error?
+        /// Calibration samples one observed call stands for (the reference counts sequences: 1 per causal
+        /// window, the batch's sequence count for a packed encoder batch).
+        var samplesPerCall = 1
         init(_ wanted: [String]) { self.wanted = Set(wanted) }
         func reset() { last = nil }
         func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int, rows: Int) {
@@ -285,7 +306,7 @@ public enum ModelQuantizer {
                 return
             }
             if acc[module] == nil { acc[module] = HessianAccumulator(columns: inFeatures) }
-            do { try acc[module]!.add(input, count: rows, samples: 1, name: module) } catch { self.error = error }
+            do { try acc[module]!.add(input, count: rows, samples: samplesPerCall, name: module) } catch { self.error = error }
         }
         func hessian(_ module: String) -> HessianAccumulator? { acc[alias[module] ?? module] }
     }
@@ -343,32 +364,9 @@ public enum ModelQuantizer {
                     observer = o
                 }
                 for (name, scheme) in selected {
-                    let t0 = Date()
-                    let wT = try model.source.tensor(name + ".weight")
-                    guard wT.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight is not 2-D") }
-                    let (out, inF) = (wT.shape[0], wT.shape[1])
-                    let w = wT.floats()
-                    var q: QuantizedWeight
-                    var loss: Double?, damp: Double?, esc = 0, dead = 0
-                    if options.method == .gptq {
-                        guard let acc = observer?.hessian(name) else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
-                        let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
-                                             dampPercent: options.dampPercent)
-                        let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
-                                                  name: name, log: log, threads: model.threads)
-                        q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
-                    } else {
-                        q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: model.threads)
-                    }
-                    let bias = model.source.contains(name + ".bias") ? try model.source.tensor(name + ".bias") : nil
-                    let layer = try QuantizedLinear(q, bias: bias, name: name)
+                    let (q, layer, rep) = try quantizeLayer(name: name, source: model.source, scheme: scheme, hessian: observer?.hessian(name),
+                                                            options: options, threads: model.threads, log: log)
                     try block.setLinear(layer, named: name)
-                    var f16 = q
-                    f16.scales = q.scales.map { Float(Float16($0)) }
-                    let err = TensorError(reference: w, quantized: f16.dequantized())
-                    let rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: scheme.bits, groupSize: scheme.groupSize,
-                                               gptqLoss: loss, error: err, seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp,
-                                               dampEscalations: esc, deadColumns: dead)
                     reports.append(rep)
                     layers.append((name, q))
                     done += 1
@@ -378,6 +376,39 @@ public enum ModelQuantizer {
             if options.method == .gptq { runBlock(block, observer: nil, writeBack: true) }
         }
         return Result(layers: layers, reports: reports, seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Quantizes one linear module (`name.weight` [+ `name.bias`] of `source`) with GPTQ from its input Hessian or
+    /// with RTN, and returns the quantized weight, the layer to swap in and its report.
+    static func quantizeLayer(name: String, source: WeightSource, scheme: QuantScheme, hessian: HessianAccumulator?,
+                              options: ModelQuantizationOptions, threads: Int,
+                              log: @escaping (String) -> Void) throws -> (QuantizedWeight, QuantizedLinear, LayerQuantReport) {
+        let t0 = Date()
+        let wT = try source.tensor(name + ".weight")
+        guard wT.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight is not 2-D") }
+        let (out, inF) = (wT.shape[0], wT.shape[1])
+        let w = wT.floats()
+        var q: QuantizedWeight
+        var loss: Double?, damp: Double?, esc = 0, dead = 0
+        if options.method == .gptq {
+            guard let acc = hessian, acc.rows > 0 else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
+            let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
+                                 dampPercent: options.dampPercent)
+            let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
+                                      name: name, log: log, threads: threads)
+            q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
+        } else {
+            q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: threads)
+        }
+        let bias = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
+        let layer = try QuantizedLinear(q, bias: bias, name: name)
+        var f16 = q
+        f16.scales = q.scales.map { Float(Float16($0)) }
+        let err = TensorError(reference: w, quantized: f16.dequantized())
+        let rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: scheme.bits, groupSize: scheme.groupSize,
+                                   gptqLoss: loss, error: err, seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp,
+                                   dampEscalations: esc, deadColumns: dead)
+        return (q, layer, rep)
     }
 
     /// Writes the quantized model as a GPTQ directory: config.json (with quantization_config), model.safetensors
@@ -392,12 +423,22 @@ public enum ModelQuantizer {
             if name.hasSuffix(".weight"), quantized.contains(String(name.dropLast(".weight".count))) { continue }
             floats.append((name, try model.source.tensor(name)))
         }
+        let modelConfig = (try JSONSerialization.jsonObject(with: try model.config.jsonData()) as? [String: Any]) ?? [:]
+        try writeCheckpoint(floats: floats, modelConfig: modelConfig, result: result, options: options, to: dir, metadata: metadata,
+                            fingerprint: fingerprint, copyFiles: copyFiles)
+    }
+
+    /// The directory layout shared by every architecture: `floats` as stored, the packed layers of `result`,
+    /// config.json (`modelConfig` + quantization_config), quantize_config.json, the fingerprint and copied files.
+    static func writeCheckpoint(floats: [(String, Tensor)], modelConfig: [String: Any], result: Result, options: ModelQuantizationOptions,
+                                to dir: String, metadata: [String: Any], fingerprint: CalibrationFingerprint?,
+                                copyFiles: [(from: String, name: String)]) throws {
         var overrides: [String: (bits: Int, groupSize: Int)] = [:]
         for (name, q) in result.layers where q.bits != options.scheme.bits { overrides[name] = (q.bits, q.groupSize) }
         let cfg = GPTQQuantizeConfig(bits: options.scheme.bits, groupSize: options.scheme.groupSize > 0 ? options.scheme.groupSize : -1,
                                      descAct: options.actOrder, sym: options.scheme.symmetric, staticGroups: options.staticGroups,
                                      dampPercent: options.dampPercent, trueSequential: options.trueSequential, overrides: overrides)
-        var modelConfig = (try JSONSerialization.jsonObject(with: try model.config.jsonData()) as? [String: Any]) ?? [:]
+        var modelConfig = modelConfig
         modelConfig["quantization_config"] = cfg.json()
         var files: [String: Data] = ["config.json": try JSONSerialization.data(withJSONObject: modelConfig, options: [.prettyPrinted, .sortedKeys])]
         if let fp = fingerprint { files["calibration_fingerprint.json"] = try JSONEncoder().encode(fp) }

@@ -40,7 +40,16 @@ enum ModelLoading {
     /// overlaps it would flatter the quantized model. Refuses above 10% overlap unless allowed (then warns).
     static func checkCalibrationOverlap(model: String, text: String, corpus: String, allow: Bool) throws {
         guard let fp = try CalibrationFingerprint.read(checkpoint: model) else { return }
-        let overlap = fp.overlap(with: text)
+        try refuseOverlap(fp.overlap(with: text), model: model, corpus: corpus, allow: allow)
+    }
+
+    /// The same check for many short texts (retrieval queries), each text's n-grams on its own.
+    static func checkCalibrationOverlap(model: String, texts: [String], corpus: String, allow: Bool) throws {
+        guard let fp = try CalibrationFingerprint.read(checkpoint: model) else { return }
+        try refuseOverlap(fp.overlap(withTexts: texts), model: model, corpus: corpus, allow: allow)
+    }
+
+    private static func refuseOverlap(_ overlap: Double, model: String, corpus: String, allow: Bool) throws {
         guard overlap > 0.1 else { return }
         let msg = String(format: "%@ overlaps the calibration text of %@ (%.0f%% of its 8-grams were seen in calibration)",
                          corpus, model, overlap * 100)

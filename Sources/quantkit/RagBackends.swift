@@ -9,9 +9,7 @@ import Tokenization
 /// encoding with the post-processor's [CLS] ... [SEP] (the encoder truncates to max_seq_length).
 enum RagTokenizerBridge {
     static func make(modelDirectory dir: String) throws -> @Sendable (String) throws -> [Int32] {
-        let path = try Datasets.resolve(dir, "tokenizer.json")
-        let tok = try TokenizerLoader.load(data: try readMaybeCompressed(path), fileName: "tokenizer.json")
-        return { text in tok.encode(text, addSpecialTokens: true).map { Int32($0) } }
+        try EmbedderTokenizer.load(directory: dir)
     }
 }
 
@@ -28,6 +26,9 @@ enum RagQuantizedEmbedders {
                     (spec as NSString).lastPathComponent)
         }
         let scheme = try EmbedderQuantSpec.parseRTN(spec)
+        if GPTQCheckpoint.isGPTQ(floatDirectory) {
+            throw QuantKitError(.input, "--embedder-quantized \(spec): --embedder \(floatDirectory) is already quantized (GPTQ); RTN needs the float embedder")
+        }
         return (try BertModel(directory: floatDirectory, backend: RTNEmbedderBackend(scheme: scheme)), spec)
     }
 }

@@ -3,6 +3,7 @@ import Evaluation
 import Foundation
 import Models
 import NPU
+import Quantization
 import TensorCore
 
 /// `quantkit rag ...`: what quantization does to a retrieval-augmented pipeline.
@@ -40,6 +41,11 @@ enum RagEmbedders {
             (model, label) = try RagQuantizedEmbedders.load(spec: q, floatDirectory: directory)
             let isDir = FileManager.default.fileExists(atPath: q + "/config.json")
             digest = try RagEmbedder.digest(directory: isDir ? q : directory, pooling: pooling, extra: isDir ? "gptq-dir" : q)
+        } else if GPTQCheckpoint.isGPTQ(directory) {
+            // A quantized embedder directory written by `quantkit quantize` is complete: it runs as the base too.
+            model = try BertModel(directory: directory, backend: try QuantizedLinearBackend(directory: directory))
+            label = (directory as NSString).lastPathComponent
+            digest = try RagEmbedder.digest(directory: directory, pooling: pooling, extra: "gptq-dir")
         } else {
             model = try BertModel(directory: directory)
             label = "float"
@@ -115,6 +121,8 @@ struct RagRetrievalCommand: ParsableCommand {
     @Flag(help: "Do not read or write the corpus embedding cache.") var noCache = false
     @Option(help: "Worker threads (default: all cores).") var threads: Int?
     @OptionGroup var npu: NpuBackendOptions
+    @Flag(name: .customLong("allow-overlap"), help: "Only warn when the queries overlap a quantized embedder's calibration text.")
+    var allowOverlap = false
 
     func validate() throws {
         guard k >= 1 else { throw ValidationError("--k must be at least 1") }
@@ -132,6 +140,11 @@ struct RagRetrievalCommand: ParsableCommand {
             for w in full.warnings { logInfo("warning: \(w)") }
             let ds = (maxDocs != nil || maxQueries != nil) ? full.subset(maxDocs: maxDocs, maxQueries: maxQueries) : full
             let dir = try RagEmbedders.resolveDirectory(embedder)
+            // A quantized embedder calibrated on the evaluation queries would be flattered: refuse (or warn).
+            let queriesFile = ds.sources.count > 1 ? ds.sources[1].path : dataset
+            for d in [dir] + embedderQuantized where FileManager.default.fileExists(atPath: d + "/config.json") {
+                try ModelLoading.checkCalibrationOverlap(model: d, texts: ds.queries.map(\.text), corpus: queriesFile, allow: allowOverlap)
+            }
             let cache = noCache ? nil : EmbeddingCache(directory: cacheDir)
             var runs: [RetrievalRunResult] = []
             let base = try RagEmbedders.load(directory: dir)

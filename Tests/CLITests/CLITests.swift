@@ -355,4 +355,46 @@ final class CLITests: XCTestCase {
         try expectError(["rag", "answers", "--oracle-context", "--max-questions", "1", "--backend", "npu", "--npu-config", dir + "/min.json"],
                         mentioning: "calibration too small")
     }
+
+    /// A BERT embedder quantized by `quantkit quantize` is a complete embedder directory: `rag retrieval` loads it
+    /// as --embedder and as --embedder-quantized; queries overlapping its calibration text are refused.
+    func testQuantizeBertEmbedderForRetrieval() throws {
+        let dir = Repo.tempDirectory("cli-bert")
+        try run(["quantize", "--model", "minilm", "--method", "gptq", "--bits", "8", "--group-size", "-1",
+                 "--calibration", "Corpora/scifact/corpus.jsonl.zst", "--samples", "8", "--seqlen", "64",
+                 "--output", dir + "/q8", "--json", dir + "/q8.json"])
+        let q = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/q8.json"))) as! [String: Any]
+        XCTAssertEqual(q["architecture"] as? String, "bert")
+        XCTAssertEqual((q["layers"] as? [[String: Any]])?.count, 36)
+        XCTAssertEqual((q["calibration"] as? [String: Any])?["samples"] as? Int, 8)
+        for f in ["1_Pooling/config.json", "modules.json", "sentence_bert_config.json", "tokenizer.json", "calibration_fingerprint.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/q8/" + f), f)
+        }
+        let small = ["--max-queries", "10", "--max-docs", "40", "--no-cache"]
+        try run(["rag", "retrieval", "--embedder", dir + "/q8", "--json", dir + "/r1.json"] + small)
+        try run(["rag", "retrieval", "--embedder-quantized", dir + "/q8", "--json", dir + "/r2.json"] + small)
+        let r1 = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/r1.json"))) as! [String: Any]
+        let r2 = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/r2.json"))) as! [String: Any]
+        func ndcg10(_ r: [String: Any], _ i: Int) -> Double {
+            (((r["runs"] as! [[String: Any]])[i]["metrics"] as! [String: Any])["ndcg@10"] as! Double)
+        }
+        XCTAssertEqual(ndcg10(r1, 0), ndcg10(r2, 1), accuracy: 1e-12, "the same directory as base or as quantized embedder")
+        // Calibrated on the evaluation queries: refused unless --allow-overlap.
+        try run(["quantize", "--model", "minilm", "--method", "gptq", "--bits", "8", "--group-size", "-1",
+                 "--calibration", "Corpora/scifact/queries.jsonl.zst", "--samples", "8", "--seqlen", "32", "--output", dir + "/qq"])
+        try expectError(["rag", "retrieval", "--embedder-quantized", dir + "/qq"] + small, mentioning: "overlap")
+        try expectError(["rag", "retrieval", "--embedder", dir + "/q8", "--embedder-quantized", "rtn-int8"] + small,
+                        mentioning: "already quantized")
+        // Bad input: one clear line naming the file, flag or line.
+        try "one passage\ntwo passages\n".write(toFile: dir + "/short.txt", atomically: true, encoding: .utf8)
+        try expectError(["quantize", "--model", "minilm", "--calibration", dir + "/short.txt", "--samples", "8", "--output", dir + "/x"],
+                        mentioning: "short.txt: 2 passages, too few for --samples 8")
+        try "{\"_id\": \"1\", \"text\": \"a\"}\n{\"_id\": 2, \"text\": \n".write(toFile: dir + "/bad.jsonl", atomically: true, encoding: .utf8)
+        try expectError(["quantize", "--model", "minilm", "--calibration", dir + "/bad.jsonl", "--samples", "1", "--output", dir + "/x"],
+                        mentioning: "bad.jsonl: line 2")
+        try expectError(["quantize", "--model", "minilm", "--method", "rtn", "--bits", "5", "--output", dir + "/x"], mentioning: "bits 5")
+        try expectError(["quantize", "--model", "minilm", "--method", "rtn", "--group-size", "0", "--output", dir + "/x"],
+                        mentioning: "--group-size")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x"), "no output directory after a failed run")
+    }
 }

@@ -1,0 +1,161 @@
+import Foundation
+import Models
+import TensorCore
+
+/// Calibration data of an embedder: whole passages as the embedder encodes them (not windows cut from a token
+/// stream), drawn reproducibly from a corpus and tokenized with the embedder's own tokenizer.
+public enum EmbedderCalibration {
+    /// The passages of a calibration file and its raw bytes (for the sha256):
+    /// - BEIR corpus `.jsonl`: one passage per document, title + " " + text (BEIR convention, what retrieval embeds);
+    /// - SQuAD `.json`: every paragraph context;
+    /// - anything else: plain text, one passage per non-blank line.
+    /// Zstd-compressed files are read transparently. Empty passages are dropped.
+    public static func passages(_ path: String) throws -> (passages: [String], raw: Data) {
+        let raw = try readMaybeCompressed(path)
+        let base = path.hasSuffix(".zst") ? String(path.dropLast(4)) : path
+        guard let text = String(data: raw, encoding: .utf8) else { throw QuantKitError(.format, "\(path): not valid UTF-8 text") }
+        var out: [String] = []
+        if base.hasSuffix(".jsonl") {
+            try CalibrationText.jsonLines(text, path: path) { _, o in
+                let title = o["title"] as? String ?? "", body = o["text"] as? String ?? ""
+                let p = title.isEmpty ? body : (body.isEmpty ? title : title + " " + body)
+                if !p.isEmpty { out.append(p) }
+            }
+        } else if base.hasSuffix(".json") {
+            out = try CalibrationText.squadContexts(text, path: path)
+        } else {
+            out = text.split(whereSeparator: \.isNewline).map(String.init)
+        }
+        out = out.map(BertSentenceEncoder.stripPythonWhitespace).filter { !$0.isEmpty }
+        return (out, raw)
+    }
+
+    /// `samples` distinct passage indices out of `count`, drawn without replacement (seeded partial Fisher-Yates
+    /// on SplitMix64), in draw order.
+    public static func draw(count: Int, samples: Int, seed: UInt64, source: String = "calibration") throws -> [Int] {
+        guard samples > 0 else { throw QuantKitError(.input, "--samples must be positive (got \(samples))") }
+        guard count >= samples else {
+            throw QuantKitError(.input, "\(source): \(count) passages, too few for --samples \(samples)")
+        }
+        var rng = CalibrationRandom(seed: seed)
+        var idx = Array(0..<count)
+        for i in 0..<samples { idx.swapAt(i, i + Int(rng.next() % UInt64(count - i))) }
+        return Array(idx.prefix(samples))
+    }
+
+    /// Token sequences for calibration: `samples` passages drawn with `seed`, tokenized with [CLS] ... [SEP] and
+    /// truncated to `seqlen` tokens the way sentence-transformers truncates (first seqlen-1 tokens + [SEP]).
+    public static func sequences(passages: [String], samples: Int, seqlen: Int, seed: UInt64, source: String,
+                                 tokenize: (String) throws -> [Int32]) throws -> [[Int32]] {
+        guard seqlen >= 2 else { throw QuantKitError(.input, "--seqlen must be at least 2 for an encoder ([CLS] and [SEP]); got \(seqlen)") }
+        return try draw(count: passages.count, samples: samples, seed: seed, source: source).map { i in
+            let ids = try tokenize(passages[i])
+            guard !ids.isEmpty else { throw QuantKitError(.input, "\(source): passage \(i + 1) tokenizes to nothing") }
+            return BertSentenceEncoder.truncate(ids, maxLength: seqlen).ids
+        }
+    }
+}
+
+extension ModelQuantizer {
+    /// GPTQ or RTN of a BERT encoder, layer by layer. Calibration sequences are sorted by length and packed into
+    /// batches of about `batchTokens` tokens; packing is the padding mask (a token attends only inside its
+    /// sequence) and no padding row exists, so every Hessian is summed over real tokens only. Inside each encoder
+    /// layer the linear modules are quantized in true-sequential groups [query, key, value] ->
+    /// [attention.output.dense] -> [intermediate.dense] -> [output.dense], each group's Hessians taken with the
+    /// already quantized groups in place; the quantized layer's outputs are the next layer's inputs.
+    public static func quantize(bert model: BertModel, sequences: [[Int32]], options: ModelQuantizationOptions,
+                                batchTokens: Int = 8192, threads: Int = Parallel.defaultThreads,
+                                log: @escaping (String) -> Void = logInfo) throws -> Result {
+        let start = Date()
+        guard options.method == .rtn || !sequences.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration passages") }
+        // Every layer must accept its scheme before any work starts.
+        for i in 0..<model.layerCount {
+            for name in model.linearGroups(layer: i).joined() {
+                guard let s = try options.scheme(for: name), let l = model.linear(named: name) else { continue }
+                try s.validate(outFeatures: l.outFeatures, inFeatures: l.inFeatures, name: name)
+            }
+        }
+        // Embedding outputs of the calibration batches (hidden states entering the current layer).
+        var batches: [(x: [Float], offsets: [Int])] = []
+        if options.method == .gptq {
+            let order = sequences.indices.sorted { sequences[$0].count != sequences[$1].count ? sequences[$0].count > sequences[$1].count : $0 < $1 }
+            var i = 0
+            while i < order.count {
+                var batch: [[Int32]] = []
+                var tokens = 0
+                while i < order.count && (batch.isEmpty || tokens + sequences[order[i]].count <= batchTokens) {
+                    batch.append(sequences[order[i]]); tokens += sequences[order[i]].count; i += 1
+                }
+                batches.append(try model.embed(batch))
+            }
+        }
+        var layers: [(String, QuantizedWeight)] = []
+        var reports: [LayerQuantReport] = []
+        let progress = ProgressReporter("quantize", total: model.layerCount * BertModel.sequentialGroups.joined().count, unit: "layers")
+        var done = 0
+        for i in 0..<model.layerCount {
+            let groups = options.trueSequential ? model.linearGroups(layer: i) : [model.linearGroups(layer: i).flatMap { $0 }]
+            for group in groups {
+                var selected: [(String, QuantScheme)] = []
+                for name in group { if let s = try options.scheme(for: name) { selected.append((name, s)) } else { done += 1 } }
+                guard !selected.isEmpty else { continue }
+                var observer: HessianObserver?
+                if options.method == .gptq {
+                    let o = HessianObserver(selected.map(\.0))
+                    for b in batches {
+                        o.reset()
+                        o.samplesPerCall = b.offsets.count - 1
+                        var x = b.x
+                        model.forwardLayer(i, x: &x, offsets: b.offsets, observer: o, threads: threads)
+                        if let e = o.error { throw e }
+                    }
+                    observer = o
+                }
+                for (name, scheme) in selected {
+                    let (q, layer, rep) = try quantizeLayer(name: name, source: model.source, scheme: scheme, hessian: observer?.hessian(name),
+                                                            options: options, threads: threads, log: log)
+                    try model.setLinear(layer, named: name)
+                    reports.append(rep)
+                    layers.append((name, q))
+                    done += 1
+                    progress.update(done: done, extra: name)
+                }
+            }
+            if options.method == .gptq {
+                for b in batches.indices { model.forwardLayer(i, x: &batches[b].x, offsets: batches[b].offsets, threads: threads) }
+            }
+        }
+        return Result(layers: layers, reports: reports, seconds: Date().timeIntervalSince(start))
+    }
+
+    /// Writes a quantized BERT embedder as a GPTQ directory: every tensor of the source checkpoint except the
+    /// quantized linear weights (embeddings, LayerNorms, biases, pooler, position ids: as stored) plus the packed
+    /// layers, the source's config.json with quantization_config added, quantize_config.json, the fingerprint and
+    /// `copyFiles` (tokenizer and sentence-transformers files, see `BertSentenceEncoder.companionFiles`).
+    public static func write(bert model: BertModel, result: Result, options: ModelQuantizationOptions, to dir: String,
+                             metadata: [String: Any], fingerprint: CalibrationFingerprint?,
+                             copyFiles: [(from: String, name: String)] = []) throws {
+        let quantized = Set(result.layers.map { $0.0 + ".weight" })
+        var floats: [(String, Tensor)] = []
+        for name in model.source.names where !quantized.contains(name) { floats.append((name, try model.source.tensor(name))) }
+        let cfgPath = (model.directory as NSString).appendingPathComponent("config.json")
+        guard let modelConfig = try JSONSerialization.jsonObject(with: readFile(cfgPath)) as? [String: Any] else {
+            throw QuantKitError(.format, "\(cfgPath): expected a JSON object")
+        }
+        try writeCheckpoint(floats: floats, modelConfig: modelConfig, result: result, options: options, to: dir, metadata: metadata,
+                            fingerprint: fingerprint, copyFiles: copyFiles)
+    }
+}
+
+/// SplitMix64, the generator behind every seeded calibration draw.
+struct CalibrationRandom {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
