@@ -183,19 +183,26 @@ final class GPTQTests: XCTestCase {
         XCTAssertNil(DenseMath.upperCholeskyOfInverse([1, 2, 2, 1], n: 2))
     }
 
+    /// The packed 4 x 12 outer-product kernel against plain Double sums: column counts around the tile sizes,
+    /// row counts crossing the 256-row panels, two add() calls accumulating.
     func testHessianAccumulatorAgainstScalar() throws {
         var rng = SeededRandom(seed: 3)
-        let cols = 37, rows = 300
-        let x = rng.floats(rows * cols)
-        let acc = HessianAccumulator(columns: cols)
-        try acc.add(x, count: rows, samples: 6)
-        let h = acc.hessian()
-        for i in 0..<cols {
-            for j in 0..<cols {
-                var s = 0.0
-                for r in 0..<rows { s += Double(x[r * cols + i]) * Double(x[r * cols + j]) }
-                XCTAssertEqual(h[i * cols + j], 2.0 / 6 * s, accuracy: 1e-10)
+        for (cols, rows) in [(37, 300), (1, 5), (4, 1), (12, 7), (13, 257), (130, 64), (200, 513)] {
+            let x = rng.floats(rows * cols), x2 = rng.floats(3 * cols)
+            let acc = HessianAccumulator(columns: cols)
+            try acc.add(x, count: rows, samples: 6)
+            try acc.add(x2, count: 3, samples: 1)
+            let h = acc.hessian()
+            var worst = 0.0
+            for i in 0..<cols {
+                for j in 0..<cols {
+                    var s = 0.0
+                    for r in 0..<rows { s += Double(x[r * cols + i]) * Double(x[r * cols + j]) }
+                    for r in 0..<3 { s += Double(x2[r * cols + i]) * Double(x2[r * cols + j]) }
+                    worst = max(worst, abs(h[i * cols + j] - 2.0 / 7 * s))
+                }
             }
+            XCTAssertLessThan(worst, 1e-10, "cols \(cols) rows \(rows)")
         }
     }
 }
