@@ -28,6 +28,18 @@ public enum Kernels {
         }
     }
 
+    /// x += delta (residual connections).
+    public static func addInPlace(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, count: Int) {
+        var i = 0
+        while i + 8 <= count {
+            let a = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            let b = UnsafeRawPointer(delta + i).loadUnaligned(as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(x + i).storeBytes(of: a + b, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < count { x[i] += delta[i]; i += 1 }
+    }
+
     public static func rmsNorm(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
                                out: UnsafeMutablePointer<Float>) {
         Elementwise.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)

@@ -155,14 +155,7 @@ public struct FloatOps: NonlinearOps {
         Kernels.swiglu(gate: gate, up: up, count: count)
     }
     public func residualAdd(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, count: Int) {
-        var i = 0
-        while i + 8 <= count {
-            let a = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-            let b = UnsafeRawPointer(delta + i).loadUnaligned(as: SIMD8<Float>.self)
-            UnsafeMutableRawPointer(x + i).storeBytes(of: a + b, as: SIMD8<Float>.self)
-            i += 8
-        }
-        while i < count { x[i] += delta[i]; i += 1 }
+        Kernels.addInPlace(x, delta, count: count)
     }
 }
 

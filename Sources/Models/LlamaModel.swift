@@ -68,8 +68,12 @@ public struct BlockContext {
     public var ops: NonlinearOps
     public var observer: LinearObserver?
     public var threads: Int
-    public init(ops: NonlinearOps, observer: LinearObserver?, threads: Int) {
-        self.ops = ops; self.observer = observer; self.threads = threads
+    /// When set (a module name relative to the block, e.g. "self_attn.v_proj"), the block returns right after
+    /// that module ran: a calibration pass that only needs its inputs observed skips the rest. The block's
+    /// output (x) is then not computed.
+    public var stopAfter: String?
+    public init(ops: NonlinearOps, observer: LinearObserver?, threads: Int, stopAfter: String? = nil) {
+        self.ops = ops; self.observer = observer; self.threads = threads; self.stopAfter = stopAfter
     }
 }
 
@@ -144,11 +148,14 @@ public final class LlamaBlock {
     }
 
     @inline(__always)
+    /// Runs one linear module; true when the context asks to stop after it.
+    @discardableResult
     private func run(_ l: LinearLayer, _ rel: String, _ x: UnsafePointer<Float>, _ rows: Int,
-                     _ out: UnsafeMutablePointer<Float>, _ ctx: BlockContext) {
+                     _ out: UnsafeMutablePointer<Float>, _ ctx: BlockContext) -> Bool {
         l.forward(x, rows: rows, out: out, threads: ctx.threads)
         ctx.observer?.observe(module: prefix + rel, input: x, inFeatures: l.inFeatures, output: out,
                               outFeatures: l.outFeatures, rows: rows)
+        return ctx.stopAfter == rel
     }
 
     /// Runs the block on `rows` hidden states `x` (in place, [rows, dim]) at positions start..<start+rows.
@@ -161,20 +168,20 @@ public final class LlamaBlock {
         let eps = Float(c.rmsNormEps), theta = Float(c.ropeTheta)
         inputNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
         let kOut = keys + start * kvDim, vOut = values + start * kvDim
-        run(qProj, "self_attn.q_proj", s.xb, rows, s.q, ctx)
-        run(kProj, "self_attn.k_proj", s.xb, rows, kOut, ctx)
-        run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx)
+        if run(qProj, "self_attn.q_proj", s.xb, rows, s.q, ctx) { return }
+        if run(kProj, "self_attn.k_proj", s.xb, rows, kOut, ctx) { return }
+        if run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx) { return }
         ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
         ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
         ctx.ops.attention(q: s.q, keys: keys, values: values, tokens: rows, start: start, nHeads: c.numAttentionHeads,
                           nKVHeads: c.kvHeads, headDim: c.headDimension, out: s.att, threads: ctx.threads)
-        run(oProj, "self_attn.o_proj", s.att, rows, s.xb2, ctx)
+        if run(oProj, "self_attn.o_proj", s.att, rows, s.xb2, ctx) { return }
         ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
         postAttentionNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
-        run(gateProj, "mlp.gate_proj", s.xb, rows, s.hb, ctx)
-        run(upProj, "mlp.up_proj", s.xb, rows, s.hb2, ctx)
+        if run(gateProj, "mlp.gate_proj", s.xb, rows, s.hb, ctx) { return }
+        if run(upProj, "mlp.up_proj", s.xb, rows, s.hb2, ctx) { return }
         ctx.ops.swiglu(gate: s.hb, up: s.hb2, count: rows * hidden)
-        run(downProj, "mlp.down_proj", s.hb, rows, s.xb2, ctx)
+        if run(downProj, "mlp.down_proj", s.hb, rows, s.xb2, ctx) { return }
         ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
     }
 }

@@ -341,8 +341,10 @@ public enum ModelQuantizer {
         let total = c.numHiddenLayers * LlamaBlock.linearNames.count
         let progress = ProgressReporter("quantize", total: total, unit: "layers")
         var done = 0
-        func runBlock(_ block: LlamaBlock, observer: LinearObserver?, writeBack: Bool) {
-            let ctx = BlockContext(ops: model.ops, observer: observer, threads: model.threads)
+        /// One pass of every window through `block`: capture passes (writeBack false) stop after `stopAfter`.
+        func runBlock(_ block: LlamaBlock, observer: LinearObserver?, writeBack: Bool, stopAfter: String? = nil) {
+            let ctx = BlockContext(ops: model.ops, observer: observer, threads: model.threads,
+                                   stopAfter: writeBack ? nil : stopAfter)
             for s in 0..<xs.count {
                 (observer as? HessianObserver)?.reset()
                 state.x.update(from: xs[s], count: seqlen * dim)
@@ -359,7 +361,9 @@ public enum ModelQuantizer {
                 var observer: HessianObserver?
                 if options.method == .gptq {
                     let o = HessianObserver(selected.map(\.0))
-                    runBlock(block, observer: o, writeBack: false)
+                    // The group's inputs are all observed once its last module ran; the rest of the block is skipped.
+                    let last = String(group.last!.dropFirst(block.prefix.count))
+                    runBlock(block, observer: o, writeBack: false, stopAfter: last)
                     if let e = o.error { throw e }
                     observer = o
                 }

@@ -90,6 +90,40 @@ final class SyntheticCheckpointTests: XCTestCase {
         XCTAssertNil(mistralNull.attentionWindow)
     }
 
+    /// BlockContext.stopAfter: a calibration pass sees exactly the inputs of a full pass up to that module, and
+    /// nothing after it.
+    func testBlockStopsAfterModule() throws {
+        let model = try LlamaModel.load(path: Self.dir("llama_gqa_f32_untied"))
+        final class Inputs: LinearObserver {
+            var seen: [(String, [Float])] = []
+            func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int, rows: Int) {
+                seen.append((module, Array(UnsafeBufferPointer(start: input, count: rows * inFeatures))))
+            }
+        }
+        let tokens: [Int32] = [1, 5, 9, 2, 7, 3]
+        func pass(stopAfter: String?) -> [(String, [Float])] {
+            let c = model.config, rows = tokens.count
+            let state = model.makeState(maxRows: rows), cache = model.makeCache(capacity: rows)
+            for r in 0..<rows { state.positions[r] = Int32(r) }
+            tokens.withUnsafeBufferPointer { model.embed($0, into: state.x) }
+            let obs = Inputs()
+            let ctx = BlockContext(ops: model.ops, observer: obs, threads: 1, stopAfter: stopAfter)
+            model.blocks[0].forward(state.x, rows: rows, start: 0, keys: cache.keys[0], values: cache.values[0], state: state, context: ctx)
+            XCTAssertEqual(c.numHiddenLayers, model.blocks.count)
+            return obs.seen
+        }
+        let full = pass(stopAfter: nil)
+        XCTAssertEqual(full.map(\.0), model.blocks[0].linearGroups.flatMap { $0 })
+        for (stop, expected) in [("self_attn.v_proj", 3), ("self_attn.o_proj", 4), ("mlp.up_proj", 6), ("mlp.down_proj", 7)] {
+            let part = pass(stopAfter: stop)
+            XCTAssertEqual(part.count, expected, stop)
+            for (a, b) in zip(part, full) {
+                XCTAssertEqual(a.0, b.0)
+                XCTAssertEqual(a.1, b.1, "\(a.0) input differs when stopping after \(stop)")
+            }
+        }
+    }
+
     /// Observer sees every linear module in order; swapping a linear changes the output.
     func testObserverAndLinearSwap() throws {
         let model = try LlamaModel.load(path: Self.dir("llama_gqa_f32_untied"))
