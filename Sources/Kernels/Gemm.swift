@@ -1,4 +1,5 @@
 import TensorCore
+import CHints
 
 // GEMM out[m, n] = x[m, k] · w[n, k]^T + bias, BLIS-style (Van Zee & van de Geijn, "BLIS: A Framework for Rapidly
 // Instantiating BLAS Functionality", 2015): the weight is packed into k-major panels of 16 columns (converted to
@@ -81,6 +82,49 @@ func transpose8x8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ 
 /// from the row-major matrix into `scratch`, or (pre-packed weights) straight from memory.
 protocol PanelSource: Sendable {
     func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float>
+    /// The contiguous bytes `panel` will read for this block, when there are such (pre-packed weights), so the
+    /// GEMM can prefetch them while it computes the block before.
+    func sourceBytes(n0: Int, k0: Int, kcur: Int) -> UnsafeRawBufferPointer?
+}
+
+extension PanelSource {
+    func sourceBytes(n0: Int, k0: Int, kcur: Int) -> UnsafeRawBufferPointer? { nil }
+}
+
+/// Spreads prefetches of the next (k, n) block's weight panels over the kernel calls of the current one, so the
+/// panel copy that starts the next block reads from cache instead of stalling on DRAM.
+struct PanelPrefetcher {
+    private var regions: [UnsafeRawBufferPointer] = []
+    private var region = 0, offset = 0
+    private(set) var linesPerCall = 0
+
+    init() { regions.reserveCapacity(Gemm.nc / 16) }
+
+    mutating func plan<S: PanelSource>(_ src: S, n0: Int, ncur: Int, k0: Int, kcur: Int, calls: Int) {
+        regions.removeAll(keepingCapacity: true)
+        region = 0
+        offset = 0
+        var bytes = 0
+        var p = 0
+        while p * 16 < ncur {
+            guard let r = src.sourceBytes(n0: n0 + p * 16, k0: k0, kcur: kcur) else { break }
+            regions.append(r)
+            bytes += r.count
+            p += 1
+        }
+        linesPerCall = calls > 0 ? (bytes / 64 + calls - 1) / calls : 0
+    }
+
+    @inline(__always) mutating func step() {
+        var left = linesPerCall
+        while left > 0 && region < regions.count {
+            let r = regions[region]
+            quantkit_prefetch(r.baseAddress! + offset)
+            offset += 64
+            if offset >= r.count { region += 1; offset = 0 }
+            left -= 1
+        }
+    }
 }
 
 struct RowPanels<S: RowSource>: PanelSource {
@@ -213,6 +257,8 @@ enum Gemm {
         let apack = tile + 96
         let panelPtr = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: nc / 16)
         defer { panelPtr.deallocate() }
+        var prefetcher = PanelPrefetcher()
+        let strips = ((mRange.count + mc - 1) / mc) * ((mc + mr - 1) / mr)
         var jc = nRange.lowerBound
         while jc < nRange.upperBound {
             let ncur = min(nc, nRange.upperBound - jc)
@@ -223,6 +269,16 @@ enum Gemm {
                 for p in 0..<panels {
                     panelPtr[p] = src.panel(n0: jc + p * 16, nv: min(16, ncur - p * 16), k0: pc, kcur: kcur,
                                             scratch: pack + p * kcur * 16)
+                }
+                // The block after this one: the next k range of these columns, else the next columns' first.
+                if pc + kcur < k {
+                    prefetcher.plan(src, n0: jc, ncur: ncur, k0: pc + kcur, kcur: min(kc, k - pc - kcur),
+                                    calls: panels * strips)
+                } else if jc + ncur < nRange.upperBound {
+                    prefetcher.plan(src, n0: jc + ncur, ncur: min(nc, nRange.upperBound - jc - ncur), k0: 0,
+                                    kcur: min(kc, k), calls: panels * strips)
+                } else {
+                    prefetcher.plan(src, n0: 0, ncur: 0, k0: 0, kcur: 0, calls: 0)
                 }
                 var ic = mRange.lowerBound
                 while ic < mRange.upperBound {
@@ -235,6 +291,7 @@ enum Gemm {
                         while ir < mcur {
                             let rows = min(mr, mcur - ir)
                             let row = ic + ir
+                            prefetcher.step()
                             kernel(apack + ir * kcur, rows, panelPtr[p], kcur, out + row * n + col, n, cols,
                                    pc > 0, bias.map { $0 + col }, tile)
                             ir += mr
