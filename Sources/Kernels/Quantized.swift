@@ -297,12 +297,17 @@ let quantGemvMaxRows = 3
 extension Kernels {
     /// out[m, outFeatures] = x[m, inFeatures] · dequant(weight)ᵀ + bias. x is in ORIGINAL input column order; an
     /// act-order permutation is applied to x here. The float weight is never materialized: the GEMV works on the
-    /// codes with scales factored out of each group, the GEMM dequantizes 16 x 256 panels into a per-thread buffer.
+    /// codes with scales factored out of each group, the GEMM dequantizes 16 x 256 panels into a per-thread buffer,
+    /// from `panels` (the same matrix pre-packed) when given.
     public static func matmulQuantized(x: UnsafePointer<Float>, m: Int, weight: QuantizedMatrix,
+                                       panels: QuantizedPanels? = nil,
                                        bias: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>,
                                        threads: Int = Parallel.defaultThreads) {
         let k = weight.inFeatures, n = weight.outFeatures
         guard m > 0 else { return }
+        if let panels {
+            precondition(panels.n == n && panels.k == k, "quantized panels' shape differs from the matrix")
+        }
         // Gather x into packed column order (one pass over m x k floats).
         var gathered: UnsafeMutablePointer<Float>? = nil
         defer { gathered?.deallocate() }
@@ -325,7 +330,12 @@ extension Kernels {
                                                 zeros: zp.baseAddress!, nGroups: weight.nGroups,
                                                 columnGroup: cg.baseAddress!, aligned: weight.alignedGroups)
                             if m > quantGemvMaxRows {
-                                Gemm.run(src, x: xp, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+                                if let panels {
+                                    Gemm.run(panels: QuantizedPanelSource(w: panels), x: xp, m: m, k: k, n: n, bias: bias,
+                                             out: out, threads: threads)
+                                } else {
+                                    Gemm.run(src, x: xp, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+                                }
                                 return
                             }
                             let ng = weight.nGroups

@@ -50,7 +50,7 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     private let ref: WeightRef
     private let packLock = NSLock()
     private var packed: PackedWeight?
-    static let prepackEnabled = ProcessInfo.processInfo.environment["QUANTKIT_PREPACK"] != "0"
+    public static let prepackEnabled = ProcessInfo.processInfo.environment["QUANTKIT_PREPACK"] != "0"
 
     /// The packed panels, made on first use.
     private func packedWeight(threads: Int) -> PackedWeight {

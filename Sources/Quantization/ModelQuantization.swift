@@ -5,17 +5,35 @@ import TensorCore
 
 /// A linear layer holding quantized weights, run on the Kernels' W8A16/W4A16 kernels: each weight is
 /// scale (rounded to f16, as stored in the checkpoint) x (q - zero), which is exactly what a loader of the
-/// checkpoint computes.
+/// checkpoint computes. Like DenseLinear, the first prefill-sized call packs the codes into GEMM panels (one
+/// extra copy of the code bytes; QUANTKIT_PREPACK=0 turns it off); decode runs on the row-major codes.
 public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
-    public let quantized: QuantizedWeight
+    /// The scheme, for size accounting: bits per code and groups per output row. (The QuantizedWeight itself,
+    /// with a byte per code, is not kept: `matrix` holds the same codes bit-packed.)
+    public let bits: Int
+    public let groupCount: Int
+    public let inFeatures: Int
+    public let outFeatures: Int
     /// The packed integer codes the kernels run on; the float weight matrix is never materialised.
     public let matrix: QuantizedMatrix
     private let bias: [Float]?
-    public var inFeatures: Int { quantized.inFeatures }
-    public var outFeatures: Int { quantized.outFeatures }
+    private let packLock = NSLock()
+    private var panels: QuantizedPanels?
+
+    private func packedPanels(threads: Int) -> QuantizedPanels {
+        packLock.lock()
+        defer { packLock.unlock() }
+        if let p = panels { return p }
+        let p = QuantizedPanels(matrix, threads: threads)
+        panels = p
+        return p
+    }
 
     public init(_ q: QuantizedWeight, bias: Tensor? = nil, name: String = "linear") throws {
-        quantized = q
+        bits = q.bits
+        groupCount = q.groupCount
+        inFeatures = q.inFeatures
+        outFeatures = q.outFeatures
         // Scales are stored as float16 in the checkpoint; round them here too so a freshly quantized layer
         // computes exactly what its written and reloaded checkpoint computes.
         do {
@@ -36,12 +54,14 @@ public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+        let panels = rows > 3 && DenseLinear.prepackEnabled ? packedPanels(threads: threads) : nil
         if let bias {
             bias.withUnsafeBufferPointer {
-                Kernels.matmulQuantized(x: x, m: rows, weight: matrix, bias: $0.baseAddress, out: out, threads: threads)
+                Kernels.matmulQuantized(x: x, m: rows, weight: matrix, panels: panels, bias: $0.baseAddress, out: out,
+                                        threads: threads)
             }
         } else {
-            Kernels.matmulQuantized(x: x, m: rows, weight: matrix, out: out, threads: threads)
+            Kernels.matmulQuantized(x: x, m: rows, weight: matrix, panels: panels, out: out, threads: threads)
         }
     }
 }

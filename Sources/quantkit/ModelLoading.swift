@@ -23,8 +23,8 @@ enum ModelLoading {
                 guard let layer = block.linear(named: name) else { continue }
                 let n = Double(layer.inFeatures * layer.outFeatures)
                 if let q = layer as? QuantizedLinear {
-                    let groups = Double(q.quantized.groupCount * q.outFeatures)
-                    bits += n * Double(q.quantized.bits) + groups * Double(16 + q.quantized.bits)
+                    let groups = Double(q.groupCount * q.outFeatures)
+                    bits += n * Double(q.bits) + groups * Double(16 + q.bits)
                 } else if let d = layer as? DenseLinear {
                     bits += n * Double(d.weight.dtype.byteSize * 8)
                 } else {

@@ -26,12 +26,17 @@ final class QuantizedTests: XCTestCase {
         let x = rng.floats(m * k)
         let bias = rng.floats(n)
         var fast = [Float](repeating: .nan, count: m * n), ref = fast
+        var packed = fast
         Kernels.matmulQuantized(x: x, m: m, weight: q, bias: bias, out: &fast, threads: threads)
+        Kernels.matmulQuantized(x: x, m: m, weight: q, panels: QuantizedPanels(q, threads: threads), bias: bias,
+                                out: &packed, threads: threads)
         Reference.matmulQuantized(x: x, m: m, weight: q, bias: bias, out: &ref)
         // |w| <= 0.05 * 255 here; float summation error ~ sqrt(k)·1e-7·|x||w|.
         let wmax = q.dequantized().map { abs($0) }.max() ?? 1
         let tol = 2e-6 * Float(k).squareRoot() * max(1, wmax) * 4
         XCTAssertLessThanOrEqual(maxAbsDiff(fast, ref), tol, "\(label) m=\(m) threads=\(threads)", file: file, line: line)
+        XCTAssertLessThanOrEqual(maxAbsDiff(packed, ref), tol, "pre-packed \(label) m=\(m) threads=\(threads)",
+                                 file: file, line: line)
     }
 
     func testBitsGroupsPermutations() throws {
