@@ -4,10 +4,12 @@ import TensorCore
 /// container width: [panel][packed column][16] bytes (5-8 bits) or [panel][packed column] UInt64 words holding 16
 /// nibbles, row j of the panel at bit 4j (2-4 bits); scales and zeros as [panel][group][16]. Prefill GEMMs widen a
 /// 16 x kcur block with two vector loads per column instead of the row-major path's 8x8 transposes and per-element
-/// group lookups. Costs one extra copy of the code bytes.
+/// group lookups; decode-sized products (m <= 3) run a GEMV over the same panels, so a layer needs no other copy.
 public final class QuantizedPanels: @unchecked Sendable {
     public let n: Int
     public let k: Int
+    /// Packed column j is original input column inputPermutation[j] (act-order); nil means identity.
+    public let inputPermutation: [Int32]?
     let panels: Int
     let nGroups: Int
     /// 8 (a byte per code) or 4 (a nibble per code).
@@ -26,6 +28,7 @@ public final class QuantizedPanels: @unchecked Sendable {
         panels = (n + 15) / 16
         nGroups = m.nGroups
         container = m.containerBits
+        inputPermutation = m.inputPermutation
         let columnBytes = container == 8 ? 16 : 8
         codes = UnsafeMutableRawPointer.allocate(byteCount: max(1, panels * k * columnBytes), alignment: 64)
         scales = .allocate(capacity: max(1, panels * nGroups * 16))
@@ -125,5 +128,96 @@ struct QuantizedPanelSource: PanelSource, @unchecked Sendable {
             g += 1
         }
         return UnsafePointer(scratch)
+    }
+}
+
+/// Decode-sized products over QuantizedPanels: per panel and group, Σ x·q over the group's columns for 16 outputs
+/// at once (each column's 16 codes decoded once and shared by the x rows), then
+/// y += scale·Σx·q − scale·zero·Σx with Σx per group precomputed.
+enum QuantizedPanelGemv {
+    @inline(__always)
+    static func codes(_ w: QuantizedPanels, _ base: UnsafeRawPointer, _ c: Int) -> (SIMD8<Float>, SIMD8<Float>) {
+        if w.container == 8 {
+            let q = base + c * 16
+            return (u8x8(q), u8x8(q + 8))
+        }
+        let word = base.load(fromByteOffset: c * 8, as: UInt64.self)
+        return (nibbles8(UInt32(truncatingIfNeeded: word)), nibbles8(UInt32(truncatingIfNeeded: word >> 32)))
+    }
+
+    /// Output panels `range` for `rows` (1...3) x rows; sumX is [rows, nGroups].
+    @inline(__always)
+    static func panels(_ w: QuantizedPanels, rows: Int, x: UnsafePointer<Float>, sumX: UnsafePointer<Float>,
+                       bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, range: Range<Int>) {
+        let k = w.k, ng = w.nGroups
+        let x1 = x + (rows > 1 ? k : 0), x2 = x + (rows > 2 ? 2 * k : 0)
+        for p in range {
+            let base = UnsafeRawPointer(w.codes) + p * k * w.columnBytes
+            var y00 = SIMD8<Float>(), y01 = SIMD8<Float>(), y10 = SIMD8<Float>(), y11 = SIMD8<Float>()
+            var y20 = SIMD8<Float>(), y21 = SIMD8<Float>()
+            for g in 0..<ng {
+                var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
+                var a20 = SIMD8<Float>(), a21 = SIMD8<Float>()
+                for c in w.groupStarts[g]..<w.groupStarts[g + 1] {
+                    let (q0, q1) = codes(w, base, c)
+                    var v = SIMD8<Float>(repeating: x[c]); a00.addProduct(v, q0); a01.addProduct(v, q1)
+                    if rows > 1 { v = SIMD8<Float>(repeating: x1[c]); a10.addProduct(v, q0); a11.addProduct(v, q1) }
+                    if rows > 2 { v = SIMD8<Float>(repeating: x2[c]); a20.addProduct(v, q0); a21.addProduct(v, q1) }
+                }
+                let sp = w.scales + (p * ng + g) * 16, zp = w.zeros + (p * ng + g) * 16
+                let s0 = loadU(sp), s1 = loadU(sp + 8)
+                let sz0 = s0 * loadU(zp), sz1 = s1 * loadU(zp + 8)
+                y00 += s0 * a00 - sz0 * sumX[g]; y01 += s1 * a01 - sz1 * sumX[g]
+                if rows > 1 { y10 += s0 * a10 - sz0 * sumX[ng + g]; y11 += s1 * a11 - sz1 * sumX[ng + g] }
+                if rows > 2 { y20 += s0 * a20 - sz0 * sumX[2 * ng + g]; y21 += s1 * a21 - sz1 * sumX[2 * ng + g] }
+            }
+            @inline(__always) func put(_ i: Int, _ lo: SIMD8<Float>, _ hi: SIMD8<Float>) {
+                for j in 0..<min(16, w.n - p * 16) {
+                    let o = p * 16 + j
+                    out[i * w.n + o] = (j < 8 ? lo[j] : hi[j - 8]) + (bias?[o] ?? 0)
+                }
+            }
+            put(0, y00, y01)
+            if rows > 1 { put(1, y10, y11) }
+            if rows > 2 { put(2, y20, y21) }
+        }
+    }
+}
+
+extension Kernels {
+    /// out[m, n] = x[m, k] · dequant(weight)ᵀ + bias on pre-packed panels (x in ORIGINAL input column order; an
+    /// act-order permutation is applied here): the GEMM for m > 3, the panel GEMV below that.
+    public static func matmulQuantized(x: UnsafePointer<Float>, m: Int, panels w: QuantizedPanels,
+                                       bias: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>,
+                                       threads: Int = Parallel.defaultThreads) {
+        let k = w.k, n = w.n
+        guard m > 0 else { return }
+        withPackedOrder(x, m: m, k: k, permutation: w.inputPermutation) { xp in
+            if m > quantGemvMaxRows {
+                Gemm.run(panels: QuantizedPanelSource(w: w), x: xp, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
+                return
+            }
+            let ng = w.nGroups
+            let sumX = UnsafeMutablePointer<Float>.allocate(capacity: m * ng)
+            defer { sumX.deallocate() }
+            for i in 0..<m {
+                for g in 0..<ng {
+                    var s: Float = 0
+                    for j in w.groupStarts[g]..<w.groupStarts[g + 1] { s += xp[i * k + j] }
+                    sumX[i * ng + g] = s
+                }
+            }
+            let xs = SendablePointer(xp), ss = SendablePointer(sumX), os = SendablePointer(out)
+            let bs = bias.map { SendablePointer($0) }
+            // ~32K multiply-adds per thread pay for a dispatch.
+            let minPanels = max(1, (1 << 15) / (16 * k))
+            Parallel.forRanges(w.panels, threads: threads, minPerThread: minPanels) { r in
+                switch m {
+                case 1: QuantizedPanelGemv.panels(w, rows: 1, x: xs.base, sumX: ss.base, bias: bs?.base, out: os.base, range: r)
+                case 2: QuantizedPanelGemv.panels(w, rows: 2, x: xs.base, sumX: ss.base, bias: bs?.base, out: os.base, range: r)
+                default: QuantizedPanelGemv.panels(w, rows: 3, x: xs.base, sumX: ss.base, bias: bs?.base, out: os.base, range: r)
+                }
+            }
+        }
     }
 }

@@ -297,29 +297,32 @@ let quantGemvMaxRows = 3
 extension Kernels {
     /// out[m, outFeatures] = x[m, inFeatures] · dequant(weight)ᵀ + bias. x is in ORIGINAL input column order; an
     /// act-order permutation is applied to x here. The float weight is never materialized: the GEMV works on the
-    /// codes with scales factored out of each group, the GEMM dequantizes 16 x 256 panels into a per-thread buffer,
-    /// from `panels` (the same matrix pre-packed) when given.
+    /// codes with scales factored out of each group, the GEMM dequantizes 16 x 256 panels into a per-thread buffer.
     public static func matmulQuantized(x: UnsafePointer<Float>, m: Int, weight: QuantizedMatrix,
-                                       panels: QuantizedPanels? = nil,
                                        bias: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>,
                                        threads: Int = Parallel.defaultThreads) {
         let k = weight.inFeatures, n = weight.outFeatures
         guard m > 0 else { return }
-        if let panels {
-            precondition(panels.n == n && panels.k == k, "quantized panels' shape differs from the matrix")
+        withPackedOrder(x, m: m, k: k, permutation: weight.inputPermutation) { xp in
+            matmulQuantizedRows(xp, m: m, weight: weight, bias: bias, out: out, threads: threads, k: k, n: n)
         }
-        // Gather x into packed column order (one pass over m x k floats).
-        var gathered: UnsafeMutablePointer<Float>? = nil
-        defer { gathered?.deallocate() }
-        var xp = x
-        if let perm = weight.inputPermutation {
-            let g = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
-            perm.withUnsafeBufferPointer { pp in
-                for i in 0..<m { for j in 0..<k { g[i * k + j] = x[i * k + Int(pp[j])] } }
-            }
-            gathered = g
-            xp = UnsafePointer(g)
+    }
+
+    /// x [m, k] in packed column order: gathered through an act-order permutation, else x itself.
+    static func withPackedOrder(_ x: UnsafePointer<Float>, m: Int, k: Int, permutation: [Int32]?,
+                                _ body: (UnsafePointer<Float>) -> Void) {
+        guard let perm = permutation else { body(x); return }
+        let g = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
+        defer { g.deallocate() }
+        perm.withUnsafeBufferPointer { pp in
+            for i in 0..<m { for j in 0..<k { g[i * k + j] = x[i * k + Int(pp[j])] } }
         }
+        body(UnsafePointer(g))
+    }
+
+    private static func matmulQuantizedRows(_ xp: UnsafePointer<Float>, m: Int, weight: QuantizedMatrix,
+                                            bias: UnsafePointer<Float>?, out: UnsafeMutablePointer<Float>, threads: Int,
+                                            k: Int, n: Int) {
         weight.packed.withUnsafeBufferPointer { wp in
             weight.scales.withUnsafeBufferPointer { sp in
                 weight.zeros.withUnsafeBufferPointer { zp in
@@ -330,12 +333,7 @@ extension Kernels {
                                                 zeros: zp.baseAddress!, nGroups: weight.nGroups,
                                                 columnGroup: cg.baseAddress!, aligned: weight.alignedGroups)
                             if m > quantGemvMaxRows {
-                                if let panels {
-                                    Gemm.run(panels: QuantizedPanelSource(w: panels), x: xp, m: m, k: k, n: n, bias: bias,
-                                             out: out, threads: threads)
-                                } else {
-                                    Gemm.run(src, x: xp, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
-                                }
+                                Gemm.run(src, x: xp, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
                                 return
                             }
                             let ng = weight.nGroups

@@ -59,6 +59,8 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
         if let p = packed { return p }
         let p = PackedWeight(ref, n: outFeatures, k: inFeatures, threads: threads)
         packed = p
+        // Prefill no longer reads the row-major bytes; decode and embedding lookups fault back what they touch.
+        weight.storage.releaseResidentPages()
         return p
     }
 

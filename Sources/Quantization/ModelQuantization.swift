@@ -5,29 +5,17 @@ import TensorCore
 
 /// A linear layer holding quantized weights, run on the Kernels' W8A16/W4A16 kernels: each weight is
 /// scale (rounded to f16, as stored in the checkpoint) x (q - zero), which is exactly what a loader of the
-/// checkpoint computes. Like DenseLinear, the first prefill-sized call packs the codes into GEMM panels (one
-/// extra copy of the code bytes; QUANTKIT_PREPACK=0 turns it off); decode runs on the row-major codes.
+/// checkpoint computes. The codes live only as GEMM panels (QuantizedPanels), which serve prefill and decode.
 public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
     /// The scheme, for size accounting: bits per code and groups per output row. (The QuantizedWeight itself,
-    /// with a byte per code, is not kept: `matrix` holds the same codes bit-packed.)
+    /// with a byte per code, is not kept.)
     public let bits: Int
     public let groupCount: Int
     public let inFeatures: Int
     public let outFeatures: Int
     /// The packed integer codes the kernels run on; the float weight matrix is never materialised.
-    public let matrix: QuantizedMatrix
+    public let panels: QuantizedPanels
     private let bias: [Float]?
-    private let packLock = NSLock()
-    private var panels: QuantizedPanels?
-
-    private func packedPanels(threads: Int) -> QuantizedPanels {
-        packLock.lock()
-        defer { packLock.unlock() }
-        if let p = panels { return p }
-        let p = QuantizedPanels(matrix, threads: threads)
-        panels = p
-        return p
-    }
 
     public init(_ q: QuantizedWeight, bias: Tensor? = nil, name: String = "linear") throws {
         bits = q.bits
@@ -37,9 +25,10 @@ public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
         // Scales are stored as float16 in the checkpoint; round them here too so a freshly quantized layer
         // computes exactly what its written and reloaded checkpoint computes.
         do {
-            matrix = try QuantizedMatrix.fromGroupIndex(
+            let matrix = try QuantizedMatrix.fromGroupIndex(
                 bits: q.bits, outFeatures: q.outFeatures, inFeatures: q.inFeatures, codesOriginalOrder: q.codes,
                 scales: q.scales.map { Float(Float16($0)) }, zeros: q.zeros.map { Float($0) }, gIdx: q.gIdx)
+            panels = QuantizedPanels(matrix)
         } catch let e as QuantKitError {
             throw QuantKitError(e.kind, "\(name): \(e.message)")
         }
@@ -54,14 +43,12 @@ public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
-        let panels = rows > 3 && DenseLinear.prepackEnabled ? packedPanels(threads: threads) : nil
         if let bias {
             bias.withUnsafeBufferPointer {
-                Kernels.matmulQuantized(x: x, m: rows, weight: matrix, panels: panels, bias: $0.baseAddress, out: out,
-                                        threads: threads)
+                Kernels.matmulQuantized(x: x, m: rows, panels: panels, bias: $0.baseAddress, out: out, threads: threads)
             }
         } else {
-            Kernels.matmulQuantized(x: x, m: rows, weight: matrix, panels: panels, out: out, threads: threads)
+            Kernels.matmulQuantized(x: x, m: rows, panels: panels, out: out, threads: threads)
         }
     }
 }
@@ -81,7 +68,12 @@ public struct QuantizedLinearBackend: LinearBackend {
         let s = config.settings(for: name)
         let q = try GPTQPacking.readLayer(source, prefix: name, bits: s.bits, groupSize: s.groupSize, symmetric: config.sym)
         let bias = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
-        return try QuantizedLinear(q, bias: bias, name: name)
+        let layer = try QuantizedLinear(q, bias: bias, name: name)
+        // The layer holds its own copy of the codes, scales and zeros: the checkpoint's pages are not read again.
+        for suffix in [".qweight", ".qzeros", ".scales", ".g_idx"] where source.contains(name + suffix) {
+            try source.tensor(name + suffix).storage.releaseResidentPages()
+        }
+        return layer
     }
 }
 

@@ -30,6 +30,18 @@ public final class TensorStorage: @unchecked Sendable {
     deinit {
         if mapping == nil { bytes.deallocate() }
     }
+
+    /// Drops this view's resident file pages (whole pages inside it) from the process: a later read faults them
+    /// back in from the page cache. For weights that were copied into another form (packed panels, decoded
+    /// codes), so their file bytes stop counting against peak memory. Owned memory is left alone.
+    public func releaseResidentPages() {
+        guard isMapped, byteCount > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: bytes) + page - 1) / page * page
+        let end = (Int(bitPattern: bytes) + byteCount) / page * page
+        guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
+        _ = madvise(p, end - start, Int32(MADV_DONTNEED))
+    }
 }
 
 /// A whole file mapped read-only. Pages are only read when touched.

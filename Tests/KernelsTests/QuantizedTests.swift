@@ -28,8 +28,8 @@ final class QuantizedTests: XCTestCase {
         var fast = [Float](repeating: .nan, count: m * n), ref = fast
         var packed = fast
         Kernels.matmulQuantized(x: x, m: m, weight: q, bias: bias, out: &fast, threads: threads)
-        Kernels.matmulQuantized(x: x, m: m, weight: q, panels: QuantizedPanels(q, threads: threads), bias: bias,
-                                out: &packed, threads: threads)
+        Kernels.matmulQuantized(x: x, m: m, panels: QuantizedPanels(q, threads: threads), bias: bias, out: &packed,
+                                threads: threads)
         Reference.matmulQuantized(x: x, m: m, weight: q, bias: bias, out: &ref)
         // |w| <= 0.05 * 255 here; float summation error ~ sqrt(k)·1e-7·|x||w|.
         let wmax = q.dequantized().map { abs($0) }.max() ?? 1
@@ -53,7 +53,7 @@ final class QuantizedTests: XCTestCase {
                   Case(bits: 6, out: 7, inF: 70, group: 16, permuted: true)]
         for c in cases {
             let q = try randomMatrix(c, rng: &rng)
-            for m in [1, 2, 5, 64] {
+            for m in [1, 2, 3, 5, 64] {
                 for threads in [1, 2] {
                     check(q, m: m, threads: threads, rng: &rng, label: "\(c)")
                 }
