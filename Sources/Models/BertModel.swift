@@ -247,8 +247,10 @@ public final class BertModel: @unchecked Sendable {
     /// Runs encoder layer `i` in place on packed hidden states `x` [offsets.last, hidden]. The observer (the
     /// argument, else the model's) sees every linear module's input and output under its full name (rows = real
     /// tokens only: sequences are packed, so no padding position ever reaches a linear layer).
+    /// `stopAfter` (a full module name) ends the pass right after that linear module ran and was observed: calibration
+    /// capture passes need nothing past the group being quantized. `x` is then left partly updated.
     public func forwardLayer(_ i: Int, x: inout [Float], offsets: [Int], scratch: Scratch? = nil, observer: LinearObserver? = nil,
-                             threads: Int = Parallel.defaultThreads) {
+                             stopAfter: String? = nil, threads: Int = Parallel.defaultThreads) {
         let h = config.hiddenSize, f = config.intermediateSize
         let total = offsets.last!
         guard total > 0 else { return }
@@ -261,7 +263,8 @@ public final class BertModel: @unchecked Sendable {
                 b.withUnsafeBufferPointer { ops.residualAdd(ab.baseAddress!, $0.baseAddress!, count: total * h) }
             }
         }
-        func run(_ l: any LinearLayer, _ sub: String, _ input: [Float], _ out: inout [Float]) {
+        /// Runs and observes one module; true when the pass stops here.
+        func run(_ l: any LinearLayer, _ sub: String, _ input: [Float], _ out: inout [Float]) -> Bool {
             input.withUnsafeBufferPointer { ib in
                 out.withUnsafeMutableBufferPointer { ob in
                     l.forward(ib.baseAddress!, rows: total, out: ob.baseAddress!, threads: threads)
@@ -269,10 +272,10 @@ public final class BertModel: @unchecked Sendable {
                                       output: ob.baseAddress!, outFeatures: l.outFeatures, rows: total)
                 }
             }
+            return stopAfter == L.prefix + sub
         }
-        run(L.query, "attention.self.query", x, &sc.q)
-        run(L.key, "attention.self.key", x, &sc.k)
-        run(L.value, "attention.self.value", x, &sc.v)
+        if run(L.query, "attention.self.query", x, &sc.q) || run(L.key, "attention.self.key", x, &sc.k)
+            || run(L.value, "attention.self.value", x, &sc.v) { return }
         sc.q.withUnsafeBufferPointer { qb in
             sc.k.withUnsafeBufferPointer { kb in
                 sc.v.withUnsafeBufferPointer { vb in
@@ -285,13 +288,13 @@ public final class BertModel: @unchecked Sendable {
             }
         }
         // post-LN: x = LN(dense(ctx) + x)
-        run(L.attnOut, "attention.output.dense", sc.tmp, &sc.q)
+        if run(L.attnOut, "attention.output.dense", sc.tmp, &sc.q) { return }
         residual(&sc.q, x)
         layerNorm(sc.q, L.ln1g, L.ln1b, &x, rows: total, threads: threads)
-        run(L.inter, "intermediate.dense", x, &sc.inter)
+        if run(L.inter, "intermediate.dense", x, &sc.inter) { return }
         let interName = L.prefix + "intermediate.dense"
         sc.inter.withUnsafeMutableBufferPointer { ops.gelu($0.baseAddress!, count: total * f, producer: interName, threads: threads) }
-        run(L.out, "output.dense", sc.inter, &sc.q)
+        if run(L.out, "output.dense", sc.inter, &sc.q) { return }
         residual(&sc.q, x)
         layerNorm(sc.q, L.ln2g, L.ln2b, &x, rows: total, threads: threads)
     }

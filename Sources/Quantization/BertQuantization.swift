@@ -106,7 +106,7 @@ extension ModelQuantizer {
                         o.reset()
                         o.samplesPerCall = b.offsets.count - 1
                         var x = b.x
-                        model.forwardLayer(i, x: &x, offsets: b.offsets, observer: o, threads: threads)
+                        model.forwardLayer(i, x: &x, offsets: b.offsets, observer: o, stopAfter: group.last, threads: threads)
                         if let e = o.error { throw e }
                     }
                     observer = o

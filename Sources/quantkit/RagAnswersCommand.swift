@@ -78,6 +78,9 @@ struct RagAnswersCommand: ParsableCommand {
     @Option(help: "Most tokens generated per answer.") var maxTokens: Int = 16
     @Option(help: "Write the JSON result here.") var json: String?
     @Option(help: "Worker threads.") var threads: Int?
+    @Flag(name: .customLong("allow-overlap"),
+          help: "Only warn when the questions or passages overlap a quantized model's calibration text.")
+    var allowOverlap = false
     @OptionGroup var npu: NpuBackendOptions
 
     func validate() throws {
@@ -112,6 +115,17 @@ struct RagAnswersCommand: ParsableCommand {
             if npu.isNPU { _ = try npu.loadConfig() }  // a bad --npu-config fails before any run
             let squad = try Datasets.loadSQuAD(dataset)
             let qs = maxQuestions.map { Array(squad.questions.prefix($0)) } ?? squad.questions
+            // A quantized model calibrated on the evaluated text would be flattered: refuse (or warn). The retriever
+            // is judged on the questions (passages are its corpus, a fair calibration source); the generator on
+            // everything its prompts contain.
+            if !oracleContext, let r = retriever, FileManager.default.fileExists(atPath: r + "/config.json") {
+                try ModelLoading.checkCalibrationOverlap(model: r, texts: qs.map(\.question), corpus: dataset + " questions",
+                                                         allow: allowOverlap)
+            }
+            if let q = generatorQuantized, FileManager.default.fileExists(atPath: q + "/config.json") {
+                let prompts = (squad.contexts + qs.map(\.question)).joined(separator: "\n")
+                try ModelLoading.checkCalibrationOverlap(model: q, text: prompts, corpus: dataset, allow: allowOverlap)
+            }
             // Passages per question.
             var contexts: [[String]]
             var retrievalHit: Double? = nil

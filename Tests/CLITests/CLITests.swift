@@ -102,6 +102,14 @@ final class CLITests: XCTestCase {
                  "--output", dir + "/gptq"])
         try expectError(["perplexity", "--model", dir + "/gptq", "--corpus", "Corpora/tinystories/tinystories_sample.txt.zst",
                          "--ctx", "128"], mentioning: "overlap")
+        // So is answering SQuAD questions with a generator calibrated on the SQuAD paragraphs.
+        let squad = "Corpora/squad/squad-v2-dev-first5.json.zst"
+        try run(["quantize", "--model", "Models/stories260K/stories260K.bin", "--method", "gptq", "--bits", "8",
+                 "--calibration", squad, "--samples", "4", "--seqlen", "64", "--output", dir + "/gptq-squad"])
+        try expectError(["rag", "answers", "--oracle-context", "--max-questions", "1", "--generator-quantized", dir + "/gptq-squad"],
+                        mentioning: "overlap")
+        try run(["rag", "answers", "--oracle-context", "--max-questions", "1", "--max-tokens", "2",
+                 "--generator-quantized", dir + "/gptq-squad", "--allow-overlap"])
     }
 
     func testQuantizeFollowsAnEditedPlan() throws {
@@ -383,6 +391,20 @@ final class CLITests: XCTestCase {
         try run(["quantize", "--model", "minilm", "--method", "gptq", "--bits", "8", "--group-size", "-1",
                  "--calibration", "Corpora/scifact/queries.jsonl.zst", "--samples", "8", "--seqlen", "32", "--output", dir + "/qq"])
         try expectError(["rag", "retrieval", "--embedder-quantized", dir + "/qq"] + small, mentioning: "overlap")
+        // A retriever calibrated on the SQuAD questions is refused by `rag answers`.
+        let squad = try JSONSerialization.jsonObject(with: readMaybeCompressed(Repo.path("Corpora/squad/squad-v2-dev-first5.json.zst"))) as! [String: Any]
+        var questions: [String] = []
+        for article in squad["data"] as! [[String: Any]] {
+            for p in article["paragraphs"] as! [[String: Any]] {
+                for qa in p["qas"] as! [[String: Any]] { questions.append(qa["question"] as! String) }
+            }
+        }
+        try questions.joined(separator: "\n").write(toFile: dir + "/questions.txt", atomically: true, encoding: .utf8)
+        try run(["quantize", "--model", "minilm", "--method", "gptq", "--bits", "8", "--group-size", "-1",
+                 "--calibration", dir + "/questions.txt", "--samples", "8", "--seqlen", "32", "--output", dir + "/qsquad"])
+        // (The check samples 1 in 8 word 8-grams: enough questions to hold some; it fails before any generation.)
+        try expectError(["rag", "answers", "--retriever", dir + "/qsquad", "--max-questions", "300", "--max-tokens", "2"],
+                        mentioning: "overlap")
         try expectError(["rag", "retrieval", "--embedder", dir + "/q8", "--embedder-quantized", "rtn-int8"] + small,
                         mentioning: "already quantized")
         // Bad input: one clear line naming the file, flag or line.

@@ -139,6 +139,33 @@ final class BertQuantizationTests: XCTestCase {
         XCTAssertEqual(y, try model.forward(seqs, threads: 2).hidden)
     }
 
+    /// Capture passes that stop after a group's last module observe exactly what a full pass observes up to there,
+    /// and nothing after it.
+    func testStopAfterObservesSameInputs() throws {
+        final class Recorder: LinearObserver {
+            var inputs: [String: [Float]] = [:]
+            var order: [String] = []
+            func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>,
+                         outFeatures: Int, rows: Int) {
+                inputs[module] = Array(UnsafeBufferPointer(start: input, count: rows * inFeatures))
+                order.append(module)
+            }
+        }
+        let model = try BertModel(directory: try minilm())
+        let (x, offsets) = try model.embed([[101, 7592, 2088, 102], [101, 2023, 2003, 1037, 3231, 102]])
+        let full = Recorder()
+        var h = x
+        model.forwardLayer(1, x: &h, offsets: offsets, observer: full, threads: 2)
+        XCTAssertEqual(full.order.count, 6)
+        for group in model.linearGroups(layer: 1) {
+            let part = Recorder()
+            var y = x
+            model.forwardLayer(1, x: &y, offsets: offsets, observer: part, stopAfter: group.last, threads: 2)
+            XCTAssertEqual(part.order, Array(full.order.prefix(through: full.order.firstIndex(of: group.last!)!)))
+            for name in group { XCTAssertEqual(part.inputs[name], full.inputs[name], name) }
+        }
+    }
+
     func testCalibrationBadInput() throws {
         let tmp = Repo.tempDirectory("bertq-bad")
         try "first passage\n\nsecond passage\nthird\n".write(toFile: tmp + "/short.txt", atomically: true, encoding: .utf8)

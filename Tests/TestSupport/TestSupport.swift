@@ -15,10 +15,38 @@ public enum Repo {
 
     public static func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
 
+    /// A fresh directory under the system temporary directory, removed when the test process exits
+    /// (QUANTKIT_KEEP_TEST_FILES=1 keeps them for inspection).
     public static func tempDirectory(_ name: String = "qk") -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString)")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        TemporaryDirectories.shared.add(dir.path)
         return dir.path
+    }
+}
+
+/// Directories made by `Repo.tempDirectory`, deleted at exit.
+final class TemporaryDirectories: @unchecked Sendable {
+    static let shared = TemporaryDirectories()
+    private let lock = NSLock()
+    private var paths: [String] = []
+    private var registered = false
+
+    func add(_ path: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        paths.append(path)
+        if !registered && ProcessInfo.processInfo.environment["QUANTKIT_KEEP_TEST_FILES"] != "1" {
+            registered = true
+            atexit { TemporaryDirectories.shared.removeAll() }
+        }
+    }
+
+    func removeAll() {
+        lock.lock()
+        defer { lock.unlock() }
+        for p in paths { try? FileManager.default.removeItem(atPath: p) }
+        paths.removeAll()
     }
 }
 
