@@ -183,6 +183,7 @@ struct RagAnswersCommand: ParsableCommand {
                 o["truncated_prompts"] = g.truncatedPrompts
                 o["generated_tokens"] = g.generatedTokens
                 o["backend"] = sim != nil && i == runs.count - 1 ? "npu" : "cpu"
+                o["quantization"] = try RagQuantization.summary(i == 1 ? generatorQuantized : nil)
                 if let sim, i == runs.count - 1 {
                     o.merge(NPUModelSetup.fields(sim, calibration: npu.npuCalibration ?? NPUModelSetup.defaultCalibration)) { $1 }
                 }

@@ -13,6 +13,20 @@ enum RagTokenizerBridge {
     }
 }
 
+/// What a run's quantized model is, for result files (the verdict's advice depends on the method): a GPTQ-layout
+/// directory's method and settings, an RTN scheme's, or null for the float model.
+enum RagQuantization {
+    static func summary(_ spec: String?) throws -> Any {
+        guard let spec else { return NSNull() }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue {
+            return try GPTQCheckpoint.quantizationSummary(spec) ?? NSNull()
+        }
+        let s = try EmbedderQuantSpec.parseRTN(spec)
+        return ["method": "rtn", "bits": s.bits, "group_size": s.groupSize, "sym": s.symmetric, "act_order": false] as [String: Any]
+    }
+}
+
 /// `--embedder-quantized` values: a GPTQ checkpoint directory (weights + config.json of a BERT embedder) or an
 /// RTN scheme applied to the float embedder's weights at load time.
 enum RagQuantizedEmbedders {

@@ -180,7 +180,11 @@ struct RagRetrievalCommand: ParsableCommand {
                     "threads": th, "backend": npu.backend,
                 ])
                 if var rs = obj["runs"] as? [[String: Any]] {
-                    for i in rs.indices { rs[i]["backend"] = sim != nil && i == rs.count - 1 ? "npu" : "cpu" }
+                    for i in rs.indices {
+                        rs[i]["backend"] = sim != nil && i == rs.count - 1 ? "npu" : "cpu"
+                        let spec = i >= 1 && i <= embedderQuantized.count ? embedderQuantized[i - 1] : nil
+                        rs[i]["quantization"] = try RagQuantization.summary(spec)
+                    }
                     obj["runs"] = rs
                 }
                 if let sim {

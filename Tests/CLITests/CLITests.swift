@@ -387,6 +387,9 @@ final class CLITests: XCTestCase {
             (((r["runs"] as! [[String: Any]])[i]["metrics"] as! [String: Any])["ndcg@10"] as! Double)
         }
         XCTAssertEqual(ndcg10(r1, 0), ndcg10(r2, 1), accuracy: 1e-12, "the same directory as base or as quantized embedder")
+        // Each run names its quantization (the verdict's advice depends on the method).
+        XCTAssertEqual(((r2["runs"] as! [[String: Any]])[1]["quantization"] as? [String: Any])?["method"] as? String, "gptq")
+        XCTAssertTrue((r2["runs"] as! [[String: Any]])[0]["quantization"] is NSNull)
         // Calibrated on the evaluation queries: refused unless --allow-overlap.
         try run(["quantize", "--model", "minilm", "--method", "gptq", "--bits", "8", "--group-size", "-1",
                  "--calibration", "Corpora/scifact/queries.jsonl.zst", "--samples", "8", "--seqlen", "32", "--output", dir + "/qq"])
