@@ -118,9 +118,8 @@ struct QuantizedPanelSource: PanelSource, @unchecked Sendable {
                 }
             } else {
                 while c < stop {
-                    let word = base.load(fromByteOffset: c * 8, as: UInt64.self)
-                    storeU((nibbles8(UInt32(truncatingIfNeeded: word)) - z0) * s0, o)
-                    storeU((nibbles8(UInt32(truncatingIfNeeded: word >> 32)) - z1) * s1, o + 8)
+                    storeU((nibbles8(base.load(fromByteOffset: c * 8, as: UInt32.self)) - z0) * s0, o)
+                    storeU((nibbles8(base.load(fromByteOffset: c * 8 + 4, as: UInt32.self)) - z1) * s1, o + 8)
                     o += 16
                     c += 1
                 }
@@ -141,8 +140,9 @@ enum QuantizedPanelGemv {
             let q = base + c * 16
             return (u8x8(q), u8x8(q + 8))
         }
-        let word = base.load(fromByteOffset: c * 8, as: UInt64.self)
-        return (nibbles8(UInt32(truncatingIfNeeded: word)), nibbles8(UInt32(truncatingIfNeeded: word >> 32)))
+        // Two 32-bit loads, each broadcast straight from memory (vpbroadcastd m32), not one 64-bit load split in GPRs.
+        return (nibbles8(base.load(fromByteOffset: c * 8, as: UInt32.self)),
+                nibbles8(base.load(fromByteOffset: c * 8 + 4, as: UInt32.self)))
     }
 
     /// Output panels `range` for `rows` (1...3) x rows; sumX is [rows, nGroups].
@@ -156,14 +156,48 @@ enum QuantizedPanelGemv {
             var y00 = SIMD8<Float>(), y01 = SIMD8<Float>(), y10 = SIMD8<Float>(), y11 = SIMD8<Float>()
             var y20 = SIMD8<Float>(), y21 = SIMD8<Float>()
             for g in 0..<ng {
+                // Independent partial sums for even and odd columns (four for a single row): one FMA chain per
+                // accumulator would leave the loop waiting on FMA latency.
                 var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
                 var a20 = SIMD8<Float>(), a21 = SIMD8<Float>()
-                for c in w.groupStarts[g]..<w.groupStarts[g + 1] {
+                var b00 = SIMD8<Float>(), b01 = SIMD8<Float>(), b10 = SIMD8<Float>(), b11 = SIMD8<Float>()
+                var b20 = SIMD8<Float>(), b21 = SIMD8<Float>()
+                var c = w.groupStarts[g]
+                let end = w.groupStarts[g + 1]
+                if rows == 1 {
+                    var e00 = SIMD8<Float>(), e01 = SIMD8<Float>(), f00 = SIMD8<Float>(), f01 = SIMD8<Float>()
+                    while c + 4 <= end {
+                        let (q0, q1) = codes(w, base, c), (r0, r1) = codes(w, base, c + 1)
+                        let (s0, s1) = codes(w, base, c + 2), (t0, t1) = codes(w, base, c + 3)
+                        var v = SIMD8<Float>(repeating: x[c]); a00.addProduct(v, q0); a01.addProduct(v, q1)
+                        v = SIMD8<Float>(repeating: x[c + 1]); b00.addProduct(v, r0); b01.addProduct(v, r1)
+                        v = SIMD8<Float>(repeating: x[c + 2]); e00.addProduct(v, s0); e01.addProduct(v, s1)
+                        v = SIMD8<Float>(repeating: x[c + 3]); f00.addProduct(v, t0); f01.addProduct(v, t1)
+                        c += 4
+                    }
+                    a00 += e00; a01 += e01; b00 += f00; b01 += f01
+                }
+                while c + 2 <= end {
+                    let (q0, q1) = codes(w, base, c), (r0, r1) = codes(w, base, c + 1)
+                    var v = SIMD8<Float>(repeating: x[c]); a00.addProduct(v, q0); a01.addProduct(v, q1)
+                    v = SIMD8<Float>(repeating: x[c + 1]); b00.addProduct(v, r0); b01.addProduct(v, r1)
+                    if rows > 1 {
+                        v = SIMD8<Float>(repeating: x1[c]); a10.addProduct(v, q0); a11.addProduct(v, q1)
+                        v = SIMD8<Float>(repeating: x1[c + 1]); b10.addProduct(v, r0); b11.addProduct(v, r1)
+                    }
+                    if rows > 2 {
+                        v = SIMD8<Float>(repeating: x2[c]); a20.addProduct(v, q0); a21.addProduct(v, q1)
+                        v = SIMD8<Float>(repeating: x2[c + 1]); b20.addProduct(v, r0); b21.addProduct(v, r1)
+                    }
+                    c += 2
+                }
+                if c < end {
                     let (q0, q1) = codes(w, base, c)
                     var v = SIMD8<Float>(repeating: x[c]); a00.addProduct(v, q0); a01.addProduct(v, q1)
                     if rows > 1 { v = SIMD8<Float>(repeating: x1[c]); a10.addProduct(v, q0); a11.addProduct(v, q1) }
                     if rows > 2 { v = SIMD8<Float>(repeating: x2[c]); a20.addProduct(v, q0); a21.addProduct(v, q1) }
                 }
+                a00 += b00; a01 += b01; a10 += b10; a11 += b11; a20 += b20; a21 += b21
                 let sp = w.scales + (p * ng + g) * 16, zp = w.zeros + (p * ng + g) * 16
                 let s0 = loadU(sp), s1 = loadU(sp + 8)
                 let sz0 = s0 * loadU(zp), sz1 = s1 * loadU(zp + 8)

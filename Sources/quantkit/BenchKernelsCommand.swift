@@ -16,6 +16,8 @@ struct BenchKernelsCommand: ParsableCommand {
     var shapes: String = "128x512x512,128x512x1536,128x1536x512,128x2048x2048,512x512x512,512x512x1536,512x1536x512,512x2048x2048"
     @Option(help: "Comma-separated GEMV shapes k x n.") var gemvShapes: String = "512x512,512x1536,2048x2048,768x32000"
     @Flag(help: "Skip the quantized kernels.") var noQuantized = false
+    @Flag(help: "Also time the quantized kernels on row-major codes (QuantizedMatrix), the layout before panels.")
+    var rowMajorQuantized = false
     @Option(help: "Write a JSON result here.") var json: String?
 
     func run() throws {
@@ -37,12 +39,12 @@ struct BenchKernelsCommand: ParsableCommand {
         result["fma_peak_gflops_per_cpu_second"] = peakCPU
 
         var rows: [[String: Any]] = []
-        print("GEMM (out = x·wᵀ), median of \(reps):")
+        print("GEMM (out = x·wᵀ, weights pre-packed into panels as the model runs them), median of \(reps):")
         print("  m     k     n     weights  ms wall   GFLOP/s  %peak(wall)  GFLOP/cpu-s  %peak(cpu)")
         for s in gemm {
             let (m, k, n) = (s[0], s[1], s[2])
             var kinds = ["f32", "f16", "bf16"]
-            if !noQuantized { kinds += ["w8g128", "w4g128"] }
+            if !noQuantized { kinds += ["w8g128", "w4g128"] + (rowMajorQuantized ? ["w8g128-rows", "w4g128-rows"] : []) }
             for kind in kinds {
                 let (sec, cpu) = try KernelBench.timeMatmul(kind: kind, m: m, k: k, n: n, threads: threads, reps: reps)
                 let flop = 2.0 * Double(m * k * n)
@@ -63,7 +65,7 @@ struct BenchKernelsCommand: ParsableCommand {
         for s in gemv {
             let (k, n) = (s[0], s[1])
             var kinds = ["f32", "f16", "bf16"]
-            if !noQuantized { kinds += ["w8g128", "w4g128"] }
+            if !noQuantized { kinds += ["w8g128", "w4g128"] + (rowMajorQuantized ? ["w8g128-rows", "w4g128-rows"] : []) }
             for kind in kinds {
                 let (sec, cpu) = try KernelBench.timeMatmul(kind: kind, m: 1, k: k, n: n, threads: threads, reps: reps)
                 let bytes = KernelBench.weightBytes(kind: kind, k: k, n: n)
@@ -174,7 +176,7 @@ enum KernelBench {
         switch kind {
         case "f32": return 4 * k * n
         case "f16", "bf16": return 2 * k * n
-        case "w8g128": return k * n + 8 * n * ((k + 127) / 128)
+        case "w8g128", "w8g128-rows": return k * n + 8 * n * ((k + 127) / 128)
         default: return k * n / 2 + 8 * n * ((k + 127) / 128)
         }
     }
@@ -207,10 +209,12 @@ enum KernelBench {
                     wb.withUnsafeBufferPointer { pb in
                         let w: WeightRef = kind == "f32" ? .f32(p32.baseAddress!)
                             : kind == "f16" ? .f16(p16.baseAddress!) : .bf16(pb.baseAddress!)
+                        // The model's path: GEMMs on panels packed once (DenseLinear), GEMVs on the row-major weight.
+                        let packed = PackedWeight(w, n: n, k: k, threads: threads)
                         x.withUnsafeBufferPointer { xp in
                             out.withUnsafeMutableBufferPointer { op in
                                 measure {
-                                    Kernels.matmulNT(x: xp.baseAddress!, m: m, k: k, weight: w, n: n,
+                                    Kernels.matmulNT(x: xp.baseAddress!, m: m, k: k, weight: w, packed: packed, n: n,
                                                      out: op.baseAddress!, threads: threads)
                                 }
                             }
@@ -220,12 +224,17 @@ enum KernelBench {
             }
         default:
             let bits = kind.hasPrefix("w8") ? 8 : 4
-            let q = try KernelBench.randomQuantized(bits: bits, out: n, in: k, groupSize: 128, rng: &rng)
+            // The model's path (QuantizedLinear): codes in GEMM panels for GEMM and GEMV alike; "-rows": row-major codes.
+            let matrix = try KernelBench.randomQuantized(bits: bits, out: n, in: k, groupSize: 128, rng: &rng)
+            let q = QuantizedPanels(matrix, threads: threads)
             x.withUnsafeBufferPointer { xp in
                 out.withUnsafeMutableBufferPointer { op in
                     measure {
-                        Kernels.matmulQuantized(x: xp.baseAddress!, m: m, weight: q, out: op.baseAddress!,
-                                                threads: threads)
+                        if kind.hasSuffix("-rows") {
+                            Kernels.matmulQuantized(x: xp.baseAddress!, m: m, weight: matrix, out: op.baseAddress!, threads: threads)
+                        } else {
+                            Kernels.matmulQuantized(x: xp.baseAddress!, m: m, panels: q, out: op.baseAddress!, threads: threads)
+                        }
                     }
                 }
             }
