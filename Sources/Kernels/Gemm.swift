@@ -247,6 +247,14 @@ enum Gemm {
         }
     }
 
+    /// The size of equal blocks (a multiple of `multiple`, at most `limit`) that cover `total` in the fewest blocks.
+    static func evenBlock(_ total: Int, _ limit: Int, multiple: Int) -> Int {
+        guard total > limit else { return limit }
+        let blocks = (total + limit - 1) / limit
+        let size = (total + blocks - 1) / blocks
+        return min(limit, (size + multiple - 1) / multiple * multiple)
+    }
+
     /// Computes out rows mRange x columns nRange with a per-thread packing buffer.
     static func block<S: PanelSource>(_ src: S, x: UnsafePointer<Float>, k: Int, n: Int, bias: UnsafePointer<Float>?,
                                       out: UnsafeMutablePointer<Float>, mRange: Range<Int>, nRange: Range<Int>) {
@@ -257,26 +265,29 @@ enum Gemm {
         let apack = tile + 96
         let panelPtr = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: nc / 16)
         defer { panelPtr.deallocate() }
+        // Equal blocks instead of full ones plus a remainder (k 384: 192 + 192, not 256 + 128): a short last block
+        // pays the same packing and tile load/store overhead for half the work.
+        let kcB = evenBlock(k, kc, multiple: 8), ncB = evenBlock(nRange.count, nc, multiple: 16)
         var prefetcher = PanelPrefetcher()
         let strips = ((mRange.count + mc - 1) / mc) * ((mc + mr - 1) / mr)
         var jc = nRange.lowerBound
         while jc < nRange.upperBound {
-            let ncur = min(nc, nRange.upperBound - jc)
+            let ncur = min(ncB, nRange.upperBound - jc)
             let panels = (ncur + 15) / 16
             var pc = 0
             while pc < k {
-                let kcur = min(kc, k - pc)
+                let kcur = min(kcB, k - pc)
                 for p in 0..<panels {
                     panelPtr[p] = src.panel(n0: jc + p * 16, nv: min(16, ncur - p * 16), k0: pc, kcur: kcur,
                                             scratch: pack + p * kcur * 16)
                 }
                 // The block after this one: the next k range of these columns, else the next columns' first.
                 if pc + kcur < k {
-                    prefetcher.plan(src, n0: jc, ncur: ncur, k0: pc + kcur, kcur: min(kc, k - pc - kcur),
+                    prefetcher.plan(src, n0: jc, ncur: ncur, k0: pc + kcur, kcur: min(kcB, k - pc - kcur),
                                     calls: panels * strips)
                 } else if jc + ncur < nRange.upperBound {
-                    prefetcher.plan(src, n0: jc + ncur, ncur: min(nc, nRange.upperBound - jc - ncur), k0: 0,
-                                    kcur: min(kc, k), calls: panels * strips)
+                    prefetcher.plan(src, n0: jc + ncur, ncur: min(ncB, nRange.upperBound - jc - ncur), k0: 0,
+                                    kcur: min(kcB, k), calls: panels * strips)
                 } else {
                     prefetcher.plan(src, n0: 0, ncur: 0, k0: 0, kcur: 0, calls: 0)
                 }
