@@ -212,7 +212,8 @@ final class GPTQTests: XCTestCase {
     func testHessianAccumulatorEdgeShapes() throws {
         var rng = SeededRandom(seed: 11)
         let cases: [(cols: Int, adds: [Int])] = [(1, [1, 300]), (5, [7, 257, 3]), (7, [256, 1]), (8, [513]),
-                                                 (13, [1100, 255]), (33, [40, 700]), (172, [300, 2, 512]), (6, [2])]
+                                                 (13, [1100, 255]), (33, [40, 700]), (172, [300, 2, 512]), (6, [2]),
+                                                 (531, [260, 5])]
         for (cols, adds) in cases {
             for threads in [1, 2] {
                 let acc = HessianAccumulator(columns: cols)
