@@ -10,13 +10,12 @@ public final class HessianAccumulator: @unchecked Sendable {
     private var sum: [Double]
     public private(set) var samples: Int = 0
     public private(set) var rows: Int = 0
-    private var panel: [Double]
-    private let panelRows = 256
+    private let syrk: UpperSyrk
 
     public init(columns: Int) {
         self.columns = columns
         sum = [Double](repeating: 0, count: columns * columns)
-        panel = [Double](repeating: 0, count: columns * panelRows)
+        syrk = UpperSyrk(columns: columns)
     }
 
     /// Adds `count` input rows `x` [count, columns] (Float32, row-major) worth `samples` calibration samples.
@@ -26,20 +25,9 @@ public final class HessianAccumulator: @unchecked Sendable {
         for i in 0..<(count * n) where !x[i].isFinite {
             throw QuantKitError(.numeric, "\(name): non-finite activation \(x[i]) at row \(i / n), column \(i % n)")
         }
-        var r0 = 0
-        while r0 < count {
-            let t = min(panelRows, count - r0)
-            // Transpose a panel of rows into [columns, t] Float64 so the token sum is the contiguous inner loop.
-            panel.withUnsafeMutableBufferPointer { pb in
-                let p = pb.baseAddress!
-                for r in 0..<t { let row = x + (r0 + r) * n; for c in 0..<n { p[c * t + r] = Double(row[c]) } }
-                sum.withUnsafeMutableBufferPointer { sb in
-                    DenseMath.gemmNT(m: n, n: n, k: t, a: p, lda: t, b: p, ldb: t, c: sb.baseAddress!, ldc: n, alpha: 1,
-                                     triangle: .upper, threads: threads)
-                }
-            }
-            r0 += t
-        }
+        if n > 0 { sum.withUnsafeMutableBufferPointer { sb in
+            syrk.accumulate(x, count: count, ldx: n, into: sb.baseAddress!, ldc: n, threads: threads)
+        } }
         self.samples += samples
         self.rows += count
     }

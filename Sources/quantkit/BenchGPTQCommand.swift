@@ -16,6 +16,7 @@ struct BenchGPTQCommand: ParsableCommand {
     @Option(help: "Bits.") var bits = 4
     @Option(parsing: .unconditional, help: "Group size (-1 per channel).") var groupSize = 128
     @Flag(help: "act-order") var actOrder = false
+    @Flag(help: "Time only the Hessian accumulation (skip the quantization sweep).") var hessianOnly = false
     @Option(help: "Repetitions (median reported).") var repeats = 3
     @Option(help: "Write results as JSON here.") var json: String?
     @Option(help: "Quantize a whole seeded random model of this shape (small or 110m, as `bench perplexity`) with GPTQ on random calibration windows (--samples x --seqlen) instead of timing single layers.")
@@ -48,6 +49,10 @@ struct BenchGPTQCommand: ParsableCommand {
                     }
                     let h = acc.hessian()
                     let t1 = Date(), c1 = cpuSeconds()
+                    if hessianOnly {
+                        hTimes.append(t1.timeIntervalSince(t0)); hCPU.append(c1 - c0); qTimes.append(0); qCPU.append(0)
+                        continue
+                    }
                     let cfg = GPTQConfig(scheme: try QuantScheme(bits: bits, symmetric: false, groupSize: groupSize), actOrder: actOrder)
                     let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: h, config: cfg)
                     let t2 = Date(), c2 = cpuSeconds()
@@ -57,9 +62,11 @@ struct BenchGPTQCommand: ParsableCommand {
                 hTimes.sort(); qTimes.sort(); hCPU.sort(); qCPU.sort()
                 let hm = hTimes[hTimes.count / 2], qm = qTimes[qTimes.count / 2]
                 let hc = hCPU[hCPU.count / 2], qc = qCPU[qCPU.count / 2]
-                print(String(format: "gptq %@: %d tokens  hessian %.3f s (cpu %.3f s)  quantize %.3f s (cpu %.3f s)  total %.3f s  (threads %d, median of %d)",
-                             s, tokens, hm, hc, qm, qc, hm + qm, Parallel.defaultThreads, repeats))
-                rows.append(["shape": s, "tokens": tokens, "hessian_s": hm, "gptq_s": qm, "total_s": hm + qm, "hessian_cpu_s": hc,
+                // Upper-triangle SYRK flops: 2 per (token, i <= j) pair.
+                let gflops = 2 * Double(tokens) * Double(inF) * Double(inF + 1) / 2 / hm / 1e9
+                print(String(format: "gptq %@: %d tokens  hessian %.3f s (cpu %.3f s, %.1f GFLOP/s)  quantize %.3f s (cpu %.3f s)  total %.3f s  (threads %d, median of %d)",
+                             s, tokens, hm, hc, gflops, qm, qc, hm + qm, Parallel.defaultThreads, repeats))
+                rows.append(["shape": s, "tokens": tokens, "hessian_s": hm, "gptq_s": qm, "total_s": hm + qm, "hessian_cpu_s": hc, "hessian_gflops": gflops,
                              "gptq_cpu_s": qc, "loss": loss])
             }
             if let json {

@@ -205,4 +205,40 @@ final class GPTQTests: XCTestCase {
             XCTAssertLessThan(worst, 1e-10, "cols \(cols) rows \(rows)")
         }
     }
+
+    /// The packed 6x8-tile SYRK behind `add`: column counts off the tile sizes, token counts crossing the 256-token
+    /// block and the packing pass, several adds, 1 and 2 threads, against a plain Float64 loop. Relative to
+    /// sum |x_i x_j| the two summation orders agree to a few ulps.
+    func testHessianAccumulatorEdgeShapes() throws {
+        var rng = SeededRandom(seed: 11)
+        let cases: [(cols: Int, adds: [Int])] = [(1, [1, 300]), (5, [7, 257, 3]), (7, [256, 1]), (8, [513]),
+                                                 (13, [1100, 255]), (33, [40, 700]), (172, [300, 2, 512]), (6, [2]),
+                                                 (531, [260, 5])]
+        for (cols, adds) in cases {
+            for threads in [1, 2] {
+                let acc = HessianAccumulator(columns: cols)
+                var ref = [Double](repeating: 0, count: cols * cols), mag = ref
+                for (a, count) in adds.enumerated() {
+                    let x = rng.floats(count * cols, in: -2...2)
+                    try x.withUnsafeBufferPointer { try acc.add($0.baseAddress!, count: count, samples: a + 1, threads: threads) }
+                    for r in 0..<count {
+                        for i in 0..<cols {
+                            let xi = Double(x[r * cols + i])
+                            for j in 0..<cols {
+                                let p = xi * Double(x[r * cols + j])
+                                ref[i * cols + j] += p; mag[i * cols + j] += abs(p)
+                            }
+                        }
+                    }
+                }
+                let samples = adds.indices.reduce(0) { $0 + $1 + 1 }
+                XCTAssertEqual(acc.samples, samples)
+                XCTAssertEqual(acc.rows, adds.reduce(0, +))
+                let h = acc.hessian(), f = 2 / Double(samples)
+                var worst = 0.0
+                for k in 0..<(cols * cols) { worst = max(worst, abs(h[k] - f * ref[k]) / max(f * mag[k], 1e-300)) }
+                XCTAssertLessThan(worst, 1e-13, "cols \(cols) adds \(adds) threads \(threads)")
+            }
+        }
+    }
 }
