@@ -94,6 +94,9 @@ enum Attention {
     }
 
     @inline(__always) static func roundUp16(_ n: Int) -> Int { (n + 15) & ~15 }
+    /// A row stride for transposed keys: a multiple of 16 floats that is an odd number of 64-byte lines, so that
+    /// the headDim rows read together do not all fall into the same few L1 sets (a power-of-two stride would).
+    @inline(__always) static func keyStride(_ n: Int) -> Int { roundUp16(n) | 16 }
 
     static func run(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                     tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int? = nil,
@@ -126,7 +129,7 @@ enum Attention {
         let bs = bounds
         let total = start + tokens
         Parallel.forRanges(t, threads: t) { r in
-            let ldkMax = roundUp16(total)
+            let ldkMax = keyStride(total)
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: 4 * ldkMax)
             // One KV head's keys transposed and values copied contiguous: rows of the cache lie nKV·headDim floats
             // apart (2 KiB for 8 heads of 64), a power-of-two stride that maps every row to the same few cache sets.
@@ -146,7 +149,7 @@ enum Attention {
                         // Rows this part needs for the head: up to its last token of head h.
                         let last = min(bs[part + 1], (h + 1) * tokens) - 1 - h * tokens
                         let rows = start + last + 1
-                        ldk = roundUp16(rows)
+                        ldk = keyStride(rows)
                         transposeKeys(ks.base + kvh * headDim, rows: rows, kStride: kvStride, headDim: headDim, kt: kt, ldk: ldk)
                         for j in 0..<rows {
                             (vbuf + j * headDim).update(from: vs.base + j * kvStride + kvh * headDim, count: headDim)
