@@ -230,4 +230,16 @@ final class NonlinearOpsTests: XCTestCase {
         model.ops = SoftmaxOnlyOps()
         XCTAssertLessThan(maxAbsDiff(try model.logits(fx.windows[1].tokens), fx.windows[1].logits), 1e-4)
     }
+
+    /// AttentionMath honours the sliding window too (the path NonlinearOps implementations with their own softmax use).
+    func testSubstitutedOpsWithSlidingWindow() throws {
+        for v in SyntheticCheckpointTests.swaVariants {
+            let model = try LlamaModel.load(path: SyntheticCheckpointTests.dir(v))
+            let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/synthetic/\(v)/logits.json.zst")
+            model.ops = SoftmaxOnlyOps()
+            for w in fx.windows {
+                XCTAssertLessThan(maxAbsDiff(try model.logits(w.tokens), w.logits), 1e-4, "\(v), \(w.tokens.count) tokens")
+            }
+        }
+    }
 }
