@@ -100,6 +100,11 @@ final class SyntheticCheckpointTests: XCTestCase {
         }
         XCTAssertEqual(qwenTypes.attentionWindow(layer: 0), 8)
         XCTAssertNil(qwenTypes.attentionWindow(layer: 1))
+        // Converted / exported checkpoints keep the window keys.
+        let written = try JSONSerialization.jsonObject(with: qwenTypes.jsonData()) as! [String: Any]
+        XCTAssertEqual(written["max_window_layers"] as? Int, 1)
+        XCTAssertEqual(written["layer_types"] as? [String], ["sliding_attention", "full_attention"])
+        XCTAssertEqual(try JSONDecoder().decode(LlamaConfig.self, from: qwenTypes.jsonData()), qwenTypes)
         let llama = try config { $0["sliding_window"] = 4 }
         XCTAssertNil(llama.attentionWindow(layer: 0))
         let mistralNull = try config { $0["model_type"] = "mistral"; $0["sliding_window"] = NSNull() }
