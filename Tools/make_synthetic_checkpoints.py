@@ -28,6 +28,14 @@ VARIANTS = [
     ("mistral_mha_f32_theta500k", "mistral", 4, 4, None, False, "F32", 500000.0),
     ("llama_headdim16_bf16_untied", "llama", 4, 2, 16, False, "BF16", 500000.0),
 ]
+# Sliding-window attention: windows shorter than the fixture sequences (the longest has 40 tokens). Qwen2 with
+# max_window_layers 1 windows layer 1 only.
+SWA_VARIANTS = [
+    # name, model_type, heads, kv heads, head_dim, tied, dtype, rope_theta, extra config.json keys
+    ("mistral_swa5_gqa_f32", "mistral", 4, 2, None, False, "F32", 10000.0, {"sliding_window": 5}),
+    ("qwen2_swa4_maxwin1_f32", "qwen2", 4, 2, None, True, "F32", 10000.0,
+     {"sliding_window": 4, "use_sliding_window": True, "max_window_layers": 1}),
+]
 DIM, HIDDEN, LAYERS, VOCAB = 32, 48, 2, 80
 
 
@@ -62,7 +70,7 @@ def write_safetensors(path, tensors, dtype):
             f.write(b)
 
 
-def make(name, mtype, heads, kv, head_dim, tied, dtype, theta, seed):
+def make(name, mtype, heads, kv, head_dim, tied, dtype, theta, extra=None, seed=0):
     rng = np.random.default_rng(seed)
     hd = head_dim or DIM // heads
     qd, kvd = heads * hd, kv * hd
@@ -93,15 +101,27 @@ def make(name, mtype, heads, kv, head_dim, tied, dtype, theta, seed):
            "torch_dtype": {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}[dtype]}
     if head_dim:
         cfg["head_dim"] = head_dim
+    cfg.update(extra or {})
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=2)
     write_safetensors(os.path.join(d, "model.safetensors"), t, dtype)
     windows = [[1, 5, 9, 2, 77], list(rng.integers(0, VOCAB, 23))]
+    if extra:
+        windows.append(list(rng.integers(0, VOCAB, 40)))
     windows = [[int(x) for x in w] for w in windows]
+    if extra:
+        # The window must matter on the long sequences, or the fixture would not test it.
+        rcfg, W = ref.load_hf(d)
+        full = ref.forward(dict(rcfg, windows=None), W, windows[-1])
+        diff = np.abs(ref.forward(rcfg, W, windows[-1]) - full).max()
+        assert diff > 0.05, (name, diff)
+        print(name, "window changes logits by up to", diff, "layer windows", rcfg["windows"])
     ref.hf_fixture(d, os.path.join(d, "logits.json.zst"), windows)
 
 
 if __name__ == "__main__":
     for i, v in enumerate(VARIANTS):
         make(*v, seed=1000 + i)
+    for i, v in enumerate(SWA_VARIANTS):
+        make(*v, seed=2000 + i)

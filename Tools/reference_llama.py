@@ -90,6 +90,24 @@ def read_safetensors(path):
     return out
 
 
+def hf_layer_windows(c):
+    """Sliding-window size per layer (None = full causal attention), as transformers configures it:
+    MistralConfig uses sliding_window on every layer; Qwen2Config drops sliding_window unless use_sliding_window,
+    and then marks layer i "sliding_attention" when i >= max_window_layers (default 28) unless layer_types is
+    given explicitly. Llama has no window."""
+    n = c["num_hidden_layers"]
+    sw = c.get("sliding_window")
+    if c["model_type"] == "llama" or not sw:
+        return [None] * n
+    if c["model_type"] == "mistral":
+        return [sw] * n
+    if not c.get("use_sliding_window", False):
+        return [None] * n
+    types = c.get("layer_types") or ["sliding_attention" if i >= c.get("max_window_layers", 28) else "full_attention"
+                                     for i in range(n)]
+    return [sw if t == "sliding_attention" else None for t in types]
+
+
 def load_hf(dirpath):
     c = json.load(open(os.path.join(dirpath, "config.json")))
     t = read_safetensors(os.path.join(dirpath, "model.safetensors"))
@@ -100,7 +118,8 @@ def load_hf(dirpath):
     qwen = c["model_type"] == "qwen2"
     cfg = dict(dim=dim, hidden=c["intermediate_size"], n_layers=c["num_hidden_layers"], n_heads=nh, n_kv=nkv,
                vocab=c["vocab_size"], head_dim=hd, eps=c.get("rms_norm_eps", 1e-6),
-               theta=c.get("rope_theta", 10000.0), rope="half", bias=qwen)
+               theta=c.get("rope_theta", 10000.0), rope="half", bias=qwen,
+               windows=hf_layer_windows(c))
     layers = []
     for l in range(cfg["n_layers"]):
         p = f"model.layers.{l}."
@@ -148,8 +167,15 @@ def forward(cfg, W, tokens):
     H, KV, hd = cfg["n_heads"], cfg["n_kv"], cfg["head_dim"]
     x = W["emb"][np.asarray(tokens)]
     pos = np.arange(T, dtype=np.float64)
-    mask = np.triu(np.full((T, T), -np.inf), 1)
-    for L in W["layers"]:
+    qi, kj = np.arange(T)[:, None], np.arange(T)[None, :]
+    windows = cfg.get("windows") or [None] * len(W["layers"])
+    for L, win in zip(W["layers"], windows):
+        # transformers' masking_utils: causal kv_idx <= q_idx, and with a sliding window also
+        # kv_idx > q_idx - sliding_window (each query sees at most `sliding_window` keys, itself included).
+        seen = kj <= qi
+        if win is not None:
+            seen &= kj > qi - win
+        mask = np.where(seen, 0.0, -np.inf)
         h = rmsnorm(x, L["in_norm"], cfg["eps"])
         q = h @ L["q"].T + L.get("q_bias", 0)
         k = h @ L["k"].T + L.get("k_bias", 0)

@@ -3,19 +3,24 @@ import TensorCore
 enum Attention {
     /// Up to 4 query rows of one head at once (rows share every key and value load). Keys come transposed and
     /// contiguous, kt[c * ldk + j] (ldk a multiple of 16, columns past the keys zero); values contiguous
-    /// v[j * vStride + c]. Row r attends to keys 0..<lens[r]; its scores live in scores[r * ldk ...].
+    /// v[j * vStride + c]. Row r attends to keys firsts[r]..<lens[r] (firsts all 0 without a sliding window);
+    /// its scores live in scores[r * ldk ...]. Keys below the rows' smallest first (rounded down to 16) are
+    /// skipped; keys between that and a row's own first get probability 0.
     @inline(__always)
     static func block4(q: (UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>, UnsafePointer<Float>),
-                       rows: Int, lens: SIMD4<Int32>, kt: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>,
+                       rows: Int, firsts: SIMD4<Int32> = SIMD4(repeating: 0), lens: SIMD4<Int32>,
+                       kt: UnsafePointer<Float>, ldk: Int, v: UnsafePointer<Float>,
                        vStride: Int, headDim d: Int, scale: Float, scores: UnsafeMutablePointer<Float>,
                        out: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>,
                              UnsafeMutablePointer<Float>)) {
-        var maxLen = 0
-        for r in 0..<rows { maxLen = max(maxLen, Int(lens[r])) }
+        var maxLen = 0, minFirst = Int.max
+        for r in 0..<rows { maxLen = max(maxLen, Int(lens[r])); minFirst = min(minFirst, Int(firsts[r])) }
+        // Multiple of 16, so that the 16-key passes stay inside ldk.
+        let j0 = minFirst & ~15
         let s0 = scores, s1 = scores + ldk, s2 = scores + 2 * ldk, s3 = scores + 3 * ldk
         let sv = SIMD8<Float>(repeating: scale)
         // Scores: 4 rows x 16 keys per pass, the keys' dimension c innermost.
-        var j = 0
+        var j = j0
         while j < maxLen {
             var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a10 = SIMD8<Float>(), a11 = SIMD8<Float>()
             var a20 = SIMD8<Float>(), a21 = SIMD8<Float>(), a30 = SIMD8<Float>(), a31 = SIMD8<Float>()
@@ -36,8 +41,10 @@ enum Attention {
         for r in 0..<4 {
             let p = scores + r * ldk
             let len = r < rows ? Int(lens[r]) : 0
-            if len > 0 { Elementwise.softmaxRow(p, len) }
-            for jj in len..<maxLen { p[jj] = 0 }
+            let first = r < rows ? min(Int(firsts[r]), len) : 0
+            for jj in j0..<max(j0, first) { p[jj] = 0 }
+            if len > first { Elementwise.softmaxRow(p + first, len - first) }
+            for jj in max(j0, len)..<maxLen { p[jj] = 0 }
         }
         // Outputs: 4 rows x 16 dimensions per pass over the values.
         let d16 = d & ~15
@@ -45,8 +52,8 @@ enum Attention {
         while c < d16 {
             var o00 = SIMD8<Float>(), o01 = SIMD8<Float>(), o10 = SIMD8<Float>(), o11 = SIMD8<Float>()
             var o20 = SIMD8<Float>(), o21 = SIMD8<Float>(), o30 = SIMD8<Float>(), o31 = SIMD8<Float>()
-            var vp = v + c
-            for jj in 0..<maxLen {
+            var vp = v + j0 * vStride + c
+            for jj in j0..<maxLen {
                 let v0 = loadU(vp), v1 = loadU(vp + 8)
                 var b = SIMD8<Float>(repeating: s0[jj]); o00.addProduct(b, v0); o01.addProduct(b, v1)
                 b = SIMD8<Float>(repeating: s1[jj]); o10.addProduct(b, v0); o11.addProduct(b, v1)
@@ -62,7 +69,7 @@ enum Attention {
         }
         while c < d {
             var o = SIMD4<Float>()
-            for jj in 0..<maxLen {
+            for jj in j0..<maxLen {
                 let x = v[jj * vStride + c]
                 o.addProduct(SIMD4(s0[jj], s1[jj], s2[jj], s3[jj]), SIMD4(repeating: x))
             }
@@ -87,24 +94,33 @@ enum Attention {
     }
 
     @inline(__always) static func roundUp16(_ n: Int) -> Int { (n + 15) & ~15 }
+    /// A row stride for transposed keys: a multiple of 16 floats that is an odd number of 64-byte lines, so that
+    /// the headDim rows read together do not all fall into the same few L1 sets (a power-of-two stride would).
+    @inline(__always) static func keyStride(_ n: Int) -> Int { roundUp16(n) | 16 }
 
     static func run(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                    tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
+                    tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int? = nil,
                     out: UnsafeMutablePointer<Float>, threads: Int) {
         guard tokens > 0, nHeads > 0, nKVHeads > 0, headDim > 0 else { return }
         let group = nHeads / nKVHeads
         let scale = 1 / Float(headDim).squareRoot()
         let kvStride = nKVHeads * headDim, qStride = nHeads * headDim
         let items = nHeads * tokens
-        // Causal rows cost start + t + 1 keys each: cut the (head, token) items into ranges of equal total cost.
-        let work = Double(nHeads) * Double(tokens) * (Double(start) + Double(tokens + 1) / 2) * Double(headDim)
+        // The query at absolute position p sees keys max(0, p - w + 1)...p (at most w of them).
+        let w = window ?? Int.max
+        @Sendable @inline(__always) func firstKey(_ p: Int) -> Int { p >= w ? p - w + 1 : 0 }
+        // Row p costs its p - firstKey(p) + 1 visible keys: cut the (head, token) items into ranges of equal cost.
+        var rowCost = 0.0
+        for tok in 0..<tokens { rowCost += Double(start + tok + 1 - firstKey(start + tok)) }
+        let work = Double(nHeads) * rowCost * Double(headDim)
         let t = max(1, min(threads, items, work < 65_536 ? 1 : threads))
         var bounds = [0]
         if t > 1 {
-            let total = Double(nHeads) * (Double(tokens) * Double(start) + Double(tokens) * Double(tokens + 1) / 2)
+            let total = Double(nHeads) * rowCost
             var acc = 0.0
             for it in 0..<items {
-                acc += Double(start + it % tokens + 1)
+                let p = start + it % tokens
+                acc += Double(p + 1 - firstKey(p))
                 if acc >= total * Double(bounds.count) / Double(t) && bounds.count < t { bounds.append(it + 1) }
             }
         }
@@ -113,7 +129,7 @@ enum Attention {
         let bs = bounds
         let total = start + tokens
         Parallel.forRanges(t, threads: t) { r in
-            let ldkMax = roundUp16(total)
+            let ldkMax = keyStride(total)
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: 4 * ldkMax)
             // One KV head's keys transposed and values copied contiguous: rows of the cache lie nKV·headDim floats
             // apart (2 KiB for 8 heads of 64), a power-of-two stride that maps every row to the same few cache sets.
@@ -133,7 +149,7 @@ enum Attention {
                         // Rows this part needs for the head: up to its last token of head h.
                         let last = min(bs[part + 1], (h + 1) * tokens) - 1 - h * tokens
                         let rows = start + last + 1
-                        ldk = roundUp16(rows)
+                        ldk = keyStride(rows)
                         transposeKeys(ks.base + kvh * headDim, rows: rows, kStride: kvStride, headDim: headDim, kt: kt, ldk: ldk)
                         for j in 0..<rows {
                             (vbuf + j * headDim).update(from: vs.base + j * kvStride + kvh * headDim, count: headDim)
@@ -144,7 +160,11 @@ enum Attention {
                     func qrow(_ i: Int) -> UnsafePointer<Float> { UnsafePointer(i < n ? qb + i * qStride : qb) }
                     func orow(_ i: Int) -> UnsafeMutablePointer<Float> { i < n ? ob + i * qStride : ob }
                     let base = Int32(start + tok + 1)
-                    block4(q: (qrow(0), qrow(1), qrow(2), qrow(3)), rows: n, lens: SIMD4(base, base + 1, base + 2, base + 3),
+                    let p = start + tok
+                    let firsts = window == nil ? SIMD4<Int32>(repeating: 0)
+                        : SIMD4(Int32(firstKey(p)), Int32(firstKey(p + 1)), Int32(firstKey(p + 2)), Int32(firstKey(p + 3)))
+                    block4(q: (qrow(0), qrow(1), qrow(2), qrow(3)), rows: n, firsts: firsts,
+                           lens: SIMD4(base, base + 1, base + 2, base + 3),
                            kt: kt, ldk: ldk, v: vbuf, vStride: headDim, headDim: headDim, scale: scale, scores: scores,
                            out: (orow(0), orow(1), orow(2), orow(3)))
                     it += n

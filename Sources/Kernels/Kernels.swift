@@ -70,11 +70,15 @@ public enum Kernels {
                    theta: table.theta)
     }
 
+    /// Causal GQA attention (layout as Reference.attention). `window` (>= 1, nil for none): sliding-window attention,
+    /// the query at absolute position p sees only keys p - window < j <= p (Hugging Face's convention, see
+    /// Reference.attention).
     public static func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                                 tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
+                                 tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int? = nil,
                                  out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads) {
+        precondition(window.map { $0 >= 1 } ?? true, "attention window must be at least 1")
         Attention.run(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads,
-                      nKVHeads: nKVHeads, headDim: headDim, out: out, threads: threads)
+                      nKVHeads: nKVHeads, headDim: headDim, window: window, out: out, threads: threads)
     }
 
     /// Bidirectional multi-head attention inside packed sequences (BERT's padding mask without padding rows):

@@ -68,27 +68,33 @@ public enum Reference {
     /// Causal grouped-query attention for one sequence.
     /// q: [tokens, nHeads*headDim] at positions start..<start+tokens; keys/values: [start+tokens, nKV*headDim]
     /// (the cache, including these tokens). out: [tokens, nHeads*headDim]. Scale 1/sqrt(headDim).
+    /// window: sliding-window attention, the query at absolute position i sees keys j with i - window < j <= i, so
+    /// at most `window` keys counting itself. That is transformers' sdpa/eager mask (masking_utils.py:
+    /// sliding_window_overlay, kv_idx > q_idx - sliding_window, AND-ed with the causal kv_idx <= q_idx; the same as
+    /// the older _prepare_4d_causal_attention_mask_with_cache_position in modeling_mistral / modeling_qwen2).
     public static func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                                 tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
+                                 tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int? = nil,
                                  out: UnsafeMutablePointer<Float>) {
         let group = nHeads / nKVHeads
         let scale = 1 / Float(headDim).squareRoot()
         let kvStride = nKVHeads * headDim
         for t in 0..<tokens {
-            let len = start + t + 1
+            let i = start + t
+            var visible: [Int] = []
+            for j in 0...i where window == nil || j > i - window! { visible.append(j) }
             for h in 0..<nHeads {
                 let kvh = h / group
-                var scores = [Float](repeating: 0, count: len)
-                for j in 0..<len {
+                var scores = [Float](repeating: 0, count: visible.count)
+                for (n, j) in visible.enumerated() {
                     var d: Double = 0
-                    for i in 0..<headDim { d += Double(q[t * nHeads * headDim + h * headDim + i]) * Double(keys[j * kvStride + kvh * headDim + i]) }
-                    scores[j] = Float(d) * scale
+                    for c in 0..<headDim { d += Double(q[t * nHeads * headDim + h * headDim + c]) * Double(keys[j * kvStride + kvh * headDim + c]) }
+                    scores[n] = Float(d) * scale
                 }
-                scores.withUnsafeMutableBufferPointer { softmax($0.baseAddress!, rows: 1, cols: len) }
-                for i in 0..<headDim {
+                scores.withUnsafeMutableBufferPointer { softmax($0.baseAddress!, rows: 1, cols: visible.count) }
+                for c in 0..<headDim {
                     var acc: Double = 0
-                    for j in 0..<len { acc += Double(scores[j]) * Double(values[j * kvStride + kvh * headDim + i]) }
-                    out[t * nHeads * headDim + h * headDim + i] = Float(acc)
+                    for (n, j) in visible.enumerated() { acc += Double(scores[n]) * Double(values[j * kvStride + kvh * headDim + c]) }
+                    out[t * nHeads * headDim + h * headDim + c] = Float(acc)
                 }
             }
         }

@@ -122,9 +122,11 @@ public protocol NonlinearOps: Sendable {
     /// Rotary embedding (rotate_half layout) in place on [rows, heads * headDim].
     func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>,
               theta: Float)
-    /// Causal GQA attention including its softmax (see Kernels.attention for the layout).
+    /// Causal GQA attention including its softmax (see Kernels.attention for the layout). window: sliding-window
+    /// attention (nil: none), the query at position p sees keys p - window < j <= p.
     func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int,
-                   start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, out: UnsafeMutablePointer<Float>, threads: Int)
+                   start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int?, out: UnsafeMutablePointer<Float>,
+                   threads: Int)
     /// gate = silu(gate) * up
     func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int)
     /// x += delta
@@ -148,10 +150,10 @@ public struct FloatOps: NonlinearOps {
         }
     }
     public func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
-                          tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
+                          tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int?,
                           out: UnsafeMutablePointer<Float>, threads: Int) {
         Kernels.attention(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads,
-                          nKVHeads: nKVHeads, headDim: headDim, out: out, threads: threads)
+                          nKVHeads: nKVHeads, headDim: headDim, window: window, out: out, threads: threads)
     }
     public func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
         Kernels.swiglu(gate: gate, up: up, count: count)
@@ -166,19 +168,22 @@ public struct FloatOps: NonlinearOps {
 public enum AttentionMath {
     public static func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                  tokens: Int, start: Int, nHeads: Int, nKVHeads: Int, headDim: Int,
-                                 out: UnsafeMutablePointer<Float>,
+                                 window: Int? = nil, out: UnsafeMutablePointer<Float>,
                                  softmax: (UnsafeMutablePointer<Float>, Int) -> Void) {
         let group = nHeads / nKVHeads, kvStride = nKVHeads * headDim, qStride = nHeads * headDim
         let scale = 1 / Float(headDim).squareRoot()
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: start + tokens)
         defer { scores.deallocate() }
         for t in 0..<tokens {
-            let len = start + t + 1
+            let pos = start + t
+            // Visible keys first..<pos+1 (all of 0...pos without a window).
+            let first = window.map { max(0, pos - $0 + 1) } ?? 0
+            let len = pos + 1 - first
             for h in 0..<nHeads {
                 let qp = q + t * qStride + h * headDim, kvOff = (h / group) * headDim
                 for j in 0..<len {
                     var d: Float = 0
-                    let kp = keys + j * kvStride + kvOff
+                    let kp = keys + (first + j) * kvStride + kvOff
                     for i in 0..<headDim { d += qp[i] * kp[i] }
                     scores[j] = d * scale
                 }
@@ -186,7 +191,7 @@ public enum AttentionMath {
                 let op = out + t * qStride + h * headDim
                 for i in 0..<headDim { op[i] = 0 }
                 for j in 0..<len {
-                    let vp = values + j * kvStride + kvOff, s = scores[j]
+                    let vp = values + (first + j) * kvStride + kvOff, s = scores[j]
                     for i in 0..<headDim { op[i] += s * vp[i] }
                 }
             }

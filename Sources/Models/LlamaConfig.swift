@@ -24,6 +24,10 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     /// Mistral's sliding_window / Qwen2's (with use_sliding_window): attention sees at most this many positions.
     public var slidingWindow: Int?
     public var useSlidingWindow: Bool?
+    /// Qwen2: the window applies only to layers >= max_window_layers (transformers' default 28), unless
+    /// layer_types names each layer's kind ("sliding_attention" / "full_attention").
+    public var maxWindowLayers: Int?
+    public var layerTypes: [String]?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
@@ -33,6 +37,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         case bosTokenId = "bos_token_id", eosTokenId = "eos_token_id", modelType = "model_type"
         case architectures, attentionBias = "attention_bias", torchDtype = "torch_dtype"
         case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window"
+        case maxWindowLayers = "max_window_layers", layerTypes = "layer_types"
     }
 
     public static let supportedModelTypes = ["llama", "mistral", "qwen2"]
@@ -77,22 +82,29 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         torchDtype = try? c.decodeIfPresent(String.self, forKey: .torchDtype)
         slidingWindow = (try? c.decodeIfPresent(Int.self, forKey: .slidingWindow)) ?? nil
         useSlidingWindow = (try? c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow)) ?? nil
+        maxWindowLayers = (try? c.decodeIfPresent(Int.self, forKey: .maxWindowLayers)) ?? nil
+        layerTypes = try c.decodeIfPresent([String].self, forKey: .layerTypes)
     }
 
     /// The attention window in effect, if any: Mistral applies sliding_window whenever set; Qwen2 only with
-    /// use_sliding_window true (transformers' behaviour).
+    /// use_sliding_window true; Llama has none (transformers' LlamaModel ignores a stray sliding_window key).
     public var attentionWindow: Int? {
         guard let w = slidingWindow, w > 0 else { return nil }
-        if modelType == "qwen2" { return useSlidingWindow == true ? w : nil }
-        return w
+        switch modelType {
+        case "mistral": return w
+        case "qwen2": return useSlidingWindow == true ? w : nil
+        default: return nil
+        }
     }
 
-    /// Sequences longer than the attention window would need sliding-window masking, which the engine does not
-    /// implement: refuse them rather than report figures for a different attention.
-    public func checkAttentionWindow(_ length: Int, what: String) throws {
-        if let w = attentionWindow, length > w {
-            throw QuantKitError(.input, "\(what) \(length) exceeds the model's sliding_window \(w); sliding-window attention is not supported, use at most \(w)")
-        }
+    /// The window of one decoder layer, as transformers decides it: every Mistral layer; for Qwen2 (Qwen2Config)
+    /// the layers whose layer_types entry is "sliding_attention", or without layer_types those with
+    /// index >= max_window_layers (default 28).
+    public func attentionWindow(layer: Int) -> Int? {
+        guard let w = attentionWindow else { return nil }
+        guard modelType == "qwen2" else { return w }
+        if let types = layerTypes, layer < types.count { return types[layer] == "sliding_attention" ? w : nil }
+        return layer >= (maxWindowLayers ?? 28) ? w : nil
     }
 
     // Derived sizes.
@@ -128,6 +140,14 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         }
         if headDimension % 2 != 0 {
             throw QuantKitError(.config, "\(source): head_dim (\(headDimension)) must be even for rotary embeddings")
+        }
+        if let types = layerTypes {
+            if types.count != numHiddenLayers {
+                throw QuantKitError(.config, "\(source): layer_types has \(types.count) entries, num_hidden_layers is \(numHiddenLayers)")
+            }
+            if let bad = types.first(where: { $0 != "sliding_attention" && $0 != "full_attention" }) {
+                throw QuantKitError(.unsupported, "\(source): layer_types entry '\(bad)' is not supported (sliding_attention, full_attention)")
+            }
         }
         if !(rmsNormEps > 0) { throw QuantKitError(.config, "\(source): rms_norm_eps must be positive") }
         if !(ropeTheta > 0) { throw QuantKitError(.config, "\(source): rope_theta must be positive") }

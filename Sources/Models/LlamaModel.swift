@@ -89,6 +89,8 @@ public final class LlamaBlock {
     public var gateProj: LinearLayer  // mlp.gate_proj [hidden, dim]
     public var upProj: LinearLayer    // mlp.up_proj [hidden, dim]
     public var downProj: LinearLayer  // mlp.down_proj [dim, hidden]
+    /// Sliding attention window of this layer (nil: full causal attention).
+    public let attentionWindow: Int?
     public let inputNorm: [Float]          // input_layernorm.weight [dim]
     public let postAttentionNorm: [Float]  // post_attention_layernorm.weight [dim]
 
@@ -107,6 +109,7 @@ public final class LlamaBlock {
         self.index = index
         self.prefix = "model.layers.\(index)."
         self.config = config
+        attentionWindow = config.attentionWindow(layer: index)
         qProj = linears["self_attn.q_proj"]!; kProj = linears["self_attn.k_proj"]!; vProj = linears["self_attn.v_proj"]!
         oProj = linears["self_attn.o_proj"]!; gateProj = linears["mlp.gate_proj"]!; upProj = linears["mlp.up_proj"]!
         downProj = linears["mlp.down_proj"]!
@@ -174,7 +177,8 @@ public final class LlamaBlock {
         ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
         ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
         ctx.ops.attention(q: s.q, keys: keys, values: values, tokens: rows, start: start, nHeads: c.numAttentionHeads,
-                          nKVHeads: c.kvHeads, headDim: c.headDimension, out: s.att, threads: ctx.threads)
+                          nKVHeads: c.kvHeads, headDim: c.headDimension, window: attentionWindow, out: s.att,
+                          threads: ctx.threads)
         if run(oProj, "self_attn.o_proj", s.att, rows, s.xb2, ctx) { return }
         ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
         postAttentionNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }

@@ -32,13 +32,16 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
     }
 
     public func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int,
-                          start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+                          start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int?,
+                          out: UnsafeMutablePointer<Float>, threads: Int) {
         let group = nHeads / nKVHeads
         let kvStride = nKVHeads * headDim, qStride = nHeads * headDim
         let scale = fp16(1 / Float(headDim).squareRoot())
         let total = start + tokens
+        // Sliding window: the query at position p sees keys firstKey(p)...p only.
+        @Sendable func firstKey(_ p: Int) -> Int { window.map { max(0, p - $0 + 1) } ?? 0 }
         var scores = 0
-        for t in 0..<tokens { scores += nHeads * (start + t + 1) }
+        for t in 0..<tokens { scores += nHeads * (start + t + 1 - firstKey(start + t)) }
         npu.counter.record("attention_matmul", unit: "fp16", elements: 2 * scores * headDim)
         npu.counter.record("softmax", unit: npu.mode == .fp16 ? "fp16" : "int-lut", elements: scores)
         let mode = npu.mode
@@ -49,10 +52,11 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
             defer { p.deallocate(); acc.deallocate() }
             for item in range {
                 let t = item / nHeads, h = item % nHeads, kvh = h / group
-                let len = start + t + 1
+                let first = firstKey(start + t)
+                let len = start + t + 1 - first
                 let qr = qp.base + t * qStride + h * headDim
                 for j in 0..<len {
-                    let kr = kp.base + j * kvStride + kvh * headDim
+                    let kr = kp.base + (first + j) * kvStride + kvh * headDim
                     var d: Float = 0
                     for i in 0..<headDim { d += fp16(qr[i]) * fp16(kr[i]) }
                     p[j] = fp16(fp16(d) * scale)
@@ -60,7 +64,7 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
                 if mode == .fp16 { NPUNonlinear.softmaxFP16Row(p, cols: len) } else { SoftmaxLUT.row(p, cols: len) }
                 for i in 0..<headDim { acc[i] = 0 }
                 for j in 0..<len {
-                    let w = p[j], vr = vp.base + j * kvStride + kvh * headDim
+                    let w = p[j], vr = vp.base + (first + j) * kvStride + kvh * headDim
                     for i in 0..<headDim { acc[i] += w * fp16(vr[i]) }
                 }
                 let o = op.base + t * qStride + h * headDim

@@ -89,6 +89,18 @@ struct BenchKernelsCommand: ParsableCommand {
             print(String(format: "  tokens %-4d %8.3f ms wall  %.1f GFLOP/s", tokens, sec * 1e3, flop / sec / 1e9))
             arows.append(["tokens": tokens, "heads": 8, "head_dim": 64, "seconds": sec, "gflops": flop / sec / 1e9])
         }
+        // Sliding-window attention (Mistral / Qwen2): FLOPs counted over the visible keys only.
+        for (tokens, window) in [(512, 64), (2048, 256)] {
+            let sec = KernelBench.timeAttention(tokens: tokens, heads: 8, headDim: 64, window: window, threads: threads,
+                                                reps: reps)
+            var keys = 0.0
+            for p in 0..<tokens { keys += Double(min(p + 1, window)) }
+            let flop = 4.0 * 8 * 64 * keys
+            print(String(format: "  tokens %-4d window %-4d %8.3f ms wall  %.1f GFLOP/s", tokens, window, sec * 1e3,
+                         flop / sec / 1e9))
+            arows.append(["tokens": tokens, "window": window, "heads": 8, "head_dim": 64, "seconds": sec,
+                          "gflops": flop / sec / 1e9])
+        }
         result["attention"] = arows
 
         if let json {
@@ -157,7 +169,7 @@ enum KernelBench {
         return (c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11).sum()
     }
 
-    static func timeAttention(tokens: Int, heads: Int, headDim: Int, threads: Int, reps: Int) -> Double {
+    static func timeAttention(tokens: Int, heads: Int, headDim: Int, window: Int? = nil, threads: Int, reps: Int) -> Double {
         var rng = SystemRandomNumberGenerator()
         let q = (0..<(tokens * heads * headDim)).map { _ in Float.random(in: -1...1, using: &rng) }
         let kv = (0..<(tokens * heads * headDim)).map { _ in Float.random(in: -1...1, using: &rng) }
@@ -166,7 +178,7 @@ enum KernelBench {
         for rep in 0...reps {
             let t0 = now()
             Kernels.attention(q: q, keys: kv, values: kv, tokens: tokens, start: 0, nHeads: heads, nKVHeads: heads,
-                              headDim: headDim, out: &out, threads: threads)
+                              headDim: headDim, window: window, out: &out, threads: threads)
             if rep > 0 { times.append(now() - t0) }
         }
         return median(times)

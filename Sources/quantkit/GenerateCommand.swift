@@ -28,7 +28,6 @@ struct GenerateCommand: ParsableCommand {
             if let e = tok.eosId ?? m.config.eosTokenId { stops.insert(Int32(e)) }
             if tok.addsBOS, let b = tok.bosId { stops.insert(Int32(b)) }  // llama2.c stops at BOS too
             let t0 = Date()
-            try m.config.checkAttentionWindow(ids.count + maxTokens, what: "prompt + --max-tokens")
             let out = try m.generateGreedy(prompt: ids, maxTokens: maxTokens, stopTokens: stops)
             let secs = Date().timeIntervalSince(t0)
             let text = tok.decode(out.map { Int($0) }, skipSpecialTokens: true)

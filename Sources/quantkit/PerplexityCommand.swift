@@ -49,7 +49,6 @@ struct PerplexityCommand: ParsableCommand {
             let tok = try ModelLoading.loadTokenizer(tokPath)
             try ModelLoading.checkVocab(tok, model: m, tokenizerPath: tokPath)
             let tokLabel = try ModelLoading.tokenizerLabel(tok, path: tokPath)
-            try m.config.checkAttentionWindow(ctx, what: "--ctx")
             if ctx > m.config.maxPositionEmbeddings {
                 logInfo("warning: ctx \(ctx) exceeds the model's trained context (max_position_embeddings \(m.config.maxPositionEmbeddings))")
             }

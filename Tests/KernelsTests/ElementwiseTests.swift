@@ -142,6 +142,56 @@ final class ElementwiseTests: XCTestCase {
         }
     }
 
+    /// Sliding-window attention: fast vs scalar reference on odd sizes, prefill from 0, chunked prefill and decode
+    /// (start > 0), windows from 1 to past the sequence.
+    func testAttentionWindow() {
+        var rng = SeededRandom(seed: 21)
+        let cases: [(tokens: Int, start: Int)] = [(1, 0), (2, 0), (3, 0), (5, 0), (15, 0), (16, 0), (17, 0), (33, 0),
+                                                  (64, 0), (97, 0), (130, 0), (1, 1), (1, 4), (1, 17), (1, 40),
+                                                  (1, 129), (7, 9), (20, 100), (33, 5)]
+        for (nHeads, nKV, headDim) in [(4, 2, 8), (3, 1, 20), (2, 2, 64)] {
+            for (tokens, start) in cases {
+                let total = start + tokens
+                let q = rng.floats(tokens * nHeads * headDim, in: -2...2)
+                let k = rng.floats(total * nKV * headDim, in: -2...2)
+                let v = rng.floats(total * nKV * headDim)
+                var full = [Float](repeating: .nan, count: tokens * nHeads * headDim)
+                Reference.attention(q: q, keys: k, values: v, tokens: tokens, start: start, nHeads: nHeads,
+                                    nKVHeads: nKV, headDim: headDim, out: &full)
+                for window in [1, 3, 16, 17, total, total + 5] {
+                    var r = [Float](repeating: .nan, count: tokens * nHeads * headDim)
+                    Reference.attention(q: q, keys: k, values: v, tokens: tokens, start: start, nHeads: nHeads,
+                                        nKVHeads: nKV, headDim: headDim, window: window, out: &r)
+                    for threads in [1, 2] {
+                        var f = [Float](repeating: .nan, count: tokens * nHeads * headDim)
+                        Kernels.attention(q: q, keys: k, values: v, tokens: tokens, start: start, nHeads: nHeads,
+                                          nKVHeads: nKV, headDim: headDim, window: window, out: &f, threads: threads)
+                        XCTAssertLessThanOrEqual(maxAbsDiff(f, r), 2e-6,
+                                                 "heads \(nHeads)/\(nKV) hd \(headDim) t \(tokens) s \(start) w \(window) th \(threads)")
+                    }
+                    // The reference itself: a window covering everything is plain causal attention; a smaller one
+                    // changes the rows that lose keys; window 1 returns each token's own value.
+                    if window >= total {
+                        XCTAssertEqual(r, full)
+                    } else if total - 1 >= window && total > 1 {
+                        XCTAssertGreaterThan(maxAbsDiff(r, full), 1e-4, "window \(window) t \(tokens) s \(start)")
+                    }
+                    if window == 1 {
+                        for t in 0..<tokens {
+                            for h in 0..<nHeads {
+                                let kvh = h / (nHeads / nKV)
+                                for c in 0..<headDim {
+                                    XCTAssertEqual(r[(t * nHeads + h) * headDim + c], v[((start + t) * nKV + kvh) * headDim + c],
+                                                   accuracy: 1e-6)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// BERT-style packed sequences: each row attends to its own sequence only; odd lengths and head sizes.
     func testAttentionBidirectional() {
         var rng = SeededRandom(seed: 20)

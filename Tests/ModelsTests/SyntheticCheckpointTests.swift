@@ -8,7 +8,9 @@ import XCTest
 /// Synthetic HF checkpoints from Tools/make_synthetic_checkpoints.py with numpy float64 reference logits.
 final class SyntheticCheckpointTests: XCTestCase {
     static let variants = ["llama_gqa_f32_untied", "llama_mqa_f16_tied", "qwen2_bias_bf16_tied",
-                           "mistral_mha_f32_theta500k", "llama_headdim16_bf16_untied"]
+                           "mistral_mha_f32_theta500k", "llama_headdim16_bf16_untied"] + swaVariants
+    /// Sliding-window attention: Mistral window 5 on every layer; Qwen2 window 4 on layer 1 only (max_window_layers 1).
+    static let swaVariants = ["mistral_swa5_gqa_f32", "qwen2_swa4_maxwin1_f32"]
     static func dir(_ v: String) -> String { Repo.path("Tests/ModelsTests/Fixtures/synthetic/\(v)") }
 
     func testLogitsMatchNumpyReference() throws {
@@ -67,8 +69,9 @@ final class SyntheticCheckpointTests: XCTestCase {
         try check({ $0["hidden_size"] = nil }, "missing field 'hidden_size'")
     }
 
-    /// sliding_window: Mistral applies it, Qwen2 only with use_sliding_window; longer sequences are refused.
-    func testSlidingWindow() throws {
+    /// sliding_window: Mistral applies it on every layer, Qwen2 only with use_sliding_window and then on layers
+    /// >= max_window_layers (default 28) or as layer_types says.
+    func testSlidingWindowConfig() throws {
         let base = try String(contentsOfFile: Self.dir("llama_gqa_f32_untied") + "/config.json", encoding: .utf8)
         func config(_ edit: (inout [String: Any]) -> Void) throws -> LlamaConfig {
             var obj = try JSONSerialization.jsonObject(with: Data(base.utf8)) as! [String: Any]
@@ -77,17 +80,77 @@ final class SyntheticCheckpointTests: XCTestCase {
         }
         let mistral = try config { $0["model_type"] = "mistral"; $0["sliding_window"] = 64 }
         XCTAssertEqual(mistral.attentionWindow, 64)
-        XCTAssertNoThrow(try mistral.checkAttentionWindow(64, what: "--ctx"))
-        XCTAssertThrowsError(try mistral.checkAttentionWindow(65, what: "--ctx")) { e in
-            XCTAssertTrue("\(e)".contains("--ctx 65 exceeds the model's sliding_window 64"), "\(e)")
-        }
+        XCTAssertEqual(mistral.attentionWindow(layer: 0), 64)
+        XCTAssertEqual(mistral.attentionWindow(layer: 1), 64)
         let qwenOff = try config { $0["model_type"] = "qwen2"; $0["sliding_window"] = 64; $0["use_sliding_window"] = false }
         XCTAssertNil(qwenOff.attentionWindow)
-        XCTAssertNoThrow(try qwenOff.checkAttentionWindow(4096, what: "--ctx"))
+        XCTAssertNil(qwenOff.attentionWindow(layer: 40))
         let qwenOn = try config { $0["model_type"] = "qwen2"; $0["sliding_window"] = 64; $0["use_sliding_window"] = true }
         XCTAssertEqual(qwenOn.attentionWindow, 64)
+        XCTAssertNil(qwenOn.attentionWindow(layer: 27))  // max_window_layers defaults to 28
+        XCTAssertEqual(qwenOn.attentionWindow(layer: 28), 64)
+        let qwenMax = try config {
+            $0["model_type"] = "qwen2"; $0["sliding_window"] = 8; $0["use_sliding_window"] = true; $0["max_window_layers"] = 1
+        }
+        XCTAssertNil(qwenMax.attentionWindow(layer: 0))
+        XCTAssertEqual(qwenMax.attentionWindow(layer: 1), 8)
+        let qwenTypes = try config {
+            $0["model_type"] = "qwen2"; $0["sliding_window"] = 8; $0["use_sliding_window"] = true; $0["max_window_layers"] = 1
+            $0["layer_types"] = ["sliding_attention", "full_attention"]
+        }
+        XCTAssertEqual(qwenTypes.attentionWindow(layer: 0), 8)
+        XCTAssertNil(qwenTypes.attentionWindow(layer: 1))
+        // Converted / exported checkpoints keep the window keys.
+        let written = try JSONSerialization.jsonObject(with: qwenTypes.jsonData()) as! [String: Any]
+        XCTAssertEqual(written["max_window_layers"] as? Int, 1)
+        XCTAssertEqual(written["layer_types"] as? [String], ["sliding_attention", "full_attention"])
+        XCTAssertEqual(try JSONDecoder().decode(LlamaConfig.self, from: qwenTypes.jsonData()), qwenTypes)
+        let llama = try config { $0["sliding_window"] = 4 }
+        XCTAssertNil(llama.attentionWindow(layer: 0))
         let mistralNull = try config { $0["model_type"] = "mistral"; $0["sliding_window"] = NSNull() }
         XCTAssertNil(mistralNull.attentionWindow)
+        XCTAssertThrowsError(try (try config { $0["layer_types"] = ["full_attention"] }).validate()) { e in
+            XCTAssertTrue("\(e)".contains("layer_types has 1 entries"), "\(e)")
+        }
+        XCTAssertThrowsError(try (try config { $0["layer_types"] = ["full_attention", "chunked_attention"] }).validate()) { e in
+            XCTAssertTrue("\(e)".contains("'chunked_attention'"), "\(e)")
+        }
+        // The synthetic checkpoints decode as intended.
+        let m = try LlamaModel.load(path: Self.dir("mistral_swa5_gqa_f32"))
+        XCTAssertEqual(m.blocks.map(\.attentionWindow), [5, 5])
+        let q = try LlamaModel.load(path: Self.dir("qwen2_swa4_maxwin1_f32"))
+        XCTAssertEqual(q.blocks.map(\.attentionWindow), [nil, 4])
+    }
+
+    /// Sliding-window checkpoints through the KV cache: a prefill, a second prefill chunk after it (start > 0) and
+    /// one-token decode steps give the numpy reference's full-sequence logits.
+    func testSlidingWindowPrefillAndDecode() throws {
+        for v in Self.swaVariants {
+            let model = try LlamaModel.load(path: Self.dir(v))
+            let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/synthetic/\(v)/logits.json.zst")
+            let w = fx.windows.last!
+            let n = w.tokens.count, vocab = fx.vocab
+            XCTAssertGreaterThan(n, 3 * 5)
+            for (prefill, chunk) in [(1, 0), (3, 9), (7, 0), (12, 20)] {
+                let cache = model.makeCache(capacity: n), state = model.makeState(maxRows: max(prefill, chunk, 1))
+                var got = Array(UnsafeBufferPointer(start: model.forward(Array(w.tokens[0..<prefill]), cache: cache, state: state),
+                                                    count: prefill * vocab))
+                if chunk > 0 {
+                    let p = model.forward(Array(w.tokens[prefill..<(prefill + chunk)]), cache: cache, state: state)
+                    got += Array(UnsafeBufferPointer(start: p, count: chunk * vocab))
+                }
+                for t in w.tokens[(prefill + chunk)...] {
+                    got += Array(UnsafeBufferPointer(start: model.forward([t], cache: cache, state: state), count: vocab))
+                }
+                XCTAssertEqual(cache.length, n)
+                XCTAssertLessThan(maxAbsDiff(got, w.logits), 1e-4, "\(v) prefill \(prefill) chunk \(chunk) then decode")
+            }
+            // Generation runs through the same cache path; its first token is the reference's argmax.
+            let prompt = Array(w.tokens[0..<20])
+            let row = Array(w.logits[(19 * vocab)..<(20 * vocab)])
+            let best = row.indices.max { row[$0] < row[$1] }!
+            XCTAssertEqual(try model.generateGreedy(prompt: prompt, maxTokens: 1), [Int32(best)], v)
+        }
     }
 
     /// BlockContext.stopAfter: a calibration pass sees exactly the inputs of a full pass up to that module, and
@@ -157,9 +220,9 @@ struct SoftmaxOnlyOps: NonlinearOps {
         base.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
     }
     func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int, start: Int,
-                   nHeads: Int, nKVHeads: Int, headDim: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+                   nHeads: Int, nKVHeads: Int, headDim: Int, window: Int?, out: UnsafeMutablePointer<Float>, threads: Int) {
         AttentionMath.attention(q: q, keys: keys, values: values, tokens: tokens, start: start, nHeads: nHeads, nKVHeads: nKVHeads,
-                                headDim: headDim, out: out) { Reference.softmax($0, rows: 1, cols: $1) }
+                                headDim: headDim, window: window, out: out) { Reference.softmax($0, rows: 1, cols: $1) }
     }
     func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) { base.swiglu(gate: gate, up: up, count: count) }
     func residualAdd(_ x: UnsafeMutablePointer<Float>, _ d: UnsafePointer<Float>, count: Int) { base.residualAdd(x, d, count: count) }
@@ -171,5 +234,17 @@ final class NonlinearOpsTests: XCTestCase {
         let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/synthetic/llama_gqa_f32_untied/logits.json.zst")
         model.ops = SoftmaxOnlyOps()
         XCTAssertLessThan(maxAbsDiff(try model.logits(fx.windows[1].tokens), fx.windows[1].logits), 1e-4)
+    }
+
+    /// AttentionMath honours the sliding window too (the path NonlinearOps implementations with their own softmax use).
+    func testSubstitutedOpsWithSlidingWindow() throws {
+        for v in SyntheticCheckpointTests.swaVariants {
+            let model = try LlamaModel.load(path: SyntheticCheckpointTests.dir(v))
+            let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/synthetic/\(v)/logits.json.zst")
+            model.ops = SoftmaxOnlyOps()
+            for w in fx.windows {
+                XCTAssertLessThan(maxAbsDiff(try model.logits(w.tokens), w.logits), 1e-4, "\(v), \(w.tokens.count) tokens")
+            }
+        }
     }
 }

@@ -108,4 +108,34 @@ final class NonlinearTests: XCTestCase {
             XCTAssertEqual(npu.counter.calls("residual_add", unit: "fp16"), 1)
         }
     }
+
+    /// Causal attention of a Llama block on the NPU with a sliding window (prefill and decode after a cache):
+    /// against Reference.attention with the same window, within the bounds of NPUBertTests'
+    /// testAttentionAgainstDoubleReference (fp16 0.05, LUT 0.1, at most 24 keys here); the softmax counts only
+    /// the keys inside the window.
+    func testCausalAttentionWithWindow() {
+        var rng = SeededRandom(seed: 16)
+        let nHeads = 4, nKV = 2, hd = 16
+        for (tokens, start) in [(9, 0), (1, 23), (6, 12)] {
+            let total = start + tokens
+            let q = rng.floats(tokens * nHeads * hd, in: -2...2)
+            let k = rng.floats(total * nKV * hd, in: -2...2), v = rng.floats(total * nKV * hd, in: -1...1)
+            for window in [1, 4, 7, 100] {
+                var ref = [Float](repeating: 0, count: tokens * nHeads * hd)
+                Reference.attention(q: q, keys: k, values: v, tokens: tokens, start: start, nHeads: nHeads, nKVHeads: nKV,
+                                    headDim: hd, window: window, out: &ref)
+                var keys = 0
+                for p in start..<total { keys += min(p + 1, window) }
+                for mode in NonlinearMode.allCases {
+                    let ops = NPUNonlinearOps(npu: NPUNonlinear(mode: mode))
+                    var out = [Float](repeating: .nan, count: tokens * nHeads * hd)
+                    ops.attention(q: q, keys: k, values: v, tokens: tokens, start: start, nHeads: nHeads, nKVHeads: nKV,
+                                  headDim: hd, window: window, out: &out, threads: 2)
+                    XCTAssertLessThanOrEqual(maxAbsDiff(out, ref), mode == .fp16 ? 0.05 : 0.1,
+                                             "\(mode) t \(tokens) s \(start) w \(window)")
+                    XCTAssertEqual(ops.npu.counter.entries.first { $0.op == "softmax" }?.elements, nHeads * keys)
+                }
+            }
+        }
+    }
 }
