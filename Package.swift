@@ -27,7 +27,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
-        .target(name: "TensorCore", dependencies: ["CZstd", .product(name: "Crypto", package: "swift-crypto")],
+        .target(name: "TensorCore", dependencies: ["CZstd", "CHints", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: settings),
         .systemLibrary(name: "CHints"),
         .target(name: "Kernels", dependencies: ["TensorCore", "CHints"], swiftSettings: settings),

@@ -4,7 +4,8 @@ import CHints
 // GEMM out[m, n] = x[m, k] · w[n, k]^T + bias, BLIS-style (Van Zee & van de Geijn, "BLIS: A Framework for Rapidly
 // Instantiating BLAS Functionality", 2015): the weight is packed into k-major panels of 16 columns (converted to
 // Float32 while packing, so one micro-kernel serves f32, f16, bf16 and quantized weights), and a 6x16 register
-// tile (12 ymm accumulators, 2 B loads + 6 broadcasts per k step) runs over it. x is read in place.
+// tile (12 ymm accumulators, 2 B loads + 6 broadcasts per k step) runs over it. x is read in place, straight from
+// its rows: packing it (BLIS's A panels) cost 2-7% at prefill shapes, where every thread packed all of x.
 
 /// A weight matrix [n, k] that can hand out 8 consecutive elements of a row as Float32.
 protocol RowSource: Sendable {
@@ -136,11 +137,17 @@ struct RowPanels<S: RowSource>: PanelSource {
     }
 }
 
+/// Row counts the micro-kernel is specialised for: the accumulators of rows past `count` fold away.
+protocol StripRows { static var count: Int { get } }
+enum Rows6: StripRows { static var count: Int { 6 } }
+enum Rows4: StripRows { static var count: Int { 4 } }
+enum Rows3: StripRows { static var count: Int { 3 } }
+
 enum Gemm {
     static let mr = 6, nr = 16
     static let kc = 256          // k block: a 16 KiB B micro-panel stays in L1
     static let nc = 256          // columns packed at once: kc x nc x 4 = 256 KiB, in L2 (512 KiB per core)
-    static let mc = 72           // rows of x per block: 72 KiB of x in L2
+    static let mc = 72           // rows of x per block: 72 KiB of x (one k block) reused from L2
 
     /// Packs rows n0..<n0+nv (nv <= 16) and columns k0..<k0+kcur of the weight into dst[kcur][16], zero-padding
     /// missing rows.
@@ -172,51 +179,34 @@ enum Gemm {
         }
     }
 
-    /// Packs rows 0..<rows, columns 0..<kcur of x (row stride lda) into 6-row micro-panels dst[strip][kk][6],
-    /// zero-padding the last strip: the micro-kernel then reads A as one contiguous stream.
+    /// C[rows x cols] (+)= A[rows][kcur] (row stride lda, read in place) · B-panel [kcur][16], with rows <= R.count
+    /// and cols <= 16. Rows past `rows` re-read the last row and are not stored. With `accumulate` false the tile
+    /// is overwritten with the product plus bias.
     @inline(__always)
-    static func packA(_ x: UnsafePointer<Float>, lda: Int, rows: Int, kcur: Int, dst: UnsafeMutablePointer<Float>) {
-        var ir = 0
-        while ir < rows {
-            let r = min(mr, rows - ir)
-            let d = dst + ir * kcur
-            if r == mr {
-                let s0 = x + ir * lda, s1 = s0 + lda, s2 = s1 + lda, s3 = s2 + lda, s4 = s3 + lda, s5 = s4 + lda
-                for kk in 0..<kcur {
-                    let o = d + kk * 6
-                    o[0] = s0[kk]; o[1] = s1[kk]; o[2] = s2[kk]; o[3] = s3[kk]; o[4] = s4[kk]; o[5] = s5[kk]
-                }
-            } else {
-                for kk in 0..<kcur {
-                    for i in 0..<mr { d[kk * 6 + i] = i < r ? x[(ir + i) * lda + kk] : 0 }
-                }
-            }
-            ir += mr
-        }
-    }
-
-    /// C[rows x cols] (+)= A-micro-panel [kc][6] · B-panel [kc][16], rows <= 6, cols <= 16. With `accumulate` false the tile is
-    /// overwritten with the product plus bias.
-    @inline(__always)
-    static func kernel(_ a: UnsafePointer<Float>, _ rows: Int, _ b: UnsafePointer<Float>, _ kcur: Int,
-                       _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ cols: Int, _ accumulate: Bool,
-                       _ bias: UnsafePointer<Float>?, _ tile: UnsafeMutablePointer<Float>) {
+    static func kernel<R: StripRows>(_: R.Type, _ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int,
+                                     _ b: UnsafePointer<Float>, _ kcur: Int, _ c: UnsafeMutablePointer<Float>,
+                                     _ ldc: Int, _ cols: Int, _ accumulate: Bool, _ bias: UnsafePointer<Float>?,
+                                     _ tile: UnsafeMutablePointer<Float>) {
+        let n = R.count
         var c00 = SIMD8<Float>(), c01 = SIMD8<Float>(), c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
         var c20 = SIMD8<Float>(), c21 = SIMD8<Float>(), c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
         var c40 = SIMD8<Float>(), c41 = SIMD8<Float>(), c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+        // Element offsets of rows 1...5 from row 0, clamped to the last real row.
+        let o1 = min(1, rows - 1) * lda, o2 = min(2, rows - 1) * lda, o3 = min(3, rows - 1) * lda
+        let o4 = min(4, rows - 1) * lda, o5 = min(5, rows - 1) * lda
         var pb = UnsafeRawPointer(b)
         var pa = a
         for _ in 0..<kcur {
             let b0 = pb.load(as: SIMD8<Float>.self)
             let b1 = pb.load(fromByteOffset: 32, as: SIMD8<Float>.self)
             var v = SIMD8<Float>(repeating: pa[0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: pa[1]); c10.addProduct(v, b0); c11.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: pa[2]); c20.addProduct(v, b0); c21.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: pa[3]); c30.addProduct(v, b0); c31.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: pa[4]); c40.addProduct(v, b0); c41.addProduct(v, b1)
-            v = SIMD8<Float>(repeating: pa[5]); c50.addProduct(v, b0); c51.addProduct(v, b1)
+            if n > 1 { v = SIMD8<Float>(repeating: pa[o1]); c10.addProduct(v, b0); c11.addProduct(v, b1) }
+            if n > 2 { v = SIMD8<Float>(repeating: pa[o2]); c20.addProduct(v, b0); c21.addProduct(v, b1) }
+            if n > 3 { v = SIMD8<Float>(repeating: pa[o3]); c30.addProduct(v, b0); c31.addProduct(v, b1) }
+            if n > 4 { v = SIMD8<Float>(repeating: pa[o4]); c40.addProduct(v, b0); c41.addProduct(v, b1) }
+            if n > 5 { v = SIMD8<Float>(repeating: pa[o5]); c50.addProduct(v, b0); c51.addProduct(v, b1) }
             pb += 64
-            pa += 6
+            pa += 1
         }
         var b0 = SIMD8<Float>(), b1 = SIMD8<Float>()
         if !accumulate, let bias {
@@ -224,7 +214,7 @@ enum Gemm {
                 for j in 0..<cols { if j < 8 { b0[j] = bias[j] } else { b1[j - 8] = bias[j] } }
             }
         }
-        if rows == 6 && cols == 16 {
+        if rows == n && cols == 16 {
             @inline(__always) func put(_ p: UnsafeMutablePointer<Float>, _ x0: SIMD8<Float>, _ x1: SIMD8<Float>) {
                 if accumulate {
                     storeU(loadU(p) + x0, p); storeU(loadU(p + 8) + x1, p + 8)
@@ -232,8 +222,12 @@ enum Gemm {
                     storeU(x0 + b0, p); storeU(x1 + b1, p + 8)
                 }
             }
-            put(c, c00, c01); put(c + ldc, c10, c11); put(c + 2 * ldc, c20, c21)
-            put(c + 3 * ldc, c30, c31); put(c + 4 * ldc, c40, c41); put(c + 5 * ldc, c50, c51)
+            put(c, c00, c01)
+            if n > 1 { put(c + ldc, c10, c11) }
+            if n > 2 { put(c + 2 * ldc, c20, c21) }
+            if n > 3 { put(c + 3 * ldc, c30, c31) }
+            if n > 4 { put(c + 4 * ldc, c40, c41) }
+            if n > 5 { put(c + 5 * ldc, c50, c51) }
         } else {
             storeU(c00, tile); storeU(c01, tile + 8); storeU(c10, tile + 16); storeU(c11, tile + 24)
             storeU(c20, tile + 32); storeU(c21, tile + 40); storeU(c30, tile + 48); storeU(c31, tile + 56)
@@ -244,6 +238,31 @@ enum Gemm {
                     if accumulate { c[r * ldc + j] += v } else { c[r * ldc + j] = v + (j < 8 ? b0[j] : b1[j - 8]) }
                 }
             }
+        }
+    }
+
+    /// How many rows the next strip takes when `left` rows remain, and which kernel runs it: 6-row strips, with
+    /// the last 7-8 rows as 4 + 3/4 and a short tail on the 3-row kernel, so m = 128 wastes no rows (a 6-row
+    /// kernel on a 2-row tail costs a full strip; 4 rows keep 8 accumulators, enough to hide the FMA latency).
+    @inline(__always)
+    static func strip(_ left: Int) -> Int {
+        switch left {
+        case 7, 8, 4: return 4
+        case 1, 2, 3: return left
+        case 5: return 5
+        default: return 6
+        }
+    }
+
+    /// Runs the kernel for one strip of `rows` rows (from `strip`).
+    @inline(__always)
+    static func stripKernel(_ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int, _ b: UnsafePointer<Float>,
+                            _ kcur: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ cols: Int,
+                            _ accumulate: Bool, _ bias: UnsafePointer<Float>?, _ tile: UnsafeMutablePointer<Float>) {
+        switch rows {
+        case 4: kernel(Rows4.self, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
+        case 1, 2, 3: kernel(Rows3.self, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
+        default: kernel(Rows6.self, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
         }
     }
 
@@ -258,11 +277,10 @@ enum Gemm {
     /// Computes out rows mRange x columns nRange with a per-thread packing buffer.
     static func block<S: PanelSource>(_ src: S, x: UnsafePointer<Float>, k: Int, n: Int, bias: UnsafePointer<Float>?,
                                       out: UnsafeMutablePointer<Float>, mRange: Range<Int>, nRange: Range<Int>) {
-        let buf = UnsafeMutableRawPointer.allocate(byteCount: (kc * nc + 96 + kc * mc) * 4, alignment: 64)
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: (kc * nc + 96) * 4, alignment: 64)
         defer { buf.deallocate() }
-        let pack = buf.bindMemory(to: Float.self, capacity: kc * nc + 96 + kc * mc)
+        let pack = buf.bindMemory(to: Float.self, capacity: kc * nc + 96)
         let tile = pack + kc * nc
-        let apack = tile + 96
         let panelPtr = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: nc / 16)
         defer { panelPtr.deallocate() }
         // Equal blocks instead of full ones plus a remainder (k 384: 192 + 192, not 256 + 128): a short last block
@@ -294,18 +312,17 @@ enum Gemm {
                 var ic = mRange.lowerBound
                 while ic < mRange.upperBound {
                     let mcur = min(mc, mRange.upperBound - ic)
-                    packA(x + ic * k + pc, lda: k, rows: mcur, kcur: kcur, dst: apack)
                     for p in 0..<panels {
                         let col = jc + p * 16
                         let cols = min(16, ncur - p * 16)
                         var ir = 0
                         while ir < mcur {
-                            let rows = min(mr, mcur - ir)
+                            let rows = strip(mcur - ir)
                             let row = ic + ir
                             prefetcher.step()
-                            kernel(apack + ir * kcur, rows, panelPtr[p], kcur, out + row * n + col, n, cols,
-                                   pc > 0, bias.map { $0 + col }, tile)
-                            ir += mr
+                            stripKernel(x + row * k + pc, k, rows, panelPtr[p], kcur, out + row * n + col, n, cols,
+                                        pc > 0, bias.map { $0 + col }, tile)
+                            ir += rows
                         }
                     }
                     ic += mcur

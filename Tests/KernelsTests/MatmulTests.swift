@@ -90,6 +90,20 @@ final class MatmulTests: XCTestCase {
         }
     }
 
+    /// Every row count the strip plan splits differently (6-row strips, then 4+4, 4+3, 5, 1-3 rows at the end of
+    /// each 72-row block), over column-split (n 33) and row-split (n 16: one panel, strips across threads) runs.
+    func testEveryStripTail() {
+        var seed: UInt64 = 900
+        for m in Array(4...21) + [71, 73, 76, 79, 80, 127, 128, 131] {
+            for n in [33, 16] {
+                for prepacked in [false, true] {
+                    check(m: m, k: 97, n: n, kind: .f32, threads: 2, bias: seed % 2 == 0, seed: seed, prepacked: prepacked)
+                    seed += 1
+                }
+            }
+        }
+    }
+
     func testZeroK() {
         let b: [Float] = [1, 2, 3]
         var out = [Float](repeating: .nan, count: 6)
