@@ -1,5 +1,6 @@
 import Foundation
 import TensorCore
+import Models
 
 /// The simulated NPU's hardware parameters for the cost model.
 public struct NPUHardware: Codable, Equatable, Sendable {
@@ -86,16 +87,29 @@ public struct TransformerShape: Codable, Equatable, Sendable {
     public var heads: Int
     public var kvHeads: Int
     public var vocab: Int
+    /// Sliding attention window per layer (nil: full causal attention), as the engine applies it
+    /// (LlamaConfig.attentionWindow). Absent or empty: no layer has a window.
+    public var attentionWindows: [Int?]?
     public var headDim: Int { dim / heads }
     public var kvDim: Int { kvHeads * headDim }
 
-    public init(dim: Int, hiddenDim: Int, layers: Int, heads: Int, kvHeads: Int, vocab: Int) {
+    enum CodingKeys: String, CodingKey {
+        case dim, hiddenDim, layers, heads, kvHeads, vocab, attentionWindows = "attention_windows"
+    }
+
+    public init(dim: Int, hiddenDim: Int, layers: Int, heads: Int, kvHeads: Int, vocab: Int, attentionWindows: [Int?]? = nil) {
         self.dim = dim
         self.hiddenDim = hiddenDim
         self.layers = layers
         self.heads = heads
         self.kvHeads = kvHeads
         self.vocab = vocab
+        self.attentionWindows = attentionWindows
+    }
+
+    public func attentionWindow(layer: Int) -> Int? {
+        guard let w = attentionWindows, layer < w.count else { return nil }
+        return w[layer]
     }
 
     /// Reads the 7-int32 header of a llama2.c checkpoint (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
@@ -123,9 +137,16 @@ public struct TransformerShape: Codable, Equatable, Sendable {
             return v
         }
         let heads = try int("num_attention_heads")
+        let layers = try int("num_hidden_layers")
+        // Windows exactly as the engine applies them (Mistral sliding_window; Qwen2 use_sliding_window with
+        // max_window_layers / layer_types).
+        var windows: [Int?]? = nil
+        if let cfg = try? JSONDecoder().decode(LlamaConfig.self, from: data), cfg.attentionWindow != nil {
+            windows = (0..<layers).map { cfg.attentionWindow(layer: $0) }
+        }
         return TransformerShape(dim: try int("hidden_size"), hiddenDim: try int("intermediate_size"),
-                                layers: try int("num_hidden_layers"), heads: heads,
-                                kvHeads: (o["num_key_value_heads"] as? Int) ?? heads, vocab: try int("vocab_size"))
+                                layers: layers, heads: heads, kvHeads: (o["num_key_value_heads"] as? Int) ?? heads,
+                                vocab: try int("vocab_size"), attentionWindows: windows)
     }
 
     /// The linear layers of one decoder block, Hugging Face names: (name, inFeatures, outFeatures).
@@ -210,16 +231,19 @@ public enum CostModel {
     }
 
     /// Attention score and value products for `rows` new tokens after `past` cached ones, on an int8 KV cache:
-    /// MACs = 2 * heads * headDim * (sum of context lengths); K and V of the new tokens are written, and the cache
-    /// is read from DRAM unless it fits in the activation half of SRAM. Softmax: ~5 vector ops per score.
-    public static func attention(name: String, rows: Int, past: Int, shape: TransformerShape, hw: NPUHardware) -> LayerCost {
-        // sum over new tokens t of their context length (past + t + 1)
-        let ctxSum = rows * past + rows * (rows + 1) / 2
+    /// MACs = 2 * heads * headDim * (sum of the keys each new token sees); K and V of the new tokens are written,
+    /// and the cache is read from DRAM unless it fits in the activation half of SRAM. Softmax: ~5 vector ops per
+    /// score. With a sliding window W a token sees at most W keys and only the last W cached tokens are kept.
+    public static func attention(name: String, rows: Int, past: Int, shape: TransformerShape, window: Int? = nil,
+                                 hw: NPUHardware) -> LayerCost {
+        let ctxSum = visibleKeys(rows: rows, past: past, window: window)
         let macs = 2 * shape.heads * shape.headDim * ctxSum
-        let cacheBytes = (past + rows) * shape.kvDim * 2
+        let kept = window.map { min(past + rows, $0) } ?? past + rows
+        let cacheBytes = kept * shape.kvDim * 2
         let written = rows * shape.kvDim * 2
         let fits = cacheBytes <= hw.sramBytes / 2
-        let actBytes = written + (fits ? 0 : past * shape.kvDim * 2)
+        let pastRead = window.map { min(past, $0) } ?? past
+        let actBytes = written + (fits ? 0 : pastRead * shape.kvDim * 2)
         let compute = ceilDiv(Double(macs), Double(hw.macsPerCycle))
         let memory = ceilDiv(Double(actBytes), hw.dramBytesPerCycle)
         let vops = 5 * shape.heads * ctxSum
@@ -229,6 +253,15 @@ public enum CostModel {
                          sramPeakBytes: min(cacheBytes, hw.sramBytes / 2), vectorOps: vops, computeCycles: compute,
                          memoryCycles: memory, cycles: cycles,
                          bound: cycles == compute ? .compute : (cycles == memory ? .memory : .vector))
+    }
+
+    /// Sum over the new tokens t = 0..<rows of the keys token past + t sees: past + t + 1, at most `window`.
+    static func visibleKeys(rows: Int, past: Int, window: Int?) -> Int {
+        let lo = past + 1, hi = past + rows
+        guard let w = window, hi > w else { return (lo + hi) * rows / 2 }
+        if lo > w { return rows * w }
+        let below = w - lo + 1  // tokens lo...w see all their keys
+        return (lo + w) * below / 2 + (rows - below) * w
     }
 
     /// Norms, RoPE, SwiGLU and residual adds of a block on the vector unit, in element operations: two RMSNorms
@@ -249,7 +282,8 @@ public enum CostModel {
                 layers.append(linear(name: "model.layers.\(l).\(prefix).\(name)", rows: rows, inFeatures: i, outFeatures: o,
                                      weightBits: weightBits, hw: hw))
             }
-            layers.append(attention(name: "model.layers.\(l).self_attn.attention", rows: rows, past: past, shape: shape, hw: hw))
+            layers.append(attention(name: "model.layers.\(l).self_attn.attention", rows: rows, past: past, shape: shape,
+                                    window: shape.attentionWindow(layer: l), hw: hw))
             layers.append(vectorOps(name: "model.layers.\(l).vector_ops", rows: rows, shape: shape, hw: hw))
         }
         layers.append(linear(name: "lm_head", rows: rows, inFeatures: shape.dim, outFeatures: shape.vocab,

@@ -74,6 +74,37 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(c.bound, .vector)
     }
 
+    /// A sliding window caps the keys each token sees: MACs against a per-token count written out here, for
+    /// prefill crossing the window, prefill wholly past it, and decode; a window wider than the context changes nothing.
+    func testSlidingWindowAttention() {
+        func keys(rows: Int, past: Int, window: Int) -> Int { (0..<rows).reduce(0) { $0 + min(past + $1 + 1, window) } }
+        for (rows, past, window) in [(64, 0, 16), (10, 40, 16), (1, 99, 16), (7, 5, 9), (12, 0, 12), (3, 2, 100)] {
+            let c = CostModel.attention(name: "a", rows: rows, past: past, shape: stories, window: window, hw: small)
+            XCTAssertEqual(c.macs, 2 * 8 * 8 * keys(rows: rows, past: past, window: window), "\(rows) \(past) \(window)")
+        }
+        let full = CostModel.attention(name: "a", rows: 5, past: 20, shape: stories, hw: small)
+        XCTAssertEqual(CostModel.attention(name: "a", rows: 5, past: 20, shape: stories, window: 25, hw: small), full)
+        // Decode far past the window costs what decode at the window does.
+        let far = CostModel.attention(name: "a", rows: 1, past: 5000, shape: stories, window: 16, hw: small)
+        XCTAssertEqual(far.macs, CostModel.attention(name: "a", rows: 1, past: 15, shape: stories, hw: small).macs)
+    }
+
+    /// Windows come from config.json as the engine reads them: Qwen2 windows only layers >= max_window_layers.
+    func testWindowsFromHuggingFaceConfig() throws {
+        let dir = Repo.tempDirectory("costwin")
+        let path = dir + "/config.json"
+        try Data("""
+            {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 172,
+             "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512,
+             "rms_norm_eps": 1e-5, "use_sliding_window": true, "sliding_window": 16, "max_window_layers": 1}
+            """.utf8).write(to: URL(fileURLWithPath: path))
+        let shape = try TransformerShape.huggingFace(configPath: path)
+        XCTAssertEqual(shape.attentionWindows ?? [], [nil, 16, 16])
+        let r = CostModel.phase(shape: shape, hw: small, weightBits: 8, rows: 1, past: 99)
+        let att = r.layers.filter { $0.name.hasSuffix("attention") }.map(\.macs)
+        XCTAssertEqual(att, [2 * 8 * 8 * 100, 2 * 8 * 8 * 16, 2 * 8 * 8 * 16])
+    }
+
     func testWholeModelTotals() throws {
         let r = try CostModel.report(shape: stories, hw: small, weightBits: 8, promptTokens: 64, decodeContext: 0)
         // Per block linears: 4096 + 2048 + 2048 + 4096 + 3 x 11008 = 45312 MACs; attention of one token 128;
