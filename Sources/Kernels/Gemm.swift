@@ -346,15 +346,21 @@ enum Gemm {
         let work = m * n * k
         let t = work < 1 << 17 ? 1 : threads
         if panels >= 2 * t || m < 12 * t {
-            Parallel.forRanges(panels, threads: t) { r in
+            // Up to 4 column chunks per thread, taken dynamically: on a shared host one core often runs slower
+            // than the other, and with one fixed half each the faster core sat waiting at every GEMM's end.
+            let chunks = t == 1 ? 1 : max(t, min(panels / 2, 4 * t))
+            Parallel.forEach(chunks, threads: t) { c in
+                let lo = panels * c / chunks, hi = panels * (c + 1) / chunks
                 block(src, x: xs.base, k: k, n: n, bias: bs?.base, out: os.base, mRange: 0..<m,
-                      nRange: (r.lowerBound * 16)..<min(n, r.upperBound * 16))
+                      nRange: (lo * 16)..<min(n, hi * 16))
             }
         } else {
             let strips = (m + mr - 1) / mr
-            Parallel.forRanges(strips, threads: t) { r in
+            let chunks = t == 1 ? 1 : max(t, min(strips / 2, 4 * t))
+            Parallel.forEach(chunks, threads: t) { c in
+                let lo = strips * c / chunks, hi = strips * (c + 1) / chunks
                 block(src, x: xs.base, k: k, n: n, bias: bs?.base, out: os.base,
-                      mRange: (r.lowerBound * mr)..<min(m, r.upperBound * mr), nRange: 0..<n)
+                      mRange: (lo * mr)..<min(m, hi * mr), nRange: 0..<n)
             }
         }
     }
