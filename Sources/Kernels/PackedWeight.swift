@@ -66,12 +66,18 @@ struct PrepackedPanels: PanelSource, @unchecked Sendable {
             // prefetch stalled on DRAM and was ~40% slower on the 110M shape).
             return UnsafePointer(w.storage.assumingMemoryBound(to: Float.self) + offset)
         case .f16:
-            let src = UnsafeRawPointer(w.storage) + offset * 2
-            for i in stride(from: 0, to: kcur * 16, by: 8) { storeU(f16x8(src + i * 2), scratch + i) }
+            var src = UnsafeRawPointer(w.storage) + offset * 2, dst = scratch
+            for _ in 0..<kcur {
+                storeU(f16x8(src), dst); storeU(f16x8(src + 16), dst + 8)
+                src += 32; dst += 16
+            }
             return UnsafePointer(scratch)
         case .bf16:
-            let src = UnsafeRawPointer(w.storage) + offset * 2
-            for i in stride(from: 0, to: kcur * 16, by: 8) { storeU(bf16x8(src + i * 2), scratch + i) }
+            var src = UnsafeRawPointer(w.storage) + offset * 2, dst = scratch
+            for _ in 0..<kcur {
+                storeU(bf16x8(src), dst); storeU(bf16x8(src + 16), dst + 8)
+                src += 32; dst += 16
+            }
             return UnsafePointer(scratch)
         }
     }
