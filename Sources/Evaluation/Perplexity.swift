@@ -13,8 +13,19 @@ public struct PerplexityOptions: Sendable {
     /// Only for `strided` (default ctx / 2).
     public var stride: Int?
     public var maxChunks: Int?
-    public init(protocolKind: PerplexityProtocol = .llamacpp, ctx: Int, stride: Int? = nil, maxChunks: Int? = nil) {
+    /// Tokens per forward pass: max(1, batchTokens / ctx) windows of equal length run side by side (llama.cpp's
+    /// n_batch / n_ctx sequences). The figures are identical for any value; only the speed changes. Models whose
+    /// layers are not row-independent (simulated NPU) always run one window at a time.
+    public var batchTokens: Int
+    public static let defaultBatchTokens = 512
+    public init(protocolKind: PerplexityProtocol = .llamacpp, ctx: Int, stride: Int? = nil, maxChunks: Int? = nil,
+                batchTokens: Int = PerplexityOptions.defaultBatchTokens) {
         self.protocolKind = protocolKind; self.ctx = ctx; self.stride = stride; self.maxChunks = maxChunks
+        self.batchTokens = batchTokens
+    }
+    /// Windows per forward pass for this model.
+    public func windowsPerPass(_ model: LlamaModel) -> Int {
+        model.canBatchSequences ? max(1, batchTokens / max(ctx, 1)) : 1
     }
     public var effectiveStride: Int? { protocolKind == .strided ? (stride ?? max(1, ctx / 2)) : nil }
 }
@@ -118,29 +129,54 @@ public enum Perplexity {
         let wins = try windows(n: tokens.count, options: options, addsBOS: addsBOS)
         let vocab = model.config.vocabSize
         let ctx = options.ctx
-        let cache = model.makeCache(capacity: ctx)
-        let state = model.makeState(maxRows: ctx)
+        let perPass = min(options.windowsPerPass(model), max(wins.count, 1))
+        let cache = model.makeCache(capacity: ctx * perPass)
+        let state = model.makeState(maxRows: ctx * perPass)
         var res = PerplexityResult(protocolKind: options.protocolKind, ctx: ctx, stride: options.effectiveStride, chunks: 0,
                                    tokensScored: 0, totalTokens: tokens.count, nllSum: 0, nllSqSum: 0, seconds: 0)
         let t0 = Date()
-        for (wi, w) in wins.enumerated() {
-            var window = Array(tokens[w.begin..<w.end])
-            if w.replaceFirstWithBOS { window[0] = bosId }
-            cache.reset()
-            let firstRow = w.scoreFrom - 1 - w.begin  // row predicting the first scored target
-            let logits = model.forward(window, cache: cache, state: state, logitsFrom: firstRow)
-            for t in w.scoreFrom..<w.end {
-                let row = logits + (t - 1 - w.begin - firstRow) * vocab
-                let target = window[t - w.begin]
-                let nll = negativeLogLikelihood(row, vocab: vocab, target: Int(target))
-                if let cb = onRow { try cb(ScoredRow(chunk: wi, index: res.tokensScored, tokenIndex: t, windowPosition: t - 1 - w.begin,
-                                                   target: target, logits: row, vocab: vocab)) }
-                res.nllSum += nll
-                res.nllSqSum += nll * nll
-                res.tokensScored += 1
+        var wi = 0
+        while wi < wins.count {
+            // A pass: up to perPass consecutive windows sharing length and first scored row.
+            let w0 = wins[wi]
+            let length = w0.end - w0.begin, firstRow = w0.scoreFrom - 1 - w0.begin  // row predicting the first target
+            var group = [w0]
+            while group.count < perPass, wi + group.count < wins.count {
+                let w = wins[wi + group.count]
+                guard w.end - w.begin == length, w.scoreFrom - 1 - w.begin == firstRow else { break }
+                group.append(w)
             }
-            res.chunks += 1
-            progress?(wi + 1, wins.count, res.tokensScored, res.ppl)
+            var batch: [Int32] = []
+            batch.reserveCapacity(group.count * length)
+            for w in group {
+                var window = tokens[w.begin..<w.end]
+                if w.replaceFirstWithBOS { window[w.begin] = bosId }
+                batch.append(contentsOf: window)
+            }
+            let logits: UnsafeMutablePointer<Float>
+            if group.count > 1 {
+                logits = model.forwardSequences(batch, count: group.count, cache: cache, state: state, logitsFrom: firstRow)
+            } else {
+                cache.reset()
+                logits = model.forward(batch, cache: cache, state: state, logitsFrom: firstRow)
+            }
+            for (g, w) in group.enumerated() {
+                let seqLogits = logits + g * (length - firstRow) * vocab
+                for t in w.scoreFrom..<w.end {
+                    let row = seqLogits + (t - 1 - w.begin - firstRow) * vocab
+                    let target = batch[g * length + t - w.begin]
+                    let nll = negativeLogLikelihood(row, vocab: vocab, target: Int(target))
+                    if let cb = onRow { try cb(ScoredRow(chunk: wi + g, index: res.tokensScored, tokenIndex: t,
+                                                       windowPosition: t - 1 - w.begin, target: target, logits: row,
+                                                       vocab: vocab)) }
+                    res.nllSum += nll
+                    res.nllSqSum += nll * nll
+                    res.tokensScored += 1
+                }
+                res.chunks += 1
+                progress?(wi + g + 1, wins.count, res.tokensScored, res.ppl)
+            }
+            wi += group.count
         }
         res.seconds = Date().timeIntervalSince(t0)
         return res

@@ -9,6 +9,13 @@ public protocol LinearLayer: AnyObject, Sendable {
     var inFeatures: Int { get }
     var outFeatures: Int { get }
     func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int)
+    /// True when each output row depends only on its own input row, bit for bit, whatever the batch: rows can
+    /// then be batched freely (several sequences in one forward). False unless a layer says so.
+    var rowIndependent: Bool { get }
+}
+
+extension LinearLayer {
+    public var rowIndependent: Bool { false }
 }
 
 /// Where weights come from: a checkpoint (safetensors), or tensors held in memory (llama2.c, tests).
@@ -47,6 +54,8 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     public let bias: [Float]?
     public let inFeatures: Int
     public let outFeatures: Int
+    // GEMM and GEMV compute each output row from its own input row, with k blocks independent of m.
+    public var rowIndependent: Bool { true }
     private let ref: WeightRef
     private let packLock = NSLock()
     private var packed: PackedWeight?
@@ -131,12 +140,19 @@ public protocol NonlinearOps: Sendable {
     func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int)
     /// x += delta
     func residualAdd(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, count: Int)
+    /// True when every operation treats rows independently (see LinearLayer.rowIndependent).
+    var rowIndependent: Bool { get }
+}
+
+extension NonlinearOps {
+    public var rowIndependent: Bool { false }
 }
 
 public struct FloatOps: NonlinearOps {
     /// Precomputed cos/sin (used when headDim and theta match; positions past it are computed on the fly).
     public var ropeTable: RopeTable?
     public init(ropeTable: RopeTable? = nil) { self.ropeTable = ropeTable }
+    public var rowIndependent: Bool { true }
     public func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
                         out: UnsafeMutablePointer<Float>) {
         Kernels.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)

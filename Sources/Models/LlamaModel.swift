@@ -163,9 +163,12 @@ public final class LlamaBlock {
 
     /// Runs the block on `rows` hidden states `x` (in place, [rows, dim]) at positions start..<start+rows.
     /// keys/values: this layer's cache ([start+rows, kvDim] at least); the new rows' K/V are written at `start`.
-    /// state.positions[0..<rows] must hold the positions.
+    /// state.positions[0..<rows] must hold the positions. sequenceLength: the rows are independent sequences of
+    /// this many rows each, side by side in x and in the cache (rows s*len..<(s+1)*len), all starting at `start`
+    /// (which must then be 0); attention stays inside each sequence. nil: one sequence.
     public func forward(_ x: UnsafeMutablePointer<Float>, rows: Int, start: Int, keys: UnsafeMutablePointer<Float>,
-                        values: UnsafeMutablePointer<Float>, state s: RunState, context ctx: BlockContext) {
+                        values: UnsafeMutablePointer<Float>, state s: RunState, context ctx: BlockContext,
+                        sequenceLength: Int? = nil) {
         let c = config
         let dim = c.hiddenSize, kvDim = c.kvDim, hidden = c.intermediateSize
         let eps = Float(c.rmsNormEps), theta = Float(c.ropeTheta)
@@ -176,9 +179,13 @@ public final class LlamaBlock {
         if run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx) { return }
         ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
         ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
-        ctx.ops.attention(q: s.q, keys: keys, values: values, tokens: rows, start: start, nHeads: c.numAttentionHeads,
-                          nKVHeads: c.kvHeads, headDim: c.headDimension, window: attentionWindow, out: s.att,
-                          threads: ctx.threads)
+        let seqLen = sequenceLength ?? rows, qDim = c.qDim
+        precondition(seqLen > 0 && rows % seqLen == 0 && (seqLen == rows || start == 0), "bad sequence layout")
+        for s0 in stride(from: 0, to: rows, by: seqLen) {
+            ctx.ops.attention(q: s.q + s0 * qDim, keys: keys + s0 * kvDim, values: values + s0 * kvDim, tokens: seqLen,
+                              start: start, nHeads: c.numAttentionHeads, nKVHeads: c.kvHeads, headDim: c.headDimension,
+                              window: attentionWindow, out: s.att + s0 * qDim, threads: ctx.threads)
+        }
         if run(oProj, "self_attn.o_proj", s.att, rows, s.xb2, ctx) { return }
         ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
         postAttentionNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
@@ -375,6 +382,46 @@ public final class LlamaModel {
             lmHead.forward(state.xb, rows: n, out: state.logits, threads: threads)
             observer?.observe(module: "lm_head", input: state.xb, inFeatures: lmHead.inFeatures, output: state.logits,
                               outFeatures: lmHead.outFeatures, rows: n)
+        }
+        return state.logits
+    }
+
+    /// Whether independent sequences may share one forward pass (`forwardSequences`) with results identical to
+    /// running them one by one: every linear layer and the non-linear ops compute each row from that row alone
+    /// (not so for a simulated NPU that quantizes activations per tensor), and no observer is watching.
+    public var canBatchSequences: Bool {
+        observer == nil && ops.rowIndependent && lmHead.rowIndependent
+            && blocks.allSatisfy { b in LlamaBlock.linearNames.allSatisfy { b.linear(named: $0)!.rowIndependent } }
+    }
+
+    /// Runs `count` fresh sequences of `length` tokens each (`tokens` holds them back to back) in one pass, as
+    /// llama.cpp's perplexity tool does with several sequences per batch: the linear layers see all rows at once
+    /// (fewer, larger GEMMs), attention stays inside each sequence. The cache (capacity >= count * length) is
+    /// overwritten. Returns state.logits: [count][length - logitsFrom][vocab].
+    @discardableResult
+    public func forwardSequences(_ tokens: [Int32], count: Int, cache: KVCache, state: RunState,
+                                 logitsFrom: Int = 0) -> UnsafeMutablePointer<Float> {
+        let rows = tokens.count
+        precondition(count > 0 && rows % count == 0, "sequences of unequal length")
+        precondition(rows <= state.maxRows && rows <= cache.capacity, "batch larger than the allocated state")
+        let length = rows / count
+        cache.reset()
+        for r in 0..<rows { state.positions[r] = Int32(r % length) }
+        tokens.withUnsafeBufferPointer { embed($0, into: state.x) }
+        let ctx = context
+        for (l, b) in blocks.enumerated() {
+            b.forward(state.x, rows: rows, start: 0, keys: cache.keys[l], values: cache.values[l], state: state,
+                      context: ctx, sequenceLength: length)
+        }
+        let from = min(max(0, logitsFrom), length)
+        let n = length - from
+        if n > 0 {
+            let dim = config.hiddenSize
+            // Gather the scored rows of every sequence (normed) so the head runs as one GEMM.
+            for s in 0..<count {
+                applyFinalNorm(state.x + (s * length + from) * dim, rows: n, out: state.xb + s * n * dim)
+            }
+            lmHead.forward(state.xb, rows: count * n, out: state.logits, threads: threads)
         }
         return state.logits
     }

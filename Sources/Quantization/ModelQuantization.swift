@@ -16,6 +16,8 @@ public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
     /// The packed integer codes the kernels run on; the float weight matrix is never materialised.
     public let panels: QuantizedPanels
     private let bias: [Float]?
+    // The W8A16/W4A16 GEMM and GEMV compute each output row from its own input row.
+    public var rowIndependent: Bool { true }
 
     public init(_ q: QuantizedWeight, bias: Tensor? = nil, name: String = "linear") throws {
         bits = q.bits

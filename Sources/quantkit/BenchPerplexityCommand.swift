@@ -15,6 +15,8 @@ struct BenchPerplexityCommand: ParsableCommand {
     @Option(help: "Comma-separated context lengths.") var ctx: String = "128,512"
     @Option(help: "Comma-separated weight types: f32, f16, bf16, or wB[gG] for round-to-nearest symmetric B-bit weights (group G, per output channel without g) run on the W8A16/W4A16 kernels, e.g. w8,w4g32,w4g128.")
     var dtype: String = "f32,f16"
+    @Option(help: "Comma-separated tokens per forward pass: batch / ctx chunks run side by side (as llama.cpp's -b); a batch equal to ctx runs one chunk per pass, as the peer figures were measured.")
+    var batch: String = "\(PerplexityOptions.defaultBatchTokens)"
     @Option(help: "Chunks per measurement.") var chunks: Int = 4
     @Option(help: "Repetitions (the median is reported).") var repeats: Int = 3
     @Option(help: "Worker threads.") var threads: Int?
@@ -106,9 +108,13 @@ struct BenchPerplexityCommand: ParsableCommand {
                 guard let v = Int(s), v >= 4 else { throw QuantKitError(.input, "--ctx: bad value '\(s)'") }
                 return v
             }
+            let batches = try batch.split(separator: ",").map { s -> Int in
+                guard let v = Int(s), v >= 1 else { throw QuantKitError(.input, "--batch: bad value '\(s)'") }
+                return v
+            }
             let dtypes = try dtype.split(separator: ",").map { try WeightKind(String($0)) }
             var rows: [[String: Any]] = []
-            print("shape  dtype  ctx  tokens/s(median, wall)  runs  threads  tokens/CPU-s x threads(median)")
+            print("shape  dtype  ctx  tokens/s(median, wall)  runs  threads  tokens/CPU-s x threads(median)  batch")
             var cases: [(shape: String, kind: String, vocab: Int, make: () throws -> LlamaModel)] = []
             if let path = model {
                 cases = [(path, GPTQCheckpoint.isGPTQ(path) ? "gptq" : "float", 0, { try ModelLoading.loadModel(path) })]
@@ -127,7 +133,7 @@ struct BenchPerplexityCommand: ParsableCommand {
                 let model = try make()
                 let vocab = knownVocab > 0 ? knownVocab : model.config.vocabSize
                 if let t = threads { model.threads = max(1, t) }
-                for c in ctxs {
+                for (c, b) in ctxs.flatMap({ c in batches.map { (c, $0) } }) {
                     var rng = SplitMix(seed: 7)
                     let n = c * max(chunks, 2)
                     let toks = (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) }
@@ -135,7 +141,7 @@ struct BenchPerplexityCommand: ParsableCommand {
                     for _ in 0..<max(1, repeats) {
                         let cpu0 = Self.cpuSeconds()
                         let r = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1,
-                                                        options: PerplexityOptions(ctx: c, maxChunks: chunks))
+                                                        options: PerplexityOptions(ctx: c, maxChunks: chunks, batchTokens: b))
                         let cpu = Self.cpuSeconds() - cpu0
                         rates.append(Double(r.chunks * c) / r.seconds)
                         // On a shared machine wall time includes waiting for a core; tokens per CPU-second
@@ -144,10 +150,10 @@ struct BenchPerplexityCommand: ParsableCommand {
                     }
                     rates.sort(); cpuRates.sort()
                     let med = rates[rates.count / 2], cmed = cpuRates[cpuRates.count / 2]
-                    print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f", shapeName, kind, c, med,
-                                 rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads, cmed))
+                    print(String(format: "%@  %@  %d  %.1f  %@  %d  %.1f  %d", shapeName, kind, c, med,
+                                 rates.map { String(format: "%.0f", $0) }.joined(separator: "/"), model.threads, cmed, b))
                     rows.append(["shape": shapeName, "dtype": kind, "ctx": c, "tokens_per_s": med, "runs": rates,
-                                 "threads": model.threads, "tokens_per_cpu_s_x_threads": cmed])
+                                 "threads": model.threads, "tokens_per_cpu_s_x_threads": cmed, "batch_tokens": b])
                 }
             }
             var ru = rusage()

@@ -21,6 +21,8 @@ struct PerplexityCommand: ParsableCommand {
     @Option(help: "Stride for --protocol strided (default ctx/2).") var stride: Int?
     @Option(name: .customLong("max-chunks"), help: "Evaluate at most this many windows.") var maxChunks: Int?
     @Option(help: "Worker threads.") var threads: Int?
+    @Option(help: "Tokens per forward pass: batch / ctx windows run side by side (as llama.cpp's -b); the figures do not depend on it. Use --batch equal to --ctx for one window per pass.")
+    var batch: Int = PerplexityOptions.defaultBatchTokens
     @Option(help: "Write a JSON result here.") var json: String?
     @Option(name: .customLong("save-logits"), help: "Store this run's scored distributions (zstd) for a later --kld-base.") var saveLogits: String?
     @Option(name: .customLong("kld-base"), help: "Compare with a base run saved by --save-logits (KLD statistics).") var kldBase: String?
@@ -32,6 +34,7 @@ struct PerplexityCommand: ParsableCommand {
         if stride != nil && protocolKind != .strided { throw ValidationError("--stride applies to --protocol strided only") }
         if ctx < 2 { throw ValidationError("--ctx must be at least 2") }
         if let m = maxChunks, m <= 0 { throw ValidationError("--max-chunks must be positive") }
+        if batch < 1 { throw ValidationError("--batch must be positive") }
         if saveTokens != nil && kldBase == nil { throw ValidationError("--save-tokens needs --kld-base (the per-token base NLL comes from it)") }
         do { _ = try DocumentRule(parsing: documents) } catch { throw ValidationError("\(error)") }
     }
@@ -65,7 +68,8 @@ struct PerplexityCommand: ParsableCommand {
             let bos = Int32(tok.bosId ?? m.config.bosTokenId ?? 1)
             if tok.addsBOS { ids.insert(bos, at: 0) }
             let tokenizeSecs = Date().timeIntervalSince(t1)
-            let opts = PerplexityOptions(protocolKind: protocolKind, ctx: ctx, stride: stride, maxChunks: maxChunks)
+            let opts = PerplexityOptions(protocolKind: protocolKind, ctx: ctx, stride: stride, maxChunks: maxChunks,
+                                         batchTokens: batch)
 
             let base = try kldBase.map { try LogitsFile(path: $0) }
             try base?.checkCompatible(corpusSHA256: sha, tokenizer: tokLabel, protocolName: protocolKind.rawValue, ctx: ctx,

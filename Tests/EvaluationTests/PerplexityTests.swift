@@ -1,6 +1,7 @@
 import Evaluation
 import Foundation
 import Models
+import Quantization
 import Tokenization
 import TensorCore
 import TestSupport
@@ -55,6 +56,79 @@ final class PerplexityTests: XCTestCase {
         // strided, stride 8: windows [0,16) [8,24) [16,32) [24,40) [32,48) [40,50): 15 + 8*4 + 2 scored.
         let s = try Perplexity.evaluate(model: model, tokens: toks, addsBOS: true, bosId: 1, options: PerplexityOptions(protocolKind: .strided, ctx: 16, stride: 8))
         XCTAssertEqual(s.chunks, 6); XCTAssertEqual(s.tokensScored, 49)
+    }
+}
+
+/// Several windows per forward pass (llama.cpp's n_batch / n_ctx sequences) must give exactly what one window per
+/// pass gives: every scored logits row bit for bit, for every protocol, float and quantized weights.
+final class BatchedWindowsTests: XCTestCase {
+    /// Every scored row's logits, in order, and the result.
+    func run(_ model: LlamaModel, _ tokens: [Int32], _ opts: PerplexityOptions) throws -> ([Float], PerplexityResult) {
+        var rows: [Float] = []
+        let r = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: opts, onRow: { row in
+            rows.append(contentsOf: UnsafeBufferPointer(start: row.logits, count: row.vocab))
+        })
+        return (rows, r)
+    }
+
+    func assertBatchingChangesNothing(_ model: LlamaModel, _ label: String) throws {
+        XCTAssertTrue(model.canBatchSequences, label)
+        var rng = SystemRandomNumberGenerator()
+        let tokens = [Int32(1)] + (0..<700).map { _ in Int32.random(in: 3..<512, using: &rng) }
+        let cases: [(PerplexityProtocol, Int, Int?)] = [(.llamacpp, 64, nil), (.gptq, 48, nil), (.strided, 64, 24)]
+        for (proto, ctx, stride) in cases {
+            let one = try run(model, tokens, PerplexityOptions(protocolKind: proto, ctx: ctx, stride: stride, batchTokens: ctx))
+            // 3 windows per pass: the last pass of llamacpp (10 windows) holds one; strided's short last window
+            // runs alone.
+            let many = try run(model, tokens, PerplexityOptions(protocolKind: proto, ctx: ctx, stride: stride, batchTokens: 3 * ctx + 5))
+            XCTAssertGreaterThan(one.1.chunks, 3, "\(label) \(proto)")
+            XCTAssertEqual(one.1.chunks, many.1.chunks, "\(label) \(proto)")
+            XCTAssertEqual(one.1.tokensScored, many.1.tokensScored, "\(label) \(proto)")
+            XCTAssertEqual(one.0.count, many.0.count, "\(label) \(proto)")
+            XCTAssertTrue(one.0 == many.0, "\(label) \(proto): batched logits differ")
+            XCTAssertEqual(one.1.nllSum, many.1.nllSum, "\(label) \(proto)")
+        }
+    }
+
+    func testBatchedWindowsMatchOneByOne() throws {
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        try assertBatchingChangesNothing(model, "stories260K f32")
+        // RTN INT4 g32 on the W4A16 panel GEMM.
+        for b in model.blocks {
+            for name in LlamaBlock.linearNames {
+                let dense = try XCTUnwrap(b.linear(named: name) as? DenseLinear)
+                let q = try RTN.quantize(dense.weight.floats(), outFeatures: dense.outFeatures, inFeatures: dense.inFeatures,
+                                         scheme: try QuantScheme(bits: 4, symmetric: true, groupSize: 32), name: name)
+                try b.setLinear(try QuantizedLinear(q, name: name), named: name)
+            }
+        }
+        try assertBatchingChangesNothing(model, "stories260K w4g32")
+    }
+
+    /// A layer that does not promise row independence (a simulated NPU quantizing activations per tensor) or an
+    /// observer keeps one window per pass.
+    func testBatchingNeedsRowIndependentLayers() throws {
+        final class Opaque: LinearLayer, @unchecked Sendable {
+            let inner: LinearLayer
+            init(_ inner: LinearLayer) { self.inner = inner }
+            var inFeatures: Int { inner.inFeatures }
+            var outFeatures: Int { inner.outFeatures }
+            func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+                inner.forward(x, rows: rows, out: out, threads: threads)
+            }
+        }
+        final class Watcher: LinearObserver {
+            func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>,
+                         outFeatures: Int, rows: Int) {}
+        }
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        XCTAssertEqual(PerplexityOptions(ctx: 128).windowsPerPass(model), 4)
+        model.observer = Watcher()
+        XCTAssertEqual(PerplexityOptions(ctx: 128).windowsPerPass(model), 1)
+        model.observer = nil
+        try model.blocks[1].setLinear(Opaque(model.blocks[1].downProj), named: "mlp.down_proj")
+        XCTAssertFalse(model.canBatchSequences)
+        XCTAssertEqual(PerplexityOptions(ctx: 128).windowsPerPass(model), 1)
     }
 }
 
