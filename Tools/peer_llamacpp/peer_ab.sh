@@ -1,0 +1,48 @@
+#!/bin/bash
+# Same-minute speed comparison with llama.cpp's perplexity tool (the peer the issues' speed goals name), on the
+# engine benchmark shape (dim 512, hidden 1536, 8 layers, vocab 512), ctx 128, 2 threads, one chunk per pass.
+# llama.cpp comes from the llama-cpp-python sdist on PyPI (it vendors llama.cpp; no other network is reachable).
+# Usage (repo root, after `swift build -c release`): bash Tools/peer_llamacpp/peer_ab.sh [rounds] [workdir]
+# Prints one line per run: tool, weights, batch, tokens/s. The two tools alternate order every round.
+set -euo pipefail
+ROUNDS=${1:-8}
+WORK=${2:-/tmp/qk-peer}
+REPO=$(pwd)
+Q=$REPO/.build/x86_64-unknown-linux-gnu/release/quantkit
+VER=0.3.36
+SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+URL=https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-$VER.tar.gz
+mkdir -p "$WORK"
+cd "$WORK"
+if [ ! -x llama_cpp_python-$VER/vendor/llama.cpp/build/bin/llama-perplexity ]; then
+  [ -f llama_cpp_python-$VER.tar.gz ] || curl -sSfLo llama_cpp_python-$VER.tar.gz "$URL"
+  echo "$SHA  llama_cpp_python-$VER.tar.gz" | sha256sum -c - >&2
+  tar xzf llama_cpp_python-$VER.tar.gz
+  command -v cmake >/dev/null || pip install -q cmake
+  (cd llama_cpp_python-$VER/vendor/llama.cpp &&
+   cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DGGML_OPENMP=ON >&2 &&
+   cmake --build build -j2 --target llama-perplexity llama-quantize >&2)
+fi
+B=$WORK/llama_cpp_python-$VER/vendor/llama.cpp/build/bin
+if [ ! -f model-q40-pure.gguf ]; then
+  pip install -q gguf numpy sentencepiece
+  python3 "$REPO/Tools/peer_llamacpp/make_gguf.py" model-f32.gguf "$REPO/Tokenizers/tok512/tok512.model" >&2
+  $B/llama-quantize model-f32.gguf model-f16.gguf F16 >&2
+  $B/llama-quantize model-f32.gguf model-q80.gguf Q8_0 >&2
+  $B/llama-quantize --pure model-f32.gguf model-q40-pure.gguf Q4_0 >&2  # --pure: the head too (default: q6_K)
+fi
+[ -f wiki.test.raw ] || zstd -qdf "$REPO/Corpora/wikitext-2-raw/wiki.test.raw.zst" -o wiki.test.raw
+run_q() {  # quantkit on its seeded random model of the same shape (speed does not depend on the values)
+  "$Q" bench perplexity --shape small --ctx 128 --dtype "$1" --batch 128,512 --chunks 16 --repeats 3 2>/dev/null |
+    awk -v d="$1" '/^small/{print "quantkit", d, "b"$8, $4}'
+}
+run_l() {  # -lv 4 prints llama_perf's "prompt eval" tokens per second
+  $B/llama-perplexity -m "$1.gguf" -f wiki.test.raw -c 128 -b 128 -t 2 --chunks 16 -lv 4 2>&1 |
+    awk -v m="$1" '/prompt eval time/{for(i=1;i<=NF;i++) if($i=="tokens" && $(i+2)=="second)") print "llamacpp", m, "b128", $(i-1)}'
+}
+for r in $(seq 1 "$ROUNDS"); do
+  for pair in "f32 model-f32" "f16 model-f16" "w8 model-q80" "w4g32 model-q40-pure"; do
+    set -- $pair
+    if [ $((r % 2)) = 0 ]; then run_q "$1"; run_l "$2"; else run_l "$2"; run_q "$1"; fi
+  done
+done
