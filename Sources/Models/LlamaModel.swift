@@ -365,25 +365,8 @@ public final class LlamaModel {
     /// holding [tokens.count - logitsFrom, vocab] logits for rows logitsFrom..<tokens.count.
     @discardableResult
     public func forward(_ tokens: [Int32], cache: KVCache, state: RunState, logitsFrom: Int = 0) -> UnsafeMutablePointer<Float> {
-        let rows = tokens.count
-        precondition(rows <= state.maxRows && cache.length + rows <= cache.capacity, "window larger than the allocated state")
-        let start = cache.length
-        for r in 0..<rows { state.positions[r] = Int32(start + r) }
-        tokens.withUnsafeBufferPointer { embed($0, into: state.x) }
-        let ctx = context
-        for (l, b) in blocks.enumerated() {
-            b.forward(state.x, rows: rows, start: start, keys: cache.keys[l], values: cache.values[l], state: state, context: ctx)
-        }
-        cache.length += rows
-        let from = min(max(0, logitsFrom), rows)
-        let n = rows - from
-        if n > 0 {
-            applyFinalNorm(state.x + from * config.hiddenSize, rows: n, out: state.xb)
-            lmHead.forward(state.xb, rows: n, out: state.logits, threads: threads)
-            observer?.observe(module: "lm_head", input: state.xb, inFeatures: lmHead.inFeatures, output: state.logits,
-                              outFeatures: lmHead.outFeatures, rows: n)
-        }
-        return state.logits
+        precondition(cache.length + tokens.count <= cache.capacity, "window larger than the allocated cache")
+        return run(tokens, start: cache.length, sequenceLength: tokens.count, cache: cache, state: state, logitsFrom: logitsFrom)
     }
 
     /// Whether independent sequences may share one forward pass (`forwardSequences`) with results identical to
@@ -401,27 +384,38 @@ public final class LlamaModel {
     @discardableResult
     public func forwardSequences(_ tokens: [Int32], count: Int, cache: KVCache, state: RunState,
                                  logitsFrom: Int = 0) -> UnsafeMutablePointer<Float> {
-        let rows = tokens.count
-        precondition(count > 0 && rows % count == 0, "sequences of unequal length")
-        precondition(rows <= state.maxRows && rows <= cache.capacity, "batch larger than the allocated state")
-        let length = rows / count
+        precondition(count > 0 && tokens.count % count == 0, "sequences of unequal length")
+        precondition(tokens.count <= cache.capacity, "batch larger than the allocated cache")
         cache.reset()
-        for r in 0..<rows { state.positions[r] = Int32(r % length) }
+        return run(tokens, start: 0, sequenceLength: tokens.count / count, cache: cache, state: state, logitsFrom: logitsFrom)
+    }
+
+    /// The forward pass behind `forward` (one sequence continuing at `start`) and `forwardSequences` (sequences of
+    /// `sequenceLength` rows, all from 0). The head runs once over rows logitsFrom..< of every sequence.
+    private func run(_ tokens: [Int32], start: Int, sequenceLength length: Int, cache: KVCache, state: RunState,
+                     logitsFrom: Int) -> UnsafeMutablePointer<Float> {
+        let rows = tokens.count
+        precondition(rows <= state.maxRows, "window larger than the allocated state")
+        guard rows > 0 else { return state.logits }
+        for r in 0..<rows { state.positions[r] = Int32(start + r % length) }
         tokens.withUnsafeBufferPointer { embed($0, into: state.x) }
         let ctx = context
         for (l, b) in blocks.enumerated() {
-            b.forward(state.x, rows: rows, start: 0, keys: cache.keys[l], values: cache.values[l], state: state,
+            b.forward(state.x, rows: rows, start: start, keys: cache.keys[l], values: cache.values[l], state: state,
                       context: ctx, sequenceLength: length)
         }
+        cache.length = start + rows
         let from = min(max(0, logitsFrom), length)
-        let n = length - from
+        let n = length - from, count = rows / length
         if n > 0 {
             let dim = config.hiddenSize
-            // Gather the scored rows of every sequence (normed) so the head runs as one GEMM.
+            // The scored rows of every sequence, normed side by side, so the head runs as one GEMM.
             for s in 0..<count {
                 applyFinalNorm(state.x + (s * length + from) * dim, rows: n, out: state.xb + s * n * dim)
             }
             lmHead.forward(state.xb, rows: count * n, out: state.logits, threads: threads)
+            observer?.observe(module: "lm_head", input: state.xb, inFeatures: lmHead.inFeatures, output: state.logits,
+                              outFeatures: lmHead.outFeatures, rows: count * n)
         }
         return state.logits
     }
