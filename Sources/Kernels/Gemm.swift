@@ -463,8 +463,8 @@ enum Gemv {
     }
 }
 
-/// Largest m for which the GEMV path (no packing) is used.
-let gemvMaxRows = 3
+/// Largest m for which the GEMV path (no packing) is used; its sums run in a different order from the GEMM's.
+public let gemvMaxRows = 3
 
 /// Column (or row-strip) chunks per thread in a threaded GEMM: 8 measured 4-6% ahead of 4 at ctx 128.
 let chunksPerThread = 8

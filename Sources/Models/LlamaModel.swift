@@ -166,12 +166,21 @@ public final class LlamaBlock {
     /// state.positions[0..<rows] must hold the positions. sequenceLength: the rows are independent sequences of
     /// this many rows each, side by side in x and in the cache (rows s*len..<(s+1)*len), all starting at `start`
     /// (which must then be 0); attention stays inside each sequence. nil: one sequence.
+    /// outputFrom: only rows outputFrom..< of each sequence leave the block, moved to the front of x in order
+    /// ([sequences * (seqLen - outputFrom), dim]); every row still writes its K/V. The last block of a pass whose
+    /// caller scores only a suffix of each window skips the attention, o_proj and MLP work of the other rows, as
+    /// llama.cpp does for tokens whose logits are not requested. Only for row-independent layers and ops with no
+    /// observer, and 4+ kept rows: the kept rows' results are then bit for bit those of the full block.
     public func forward(_ x: UnsafeMutablePointer<Float>, rows: Int, start: Int, keys: UnsafeMutablePointer<Float>,
                         values: UnsafeMutablePointer<Float>, state s: RunState, context ctx: BlockContext,
-                        sequenceLength: Int? = nil) {
+                        sequenceLength: Int? = nil, outputFrom: Int = 0) {
         let c = config
         let dim = c.hiddenSize, kvDim = c.kvDim, hidden = c.intermediateSize
         let eps = Float(c.rmsNormEps), theta = Float(c.ropeTheta)
+        let seqLen = sequenceLength ?? rows, qDim = c.qDim
+        precondition(seqLen > 0 && rows % seqLen == 0 && (seqLen == rows || start == 0), "bad sequence layout")
+        precondition(outputFrom == 0 || (ctx.observer == nil && ctx.stopAfter == nil && outputFrom < seqLen),
+                     "row pruning needs a full pass without an observer")
         inputNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
         let kOut = keys + start * kvDim, vOut = values + start * kvDim
         if run(qProj, "self_attn.q_proj", s.xb, rows, s.q, ctx) { return }
@@ -179,21 +188,30 @@ public final class LlamaBlock {
         if run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx) { return }
         ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
         ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
-        let seqLen = sequenceLength ?? rows, qDim = c.qDim
-        precondition(seqLen > 0 && rows % seqLen == 0 && (seqLen == rows || start == 0), "bad sequence layout")
-        for s0 in stride(from: 0, to: rows, by: seqLen) {
-            ctx.ops.attention(q: s.q + s0 * qDim, keys: keys + s0 * kvDim, values: values + s0 * kvDim, tokens: seqLen,
-                              start: start, nHeads: c.numAttentionHeads, nKVHeads: c.kvHeads, headDim: c.headDimension,
-                              window: attentionWindow, out: s.att + s0 * qDim, threads: ctx.threads)
+        // From here on only the kept rows of each sequence, moved to the front of x and q (never past their
+        // source, so a forward copy is safe).
+        let kept = seqLen - outputFrom, sequences = rows / seqLen, outRows = sequences * kept
+        if outputFrom > 0 {
+            for q in 0..<sequences {
+                let from = q * seqLen + outputFrom, to = q * kept
+                (s.q + to * qDim).update(from: s.q + from * qDim, count: kept * qDim)
+                (x + to * dim).update(from: x + from * dim, count: kept * dim)
+            }
         }
-        if run(oProj, "self_attn.o_proj", s.att, rows, s.xb2, ctx) { return }
-        ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
-        postAttentionNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
-        if run(gateProj, "mlp.gate_proj", s.xb, rows, s.hb, ctx) { return }
-        if run(upProj, "mlp.up_proj", s.xb, rows, s.hb2, ctx) { return }
-        ctx.ops.swiglu(gate: s.hb, up: s.hb2, count: rows * hidden)
-        if run(downProj, "mlp.down_proj", s.hb, rows, s.xb2, ctx) { return }
-        ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
+        for q in 0..<sequences {
+            ctx.ops.attention(q: s.q + q * kept * qDim, keys: keys + q * seqLen * kvDim, values: values + q * seqLen * kvDim,
+                              tokens: kept, start: start + outputFrom, nHeads: c.numAttentionHeads, nKVHeads: c.kvHeads,
+                              headDim: c.headDimension, window: attentionWindow, out: s.att + q * kept * qDim,
+                              threads: ctx.threads)
+        }
+        if run(oProj, "self_attn.o_proj", s.att, outRows, s.xb2, ctx) { return }
+        ctx.ops.residualAdd(x, s.xb2, count: outRows * dim)
+        postAttentionNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: outRows, dim: dim, eps: eps, out: s.xb) }
+        if run(gateProj, "mlp.gate_proj", s.xb, outRows, s.hb, ctx) { return }
+        if run(upProj, "mlp.up_proj", s.xb, outRows, s.hb2, ctx) { return }
+        ctx.ops.swiglu(gate: s.hb, up: s.hb2, count: outRows * hidden)
+        if run(downProj, "mlp.down_proj", s.hb, outRows, s.xb2, ctx) { return }
+        ctx.ops.residualAdd(x, s.xb2, count: outRows * dim)
     }
 }
 
@@ -400,18 +418,22 @@ public final class LlamaModel {
         for r in 0..<rows { state.positions[r] = Int32(start + r % length) }
         tokens.withUnsafeBufferPointer { embed($0, into: state.x) }
         let ctx = context
-        for (l, b) in blocks.enumerated() {
-            b.forward(state.x, rows: rows, start: start, keys: cache.keys[l], values: cache.values[l], state: state,
-                      context: ctx, sequenceLength: length)
-        }
-        cache.length = start + rows
         let from = min(max(0, logitsFrom), length)
         let n = length - from, count = rows / length
+        // The last block hands on only the rows the head will read, when that cannot change their results: the
+        // layers are row-independent and the kept rows still make a GEMM (the GEMV sums in another order).
+        let pruneFrom = n > 0 && from > 0 && count * n > gemvMaxRows && canBatchSequences ? from : 0
+        for (l, b) in blocks.enumerated() {
+            b.forward(state.x, rows: rows, start: start, keys: cache.keys[l], values: cache.values[l], state: state,
+                      context: ctx, sequenceLength: length, outputFrom: l == blocks.count - 1 ? pruneFrom : 0)
+        }
+        cache.length = start + rows
         if n > 0 {
             let dim = config.hiddenSize
             // The scored rows of every sequence, normed side by side, so the head runs as one GEMM.
+            let stride = pruneFrom > 0 ? n : length, offset = pruneFrom > 0 ? 0 : from
             for s in 0..<count {
-                applyFinalNorm(state.x + (s * length + from) * dim, rows: n, out: state.xb + s * n * dim)
+                applyFinalNorm(state.x + (s * stride + offset) * dim, rows: n, out: state.xb + s * n * dim)
             }
             lmHead.forward(state.xb, rows: count * n, out: state.logits, threads: threads)
             observer?.observe(module: "lm_head", input: state.xb, inFeatures: lmHead.inFeatures, output: state.logits,

@@ -105,6 +105,73 @@ final class BatchedWindowsTests: XCTestCase {
         try assertBatchingChangesNothing(model, "stories260K w4g32")
     }
 
+    /// The last block computes attention, o_proj and MLP only for the rows whose logits are asked for. The logits of
+    /// those rows must be bit for bit the unpruned ones (an observer turns pruning off), for one sequence at 0, one
+    /// continuing a cache, and several side by side, with kept-row counts that are and are not multiples of the
+    /// 4-row attention groups and GEMM strips.
+    func testLastBlockRowPruningChangesNothing() throws {
+        final class Watcher: LinearObserver {
+            func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>,
+                         outFeatures: Int, rows: Int) {}
+        }
+        /// The last down_proj, counting the rows it is given.
+        final class Counting: LinearLayer, @unchecked Sendable {
+            let inner: LinearLayer
+            var rows = 0
+            init(_ inner: LinearLayer) { self.inner = inner }
+            var inFeatures: Int { inner.inFeatures }
+            var outFeatures: Int { inner.outFeatures }
+            var rowIndependent: Bool { true }
+            func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+                self.rows += rows
+                inner.forward(x, rows: rows, out: out, threads: threads)
+            }
+        }
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        let counter = Counting(model.blocks[model.blocks.count - 1].downProj)
+        try model.blocks[model.blocks.count - 1].setLinear(counter, named: "mlp.down_proj")
+        let vocab = model.config.vocabSize
+        var rng = SystemRandomNumberGenerator()
+        let tokens = [Int32(1)] + (0..<191).map { _ in Int32.random(in: 3..<512, using: &rng) }
+        /// Logits of the run, and the rows the last down_proj saw in its final call.
+        func logits(_ observe: Bool, _ body: (KVCache, RunState) -> (UnsafeMutablePointer<Float>, Int)) -> ([Float], Int) {
+            model.observer = observe ? Watcher() : nil
+            defer { model.observer = nil }
+            let (cache, state) = (model.makeCache(capacity: 192), model.makeState(maxRows: 192))
+            var before = 0
+            let (p, rows) = body(cache, state)
+            before = counter.rows
+            counter.rows = 0
+            return (Array(UnsafeBufferPointer(start: p, count: rows * vocab)), before)
+        }
+        for from in [37, 64, 123] {
+            let single = { (c: KVCache, s: RunState) in (model.forward(Array(tokens.prefix(128)), cache: c, state: s, logitsFrom: from), 128 - from) }
+            let (pruned, seen) = logits(false, single), (full, seenFull) = logits(true, single)
+            XCTAssertEqual(seen, 128 - from, "one sequence: the last block runs the kept rows only")
+            XCTAssertEqual(seenFull, 128)
+            XCTAssertTrue(pruned == full, "one sequence, logits from \(from)")
+            // 64 tokens already cached, then 128 more scored from `from`.
+            let continued = { (c: KVCache, s: RunState) -> (UnsafeMutablePointer<Float>, Int) in
+                model.forward(Array(tokens.prefix(64)), cache: c, state: s, logitsFrom: 64)
+                counter.rows = 0
+                return (model.forward(Array(tokens[64..<192]), cache: c, state: s, logitsFrom: from), 128 - from)
+            }
+            let (prunedC, seenC) = logits(false, continued)
+            XCTAssertEqual(seenC, 128 - from)
+            XCTAssertTrue(prunedC == logits(true, continued).0, "continued sequence, logits from \(from)")
+            let f3 = from % 64
+            let three = { (c: KVCache, s: RunState) in
+                (model.forwardSequences(Array(tokens.prefix(192)), count: 3, cache: c, state: s, logitsFrom: f3), 3 * (64 - f3))
+            }
+            let (pruned3, seen3) = logits(false, three)
+            XCTAssertEqual(seen3, 3 * (64 - f3))
+            XCTAssertTrue(pruned3 == logits(true, three).0, "3 sequences, logits from \(f3)")
+        }
+        // Fewer than 4 kept rows would put the products on the GEMV path: no pruning then.
+        let two = { (c: KVCache, s: RunState) in (model.forward(Array(tokens.prefix(128)), cache: c, state: s, logitsFrom: 126), 2) }
+        XCTAssertEqual(logits(false, two).1, 128)
+    }
+
     /// A layer that does not promise row independence (a simulated NPU quantizing activations per tensor) or an
     /// observer keeps one window per pass.
     func testBatchingNeedsRowIndependentLayers() throws {
