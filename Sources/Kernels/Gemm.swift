@@ -82,10 +82,35 @@ func transpose8x8(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ 
     storeU(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), dst + 7 * stride)
 }
 
+/// How the micro-kernel reads one k step (16 columns) of a panel as two Float32 vectors.
+protocol PanelLayout {
+    static var bytesPerStep: Int { get }
+    static func load(_ p: UnsafeRawPointer) -> (SIMD8<Float>, SIMD8<Float>)
+}
+
+/// Float32 panels (packed or widened into the thread's scratch, or pre-packed f32 weights).
+enum F32Layout: PanelLayout {
+    static var bytesPerStep: Int { 64 }
+    @inline(__always) static func load(_ p: UnsafeRawPointer) -> (SIMD8<Float>, SIMD8<Float>) {
+        (p.load(as: SIMD8<Float>.self), p.load(fromByteOffset: 32, as: SIMD8<Float>.self))
+    }
+}
+
+/// Pre-packed IEEE half panels, widened by the micro-kernel itself (vcvtph2ps from memory): no widening pass over
+/// each block, and half the bytes in cache.
+enum F16Layout: PanelLayout {
+    static var bytesPerStep: Int { 32 }
+    @inline(__always) static func load(_ p: UnsafeRawPointer) -> (SIMD8<Float>, SIMD8<Float>) {
+        (f16x8(p), f16x8(p + 16))
+    }
+}
+
 /// Where the GEMM gets a k-major [kcur][16] panel of weight rows n0..<n0+nv, columns k0..<k0+kcur: packed now
-/// from the row-major matrix into `scratch`, or (pre-packed weights) straight from memory.
+/// from the row-major matrix into `scratch` (as Float32), or (pre-packed weights) straight from memory in the
+/// source's `Layout`.
 protocol PanelSource: Sendable {
-    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float>
+    associatedtype Layout: PanelLayout = F32Layout
+    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafeRawPointer
     /// The contiguous bytes `panel` will read for this block, when there are such (pre-packed weights), so the
     /// GEMM can prefetch them while it computes the block before.
     func sourceBytes(n0: Int, k0: Int, kcur: Int) -> UnsafeRawBufferPointer?
@@ -134,9 +159,9 @@ struct PanelPrefetcher {
 struct RowPanels<S: RowSource>: PanelSource {
     let rows: S
     @inline(__always)
-    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafeRawPointer {
         Gemm.packPanel(rows, n0: n0, nv: nv, k0: k0, kcur: kcur, dst: scratch)
-        return UnsafePointer(scratch)
+        return UnsafeRawPointer(scratch)
     }
 }
 
@@ -146,13 +171,13 @@ struct RowPanels<S: RowSource>: PanelSource {
 final class GemmScratch {
     let pack: UnsafeMutablePointer<Float>
     let tile: UnsafeMutablePointer<Float>
-    let panels: UnsafeMutablePointer<UnsafePointer<Float>>
+    let panels: UnsafeMutablePointer<UnsafeRawPointer>
 
     private init() {
         pack = UnsafeMutableRawPointer.allocate(byteCount: (Gemm.kc * Gemm.nc + 96) * 4, alignment: 64)
             .bindMemory(to: Float.self, capacity: Gemm.kc * Gemm.nc + 96)
         tile = pack + Gemm.kc * Gemm.nc
-        panels = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: Gemm.nc / 16)
+        panels = UnsafeMutablePointer<UnsafeRawPointer>.allocate(capacity: Gemm.nc / 16)
     }
 
     deinit {
@@ -222,8 +247,8 @@ enum Gemm {
     /// and cols <= 16. Rows past `rows` re-read the last row and are not stored. With `accumulate` false the tile
     /// is overwritten with the product plus bias.
     @inline(__always)
-    static func kernel<R: StripRows>(_: R.Type, _ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int,
-                                     _ b: UnsafePointer<Float>, _ kcur: Int, _ c: UnsafeMutablePointer<Float>,
+    static func kernel<R: StripRows, L: PanelLayout>(_: R.Type, _: L.Type, _ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int,
+                                     _ b: UnsafeRawPointer, _ kcur: Int, _ c: UnsafeMutablePointer<Float>,
                                      _ ldc: Int, _ cols: Int, _ accumulate: Bool, _ bias: UnsafePointer<Float>?,
                                      _ tile: UnsafeMutablePointer<Float>) {
         let n = R.count
@@ -233,18 +258,17 @@ enum Gemm {
         // Element offsets of rows 1...5 from row 0, clamped to the last real row.
         let o1 = min(1, rows - 1) * lda, o2 = min(2, rows - 1) * lda, o3 = min(3, rows - 1) * lda
         let o4 = min(4, rows - 1) * lda, o5 = min(5, rows - 1) * lda
-        var pb = UnsafeRawPointer(b)
+        var pb = b
         var pa = a
         for _ in 0..<kcur {
-            let b0 = pb.load(as: SIMD8<Float>.self)
-            let b1 = pb.load(fromByteOffset: 32, as: SIMD8<Float>.self)
+            let (b0, b1) = L.load(pb)
             var v = SIMD8<Float>(repeating: pa[0]); c00.addProduct(v, b0); c01.addProduct(v, b1)
             if n > 1 { v = SIMD8<Float>(repeating: pa[o1]); c10.addProduct(v, b0); c11.addProduct(v, b1) }
             if n > 2 { v = SIMD8<Float>(repeating: pa[o2]); c20.addProduct(v, b0); c21.addProduct(v, b1) }
             if n > 3 { v = SIMD8<Float>(repeating: pa[o3]); c30.addProduct(v, b0); c31.addProduct(v, b1) }
             if n > 4 { v = SIMD8<Float>(repeating: pa[o4]); c40.addProduct(v, b0); c41.addProduct(v, b1) }
             if n > 5 { v = SIMD8<Float>(repeating: pa[o5]); c50.addProduct(v, b0); c51.addProduct(v, b1) }
-            pb += 64
+            pb += L.bytesPerStep
             pa += 1
         }
         var b0 = SIMD8<Float>(), b1 = SIMD8<Float>()
@@ -295,13 +319,14 @@ enum Gemm {
 
     /// Runs the kernel for one strip of `rows` rows (from `strip`).
     @inline(__always)
-    static func stripKernel(_ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int, _ b: UnsafePointer<Float>,
-                            _ kcur: Int, _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ cols: Int,
-                            _ accumulate: Bool, _ bias: UnsafePointer<Float>?, _ tile: UnsafeMutablePointer<Float>) {
+    static func stripKernel<L: PanelLayout>(_ layout: L.Type, _ a: UnsafePointer<Float>, _ lda: Int, _ rows: Int,
+                                            _ b: UnsafeRawPointer, _ kcur: Int, _ c: UnsafeMutablePointer<Float>,
+                                            _ ldc: Int, _ cols: Int, _ accumulate: Bool, _ bias: UnsafePointer<Float>?,
+                                            _ tile: UnsafeMutablePointer<Float>) {
         switch rows {
-        case 4: kernel(Rows4.self, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
-        case 1, 2, 3: kernel(Rows3.self, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
-        default: kernel(Rows6.self, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
+        case 4: kernel(Rows4.self, layout, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
+        case 1, 2, 3: kernel(Rows3.self, layout, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
+        default: kernel(Rows6.self, layout, a, lda, rows, b, kcur, c, ldc, cols, accumulate, bias, tile)
         }
     }
 
@@ -355,7 +380,7 @@ enum Gemm {
                             let rows = strip(mcur - ir)
                             let row = ic + ir
                             prefetcher.step()
-                            stripKernel(x + row * k + pc, k, rows, panelPtr[p], kcur, out + row * n + col, n, cols,
+                            stripKernel(S.Layout.self, x + row * k + pc, k, rows, panelPtr[p], kcur, out + row * n + col, n, cols,
                                         pc > 0, bias.map { $0 + col }, tile)
                             ir += rows
                         }

@@ -23,6 +23,8 @@ public enum Kernels {
         precondition(packed.n == n && packed.k == k, "packed weight shape differs from the matmul")
         if m <= gemvMaxRows || k == 0 || n == 0 {
             matmulNT(x: x, m: m, k: k, weight: weight, n: n, bias: bias, out: out, threads: threads)
+        } else if packed.isHalf {
+            Gemm.run(panels: PrepackedHalfPanels(w: packed), x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
         } else {
             Gemm.run(panels: PrepackedPanels(w: packed), x: x, m: m, k: k, n: n, bias: bias, out: out, threads: threads)
         }

@@ -95,7 +95,7 @@ struct QuantizedPanelSource: PanelSource, @unchecked Sendable {
     }
 
     @inline(__always)
-    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafeRawPointer {
         let p = n0 >> 4
         let cb = w.columnBytes
         let base = UnsafeRawPointer(w.codes) + p * w.k * cb
@@ -126,7 +126,7 @@ struct QuantizedPanelSource: PanelSource, @unchecked Sendable {
             }
             g += 1
         }
-        return UnsafePointer(scratch)
+        return UnsafeRawPointer(scratch)
     }
 }
 
