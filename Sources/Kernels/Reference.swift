@@ -150,3 +150,47 @@ public enum Reference {
         for i in 0..<count { let v = Double(x[i]); x[i] = Float(v * 0.5 * erfc(-v / 2.0.squareRoot())) }
     }
 }
+
+extension Reference {
+    /// W4A8 (see W4A8.swift), plain loops: activations quantized per row and 32-input block, exact integer block
+    /// dots, then the float block formula in the fast kernel's order of operations (so the two agree to rounding).
+    /// `codesOut` (optional, [m, k] in packed input order) receives the activation codes.
+    public static func matmulW4A8(x: UnsafePointer<Float>, m: Int, weight w: QuantizedMatrix, bias: UnsafePointer<Float>?,
+                                  out: UnsafeMutablePointer<Float>, codesOut: UnsafeMutablePointer<Int8>? = nil) {
+        let k = w.inFeatures, n = w.outFeatures, blocks = k / 32
+        var groupOf = [Int](repeating: 0, count: blocks)
+        for g in 0..<w.nGroups { for b in Int(w.groupStarts[g]) / 32..<Int(w.groupStarts[g + 1]) / 32 { groupOf[b] = g } }
+        var q = [Int](repeating: 0, count: k), d = [Float](repeating: 0, count: blocks), e = d
+        for i in 0..<m {
+            for b in 0..<blocks {
+                var xs = [Float](repeating: 0, count: 32), amax: Float = 0
+                for j in 0..<32 {
+                    let col = b * 32 + j
+                    xs[j] = x[i * k + (w.inputPermutation.map { Int($0[col]) } ?? col)]
+                    amax = max(amax, abs(xs[j]))
+                }
+                d[b] = amax / 127
+                let id: Float = d[b] != 0 ? 1 / d[b] : 0
+                var sum = 0
+                for j in 0..<32 {
+                    q[b * 32 + j] = Int((xs[j] * id).rounded(.toNearestOrEven))
+                    sum += q[b * 32 + j]
+                    codesOut?[i * k + b * 32 + j] = Int8(q[b * 32 + j])
+                }
+                e[b] = d[b] * Float(sum)
+            }
+            for r in 0..<n {
+                var y: Float = 0
+                for b in 0..<blocks {
+                    var dot = 0
+                    for j in b * 32..<(b + 1) * 32 { dot += Int(w.code(row: r, column: j)) * q[j] }
+                    let g = groupOf[b]
+                    var t = Float(dot) * d[b]
+                    t = t.addingProduct(-w.zeros[r * w.nGroups + g], e[b])
+                    y = y.addingProduct(t, w.scales[r * w.nGroups + g])
+                }
+                out[i * n + r] = y + (bias?[r] ?? 0)
+            }
+        }
+    }
+}

@@ -44,14 +44,28 @@ public final class QuantizedLinear: LinearLayer, @unchecked Sendable {
         }
     }
 
+    /// Set by `useInt8Activations`: the layer then runs as W4A8.
+    public private(set) var w4a8: W4A8Panels?
+
+    /// Runs this layer as W4A8 (activations quantized to int8 per 32-input block, integer dot products: the
+    /// contract of llama.cpp's Q4_0 x Q8_0) when its codes (<= 4 bits), input size and groups (multiples of 32)
+    /// allow it, else leaves it on W4A16. A different numerical contract from W4A16, so opt-in. Returns whether the
+    /// layer now runs as W4A8.
+    @discardableResult
+    public func useInt8Activations(_ on: Bool = true) -> Bool {
+        w4a8 = on ? (w4a8 ?? W4A8Panels(panels)) : nil
+        return w4a8 != nil
+    }
+
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
-        if let bias {
-            bias.withUnsafeBufferPointer {
-                Kernels.matmulQuantized(x: x, m: rows, panels: panels, bias: $0.baseAddress, out: out, threads: threads)
+        let run = { (b: UnsafePointer<Float>?) in
+            if let w = self.w4a8 {
+                Kernels.matmulW4A8(x: x, m: rows, panels: w, bias: b, out: out, threads: threads)
+            } else {
+                Kernels.matmulQuantized(x: x, m: rows, panels: self.panels, bias: b, out: out, threads: threads)
             }
-        } else {
-            Kernels.matmulQuantized(x: x, m: rows, panels: panels, out: out, threads: threads)
         }
+        if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
     }
 }
 
@@ -462,5 +476,16 @@ public enum ModelQuantizer {
         if let fp = fingerprint { files["calibration_fingerprint.json"] = try JSONEncoder().encode(fp) }
         for f in copyFiles { files[f.name] = try readFile(f.from) }
         try GPTQCheckpoint.write(to: dir, floatTensors: floats, layers: result.layers, config: cfg, metadata: metadata, files: files)
+    }
+}
+
+extension LlamaModel {
+    /// Switches every quantized layer whose layout allows it to W4A8 (`QuantizedLinear.useInt8Activations`).
+    /// Returns how many layers now run as W4A8 and how many quantized layers the model has.
+    @discardableResult
+    public func useInt8Activations() -> (w4a8: Int, quantized: Int) {
+        var layers = blocks.flatMap { b in LlamaBlock.linearNames.compactMap { b.linear(named: $0) as? QuantizedLinear } }
+        if let head = lmHead as? QuantizedLinear { layers.append(head) }
+        return (layers.filter { $0.useInt8Activations() }.count, layers.count)
     }
 }

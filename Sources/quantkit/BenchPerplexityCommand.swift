@@ -13,7 +13,7 @@ struct BenchPerplexityCommand: ParsableCommand {
     @Option(help: "Model shapes: small (dim 512, 8 layers, vocab 512), 110m (dim 768, 12 layers, vocab 32000), or both.")
     var shape: String = "small"
     @Option(help: "Comma-separated context lengths.") var ctx: String = "128,512"
-    @Option(help: "Comma-separated weight types: f32, f16, bf16, or wB[gG] for round-to-nearest symmetric B-bit weights (group G, per output channel without g) run on the W8A16/W4A16 kernels, e.g. w8,w4g32,w4g128.")
+    @Option(help: "Comma-separated weight types: f32, f16, bf16, or wB[gG] for round-to-nearest symmetric B-bit weights (group G, per output channel without g) run on the W8A16/W4A16 kernels, e.g. w8,w4g32,w4g128; a trailing a8 (w4g32a8) runs 4-bit weights as W4A8 with int8 activations per 32 inputs, as llama.cpp runs Q4_0.")
     var dtype: String = "f32,f16"
     @Option(help: "Comma-separated tokens per forward pass: batch / ctx chunks run side by side (as llama.cpp's -b); a batch equal to ctx runs one chunk per pass, as the peer figures were measured.")
     var batch: String = "\(PerplexityOptions.defaultBatchTokens)"
@@ -60,20 +60,24 @@ struct BenchPerplexityCommand: ParsableCommand {
         return try LlamaModel(config: cfg, source: TensorDictionary(t), name: "random-\(s.name)-\(dtype.rawValue)")
     }
 
-    /// A weight type to benchmark: a float dtype, or RTN-quantized weights ("w4g32": 4 bits, groups of 32).
+    /// A weight type to benchmark: a float dtype, or RTN-quantized weights ("w4g32": 4 bits, groups of 32; a
+    /// trailing "a8" runs them as W4A8 with int8 activations).
     struct WeightKind {
         let label: String
         let dtype: DType
         let scheme: QuantScheme?
+        let int8Activations: Bool
         init(_ s: String) throws {
             label = s
+            int8Activations = s.hasSuffix("a8")
             if let d = ["f32": DType.f32, "f16": .f16, "bf16": .bf16][s] {
                 dtype = d; scheme = nil; return
             }
-            let parts = s.dropFirst().split(separator: "g", omittingEmptySubsequences: false)
+            let parts = s.dropFirst().dropLast(int8Activations ? 2 : 0).split(separator: "g", omittingEmptySubsequences: false)
             guard s.hasPrefix("w"), (1...2).contains(parts.count), let bits = Int(parts[0]),
-                  let group = parts.count == 2 ? Int(parts[1]) : QuantScheme.perChannel else {
-                throw QuantKitError(.input, "--dtype: bad value '\(s)' (f32, f16, bf16, or wB[gG] such as w8, w4g32)")
+                  let group = parts.count == 2 ? Int(parts[1]) : QuantScheme.perChannel,
+                  !int8Activations || bits <= 4 else {
+                throw QuantKitError(.input, "--dtype: bad value '\(s)' (f32, f16, bf16, wB[gG] such as w8, w4g32, or w4gGa8)")
             }
             dtype = .f32
             scheme = try QuantScheme(bits: bits, symmetric: true, groupSize: group)
@@ -124,6 +128,7 @@ struct BenchPerplexityCommand: ParsableCommand {
                         cases.append((s.name, d.label, s.vocab, {
                             let m = try Self.randomModel(s, dtype: d.dtype, seed: 42)
                             if let scheme = d.scheme { try Self.quantizeLinears(m, scheme: scheme) }
+                            if d.int8Activations { m.useInt8Activations() }
                             return m
                         }))
                     }
