@@ -42,12 +42,24 @@ struct PerplexityCommand: ParsableCommand {
     @OptionGroup var npu: NpuBackendOptions
     @Flag(name: .customLong("allow-overlap"), help: "Only warn when the corpus overlaps a quantized model's calibration text.")
     var allowOverlap = false
+    @Flag(name: .customLong("int8-activations"), help: "Run a quantized model's 4-bit layers as W4A8: activations rounded to int8 per 32 inputs and integer dot products, as llama.cpp runs Q4_0 (faster; a different numerical contract from W4A16). Layers whose input size or groups are not multiples of 32 stay W4A16.")
+    var int8Activations = false
 
     func run() throws {
         try runReportingErrors {
             let t0 = Date()
             let m = try ModelLoading.loadModel(model)
             if let t = threads { m.threads = max(1, t) }
+            var activations = "float32"
+            if int8Activations {
+                guard !npu.isNPU else { throw QuantKitError(.input, "--int8-activations: the simulated NPU sets its own activation precision") }
+                let (w4a8, quantized) = m.useInt8Activations()
+                guard w4a8 > 0 else {
+                    throw QuantKitError(.input, "--int8-activations: \(model) has no 4-bit layer whose input size and groups are multiples of 32 (\(quantized) quantized layers)")
+                }
+                activations = "int8 per 32 inputs in \(w4a8) of \(quantized) quantized layers (W4A8)"
+                logInfo("W4A8: \(activations)")
+            }
             let tokPath = try ModelLoading.tokenizerPath(model: model, explicit: tokenizer)
             let tok = try ModelLoading.loadTokenizer(tokPath)
             try ModelLoading.checkVocab(tok, model: m, tokenizerPath: tokPath)
@@ -151,6 +163,7 @@ struct PerplexityCommand: ParsableCommand {
             print("protocol     \(protocolKind.rawValue)  ctx \(ctx)  stride \(opts.effectiveStride.map(String.init) ?? "-")")
             print("chunks       \(r.chunks)  tokens scored \(r.tokensScored)  (corpus \(ids.count) tokens)")
             print(String(format: "ppl          %.4f +/- %.4f", r.ppl, r.pplError))
+            if int8Activations { print("activations  \(activations)") }
             print(String(format: "speed        %.1f tokens/s  (%.2f s evaluating, %.2f s tokenizing)", tps, r.seconds, tokenizeSecs))
             if let sim { print(sim.summary) }  // after the run: the op counts are the run's
             if let k = kld {
@@ -182,7 +195,7 @@ struct PerplexityCommand: ParsableCommand {
                     "schema_version": ResultSchema.current, "protocol": protocolKind.rawValue, "ctx": ctx,
                     "stride": opts.effectiveStride.map { $0 as Any } ?? NSNull(), "chunks": r.chunks,
                     "tokens_scored": r.tokensScored, "corpus_sha256": sha, "tokenizer": tokLabel, "model": model,
-                    "ppl": r.ppl, "ppl_error": r.pplError, "kind": "perplexity", "backend": npu.backend,
+                    "ppl": r.ppl, "ppl_error": r.pplError, "kind": "perplexity", "backend": npu.backend, "activations": activations,
                     "chunk_nll": chunkNLL.map { ["nll_sum": $0.0, "count": $0.1] },
                     "timings": ["total_s": total, "tokenize_s": tokenizeSecs, "evaluate_s": r.seconds, "tokens_per_s": tps],
                 ]
