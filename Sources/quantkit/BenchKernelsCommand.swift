@@ -7,7 +7,7 @@ import TensorCore
 struct BenchKernelsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kernels",
-        abstract: "Measure the FMA peak and GEMM/GEMV throughput (f32, f16, bf16, W8A16, W4A16)."
+        abstract: "Measure the FMA peak and GEMM/GEMV throughput (f32, f16, bf16, W8A16, W4A16, W4A8)."
     )
 
     @Option(help: "Worker threads.") var threads: Int = Parallel.defaultThreads
@@ -44,7 +44,7 @@ struct BenchKernelsCommand: ParsableCommand {
         for s in gemm {
             let (m, k, n) = (s[0], s[1], s[2])
             var kinds = ["f32", "f16", "bf16"]
-            if !noQuantized { kinds += ["w8g128", "w4g128"] + (rowMajorQuantized ? ["w8g128-rows", "w4g128-rows"] : []) }
+            if !noQuantized { kinds += ["w8g128", "w4g128", "w4g128a8"] + (rowMajorQuantized ? ["w8g128-rows", "w4g128-rows"] : []) }
             for kind in kinds {
                 let (sec, cpu) = try KernelBench.timeMatmul(kind: kind, m: m, k: k, n: n, threads: threads, reps: reps)
                 let flop = 2.0 * Double(m * k * n)
@@ -65,7 +65,7 @@ struct BenchKernelsCommand: ParsableCommand {
         for s in gemv {
             let (k, n) = (s[0], s[1])
             var kinds = ["f32", "f16", "bf16"]
-            if !noQuantized { kinds += ["w8g128", "w4g128"] + (rowMajorQuantized ? ["w8g128-rows", "w4g128-rows"] : []) }
+            if !noQuantized { kinds += ["w8g128", "w4g128", "w4g128a8"] + (rowMajorQuantized ? ["w8g128-rows", "w4g128-rows"] : []) }
             for kind in kinds {
                 let (sec, cpu) = try KernelBench.timeMatmul(kind: kind, m: 1, k: k, n: n, threads: threads, reps: reps)
                 let bytes = KernelBench.weightBytes(kind: kind, k: k, n: n)
@@ -239,10 +239,15 @@ enum KernelBench {
             // The model's path (QuantizedLinear): codes in GEMM panels for GEMM and GEMV alike; "-rows": row-major codes.
             let matrix = try KernelBench.randomQuantized(bits: bits, out: n, in: k, groupSize: 128, rng: &rng)
             let q = QuantizedPanels(matrix, threads: threads)
+            // "a8": W4A8, int8 activations (k must be a multiple of 32).
+            let a8 = kind.hasSuffix("a8") ? W4A8Panels(q) : nil
+            if kind.hasSuffix("a8") && a8 == nil { throw QuantKitError(.input, "\(kind): k \(k) is not a multiple of 32") }
             x.withUnsafeBufferPointer { xp in
                 out.withUnsafeMutableBufferPointer { op in
                     measure {
-                        if kind.hasSuffix("-rows") {
+                        if let a8 {
+                            Kernels.matmulW4A8(x: xp.baseAddress!, m: m, panels: a8, out: op.baseAddress!, threads: threads)
+                        } else if kind.hasSuffix("-rows") {
                             Kernels.matmulQuantized(x: xp.baseAddress!, m: m, weight: matrix, out: op.baseAddress!, threads: threads)
                         } else {
                             Kernels.matmulQuantized(x: xp.baseAddress!, m: m, panels: q, out: op.baseAddress!, threads: threads)

@@ -34,14 +34,15 @@ fi
 [ -f wiki.test.raw ] || zstd -qdf "$REPO/Corpora/wikitext-2-raw/wiki.test.raw.zst" -o wiki.test.raw
 run_q() {  # quantkit on its seeded random model of the same shape (speed does not depend on the values)
   "$Q" bench perplexity --shape small --ctx 128 --dtype "$1" --batch 128,512 --chunks 16 --repeats 3 2>/dev/null |
-    awk -v d="$1" '/^small/{print "quantkit", d, "b"$8, $4}'
+    awk '/^small/{print "quantkit", $2, "b"$8, $4}'
 }
 run_l() {  # -lv 4 prints llama_perf's "prompt eval" tokens per second
   $B/llama-perplexity -m "$1.gguf" -f wiki.test.raw -c 128 -b 128 -t 2 --chunks 16 -lv 4 2>&1 |
     awk -v m="$1" '/prompt eval time/{for(i=1;i<=NF;i++) if($i=="tokens" && $(i+2)=="second)") print "llamacpp", m, "b128", $(i-1)}'
 }
 for r in $(seq 1 "$ROUNDS"); do
-  for pair in "f32 model-f32" "f16 model-f16" "w8 model-q80" "w4g32 model-q40-pure"; do
+  # w4g32a8: the same 4-bit weights with int8 activations (W4A8), llama.cpp's own Q4_0 x Q8_0 contract.
+  for pair in "f32 model-f32" "f16 model-f16" "w8 model-q80" "w4g32,w4g32a8 model-q40-pure"; do
     set -- $pair
     if [ $((r % 2)) = 0 ]; then run_q "$1"; run_l "$2"; else run_l "$2"; run_q "$1"; fi
   done
