@@ -406,13 +406,25 @@ enum Gemm {
         let work = m * n * k
         let t = work < 1 << 17 ? 1 : threads
         if panels >= 2 * t || m < 12 * t {
-            // Up to 8 column chunks per thread, taken dynamically: on a shared host one core often runs slower
-            // than the other, and with one fixed half each the faster core sat waiting at every GEMM's end.
-            let chunks = t == 1 ? 1 : max(t, min(panels / 2, chunksPerThread * t))
-            Parallel.forEach(chunks, threads: t) { c in
-                let lo = panels * c / chunks, hi = panels * (c + 1) / chunks
+            // Column chunks taken dynamically, largest first: on a shared host one core often runs slower than the
+            // other, and with one fixed half each the faster core sat waiting at every GEMM's end. Each chunk takes
+            // 1/(2t) of the panels left (guided scheduling), so the last chunks are single panels (a short wait at
+            // the end) while the early ones are large (each chunk re-reads all of x).
+            var bounds = [0]
+            if t > 1 {
+                var left = panels
+                while left > 0 {
+                    let size = min(left, max(1, left / (2 * t)))
+                    bounds.append(bounds[bounds.count - 1] + size)
+                    left -= size
+                }
+            } else {
+                bounds.append(panels)
+            }
+            let cuts = bounds
+            Parallel.forEach(cuts.count - 1, threads: t) { c in
                 block(src, x: xs.base, k: k, n: n, bias: bs?.base, out: os.base, mRange: 0..<m,
-                      nRange: (lo * 16)..<min(n, hi * 16))
+                      nRange: (cuts[c] * 16)..<min(n, cuts[c + 1] * 16))
             }
         } else {
             let strips = (m + mr - 1) / mr
