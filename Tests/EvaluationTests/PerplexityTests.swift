@@ -90,10 +90,8 @@ final class BatchedWindowsTests: XCTestCase {
         }
     }
 
-    func testBatchedWindowsMatchOneByOne() throws {
-        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
-        try assertBatchingChangesNothing(model, "stories260K f32")
-        // RTN INT4 g32 on the W4A16 panel GEMM.
+    /// Every block linear of `model` replaced by its RTN INT4 g32 QuantizedLinear.
+    func quantizeRTN4g32(_ model: LlamaModel) throws {
         for b in model.blocks {
             for name in LlamaBlock.linearNames {
                 let dense = try XCTUnwrap(b.linear(named: name) as? DenseLinear)
@@ -102,6 +100,13 @@ final class BatchedWindowsTests: XCTestCase {
                 try b.setLinear(try QuantizedLinear(q, name: name), named: name)
             }
         }
+    }
+
+    func testBatchedWindowsMatchOneByOne() throws {
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        try assertBatchingChangesNothing(model, "stories260K f32")
+        // RTN INT4 g32 on the W4A16 panel GEMM.
+        try quantizeRTN4g32(model)
         try assertBatchingChangesNothing(model, "stories260K w4g32")
         // The same layers as W4A8 (int8 activations per 32 inputs; down_proj, k = 172, stays W4A16).
         let switched = model.useInt8Activations()
@@ -114,14 +119,7 @@ final class BatchedWindowsTests: XCTestCase {
     /// activations per 32 inputs add a small error), not equal to it (the integer path really ran).
     func testInt8ActivationsStayCloseToW4A16() throws {
         let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
-        for b in model.blocks {
-            for name in LlamaBlock.linearNames {
-                let dense = try XCTUnwrap(b.linear(named: name) as? DenseLinear)
-                let q = try RTN.quantize(dense.weight.floats(), outFeatures: dense.outFeatures, inFeatures: dense.inFeatures,
-                                         scheme: try QuantScheme(bits: 4, symmetric: true, groupSize: 32), name: name)
-                try b.setLinear(try QuantizedLinear(q, name: name), named: name)
-            }
-        }
+        try quantizeRTN4g32(model)
         let tokPath = Repo.path("Tokenizers/tok512/tok512.model")
         let tok = try TokenizerLoader.load(data: try readMaybeCompressed(tokPath), fileName: tokPath)
         let text = String(decoding: try readMaybeCompressed(Repo.path("Corpora/tinystories/tinystories_sample.txt.zst")), as: UTF8.self)
