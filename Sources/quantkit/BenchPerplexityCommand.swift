@@ -128,7 +128,12 @@ struct BenchPerplexityCommand: ParsableCommand {
                         cases.append((s.name, d.label, s.vocab, {
                             let m = try Self.randomModel(s, dtype: d.dtype, seed: 42)
                             if let scheme = d.scheme { try Self.quantizeLinears(m, scheme: scheme) }
-                            if d.int8Activations { m.useInt8Activations() }
+                            if d.int8Activations {
+                                let (w4a8, quantized) = m.useInt8Activations()
+                                guard w4a8 == quantized else {
+                                    throw QuantKitError(.input, "--dtype \(d.label): only \(w4a8) of \(quantized) layers can run as W4A8 (input size and groups must be multiples of 32)")
+                                }
+                            }
                             return m
                         }))
                     }
