@@ -49,8 +49,8 @@ public final class PackedWeight: @unchecked Sendable {
     deinit { storage.deallocate() }
 }
 
-/// Panels straight from a PackedWeight (the 16 x kcur block at panel n0/16, k offset k0): f32 and f16 are read in
-/// place by the micro-kernel, bf16 is widened into the thread's scratch.
+/// Panels straight from a PackedWeight (the 16 x kcur block at panel n0/16, k offset k0): f32 is read in place by
+/// the micro-kernel, f16 and bf16 are widened into the thread's scratch.
 struct PrepackedPanels: PanelSource, @unchecked Sendable {
     let w: PackedWeight
     func sourceBytes(n0: Int, k0: Int, kcur: Int) -> UnsafeRawBufferPointer? {
@@ -65,12 +65,17 @@ struct PrepackedPanels: PanelSource, @unchecked Sendable {
             // micro-kernel finds them in cache (a copy here cost ~10% at ctx 128; reading in place without the
             // prefetch stalled on DRAM and was ~40% slower on the 110M shape).
             return UnsafeRawPointer(w.storage.assumingMemoryBound(to: Float.self) + offset)
-        case .f16:
-            preconditionFailure("f16 panels run on PrepackedHalfPanels")
-        case .bf16:
+        case .f16, .bf16:
+            // f16 normally runs on PrepackedHalfPanels (widened in the micro-kernel); widening here keeps this
+            // source correct for every kind.
+            let half = w.kind == .f16
             var src = UnsafeRawPointer(w.storage) + offset * 2, dst = scratch
             for _ in 0..<kcur {
-                storeU(bf16x8(src), dst); storeU(bf16x8(src + 16), dst + 8)
+                if half {
+                    storeU(f16x8(src), dst); storeU(f16x8(src + 16), dst + 8)
+                } else {
+                    storeU(bf16x8(src), dst); storeU(bf16x8(src + 16), dst + 8)
+                }
                 src += 32; dst += 16
             }
             return UnsafeRawPointer(scratch)

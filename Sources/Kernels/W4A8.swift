@@ -18,8 +18,9 @@ public final class Int8Rows: @unchecked Sendable {
     /// Per (row, block) the pair (d, d * sum(q)), [m, k / 32, 2]: one pointer serves both in the kernel.
     public let blockScales: UnsafeMutablePointer<Float>
 
-    public init(m: Int, k: Int) {
-        precondition(k % 32 == 0, "W4A8 needs k divisible by 32")
+    /// nil unless k is a multiple of 32 (the block size).
+    public init?(m: Int, k: Int) {
+        guard k % 32 == 0, m >= 0 else { return nil }
         self.m = m
         self.k = k
         codes = .allocate(capacity: max(1, m * k))
@@ -201,7 +202,8 @@ extension Kernels {
                                   out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads) {
         guard m > 0 else { return }
         let t = m * w.n * w.k < 1 << 17 ? 1 : threads
-        let a = Int8Rows(m: m, k: w.k)
+        // W4A8Panels exist only for k divisible by 32.
+        guard let a = Int8Rows(m: m, k: w.k) else { return }
         withPackedOrder(x, m: m, k: w.k, permutation: w.inputPermutation) { a.quantize($0, threads: t) }
         let os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
         let chunks = t == 1 ? 1 : max(t, min(w.octets / 2, 2 * chunksPerThread * t))

@@ -167,11 +167,9 @@ final class BatchedWindowsTests: XCTestCase {
             model.observer = observe ? Watcher() : nil
             defer { model.observer = nil }
             let (cache, state) = (model.makeCache(capacity: 192), model.makeState(maxRows: 192))
-            var before = 0
-            let (p, rows) = body(cache, state)
-            before = counter.rows
             counter.rows = 0
-            return (Array(UnsafeBufferPointer(start: p, count: rows * vocab)), before)
+            let (p, rows) = body(cache, state)
+            return (Array(UnsafeBufferPointer(start: p, count: rows * vocab)), counter.rows)
         }
         for from in [37, 64, 123] {
             let single = { (c: KVCache, s: RunState) in (model.forward(Array(tokens.prefix(128)), cache: c, state: s, logitsFrom: from), 128 - from) }

@@ -66,7 +66,8 @@ final class W4A8Tests: XCTestCase {
         var ref = [Float](repeating: 0, count: m * 8)
         var refCodes = [Int8](repeating: 0, count: m * k)
         Reference.matmulW4A8(x: x, m: m, weight: q, bias: nil, out: &ref, codesOut: &refCodes)
-        let rows = Int8Rows(m: m, k: k)
+        let rows = try XCTUnwrap(Int8Rows(m: m, k: k))
+        XCTAssertNil(Int8Rows(m: m, k: 40), "k not a multiple of 32")
         x.withUnsafeBufferPointer { rows.quantize($0.baseAddress!, threads: 2) }
         let fastCodes = Array(UnsafeBufferPointer(start: rows.codes, count: m * k))
         XCTAssertEqual(fastCodes, refCodes)
