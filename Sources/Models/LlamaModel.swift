@@ -2,25 +2,62 @@ import Foundation
 import Kernels
 import TensorCore
 
-/// Keys and values of every layer for one sequence: per layer [capacity, kvDim] Float32. `length` tokens are
-/// filled; a forward call appends its rows at positions length..<length+rows.
+/// Keys and values of every layer: per layer [rows, kvDim] Float32. `length` tokens have been run; a forward
+/// call appends its rows after them. A layer with a sliding attention window w never needs keys older than the
+/// last w - 1 tokens, so when the cache is made for chunks of at most `maxChunk` rows, such a layer holds only
+/// w - 1 + maxChunk rows (a rolling buffer, as llama.cpp's SWA cache keeps): before a chunk would overflow it,
+/// the rows a query at `length` or later can still see move to the front and `origins[l]` (the absolute
+/// position of row 0) advances. Full-attention layers hold `capacity` rows.
 public final class KVCache {
     public let layers: Int
+    /// Tokens the cache can take in all (absolute positions 0..<capacity).
     public let capacity: Int
+    /// Largest number of rows one forward call may append.
+    public let maxChunk: Int
     public let kvDim: Int
-    public var length: Int = 0
+    public var length: Int = 0 {
+        didSet { if length == 0 { for l in origins.indices { origins[l] = 0 } } }
+    }
+    /// Rows each layer's buffers hold.
+    public let layerCapacity: [Int]
+    /// Absolute position of each layer's row 0 (above 0 only after a rolling layer dropped old rows).
+    public private(set) var origins: [Int]
+    let windows: [Int?]
     public let keys: [UnsafeMutablePointer<Float>]
     public let values: [UnsafeMutablePointer<Float>]
 
-    public init(config: LlamaConfig, capacity: Int) {
+    /// maxChunk: the most rows one forward call will append (default: capacity, no rolling).
+    public init(config: LlamaConfig, capacity: Int, maxChunk: Int? = nil) {
         layers = config.numHiddenLayers
         self.capacity = capacity
+        self.maxChunk = min(capacity, max(1, maxChunk ?? capacity))
         kvDim = config.kvDim
-        keys = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: max(1, capacity * config.kvDim)) }
-        values = (0..<layers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: max(1, capacity * config.kvDim)) }
+        windows = (0..<layers).map { config.attentionWindow(layer: $0) }
+        let chunk = self.maxChunk
+        layerCapacity = windows.map { w in w.map { min(capacity, $0 - 1 + chunk) } ?? capacity }
+        origins = Array(repeating: 0, count: layers)
+        keys = layerCapacity.map { UnsafeMutablePointer<Float>.allocate(capacity: max(1, $0 * config.kvDim)) }
+        values = layerCapacity.map { UnsafeMutablePointer<Float>.allocate(capacity: max(1, $0 * config.kvDim)) }
     }
 
     public func reset() { length = 0 }
+
+    /// Bytes held by keys and values.
+    public var bytes: Int { layerCapacity.reduce(0, +) * kvDim * 2 * MemoryLayout<Float>.stride }
+
+    /// Makes room in every layer for `rows` more tokens after `length` (rows <= maxChunk, length + rows <=
+    /// capacity): a rolling layer that would overflow keeps its last window - 1 rows, moved to row 0.
+    func reserve(rows: Int) {
+        precondition(rows <= maxChunk && length + rows <= capacity, "chunk larger than the cache was made for")
+        for l in 0..<layers where length - origins[l] + rows > layerCapacity[l] {
+            let keep = min(windows[l]! - 1, length - origins[l]), from = length - keep - origins[l]
+            if keep > 0 {
+                keys[l].update(from: keys[l] + from * kvDim, count: keep * kvDim)
+                values[l].update(from: values[l] + from * kvDim, count: keep * kvDim)
+            }
+            origins[l] = length - keep
+        }
+    }
 
     deinit {
         keys.forEach { $0.deallocate() }
@@ -161,9 +198,11 @@ public final class LlamaBlock {
         return ctx.stopAfter == rel
     }
 
-    /// Runs the block on `rows` hidden states `x` (in place, [rows, dim]) at positions start..<start+rows.
-    /// keys/values: this layer's cache ([start+rows, kvDim] at least); the new rows' K/V are written at `start`.
-    /// state.positions[0..<rows] must hold the positions. sequenceLength: the rows are independent sequences of
+    /// Runs the block on `rows` hidden states `x` (in place, [rows, dim]). keys/values: this layer's cache
+    /// ([start+rows, kvDim] at least); the new rows' K/V are written at row `start`, and new row r sees cached rows
+    /// up to start + r (only the last `attentionWindow` of them with a sliding window). state.positions[0..<rows]
+    /// must hold the rows' absolute positions (RoPE); `start` is a row of the buffer, which for a rolling cache is
+    /// the absolute position less the buffer's origin. sequenceLength: the rows are independent sequences of
     /// this many rows each, side by side in x and in the cache (rows s*len..<(s+1)*len), all starting at `start`
     /// (which must then be 0); attention stays inside each sequence. nil: one sequence.
     /// outputFrom: only rows outputFrom..< of each sequence leave the block, moved to the front of x in order
@@ -347,7 +386,11 @@ public final class LlamaModel {
         return try LlamaModel(config: cfg, source: ckpt, backend: backend, name: path)
     }
 
-    public func makeCache(capacity: Int) -> KVCache { KVCache(config: config, capacity: capacity) }
+    /// A cache for `capacity` tokens. With maxChunk (the most rows one forward call appends), sliding-window
+    /// layers keep a rolling buffer of window - 1 + maxChunk rows instead of `capacity`.
+    public func makeCache(capacity: Int, maxChunk: Int? = nil) -> KVCache {
+        KVCache(config: config, capacity: capacity, maxChunk: maxChunk)
+    }
     public func makeState(maxRows: Int) -> RunState { RunState(config: config, maxRows: maxRows) }
 
     /// Embedding rows (converted to Float32) for `tokens` into x [tokens.count, dim]. Ids must be < vocab.
@@ -383,7 +426,7 @@ public final class LlamaModel {
     /// holding [tokens.count - logitsFrom, vocab] logits for rows logitsFrom..<tokens.count.
     @discardableResult
     public func forward(_ tokens: [Int32], cache: KVCache, state: RunState, logitsFrom: Int = 0) -> UnsafeMutablePointer<Float> {
-        precondition(cache.length + tokens.count <= cache.capacity, "window larger than the allocated cache")
+        cache.reserve(rows: tokens.count)
         return run(tokens, start: cache.length, sequenceLength: tokens.count, cache: cache, state: state, logitsFrom: logitsFrom)
     }
 
@@ -403,8 +446,8 @@ public final class LlamaModel {
     public func forwardSequences(_ tokens: [Int32], count: Int, cache: KVCache, state: RunState,
                                  logitsFrom: Int = 0) -> UnsafeMutablePointer<Float> {
         precondition(count > 0 && tokens.count % count == 0, "sequences of unequal length")
-        precondition(tokens.count <= cache.capacity, "batch larger than the allocated cache")
         cache.reset()
+        cache.reserve(rows: tokens.count)
         return run(tokens, start: 0, sequenceLength: tokens.count / count, cache: cache, state: state, logitsFrom: logitsFrom)
     }
 
@@ -424,7 +467,7 @@ public final class LlamaModel {
         // layers are row-independent and the kept rows still make a GEMM (the GEMV sums in another order).
         let pruneFrom = n > 0 && from > 0 && count * n > gemvMaxRows && canBatchSequences ? from : 0
         for (l, b) in blocks.enumerated() {
-            b.forward(state.x, rows: rows, start: start, keys: cache.keys[l], values: cache.values[l], state: state,
+            b.forward(state.x, rows: rows, start: start - cache.origins[l], keys: cache.keys[l], values: cache.values[l], state: state,
                       context: ctx, sequenceLength: length, outputFrom: l == blocks.count - 1 ? pruneFrom : 0)
         }
         cache.length = start + rows
@@ -458,7 +501,8 @@ public final class LlamaModel {
         guard !prompt.isEmpty else { throw QuantKitError(.input, "generation needs at least one prompt token") }
         try validate(tokens: prompt)
         let capacity = min(prompt.count + maxTokens, max(config.maxPositionEmbeddings, prompt.count))
-        let cache = makeCache(capacity: capacity)
+        // Sliding-window layers keep a rolling buffer: the prompt is the largest chunk.
+        let cache = makeCache(capacity: capacity, maxChunk: prompt.count)
         let state = makeState(maxRows: prompt.count)
         var out: [Int32] = []
         var logits = forward(prompt, cache: cache, state: state, logitsFrom: prompt.count - 1)

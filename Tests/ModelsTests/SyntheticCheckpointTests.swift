@@ -132,19 +132,49 @@ final class SyntheticCheckpointTests: XCTestCase {
             let n = w.tokens.count, vocab = fx.vocab
             XCTAssertGreaterThan(n, 3 * 5)
             for (prefill, chunk) in [(1, 0), (3, 9), (7, 0), (12, 20)] {
-                let cache = model.makeCache(capacity: n), state = model.makeState(maxRows: max(prefill, chunk, 1))
-                var got = Array(UnsafeBufferPointer(start: model.forward(Array(w.tokens[0..<prefill]), cache: cache, state: state),
-                                                    count: prefill * vocab))
-                if chunk > 0 {
-                    let p = model.forward(Array(w.tokens[prefill..<(prefill + chunk)]), cache: cache, state: state)
-                    got += Array(UnsafeBufferPointer(start: p, count: chunk * vocab))
+                let maxChunk = max(prefill, chunk, 1)
+                // A cache with room for every token, and one whose sliding layers roll (window - 1 + maxChunk rows).
+                var results: [[Float]] = []
+                let caches = [model.makeCache(capacity: n), model.makeCache(capacity: n, maxChunk: maxChunk)]
+                for cache in caches {
+                    let state = model.makeState(maxRows: maxChunk)
+                    var got = Array(UnsafeBufferPointer(start: model.forward(Array(w.tokens[0..<prefill]), cache: cache, state: state),
+                                                        count: prefill * vocab))
+                    if chunk > 0 {
+                        let p = model.forward(Array(w.tokens[prefill..<(prefill + chunk)]), cache: cache, state: state)
+                        got += Array(UnsafeBufferPointer(start: p, count: chunk * vocab))
+                    }
+                    for t in w.tokens[(prefill + chunk)...] {
+                        got += Array(UnsafeBufferPointer(start: model.forward([t], cache: cache, state: state), count: vocab))
+                    }
+                    XCTAssertEqual(cache.length, n)
+                    XCTAssertLessThan(maxAbsDiff(got, w.logits), 1e-4, "\(v) prefill \(prefill) chunk \(chunk) then decode")
+                    results.append(got)
                 }
-                for t in w.tokens[(prefill + chunk)...] {
-                    got += Array(UnsafeBufferPointer(start: model.forward([t], cache: cache, state: state), count: vocab))
+                // The rolling buffers really rolled, and dropping keys no query can see changed nothing.
+                let rolling = caches[1]
+                for (l, b) in model.blocks.enumerated() {
+                    XCTAssertEqual(rolling.layerCapacity[l], b.attentionWindow.map { $0 - 1 + maxChunk } ?? n, v)
+                    XCTAssertEqual(rolling.origins[l] > 0, b.attentionWindow != nil, "\(v) layer \(l)")
                 }
-                XCTAssertEqual(cache.length, n)
-                XCTAssertLessThan(maxAbsDiff(got, w.logits), 1e-4, "\(v) prefill \(prefill) chunk \(chunk) then decode")
+                XCTAssertLessThan(rolling.bytes, caches[0].bytes, v)
+                XCTAssertTrue(results[0] == results[1], "\(v) prefill \(prefill) chunk \(chunk): the rolling cache differs by "
+                              + "\(maxAbsDiff(results[0], results[1]))")
             }
+            // Long greedy generation through the rolling cache of generateGreedy (the window is a few tokens) equals
+            // the same loop over a cache that keeps everything.
+            let start = Array(w.tokens[0..<3])
+            let generated = try model.generateGreedy(prompt: start, maxTokens: 30)
+            let full = model.makeCache(capacity: 33), st = model.makeState(maxRows: 3)
+            var logits = model.forward(start, cache: full, state: st, logitsFrom: 2)
+            var expected: [Int32] = []
+            while expected.count < 30 {
+                var best = 0
+                for j in 1..<vocab where logits[j] > logits[best] { best = j }
+                expected.append(Int32(best))
+                logits = model.forward([Int32(best)], cache: full, state: st)
+            }
+            XCTAssertEqual(generated, expected, v)
             // Generation runs through the same cache path; its first token is the reference's argmax.
             let prompt = Array(w.tokens[0..<20])
             let row = Array(w.logits[(19 * vocab)..<(20 * vocab)])
