@@ -62,14 +62,22 @@ public enum Kernels {
 
     public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
                             positions: UnsafePointer<Int32>, theta: Float) {
-        Rope.apply(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: nil, theta: theta)
+        Rope.apply(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: nil,
+                   frequencies: RopeTable.frequencies(headDim: headDim, theta: theta))
+    }
+
+    /// RoPE with the given headDim/2 inverse frequencies (scaled RoPE: linear, llama3).
+    public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+                            positions: UnsafePointer<Int32>, frequencies: [Double]) {
+        precondition(frequencies.count == headDim / 2, "RoPE needs headDim/2 frequencies")
+        Rope.apply(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: nil, frequencies: frequencies)
     }
 
     /// RoPE with precomputed cos/sin (positions beyond the table are computed on the fly).
     public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
                             positions: UnsafePointer<Int32>, table: RopeTable) {
         Rope.apply(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: table,
-                   theta: table.theta)
+                   frequencies: table.frequencies)
     }
 
     /// Causal GQA attention (layout as Reference.attention). `window` (>= 1, nil for none): sliding-window attention,

@@ -48,14 +48,20 @@ public enum Reference {
     /// frequency theta^(-2i/headDim). `x` is [rows, heads * headDim]; row r sits at position positions[r].
     public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
                             positions: UnsafePointer<Int32>, theta: Float) {
+        let freqs = (0..<(headDim / 2)).map { 1.0 / pow(Double(theta), Double(2 * $0) / Double(headDim)) }
+        rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, frequencies: freqs)
+    }
+
+    /// Rotary embedding with explicit inverse frequencies (headDim/2 of them, radians per position).
+    public static func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
+                            positions: UnsafePointer<Int32>, frequencies: [Double]) {
         let half = headDim / 2
         for r in 0..<rows {
             let pos = Double(positions[r])
             for h in 0..<heads {
                 let p = x + r * heads * headDim + h * headDim
                 for i in 0..<half {
-                    let freq = 1.0 / pow(Double(theta), Double(2 * i) / Double(headDim))
-                    let angle = pos * freq
+                    let angle = pos * frequencies[i]
                     let c = Float(cos(angle)), s = Float(sin(angle))
                     let a = p[i], b = p[i + half]
                     p[i] = a * c - b * s

@@ -2,31 +2,37 @@ import Foundation
 import TensorCore
 
 /// Precomputed rotary-embedding cos/sin for positions 0..<maxPositions (Hugging Face rotate_half convention, as
-/// `Reference.rope`): angles pos·theta^(-2i/headDim) in Double, stored as Float. Build one per model and context.
+/// `Reference.rope`): angles pos·frequencies[i] in Double, stored as Float. Build one per model and context.
 public final class RopeTable: @unchecked Sendable {
-    public let headDim: Int, theta: Float, maxPositions: Int
+    public let headDim: Int, maxPositions: Int
+    /// The headDim/2 inverse frequencies (radians per position) the table was built from.
+    public let frequencies: [Double]
     /// [maxPositions][headDim/2] each.
     let cosTable: UnsafeMutablePointer<Float>
     let sinTable: UnsafeMutablePointer<Float>
 
-    public init(headDim: Int, theta: Float, maxPositions: Int) {
-        self.headDim = headDim; self.theta = theta; self.maxPositions = max(0, maxPositions)
+    public init(headDim: Int, frequencies: [Double], maxPositions: Int) {
+        precondition(frequencies.count == headDim / 2, "RoPE needs headDim/2 frequencies")
+        self.headDim = headDim; self.frequencies = frequencies; self.maxPositions = max(0, maxPositions)
         let half = headDim / 2
         let count = max(1, self.maxPositions * half)
         cosTable = .allocate(capacity: count); sinTable = .allocate(capacity: count)
-        let freqs = RopeTable.frequencies(headDim: headDim, theta: theta)
         for p in 0..<self.maxPositions {
             for i in 0..<half {
-                let a = Double(p) * freqs[i]
+                let a = Double(p) * frequencies[i]
                 cosTable[p * half + i] = Float(cos(a)); sinTable[p * half + i] = Float(sin(a))
             }
         }
     }
 
+    public convenience init(headDim: Int, theta: Float, maxPositions: Int) {
+        self.init(headDim: headDim, frequencies: RopeTable.frequencies(headDim: headDim, theta: theta), maxPositions: maxPositions)
+    }
+
     deinit { cosTable.deallocate(); sinTable.deallocate() }
 
-    /// theta^(-2i/headDim), computed exactly as the reference does.
-    static func frequencies(headDim: Int, theta: Float) -> [Double] {
+    /// Unscaled RoPE: theta^(-2i/headDim), computed exactly as the reference does.
+    public static func frequencies(headDim: Int, theta: Float) -> [Double] {
         (0..<(headDim / 2)).map { 1.0 / pow(Double(theta), Double(2 * $0) / Double(headDim)) }
     }
 }
@@ -57,12 +63,11 @@ enum Rope {
     }
 
     static func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
-                      positions: UnsafePointer<Int32>, table: RopeTable?, theta: Float) {
+                      positions: UnsafePointer<Int32>, table: RopeTable?, frequencies freqs: [Double]) {
         let half = headDim / 2
         guard half > 0 else { return }
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * half)
         defer { scratch.deallocate() }
-        var freqs: [Double]? = nil
         for r in 0..<rows {
             let pos = Int(positions[r])
             let row = x + r * heads * headDim
@@ -70,9 +75,8 @@ enum Rope {
                 rotateRow(row, heads: heads, headDim: headDim, cos: table.cosTable + pos * half,
                           sin: table.sinTable + pos * half)
             } else {
-                if freqs == nil { freqs = RopeTable.frequencies(headDim: headDim, theta: table?.theta ?? theta) }
                 for i in 0..<half {
-                    let a = Double(pos) * freqs![i]
+                    let a = Double(pos) * freqs[i]
                     scratch[i] = Float(cos(a)); scratch[half + i] = Float(sin(a))
                 }
                 rotateRow(row, heads: heads, headDim: headDim, cos: scratch, sin: scratch + half)

@@ -128,9 +128,10 @@ public protocol LinearObserver: AnyObject {
 public protocol NonlinearOps: Sendable {
     func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float,
                  out: UnsafeMutablePointer<Float>)
-    /// Rotary embedding (rotate_half layout) in place on [rows, heads * headDim].
+    /// Rotary embedding (rotate_half layout) in place on [rows, heads * headDim]; frequencies: the headDim/2
+    /// inverse frequencies (LlamaConfig.ropeFrequencies, RoPE scaling included).
     func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>,
-              theta: Float)
+              frequencies: [Double])
     /// Causal GQA attention including its softmax (see Kernels.attention for the layout). window: sliding-window
     /// attention (nil: none), the query at position p sees keys p - window < j <= p.
     func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int,
@@ -149,7 +150,7 @@ extension NonlinearOps {
 }
 
 public struct FloatOps: NonlinearOps {
-    /// Precomputed cos/sin (used when headDim and theta match; positions past it are computed on the fly).
+    /// Precomputed cos/sin (used when headDim and frequencies match; positions past it are computed on the fly).
     public var ropeTable: RopeTable?
     public init(ropeTable: RopeTable? = nil) { self.ropeTable = ropeTable }
     public var rowIndependent: Bool { true }
@@ -158,11 +159,11 @@ public struct FloatOps: NonlinearOps {
         Kernels.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
     }
     public func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int,
-                     positions: UnsafePointer<Int32>, theta: Float) {
-        if let t = ropeTable, t.headDim == headDim, t.theta == theta {
+                     positions: UnsafePointer<Int32>, frequencies: [Double]) {
+        if let t = ropeTable, t.headDim == headDim, t.frequencies == frequencies {
             Kernels.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, table: t)
         } else {
-            Kernels.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+            Kernels.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, frequencies: frequencies)
         }
     }
     public func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>,

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import TensorCore
 
 /// A Llama-family model config with the Hugging Face config.json names. Optional fields take the defaults
@@ -28,6 +29,9 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     /// layer_types names each layer's kind ("sliding_attention" / "full_attention").
     public var maxWindowLayers: Int?
     public var layerTypes: [String]?
+    /// RoPE scaling: "rope_scaling" (transformers 4.x) or the "rope_parameters" of transformers 5.x, which also
+    /// carry rope_theta there. nil: plain RoPE.
+    public var ropeScaling: RopeScaling?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
@@ -38,7 +42,10 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         case architectures, attentionBias = "attention_bias", torchDtype = "torch_dtype"
         case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window"
         case maxWindowLayers = "max_window_layers", layerTypes = "layer_types"
+        case ropeScaling = "rope_scaling"
     }
+    /// Read, never written (an exported config keeps the 4.x layout, which transformers 5 reads too).
+    enum DecodingOnlyKeys: String, CodingKey { case ropeParameters = "rope_parameters" }
 
     public static let supportedModelTypes = ["llama", "mistral", "qwen2"]
     public static let supportedArchitectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
@@ -65,7 +72,12 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads)
         headDim = try c.decodeIfPresent(Int.self, forKey: .headDim)
         rmsNormEps = try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6
-        ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10000
+        // transformers 5 writes rope_theta and the scaling into rope_parameters; 4.x has them at the top level.
+        let parameters = try decoder.container(keyedBy: DecodingOnlyKeys.self)
+            .decodeIfPresent(RopeScaling.self, forKey: .ropeParameters)
+        ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? parameters?.ropeTheta ?? 10000
+        let scaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling) ?? parameters
+        ropeScaling = scaling?.ropeType == "default" ? nil : scaling
         vocabSize = try c.decode(Int.self, forKey: .vocabSize)
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
@@ -105,6 +117,32 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         guard modelType == "qwen2" else { return w }
         if let types = layerTypes, layer < types.count { return types[layer] == "sliding_attention" ? w : nil }
         return layer >= (maxWindowLayers ?? 28) ? w : nil
+    }
+
+    /// The headDim/2 RoPE inverse frequencies (radians per position) with any scaling applied, by the formulas of
+    /// transformers' modeling_rope_utils (_compute_default / _linear / _llama3_parameters), in Double.
+    public var ropeFrequencies: [Double] {
+        let base = RopeTable.frequencies(headDim: headDimension, theta: Float(ropeTheta))
+        guard let s = ropeScaling else { return base }
+        let factor = s.factor ?? 1
+        switch s.ropeType {
+        case "linear":
+            return base.map { $0 / factor }
+        case "llama3":
+            // Long wavelengths are slowed down by `factor`, short ones kept, and the band between is blended.
+            let low = s.lowFreqFactor ?? 1, high = s.highFreqFactor ?? 4
+            let original = Double(s.originalMaxPositionEmbeddings ?? 8192)
+            let lowWavelength = original / low, highWavelength = original / high
+            return base.map { f in
+                let wavelength = 2 * Double.pi / f
+                if wavelength < highWavelength { return f }
+                if wavelength > lowWavelength { return f / factor }
+                let smooth = (original / wavelength - low) / (high - low)
+                return (1 - smooth) * f / factor + smooth * f
+            }
+        default:
+            return base  // validate() refuses other types
+        }
     }
 
     // Derived sizes.
@@ -151,6 +189,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         }
         if !(rmsNormEps > 0) { throw QuantKitError(.config, "\(source): rms_norm_eps must be positive") }
         if !(ropeTheta > 0) { throw QuantKitError(.config, "\(source): rope_theta must be positive") }
+        if let s = ropeScaling { try s.validate(source: source) }
     }
 
     /// Reads and validates a config.json; decoding failures name the missing or mistyped field.
@@ -175,5 +214,68 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         return try enc.encode(self)
+    }
+}
+
+/// A RoPE scaling entry ("rope_scaling" / "rope_parameters"), HF names. The type is "rope_type" (older configs:
+/// "type"). QuantKit runs default, linear and llama3 scaling and refuses the others (dynamic, yarn, longrope ...)
+/// rather than run them as plain RoPE.
+public struct RopeScaling: Codable, Sendable, Equatable {
+    public var ropeType: String
+    public var factor: Double?
+    public var lowFreqFactor: Double?
+    public var highFreqFactor: Double?
+    public var originalMaxPositionEmbeddings: Int?
+    /// rope_parameters carries rope_theta too (transformers 5).
+    public var ropeTheta: Double?
+
+    public static let supportedTypes = ["default", "linear", "llama3"]
+
+    enum CodingKeys: String, CodingKey {
+        case ropeType = "rope_type", type, factor, lowFreqFactor = "low_freq_factor", highFreqFactor = "high_freq_factor"
+        case originalMaxPositionEmbeddings = "original_max_position_embeddings", ropeTheta = "rope_theta"
+    }
+
+    public init(ropeType: String, factor: Double? = nil, lowFreqFactor: Double? = nil, highFreqFactor: Double? = nil,
+                originalMaxPositionEmbeddings: Int? = nil) {
+        self.ropeType = ropeType; self.factor = factor; self.lowFreqFactor = lowFreqFactor
+        self.highFreqFactor = highFreqFactor; self.originalMaxPositionEmbeddings = originalMaxPositionEmbeddings
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        ropeType = try c.decodeIfPresent(String.self, forKey: .ropeType) ?? c.decodeIfPresent(String.self, forKey: .type) ?? "default"
+        factor = try c.decodeIfPresent(Double.self, forKey: .factor)
+        lowFreqFactor = try c.decodeIfPresent(Double.self, forKey: .lowFreqFactor)
+        highFreqFactor = try c.decodeIfPresent(Double.self, forKey: .highFreqFactor)
+        originalMaxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .originalMaxPositionEmbeddings)
+        ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(ropeType, forKey: .ropeType)
+        try c.encodeIfPresent(factor, forKey: .factor)
+        try c.encodeIfPresent(lowFreqFactor, forKey: .lowFreqFactor)
+        try c.encodeIfPresent(highFreqFactor, forKey: .highFreqFactor)
+        try c.encodeIfPresent(originalMaxPositionEmbeddings, forKey: .originalMaxPositionEmbeddings)
+    }
+
+    func validate(source: String) throws {
+        guard RopeScaling.supportedTypes.contains(ropeType) else {
+            throw QuantKitError(.unsupported, "\(source): rope_scaling type '\(ropeType)' is not supported (\(RopeScaling.supportedTypes.joined(separator: ", ")))")
+        }
+        guard ropeType != "default" else { return }
+        guard (factor ?? 0) > 0 else {
+            throw QuantKitError(.config, "\(source): rope_scaling (\(ropeType)) needs a positive factor")
+        }
+        if ropeType == "llama3" {
+            guard let low = lowFreqFactor, let high = highFreqFactor, let original = originalMaxPositionEmbeddings else {
+                throw QuantKitError(.config, "\(source): llama3 rope_scaling needs low_freq_factor, high_freq_factor and original_max_position_embeddings")
+            }
+            guard low > 0, high > low, original > 0 else {
+                throw QuantKitError(.config, "\(source): llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor and a positive original_max_position_embeddings")
+            }
+        }
     }
 }

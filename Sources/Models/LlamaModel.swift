@@ -128,6 +128,8 @@ public final class LlamaBlock {
     public var downProj: LinearLayer  // mlp.down_proj [dim, hidden]
     /// Sliding attention window of this layer (nil: full causal attention).
     public let attentionWindow: Int?
+    /// RoPE inverse frequencies (config.ropeFrequencies).
+    let ropeFrequencies: [Double]
     public let inputNorm: [Float]          // input_layernorm.weight [dim]
     public let postAttentionNorm: [Float]  // post_attention_layernorm.weight [dim]
 
@@ -147,6 +149,7 @@ public final class LlamaBlock {
         self.prefix = "model.layers.\(index)."
         self.config = config
         attentionWindow = config.attentionWindow(layer: index)
+        ropeFrequencies = config.ropeFrequencies
         qProj = linears["self_attn.q_proj"]!; kProj = linears["self_attn.k_proj"]!; vProj = linears["self_attn.v_proj"]!
         oProj = linears["self_attn.o_proj"]!; gateProj = linears["mlp.gate_proj"]!; upProj = linears["mlp.up_proj"]!
         downProj = linears["mlp.down_proj"]!
@@ -215,7 +218,7 @@ public final class LlamaBlock {
                         sequenceLength: Int? = nil, outputFrom: Int = 0) {
         let c = config
         let dim = c.hiddenSize, kvDim = c.kvDim, hidden = c.intermediateSize
-        let eps = Float(c.rmsNormEps), theta = Float(c.ropeTheta)
+        let eps = Float(c.rmsNormEps)
         let seqLen = sequenceLength ?? rows, qDim = c.qDim
         precondition(seqLen > 0 && rows % seqLen == 0 && (seqLen == rows || start == 0), "bad sequence layout")
         precondition(outputFrom == 0 || (ctx.observer == nil && ctx.stopAfter == nil && outputFrom < seqLen),
@@ -225,8 +228,10 @@ public final class LlamaBlock {
         if run(qProj, "self_attn.q_proj", s.xb, rows, s.q, ctx) { return }
         if run(kProj, "self_attn.k_proj", s.xb, rows, kOut, ctx) { return }
         if run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx) { return }
-        ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
-        ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions, theta: theta)
+        ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions,
+                     frequencies: ropeFrequencies)
+        ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions,
+                     frequencies: ropeFrequencies)
         // From here on only the kept rows of each sequence, moved to the front of x and q (never past their
         // source, so a forward copy is safe).
         let kept = seqLen - outputFrom, sequences = rows / seqLen, outRows = sequences * kept
@@ -366,7 +371,7 @@ public final class LlamaModel {
         finalNorm = norm
         blocks = built
         lmHead = try DenseLinear(weight: head!, name: config.tieWordEmbeddings ? "model.embed_tokens" : "lm_head")
-        ops = FloatOps(ropeTable: RopeTable(headDim: config.headDimension, theta: Float(config.ropeTheta),
+        ops = FloatOps(ropeTable: RopeTable(headDim: config.headDimension, frequencies: config.ropeFrequencies,
                                             maxPositions: min(config.maxPositionEmbeddings, 8192)))
     }
 

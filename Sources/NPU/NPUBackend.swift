@@ -21,8 +21,8 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
         npu.rmsNorm(x: x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
     }
     public func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>,
-                     theta: Float) {
-        npu.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+                     frequencies: [Double]) {
+        npu.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, frequencies: frequencies)
     }
     public func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int) {
         npu.swiglu(gate: gate, up: up, count: count)

@@ -189,13 +189,13 @@ public final class NPUNonlinear: @unchecked Sendable {
 
     /// Rotary embedding, "rotate_half" layout as Kernels.rope; cos/sin come from an fp16 table.
     public func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>,
-                     theta: Float) {
+                     frequencies: [Double]) {
         counter.record("rope", unit: "fp16", elements: rows * heads * headDim)
         let half = headDim / 2
         for r in 0..<rows {
             let pos = Double(positions[r])
             for i in 0..<half {
-                let angle = pos / pow(Double(theta), Double(2 * i) / Double(headDim))
+                let angle = pos * frequencies[i]
                 let c = fp16(Float(cos(angle))), s = fp16(Float(sin(angle)))
                 for h in 0..<heads {
                     let p = x + r * heads * headDim + h * headDim

@@ -246,8 +246,9 @@ struct SoftmaxOnlyOps: NonlinearOps {
     func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rows: Int, dim: Int, eps: Float, out: UnsafeMutablePointer<Float>) {
         base.rmsNorm(x, weight: weight, rows: rows, dim: dim, eps: eps, out: out)
     }
-    func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>, theta: Float) {
-        base.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, theta: theta)
+    func rope(_ x: UnsafeMutablePointer<Float>, rows: Int, heads: Int, headDim: Int, positions: UnsafePointer<Int32>,
+              frequencies: [Double]) {
+        base.rope(x, rows: rows, heads: heads, headDim: headDim, positions: positions, frequencies: frequencies)
     }
     func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int, start: Int,
                    nHeads: Int, nKVHeads: Int, headDim: Int, window: Int?, out: UnsafeMutablePointer<Float>, threads: Int) {

@@ -99,7 +99,8 @@ final class NonlinearTests: XCTestCase {
         for mode in NonlinearMode.allCases {
             let npu = NPUNonlinear(mode: mode)
             var y = x
-            y.withUnsafeMutableBufferPointer { npu.rope($0.baseAddress!, rows: rows, heads: heads, headDim: hd, positions: pos, theta: 10000) }
+            y.withUnsafeMutableBufferPointer { npu.rope($0.baseAddress!, rows: rows, heads: heads, headDim: hd, positions: pos,
+                                                                 frequencies: RopeTable.frequencies(headDim: hd, theta: 10000)) }
             XCTAssertLessThanOrEqual(maxAbsDiff(y, ref), 3e-3)
             var a: [Float] = [1, 2048, 0.1]
             a.withUnsafeMutableBufferPointer { npu.residualAdd($0.baseAddress!, [1, 1, 0.2], count: 3) }
