@@ -32,6 +32,10 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     /// RoPE scaling: "rope_scaling" (transformers 4.x) or the "rope_parameters" of transformers 5.x, which also
     /// carry rope_theta there. nil: plain RoPE.
     public var ropeScaling: RopeScaling?
+    /// The MLP activation; only SiLU (SwiGLU) is run, anything else is refused rather than run as SiLU.
+    public var hiddenAct: String?
+    /// Llama's mlp_bias (biases on gate/up/down): not supported, refused.
+    public var mlpBias: Bool?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
@@ -42,7 +46,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         case architectures, attentionBias = "attention_bias", torchDtype = "torch_dtype"
         case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window"
         case maxWindowLayers = "max_window_layers", layerTypes = "layer_types"
-        case ropeScaling = "rope_scaling"
+        case ropeScaling = "rope_scaling", hiddenAct = "hidden_act", mlpBias = "mlp_bias"
     }
     /// Read, never written (an exported config keeps the 4.x layout, which transformers 5 reads too).
     enum DecodingOnlyKeys: String, CodingKey { case ropeParameters = "rope_parameters" }
@@ -78,6 +82,8 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         ropeTheta = try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? parameters?.ropeTheta ?? 10000
         let scaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling) ?? parameters
         ropeScaling = scaling?.ropeType == "default" ? nil : scaling
+        hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct)
+        mlpBias = try c.decodeIfPresent(Bool.self, forKey: .mlpBias)
         vocabSize = try c.decode(Int.self, forKey: .vocabSize)
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
@@ -190,6 +196,10 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         if !(rmsNormEps > 0) { throw QuantKitError(.config, "\(source): rms_norm_eps must be positive") }
         if !(ropeTheta > 0) { throw QuantKitError(.config, "\(source): rope_theta must be positive") }
         if let s = ropeScaling { try s.validate(source: source) }
+        if let act = hiddenAct, act != "silu", act != "swish" {
+            throw QuantKitError(.unsupported, "\(source): hidden_act '\(act)' is not supported (silu)")
+        }
+        if mlpBias == true { throw QuantKitError(.unsupported, "\(source): mlp_bias true is not supported") }
     }
 
     /// Reads and validates a config.json; decoding failures name the missing or mistyped field.

@@ -74,7 +74,8 @@ final class TransformersReferenceTests: XCTestCase {
         }
     }
 
-    func testUnsupportedRopeScalingIsRefused() throws {
+    /// Config features QuantKit does not run are refused, naming the file, not run as something else.
+    func testUnsupportedConfigFeaturesAreRefused() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("qk-rope-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -84,6 +85,8 @@ final class TransformersReferenceTests: XCTestCase {
             ("\"rope_type\": \"llama3\"", "\"rope_type\": \"dynamic\"", "rope_scaling type 'dynamic' is not supported"),
             ("\"factor\": 8.0", "\"factor\": 0.0", "needs a positive factor"),
             ("\"low_freq_factor\": 1.0", "\"low_freq_factor\": 5.0", "low_freq_factor < high_freq_factor"),
+            ("\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\"", "hidden_act 'gelu' is not supported"),
+            ("\"mlp_bias\": false", "\"mlp_bias\": true", "mlp_bias true is not supported"),
         ]
         for (from, to, message) in cases {
             XCTAssertTrue(base.contains(from), from)
