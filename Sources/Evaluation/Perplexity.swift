@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import TensorCore
 
@@ -41,6 +42,8 @@ public struct ScoredRow {
     public let target: Int32
     public let logits: UnsafePointer<Float>
     public let vocab: Int
+    /// -log softmax(logits)[target], as added into the perplexity.
+    public let nll: Double
 }
 
 public struct PerplexityResult: Sendable {
@@ -64,14 +67,10 @@ public struct PerplexityResult: Sendable {
     }
 }
 
-/// Negative log-likelihood of `target` under softmax(logits): max subtraction, Double accumulation.
-@inlinable
+/// Negative log-likelihood of `target` under softmax(logits): max subtraction, Double exp and accumulation
+/// (Kernels.negativeLogLikelihood, vectorised).
 public func negativeLogLikelihood(_ logits: UnsafePointer<Float>, vocab: Int, target: Int) -> Double {
-    var mx = logits[0]
-    for i in 1..<vocab where logits[i] > mx { mx = logits[i] }
-    var s: Double = 0
-    for i in 0..<vocab { s += Foundation.exp(Double(logits[i] - mx)) }
-    return -(Double(logits[target] - mx) - Foundation.log(s))
+    Kernels.negativeLogLikelihood(logits, vocab: vocab, target: target)
 }
 
 public enum Perplexity {
@@ -160,15 +159,22 @@ public enum Perplexity {
                 cache.reset()
                 logits = model.forward(batch, cache: cache, state: state, logitsFrom: firstRow)
             }
+            // Every scored row's NLL, across threads: a full-vocabulary log-sum-exp per row costs as much as a
+            // layer when the vocabulary is large (32,000 exps a row). Added up below in order, so the sums are
+            // the same as one thread's.
+            let nlls = passNLLs(logits: logits, group: group, batch: batch, length: length, firstRow: firstRow,
+                                vocab: vocab, threads: model.threads)
+            var scored = 0
             for (g, w) in group.enumerated() {
                 let seqLogits = logits + g * (length - firstRow) * vocab
                 for t in w.scoreFrom..<w.end {
                     let row = seqLogits + (t - 1 - w.begin - firstRow) * vocab
                     let target = batch[g * length + t - w.begin]
-                    let nll = negativeLogLikelihood(row, vocab: vocab, target: Int(target))
+                    let nll = nlls[scored]
+                    scored += 1
                     if let cb = onRow { try cb(ScoredRow(chunk: wi + g, index: res.tokensScored, tokenIndex: t,
                                                        windowPosition: t - 1 - w.begin, target: target, logits: row,
-                                                       vocab: vocab)) }
+                                                       vocab: vocab, nll: nll)) }
                     res.nllSum += nll
                     res.nllSqSum += nll * nll
                     res.tokensScored += 1
@@ -180,5 +186,26 @@ public enum Perplexity {
         }
         res.seconds = Date().timeIntervalSince(t0)
         return res
+    }
+
+    /// The NLLs of a pass's scored rows, in the order evaluate visits them (window by window, target by target).
+    static func passNLLs(logits: UnsafeMutablePointer<Float>, group: [Window], batch: [Int32], length: Int,
+                         firstRow: Int, vocab: Int, threads: Int) -> [Double] {
+        var rows: [(offset: Int, target: Int)] = []
+        for (g, w) in group.enumerated() {
+            for t in w.scoreFrom..<w.end {
+                rows.append(((g * (length - firstRow) + t - 1 - w.begin - firstRow) * vocab, Int(batch[g * length + t - w.begin])))
+            }
+        }
+        var out = [Double](repeating: 0, count: rows.count)
+        let lp = SendablePointer(logits)
+        let jobs = rows
+        out.withUnsafeMutableBufferPointer { o in
+            let op = SendablePointer(o.baseAddress!)
+            Parallel.forRanges(jobs.count, threads: threads, minPerThread: max(1, 65_536 / max(1, vocab))) { r in
+                for i in r { op.base[i] = negativeLogLikelihood(lp.base + jobs[i].offset, vocab: vocab, target: jobs[i].target) }
+            }
+        }
+        return out
     }
 }

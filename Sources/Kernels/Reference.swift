@@ -27,6 +27,15 @@ public enum Reference {
         }
     }
 
+    /// Negative log-likelihood of `target` under softmax(logits): max subtraction, libm exp, Double sum.
+    public static func negativeLogLikelihood(_ logits: UnsafePointer<Float>, vocab: Int, target: Int) -> Double {
+        var mx = logits[0]
+        for i in 1..<vocab where logits[i] > mx { mx = logits[i] }
+        var s: Double = 0
+        for i in 0..<vocab { s += exp(Double(logits[i] - mx)) }
+        return -(Double(logits[target] - mx) - log(s))
+    }
+
     /// In-place softmax over each row of `cols`.
     public static func softmax(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
         for r in 0..<rows {

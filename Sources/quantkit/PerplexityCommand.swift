@@ -101,7 +101,7 @@ struct PerplexityCommand: ParsableCommand {
                     if acc != nil { rowPlaces.append((row.tokenIndex, row.windowPosition, row.target)) }
                     // Per-chunk NLL sums let `compare` bootstrap confidence intervals over chunks.
                     while chunkNLL.count <= row.chunk { chunkNLL.append((0, 0)) }
-                    chunkNLL[row.chunk].0 += negativeLogLikelihood(row.logits, vocab: row.vocab, target: Int(row.target))
+                    chunkNLL[row.chunk].0 += row.nll
                     chunkNLL[row.chunk].1 += 1
                 },
                 progress: { done, total, _, ppl in

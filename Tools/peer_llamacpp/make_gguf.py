@@ -9,7 +9,11 @@ uses dim); norm weights are 1. Tokenizer: SentencePiece tok512.model.
 
 Note: weights are random, so no HF->GGUF Q/K rope permutation is applied.
 
-Usage: python3 make_gguf.py [out.gguf] [tok.model]
+A third argument "110m" writes the ~110M shape of `quantkit bench perplexity --shape 110m` instead (dim 768,
+hidden 2048, 12 layers, 12 heads, vocab 32000). tok512's 512 pieces are then padded with 31,488 filler pieces
+("<fill_N>", type UNUSED, never produced): speed does not depend on which tokens a window holds.
+
+Usage: python3 make_gguf.py [out.gguf] [tok.model] [small|110m]
 """
 import sys
 
@@ -19,9 +23,13 @@ import gguf
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else "model-f32.gguf"
 TOK = sys.argv[2] if len(sys.argv) > 2 else "Tokenizers/tok512/tok512.model"
+SHAPE = sys.argv[3] if len(sys.argv) > 3 else "small"
 
-DIM, HIDDEN, LAYERS, HEADS, KV_HEADS = 512, 1536, 8, 8, 8
-VOCAB, CTX, EPS, THETA = 512, 1024, 1e-5, 10000.0
+if SHAPE == "110m":
+    DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB = 768, 2048, 12, 12, 12, 32000
+else:
+    DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, VOCAB = 512, 1536, 8, 8, 8, 512
+CTX, EPS, THETA = 1024, 1e-5, 10000.0
 HEAD_DIM = DIM // HEADS
 KV_DIM = HEAD_DIM * KV_HEADS
 
@@ -38,9 +46,9 @@ def ones(n):
 
 
 sp = spm.SentencePieceProcessor(model_file=TOK)
-assert sp.vocab_size() == VOCAB, sp.vocab_size()
+assert sp.vocab_size() <= VOCAB, sp.vocab_size()
 tokens, scores, types = [], [], []
-for i in range(VOCAB):
+for i in range(sp.vocab_size()):
     tokens.append(sp.id_to_piece(i).encode("utf-8"))
     scores.append(float(sp.get_score(i)))
     if sp.is_unknown(i):
@@ -54,9 +62,13 @@ for i in range(VOCAB):
     else:
         t = gguf.TokenType.NORMAL
     types.append(int(t))
+for i in range(sp.vocab_size(), VOCAB):
+    tokens.append(f"<fill_{i}>".encode())
+    scores.append(-1e9)
+    types.append(int(gguf.TokenType.UNUSED))
 
 w = gguf.GGUFWriter(OUT, "llama")
-w.add_name("random-llama-512")
+w.add_name(f"random-llama-{SHAPE}")
 w.add_file_type(gguf.LlamaFileType.ALL_F32)
 w.add_context_length(CTX)
 w.add_embedding_length(DIM)

@@ -2,11 +2,13 @@
 # Same-minute speed comparison with llama.cpp's perplexity tool (the peer the issues' speed goals name), on the
 # engine benchmark shape (dim 512, hidden 1536, 8 layers, vocab 512), ctx 128, 2 threads, one chunk per pass.
 # llama.cpp comes from the llama-cpp-python sdist on PyPI (it vendors llama.cpp; no other network is reachable).
-# Usage (repo root, after `swift build -c release`): bash Tools/peer_llamacpp/peer_ab.sh [rounds] [workdir]
+# Usage (repo root, after `swift build -c release`): bash Tools/peer_llamacpp/peer_ab.sh [rounds] [workdir] [shape]
+# shape: small (default) or 110m (dim 768, 12 layers, vocab 32000; F32 and F16 only, 8 chunks per run).
 # Prints one line per run: tool, weights, batch, tokens/s. The two tools alternate order every round.
 set -euo pipefail
 ROUNDS=${1:-8}
 WORK=${2:-/tmp/qk-peer}
+SHAPE=${3:-small}
 REPO=$(pwd)
 Q=$REPO/.build/x86_64-unknown-linux-gnu/release/quantkit
 VER=0.3.36
@@ -24,7 +26,17 @@ if [ ! -x llama_cpp_python-$VER/vendor/llama.cpp/build/bin/llama-perplexity ]; t
    cmake --build build -j2 --target llama-perplexity llama-quantize >&2)
 fi
 B=$WORK/llama_cpp_python-$VER/vendor/llama.cpp/build/bin
-if [ ! -f model-q40-pure.gguf ]; then
+if [ "$SHAPE" = 110m ]; then
+  CHUNKS=8; PAIRS=("f32 110m-model-f32" "f16 110m-model-f16")
+  if [ ! -f 110m-model-f16.gguf ]; then
+    pip install -q gguf numpy sentencepiece
+    python3 "$REPO/Tools/peer_llamacpp/make_gguf.py" 110m-model-f32.gguf "$REPO/Tokenizers/tok512/tok512.model" 110m >&2
+    $B/llama-quantize 110m-model-f32.gguf 110m-model-f16.gguf F16 >&2
+  fi
+else
+  CHUNKS=16; PAIRS=("f32 model-f32" "f16 model-f16" "w8 model-q80" "w4g32,w4g32a8 model-q40-pure")
+fi
+if [ "$SHAPE" = small ] && [ ! -f model-q40-pure.gguf ]; then
   pip install -q gguf numpy sentencepiece
   python3 "$REPO/Tools/peer_llamacpp/make_gguf.py" model-f32.gguf "$REPO/Tokenizers/tok512/tok512.model" >&2
   $B/llama-quantize model-f32.gguf model-f16.gguf F16 >&2
@@ -33,16 +45,16 @@ if [ ! -f model-q40-pure.gguf ]; then
 fi
 [ -f wiki.test.raw ] || zstd -qdf "$REPO/Corpora/wikitext-2-raw/wiki.test.raw.zst" -o wiki.test.raw
 run_q() {  # quantkit on its seeded random model of the same shape (speed does not depend on the values)
-  "$Q" bench perplexity --shape small --ctx 128 --dtype "$1" --batch 128,512 --chunks 16 --repeats 3 2>/dev/null |
-    awk '/^small/{print "quantkit", $2, "b"$8, $4}'
+  "$Q" bench perplexity --shape "$SHAPE" --ctx 128 --dtype "$1" --batch 128,512 --chunks "$CHUNKS" --repeats 3 2>/dev/null |
+    awk -v s="$SHAPE" '$1==s{print "quantkit", $2, "b"$8, $4}'
 }
 run_l() {  # -lv 4 prints llama_perf's "prompt eval" tokens per second
-  $B/llama-perplexity -m "$1.gguf" -f wiki.test.raw -c 128 -b 128 -t 2 --chunks 16 -lv 4 2>&1 |
+  $B/llama-perplexity -m "$1.gguf" -f wiki.test.raw -c 128 -b 128 -t 2 --chunks "$CHUNKS" -lv 4 2>&1 |
     awk -v m="$1" '/prompt eval time/{for(i=1;i<=NF;i++) if($i=="tokens" && $(i+2)=="second)") print "llamacpp", m, "b128", $(i-1)}'
 }
 for r in $(seq 1 "$ROUNDS"); do
   # w4g32a8: the same 4-bit weights with int8 activations (W4A8), llama.cpp's own Q4_0 x Q8_0 contract.
-  for pair in "f32 model-f32" "f16 model-f16" "w8 model-q80" "w4g32,w4g32a8 model-q40-pure"; do
+  for pair in "${PAIRS[@]}"; do
     set -- $pair
     if [ $((r % 2)) = 0 ]; then run_q "$1"; run_l "$2"; else run_l "$2"; run_q "$1"; fi
   done

@@ -1,0 +1,76 @@
+import Foundation
+
+/// Full-vocabulary log-sum-exp for perplexity: every scored row needs Σ exp over the whole vocabulary (32,000
+/// terms for a Llama-2 vocabulary), which libm's scalar exp made as costly as a layer. Double precision
+/// throughout, four lanes at a time.
+enum LogSumExp {
+    // Cody-Waite split of ln 2 (the high part has zero low bits, so n * ln2Hi is exact for |n| < 2^11).
+    static let ln2Hi = 6.93147180369123816490e-01
+    static let ln2Lo = 1.90821492927058770002e-10
+    static let log2e = 1.44269504088896338700e+00
+    /// 1.5 * 2^52: adding it rounds a double of magnitude < 2^51 to an integer held in the low mantissa bits.
+    static let shifter = 6755399441055744.0
+    /// 1/k! for k = 12 ... 0, Horner order.
+    static let taylor: [Double] = (0...12).reversed().map { k in 1 / (1...max(1, k)).reduce(1.0) { $0 * Double($1) } }
+
+    /// exp of four doubles x <= 0. x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-12 Taylor polynomial
+    /// (remainder below 2e-16 relative), times 2^n built in the exponent bits. Inputs below -708 give exp(-708)
+    /// (about 3e-308, nothing next to the row's largest term, which is 1); NaN stays NaN.
+    @inline(__always)
+    static func exp4(_ x: SIMD4<Double>) -> SIMD4<Double> {
+        let xc = x.replacing(with: -708, where: x .< -708)
+        let sh = SIMD4<Double>(repeating: shifter)
+        let t = sh.addingProduct(xc, SIMD4(repeating: log2e))
+        let n = t - sh
+        let r = xc.addingProduct(n, SIMD4(repeating: -ln2Hi)).addingProduct(n, SIMD4(repeating: -ln2Lo))
+        var p = SIMD4<Double>(repeating: taylor[0])
+        for k in 1...12 { p = SIMD4<Double>(repeating: taylor[k]).addingProduct(p, r) }
+        let ni = unsafeBitCast(t, to: SIMD4<UInt64>.self) &- unsafeBitCast(sh, to: SIMD4<UInt64>.self)
+        let scale = unsafeBitCast((ni &+ 1023) &<< 52, to: SIMD4<Double>.self)
+        return p * scale
+    }
+
+    /// Σ exp(Double(x[i] - shift)), shift >= every x[i]; the differences are taken in Float, as the scalar
+    /// reference (Reference.negativeLogLikelihood) takes them.
+    static func sumExp(_ x: UnsafePointer<Float>, count: Int, shift: Float) -> Double {
+        var a0 = SIMD4<Double>(), a1 = SIMD4<Double>()
+        let s = SIMD8<Float>(repeating: shift)
+        var i = 0
+        while i + 8 <= count {
+            let d = loadU(x + i) - s
+            a0 += exp4(SIMD4<Double>(d.lowHalf))
+            a1 += exp4(SIMD4<Double>(d.highHalf))
+            i += 8
+        }
+        var total = (a0 + a1).sum()
+        while i < count {
+            total += exp4(SIMD4<Double>(repeating: Double(x[i] - shift)))[0]
+            i += 1
+        }
+        return total
+    }
+
+    static func maximum(_ x: UnsafePointer<Float>, count: Int) -> Float {
+        var m = SIMD8<Float>(repeating: -.infinity)
+        var i = 0
+        while i + 8 <= count { m = pointwiseMax(m, loadU(x + i)); i += 8 }
+        var best = m.max()
+        while i < count { best = max(best, x[i]); i += 1 }
+        return best
+    }
+}
+
+extension Kernels {
+    /// Negative log-likelihood of `target` under softmax(logits[0..<vocab]): max subtraction, exp and sum in
+    /// Double (LogSumExp). Matches Reference.negativeLogLikelihood to about 1e-15 relative.
+    public static func negativeLogLikelihood(_ logits: UnsafePointer<Float>, vocab: Int, target: Int) -> Double {
+        let mx = LogSumExp.maximum(logits, count: vocab)
+        let s = LogSumExp.sumExp(logits, count: vocab, shift: mx)
+        return -(Double(logits[target] - mx) - Foundation.log(s))
+    }
+}
+
+extension Kernels {
+    /// The vector exp on one value (tests compare it with libm).
+    public static func expForTesting(_ x: Double) -> Double { LogSumExp.exp4(SIMD4(repeating: x))[0] }
+}
