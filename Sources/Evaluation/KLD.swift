@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import TensorCore
 
 /// What `--save-logits` stores per scored token, so a later run can compute SPECS.md "Quantized vs base
@@ -97,14 +98,9 @@ public final class LogitsWriter {
     }
 }
 
-/// Log-softmax of a Float row in Double (max subtraction).
+/// Log-softmax of a Float row in Double (max subtraction; Kernels.logSoftmax, vectorised).
 func logSoftmax(_ x: UnsafePointer<Float>, vocab: Int, into out: inout [Double]) {
-    var mx = x[0]
-    for i in 1..<vocab where x[i] > mx { mx = x[i] }
-    var s: Double = 0
-    for i in 0..<vocab { s += exp(Double(x[i] - mx)) }
-    let lse = Double(mx) + log(s)
-    for i in 0..<vocab { out[i] = Double(x[i]) - lse }
+    out.withUnsafeMutableBufferPointer { Kernels.logSoftmax(x, count: vocab, into: $0.baseAddress!) }
 }
 
 /// A base logits file, decompressed in memory.

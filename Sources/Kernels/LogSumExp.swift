@@ -61,6 +61,14 @@ enum LogSumExp {
 }
 
 extension Kernels {
+    /// log softmax of a Float row, in Double: x[i] - (max + log Σ exp(x - max)), the differences taken in Float
+    /// for the sum as Reference.logSoftmax takes them. For the KL-divergence files and statistics.
+    public static func logSoftmax(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Double>) {
+        let mx = LogSumExp.maximum(x, count: count)
+        let lse = Double(mx) + Foundation.log(LogSumExp.sumExp(x, count: count, shift: mx))
+        for i in 0..<count { out[i] = Double(x[i]) - lse }
+    }
+
     /// Negative log-likelihood of `target` under softmax(logits[0..<vocab]): max subtraction, exp and sum in
     /// Double (LogSumExp). Matches Reference.negativeLogLikelihood to about 1e-15 relative.
     public static func negativeLogLikelihood(_ logits: UnsafePointer<Float>, vocab: Int, target: Int) -> Double {

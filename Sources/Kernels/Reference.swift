@@ -36,6 +36,16 @@ public enum Reference {
         return -(Double(logits[target] - mx) - log(s))
     }
 
+    /// log softmax of a Float row in Double (max subtraction, libm exp).
+    public static func logSoftmax(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Double>) {
+        var mx = x[0]
+        for i in 1..<count where x[i] > mx { mx = x[i] }
+        var s: Double = 0
+        for i in 0..<count { s += exp(Double(x[i] - mx)) }
+        let lse = Double(mx) + log(s)
+        for i in 0..<count { out[i] = Double(x[i]) - lse }
+    }
+
     /// In-place softmax over each row of `cols`.
     public static func softmax(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
         for r in 0..<rows {

@@ -97,7 +97,7 @@ final class ElementwiseTests: XCTestCase {
         for i in special.indices { XCTAssertEqual(special[i], ref[i], accuracy: 1e-6 * max(1, abs(ref[i]))) }
     }
 
-    /// The vectorised full-vocabulary NLL (Double exp by Cody-Waite reduction and a Taylor polynomial) against
+    /// The vectorised full-vocabulary NLL and log-softmax (Double exp by Cody-Waite reduction and a Taylor polynomial) against
     /// the scalar libm reference: relative difference below 1e-13 on odd sizes, Llama-2-sized vocabularies, wide
     /// and narrow logit ranges, masked (-inf) entries and a target far below the maximum.
     func testNegativeLogLikelihood() {
@@ -112,6 +112,13 @@ final class ElementwiseTests: XCTestCase {
                     XCTAssertEqual(fast, ref, accuracy: 1e-13 * max(1, abs(ref)), "vocab \(vocab) spread \(spread) target \(target)")
                     XCTAssertTrue(fast.isFinite && fast >= 0, "vocab \(vocab)")
                 }
+                var a = [Double](repeating: 0, count: vocab), b = a
+                Kernels.logSoftmax(x, count: vocab, into: &a)
+                Reference.logSoftmax(x, count: vocab, into: &b)
+                for i in 0..<vocab where b[i].isFinite {
+                    XCTAssertEqual(a[i], b[i], accuracy: 1e-13 * max(1, abs(b[i])), "logSoftmax vocab \(vocab) [\(i)]")
+                }
+                XCTAssertEqual(a[3 % vocab].isInfinite, b[3 % vocab].isInfinite)
             }
         }
         // exp itself over its whole range, against libm: within 4 ulp (2 ulp for the polynomial and rounding,
