@@ -53,7 +53,8 @@ enum LogSumExp {
     static func maximum(_ x: UnsafePointer<Float>, count: Int) -> Float {
         var m = SIMD8<Float>(repeating: -.infinity)
         var i = 0
-        while i + 8 <= count { m = pointwiseMax(m, loadU(x + i)); i += 8 }
+        // A compare-and-blend (vmaxps-like) the optimizer inlines; the generic pointwiseMax stayed a call.
+        while i + 8 <= count { let v = loadU(x + i); m = m.replacing(with: v, where: v .> m); i += 8 }
         var best = m.max()
         while i < count { best = max(best, x[i]); i += 1 }
         return best
