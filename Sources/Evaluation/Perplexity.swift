@@ -159,22 +159,27 @@ public enum Perplexity {
                 cache.reset()
                 logits = model.forward(batch, cache: cache, state: state, logitsFrom: firstRow)
             }
-            // Every scored row's NLL, across threads: a full-vocabulary log-sum-exp per row costs as much as a
-            // layer when the vocabulary is large (32,000 exps a row). Added up below in order, so the sums are
-            // the same as one thread's.
-            let nlls = passNLLs(logits: logits, group: group, batch: batch, length: length, firstRow: firstRow,
-                                vocab: vocab, threads: model.threads)
-            var scored = 0
+            // The pass's scored rows in visiting order, and their NLLs computed across threads: a
+            // full-vocabulary log-sum-exp per row costs as much as a layer when the vocabulary is large (32,000
+            // exps a row). Added up below in order, so the sums are the same as one thread's.
+            var scoredRows: [(t: Int, offset: Int, target: Int32)] = []
             for (g, w) in group.enumerated() {
-                let seqLogits = logits + g * (length - firstRow) * vocab
                 for t in w.scoreFrom..<w.end {
-                    let row = seqLogits + (t - 1 - w.begin - firstRow) * vocab
-                    let target = batch[g * length + t - w.begin]
-                    let nll = nlls[scored]
-                    scored += 1
+                    scoredRows.append((t, (g * (length - firstRow) + t - 1 - w.begin - firstRow) * vocab,
+                                       batch[g * length + t - w.begin]))
+                }
+            }
+            let nlls = rowNLLs(logits: logits, rows: scoredRows.map { ($0.offset, Int($0.target)) }, vocab: vocab,
+                               threads: model.threads)
+            var next = 0
+            for (g, w) in group.enumerated() {
+                for _ in w.scoreFrom..<w.end {
+                    let (t, offset, target) = scoredRows[next]
+                    let nll = nlls[next]
+                    next += 1
                     if let cb = onRow { try cb(ScoredRow(chunk: wi + g, index: res.tokensScored, tokenIndex: t,
-                                                       windowPosition: t - 1 - w.begin, target: target, logits: row,
-                                                       vocab: vocab, nll: nll)) }
+                                                       windowPosition: t - 1 - w.begin, target: target,
+                                                       logits: logits + offset, vocab: vocab, nll: nll)) }
                     res.nllSum += nll
                     res.nllSqSum += nll * nll
                     res.tokensScored += 1
@@ -188,15 +193,9 @@ public enum Perplexity {
         return res
     }
 
-    /// The NLLs of a pass's scored rows, in the order evaluate visits them (window by window, target by target).
-    static func passNLLs(logits: UnsafeMutablePointer<Float>, group: [Window], batch: [Int32], length: Int,
-                         firstRow: Int, vocab: Int, threads: Int) -> [Double] {
-        var rows: [(offset: Int, target: Int)] = []
-        for (g, w) in group.enumerated() {
-            for t in w.scoreFrom..<w.end {
-                rows.append(((g * (length - firstRow) + t - 1 - w.begin - firstRow) * vocab, Int(batch[g * length + t - w.begin])))
-            }
-        }
+    /// NLL of each (logits offset, target) row, computed across threads.
+    static func rowNLLs(logits: UnsafeMutablePointer<Float>, rows: [(offset: Int, target: Int)], vocab: Int,
+                        threads: Int) -> [Double] {
         var out = [Double](repeating: 0, count: rows.count)
         let lp = SendablePointer(logits)
         let jobs = rows
