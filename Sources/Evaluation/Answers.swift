@@ -89,7 +89,7 @@ func mean(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.reduce(0, +) / Double(
 public enum AnswerEvaluation {
     /// Generates and scores one model's answers. `contexts[i]` are the passages for questions[i].
     public static func run(_ gen: AnswerGenerator, questions: [SquadQuestion], contexts: [[String]], maxTokens: Int,
-                           progress: ProgressReporter? = nil) throws -> AnswerRunSummary {
+                           progress: ProgressTask? = nil) throws -> AnswerRunSummary {
         let t0 = Date()
         var recs: [AnswerRecord] = []
         for (i, q) in questions.enumerated() {

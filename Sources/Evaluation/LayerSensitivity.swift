@@ -113,7 +113,7 @@ public enum LayerSensitivity {
     /// - heldout: tokens for the enable-one / disable-one perplexities (nil = skip the effects).
     public static func analyze(model: LlamaModel, quantized: [String: [Float]], calibration: [Int32], ctx: Int,
                                calibrationWindows: Int = 8, heldout: [Int32]? = nil, heldoutChunks: Int = 4,
-                               progress: ((String, Int, Int) -> Void)? = nil) throws -> SensitivityReport {
+                               progress: any ProgressObserver = NoProgress()) throws -> SensitivityReport {
         guard !quantized.isEmpty else { throw QuantKitError(.input, "no quantized modules to analyse") }
         let twins = try denseLayers(quantized, model: model)
         let names = quantized.keys.sorted { a, b in order(a) < order(b) }
@@ -127,11 +127,12 @@ public enum LayerSensitivity {
         try model.validate(tokens: calibration)
         let cache = model.makeCache(capacity: ctx), state = model.makeState(maxRows: ctx)
         var calTokens = 0
+        let calibrationTask = progress.task("layers calibration", total: wins.count, unit: "windows")
         for (i, w) in wins.enumerated() {
             cache.reset()
             _ = model.forward(w, cache: cache, state: state, logitsFrom: w.count - 1)
             calTokens += w.count
-            progress?("calibration", i + 1, wins.count)
+            calibrationTask.update(done: i + 1)
         }
         model.observer = saved
         var modules: [ModuleSensitivity] = names.map { n in
@@ -146,23 +147,23 @@ public enum LayerSensitivity {
         if let held = heldout {
             let f = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks)
             floatPPL = f.ppl; scored = f.scored
-            let total = 2 * names.count + 1
+            let effects = progress.task("layers effects", total: 2 * names.count + 1, unit: "ppl runs")
             var done = 0
             for (i, n) in names.enumerated() {
                 let old = try swap(model, [n: twins[n]!])
                 defer { _ = try? swap(model, old) }
                 modules[i].enableOneQError = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl / f.ppl - 1
-                done += 1; progress?("effects", done, total)
+                done += 1; effects.update(done: done)
             }
             let originals = try swap(model, twins)
             defer { _ = try? swap(model, originals) }
             quantPPL = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl
-            done += 1; progress?("effects", done, total)
+            done += 1; effects.update(done: done)
             for (i, n) in names.enumerated() {
                 let q = try swap(model, [n: originals[n]!])
                 defer { _ = try? swap(model, q) }
                 modules[i].disableOneQError = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl / f.ppl - 1
-                done += 1; progress?("effects", done, total)
+                done += 1; effects.update(done: done)
             }
         }
         return SensitivityReport(modules: modules, floatPPL: floatPPL, quantizedPPL: quantPPL, calibrationTokens: calTokens,
@@ -260,7 +261,7 @@ extension LayerSensitivity {
     /// `low`/`eight`: dequantized weights of every module at the default scheme and at 8 bits.
     public static func planForTargetQError(model: LlamaModel, low: [String: [Float]], eight: [String: [Float]], ranking: [String],
                                            heldout: [Int32], ctx: Int, chunks: Int, target: Double, defaultBits: Int, groupSize: Int,
-                                           progress: ((Int, Double) -> Void)? = nil) throws -> (plan: MixedPrecisionPlan, qerror: Double) {
+                                           progress: any ProgressObserver = NoProgress()) throws -> (plan: MixedPrecisionPlan, qerror: Double) {
         let floatPPL = try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl
         var plan = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize)
         func measure() throws -> Double {
@@ -277,14 +278,14 @@ extension LayerSensitivity {
             return try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl / floatPPL - 1
         }
         var q = try measure()
-        progress?(0, q)
+        progress.note(String(format: "plan: QError %.4f%% with no module promoted", 100 * q))
         var steps = 0
         for level in [8, 16] {
             for n in ranking where q > target && low[n] != nil && (plan.overrides[n] ?? defaultBits) < level {
                 plan.overrides[n] = level
                 q = try measure()
                 steps += 1
-                progress?(steps, q)
+                progress.note(String(format: "plan: %@ -> %d bits: QError %.4f%%", n, level, 100 * q))
             }
         }
         return (plan, q)

@@ -120,12 +120,13 @@ public enum Perplexity {
     }
 
     /// Runs a protocol over `tokens` (the whole text tokenized once, BOS prepended when the tokenizer adds it).
-    /// `onRow` sees every scored logits row (KLD capture/compare); `progress` gets (windows done, total, running ppl).
+    /// `onRow` sees every scored logits row (KLD capture/compare); `progress` sees windows done with the running ppl.
     public static func evaluate(model: LlamaModel, tokens: [Int32], addsBOS: Bool, bosId: Int32, options: PerplexityOptions,
-                                onRow: ((ScoredRow) throws -> Void)? = nil,
-                                progress: ((Int, Int, Int, Double) -> Void)? = nil) throws -> PerplexityResult {
+                                progress: any ProgressObserver = NoProgress(),
+                                onRow: ((ScoredRow) throws -> Void)? = nil) throws -> PerplexityResult {
         try model.validate(tokens: tokens)
         let wins = try windows(n: tokens.count, options: options, addsBOS: addsBOS)
+        let task = progress.task("perplexity", total: wins.count, unit: "tok")
         let vocab = model.config.vocabSize
         let ctx = options.ctx
         let perPass = min(options.windowsPerPass(model), max(wins.count, 1))
@@ -185,7 +186,7 @@ public enum Perplexity {
                     res.tokensScored += 1
                 }
                 res.chunks += 1
-                progress?(wi + g + 1, wins.count, res.tokensScored, res.ppl)
+                task.update(done: wi + g + 1, units: (wi + g + 1) * ctx, detail: String(format: "ppl %.4f", res.ppl))
             }
             wi += group.count
         }

@@ -99,6 +99,36 @@ public enum ResultValue: Sendable, Equatable {
     }
 }
 
+extension ResultValue: Encodable {
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .number(let d): try c.encode(d)
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
+}
+
+/// Encodable values as Foundation JSON objects, for the result bodies still assembled as dictionaries.
+public enum JSONBridge {
+    public static func object<T: Encodable>(_ value: T) throws -> Any {
+        let enc = JSONEncoder()
+        enc.nonConformingFloatEncodingStrategy = .throw
+        return try JSONSerialization.jsonObject(with: enc.encode(value), options: [.fragmentsAllowed])
+    }
+
+    public static func dictionary<T: Encodable>(_ value: T) throws -> [String: Any] {
+        guard let d = try object(value) as? [String: Any] else {
+            throw QuantKitError(.input, "\(T.self) does not encode to a JSON object")
+        }
+        return d
+    }
+}
+
 /// What a result file measures.
 public enum ResultKind: String, Sendable, CaseIterable {
     case perplexity, retrieval, answers, layers
@@ -161,9 +191,10 @@ public struct ResultRun: Sendable {
 }
 
 /// Per-chunk negative log-likelihood sum and the number of scored tokens in it.
-public struct ChunkNLL: Sendable, Equatable {
+public struct ChunkNLL: Sendable, Equatable, Encodable {
     public var nllSum: Double
     public var count: Int
+    enum CodingKeys: String, CodingKey { case nllSum = "nll_sum", count }
     public init(nllSum: Double, count: Int) { self.nllSum = nllSum; self.count = count }
 }
 

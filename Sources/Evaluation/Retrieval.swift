@@ -35,14 +35,15 @@ public final class RagEmbedder: @unchecked Sendable {
     }
 
     /// Embeds texts (sentence-transformers strips them first). Returns [n, dim] row-major.
-    public func embed(_ texts: [String], label: String, threads: Int = Parallel.defaultThreads) throws -> [Float] {
+    public func embed(_ texts: [String], label: String, threads: Int = Parallel.defaultThreads,
+                      progress: any ProgressObserver = NoProgress()) throws -> [Float] {
         let ids = try texts.enumerated().map { (i, t) -> [Int32] in
             do { return try tokenize(BertSentenceEncoder.stripPythonWhitespace(t)) } catch {
                 throw QuantKitError(.input, "\(label) text \(i): tokenizer failed: \(error)")
             }
         }
-        let progress = ProgressReporter("embed \(label) (\(name))", total: texts.count, unit: "tok")
-        return try encoder.encode(ids: ids, threads: threads, progress: progress, stats: &stats)
+        return try encoder.encode(ids: ids, threads: threads, progress: progress.task("embed \(label) (\(name))", total: texts.count, unit: "tok"),
+                                  stats: &stats)
     }
 }
 
@@ -51,12 +52,10 @@ public final class RagEmbedder: @unchecked Sendable {
 public struct EmbeddingCache: Sendable {
     public let directory: String
 
-    public init(directory: String? = nil) {
-        if let directory { self.directory = directory; return }
-        let env = ProcessInfo.processInfo.environment
-        let base = env["XDG_CACHE_HOME"] ?? ((env["HOME"] ?? NSTemporaryDirectory()) + "/.cache")
-        self.directory = base + "/quantkit/embeddings"
-    }
+    public init(directory: String) { self.directory = directory }
+
+    /// The conventional place under a user cache root ($XDG_CACHE_HOME, else ~/.cache; the CLI resolves it).
+    public init(cacheRoot: String) { self.directory = cacheRoot + "/quantkit/embeddings" }
 
     public func key(embedderDigest: String, corpusSHA256: String, docIDs: [String]) -> String {
         let idsDigest = Digest.sha256(docIDs.joined(separator: "\n").data(using: .utf8)!)

@@ -34,7 +34,8 @@ public enum RetrievalEvaluation {
     public static func depth(k: Int) -> Int { max(k, (RetrievalMetrics.ndcgCuts + RetrievalMetrics.recallCuts).max()!) }
 
     public static func run(_ ds: BeirDataset, embedder: RagEmbedder, k: Int, cache: EmbeddingCache?,
-                           threads: Int = Parallel.defaultThreads) throws -> RetrievalRunResult {
+                           threads: Int = Parallel.defaultThreads,
+                           progress: any ProgressObserver = NoProgress()) throws -> RetrievalRunResult {
         let dim = embedder.encoder.dimension
         let ids = ds.corpus.map(\.id)
         var corpusEmb: [Float]? = nil
@@ -46,7 +47,7 @@ public enum RetrievalEvaluation {
         let hit = corpusEmb != nil
         var t0 = Date()
         if corpusEmb == nil {
-            corpusEmb = try embedder.embed(ds.corpus.map(\.embeddingText), label: "corpus", threads: threads)
+            corpusEmb = try embedder.embed(ds.corpus.map(\.embeddingText), label: "corpus", threads: threads, progress: progress)
             if let cache {
                 try cache.store(key: key, embeddings: corpusEmb!, meta: [
                     "schema_version": 1, "embedder": embedder.name, "embedder_digest": embedder.digest,
@@ -57,7 +58,7 @@ public enum RetrievalEvaluation {
         }
         let corpusSeconds = Date().timeIntervalSince(t0)
         t0 = Date()
-        let qEmb = try embedder.embed(ds.queries.map(\.text), label: "queries", threads: threads)
+        let qEmb = try embedder.embed(ds.queries.map(\.text), label: "queries", threads: threads, progress: progress)
         let querySeconds = Date().timeIntervalSince(t0)
         t0 = Date()
         let tops = DenseSearch.topK(queries: qEmb, corpus: corpusEmb!, dim: dim, docIDs: ids, k: depth(k: k), threads: threads)

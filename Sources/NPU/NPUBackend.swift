@@ -112,16 +112,16 @@ public final class NPULinearBackend: LinearBackend, @unchecked Sendable {
     }
 }
 
-/// Modules that ran off the NPU and why (printed once each on stderr, counted for reports).
+/// Modules that ran off the NPU and why (a note each to the observer, counted for reports).
 public final class FallbackLog: @unchecked Sendable {
     public struct Entry: Codable, Equatable, Sendable { public var module: String; public var reason: String }
     private var list: [Entry] = []
     private let lock = NSLock()
-    public var quiet = false
-    public init() {}
+    private let observer: any ProgressObserver
+    public init(observer: any ProgressObserver = NoProgress()) { self.observer = observer }
     public func add(_ module: String, _ reason: String) {
         lock.lock(); list.append(Entry(module: module, reason: reason)); lock.unlock()
-        if !quiet { logInfo("npu: \(module) falls back to the float CPU path: \(reason)") }
+        observer.note("npu: \(module) falls back to the float CPU path: \(reason)")
     }
     public var entries: [Entry] { lock.lock(); defer { lock.unlock() }; return list }
     public var count: Int { entries.count }
@@ -167,19 +167,21 @@ public final class NPUSimulator: @unchecked Sendable {
     /// Operations of the model that stay on the host CPU in float (not NPU hooks), listed in reports.
     public internal(set) var hostOps: [String] = []
 
-    init(config: NPUConfig, ranges: [String: (input: QuantParams, output: QuantParams)], calibrationTokens: Int) {
+    init(config: NPUConfig, ranges: [String: (input: QuantParams, output: QuantParams)], calibrationTokens: Int,
+         observer: any ProgressObserver = NoProgress()) {
         self.config = config
         self.ranges = ranges
         self.npu = NPUNonlinear(mode: config.nonlinearMode)
-        self.fallbacks = FallbackLog()
+        self.fallbacks = FallbackLog(observer: observer)
         self.calibrationTokens = calibrationTokens
     }
 
     /// Runs the float model over `calibrationTokens` (windows of at most `window` tokens, fresh cache each) and
     /// derives every linear module's int8 input/output parameters with the configured method. The model must be
     /// the float one (its ops and observer are restored afterwards).
+    /// `progress` sees the calibration pass and, later, a note for each module that falls back to the CPU.
     public static func calibrate(model: LlamaModel, config: NPUConfig, calibrationTokens: [Int32],
-                                 window: Int? = nil) throws -> NPUSimulator {
+                                 window: Int? = nil, progress: any ProgressObserver = NoProgress()) throws -> NPUSimulator {
         guard calibrationTokens.count >= config.minCalibrationTokens else {
             throw QuantKitError(.input, "NPU calibration too small: \(calibrationTokens.count) tokens, at least "
                                 + "\(config.minCalibrationTokens) needed (min_calibration_tokens in the NPU config)")
@@ -195,19 +197,19 @@ public final class NPUSimulator: @unchecked Sendable {
         let cache = model.makeCache(capacity: win)
         let state = model.makeState(maxRows: win)
         var begin = 0
-        let progress = ProgressReporter("npu calibration", total: calibrationTokens.count, unit: "tok")
+        let task = progress.task("npu calibration", total: calibrationTokens.count, unit: "tok")
         while begin < calibrationTokens.count {
             let end = min(begin + win, calibrationTokens.count)
             cache.reset()
             model.forward(Array(calibrationTokens[begin..<end]), cache: cache, state: state)
             begin = end
-            progress.update(done: begin)
+            task.update(done: begin)
         }
         var ranges: [String: (input: QuantParams, output: QuantParams)] = [:]
         for (name, i) in obs.inputs {
             ranges[name] = (try i.params(config.calibration), try obs.outputs[name]!.params(config.calibration))
         }
-        return NPUSimulator(config: config, ranges: ranges, calibrationTokens: calibrationTokens.count)
+        return NPUSimulator(config: config, ranges: ranges, calibrationTokens: calibrationTokens.count, observer: progress)
     }
 
     /// Calibrates on the float `model`, then returns a LinearBackend and NonlinearOps to hand to a fresh load.
@@ -271,16 +273,5 @@ public final class NPUSimulator: @unchecked Sendable {
         lines += npu.counter.entries.map { "npu op \($0.op) on \($0.unit): \($0.calls) calls, \($0.elements) elements" }
         if !hostOps.isEmpty { lines.append("npu: on the host CPU (float): " + hostOps.joined(separator: ", ")) }
         return lines.joined(separator: "\n")
-    }
-
-    /// The same facts for result JSON: settings, calibration size, fallbacks (module + reason), op counts per unit.
-    public var reportFields: [String: Any] {
-        [
-            "npu": summary, "npu_config": config.json, "npu_calibration_tokens": calibrationTokens,
-            "npu_fallback_count": fallbacks.count,
-            "npu_fallbacks": fallbacks.entries.map { ["module": $0.module, "reason": $0.reason] },
-            "npu_ops": npu.counter.entries.map { ["op": $0.op, "unit": $0.unit, "calls": $0.calls, "elements": $0.elements] as [String: Any] },
-            "npu_host_ops": hostOps,
-        ]
     }
 }

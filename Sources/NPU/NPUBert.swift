@@ -128,7 +128,7 @@ extension NPUSimulator {
     /// for embedding) and derives every linear module's int8 input/output parameters with the configured method.
     /// Pass corpus passages, never the evaluation queries. The encoder's model keeps its ops and observer.
     public static func calibrate(encoder: BertSentenceEncoder, config: NPUConfig, texts: [[Int32]],
-                                 threads: Int = Parallel.defaultThreads) throws -> NPUSimulator {
+                                 threads: Int = Parallel.defaultThreads, progress: any ProgressObserver = NoProgress()) throws -> NPUSimulator {
         let tokens = texts.reduce(0) { $0 + encoder.truncate($1).ids.count }
         guard tokens >= config.minCalibrationTokens else {
             throw QuantKitError(.input, "NPU calibration too small: \(tokens) tokens in \(texts.count) passages, at least "
@@ -142,12 +142,12 @@ extension NPUSimulator {
         defer { model.observer = savedObserver; model.ops = savedOps }
         var stats = BertSentenceEncoder.Stats()
         _ = try encoder.encode(ids: texts, threads: threads,
-                               progress: ProgressReporter("npu calibration", total: texts.count, unit: "tok"), stats: &stats)
+                               progress: progress.task("npu calibration", total: texts.count, unit: "tok"), stats: &stats)
         var ranges: [String: (input: QuantParams, output: QuantParams)] = [:]
         for (name, i) in obs.inputs {
             ranges[name] = (try i.params(config.calibration), try obs.outputs[name]!.params(config.calibration))
         }
-        let sim = NPUSimulator(config: config, ranges: ranges, calibrationTokens: tokens)
+        let sim = NPUSimulator(config: config, ranges: ranges, calibrationTokens: tokens, observer: progress)
         sim.hostOps = ["embedding gather + position/type add", "pooling", "L2 normalisation"]
         return sim
     }

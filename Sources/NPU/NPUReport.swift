@@ -66,7 +66,6 @@ public enum NPUComparison {
         // The NPU layers, built once from the float weights (not yet swapped in).
         var layers: [String: NPULinear] = [:]
         let quietLog = FallbackLog()
-        quietLog.quiet = true
         func build(_ name: String, _ l: LinearLayer) throws {
             guard let d = l as? DenseLinear, let ref = WeightRef(d.weight), let r = simulator.ranges[name] else { return }
             layers[name] = try NPUSimulator.makeLayer(name: name, weight: ref, n: d.outFeatures, k: d.inFeatures, bias: d.bias,

@@ -65,7 +65,7 @@ extension ModelQuantizer {
     /// already quantized groups in place; the quantized layer's outputs are the next layer's inputs.
     public static func quantize(bert model: BertModel, sequences: [[Int32]], options: ModelQuantizationOptions,
                                 batchTokens: Int = 8192, threads: Int = Parallel.defaultThreads,
-                                log: @escaping (String) -> Void = logInfo) throws -> Result {
+                                progress: any ProgressObserver = NoProgress()) throws -> Result {
         let start = Date()
         guard options.method == .rtn || !sequences.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration passages") }
         // Every layer must accept its scheme before any work starts.
@@ -91,7 +91,7 @@ extension ModelQuantizer {
         }
         var layers: [(String, QuantizedWeight)] = []
         var reports: [LayerQuantReport] = []
-        let progress = ProgressReporter("quantize", total: model.layerCount * BertModel.sequentialGroups.joined().count, unit: "layers")
+        let task = progress.task("quantize", total: model.layerCount * BertModel.sequentialGroups.joined().count, unit: "layers")
         var done = 0
         for i in 0..<model.layerCount {
             let groups = options.trueSequential ? model.linearGroups(layer: i) : [model.linearGroups(layer: i).flatMap { $0 }]
@@ -113,12 +113,12 @@ extension ModelQuantizer {
                 }
                 for (name, scheme) in selected {
                     let (q, layer, rep) = try quantizeLayer(name: name, source: model.source, scheme: scheme, hessian: observer?.hessian(name),
-                                                            options: options, threads: threads, log: log)
+                                                            options: options, threads: threads, progress: progress)
                     try model.setLinear(layer, named: name)
                     reports.append(rep)
                     layers.append((name, q))
                     done += 1
-                    progress.update(done: done, extra: name)
+                    task.update(done: done, detail: name)
                 }
             }
             if options.method == .gptq {

@@ -290,14 +290,48 @@ public enum GPTQCheckpoint {
     }
 }
 
+/// How a quantized model was made, as result files record it (the `quantization` object; null for a float model):
+/// - `method`: "gptq" or "rtn" (a GPTQ-layout checkpoint without QuantKit's own record was written by another GPTQ
+///   tool: "gptq").
+/// - `bits`, `group_size` (-1 = per output channel), `act_order` (desc_act), `sym`; for checkpoints also
+///   `static_groups`, `damp_percent`, `true_sequential`, `format` and `overrides` (module -> bits / group_size).
+public struct QuantizationSummary: Codable, Sendable, Equatable {
+    public struct Override: Codable, Sendable, Equatable {
+        public var bits: Int
+        public var groupSize: Int
+        enum CodingKeys: String, CodingKey { case bits, groupSize = "group_size" }
+    }
+    public var method: String
+    public var bits: Int
+    public var groupSize: Int
+    public var actOrder: Bool
+    public var sym: Bool
+    public var staticGroups: Bool?
+    public var dampPercent: Double?
+    public var trueSequential: Bool?
+    public var format: String?
+    public var overrides: [String: Override]?
+
+    enum CodingKeys: String, CodingKey {
+        case method, bits, groupSize = "group_size", actOrder = "act_order", sym, staticGroups = "static_groups"
+        case dampPercent = "damp_percent", trueSequential = "true_sequential", format, overrides
+    }
+
+    /// An RTN scheme applied at load time (no checkpoint settings).
+    public init(rtnBits bits: Int, groupSize: Int, sym: Bool) {
+        method = "rtn"; self.bits = bits; self.groupSize = groupSize; actOrder = false; self.sym = sym
+    }
+
+    init(checkpoint cfg: GPTQQuantizeConfig, method: String) {
+        self.method = method; bits = cfg.bits; groupSize = cfg.groupSize; actOrder = cfg.descAct; sym = cfg.sym
+        staticGroups = cfg.staticGroups; dampPercent = cfg.dampPercent; trueSequential = cfg.trueSequential; format = "gptq-v1"
+        if !cfg.overrides.isEmpty { overrides = cfg.overrides.mapValues { Override(bits: $0.bits, groupSize: $0.groupSize) } }
+    }
+}
+
 extension GPTQCheckpoint {
-    /// A quantized checkpoint's method and settings, as result files record them (the `quantization` object of
-    /// perplexity results; nil for a directory that is not a GPTQ-layout checkpoint):
-    /// - `method`: "gptq" or "rtn" from QuantKit's own record (`quantkit.method` in quantize_config.json, a key
-    ///   AutoGPTQ-style loaders ignore); a checkpoint without it was written by another GPTQ tool: "gptq".
-    /// - `bits`, `group_size` (-1 = per output channel), `act_order` (desc_act), `static_groups`, `sym`,
-    ///   `damp_percent`, `true_sequential`, and `overrides` (module -> bits / group_size) for mixed precision.
-    public static func quantizationSummary(_ dir: String) throws -> [String: Any]? {
+    /// A GPTQ-layout directory's summary; nil for a directory that is not one.
+    public static func quantizationSummary(_ dir: String) throws -> QuantizationSummary? {
         guard isGPTQ(dir) else { return nil }
         let (cfg, extra) = try readConfig(dir)
         var method = "gptq"
@@ -307,12 +341,6 @@ extension GPTQCheckpoint {
             }
             method = m.lowercased()
         }
-        var o: [String: Any] = ["method": method, "bits": cfg.bits, "group_size": cfg.groupSize, "act_order": cfg.descAct,
-                                "static_groups": cfg.staticGroups, "sym": cfg.sym, "damp_percent": cfg.dampPercent,
-                                "true_sequential": cfg.trueSequential, "format": "gptq-v1"]
-        if !cfg.overrides.isEmpty {
-            o["overrides"] = cfg.overrides.mapValues { ["bits": $0.bits, "group_size": $0.groupSize] }
-        }
-        return o
+        return QuantizationSummary(checkpoint: cfg, method: method)
     }
 }

@@ -340,7 +340,7 @@ public enum ModelQuantizer {
     }
 
     public static func quantize(model: LlamaModel, windows: [[Int32]], options: ModelQuantizationOptions,
-                                log: @escaping (String) -> Void = logInfo) throws -> Result {
+                                progress: any ProgressObserver = NoProgress()) throws -> Result {
         let start = Date()
         let c = model.config
         var layers: [(String, QuantizedWeight)] = []
@@ -367,7 +367,7 @@ public enum ModelQuantizer {
             for r in 0..<seqlen { state.positions[r] = Int32(r) }
         }
         let total = c.numHiddenLayers * LlamaBlock.linearNames.count
-        let progress = ProgressReporter("quantize", total: total, unit: "layers")
+        let task = progress.task("quantize", total: total, unit: "layers")
         var done = 0
         /// One pass of every window through `block`: capture passes (writeBack false) stop after `stopAfter`.
         func runBlock(_ block: LlamaBlock, observer: LinearObserver?, writeBack: Bool, stopAfter: String? = nil) {
@@ -397,12 +397,12 @@ public enum ModelQuantizer {
                 }
                 for (name, scheme) in selected {
                     let (q, layer, rep) = try quantizeLayer(name: name, source: model.source, scheme: scheme, hessian: observer?.hessian(name),
-                                                            options: options, threads: model.threads, log: log)
+                                                            options: options, threads: model.threads, progress: progress)
                     try block.setLinear(layer, named: name)
                     reports.append(rep)
                     layers.append((name, q))
                     done += 1
-                    progress.update(done: done, extra: name)
+                    task.update(done: done, detail: name)
                 }
             }
             if options.method == .gptq { runBlock(block, observer: nil, writeBack: true) }
@@ -414,7 +414,7 @@ public enum ModelQuantizer {
     /// with RTN, and returns the quantized weight, the layer to swap in and its report.
     static func quantizeLayer(name: String, source: WeightSource, scheme: QuantScheme, hessian: HessianAccumulator?,
                               options: ModelQuantizationOptions, threads: Int,
-                              log: @escaping (String) -> Void) throws -> (QuantizedWeight, QuantizedLinear, LayerQuantReport) {
+                              progress: any ProgressObserver) throws -> (QuantizedWeight, QuantizedLinear, LayerQuantReport) {
         let t0 = Date()
         let wT = try source.tensor(name + ".weight")
         guard wT.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight is not 2-D") }
@@ -427,7 +427,7 @@ public enum ModelQuantizer {
             let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
                                  dampPercent: options.dampPercent)
             let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
-                                      name: name, log: log, threads: threads)
+                                      name: name, log: { progress.note($0) }, threads: threads)
             q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
         } else {
             q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: threads)

@@ -16,11 +16,24 @@ public struct SendablePointer<T>: @unchecked Sendable {
 }
 
 public enum Parallel {
-    /// Default worker count: the machine's active processors, overridable with QUANTKIT_THREADS.
-    public static let defaultThreads: Int = {
-        if let s = ProcessInfo.processInfo.environment["QUANTKIT_THREADS"], let n = Int(s), n > 0 { return n }
-        return max(1, ProcessInfo.processInfo.activeProcessorCount)
-    }()
+    /// Default worker count: the machine's active processors unless `configure` set another.
+    public static var defaultThreads: Int {
+        let n = configuredThreads.load(ordering: .relaxed)
+        return n > 0 ? n : max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }
+
+    /// Whether parallel kernels may use the spinning worker pool (else GCD only, for comparisons).
+    public static var spinPoolEnabled: Bool { spinPoolSetting.load(ordering: .relaxed) }
+
+    private static let configuredThreads = Atomic<Int>(0)
+    private static let spinPoolSetting = Atomic<Bool>(true)
+
+    /// Sets the default worker count (nil: the machine's processors) and whether the spinning pool is used.
+    /// Call before the first parallel kernel runs: the pool is sized once, on first use.
+    public static func configure(threads: Int?, spinPool: Bool) {
+        configuredThreads.store(max(0, threads ?? 0), ordering: .relaxed)
+        spinPoolSetting.store(spinPool, ordering: .relaxed)
+    }
 
     /// Splits `0..<count` into at most `threads` contiguous ranges and runs `body` on each concurrently.
     /// Runs inline when one thread is asked for or the work is too small to pay for dispatch (~0.65 us a call).
@@ -66,10 +79,10 @@ private final class IndexCounter: Sendable {
 /// one starts within a microsecond. Participant 0 is the posting thread; every worker acknowledges every job
 /// (those past the job's participant count do nothing), so no worker can lag into the next job.
 final class SpinPool: @unchecked Sendable {
-    /// nil with one thread, or when QUANTKIT_SPIN_POOL=0 (GCD only, for comparisons).
+    /// nil with one thread, or when the pool is switched off (Parallel.configure).
     static let shared: SpinPool? = {
         let workers = Parallel.defaultThreads - 1
-        guard workers > 0, ProcessInfo.processInfo.environment["QUANTKIT_SPIN_POOL"] != "0" else { return nil }
+        guard workers > 0, Parallel.spinPoolEnabled else { return nil }
         return SpinPool(workers: workers)
     }()
 

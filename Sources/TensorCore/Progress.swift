@@ -1,49 +1,46 @@
 import Foundation
 
-/// Progress lines on stderr: "label  done/total  rate unit/s  ETA  extra". A terminal gets one line
-/// rewritten in place; a pipe gets a line at most every `interval` seconds.
-public final class ProgressReporter: @unchecked Sendable {
-    private let label: String
-    private let total: Int
-    private let unit: String
-    private let start = Date()
-    private var lastPrint = Date.distantPast
-    private let interval: TimeInterval
-    private let isTTY = isatty(2) != 0
-    private let enabled: Bool
-    private let lock = NSLock()
+/// What a long library run tells its caller while it works. Library code never writes to stderr: it sends these
+/// events to the observer it was given, and the CLI renders them (rate, ETA, throttling) or ignores them.
+public enum ProgressEvent: Sendable, Equatable {
+    /// `done` of `total` items of `task` (0: the task starts); `units` is the work measure a rate is computed on (tokens, say),
+    /// `unit` its name, `detail` a short running figure ("ppl 12.3456", a layer name).
+    case advanced(task: String, done: Int, total: Int, units: Int?, unit: String, detail: String)
+    /// A line the user should read: a warning or a note on what the run decided.
+    case note(String)
+}
 
-    public init(_ label: String, total: Int, unit: String = "items", interval: TimeInterval = 2.0,
-                enabled: Bool = ProcessInfo.processInfo.environment["QUANTKIT_QUIET"] == nil) {
-        self.label = label
-        self.total = total
-        self.unit = unit
-        self.interval = interval
-        self.enabled = enabled
-    }
+/// Receives a run's progress events; called from the run's own thread or, for parallel work, from several.
+public protocol ProgressObserver: Sendable {
+    func handle(_ event: ProgressEvent)
+}
 
-    /// `done` items of `total`; `units` is the work measure the rate is computed on (tokens, say).
-    public func update(done: Int, units: Int? = nil, extra: String = "") {
-        guard enabled else { return }
-        lock.lock(); defer { lock.unlock() }
-        let now = Date()
-        let finished = done >= total
-        guard finished || now.timeIntervalSince(lastPrint) >= (isTTY ? 0.2 : interval) else { return }
-        lastPrint = now
-        let elapsed = now.timeIntervalSince(start)
-        let rate = elapsed > 0 ? Double(units ?? done) / elapsed : 0
-        let eta = done > 0 ? elapsed * Double(total - done) / Double(done) : 0
-        let line = String(format: "%@ %d/%d  %.1f %@/s  ETA %@  %@", label, done, total, rate, unit,
-                          ProgressReporter.clock(eta), extra)
-        FileHandle.standardError.write(((isTTY ? "\r\u{1B}[K" : "") + line + (isTTY && !finished ? "" : "\n")).data(using: .utf8)!)
-    }
+extension ProgressObserver {
+    public func note(_ message: String) { handle(.note(message)) }
 
-    static func clock(_ s: Double) -> String {
-        let t = Int(s.rounded())
-        return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
+    /// A counter for one task of `total` items, reporting to this observer; announces the task (done 0) so the
+    /// observer's clock starts now.
+    public func task(_ name: String, total: Int, unit: String = "items") -> ProgressTask {
+        let t = ProgressTask(observer: self, name: name, total: total, unit: unit)
+        t.update(done: 0)
+        return t
     }
 }
 
-public func logInfo(_ message: String) {
-    FileHandle.standardError.write((message + "\n").data(using: .utf8)!)
+/// Ignores every event: the default for library calls and tests.
+public struct NoProgress: ProgressObserver {
+    public init() {}
+    public func handle(_ event: ProgressEvent) {}
+}
+
+/// One task's progress: items done of a fixed total.
+public struct ProgressTask: Sendable {
+    public let observer: any ProgressObserver
+    public let name: String
+    public let total: Int
+    public let unit: String
+
+    public func update(done: Int, units: Int? = nil, detail: String = "") {
+        observer.handle(.advanced(task: name, done: done, total: total, units: units, unit: unit, detail: detail))
+    }
 }

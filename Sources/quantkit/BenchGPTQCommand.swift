@@ -94,7 +94,7 @@ extension BenchGPTQCommand {
         let options = ModelQuantizationOptions(
             method: .gptq, scheme: try QuantScheme(bits: bits, symmetric: false, groupSize: groupSize), actOrder: actOrder)
         let c0 = cpuSeconds()
-        let r = try ModelQuantizer.quantize(model: model, windows: windows, options: options, log: { _ in })
+        let r = try ModelQuantizer.quantize(model: model, windows: windows, options: options)
         let cpu = cpuSeconds() - c0
         var byShape: [String: [Double]] = [:]
         for rep in r.reports { byShape["\(rep.outFeatures)x\(rep.inFeatures)", default: []].append(rep.seconds) }

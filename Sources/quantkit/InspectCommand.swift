@@ -66,11 +66,3 @@ struct InspectCommand: ParsableCommand {
         return false
     }
 }
-
-/// Prints an error as one line on stderr and exits 1, instead of a stack trace.
-func runReportingErrors(_ body: () throws -> Void) throws {
-    do { try body() } catch let e as ExitCode { throw e } catch {
-        FileHandle.standardError.write("error: \(error)\n".data(using: .utf8)!)
-        throw ExitCode(1)
-    }
-}

@@ -116,13 +116,8 @@ struct LayersCommand: ParsableCommand {
                 low = try LayersCommand.rtnWeights(m, scheme: s)
                 defaultBits = s.bits; groupSize = s.groupSize; source = "rtn " + s.label
             }
-            var reporters: [String: ProgressReporter] = [:]
             let rep = try LayerSensitivity.analyze(model: m, quantized: low, calibration: cal, ctx: ctx, calibrationWindows: windows,
-                                                   heldout: held, heldoutChunks: chunks) { stage, done, total in
-                let r = reporters[stage] ?? ProgressReporter("layers \(stage)", total: total, unit: stage == "effects" ? "ppl runs" : "windows")
-                reporters[stage] = r
-                r.update(done: done)
-            }
+                                                   heldout: held, heldoutChunks: chunks, progress: Console.progress)
             var shapes: [String: (out: Int, in: Int)] = [:]
             for n in low.keys { if let l = m.blocks.first(where: { n.hasPrefix($0.prefix) })?.linear(named: n) { shapes[n] = (l.outFeatures, l.inFeatures) } }
             let bpw = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize).bitsPerWeight(modules: shapes)

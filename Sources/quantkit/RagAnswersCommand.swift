@@ -120,11 +120,11 @@ struct RagAnswersCommand: ParsableCommand {
             // everything its prompts contain.
             if !oracleContext, let r = retriever, FileManager.default.fileExists(atPath: r + "/config.json") {
                 try ModelLoading.checkCalibrationOverlap(model: r, texts: qs.map(\.question), corpus: dataset + " questions",
-                                                         allow: allowOverlap)
+                                                         allow: allowOverlap, progress: Console.progress)
             }
             if let q = generatorQuantized, FileManager.default.fileExists(atPath: q + "/config.json") {
                 let prompts = (squad.contexts + qs.map(\.question)).joined(separator: "\n")
-                try ModelLoading.checkCalibrationOverlap(model: q, text: prompts, corpus: dataset, allow: allowOverlap)
+                try ModelLoading.checkCalibrationOverlap(model: q, text: prompts, corpus: dataset, allow: allowOverlap, progress: Console.progress)
             }
             // Passages per question.
             var contexts: [[String]]
@@ -147,25 +147,25 @@ struct RagAnswersCommand: ParsableCommand {
             floatModel.threads = th
             let floatGen = EngineAnswerGenerator(name: "float", model: floatModel, tokenizer: tok)
             let base = try AnswerEvaluation.run(floatGen, questions: qs, contexts: contexts, maxTokens: maxTokens,
-                                                progress: ProgressReporter("answers float", total: qs.count, unit: "q"))
+                                                progress: Console.progress.task("answers float", total: qs.count, unit: "q"))
             var runs: [(AnswerRunSummary, EngineAnswerGenerator)] = [(base, floatGen)]
             if let q = generatorQuantized {
                 let qm = try loadGenerator(quantized: q)
                 qm.threads = th
                 let g = EngineAnswerGenerator(name: q, model: qm, tokenizer: tok)
                 runs.append((try AnswerEvaluation.run(g, questions: qs, contexts: contexts, maxTokens: maxTokens,
-                                                      progress: ProgressReporter("answers \(q)", total: qs.count, unit: "q")), g))
+                                                      progress: Console.progress.task("answers \(q)", total: qs.count, unit: "q")), g))
             }
             var sim: NPUSimulator?
             if npu.isNPU {
                 let nm = try loadGenerator(quantized: generatorQuantized)
                 nm.threads = th
-                let s = try NPUModelSetup.apply(to: nm, tokenizer: tok, options: npu, window: 256)
+                let s = try NPUModelSetup.apply(to: nm, tokenizer: tok, settings: npu.settings!, window: 256, progress: Console.progress)
                 sim = s
                 let label = "npu-w\(s.config.weightBits)a8" + (generatorQuantized.map { "(\($0))" } ?? "")
                 let g = EngineAnswerGenerator(name: label, model: nm, tokenizer: tok)
                 runs.append((try AnswerEvaluation.run(g, questions: qs, contexts: contexts, maxTokens: maxTokens,
-                                                      progress: ProgressReporter("answers \(label)", total: qs.count, unit: "q")), g))
+                                                      progress: Console.progress.task("answers \(label)", total: qs.count, unit: "q")), g))
             }
             print("dataset \(dataset): \(qs.count) questions (\(qs.filter { !$0.isImpossible }.count) answerable); context: "
                   + (oracleContext ? "gold paragraph" : "top-\(topK) retrieved (gold paragraph retrieved for \(String(format: "%.1f%%", 100 * (retrievalHit ?? 0))))"))
@@ -185,7 +185,7 @@ struct RagAnswersCommand: ParsableCommand {
                 o["backend"] = sim != nil && i == runs.count - 1 ? "npu" : "cpu"
                 o["quantization"] = try RagQuantization.summary(i == 1 ? generatorQuantized : nil)
                 if let sim, i == runs.count - 1 {
-                    o.merge(NPUModelSetup.fields(sim, calibration: npu.npuCalibration ?? NPUModelSetup.defaultCalibration)) { $1 }
+                    o.merge(try JSONBridge.dictionary(NPURunSummary(sim, calibration: npu.npuCalibration ?? NPUBackendSettings.defaultCalibration))) { $1 }
                 }
                 out.append(o)
                 if g.truncatedPrompts > 0 { logInfo("note: \(r.name): \(g.truncatedPrompts) prompts longer than the model's positions were shortened in the middle") }

@@ -20,10 +20,10 @@ enum RagQuantization {
         guard let spec else { return NSNull() }
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue {
-            return try GPTQCheckpoint.quantizationSummary(spec) ?? NSNull()
+            return try GPTQCheckpoint.quantizationSummary(spec).map(JSONBridge.object) ?? NSNull()
         }
         let s = try EmbedderQuantSpec.parseRTN(spec)
-        return ["method": "rtn", "bits": s.bits, "group_size": s.groupSize, "sym": s.symmetric, "act_order": false] as [String: Any]
+        return try JSONBridge.object(QuantizationSummary(rtnBits: s.bits, groupSize: s.groupSize, sym: s.symmetric))
     }
 }
 

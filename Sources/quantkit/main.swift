@@ -22,4 +22,5 @@ struct QuantKitCommand: ParsableCommand {
     )
 }
 
+Console.applyEnvironment()
 QuantKitCommand.main()

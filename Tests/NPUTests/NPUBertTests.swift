@@ -68,7 +68,6 @@ final class NPUBertTests: XCTestCase {
             let sim = try NPUSimulator.calibrate(encoder: float, config: cfg, texts: calib)
             XCTAssertEqual(sim.ranges.count, 36, "6 layers x 6 linears calibrated")
             XCTAssertTrue(float.model.ops is BertFloatOps && float.model.observer == nil, "calibration restores the float model")
-            sim.fallbacks.quiet = true
             let model = try sim.makeBert(directory: dir)
             let npu = BertSentenceEncoder(model: model, pooling: float.pooling)
             var st2 = BertSentenceEncoder.Stats()
@@ -108,7 +107,6 @@ final class NPUBertTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("calibration too small") && "\(e)".contains("passages"), "\(e)")
         }
         let sim = try NPUSimulator.calibrate(encoder: float, config: NPUConfig(), texts: calib)
-        sim.fallbacks.quiet = true
         let missing = "encoder.layer.2.intermediate.dense"
         let backend = NPULinearBackend(config: sim.config, ranges: sim.ranges.filter { $0.key != missing }, log: sim.fallbacks)
         let m = try BertModel(directory: dir, backend: backend)

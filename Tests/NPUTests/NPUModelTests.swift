@@ -44,7 +44,6 @@ final class NPUModelTests: XCTestCase {
         let model = try LlamaModel.load(path: Self.modelPath)
         let cfg = try NPUConfig.parse(Data(json.utf8), source: "test")
         let sim = try NPUSimulator.calibrate(model: model, config: cfg, calibrationTokens: Self.calibTokens)
-        sim.fallbacks.quiet = true
         try sim.apply(to: model)
         return (perplexity(model, Self.evalTokens), sim)
     }
@@ -121,7 +120,6 @@ final class NPUModelTests: XCTestCase {
         }
         // A module without calibration falls back to float, with the reason counted.
         let sim = try NPUSimulator.calibrate(model: model, config: NPUConfig(), calibrationTokens: Array(Self.calibTokens[0..<64]))
-        sim.fallbacks.quiet = true
         let backend = NPULinearBackend(config: sim.config, ranges: sim.ranges.filter { $0.key != "model.layers.0.mlp.up_proj" },
                                        log: sim.fallbacks)
         let m2 = try LlamaModel.load(path: Self.modelPath, backend: backend)

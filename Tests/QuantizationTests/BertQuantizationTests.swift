@@ -53,7 +53,7 @@ final class BertQuantizationTests: XCTestCase {
                    calib: [[Int32]]) throws -> (BertModel, ModelQuantizer.Result, ModelQuantizationOptions) {
         let model = try BertModel(directory: dir)
         let opts = ModelQuantizationOptions(method: method, scheme: scheme, actOrder: actOrder)
-        let r = try ModelQuantizer.quantize(bert: model, sequences: method == .gptq ? calib : [], options: opts, threads: 2, log: { _ in })
+        let r = try ModelQuantizer.quantize(bert: model, sequences: method == .gptq ? calib : [], options: opts, threads: 2)
         return (model, r, opts)
     }
 

@@ -46,7 +46,7 @@ final class ModelQuantizationTests: XCTestCase {
             let model = try tinyModel()
             let opts = ModelQuantizationOptions(method: method, scheme: try QuantScheme(bits: 4, symmetric: false, groupSize: 32, minZero: 1),
                                                 actOrder: method == .gptq)
-            let r = try ModelQuantizer.quantize(model: model, windows: calib, options: opts, log: { _ in })
+            let r = try ModelQuantizer.quantize(model: model, windows: calib, options: opts)
             XCTAssertEqual(r.layers.count, 14)
             if method == .gptq { XCTAssertTrue(r.reports.allSatisfy { ($0.gptqLoss ?? -1) >= 0 }) }
             let inMemory = try heldOut.map { try model.logits($0) }
@@ -69,7 +69,7 @@ final class ModelQuantizationTests: XCTestCase {
         var opts = ModelQuantizationOptions(method: .gptq, scheme: try QuantScheme(bits: 4, symmetric: true, groupSize: 32))
         opts.overrides = [("down_proj", 8)]
         opts.skip = ["layers.0."]
-        let r = try ModelQuantizer.quantize(model: model, windows: windows(4, 32, seed: 3), options: opts, log: { _ in })
+        let r = try ModelQuantizer.quantize(model: model, windows: windows(4, 32, seed: 3), options: opts)
         XCTAssertEqual(r.layers.map(\.0).filter { $0.contains("layers.0.") }, [])
         XCTAssertEqual(r.layers.count, 7)
         for (name, q) in r.layers { XCTAssertEqual(q.bits, name.hasSuffix("down_proj") ? 8 : 4, name) }

@@ -4,10 +4,10 @@ import Quantization
 import TensorCore
 import Tokenization
 
-/// Shared by generate / perplexity / convert: find and load a model and its tokenizer.
-enum ModelLoading {
+/// Finds and loads a model (float checkpoint or quantized directory) and its tokenizer, for every run and command.
+public enum ModelLoading {
     /// Loads a float checkpoint (HF dir or llama2.c .bin) or a GPTQ-format directory (quantized kernels).
-    static func loadModel(_ path: String) throws -> LlamaModel {
+    public static func loadModel(_ path: String) throws -> LlamaModel {
         if GPTQCheckpoint.isGPTQ(path) {
             return try LlamaModel.load(path: path, backend: try QuantizedLinearBackend(directory: path))
         }
@@ -16,7 +16,7 @@ enum ModelLoading {
 
     /// Storage bits per weight of the transformer blocks' linear layers (what quantization changes): codes plus
     /// per-group float16 scales and integer zero points for quantized layers, the stored dtype for float ones.
-    static func blockLinearBitsPerWeight(_ m: LlamaModel) -> Double? {
+    public static func blockLinearBitsPerWeight(_ m: LlamaModel) -> Double? {
         var bits = 0.0, weights = 0.0
         for block in m.blocks {
             for name in block.linearGroups.joined() {
@@ -38,29 +38,32 @@ enum ModelLoading {
 
     /// A quantized checkpoint records its calibration text's n-gram fingerprint; evaluating on text that
     /// overlaps it would flatter the quantized model. Refuses above 10% overlap unless allowed (then warns).
-    static func checkCalibrationOverlap(model: String, text: String, corpus: String, allow: Bool) throws {
+    public static func checkCalibrationOverlap(model: String, text: String, corpus: String, allow: Bool,
+                                               progress: any ProgressObserver = NoProgress()) throws {
         guard let fp = try CalibrationFingerprint.read(checkpoint: model) else { return }
-        try refuseOverlap(fp.overlap(with: text), model: model, corpus: corpus, allow: allow)
+        try refuseOverlap(fp.overlap(with: text), model: model, corpus: corpus, allow: allow, progress: progress)
     }
 
     /// The same check for many short texts (retrieval queries), each text's n-grams on its own.
-    static func checkCalibrationOverlap(model: String, texts: [String], corpus: String, allow: Bool) throws {
+    public static func checkCalibrationOverlap(model: String, texts: [String], corpus: String, allow: Bool,
+                                               progress: any ProgressObserver = NoProgress()) throws {
         guard let fp = try CalibrationFingerprint.read(checkpoint: model) else { return }
-        try refuseOverlap(fp.overlap(withTexts: texts), model: model, corpus: corpus, allow: allow)
+        try refuseOverlap(fp.overlap(withTexts: texts), model: model, corpus: corpus, allow: allow, progress: progress)
     }
 
-    private static func refuseOverlap(_ overlap: Double, model: String, corpus: String, allow: Bool) throws {
+    private static func refuseOverlap(_ overlap: Double, model: String, corpus: String, allow: Bool,
+                                      progress: any ProgressObserver) throws {
         guard overlap > 0.1 else { return }
         let msg = String(format: "%@ overlaps the calibration text of %@ (%.0f%% of its 8-grams were seen in calibration)",
                          corpus, model, overlap * 100)
         if !allow { throw QuantKitError(.input, msg + "; evaluate on other text or pass --allow-overlap") }
-        logInfo("warning: " + msg)
+        progress.note("warning: " + msg)
     }
 
     /// The tokenizer file: --tokenizer if given; else one in the model directory (tokenizer.json, tokenizer.model,
     /// tokenizer.bin, tok*.model); else, for a llama2.c file, a tok512.model beside it or the shipped
     /// Tokenizers/tok512/tok512.model.
-    static func tokenizerPath(model: String, explicit: String?) throws -> String {
+    public static func tokenizerPath(model: String, explicit: String?) throws -> String {
         if let t = explicit { return t }
         let fm = FileManager.default
         var isDir: ObjCBool = false
@@ -76,7 +79,7 @@ enum ModelLoading {
         throw QuantKitError(.input, "\(model): no tokenizer found beside the model; pass --tokenizer FILE")
     }
 
-    static func loadTokenizer(_ path: String) throws -> any Tokenizer {
+    public static func loadTokenizer(_ path: String) throws -> any Tokenizer {
         let data = try readMaybeCompressed(path)
         do { return try TokenizerLoader.load(data: data, fileName: path) } catch let e as TokenizerError {
             throw QuantKitError(.format, e.description)
@@ -85,14 +88,14 @@ enum ModelLoading {
 
     /// Tokenizer id for reports: its kind plus the file's hash prefix. Content, not file name, identifies it:
     /// a quantized directory carries the same tokenizer under another name and must still compare.
-    static func tokenizerLabel(_ tok: any Tokenizer, path: String) throws -> String {
+    public static func tokenizerLabel(_ tok: any Tokenizer, path: String) throws -> String {
         let sha = Digest.sha256(try readMaybeCompressed(path))
         let kind = tok.name.split(separator: ":").first.map(String.init) ?? tok.name
         return "\(kind)@\(sha.prefix(12))"
     }
 
     /// Errors when the tokenizer cannot address the model's embedding rows.
-    static func checkVocab(_ tok: any Tokenizer, model: LlamaModel, tokenizerPath: String) throws {
+    public static func checkVocab(_ tok: any Tokenizer, model: LlamaModel, tokenizerPath: String) throws {
         if tok.vocabSize != model.config.vocabSize {
             throw QuantKitError(.input, "tokenizer \(tokenizerPath) has \(tok.vocabSize) tokens but the model's embedding has \(model.config.vocabSize) rows")
         }

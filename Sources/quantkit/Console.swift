@@ -1,0 +1,83 @@
+import ArgumentParser
+import Foundation
+import Models
+import TensorCore
+
+/// Everything the CLI says on stderr: progress lines rendered from the library's events, notes, one-line errors;
+/// and the QUANTKIT_* environment variables mapped onto library settings (libraries never read the environment).
+enum Console {
+    static let environment = ProcessInfo.processInfo.environment
+
+    /// The observer every run gets: "task  done/total  rate unit/s  ETA  detail" lines; QUANTKIT_QUIET silences them.
+    static let progress = StderrProgress(enabled: environment["QUANTKIT_QUIET"] == nil)
+
+    /// QUANTKIT_THREADS (worker count), QUANTKIT_SPIN_POOL=0 (GCD instead of the spinning pool),
+    /// QUANTKIT_PREPACK=0 (no GEMM panel packing): applied before any command runs.
+    static func applyEnvironment() {
+        let threads = environment["QUANTKIT_THREADS"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil }
+        Parallel.configure(threads: threads, spinPool: environment["QUANTKIT_SPIN_POOL"] != "0")
+        DenseLinear.prepackEnabled = environment["QUANTKIT_PREPACK"] != "0"
+    }
+
+    /// QUANTKIT_EMBEDDER, tried before the installed PyPI package.
+    static var embedderOverride: String? { environment["QUANTKIT_EMBEDDER"] }
+
+    /// $XDG_CACHE_HOME, else ~/.cache.
+    static var cacheRoot: String { environment["XDG_CACHE_HOME"] ?? ((environment["HOME"] ?? NSTemporaryDirectory()) + "/.cache") }
+}
+
+/// One line on stderr.
+func logInfo(_ message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+}
+
+/// Prints an error as one line on stderr and exits 1, instead of a stack trace.
+func runReportingErrors(_ body: () throws -> Void) throws {
+    do { try body() } catch let e as ExitCode { throw e } catch {
+        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+/// Renders progress events on stderr: a terminal gets one line per task rewritten in place; a pipe gets a line at
+/// most every `interval` seconds per task, and always the last. Notes print as they come.
+final class StderrProgress: ProgressObserver, @unchecked Sendable {
+    private struct TaskClock { var start: Date; var lastPrint: Date }
+    private let enabled: Bool
+    private let interval: TimeInterval
+    private let isTTY = isatty(2) != 0
+    private let lock = NSLock()
+    private var clocks: [String: TaskClock] = [:]
+
+    init(enabled: Bool, interval: TimeInterval = 2.0) {
+        self.enabled = enabled
+        self.interval = interval
+    }
+
+    func handle(_ event: ProgressEvent) {
+        switch event {
+        case .note(let message):
+            logInfo(message)
+        case let .advanced(task, done, total, units, unit, detail):
+            guard enabled else { return }
+            lock.lock(); defer { lock.unlock() }
+            let now = Date()
+            if done == 0 { clocks[task] = TaskClock(start: now, lastPrint: .distantPast); return }
+            var clock = clocks[task] ?? TaskClock(start: now, lastPrint: .distantPast)
+            let finished = done >= total
+            defer { clocks[task] = finished ? nil : clock }
+            guard finished || now.timeIntervalSince(clock.lastPrint) >= (isTTY ? 0.2 : interval) else { return }
+            clock.lastPrint = now
+            let elapsed = now.timeIntervalSince(clock.start)
+            let rate = elapsed > 0 ? Double(units ?? done) / elapsed : 0
+            let eta = done > 0 ? elapsed * Double(total - done) / Double(done) : 0
+            let line = String(format: "%@ %d/%d  %.1f %@/s  ETA %@  %@", task, done, total, rate, unit, Self.clock(eta), detail)
+            FileHandle.standardError.write(Data(((isTTY ? "\r\u{1B}[K" : "") + line + (isTTY && !finished ? "" : "\n")).utf8))
+        }
+    }
+
+    static func clock(_ s: Double) -> String {
+        let t = Int(s.rounded())
+        return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
+    }
+}
