@@ -113,7 +113,8 @@ extension ResultValue: Encodable {
     }
 }
 
-/// Encodable values as Foundation JSON objects, for the result bodies still assembled as dictionaries.
+/// Encodable values as Foundation JSON objects, for the result bodies still assembled as dictionaries. Goes through
+/// Foundation's JSON parser, which can move a double by an ulp: not for figures (write typed reports instead).
 public enum JSONBridge {
     public static func object<T: Encodable>(_ value: T) throws -> Any {
         let enc = JSONEncoder()
@@ -145,16 +146,14 @@ public enum ResultKind: String, Sendable, CaseIterable {
     }
 }
 
-/// The schema versions this build reads (and writes as `current`). A newer file gets an error saying which
-/// QuantKit schema it needs.
-/// - 1: the first; older files cannot exist.
-/// - 2: perplexity results add `quantization` (the quantized checkpoint's method and settings, see
-///   GPTQCheckpoint.quantizationSummary; null for a float model), and with --kld-base `segments` (an array of
-///   SegmentDelta.json: per document, window-position bucket and token-frequency class, each group worst first)
-///   and `segment_rules` (how tokens were assigned). Version 1 files still read: they have no segments, and
-///   their quantization method is unknown.
+/// The schema versions this build reads (and writes as `current`); docs/RESULTS.md describes every key of the current
+/// version. A newer file gets an error saying which QuantKit schema it needs.
+/// - 1: the first.
+/// - 2: perplexity results add `quantization` and, with --kld-base, `segments` and `segment_rules`.
+/// - 3: every command's result goes through ResultEnvelope (schema_version, kind, tool, created, command); the
+///   per-command `command: "quantize"`-style names became `kind`.
 public enum ResultSchema {
-    public static let current = 2
+    public static let current = 3
     public static let oldestReadable = 1
 }
 
@@ -552,13 +551,20 @@ public struct ResultEnvelope: Sendable {
         self.kind = kind; self.command = command; self.created = created; self.bitsPerWeight = bitsPerWeight
     }
 
-    public var fields: [String: Any] {
+    /// UTC, ISO 8601.
+    var createdText: String {
         let fmt = ISO8601DateFormatter()
         fmt.timeZone = TimeZone(identifier: "UTC")
+        return fmt.string(from: created)
+    }
+
+    /// The command line, arguments holding spaces quoted.
+    var commandText: String { command.map { $0.contains(" ") ? "'\($0)'" : $0 }.joined(separator: " ") }
+
+    public var fields: [String: Any] {
         var f: [String: Any] = ["schema_version": ResultSchema.current, "kind": kind,
                                 "tool": ["name": "quantkit", "version": ResultEnvelope.toolVersion],
-                                "created": fmt.string(from: created),
-                                "command": command.map { $0.contains(" ") ? "'\($0)'" : $0 }.joined(separator: " ")]
+                                "created": createdText, "command": commandText]
         if let b = bitsPerWeight { f["bits_per_weight"] = b }
         return f
     }
@@ -580,17 +586,54 @@ public struct ResultEnvelope: Sendable {
         return d
     }
 
+    /// Encodes the body and the envelope's fields into one object with JSONEncoder alone: Foundation's JSON parser
+    /// on Linux rounds some doubles to a neighbouring value (0.9999835850592672 reads back as ...671), so a typed
+    /// report never goes through it.
     public func data<T: Encodable>(_ body: T) throws -> Data {
         let enc = JSONEncoder()
         enc.nonConformingFloatEncodingStrategy = .throw
-        let raw = try enc.encode(body)
-        guard let obj = try JSONSerialization.jsonObject(with: raw) as? [String: Any] else {
-            throw QuantKitError(.input, "result body for \(kind) must encode to a JSON object")
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        var d: Data
+        do { d = try enc.encode(Enveloped(envelope: self, body: body)) } catch let e as EncodingError {
+            if case .invalidValue(let v, let ctx) = e {
+                let path = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+                throw QuantKitError(.numeric, "result for \(kind): \(path.isEmpty ? "the body" : path) holds \(v), which JSON cannot represent")
+            }
+            throw QuantKitError(.input, "result for \(kind) cannot be written as JSON: \(e)")
         }
-        return try data(obj)
+        d.append(0x0A)
+        return d
     }
 
     /// Writes the result atomically.
     public func write(_ body: [String: Any], to path: String) throws { try AtomicFile.write(try data(body), to: path) }
     public func write<T: Encodable>(_ body: T, to path: String) throws { try AtomicFile.write(try data(body), to: path) }
+}
+
+/// A typed report with the envelope's keys beside its own. JSONEncoder keeps the last value written for a key, so
+/// the body's keys win over the envelope's, except schema_version and kind, written last.
+private struct Enveloped<Body: Encodable>: Encodable {
+    let envelope: ResultEnvelope
+    let body: Body
+
+    struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ s: String) { stringValue = s }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    func encode(to encoder: Encoder) throws {
+        let e = envelope
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(["name": "quantkit", "version": ResultEnvelope.toolVersion], forKey: Key("tool"))
+        try c.encode(e.createdText, forKey: Key("created"))
+        try c.encode(e.commandText, forKey: Key("command"))
+        try c.encodeIfPresent(e.bitsPerWeight, forKey: Key("bits_per_weight"))
+        try body.encode(to: encoder)
+        var last = encoder.container(keyedBy: Key.self)
+        try last.encode(ResultSchema.current, forKey: Key("schema_version"))
+        try last.encode(e.kind, forKey: Key("kind"))
+    }
 }

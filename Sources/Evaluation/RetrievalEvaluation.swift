@@ -126,9 +126,6 @@ public enum RetrievalEvaluation {
                             comparisons: [RetrievalComparison], extra: [String: Any]) -> [String: Any] {
         let texts = Dictionary(uniqueKeysWithValues: ds.queries.map { ($0.id, $0.text) })
         var out: [String: Any] = [
-            "schema_version": 1,
-            "kind": "rag_retrieval",
-            "command": "rag retrieval",
             "dataset": [
                 "path": datasetPath, "dataset_name": (datasetPath as NSString).lastPathComponent, "split": ds.split,
                 "corpus_sha256": ds.sources[0].sha256, "queries_sha256": ds.sources[1].sha256, "qrels_sha256": ds.sources[2].sha256,

@@ -70,9 +70,9 @@ struct BenchGPTQCommand: ParsableCommand {
                              "gptq_cpu_s": qc, "loss": loss])
             }
             if let json {
-                let o: [String: Any] = ["schema_version": 1, "benchmark": "gptq", "bits": bits, "group_size": groupSize,
+                let o: [String: Any] = ["benchmark": "gptq", "bits": bits, "group_size": groupSize,
                                         "act_order": actOrder, "threads": Parallel.defaultThreads, "results": rows]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "bench_gptq").write(o, to: json)
             }
         }
     }
@@ -118,11 +118,11 @@ extension BenchGPTQCommand {
             print("wrote \(output)")
         }
         if let json {
-            let o: [String: Any] = ["schema_version": 1, "benchmark": "gptq-model", "model_shape": shape.name, "bits": bits,
+            let o: [String: Any] = ["benchmark": "gptq-model", "model_shape": shape.name, "bits": bits,
                                     "group_size": groupSize, "act_order": actOrder, "samples": samples, "seqlen": seqlen,
                                     "threads": model.threads, "total_s": r.seconds, "cpu_s": cpu, "peak_rss_mib": rss,
                                     "per_layer": rows]
-            try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
+            try ResultEnvelope(kind: "bench_gptq").write(o, to: json)
         }
     }
 }
@@ -195,9 +195,9 @@ struct BenchQuantEvalCommand: ParsableCommand {
                 out.append(["model": q, "ppl": qr.ppl, "qerror": qe, "mean_kld": kld / Double(n), "same_top": Double(same) / Double(n)])
             }
             if let json {
-                let o: [String: Any] = ["schema_version": 1, "benchmark": "quant-eval", "base": base, "base_ppl": br.ppl, "protocol": "llamacpp",
+                let o: [String: Any] = ["benchmark": "quant-eval", "base": base, "base_ppl": br.ppl, "protocol": "llamacpp",
                                         "ctx": ctx, "tokens_scored": br.tokensScored, "results": out]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "bench_gptq").write(o, to: json)
             }
         }
     }

@@ -1,3 +1,4 @@
+import Evaluation
 import ArgumentParser
 import Foundation
 import Kernels
@@ -24,7 +25,7 @@ struct BenchKernelsCommand: ParsableCommand {
         guard threads > 0, reps > 0 else { throw ValidationError("--threads and --reps must be positive") }
         let gemm = try parseShapes(shapes, parts: 3, flag: "--shapes")
         let gemv = try parseShapes(gemvShapes, parts: 2, flag: "--gemv-shapes")
-        var result: [String: Any] = ["schema_version": 1, "threads": threads, "reps": reps,
+        var result: [String: Any] = ["threads": threads, "reps": reps,
                                      "machine": ProcessInfo.processInfo.hostName,
                                      "processors": ProcessInfo.processInfo.activeProcessorCount]
 
@@ -104,8 +105,7 @@ struct BenchKernelsCommand: ParsableCommand {
         result["attention"] = arows
 
         if let json {
-            let data = try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys])
-            try AtomicFile.write(data, to: json)
+            try ResultEnvelope(kind: "bench_kernels").write(result, to: json)
         }
     }
 

@@ -1,3 +1,4 @@
+import Evaluation
 import ArgumentParser
 import Foundation
 import Kernels
@@ -103,9 +104,9 @@ struct BenchNpuCommand: ParsableCommand {
                         "npu_tokens_per_second": n / tNPU, "npu_over_float_time": tNPU / tFloat]
         }
         if let json {
-            let obj: [String: Any] = ["schema_version": 1, "benchmark": "npu", "threads": threads, "reps": reps, "results": rows,
+            let obj: [String: Any] = ["benchmark": "npu", "threads": threads, "reps": reps, "results": rows,
                                       "model": modelRow]
-            try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+            try ResultEnvelope(kind: "bench_npu").write(obj, to: json)
         }
     }
 }

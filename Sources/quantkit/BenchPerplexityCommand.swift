@@ -171,9 +171,9 @@ struct BenchPerplexityCommand: ParsableCommand {
             let rssMiB = Double(ru.ru_maxrss) / 1024
             print(String(format: "peak RSS %.1f MiB", rssMiB))
             if let j = json {
-                let obj: [String: Any] = ["schema_version": 1, "benchmark": "perplexity", "results": rows, "peak_rss_mib": rssMiB,
+                let obj: [String: Any] = ["benchmark": "perplexity", "results": rows, "peak_rss_mib": rssMiB,
                                           "timings": [String: Double]()]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: j)
+                try ResultEnvelope(kind: "bench_perplexity").write(obj, to: j)
             }
         }
     }

@@ -1,3 +1,4 @@
+import Evaluation
 import ArgumentParser
 import Foundation
 import TensorCore
@@ -18,7 +19,7 @@ struct BenchTokenizeCommand: ParsableCommand {
     var threads = Parallel.defaultThreads
     @Flag(help: "Skip the Python reference measurement.")
     var noPython = false
-    @Option(help: "Write a JSON result (schema_version 1) to this path.")
+    @Option(help: "Write the JSON result (docs/RESULTS.md) to this path.")
     var json: String?
 
     static let tokenizers = [("gpt2", "Tokenizers/gpt2/tokenizer.json.zst"),
@@ -78,11 +79,11 @@ struct BenchTokenizeCommand: ParsableCommand {
                 }
             }
             if let json {
-                var out: [String: Any] = ["schema_version": 1, "command": "bench tokenize", "corpus": corpus,
+                var out: [String: Any] = ["corpus": corpus,
                                           "bytes": raw.count, "lines": lines.count, "threads": threads,
                                           "repeats": repeats, "unit": "MB/s", "quantkit": results]
                 if let python { out["python"] = python }
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: out, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "bench_tokenize").write(out, to: json)
             }
         }
     }

@@ -1,3 +1,4 @@
+import Evaluation
 import ArgumentParser
 import Foundation
 import Models
@@ -29,9 +30,9 @@ struct ConvertCommand: ParsableCommand {
             try HFExport.write(config: cfg, source: weights, dtype: dt, to: output, copyFiles: copies)
             print("wrote \(output): config.json, model.safetensors (\(dt.rawValue))" + (copies.isEmpty ? "" : ", \(copies[0].name)"))
             if let j = json {
-                let obj: [String: Any] = ["schema_version": 1, "input": llama2c, "output": output, "dtype": dt.rawValue,
+                let obj: [String: Any] = ["input": llama2c, "output": output, "dtype": dt.rawValue,
                                           "tokenizer": tokenizer ?? NSNull(), "timings": [String: Double]()]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: j)
+                try ResultEnvelope(kind: "convert").write(obj, to: j)
             }
         }
     }

@@ -35,10 +35,10 @@ struct GenerateCommand: ParsableCommand {
             print(prompt + text)
             logInfo(String(format: "%d tokens in %.3f s (%.1f tok/s)", out.count, secs, Double(out.count) / max(secs, 1e-9)))
             if let j = json {
-                let obj: [String: Any] = ["schema_version": 1, "model": model, "tokenizer": try ModelLoading.tokenizerLabel(tok, path: tokPath),
+                let obj: [String: Any] = ["model": model, "tokenizer": try ModelLoading.tokenizerLabel(tok, path: tokPath),
                                           "prompt": prompt, "prompt_tokens": ids.map { Int($0) }, "tokens": out.map { Int($0) },
                                           "text": text, "timings": ["seconds": secs]]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: j)
+                try ResultEnvelope(kind: "generate").write(obj, to: j)
             }
         }
     }

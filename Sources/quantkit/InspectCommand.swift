@@ -1,3 +1,4 @@
+import Evaluation
 import ArgumentParser
 import Foundation
 import Models
@@ -8,12 +9,12 @@ struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show a checkpoint's tensors or a tokenizer's type.")
     @Argument(help: "A .safetensors file, a checkpoint directory, a llama2.c .bin, or a tokenizer (tokenizer.json, .model, tokenizer .bin).")
     var path: String
-    @Option(help: "Write a JSON result (schema_version 1) to this path.")
+    @Option(help: "Write the JSON result (docs/RESULTS.md) to this path.")
     var json: String?
 
     func run() throws {
         try runReportingErrors {
-            var result: [String: Any] = ["schema_version": 1, "kind": "inspect", "path": path]
+            var result: [String: Any] = ["path": path]
             if isTokenizerFile(path) {
                 let tok = try TokenizerLoader.load(data: try readMaybeCompressed(path), fileName: path)
                 print("tokenizer: \(tok.name)  type: \(type(of: tok))  vocabulary: \(tok.vocabSize)  adds BOS: \(tok.addsBOS)"
@@ -52,7 +53,7 @@ struct InspectCommand: ParsableCommand {
                 result["bytes"] = bytes
             }
             if let json {
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "inspect").write(result, to: json)
             }
         }
     }

@@ -153,11 +153,11 @@ struct LayersCommand: ParsableCommand {
                                                                              chunks: chunks, target: targetQerror! / 100, defaultBits: defaultBits, groupSize: groupSize)
                     if measured! > targetQerror! / 100 { print("note: even with every module at 8 bits or float the QError target is not met") }
                 }
-                var extra: [String: Any] = ["schema_version": ResultSchema.current, "kind": "plan", "model": model, "source": source,
+                var extra: [String: Any] = ["model": model, "source": source,
                                             "target": targetBits.map { ["bits_per_weight": $0] } ?? ["qerror": targetQerror! / 100]]
                 if let q = measured { extra["measured_qerror"] = q }
                 let body = p.json(modules: shapes, extra: extra)
-                try AtomicFile.write(JSONSerialization.data(withJSONObject: body, options: [.prettyPrinted, .sortedKeys]), to: planOut)
+                try ResultEnvelope(kind: "plan").write(body, to: planOut)
                 let size = p.bitsPerWeight(modules: shapes) * Double(shapes.values.reduce(0) { $0 + $1.out * $1.in }) / 8
                 print(String(format: "plan: %d modules kept at higher precision, %.3f bits/weight (%.0f bytes of linear weights)%@ -> %@",
                              p.overrides.count, p.bitsPerWeight(modules: shapes), size,

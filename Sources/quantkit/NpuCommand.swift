@@ -1,3 +1,4 @@
+import Evaluation
 import ArgumentParser
 import Foundation
 import Models
@@ -92,8 +93,7 @@ struct NpuCostCommand: ParsableCommand {
             print(costTable(r), terminator: "")
             if let json {
                 let body = try JSONSerialization.jsonObject(with: jsonEncoder().encode(r))
-                let obj: [String: Any] = ["schema_version": 1, "command": "npu cost", "model": model, "cost": body]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "npu_cost").write(["model": model, "cost": body], to: json)
             }
         }
     }
@@ -144,14 +144,14 @@ struct NpuReportCommand: ParsableCommand {
             if let json {
                 let enc = jsonEncoder()
                 let obj: [String: Any] = [
-                    "schema_version": 1, "command": "npu report", "model": model, "calibration": calibration,
+                    "model": model, "calibration": calibration,
                     "config": cfg.json, "definitions": ErrorMetrics.definitions,
                     "cost": try JSONSerialization.jsonObject(with: enc.encode(cost)),
                     "comparison": try JSONSerialization.jsonObject(with: enc.encode(cmp)),
                     "fallbacks": sim.fallbacks.entries.map { ["module": $0.module, "reason": $0.reason] },
                     "ops": sim.npu.counter.entries.map { ["op": $0.op, "unit": $0.unit, "calls": $0.calls, "elements": $0.elements] },
                 ]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "npu_report").write(obj, to: json)
             }
         }
     }

@@ -193,7 +193,7 @@ struct RagAnswersCommand: ParsableCommand {
             if let sim { print(sim.summary) }
             if let json {
                 var obj: [String: Any] = [
-                    "schema_version": 1, "kind": "rag_answers", "command": "rag answers",
+                    
                     "dataset": ["path": dataset, "questions": qs.count, "answerable": qs.filter { !$0.isImpossible }.count],
                     "dataset_sha256": squad.source.sha256,
                     "generator": generator, "generator_quantized": generatorQuantized as Any,
@@ -204,7 +204,7 @@ struct RagAnswersCommand: ParsableCommand {
                     "runs": out, "backend": npu.backend,
                 ]
                 if let sim { obj["npu_config"] = sim.config.json }
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "rag_answers").write(obj, to: json)
             }
         }
     }

@@ -190,7 +190,7 @@ struct RagRetrievalCommand: ParsableCommand {
                 if let sim {
                     obj.merge(try JSONBridge.dictionary(NPURunSummary(sim, calibration: npu.npuCalibration ?? "\(dataset) corpus passages"))) { $1 }
                 }
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "rag_retrieval").write(obj, to: json)
             }
         }
     }

@@ -1,3 +1,4 @@
+import Evaluation
 import ArgumentParser
 import Foundation
 import TensorCore
@@ -19,7 +20,7 @@ struct TokenizeCommand: ParsableCommand {
     var ids = false
     @Flag(help: "Add BOS / the post-processor's special tokens ([CLS] .. [SEP]).")
     var special = false
-    @Option(help: "Write a JSON result (schema_version 1) to this path.")
+    @Option(help: "Write the JSON result (docs/RESULTS.md) to this path.")
     var json: String?
 
     func validate() throws {
@@ -51,12 +52,12 @@ struct TokenizeCommand: ParsableCommand {
             }
             if let json {
                 let result: [String: Any] = [
-                    "schema_version": 1, "command": "tokenize", "tokenizer": tok.name, "tokenizer_path": tokenizer,
+                    "tokenizer": tok.name, "tokenizer_path": tokenizer,
                     "vocab_size": tok.vocabSize, "special_tokens_added": special, "input_bytes": input.utf8.count,
                     "input_sha256": Digest.sha256(Data(input.utf8)), "token_count": out.count, "ids": out,
                     "seconds": seconds,
                 ]
-                try AtomicFile.write(try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys]), to: json)
+                try ResultEnvelope(kind: "tokenize").write(result, to: json)
             }
         }
     }

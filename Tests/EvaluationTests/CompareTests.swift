@@ -108,7 +108,7 @@ final class CompareTests: XCTestCase {
         let path = dir + "/cmp.json"
         try ResultEnvelope(kind: "compare", command: ["quantkit", "compare", "a b.json"]).write(c.jsonBody(), to: path)
         let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
-        XCTAssertEqual(o["schema_version"] as? Int, 2)
+        XCTAssertEqual(o["schema_version"] as? Int, 3)
         XCTAssertEqual(o["kind"] as? String, "compare")
         XCTAssertEqual(o["command"] as? String, "quantkit compare 'a b.json'")
         XCTAssertEqual((o["tool"] as? [String: String])?["name"], "quantkit")
@@ -239,14 +239,14 @@ final class CompareTests: XCTestCase {
 
     func testSchemaVersions() throws {
         var o = try object("ppl_int8.json")
-        // Version 1 (before segments / quantization) and version 2 both read.
-        for v in [1, 2] {
+        // Version 1 (before segments / quantization), 2 (before the common envelope) and 3 all read.
+        for v in [1, 2, 3] {
             o["schema_version"] = v
             XCTAssertEqual(try ResultFile(path: write(o, "v\(v).json")).schemaVersion, v)
         }
-        o["schema_version"] = 3
+        o["schema_version"] = 4
         let p = try write(o, "future.json")
-        assertError(try ResultFile(path: p), contains: [p, "schema_version 3 is newer", "reads (1...2)", "writes schema_version 3"])
+        assertError(try ResultFile(path: p), contains: [p, "schema_version 4 is newer", "reads (1...3)", "writes schema_version 4"])
         o["schema_version"] = 0
         assertError(try ResultFile(path: write(o, "old.json")), contains: ["schema_version 0 is too old", "re-run"])
         o.removeValue(forKey: "schema_version")
