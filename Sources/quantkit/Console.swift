@@ -81,3 +81,15 @@ final class StderrProgress: ProgressObserver, @unchecked Sendable {
         return t >= 3600 ? String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60) : String(format: "%d:%02d", t / 60, t % 60)
     }
 }
+
+enum TextTable {
+    /// Left-aligned columns separated by two spaces, trailing blanks trimmed.
+    static func align(_ rows: [[String]]) -> String {
+        var w = [Int](repeating: 0, count: rows.map(\.count).max() ?? 0)
+        for r in rows { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
+        return rows.map { r in
+            r.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n")
+    }
+}

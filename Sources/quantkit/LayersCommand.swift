@@ -35,187 +35,67 @@ struct LayersCommand: ParsableCommand {
     @Option(help: "Write the sensitivity result JSON here.") var json: String?
     @Option(help: "Worker threads.") var threads: Int?
 
-    func validate() throws {
-        if (quantized == nil) == (scheme == nil) { throw ValidationError("give exactly one of --quantized DIR or --scheme BITS[:GROUP]") }
+    func options() throws -> LayersRunOptions {
+        var o = LayersRunOptions(model: model, calibration: calibration)
+        o.quantized = quantized
+        o.scheme = scheme
+        o.heldout = heldout
+        o.tokenizer = tokenizer
+        o.ctx = ctx
+        o.windows = windows
+        o.chunks = chunks
+        o.threads = threads
         if let p = plan {
             guard p == "auto" else { throw ValidationError("--plan: only 'auto' builds a plan here (pass a plan FILE to quantize)") }
-            if (targetBits == nil) == (targetQerror == nil) { throw ValidationError("--plan auto needs exactly one of --target-bits or --target-qerror") }
-            if targetQerror != nil && heldout == nil { throw ValidationError("--target-qerror needs --heldout tokens to measure QError") }
-        }
-        guard ctx >= 2, windows >= 1, chunks >= 1 else { throw ValidationError("--ctx >= 2, --windows >= 1, --chunks >= 1") }
-    }
-
-    /// JSON token ids, or text tokenized with the model's tokenizer.
-    static func readTokens(_ path: String, model: String, tokenizer: String?, m: LlamaModel) throws -> [Int32] {
-        let data = try readMaybeCompressed(path)
-        let any: Any
-        do { any = try JSONSerialization.jsonObject(with: data) } catch {
-            guard String(data: data, encoding: .utf8) != nil else { throw QuantKitError(.format, "\(path): neither JSON token ids nor UTF-8 text") }
-            // Plain text, BEIR .jsonl (title + text) or SQuAD .json contexts.
-            let text = try CalibrationText.load(path)
-            let tokPath = try ModelLoading.tokenizerPath(model: model, explicit: tokenizer)
-            let tok = try ModelLoading.loadTokenizer(tokPath)
-            try ModelLoading.checkVocab(tok, model: m, tokenizerPath: tokPath)
-            var ids = tok.encode(text, addSpecialTokens: false).map { Int32($0) }
-            if tok.addsBOS { ids.insert(Int32(tok.bosId ?? m.config.bosTokenId ?? 1), at: 0) }
-            return ids
-        }
-        let list = (any as? [Any]) ?? ((any as? [String: Any])?["tokens"] as? [Any])
-        guard let l = list else { throw QuantKitError(.format, "\(path): expected a JSON list of token ids or an object with \"tokens\"") }
-        return try l.enumerated().map { i, v in
-            guard let n = v as? NSNumber, n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e9 else {
-                throw QuantKitError(.format, "\(path): token \(i) is not an integer id")
-            }
-            return n.int32Value
-        }
-    }
-
-    static func parseScheme(_ s: String) throws -> QuantScheme {
-        let p = s.split(separator: ":").map(String.init)
-        guard let bits = p.first.flatMap(Int.init) else { throw QuantKitError(.input, "--scheme: expected BITS[:GROUP][:asym], got \"\(s)\"") }
-        let group = p.count > 1 ? Int(p[1]) : QuantScheme.perChannel
-        guard let g = group else { throw QuantKitError(.input, "--scheme: group \"\(p[1])\" is not an integer") }
-        return try QuantScheme(bits: bits, symmetric: !(p.count > 2 && p[2] == "asym"), groupSize: g)
-    }
-
-    /// Dequantized weights of every block linear module.
-    static func rtnWeights(_ model: LlamaModel, scheme: QuantScheme) throws -> [String: [Float]] {
-        var out: [String: [Float]] = [:]
-        for b in model.blocks {
-            for n in b.linearGroups.flatMap({ $0 }) {
-                let w = try model.source.tensor(n + ".weight")
-                out[n] = try RTN.quantize(w.floats(), outFeatures: w.shape[0], inFeatures: w.shape[1], scheme: scheme, name: n).dequantized()
+            switch (targetBits, targetQerror) {
+            case (let b?, nil): o.planTarget = .bitsPerWeight(b)
+            case (nil, let q?): o.planTarget = .qerror(q / 100)
+            default: throw ValidationError("--plan auto needs exactly one of --target-bits or --target-qerror")
             }
         }
-        return out
+        return o
+    }
+
+    func validate() throws {
+        let o = try options()
+        do { try o.validate() } catch { throw ValidationError("\(error)") }
     }
 
     func run() throws {
         try runReportingErrors {
-            let m = try LlamaModel.load(path: model)
-            if let t = threads { m.threads = max(1, t) }
-            let cal = try LayersCommand.readTokens(calibration, model: model, tokenizer: tokenizer, m: m)
-            let held = try heldout.map { try LayersCommand.readTokens($0, model: model, tokenizer: tokenizer, m: m) }
-            var low: [String: [Float]]
-            var defaultBits: Int, groupSize: Int, source: String
-            if let q = quantized {
-                let (cfg, _) = try GPTQCheckpoint.readConfig(q)
-                let ckpt = try SafetensorsCheckpoint(path: q)
-                low = [:]
-                for prefix in GPTQCheckpoint.quantizedPrefixes(ckpt) {
-                    guard let l = m.blocks.first(where: { prefix.hasPrefix($0.prefix) })?.linear(named: prefix) else {
-                        throw QuantKitError(.input, "\(q): quantized module \(prefix) is not a linear module of \(model)")
-                    }
-                    let s = cfg.settings(for: prefix)
-                    low[prefix] = try GPTQPacking.readLayer(ckpt, prefix: prefix, bits: s.bits, groupSize: s.groupSize,
-                                                            inFeatures: l.inFeatures, outFeatures: l.outFeatures, symmetric: cfg.sym).dequantized()
-                }
-                defaultBits = cfg.bits; groupSize = cfg.groupSize; source = q
-            } else {
-                let s = try LayersCommand.parseScheme(scheme!)
-                low = try LayersCommand.rtnWeights(m, scheme: s)
-                defaultBits = s.bits; groupSize = s.groupSize; source = "rtn " + s.label
-            }
-            let rep = try LayerSensitivity.analyze(model: m, quantized: low, calibration: cal, ctx: ctx, calibrationWindows: windows,
-                                                   heldout: held, heldoutChunks: chunks, progress: Console.progress)
-            var shapes: [String: (out: Int, in: Int)] = [:]
-            for n in low.keys { if let l = m.blocks.first(where: { n.hasPrefix($0.prefix) })?.linear(named: n) { shapes[n] = (l.outFeatures, l.inFeatures) } }
-            let bpw = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize).bitsPerWeight(modules: shapes)
-
-            print("Per-module sensitivity of \(source) vs \(model) (most sensitive first; calibration \(rep.calibrationTokens) tokens)")
-            var rows = [["rank", "module", "cosine", "MSE", "SQNR dB", "enable-one QError", "disable-one QError"]]
-            for (i, x) in rep.ranked.enumerated() {
-                rows.append([String(i + 1), x.name, String(format: "%.6f", x.cosine), String(format: "%.3e", x.mse), String(format: "%.2f", x.sqnrDB),
-                             x.enableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-",
-                             x.disableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-"])
-            }
-            print(LayersCommand.align(rows))
-            if let f = rep.floatPPL, let q = rep.quantizedPPL {
-                print(String(format: "held-out ppl: float %.4f, all quantized %.4f (QError %+.3f%%, %d tokens, protocol gptq ctx %d); %.3f bits/weight",
-                             f, q, (q / f - 1) * 100, rep.heldoutTokensScored, ctx, bpw))
-            }
-            print("SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) of the module output on float inputs; QError = ppl_q / ppl_float - 1")
-
-            var planInfo: [String: Any]? = nil
-            if plan == "auto" {
-                let ranking = rep.ranked.map(\.name)
-                var p: MixedPrecisionPlan, measured: Double? = nil
-                let eight = try LayersCommand.eightBit(m, names: Array(low.keys))
-                if let tb = targetBits {
-                    p = try MixedPrecisionPlan.forTargetBits(ranking: ranking, modules: shapes, defaultBits: defaultBits, groupSize: groupSize, targetBits: tb)
-                    if let h = held {
-                        measured = try LayerSensitivity.planForTargetQError(model: m, low: LayersCommand.apply(p, low: low, eight: eight), eight: eight, ranking: [],
-                                                                           heldout: h, ctx: ctx, chunks: chunks, target: .infinity,
-                                                                           defaultBits: defaultBits, groupSize: groupSize).qerror
-                    }
-                } else {
-                    (p, measured) = try LayerSensitivity.planForTargetQError(model: m, low: low, eight: eight, ranking: ranking, heldout: held!, ctx: ctx,
-                                                                             chunks: chunks, target: targetQerror! / 100, defaultBits: defaultBits, groupSize: groupSize)
-                    if measured! > targetQerror! / 100 { print("note: even with every module at 8 bits or float the QError target is not met") }
-                }
-                var extra: [String: Any] = ["model": model, "source": source,
-                                            "target": targetBits.map { ["bits_per_weight": $0] } ?? ["qerror": targetQerror! / 100]]
-                if let q = measured { extra["measured_qerror"] = q }
-                let body = p.json(modules: shapes, extra: extra)
-                try ResultEnvelope(kind: "plan").write(body, to: planOut)
-                let size = p.bitsPerWeight(modules: shapes) * Double(shapes.values.reduce(0) { $0 + $1.out * $1.in }) / 8
+            let r = try LayersRun.run(try options(), progress: Console.progress)
+            print(summary(r))
+            if let p = r.plan { try ResultEnvelope(kind: "plan").write(p, to: planOut) }
+            if let plan = r.plan {
+                let size = plan.bitsPerWeight * Double(r.sensitivity.modules.reduce(0) { $0 + $1.parameters }) / 8
                 print(String(format: "plan: %d modules kept at higher precision, %.3f bits/weight (%.0f bytes of linear weights)%@ -> %@",
-                             p.overrides.count, p.bitsPerWeight(modules: shapes), size,
-                             measured.map { String(format: ", measured QError %+.3f%%", $0 * 100) } ?? "", planOut))
-                planInfo = body
+                             plan.plan.overrides.count, plan.bitsPerWeight, size,
+                             plan.measuredQError.map { String(format: ", measured QError %+.3f%%", $0 * 100) } ?? "", planOut))
             }
             if let path = json {
-                var body: [String: Any] = [
-                    "model": model, "quantized": source, "ctx": ctx, "bits_per_weight": bpw,
-                    "calibration": ["path": calibration, "tokens": rep.calibrationTokens],
-                    "layers": rep.ranked.enumerated().map { i, x -> [String: Any] in
-                        var o: [String: Any] = ["rank": i + 1, "name": x.name, "parameters": x.parameters, "cosine": x.cosine, "mse": x.mse,
-                                                "sqnr_db": x.sqnrDB.isFinite ? x.sqnrDB : 999]
-                        if let e = x.enableOneQError { o["enable_one_qerror"] = e }
-                        if let d = x.disableOneQError { o["disable_one_qerror"] = d }
-                        return o
-                    },
-                    "definitions": ["sqnr_db": "10 log10(sum ref^2 / sum (ref - q)^2), module output on float inputs",
-                                    "qerror": "ppl_q / ppl_float - 1 on the held-out sample (protocol gptq)"],
-                ]
-                if let h = heldout { body["heldout"] = ["path": h, "tokens_scored": rep.heldoutTokensScored, "chunks": chunks] }
-                if let f = rep.floatPPL { body["ppl_float"] = f }
-                if let q = rep.quantizedPPL { body["ppl_quantized"] = q }
-                if let q = rep.qerrorAll { body["qerror_all"] = q }
-                if let p = planInfo { body["plan"] = p }
-                try ResultEnvelope(kind: "layers", bitsPerWeight: bpw).write(body, to: path)
+                try ResultEnvelope(kind: "layers", bitsPerWeight: r.bitsPerWeight).write(r, to: path)
                 print("JSON: \(path)")
             }
         }
     }
 
-    static func eightBit(_ m: LlamaModel, names: [String]) throws -> [String: [Float]] {
-        let s = try QuantScheme(bits: 8, symmetric: true, groupSize: QuantScheme.perChannel)
-        var out: [String: [Float]] = [:]
-        for n in names {
-            let w = try m.source.tensor(n + ".weight")
-            out[n] = try RTN.quantize(w.floats(), outFeatures: w.shape[0], inFeatures: w.shape[1], scheme: s, name: n).dequantized()
+    /// The ranked table and the held-out line, rendered from the report.
+    func summary(_ r: LayersReport) -> String {
+        let rep = r.sensitivity
+        var lines = ["Per-module sensitivity of \(r.source) vs \(r.model) (most sensitive first; calibration \(rep.calibrationTokens) tokens)"]
+        var rows = [["rank", "module", "cosine", "MSE", "SQNR dB", "enable-one QError", "disable-one QError"]]
+        for (i, x) in rep.ranked.enumerated() {
+            rows.append([String(i + 1), x.name, String(format: "%.6f", x.cosine), String(format: "%.3e", x.mse), String(format: "%.2f", x.sqnrDB),
+                         x.enableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-",
+                         x.disableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-"])
         }
-        return out
-    }
-
-    /// The default weights with the plan's 8-bit modules swapped in and float modules left out.
-    static func apply(_ p: MixedPrecisionPlan, low: [String: [Float]], eight: [String: [Float]]) -> [String: [Float]] {
-        var out: [String: [Float]] = [:]
-        for (n, w) in low {
-            switch p.overrides[n] {
-            case 16?: continue
-            case 8?: out[n] = eight[n] ?? w
-            default: out[n] = w
-            }
+        lines.append(TextTable.align(rows))
+        if let f = rep.floatPPL, let q = rep.quantizedPPL {
+            lines.append(String(format: "held-out ppl: float %.4f, all quantized %.4f (QError %+.3f%%, %d tokens, protocol gptq ctx %d); %.3f bits/weight",
+                                f, q, (q / f - 1) * 100, rep.heldoutTokensScored, r.ctx, r.bitsPerWeight))
         }
-        return out
-    }
-
-    static func align(_ rows: [[String]]) -> String {
-        var w = [Int](repeating: 0, count: rows.map(\.count).max() ?? 0)
-        for r in rows { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
-        return rows.map { $0.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces) }
-            .joined(separator: "\n")
+        lines.append("SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) of the module output on float inputs; QError = ppl_q / ppl_float - 1")
+        if r.planTargetMissed { lines.append("note: even with every module at 8 bits or float the QError target is not met") }
+        return lines.joined(separator: "\n")
     }
 }

@@ -120,7 +120,7 @@ struct NpuReportCommand: ParsableCommand {
         try runReportingErrors {
             let cfg = try npu.load()
             let m = try LlamaModel.load(path: model)
-            let tokens = try LayersCommand.readTokens(calibration, model: model, tokenizer: nil, m: m)
+            let tokens = try LayersRun.readTokens(calibration, model: model, tokenizer: nil, m: m)
             guard compareTokens >= 1, window >= 1 else { throw QuantKitError(.input, "--compare-tokens and --window must be >= 1") }
             guard tokens.count > compareTokens else {
                 throw QuantKitError(.input, "\(calibration): \(tokens.count) tokens; need more than --compare-tokens \(compareTokens) (the rest calibrate)")

@@ -101,18 +101,8 @@ struct PerplexityCommand: ParsableCommand {
                                  String(format: "%+.2f%%", 100 * sg.relativeLoss), sg.kldMean.map { String(format: "%.5f", $0) } ?? "-"])
                 }
             }
-            lines.append(align(rows).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            lines.append(TextTable.align(rows).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
         }
         return lines.joined(separator: "\n")
-    }
-
-    /// Left-aligned columns separated by two spaces.
-    static func align(_ rows: [[String]]) -> String {
-        var w = [Int](repeating: 0, count: rows.map(\.count).max() ?? 0)
-        for r in rows { for (i, c) in r.enumerated() { w[i] = max(w[i], c.count) } }
-        return rows.map { r in
-            r.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                .trimmingCharacters(in: .whitespaces)
-        }.joined(separator: "\n")
     }
 }
