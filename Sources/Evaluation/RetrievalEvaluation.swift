@@ -7,7 +7,7 @@ public struct RetrievalRunResult: Sendable {
     public let name: String
     public let digest: String
     public let scores: RetrievalScores
-    public let run: RetrievalRun
+    public let run: TRECRun
     public let corpusSeconds: Double
     public let corpusCacheHit: Bool
     public let querySeconds: Double
@@ -63,7 +63,7 @@ public enum RetrievalEvaluation {
         t0 = Date()
         let tops = DenseSearch.topK(queries: qEmb, corpus: corpusEmb!, dim: dim, docIDs: ids, k: depth(k: k), threads: threads)
         let searchSeconds = Date().timeIntervalSince(t0)
-        var run: RetrievalRun = [:]
+        var run: TRECRun = [:]
         for (i, q) in ds.queries.enumerated() { run[q.id] = tops[i] }
         return RetrievalRunResult(name: embedder.name, digest: embedder.digest,
                                   scores: RetrievalMetrics.evaluate(qrels: ds.qrels, run: run), run: run,

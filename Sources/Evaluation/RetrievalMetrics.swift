@@ -9,7 +9,7 @@ public struct ScoredDoc: Sendable, Equatable {
 }
 
 /// query id -> retrieved documents (any order; metrics rank them with the trec_eval rule).
-public typealias RetrievalRun = [String: [ScoredDoc]]
+public typealias TRECRun = [String: [ScoredDoc]]
 
 /// Per-query metric values, keyed by metric name ("ndcg@10", "recall@100", "mrr@10").
 public struct QueryMetrics: Sendable, Equatable {
@@ -91,7 +91,7 @@ public enum RetrievalMetrics {
         return QueryMetrics(values: v)
     }
 
-    public static func evaluate(qrels: Qrels, run: RetrievalRun) -> RetrievalScores {
+    public static func evaluate(qrels: Qrels, run: TRECRun) -> RetrievalScores {
         var per: [String: QueryMetrics] = [:]
         var sums = [String: Double]()
         var noRel = 0, missing = 0
@@ -113,7 +113,7 @@ public enum RetrievalMetrics {
     // MARK: TREC run files
 
     /// `qid Q0 docid rank score tag`, rank 1-based in trec_eval order.
-    public static func trecRunText(_ run: RetrievalRun, tag: String) -> String {
+    public static func trecRunText(_ run: TRECRun, tag: String) -> String {
         var out = ""
         for q in run.keys.sorted() {
             for (i, d) in rank(run[q]!).enumerated() {
@@ -123,9 +123,9 @@ public enum RetrievalMetrics {
         return out
     }
 
-    public static func readTrecRun(_ path: String) throws -> RetrievalRun {
+    public static func readTrecRun(_ path: String) throws -> TRECRun {
         let text = try readText(path)
-        var run: RetrievalRun = [:]
+        var run: TRECRun = [:]
         for (i, line) in text.components(separatedBy: "\n").map({ $0.hasSuffix("\r") ? String($0.dropLast()) : $0 }).enumerated() {
             let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" })
             if f.isEmpty { continue }

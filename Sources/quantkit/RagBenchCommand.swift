@@ -19,7 +19,7 @@ struct RagBenchCommand: ParsableCommand {
         try runReportingErrors {
             let th = threads ?? Parallel.defaultThreads
             let ds = try Datasets.loadBEIR(dataset, split: "test")
-            let dir = try RagEmbedders.resolveDirectory(embedder)
+            let dir = try RagEmbedders.resolveDirectory(embedder, embedderOverride: Console.embedderOverride)
             let texts = ds.corpus.prefix(docs).map(\.embeddingText)
             let (peak, _) = KernelBench.fmaPeak(threads: th, reps: 5)
             print(String(format: "FMA peak: %.1f GFLOP/s on %d threads (measured now)", peak, th))

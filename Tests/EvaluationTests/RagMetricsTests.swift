@@ -43,7 +43,7 @@ final class RagMetricsTests: XCTestCase {
     }
 
     func testTrecRunRoundTrip() throws {
-        let run: RetrievalRun = ["q1": [ScoredDoc(id: "d2", score: 0.5), ScoredDoc(id: "d1", score: 0.75)]]
+        let run: TRECRun = ["q1": [ScoredDoc(id: "d2", score: 0.5), ScoredDoc(id: "d1", score: 0.75)]]
         let text = RetrievalMetrics.trecRunText(run, tag: "t")
         XCTAssertEqual(text, "q1 Q0 d1 1 0.75 t\nq1 Q0 d2 2 0.5 t\n")
         let dir = Repo.tempDirectory("run")

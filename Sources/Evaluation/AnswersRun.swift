@@ -1,0 +1,227 @@
+import Foundation
+import Models
+import NPU
+import Quantization
+import TensorCore
+import Tokenization
+
+/// A causal model from the engine, generating greedily through its KV cache.
+public final class EngineAnswerGenerator: AnswerGenerator {
+    public let name: String
+    let model: LlamaModel
+    let tokenizer: any Tokenizer
+    let stop: Set<Int32>
+    public private(set) var truncatedPrompts = 0
+    public private(set) var generatedTokens = 0
+
+    public init(name: String, model: LlamaModel, tokenizer: any Tokenizer) {
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        // Stop at EOS and at any token whose text holds a newline (the answer is one line).
+        var s = Set<Int32>()
+        if let e = tokenizer.eosId { s.insert(Int32(e)) }
+        for id in 0..<min(tokenizer.vocabSize, model.config.vocabSize) where tokenizer.decode([id], skipSpecialTokens: false).contains("\n") {
+            s.insert(Int32(id))
+        }
+        stop = s
+    }
+
+    public func generate(prompt: String, maxTokens: Int) throws -> String {
+        var ids = tokenizer.encode(prompt, addSpecialTokens: true).map { Int32($0) }
+        let budget = model.config.maxPositionEmbeddings - maxTokens
+        guard budget > 16 else {
+            throw QuantKitError(.input, "--max-tokens \(maxTokens) leaves no room for a prompt in \(model.config.maxPositionEmbeddings) positions")
+        }
+        if ids.count > budget {
+            // Keep the start (instruction, BOS) and the end (question, "Answer:"); drop the middle of the context.
+            truncatedPrompts += 1
+            let head = min(32, budget / 4)
+            ids = Array(ids.prefix(head)) + Array(ids.suffix(budget - head))
+        }
+        let out = try model.generateGreedy(prompt: ids, maxTokens: maxTokens, stopTokens: stop)
+        generatedTokens += out.count
+        return tokenizer.decode(out.map(Int.init), skipSpecialTokens: true)
+    }
+}
+
+/// Everything `quantkit rag answers` decides: the generator (float, quantized, NPU), the questions and how their
+/// passages are found.
+public struct AnswersRunOptions: Sendable {
+    /// A llama2.c .bin or an HF Llama directory.
+    public var generator: String
+    /// Default: Tokenizers/tok512/tok512.bin for a .bin, DIR/tokenizer.json for a directory.
+    public var tokenizer: String?
+    /// A GPTQ checkpoint directory or an RTN scheme (rtn-int8, rtn-int4-g32...).
+    public var generatorQuantized: String?
+    /// SQuAD JSON (v1.1 or v2.0).
+    public var dataset: String
+    /// Retriever embedder directory; nil: the pinned all-MiniLM-L6-v2.
+    public var retriever: String?
+    public var topK = 1
+    /// Each question's own paragraph instead of retrieval.
+    public var oracleContext = false
+    public var maxQuestions: Int?
+    public var maxTokens = 16
+    public var threads: Int?
+    public var allowOverlap = false
+    public var npu: NPUBackendSettings?
+    public var embedderOverride: String?
+
+    public init(generator: String, dataset: String) {
+        self.generator = generator
+        self.dataset = dataset
+    }
+
+    public func validate() throws {
+        guard topK >= 1 else { throw QuantKitError(.input, "--top-k must be at least 1") }
+        guard maxTokens >= 1 else { throw QuantKitError(.input, "--max-tokens must be at least 1") }
+        if let m = maxQuestions, m < 1 { throw QuantKitError(.input, "--max-questions must be at least 1") }
+    }
+
+    /// The float generator, or the quantized one: a GPTQ directory or an RTN scheme applied at load time.
+    func loadGenerator(quantized q: String?) throws -> LlamaModel {
+        guard let q else { return try LlamaModel.load(path: generator) }
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: q, isDirectory: &isDir), isDir.boolValue {
+            return try LlamaModel.load(path: q, backend: try QuantizedLinearBackend(directory: q))
+        }
+        return try LlamaModel.load(path: generator, backend: RTNEmbedderBackend(scheme: try EmbedderQuantSpec.parseRTN(q)))
+    }
+
+    func loadTokenizer() throws -> any Tokenizer {
+        var path = tokenizer
+        if path == nil {
+            var isDir: ObjCBool = false
+            FileManager.default.fileExists(atPath: generator, isDirectory: &isDir)
+            path = isDir.boolValue ? try Datasets.resolve(generator, "tokenizer.json") : "Tokenizers/tok512/tok512.bin"
+        }
+        return try TokenizerLoader.load(data: try readMaybeCompressed(path!), fileName: (path! as NSString).lastPathComponent)
+    }
+}
+
+/// One generator's answers and how they were produced.
+public struct AnswersRunRecord: Sendable {
+    public var summary: AnswerRunSummary
+    /// Against the float run's answers, over all questions (1 for the float run itself).
+    public var agreementEM: Double
+    public var agreementF1: Double
+    public var truncatedPrompts: Int
+    public var generatedTokens: Int
+    public var backend: String
+}
+
+/// A `rag answers` run's results (the `kind: rag_answers` result).
+public struct AnswersReport: Sendable {
+    public var options: AnswersRunOptions
+    public var questions: Int
+    public var answerable: Int
+    public var datasetSHA256: String
+    /// Share of questions whose gold paragraph was among the retrieved ones; nil with oracle context.
+    public var retrievalHit: Double?
+    public var runs: [AnswersRunRecord]
+    public var npu: NPURunSummary?
+
+    /// The `kind: rag_answers` body (docs/RESULTS.md).
+    public func jsonBody() throws -> [String: Any] {
+        let o = options
+        var out: [[String: Any]] = []
+        for (i, r) in runs.enumerated() {
+            var j = AnswerEvaluation.json(r.summary, includeAnswers: true)
+            j["label"] = r.summary.name
+            j["is_base"] = i == 0
+            j["metrics"] = ["em": r.summary.em, "f1": r.summary.f1, "agreement_em": r.agreementEM, "agreement_f1": r.agreementF1,
+                            "unanswerable_declined": r.summary.unanswerableAbstention]
+            j["truncated_prompts"] = r.truncatedPrompts
+            j["generated_tokens"] = r.generatedTokens
+            j["backend"] = r.backend
+            j["quantization"] = try RagQuantization.summary(i == 1 ? o.generatorQuantized : nil)
+            if let npu, r.backend == "npu" { j.merge(try JSONBridge.dictionary(npu)) { $1 } }
+            out.append(j)
+        }
+        var obj: [String: Any] = [
+            "dataset": ["path": o.dataset, "questions": questions, "answerable": answerable],
+            "dataset_sha256": datasetSHA256,
+            "generator": o.generator, "generator_quantized": o.generatorQuantized as Any,
+            "context": o.oracleContext ? "oracle" : "retrieved", "top_k": o.topK,
+            "retrieval_gold_paragraph_rate": retrievalHit as Any,
+            "prompt_template": AnswerPrompt.template, "max_tokens": o.maxTokens,
+            "metric_definitions": "SQuAD v1.1 official normalisation, EM and F1 (SPECS.md); answerable questions only; unanswerable: share declined",
+            "runs": out, "backend": o.npu == nil ? "cpu" : "npu",
+        ]
+        if let npu { obj["npu_config"] = npu.config.foundation }
+        return obj
+    }
+}
+
+/// SQuAD questions answered from retrieved (or gold) passages by the float generator, the quantized one and the
+/// NPU run; EM/F1 against gold and agreement with the float answers.
+public enum AnswersRun {
+    public static func run(_ o: AnswersRunOptions, progress: any ProgressObserver = NoProgress()) throws -> AnswersReport {
+        try o.validate()
+        let th = o.threads ?? Parallel.defaultThreads
+        _ = try o.npu?.loadConfig()  // a bad NPU config fails before any run
+        let squad = try Datasets.loadSQuAD(o.dataset)
+        let qs = o.maxQuestions.map { Array(squad.questions.prefix($0)) } ?? squad.questions
+        // A quantized model calibrated on the evaluated text would be flattered: refuse (or warn). The retriever
+        // is judged on the questions (passages are its corpus, a fair calibration source); the generator on
+        // everything its prompts contain.
+        if !o.oracleContext, let r = o.retriever, FileManager.default.fileExists(atPath: r + "/config.json") {
+            try ModelLoading.checkCalibrationOverlap(model: r, texts: qs.map(\.question), corpus: o.dataset + " questions",
+                                                     allow: o.allowOverlap, progress: progress)
+        }
+        if let q = o.generatorQuantized, FileManager.default.fileExists(atPath: q + "/config.json") {
+            let prompts = (squad.contexts + qs.map(\.question)).joined(separator: "\n")
+            try ModelLoading.checkCalibrationOverlap(model: q, text: prompts, corpus: o.dataset, allow: o.allowOverlap, progress: progress)
+        }
+        // Passages per question.
+        var contexts: [[String]]
+        var retrievalHit: Double? = nil
+        if o.oracleContext {
+            contexts = qs.map { [$0.context] }
+        } else {
+            let dir = try RagEmbedders.resolveDirectory(o.retriever, embedderOverride: o.embedderOverride)
+            let emb = try RagEmbedders.load(directory: dir, progress: progress)
+            let paragraphs = squad.contexts
+            let pe = try emb.embed(paragraphs, label: "paragraphs", threads: th, progress: progress)
+            let qe = try emb.embed(qs.map(\.question), label: "questions", threads: th, progress: progress)
+            let ids = paragraphs.indices.map { String(format: "%06d", $0) }
+            let top = DenseSearch.topK(queries: qe, corpus: pe, dim: emb.encoder.dimension, docIDs: ids, k: o.topK, threads: th)
+            contexts = top.map { $0.map { paragraphs[Int($0.id)!] } }
+            retrievalHit = zip(qs, contexts).map { q, c in c.contains(q.context) ? 1.0 : 0.0 }.reduce(0, +) / Double(max(1, qs.count))
+        }
+        let tok = try o.loadTokenizer()
+        var generators: [(EngineAnswerGenerator, backend: String)] = []
+        let floatModel = try LlamaModel.load(path: o.generator)
+        floatModel.threads = th
+        generators.append((EngineAnswerGenerator(name: "float", model: floatModel, tokenizer: tok), "cpu"))
+        if let q = o.generatorQuantized {
+            let qm = try o.loadGenerator(quantized: q)
+            qm.threads = th
+            generators.append((EngineAnswerGenerator(name: q, model: qm, tokenizer: tok), "cpu"))
+        }
+        var sim: NPUSimulator?
+        if let settings = o.npu {
+            let nm = try o.loadGenerator(quantized: o.generatorQuantized)
+            nm.threads = th
+            let s = try NPUModelSetup.apply(to: nm, tokenizer: tok, settings: settings, window: 256, progress: progress)
+            sim = s
+            let label = "npu-w\(s.config.weightBits)a8" + (o.generatorQuantized.map { "(\($0))" } ?? "")
+            generators.append((EngineAnswerGenerator(name: label, model: nm, tokenizer: tok), "npu"))
+        }
+        var records: [AnswersRunRecord] = []
+        for (g, backend) in generators {
+            let r = try AnswerEvaluation.run(g, questions: qs, contexts: contexts, maxTokens: o.maxTokens,
+                                             progress: progress.task("answers \(g.name)", total: qs.count, unit: "q"))
+            let ag = records.isEmpty ? (em: 1.0, f1: 1.0) : AnswerEvaluation.agreement(records[0].summary, r)
+            records.append(AnswersRunRecord(summary: r, agreementEM: ag.em, agreementF1: ag.f1, truncatedPrompts: g.truncatedPrompts,
+                                            generatedTokens: g.generatedTokens, backend: backend))
+            if g.truncatedPrompts > 0 {
+                progress.note("note: \(r.name): \(g.truncatedPrompts) prompts longer than the model's positions were shortened in the middle")
+            }
+        }
+        return AnswersReport(options: o, questions: qs.count, answerable: qs.filter { !$0.isImpossible }.count,
+                             datasetSHA256: squad.source.sha256, retrievalHit: retrievalHit, runs: records,
+                             npu: sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration) })
+    }
+}
