@@ -45,7 +45,7 @@ public struct QuantizeRunOptions: Sendable {
     }
 
     /// The effective bits and group size (a plan's override the flags) and the per-layer options, validated.
-    func resolved() throws -> (bits: Int, groupSize: Int, options: ModelQuantizationOptions) {
+    public func resolved() throws -> (bits: Int, groupSize: Int, options: ModelQuantizationOptions) {
         let mixed = try plan.map { try MixedPrecisionPlan.read($0) }
         let bits = mixed?.defaultBits ?? self.bits
         let groupSize = mixed.map { $0.groupSize <= 0 ? -1 : $0.groupSize } ?? self.groupSize

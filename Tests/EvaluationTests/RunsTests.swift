@@ -1,0 +1,173 @@
+import Evaluation
+import Foundation
+import Quantization
+import TensorCore
+import TestSupport
+import XCTest
+
+/// The library runs the CLI calls: what used to be decided inside command `run()` methods (token stream and BOS
+/// rule, option checks, scheme and override parsing, the result envelope, progress events) tested on its own.
+final class RunsTests: XCTestCase {
+    /// Records every event a run sends.
+    final class Recorder: ProgressObserver, @unchecked Sendable {
+        private let lock = NSLock()
+        private(set) var events: [ProgressEvent] = []
+        func handle(_ event: ProgressEvent) { lock.lock(); events.append(event); lock.unlock() }
+    }
+
+    struct Case: Decodable {
+        let corpus: String; let sha256: String; let `protocol`: String; let ctx: Int; let stride: Int?
+        let max_chunks: Int; let total_tokens: Int; let chunks: Int; let tokens_scored: Int; let ppl: Double
+    }
+    struct Fixture: Decodable { let cases: [Case] }
+
+    /// The whole run (corpus read, QuantKit's own tokenization, BOS once, windows) against Tools/reference_llama.py,
+    /// whose tokens come from the Python sentencepiece library: the run must see the same token stream.
+    func testPerplexityRunMatchesNumpyReference() throws {
+        let fx = try JSONDecoder().decode(Fixture.self, from: readMaybeCompressed(Repo.path("Tests/EvaluationTests/Fixtures/perplexity_stories260K.json.zst")))
+        let cases = fx.cases.filter { $0.corpus.contains("tinystories") }
+        XCTAssertEqual(cases.count, 4)
+        for c in cases {
+            var o = PerplexityRunOptions(model: Repo.path("Models/stories260K/stories260K.bin"), corpus: Repo.path(c.corpus),
+                                         evaluation: PerplexityOptions(protocolKind: PerplexityProtocol(rawValue: c.protocol)!, ctx: c.ctx,
+                                                                       stride: c.stride, maxChunks: c.max_chunks))
+            o.tokenizer = Repo.path("Tokenizers/tok512/tok512.model")
+            let recorder = Recorder()
+            let r = try PerplexityRun.run(o, progress: recorder)
+            let label = "\(c.protocol) ctx \(c.ctx)"
+            XCTAssertEqual(r.corpusTokens, c.total_tokens, label)
+            XCTAssertEqual(r.corpusSHA256, c.sha256, label)
+            XCTAssertEqual(r.chunks, c.chunks, label)
+            XCTAssertEqual(r.tokensScored, c.tokens_scored, label)
+            XCTAssertEqual(r.ppl, c.ppl, accuracy: c.ppl * 1e-4, label)
+            XCTAssertEqual(r.chunkNLL.count, c.chunks, label)
+            XCTAssertEqual(r.chunkNLL.map(\.count).reduce(0, +), c.tokens_scored, label)
+            XCTAssertNil(r.quantization, label)
+            // Progress: the task is announced (done 0), then reaches its total.
+            let steps = recorder.events.compactMap { e -> (String, Int, Int)? in
+                if case let .advanced(task, done, total, _, _, _) = e { return (task, done, total) } else { return nil }
+            }
+            XCTAssertEqual(steps.first?.0, "perplexity", label)
+            XCTAssertEqual(steps.first?.1, 0, label)
+            XCTAssertEqual(steps.last?.1, c.chunks, label)
+            XCTAssertEqual(steps.last?.2, c.chunks, label)
+        }
+    }
+
+    func testPerplexityRunWarnsThroughTheObserver() throws {
+        // stories260K was trained on 512 positions: a longer window is a note, not a line the library prints.
+        let o = PerplexityRunOptions(model: Repo.path("Models/stories260K/stories260K.bin"),
+                                     corpus: Repo.path("Corpora/tinystories/tinystories_sample.txt.zst"),
+                                     evaluation: PerplexityOptions(ctx: 600, maxChunks: 1))
+        let recorder = Recorder()
+        _ = try PerplexityRun.run(o, progress: recorder)
+        XCTAssertTrue(recorder.events.contains { if case .note(let m) = $0 { return m.contains("max_position_embeddings 512") } else { return false } })
+    }
+
+    func testPerplexityOptionsRefuseWhatNoRunCanHonour() {
+        func options(_ change: (inout PerplexityRunOptions) -> Void) -> PerplexityRunOptions {
+            var o = PerplexityRunOptions(model: "m", corpus: "c", evaluation: PerplexityOptions(ctx: 64))
+            change(&o)
+            return o
+        }
+        let cases: [(PerplexityRunOptions, String)] = [
+            (options { $0.evaluation.stride = 8 }, "--stride"),
+            (options { $0.evaluation.ctx = 1 }, "--ctx"),
+            (options { $0.evaluation.maxChunks = 0 }, "--max-chunks"),
+            (options { $0.evaluation.batchTokens = 0 }, "--batch"),
+            (options { $0.saveTokens = "t.tsv" }, "--save-tokens needs --kld-base"),
+            (options { $0.int8Activations = true; $0.npu = NPUBackendSettings() }, "--int8-activations"),
+        ]
+        for (o, flag) in cases {
+            XCTAssertThrowsError(try o.validate(), flag) { XCTAssertTrue("\($0)".contains(flag), "\($0)") }
+        }
+        XCTAssertNoThrow(try options { $0.evaluation = PerplexityOptions(protocolKind: .strided, ctx: 64, stride: 8) }.validate())
+    }
+
+    func testSchemeSyntaxOfLayers() throws {
+        let s = try LayersRunOptions.parseScheme("4:32")
+        XCTAssertEqual([s.bits, s.groupSize], [4, 32])
+        XCTAssertTrue(s.symmetric)
+        let pc = try LayersRunOptions.parseScheme("8")
+        XCTAssertEqual(pc.bits, 8)
+        XCTAssertEqual(pc.groupSize, QuantScheme.perChannel)
+        XCTAssertFalse(try LayersRunOptions.parseScheme("4:128:asym").symmetric)
+        XCTAssertThrowsError(try LayersRunOptions.parseScheme("four")) { XCTAssertTrue("\($0)".contains("--scheme")) }
+        XCTAssertThrowsError(try LayersRunOptions.parseScheme("4:g32")) { XCTAssertTrue("\($0)".contains("\"g32\"")) }
+    }
+
+    func testLayersOptions() {
+        var o = LayersRunOptions(model: "m", calibration: "c")
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("exactly one of --quantized")) }
+        o.scheme = "4:32"
+        XCTAssertNoThrow(try o.validate())
+        o.planTarget = .qerror(0.01)
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("--heldout")) }
+        o.heldout = "h"
+        XCTAssertNoThrow(try o.validate())
+    }
+
+    func testQuantizeOptionsResolveOverridesAndPlans() throws {
+        var o = QuantizeRunOptions(model: "m", output: "out")
+        o.bits = 4
+        o.groupSize = 32
+        o.overrides = ["down_proj=8"]
+        o.skip = ["layers.0."]
+        let r = try o.resolved()
+        XCTAssertEqual([r.bits, r.groupSize], [4, 32])
+        XCTAssertEqual(try r.options.scheme(for: "model.layers.1.mlp.down_proj")?.bits, 8)
+        XCTAssertEqual(try r.options.scheme(for: "model.layers.1.mlp.up_proj")?.bits, 4)
+        XCTAssertNil(try r.options.scheme(for: "model.layers.0.mlp.up_proj"))  // skipped: stays float
+
+        for bad in ["down_proj", "=8", "down_proj=5", "down_proj=x"] {
+            o.overrides = [bad]
+            XCTAssertThrowsError(try o.resolved(), bad) { XCTAssertTrue("\($0)".contains("--override '\(bad)'"), "\($0)") }
+        }
+        o.overrides = []
+        o.groupSize = 0
+        XCTAssertThrowsError(try o.resolved()) { XCTAssertTrue("\($0)".contains("--group-size")) }
+        o.groupSize = -1
+        o.staticGroups = true
+        XCTAssertThrowsError(try o.resolved()) { XCTAssertTrue("\($0)".contains("--static-groups")) }
+
+        // A plan replaces bits and group size (group 0 means per channel); 16-bit modules become float skips.
+        let dir = Repo.tempDirectory("plan")
+        let plan = dir + "/plan.json"
+        try Data(#"{"scheme": {"bits": 3, "group_size": 0}, "modules": {"q_proj": {"bits": 8}, "lm": {"float": true}}}"#.utf8)
+            .write(to: URL(fileURLWithPath: plan))
+        var p = QuantizeRunOptions(model: "m", output: "out")
+        p.plan = plan
+        let rp = try p.resolved()
+        XCTAssertEqual([rp.bits, rp.groupSize], [3, -1])
+        XCTAssertEqual(try rp.options.scheme(for: "model.layers.2.self_attn.q_proj")?.bits, 8)
+        XCTAssertNil(try rp.options.scheme(for: "lm"))
+    }
+
+    /// Typed reports are written by JSONEncoder alone: Foundation's parser on Linux reads 0.9999835850592672 back
+    /// as 0.9999835850592671, which a round trip through it would write.
+    func testEnvelopeWritesTypedReportsExactly() throws {
+        struct Body: Encodable { var x = 0.9999835850592672; var y = 285.95030626400376; var kind = "ignored"; var command = "mine" }
+        let data = try ResultEnvelope(kind: "test", command: ["quantkit", "a b"]).data(Body())
+        let text = String(decoding: data, as: UTF8.self)
+        XCTAssertTrue(text.contains("0.9999835850592672"), text)
+        XCTAssertTrue(text.contains("285.95030626400376"), text)
+        let o = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+        XCTAssertEqual(o["schema_version"] as? Int, ResultSchema.current)
+        XCTAssertEqual(o["kind"] as? String, "test")  // the envelope's kind wins
+        XCTAssertEqual(o["command"] as? String, "mine")  // other body keys win
+        XCTAssertEqual((o["tool"] as? [String: String])?["name"], "quantkit")
+        XCTAssertNotNil(o["created"])
+
+        struct Bad: Encodable { var ppl = Double.nan }
+        XCTAssertThrowsError(try ResultEnvelope(kind: "perplexity").data(Bad())) {
+            XCTAssertTrue("\($0)".contains("ppl"), "\($0)")
+            XCTAssertTrue("\($0)".contains("JSON cannot represent"), "\($0)")
+        }
+    }
+
+    func testTokenizerFoundBesideAllama2cFile() throws {
+        let path = try ModelLoading.tokenizerPath(model: Repo.path("Models/stories260K/stories260K.bin"), explicit: nil)
+        XCTAssertTrue(path.hasSuffix("tok512.model"), path)
+        XCTAssertEqual(try ModelLoading.tokenizerPath(model: "x", explicit: "given.json"), "given.json")
+    }
+}
