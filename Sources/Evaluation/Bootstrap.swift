@@ -3,22 +3,7 @@ import TensorCore
 
 // Paired percentile bootstrap (Efron & Tibshirani 1993, ch. 13): resample the units (perplexity chunks or
 // retrieval queries) with replacement, the same indices for base and quantized, and take percentiles of the
-// statistic. The generator is SplitMix64 (Steele et al. 2014) so Tools/reference_bootstrap.py draws the very
-// same resamples; index = next() % n (the modulo bias is below 2^-40 for any n here).
-
-/// SplitMix64: tiny, seedable, reproducible in any language.
-public struct BootstrapRandom: Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    public mutating func index(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-}
+// statistic. Indices come from SplitMix64.index, so Tools/reference_bootstrap.py draws the very same resamples.
 
 public struct ConfidenceInterval: Sendable, Equatable {
     public var estimate: Double
@@ -50,7 +35,7 @@ public enum Bootstrap {
         guard resamples >= 10, level > 0, level < 1 else {
             throw QuantKitError(.input, "bootstrap needs >= 10 resamples and a level in (0, 1)")
         }
-        var rng = BootstrapRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var idx = [Int](repeating: 0, count: n)
         var stats = [Double](); stats.reserveCapacity(resamples)
         for _ in 0..<resamples {

@@ -37,9 +37,9 @@ public enum EmbedderCalibration {
         guard count >= samples else {
             throw QuantKitError(.input, "\(source): \(count) passages, too few for --samples \(samples)")
         }
-        var rng = CalibrationRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var idx = Array(0..<count)
-        for i in 0..<samples { idx.swapAt(i, i + Int(rng.next() % UInt64(count - i))) }
+        for i in 0..<samples { idx.swapAt(i, i + rng.index(count - i)) }
         return Array(idx.prefix(samples))
     }
 
@@ -144,18 +144,5 @@ extension ModelQuantizer {
         }
         try writeCheckpoint(floats: floats, modelConfig: modelConfig, result: result, options: options, to: dir, metadata: metadata,
                             fingerprint: fingerprint, copyFiles: copyFiles)
-    }
-}
-
-/// SplitMix64, the generator behind every seeded calibration draw.
-struct CalibrationRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

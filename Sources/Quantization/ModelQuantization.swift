@@ -144,10 +144,9 @@ public enum CalibrationWindows {
         guard tokens.count > seqlen else {
             throw QuantKitError(.input, "\(source): \(tokens.count) tokens, too short for windows of \(seqlen) tokens (need more than \(seqlen))")
         }
-        var rng = CalibrationRandom(seed: seed)
-        let span = UInt64(tokens.count - seqlen)
+        var rng = SplitMix64(seed: seed)
         return (0..<samples).map { _ in
-            let start = Int(rng.next() % span)
+            let start = rng.index(tokens.count - seqlen)
             return Array(tokens[start..<(start + seqlen)])
         }
     }

@@ -144,7 +144,7 @@ final class GPTQTests: XCTestCase {
     }
 
     func testDenseKernelsAgainstScalar() throws {
-        var rng = SeededRandom(seed: 7)
+        var rng = SplitMix64(seed: 7)
         for n in [1, 5, 64, 67, 130] {
             let k = 2 * n + 3
             let x = (0..<(n * k)).map { _ in Double(Float.random(in: -1...1, using: &rng)) }
@@ -186,7 +186,7 @@ final class GPTQTests: XCTestCase {
     /// The packed 4 x 12 outer-product kernel against plain Double sums: column counts around the tile sizes,
     /// row counts crossing the 256-row panels, two add() calls accumulating.
     func testHessianAccumulatorAgainstScalar() throws {
-        var rng = SeededRandom(seed: 3)
+        var rng = SplitMix64(seed: 3)
         for (cols, rows) in [(37, 300), (1, 5), (4, 1), (12, 7), (13, 257), (130, 64), (200, 513)] {
             let x = rng.floats(rows * cols), x2 = rng.floats(3 * cols)
             let acc = HessianAccumulator(columns: cols)
@@ -210,7 +210,7 @@ final class GPTQTests: XCTestCase {
     /// block and the packing pass, several adds, 1 and 2 threads, against a plain Float64 loop. Relative to
     /// sum |x_i x_j| the two summation orders agree to a few ulps.
     func testHessianAccumulatorEdgeShapes() throws {
-        var rng = SeededRandom(seed: 11)
+        var rng = SplitMix64(seed: 11)
         let cases: [(cols: Int, adds: [Int])] = [(1, [1, 300]), (5, [7, 257, 3]), (7, [256, 1]), (8, [513]),
                                                  (13, [1100, 255]), (33, [40, 700]), (172, [300, 2, 512]), (6, [2]),
                                                  (531, [260, 5])]
