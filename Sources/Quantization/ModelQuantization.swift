@@ -287,7 +287,7 @@ public struct LayerQuantReport: Sendable {
     public let bits: Int
     public let groupSize: Int
     public let gptqLoss: Double?
-    public let error: TensorError
+    public let error: ErrorMetrics
     public let seconds: Double
     public let dampPercentUsed: Double?
     public let dampEscalations: Int
@@ -435,7 +435,7 @@ public enum ModelQuantizer {
         let layer = try QuantizedLinear(q, bias: bias, name: name)
         var f16 = q
         f16.scales = q.scales.map { Float(Float16($0)) }
-        let err = TensorError(reference: w, quantized: f16.dequantized())
+        let err = ErrorMetrics(reference: w, approximation: f16.dequantized())
         let rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: scheme.bits, groupSize: scheme.groupSize,
                                    gptqLoss: loss, error: err, seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp,
                                    dampEscalations: esc, deadColumns: dead)

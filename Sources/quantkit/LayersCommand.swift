@@ -130,7 +130,8 @@ struct LayersCommand: ParsableCommand {
             print("Per-module sensitivity of \(source) vs \(model) (most sensitive first; calibration \(rep.calibrationTokens) tokens)")
             var rows = [["rank", "module", "cosine", "MSE", "SQNR dB", "enable-one QError", "disable-one QError"]]
             for (i, x) in rep.ranked.enumerated() {
-                rows.append([String(i + 1), x.name, String(format: "%.6f", x.cosine), String(format: "%.3e", x.mse), String(format: "%.2f", x.sqnrDB),
+                rows.append([String(i + 1), x.name, String(format: "%.6f", x.error.cosine), String(format: "%.3e", x.error.mse),
+                             String(format: "%.2f", x.error.sqnrDB),
                              x.enableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-",
                              x.disableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-"])
             }
@@ -139,7 +140,8 @@ struct LayersCommand: ParsableCommand {
                 print(String(format: "held-out ppl: float %.4f, all quantized %.4f (QError %+.3f%%, %d tokens, protocol gptq ctx %d); %.3f bits/weight",
                              f, q, (q / f - 1) * 100, rep.heldoutTokensScored, ctx, bpw))
             }
-            print("SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) of the module output on float inputs; QError = ppl_q / ppl_float - 1")
+            let sqnr = ErrorMetrics.definitions()["sqnr_db"]!
+            print("SQNR = \(sqnr) of the module output on float inputs; QError = ppl_q / ppl_float - 1")
 
             var planInfo: [String: Any]? = nil
             if plan == "auto" {
@@ -174,13 +176,13 @@ struct LayersCommand: ParsableCommand {
                     "model": model, "quantized": source, "ctx": ctx, "bits_per_weight": bpw,
                     "calibration": ["path": calibration, "tokens": rep.calibrationTokens],
                     "layers": rep.ranked.enumerated().map { i, x -> [String: Any] in
-                        var o: [String: Any] = ["rank": i + 1, "name": x.name, "parameters": x.parameters, "cosine": x.cosine, "mse": x.mse,
-                                                "sqnr_db": x.sqnrDB.isFinite ? x.sqnrDB : 999]
+                        var o: [String: Any] = ["rank": i + 1, "name": x.name, "parameters": x.parameters, "cosine": x.error.cosine,
+                                                "mse": x.error.mse, "sqnr_db": x.error.sqnrDB.isFinite ? x.error.sqnrDB : 999]
                         if let e = x.enableOneQError { o["enable_one_qerror"] = e }
                         if let d = x.disableOneQError { o["disable_one_qerror"] = d }
                         return o
                     },
-                    "definitions": ["sqnr_db": "10 log10(sum ref^2 / sum (ref - q)^2), module output on float inputs",
+                    "definitions": ["sqnr_db": "\(sqnr), module output on float inputs",
                                     "qerror": "ppl_q / ppl_float - 1 on the held-out sample (protocol gptq)"],
                 ]
                 if let h = heldout { body["heldout"] = ["path": h, "tokens_scored": rep.heldoutTokensScored, "chunks": chunks] }

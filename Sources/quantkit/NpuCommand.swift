@@ -133,7 +133,7 @@ struct NpuReportCommand: ParsableCommand {
             let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: window)
             print(costTable(cost), terminator: "")
             print("\nper-layer float vs NPU on \(compare.count) tokens (calibrated on \(calib.count)), worst first")
-            print("  \(ErrorMetrics.definitions); isolated = the layer alone on the float input")
+            print("  \(NPUComparison.definitions); isolated = the layer alone on the float input")
             print("  module                                  e2e SQNR  e2e PSNR  e2e cosine      e2e MSE  isolated SQNR")
             for l in cmp.layers {
                 print("  " + l.module.padding(toLength: 38, withPad: " ", startingAt: 0) + String(format: " %8.2f  %8.2f  %10.6f  %11.4g  %12.2f", l.endToEnd.sqnrDB,
@@ -145,7 +145,7 @@ struct NpuReportCommand: ParsableCommand {
                 let enc = jsonEncoder()
                 let obj: [String: Any] = [
                     "schema_version": 1, "command": "npu report", "model": model, "calibration": calibration,
-                    "config": cfg.json, "definitions": ErrorMetrics.definitions,
+                    "config": cfg.json, "definitions": NPUComparison.definitions,
                     "cost": try JSONSerialization.jsonObject(with: enc.encode(cost)),
                     "comparison": try JSONSerialization.jsonObject(with: enc.encode(cmp)),
                     "fallbacks": sim.fallbacks.entries.map { ["module": $0.module, "reason": $0.reason] },

@@ -136,7 +136,7 @@ struct QuantizeCommand: ParsableCommand {
                      result.layers.count, m.rawValue, scheme.label, total, Double(floatBytes) / 1e6, Double(packedBytes) / 1e6,
                      Double(floatBytes) / Double(max(packedBytes, 1)), Double(inBytes) / 1e6, Double(outBytes) / 1e6,
                      Double(inBytes) / Double(max(outBytes, 1))))
-        print("SQNR = \(TensorError.definitions["sqnr_db"]!); gptq-loss = sum (w-q)^2 / Hinv_ii^2 / 2 (GPTQ reference 'error')")
+        print("SQNR = \(ErrorMetrics.definitions()["sqnr_db"]!); gptq-loss = sum (w-q)^2 / Hinv_ii^2 / 2 (GPTQ reference 'error')")
         print("wrote \(output)")
         guard let json else { return }
         var o: [String: Any] = ["schema_version": 1, "command": "quantize", "model": model, "output": output, "method": m.rawValue,
@@ -146,7 +146,7 @@ struct QuantizeCommand: ParsableCommand {
                                 "size": ["layers_float_bytes": floatBytes, "layers_packed_bytes": packedBytes,
                                          "model_input_tensor_bytes": inBytes, "model_output_file_bytes": outBytes],
                                 "timings": ["total_s": total, "quantize_s": result.seconds],
-                                "metric_definitions": TensorError.definitions]
+                                "metric_definitions": ErrorMetrics.definitions()]
         for (k, v) in extra { o[k] = v }
         try AtomicFile.write(try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys]), to: json)
     }

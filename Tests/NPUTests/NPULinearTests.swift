@@ -40,7 +40,7 @@ final class NPULinearTests: XCTestCase {
         XCTAssertEqual(e.sqnrDB, 10 * log10(25.0), accuracy: 1e-12)
         XCTAssertEqual(e.psnrDB, 10 * log10(32.0), accuracy: 1e-12)
         XCTAssertEqual(e.cosine, 21 / (5 * 18.0.squareRoot()), accuracy: 1e-12)
-        let acc = ErrorAccumulator()
+        var acc = ErrorAccumulator()
         acc.add(reference: [3], approximation: [3], count: 1)
         acc.add(reference: [4], approximation: [3], count: 1)
         XCTAssertEqual(acc.metrics, e)

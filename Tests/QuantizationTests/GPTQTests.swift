@@ -101,7 +101,7 @@ final class GPTQTests: XCTestCase {
             XCTAssertLessThanOrEqual(maxAbsDiff(q.scales, try f.tensor("\(tag).scales").floats()), 1e-7, tag)
             // Error metrics against numpy's on the same pair of tensors.
             let deq = try f.tensor("\(tag).deq").floats()
-            let e = TensorError(reference: w, quantized: deq)
+            let e = ErrorMetrics(reference: w, approximation: deq)
             let m = metrics[tag]!
             XCTAssertEqual(e.mse, m[0], accuracy: 1e-9 * m[0], tag)
             XCTAssertEqual(e.cosine, m[1], accuracy: 1e-12, tag)
