@@ -87,7 +87,7 @@ struct NpuCostCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let cfg = try npu.load()
-            let shape = try loadShape(model)
+            let shape = try TransformerShape.load(model: model)
             let r = try workload.report(shape: shape, config: cfg)
             print(costTable(r), terminator: "")
             if let json {
@@ -97,12 +97,6 @@ struct NpuCostCommand: ParsableCommand {
             }
         }
     }
-}
-
-func loadShape(_ path: String) throws -> TransformerShape {
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw QuantKitError(.io, "\(path): no such file or directory") }
-    return isDir.boolValue ? try TransformerShape.huggingFace(configPath: path + "/config.json") : try TransformerShape.llama2c(path: path)
 }
 
 /// `quantkit npu report`: cost model + per-layer float-vs-NPU errors on calibration inputs, worst first.
@@ -126,9 +120,7 @@ struct NpuReportCommand: ParsableCommand {
                 throw QuantKitError(.input, "\(calibration): \(tokens.count) tokens; need more than --compare-tokens \(compareTokens) (the rest calibrate)")
             }
             let calib = Array(tokens[..<(tokens.count - compareTokens)]), compare = Array(tokens[(tokens.count - compareTokens)...])
-            let shape = TransformerShape(dim: m.config.hiddenSize, hiddenDim: m.config.intermediateSize, layers: m.config.numHiddenLayers,
-                                         heads: m.config.numAttentionHeads, kvHeads: m.config.kvHeads, vocab: m.config.vocabSize)
-            let cost = try workload.report(shape: shape, config: cfg)
+            let cost = try workload.report(shape: TransformerShape(config: m.config), config: cfg)
             let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: calib, window: window)
             let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: window)
             print(costTable(cost), terminator: "")
