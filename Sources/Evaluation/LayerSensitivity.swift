@@ -180,6 +180,20 @@ public struct MixedPrecisionPlan: Sendable, Equatable {
         self.defaultBits = defaultBits; self.groupSize = groupSize; self.overrides = overrides
     }
 
+    /// The dequantized weights this plan runs: `low` (the default scheme) with its 8-bit modules taken from `eight`
+    /// and its float modules left out (the model keeps their float weights).
+    public func weights(low: [String: [Float]], eight: [String: [Float]]) -> [String: [Float]] {
+        var out: [String: [Float]] = [:]
+        for (n, w) in low {
+            switch overrides[n] {
+            case 16?: continue
+            case 8?: out[n] = eight[n] ?? w
+            default: out[n] = w
+            }
+        }
+        return out
+    }
+
     /// Storage bits per weight of one module [out, in]: b + (16-bit scale + b-bit zero) per group;
     /// per channel (group <= 0) one pair per row; float modules count 16 (fp16).
     public static func bitsPerWeight(bits: Int, groupSize: Int, inFeatures: Int) -> Double {
@@ -252,15 +266,7 @@ extension LayerSensitivity {
         let floatPPL = try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl
         var plan = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize)
         func measure() throws -> Double {
-            var weights: [String: [Float]] = [:]
-            for (n, w) in low {
-                switch plan.overrides[n] {
-                case 16?: continue
-                case 8?: weights[n] = eight[n] ?? w
-                default: weights[n] = w
-                }
-            }
-            let originals = try swap(model, denseLayers(weights, model: model))
+            let originals = try swap(model, denseLayers(plan.weights(low: low, eight: eight), model: model))
             defer { _ = try? swap(model, originals) }
             return try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl / floatPPL - 1
         }

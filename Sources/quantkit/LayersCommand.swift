@@ -151,7 +151,7 @@ struct LayersCommand: ParsableCommand {
                 if let tb = targetBits {
                     p = try MixedPrecisionPlan.forTargetBits(ranking: ranking, modules: shapes, defaultBits: defaultBits, groupSize: groupSize, targetBits: tb)
                     if let h = held {
-                        measured = try LayerSensitivity.planForTargetQError(model: m, low: LayersCommand.apply(p, low: low, eight: eight), eight: eight, ranking: [],
+                        measured = try LayerSensitivity.planForTargetQError(model: m, low: p.weights(low: low, eight: eight), eight: eight, ranking: [],
                                                                            heldout: h, ctx: ctx, chunks: chunks, target: .infinity,
                                                                            defaultBits: defaultBits, groupSize: groupSize).qerror
                     }
@@ -202,19 +202,6 @@ struct LayersCommand: ParsableCommand {
         for n in names {
             let w = try m.source.tensor(n + ".weight")
             out[n] = try RTN.quantize(w.floats(), outFeatures: w.shape[0], inFeatures: w.shape[1], scheme: s, name: n).dequantized()
-        }
-        return out
-    }
-
-    /// The default weights with the plan's 8-bit modules swapped in and float modules left out.
-    static func apply(_ p: MixedPrecisionPlan, low: [String: [Float]], eight: [String: [Float]]) -> [String: [Float]] {
-        var out: [String: [Float]] = [:]
-        for (n, w) in low {
-            switch p.overrides[n] {
-            case 16?: continue
-            case 8?: out[n] = eight[n] ?? w
-            default: out[n] = w
-            }
         }
         return out
     }

@@ -80,10 +80,7 @@ struct QuantizeCommand: ParsableCommand {
             var calibInfo: [String: Any] = [:]
             var fingerprint: CalibrationFingerprint?
             if m == .gptq {
-                // Default: SciFact abstracts, disjoint from the WikiText-2 evaluation text (see BENCHMARKS.md, Quantizers).
-                guard let calibration = calibration ?? (FileManager.default.fileExists(atPath: Self.defaultCalibration) ? Self.defaultCalibration : nil) else {
-                    throw QuantKitError(.input, "--calibration is required for --method gptq (default \(Self.defaultCalibration) not found)")
-                }
+                let calibration = try calibrationPath()
                 let (tokens, text, raw) = try Self.calibrationTokens(calibration, tokenizer: tokenizer, model: model)
                 windows = try CalibrationWindows.sample(tokens: tokens, samples: samples, seqlen: seqlen, seed: seed, source: calibration)
                 fingerprint = text.map { CalibrationFingerprint(text: $0, bytes: raw) }
@@ -186,9 +183,7 @@ struct QuantizeCommand: ParsableCommand {
         var calibInfo: [String: Any] = [:]
         var fingerprint: CalibrationFingerprint?
         if m == .gptq {
-            guard let calibration = calibration ?? (FileManager.default.fileExists(atPath: Self.defaultCalibration) ? Self.defaultCalibration : nil) else {
-                throw QuantKitError(.input, "--calibration is required for --method gptq (default \(Self.defaultCalibration) not found)")
-            }
+            let calibration = try calibrationPath()
             var len = seqlen
             if len > pooling.maxSeqLength {
                 logInfo("note: --seqlen \(len) exceeds the embedder's max_seq_length \(pooling.maxSeqLength); passages are truncated at \(pooling.maxSeqLength) tokens, as the encoder truncates them")
@@ -224,6 +219,16 @@ struct QuantizeCommand: ParsableCommand {
     }
 
     static let defaultCalibration = "Corpora/scifact/corpus.jsonl.zst"
+
+    /// --calibration, else the default: SciFact abstracts, disjoint from the WikiText-2 evaluation text (see
+    /// BENCHMARKS.md, Quantizers).
+    func calibrationPath() throws -> String {
+        if let calibration { return calibration }
+        guard FileManager.default.fileExists(atPath: Self.defaultCalibration) else {
+            throw QuantKitError(.input, "--calibration is required for --method gptq (default \(Self.defaultCalibration) not found)")
+        }
+        return Self.defaultCalibration
+    }
 
     /// Token ids of the calibration corpus, its text (for the fingerprint) and raw bytes (for the sha256).
     /// A `.tokens` file holds whitespace- or comma-separated ids (or a JSON array). Text needs a tokenizer.
