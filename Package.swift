@@ -44,12 +44,12 @@ let package = Package(
 
         .target(name: "TestSupport", dependencies: ["TensorCore"], path: "Tests/TestSupport", swiftSettings: settings),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "TestSupport"], swiftSettings: settings),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TestSupport"], swiftSettings: settings),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TensorCore", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
-        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
-        .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Tokenization", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Models", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Models", "Kernels", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Quantization", "Models", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "TensorCore"], swiftSettings: settings),
     ]
 )

@@ -37,7 +37,7 @@ public enum AnswerPrompt {
     }
 }
 
-/// Coarse answer types of the gold answers (per-segment breakdowns).
+/// Coarse answer types of the gold answers, the one rule every answers report uses (a four-digit year is a date).
 public enum AnswerType: String, CaseIterable, Sendable {
     case unanswerable, date, number, name, shortPhrase = "short phrase", longPhrase = "long phrase"
 

@@ -3,22 +3,7 @@ import TensorCore
 
 // Paired percentile bootstrap (Efron & Tibshirani 1993, ch. 13): resample the units (perplexity chunks or
 // retrieval queries) with replacement, the same indices for base and quantized, and take percentiles of the
-// statistic. The generator is SplitMix64 (Steele et al. 2014) so Tools/reference_bootstrap.py draws the very
-// same resamples; index = next() % n (the modulo bias is below 2^-40 for any n here).
-
-/// SplitMix64: tiny, seedable, reproducible in any language.
-public struct BootstrapRandom: Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    public mutating func index(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-}
+// statistic. Indices come from SplitMix64.index, so Tools/reference_bootstrap.py draws the very same resamples.
 
 public struct ConfidenceInterval: Sendable, Equatable {
     public var estimate: Double
@@ -43,14 +28,14 @@ public enum Bootstrap {
         return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - Double(lo))
     }
 
-    /// Generic paired bootstrap of `statistic(indices)` over `n` units.
-    static func run(n: Int, resamples: Int, seed: UInt64, level: Double, estimate: Double,
+    /// Generic paired bootstrap of `statistic(indices)` over `n` units; the estimate is the statistic of all units.
+    static func run(n: Int, resamples: Int, seed: UInt64, level: Double,
                     statistic: ([Int]) -> Double) throws -> ConfidenceInterval {
         guard n >= 2 else { throw QuantKitError(.input, "a bootstrap needs at least 2 units, got \(n)") }
         guard resamples >= 10, level > 0, level < 1 else {
             throw QuantKitError(.input, "bootstrap needs >= 10 resamples and a level in (0, 1)")
         }
-        var rng = BootstrapRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var idx = [Int](repeating: 0, count: n)
         var stats = [Double](); stats.reserveCapacity(resamples)
         for _ in 0..<resamples {
@@ -59,7 +44,7 @@ public enum Bootstrap {
         }
         stats.sort()
         let a = (1 - level) / 2
-        return ConfidenceInterval(estimate: estimate, lower: percentile(stats, a), upper: percentile(stats, 1 - a),
+        return ConfidenceInterval(estimate: statistic(Array(0..<n)), lower: percentile(stats, a), upper: percentile(stats, 1 - a),
                                   level: level, resamples: resamples)
     }
 
@@ -72,43 +57,40 @@ public enum Bootstrap {
         for i in base.indices where base[i].count != quantized[i].count {
             throw QuantKitError(.input, "chunk \(i) scores \(base[i].count) tokens in the base run but \(quantized[i].count) in the quantized run")
         }
-        func stat(_ idx: [Int]) -> Double {
+        return try run(n: base.count, resamples: resamples, seed: seed, level: level) { idx in
             var sb = 0.0, sq = 0.0, c = 0
             for i in idx { sb += base[i].nllSum; sq += quantized[i].nllSum; c += base[i].count }
             return exp((sq - sb) / Double(c)) - 1
         }
-        return try run(n: base.count, resamples: resamples, seed: seed, level: level,
-                       estimate: stat(Array(base.indices)), statistic: stat)
+    }
+
+    /// A bootstrap over paired per-query values (`base[i]` and `quantized[i]` score the same query).
+    static func perQuery(base: [Double], quantized: [Double], resamples: Int, seed: UInt64, level: Double,
+                         statistic: ([Int]) -> Double) throws -> ConfidenceInterval {
+        guard base.count == quantized.count else {
+            throw QuantKitError(.input, "per-query arrays differ in length (\(base.count) vs \(quantized.count))")
+        }
+        return try run(n: base.count, resamples: resamples, seed: seed, level: level, statistic: statistic)
     }
 
     /// CI of the relative drop of a mean metric (base mean - quantized mean) / base mean over paired units
     /// (queries). A resample with base mean 0 contributes 0.
     public static func relativeDrop(base: [Double], quantized: [Double], resamples: Int = defaultResamples,
                                     seed: UInt64 = defaultSeed, level: Double = 0.95) throws -> ConfidenceInterval {
-        guard base.count == quantized.count else {
-            throw QuantKitError(.input, "per-query arrays differ in length (\(base.count) vs \(quantized.count))")
-        }
-        func stat(_ idx: [Int]) -> Double {
+        try perQuery(base: base, quantized: quantized, resamples: resamples, seed: seed, level: level) { idx in
             var sb = 0.0, sq = 0.0
             for i in idx { sb += base[i]; sq += quantized[i] }
             return sb == 0 ? 0 : (sb - sq) / sb
         }
-        return try run(n: base.count, resamples: resamples, seed: seed, level: level,
-                       estimate: stat(Array(base.indices)), statistic: stat)
     }
 
     /// CI of the mean difference (quantized - base) over paired units.
     public static func meanDelta(base: [Double], quantized: [Double], resamples: Int = defaultResamples,
                                  seed: UInt64 = defaultSeed, level: Double = 0.95) throws -> ConfidenceInterval {
-        guard base.count == quantized.count else {
-            throw QuantKitError(.input, "per-query arrays differ in length (\(base.count) vs \(quantized.count))")
-        }
-        func stat(_ idx: [Int]) -> Double {
+        try perQuery(base: base, quantized: quantized, resamples: resamples, seed: seed, level: level) { idx in
             var s = 0.0
             for i in idx { s += quantized[i] - base[i] }
             return s / Double(idx.count)
         }
-        return try run(n: base.count, resamples: resamples, seed: seed, level: level,
-                       estimate: stat(Array(base.indices)), statistic: stat)
     }
 }

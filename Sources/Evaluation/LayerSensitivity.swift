@@ -12,9 +12,7 @@ public struct ModuleSensitivity: Sendable {
     public var name: String
     public var parameters: Int
     /// Output error of this module alone (float inputs) over the calibration tokens.
-    public var cosine: Double
-    public var mse: Double
-    public var sqnrDB: Double
+    public var error: ErrorMetrics
     /// QError of the held-out sample with only this module quantized.
     public var enableOneQError: Double?
     /// QError with every module quantized except this one (lower than the all-quantized QError = this module
@@ -22,7 +20,7 @@ public struct ModuleSensitivity: Sendable {
     public var disableOneQError: Double?
 
     /// Larger = more sensitive: the measured enable-one effect when present, else -SQNR.
-    public var sensitivity: Double { enableOneQError ?? -sqnrDB }
+    public var sensitivity: Double { enableOneQError ?? -error.sqnrDB }
 }
 
 public struct SensitivityReport: Sendable {
@@ -38,9 +36,8 @@ public struct SensitivityReport: Sendable {
 
 /// Accumulates the output error of each module's quantized twin on the float model's own inputs.
 final class SensitivityObserver: LinearObserver {
-    struct Acc { var se = 0.0, rr = 0.0, qq = 0.0, rq = 0.0, n = 0 }
     let twins: [String: LinearLayer]
-    var acc: [String: Acc] = [:]
+    var acc: [String: ErrorAccumulator] = [:]
     var scratch: [Float] = []
     let threads: Int
     init(twins: [String: LinearLayer], threads: Int) { self.twins = twins; self.threads = threads }
@@ -50,16 +47,10 @@ final class SensitivityObserver: LinearObserver {
         guard let q = twins[module] else { return }
         let n = rows * outFeatures
         if scratch.count < n { scratch = [Float](repeating: 0, count: n) }
-        var a = acc[module] ?? Acc()
         scratch.withUnsafeMutableBufferPointer { sb in
             q.forward(input, rows: rows, out: sb.baseAddress!, threads: threads)
-            for i in 0..<n {
-                let r = Double(output[i]), v = Double(sb[i]), d = r - v
-                a.se += d * d; a.rr += r * r; a.qq += v * v; a.rq += r * v
-            }
+            acc[module, default: ErrorAccumulator()].add(reference: output, approximation: sb.baseAddress!, count: n)
         }
-        a.n += n
-        acc[module] = a
     }
 }
 
@@ -136,11 +127,8 @@ public enum LayerSensitivity {
         }
         model.observer = saved
         var modules: [ModuleSensitivity] = names.map { n in
-            let a = obs.acc[n] ?? SensitivityObserver.Acc()
-            let mse = a.n > 0 ? a.se / Double(a.n) : 0
-            let cos = (a.rr > 0 && a.qq > 0) ? a.rq / (a.rr.squareRoot() * a.qq.squareRoot()) : (a.rr == a.qq ? 1 : 0)
-            let sqnr = a.se > 0 ? 10 * log10(a.rr / a.se) : .infinity
-            return ModuleSensitivity(name: n, parameters: twins[n]!.inFeatures * twins[n]!.outFeatures, cosine: cos, mse: mse, sqnrDB: sqnr)
+            ModuleSensitivity(name: n, parameters: twins[n]!.inFeatures * twins[n]!.outFeatures,
+                              error: (obs.acc[n] ?? ErrorAccumulator()).metrics)
         }
         // 2. Effects on held-out perplexity.
         var floatPPL: Double? = nil, quantPPL: Double? = nil, scored = 0
@@ -191,6 +179,20 @@ public struct MixedPrecisionPlan: Sendable, Equatable {
 
     public init(defaultBits: Int, groupSize: Int, overrides: [String: Int] = [:]) {
         self.defaultBits = defaultBits; self.groupSize = groupSize; self.overrides = overrides
+    }
+
+    /// The dequantized weights this plan runs: `low` (the default scheme) with its 8-bit modules taken from `eight`
+    /// and its float modules left out (the model keeps their float weights).
+    public func weights(low: [String: [Float]], eight: [String: [Float]]) -> [String: [Float]] {
+        var out: [String: [Float]] = [:]
+        for (n, w) in low {
+            switch overrides[n] {
+            case 16?: continue
+            case 8?: out[n] = eight[n] ?? w
+            default: out[n] = w
+            }
+        }
+        return out
     }
 
     /// Storage bits per weight of one module [out, in]: b + (16-bit scale + b-bit zero) per group;
@@ -265,15 +267,7 @@ extension LayerSensitivity {
         let floatPPL = try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl
         var plan = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize)
         func measure() throws -> Double {
-            var weights: [String: [Float]] = [:]
-            for (n, w) in low {
-                switch plan.overrides[n] {
-                case 16?: continue
-                case 8?: weights[n] = eight[n] ?? w
-                default: weights[n] = w
-                }
-            }
-            let originals = try swap(model, denseLayers(weights, model: model))
+            let originals = try swap(model, denseLayers(plan.weights(low: low, eight: eight), model: model))
             defer { _ = try? swap(model, originals) }
             return try perplexity(model, tokens: heldout, ctx: ctx, maxChunks: chunks).ppl / floatPPL - 1
         }

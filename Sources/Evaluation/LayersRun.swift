@@ -120,13 +120,13 @@ public struct LayersReport: Encodable, Sendable {
             try l.encode(i + 1, forKey: .rank)
             try l.encode(x.name, forKey: .name)
             try l.encode(x.parameters, forKey: .parameters)
-            try l.encode(x.cosine, forKey: .cosine)
-            try l.encode(x.mse, forKey: .mse)
-            try l.encode(x.sqnrDB.isFinite ? x.sqnrDB : 999, forKey: .sqnrDB)  // an exact module: 999 dB
+            try l.encode(x.error.cosine, forKey: .cosine)
+            try l.encode(x.error.mse, forKey: .mse)
+            try l.encode(x.error.sqnrDB.isFinite ? x.error.sqnrDB : 999, forKey: .sqnrDB)  // an exact module: 999 dB
             try l.encodeIfPresent(x.enableOneQError, forKey: .enableOne)
             try l.encodeIfPresent(x.disableOneQError, forKey: .disableOne)
         }
-        try c.encode(["sqnr_db": "10 log10(sum ref^2 / sum (ref - q)^2), module output on float inputs",
+        try c.encode(["sqnr_db": "\(ErrorMetrics.definitions()["sqnr_db"]!), module output on float inputs",
                       "qerror": "ppl_q / ppl_float - 1 on the held-out sample (protocol gptq)"], forKey: .definitions)
         if let heldout {
             var h = c.nestedContainer(keyedBy: AnyKey.self, forKey: .heldout)
@@ -176,7 +176,7 @@ public enum LayersRun {
             case .bitsPerWeight(let tb):
                 p = try MixedPrecisionPlan.forTargetBits(ranking: ranking, modules: shapes, defaultBits: defaultBits, groupSize: groupSize, targetBits: tb)
                 if let h = held {
-                    measured = try LayerSensitivity.planForTargetQError(model: m, low: apply(p, low: low, eight: eight), eight: eight, ranking: [],
+                    measured = try LayerSensitivity.planForTargetQError(model: m, low: p.weights(low: low, eight: eight), eight: eight, ranking: [],
                                                                        heldout: h, ctx: o.ctx, chunks: o.chunks, target: .infinity,
                                                                        defaultBits: defaultBits, groupSize: groupSize).qerror
                 }
@@ -250,19 +250,6 @@ public enum LayersRun {
         for n in names {
             let w = try m.source.tensor(n + ".weight")
             out[n] = try RTN.quantize(w.floats(), outFeatures: w.shape[0], inFeatures: w.shape[1], scheme: s, name: n).dequantized()
-        }
-        return out
-    }
-
-    /// The default weights with the plan's 8-bit modules swapped in and float modules left out.
-    static func apply(_ p: MixedPrecisionPlan, low: [String: [Float]], eight: [String: [Float]]) -> [String: [Float]] {
-        var out: [String: [Float]] = [:]
-        for (n, w) in low {
-            switch p.overrides[n] {
-            case 16?: continue
-            case 8?: out[n] = eight[n] ?? w
-            default: out[n] = w
-            }
         }
         return out
     }

@@ -176,7 +176,7 @@ public struct QuantizeReport: Encodable, Sendable {
         try c.encode(layers.map(LayerRecord.init), forKey: .layers)
         try c.encode(size, forKey: .size)
         try c.encode(["total_s": totalSeconds, "quantize_s": quantizeSeconds], forKey: .timings)
-        try c.encode(TensorError.definitions, forKey: .metricDefinitions)
+        try c.encode(ErrorMetrics.definitions(), forKey: .metricDefinitions)
         try c.encode(architecture, forKey: .architecture)
         try c.encodeIfPresent(embedderDirectory, forKey: .embedderDirectory)
     }

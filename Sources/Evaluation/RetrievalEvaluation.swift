@@ -96,23 +96,13 @@ public enum RetrievalEvaluation {
                                    gainedRelevant: gained, worse: worse, better: better, same: same)
     }
 
-    /// Query length buckets (whitespace words) for per-segment means.
-    public static func lengthBucket(_ text: String) -> String {
-        let n = text.split(whereSeparator: { $0.isWhitespace }).count
-        switch n {
-        case ..<9: return "1-8 words"
-        case 9..<17: return "9-16 words"
-        default: return "17+ words"
-        }
-    }
-
     /// Per-segment (query length bucket) nDCG@10 of `base` and `other`, in the segments layout the compare
     /// command reads ({group, segment, count, base, quantized}).
     public static func segments(_ ds: BeirDataset, base: RetrievalRunResult, other: RetrievalRunResult?,
                                 metric: String = "ndcg@10") -> [[String: Any]] {
         var groups: [String: [String]] = [:]
-        for q in ds.queries { groups[lengthBucket(q.text), default: []].append(q.id) }
-        return ["1-8 words", "9-16 words", "17+ words"].compactMap { name in
+        for q in ds.queries { groups[Segments.queryLengthBucket(q.text), default: []].append(q.id) }
+        return Segments.queryLengthBuckets.compactMap { name in
             guard let qs = groups[name] else { return nil }
             func m(_ r: RetrievalRunResult) -> Double { qs.map { r.scores.perQuery[$0]?[metric] ?? 0 }.reduce(0, +) / Double(qs.count) }
             var o: [String: Any] = ["group": "query length", "segment": name, "count": qs.count, "metric": metric,

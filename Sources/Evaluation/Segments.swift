@@ -246,39 +246,21 @@ public enum Segments {
         })
     }
 
-    /// Query length buckets by word count: edges [1, 6, 11, 21] give "1-5 words", "6-10 words", "11-20 words",
-    /// "21+ words".
-    public static func lengthBucket(words: Int, edges: [Int] = [1, 6, 11, 21]) -> String {
-        var i = edges.count - 1
-        while i > 0 && words < edges[i] { i -= 1 }
-        if i == edges.count - 1 { return "\(edges[i])+ words" }
-        return "\(edges[i])-\(edges[i + 1] - 1) words"
+    /// Query length buckets by whitespace word count, the one definition every report uses (the retrieval JSON's
+    /// segments, compare's buckets for files without them).
+    public static let queryLengthBuckets = ["1-8 words", "9-16 words", "17+ words"]
+
+    public static func queryLengthBucket(_ text: String) -> String {
+        switch text.split(whereSeparator: \.isWhitespace).count {
+        case ..<9: return queryLengthBuckets[0]
+        case 9..<17: return queryLengthBuckets[1]
+        default: return queryLengthBuckets[2]
+        }
     }
 
-    /// Retrieval per-query deltas by query length bucket (words separated by whitespace).
-    public static func byQueryLength(_ queries: [(text: String, base: Double, quantized: Double)],
-                                     edges: [Int] = [1, 6, 11, 21]) -> [SegmentDelta] {
-        byLabel(queries.map { q in
-            (lengthBucket(words: max(1, q.text.split(whereSeparator: \.isWhitespace).count), edges: edges), q.base, q.quantized)
-        }, group: "query length")
-    }
-
-    /// A coarse answer type from the gold answer text (SQuAD-style): number, date, person/name (capitalized
-    /// words), short phrase (1-3 words), long phrase.
-    public static func answerType(_ answer: String) -> String {
-        let a = answer.trimmingCharacters(in: .whitespacesAndNewlines)
-        let words = a.split(whereSeparator: \.isWhitespace)
-        let months = ["january", "february", "march", "april", "may", "june", "july", "august", "september",
-                      "october", "november", "december"]
-        if words.contains(where: { months.contains($0.lowercased().trimmingCharacters(in: .punctuationCharacters)) }) { return "date" }
-        let digits = a.filter(\.isNumber).count
-        if digits > 0 && digits * 2 >= a.filter { !$0.isWhitespace }.count { return "number" }
-        if !words.isEmpty && words.count <= 4 && words.allSatisfy({ $0.first?.isUppercase ?? false }) { return "name" }
-        return words.count <= 3 ? "short phrase" : "long phrase"
-    }
-
-    public static func byAnswerType(_ items: [(answer: String, base: Double, quantized: Double)]) -> [SegmentDelta] {
-        byLabel(items.map { (answerType($0.answer), $0.base, $0.quantized) }, group: "answer type")
+    /// Retrieval per-query deltas by query length bucket.
+    public static func byQueryLength(_ queries: [(text: String, base: Double, quantized: Double)]) -> [SegmentDelta] {
+        byLabel(queries.map { (queryLengthBucket($0.text), $0.base, $0.quantized) }, group: "query length")
     }
 }
 

@@ -79,7 +79,7 @@ public struct NPUHardware: Codable, Equatable, Sendable {
     public var dramBytesPerCycle: Double { dramBytesPerSecond / clockHz }
 }
 
-/// The transformer dimensions the cost model needs (Llama family).
+/// The transformer dimensions the cost model needs (Llama family), taken from Models' LlamaConfig.
 public struct TransformerShape: Codable, Equatable, Sendable {
     public var dim: Int
     public var hiddenDim: Int
@@ -87,24 +87,46 @@ public struct TransformerShape: Codable, Equatable, Sendable {
     public var heads: Int
     public var kvHeads: Int
     public var vocab: Int
+    /// config.json's head_dim when it gives one (it may differ from dim / heads); nil: dim / heads.
+    public var explicitHeadDim: Int?
     /// Sliding attention window per layer (nil: full causal attention), as the engine applies it
     /// (LlamaConfig.attentionWindow). Absent or empty: no layer has a window.
     public var attentionWindows: [Int?]?
-    public var headDim: Int { dim / heads }
+    public var headDim: Int { explicitHeadDim ?? dim / heads }
+    public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
 
     enum CodingKeys: String, CodingKey {
-        case dim, hiddenDim, layers, heads, kvHeads, vocab, attentionWindows = "attention_windows"
+        case dim, hiddenDim, layers, heads, kvHeads, vocab, explicitHeadDim = "head_dim", attentionWindows = "attention_windows"
     }
 
-    public init(dim: Int, hiddenDim: Int, layers: Int, heads: Int, kvHeads: Int, vocab: Int, attentionWindows: [Int?]? = nil) {
+    public init(dim: Int, hiddenDim: Int, layers: Int, heads: Int, kvHeads: Int, vocab: Int, headDim: Int? = nil,
+                attentionWindows: [Int?]? = nil) {
         self.dim = dim
         self.hiddenDim = hiddenDim
         self.layers = layers
         self.heads = heads
         self.kvHeads = kvHeads
         self.vocab = vocab
+        self.explicitHeadDim = headDim
         self.attentionWindows = attentionWindows
+    }
+
+    public init(config c: LlamaConfig) {
+        let windows = c.attentionWindow == nil ? nil : (0..<c.numHiddenLayers).map { c.attentionWindow(layer: $0) }
+        self.init(dim: c.hiddenSize, hiddenDim: c.intermediateSize, layers: c.numHiddenLayers, heads: c.numAttentionHeads,
+                  kvHeads: c.kvHeads, vocab: c.vocabSize, headDim: c.headDim, attentionWindows: windows)
+    }
+
+    /// The shape of a llama2.c .bin (its header) or a Hugging Face directory (its config.json), read and validated
+    /// by Models.
+    public static func load(model path: String) throws -> TransformerShape {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw QuantKitError(.io, "\(path): no such file or directory")
+        }
+        if isDir.boolValue { return TransformerShape(config: try LlamaConfig.load(path: path + "/config.json")) }
+        return TransformerShape(config: Llama2C.config(try Llama2C.readHeader(try MappedFile(path: path))))
     }
 
     public func attentionWindow(layer: Int) -> Int? {
@@ -112,46 +134,9 @@ public struct TransformerShape: Codable, Equatable, Sendable {
         return w[layer]
     }
 
-    /// Reads the 7-int32 header of a llama2.c checkpoint (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
-    /// vocab_size (negative: unshared classifier), seq_len).
-    public static func llama2c(path: String) throws -> TransformerShape {
-        let data = try readFile(path)
-        guard data.count >= 28 else { throw QuantKitError(.format, "\(path): too short for a llama2.c header") }
-        let h = data.withUnsafeBytes { raw in (0..<7).map { Int(raw.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) } }
-        let s = TransformerShape(dim: h[0], hiddenDim: h[1], layers: h[2], heads: h[3], kvHeads: h[4], vocab: abs(h[5]))
-        guard s.dim > 0, s.hiddenDim > 0, s.layers > 0, s.heads > 0, s.kvHeads > 0, s.vocab > 0, s.dim % s.heads == 0,
-              s.heads % s.kvHeads == 0 else {
-            throw QuantKitError(.format, "\(path): implausible llama2.c header \(h)")
-        }
-        return s
-    }
-
-    /// Reads a Hugging Face config.json (Llama names).
-    public static func huggingFace(configPath: String) throws -> TransformerShape {
-        let data = try readFile(configPath)
-        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw QuantKitError(.format, "\(configPath): not a JSON object")
-        }
-        func int(_ k: String) throws -> Int {
-            guard let v = o[k] as? Int else { throw QuantKitError(.format, "\(configPath): missing integer '\(k)'") }
-            return v
-        }
-        let heads = try int("num_attention_heads")
-        let layers = try int("num_hidden_layers")
-        // Windows exactly as the engine applies them (Mistral sliding_window; Qwen2 use_sliding_window with
-        // max_window_layers / layer_types).
-        var windows: [Int?]? = nil
-        if let cfg = try? JSONDecoder().decode(LlamaConfig.self, from: data), cfg.attentionWindow != nil {
-            windows = (0..<layers).map { cfg.attentionWindow(layer: $0) }
-        }
-        return TransformerShape(dim: try int("hidden_size"), hiddenDim: try int("intermediate_size"),
-                                layers: layers, heads: heads, kvHeads: (o["num_key_value_heads"] as? Int) ?? heads,
-                                vocab: try int("vocab_size"), attentionWindows: windows)
-    }
-
     /// The linear layers of one decoder block, Hugging Face names: (name, inFeatures, outFeatures).
     public var blockLinears: [(String, Int, Int)] {
-        [("q_proj", dim, dim), ("k_proj", dim, kvDim), ("v_proj", dim, kvDim), ("o_proj", dim, dim),
+        [("q_proj", dim, qDim), ("k_proj", dim, kvDim), ("v_proj", dim, kvDim), ("o_proj", qDim, dim),
          ("gate_proj", dim, hiddenDim), ("up_proj", dim, hiddenDim), ("down_proj", hiddenDim, dim)]
     }
 }
@@ -267,7 +252,7 @@ public enum CostModel {
     /// Norms, RoPE, SwiGLU and residual adds of a block on the vector unit, in element operations: two RMSNorms
     /// at 4 per element, RoPE 3 per q and k element, SwiGLU 5 per hidden element, two residual adds at 1.
     public static func vectorOps(name: String, rows: Int, shape: TransformerShape, hw: NPUHardware) -> LayerCost {
-        let ops = rows * (2 * 4 * shape.dim + 3 * (shape.dim + shape.kvDim) + 5 * shape.hiddenDim + 2 * shape.dim)
+        let ops = rows * (2 * 4 * shape.dim + 3 * (shape.qDim + shape.kvDim) + 5 * shape.hiddenDim + 2 * shape.dim)
         let cycles = ceilDiv(Double(ops), Double(hw.vectorOpsPerCycle))
         return LayerCost(name: name, macs: 0, weightBytes: 0, activationBytes: 0, sramPeakBytes: rows * shape.dim * 2,
                          vectorOps: ops, computeCycles: 0, memoryCycles: 0, cycles: cycles, bound: .vector)

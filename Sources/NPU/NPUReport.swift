@@ -23,6 +23,12 @@ public struct NPUComparisonResult: Codable, Sendable {
 
 /// Float-vs-NPU comparison, layer by layer (`quantkit npu report`).
 public enum NPUComparison {
+    /// The report's one-line definitions, naming the approximation "npu".
+    public static let definitions: String = {
+        let d = ErrorMetrics.definitions(approximation: "npu")
+        return "SQNR = \(d["sqnr_db"]!) dB; PSNR = \(d["psnr_db"]!) dB"
+    }()
+
     final class FloatPass: LinearObserver {
         var outputs: [String: [[Float]]] = [:]
         var isolated: [String: ErrorAccumulator] = [:]
@@ -35,9 +41,9 @@ public enum NPUComparison {
             guard let l = layers[module] else { return }
             var y = [Float](repeating: 0, count: rows * outFeatures)
             y.withUnsafeMutableBufferPointer { l.forward(x: input, rows: rows, out: $0.baseAddress!, threads: threads) }
-            let acc = isolated[module] ?? ErrorAccumulator()
-            isolated[module] = acc
-            y.withUnsafeBufferPointer { acc.add(reference: output, approximation: $0.baseAddress!, count: rows * outFeatures) }
+            y.withUnsafeBufferPointer {
+                isolated[module, default: ErrorAccumulator()].add(reference: output, approximation: $0.baseAddress!, count: rows * outFeatures)
+            }
         }
     }
 
@@ -51,9 +57,9 @@ public enum NPUComparison {
             let i = calls[module, default: 0]
             calls[module] = i + 1
             guard let ref = reference[module], i < ref.count, ref[i].count == rows * outFeatures else { return }
-            let acc = errors[module] ?? ErrorAccumulator()
-            errors[module] = acc
-            ref[i].withUnsafeBufferPointer { acc.add(reference: $0.baseAddress!, approximation: output, count: rows * outFeatures) }
+            ref[i].withUnsafeBufferPointer {
+                errors[module, default: ErrorAccumulator()].add(reference: $0.baseAddress!, approximation: output, count: rows * outFeatures)
+            }
         }
     }
 
@@ -94,7 +100,7 @@ public enum NPUComparison {
             result.append(LayerComparison(module: name, isolated: iso, endToEnd: acc.metrics))
         }
         result.sort { ($0.endToEnd.sqnrDB, $0.module) < ($1.endToEnd.sqnrDB, $1.module) }
-        let logits = np.errors["lm_head"]?.metrics ?? ErrorMetrics(reference: [], approximation: [])
+        let logits = (np.errors["lm_head"] ?? ErrorAccumulator()).metrics
         return NPUComparisonResult(tokens: tokens.count, layers: result, logits: logits)
     }
 }

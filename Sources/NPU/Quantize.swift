@@ -84,7 +84,7 @@ public final class RangeObserver: @unchecked Sendable {
     public private(set) var count: Int = 0
     public private(set) var samples: [Float] = []
     public let capacity: Int
-    private var rng: UInt64 = 0x243F6A8885A308D3
+    private var rng = SplitMix64(seed: 0x243F6A8885A308D3)
     private let lock = NSLock()
 
     public init(name: String, capacity: Int = 1 << 18) {
@@ -103,12 +103,7 @@ public final class RangeObserver: @unchecked Sendable {
             if samples.count < capacity {
                 samples.append(v)
             } else {
-                rng &+= 0x9E3779B97F4A7C15
-                var z = rng
-                z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-                z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-                z ^= z >> 31
-                let j = Int(z % UInt64(count))
+                let j = rng.index(count)
                 if j < capacity { samples[j] = v }
             }
         }

@@ -37,9 +37,9 @@ public enum EmbedderCalibration {
         guard count >= samples else {
             throw QuantKitError(.input, "\(source): \(count) passages, too few for --samples \(samples)")
         }
-        var rng = CalibrationRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var idx = Array(0..<count)
-        for i in 0..<samples { idx.swapAt(i, i + Int(rng.next() % UInt64(count - i))) }
+        for i in 0..<samples { idx.swapAt(i, i + rng.index(count - i)) }
         return Array(idx.prefix(samples))
     }
 
@@ -89,43 +89,27 @@ extension ModelQuantizer {
                 batches.append(try model.embed(batch))
             }
         }
-        var layers: [(String, QuantizedWeight)] = []
-        var reports: [LayerQuantReport] = []
-        let task = progress.task("quantize", total: model.layerCount * BertModel.sequentialGroups.joined().count, unit: "layers")
-        var done = 0
+        var out = Collected(progress: progress.task("quantize", total: model.layerCount * BertModel.sequentialGroups.joined().count,
+                                                       unit: "layers"))
         for i in 0..<model.layerCount {
             let groups = options.trueSequential ? model.linearGroups(layer: i) : [model.linearGroups(layer: i).flatMap { $0 }]
             for group in groups {
-                var selected: [(String, QuantScheme)] = []
-                for name in group { if let s = try options.scheme(for: name) { selected.append((name, s)) } else { done += 1 } }
-                guard !selected.isEmpty else { continue }
-                var observer: HessianObserver?
-                if options.method == .gptq {
-                    let o = HessianObserver(selected.map(\.0))
-                    for b in batches {
-                        o.reset()
-                        o.samplesPerCall = b.offsets.count - 1
-                        var x = b.x
-                        model.forwardLayer(i, x: &x, offsets: b.offsets, observer: o, stopAfter: group.last, threads: threads)
-                        if let e = o.error { throw e }
-                    }
-                    observer = o
-                }
-                for (name, scheme) in selected {
-                    let (q, layer, rep) = try quantizeLayer(name: name, source: model.source, scheme: scheme, hessian: observer?.hessian(name),
-                                                            options: options, threads: threads, progress: progress)
-                    try model.setLinear(layer, named: name)
-                    reports.append(rep)
-                    layers.append((name, q))
-                    done += 1
-                    task.update(done: done, detail: name)
-                }
+                try quantizeGroup(group, source: model.source, options: options, threads: threads, progress: progress, into: &out,
+                                  capture: { o in
+                                      for b in batches {
+                                          o.reset()
+                                          o.samplesPerCall = b.offsets.count - 1
+                                          var x = b.x
+                                          model.forwardLayer(i, x: &x, offsets: b.offsets, observer: o, stopAfter: group.last, threads: threads)
+                                      }
+                                  },
+                                  install: { try model.setLinear($0, named: $1) })
             }
             if options.method == .gptq {
                 for b in batches.indices { model.forwardLayer(i, x: &batches[b].x, offsets: batches[b].offsets, threads: threads) }
             }
         }
-        return Result(layers: layers, reports: reports, seconds: Date().timeIntervalSince(start))
+        return Result(layers: out.layers, reports: out.reports, seconds: Date().timeIntervalSince(start))
     }
 
     /// Writes a quantized BERT embedder as a GPTQ directory: every tensor of the source checkpoint except the
@@ -144,18 +128,5 @@ extension ModelQuantizer {
         }
         try writeCheckpoint(floats: floats, modelConfig: modelConfig, result: result, options: options, to: dir, metadata: metadata,
                             fingerprint: fingerprint, copyFiles: copyFiles)
-    }
-}
-
-/// SplitMix64, the generator behind every seeded calibration draw.
-struct CalibrationRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

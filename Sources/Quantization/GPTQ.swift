@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import TensorCore
 
 /// Running Hessian of a linear layer's input, H = 2/n * sum x x^T, accumulated in Float64.

@@ -144,10 +144,9 @@ public enum CalibrationWindows {
         guard tokens.count > seqlen else {
             throw QuantKitError(.input, "\(source): \(tokens.count) tokens, too short for windows of \(seqlen) tokens (need more than \(seqlen))")
         }
-        var rng = CalibrationRandom(seed: seed)
-        let span = UInt64(tokens.count - seqlen)
+        var rng = SplitMix64(seed: seed)
         return (0..<samples).map { _ in
-            let start = Int(rng.next() % span)
+            let start = rng.index(tokens.count - seqlen)
             return Array(tokens[start..<(start + seqlen)])
         }
     }
@@ -288,7 +287,7 @@ public struct LayerQuantReport: Sendable {
     public let bits: Int
     public let groupSize: Int
     public let gptqLoss: Double?
-    public let error: TensorError
+    public let error: ErrorMetrics
     public let seconds: Double
     public let dampPercentUsed: Double?
     public let dampEscalations: Int
@@ -343,8 +342,6 @@ public enum ModelQuantizer {
                                 progress: any ProgressObserver = NoProgress()) throws -> Result {
         let start = Date()
         let c = model.config
-        var layers: [(String, QuantizedWeight)] = []
-        var reports: [LayerQuantReport] = []
         for w in windows { try model.validate(tokens: w) }
         let dim = c.hiddenSize
         let seqlen = windows.first?.count ?? 0
@@ -366,9 +363,7 @@ public enum ModelQuantizer {
             }
             for r in 0..<seqlen { state.positions[r] = Int32(r) }
         }
-        let total = c.numHiddenLayers * LlamaBlock.linearNames.count
-        let task = progress.task("quantize", total: total, unit: "layers")
-        var done = 0
+        var out = Collected(progress: progress.task("quantize", total: c.numHiddenLayers * LlamaBlock.linearNames.count, unit: "layers"))
         /// One pass of every window through `block`: capture passes (writeBack false) stop after `stopAfter`.
         func runBlock(_ block: LlamaBlock, observer: LinearObserver?, writeBack: Bool, stopAfter: String? = nil) {
             let ctx = BlockContext(ops: model.ops, observer: observer, threads: model.threads,
@@ -383,31 +378,50 @@ public enum ModelQuantizer {
         for block in model.blocks {
             let groups = options.trueSequential ? block.linearGroups : [block.linearGroups.flatMap { $0 }]
             for group in groups {
-                var selected: [(String, QuantScheme)] = []
-                for name in group { if let s = try options.scheme(for: name) { selected.append((name, s)) } else { done += 1 } }
-                guard !selected.isEmpty else { continue }
-                var observer: HessianObserver?
-                if options.method == .gptq {
-                    let o = HessianObserver(selected.map(\.0))
-                    // The group's inputs are all observed once its last module ran; the rest of the block is skipped.
-                    let last = String(group.last!.dropFirst(block.prefix.count))
-                    runBlock(block, observer: o, writeBack: false, stopAfter: last)
-                    if let e = o.error { throw e }
-                    observer = o
-                }
-                for (name, scheme) in selected {
-                    let (q, layer, rep) = try quantizeLayer(name: name, source: model.source, scheme: scheme, hessian: observer?.hessian(name),
-                                                            options: options, threads: model.threads, progress: progress)
-                    try block.setLinear(layer, named: name)
-                    reports.append(rep)
-                    layers.append((name, q))
-                    done += 1
-                    task.update(done: done, detail: name)
-                }
+                // The group's inputs are all observed once its last module ran; the rest of the block is skipped.
+                let last = String(group.last!.dropFirst(block.prefix.count))
+                try quantizeGroup(group, source: model.source, options: options, threads: model.threads, progress: progress, into: &out,
+                                  capture: { runBlock(block, observer: $0, writeBack: false, stopAfter: last) },
+                                  install: { try block.setLinear($0, named: $1) })
             }
             if options.method == .gptq { runBlock(block, observer: nil, writeBack: true) }
         }
-        return Result(layers: layers, reports: reports, seconds: Date().timeIntervalSince(start))
+        return Result(layers: out.layers, reports: out.reports, seconds: Date().timeIntervalSince(start))
+    }
+
+    /// The layers and reports of a run so far, and its progress.
+    struct Collected {
+        var layers: [(String, QuantizedWeight)] = []
+        var reports: [LayerQuantReport] = []
+        var done = 0
+        let progress: ProgressTask
+    }
+
+    /// One true-sequential group of linear modules (modules the options skip only count as done): for GPTQ,
+    /// `capture` feeds the calibration inputs, with the earlier groups already quantized, to the Hessian observer;
+    /// then each module is quantized and swapped in by `install`.
+    static func quantizeGroup(_ group: [String], source: WeightSource, options: ModelQuantizationOptions, threads: Int,
+                              progress: any ProgressObserver, into out: inout Collected,
+                              capture: (HessianObserver) -> Void, install: (QuantizedLinear, String) throws -> Void) throws {
+        var selected: [(String, QuantScheme)] = []
+        for name in group { if let s = try options.scheme(for: name) { selected.append((name, s)) } else { out.done += 1 } }
+        guard !selected.isEmpty else { return }
+        var observer: HessianObserver?
+        if options.method == .gptq {
+            let o = HessianObserver(selected.map(\.0))
+            capture(o)
+            if let e = o.error { throw e }
+            observer = o
+        }
+        for (name, scheme) in selected {
+            let (q, layer, rep) = try quantizeLayer(name: name, source: source, scheme: scheme, hessian: observer?.hessian(name),
+                                                    options: options, threads: threads, progress: progress)
+            try install(layer, name)
+            out.reports.append(rep)
+            out.layers.append((name, q))
+            out.done += 1
+            out.progress.update(done: out.done, detail: name)
+        }
     }
 
     /// Quantizes one linear module (`name.weight` [+ `name.bias`] of `source`) with GPTQ from its input Hessian or
@@ -436,7 +450,7 @@ public enum ModelQuantizer {
         let layer = try QuantizedLinear(q, bias: bias, name: name)
         var f16 = q
         f16.scales = q.scales.map { Float(Float16($0)) }
-        let err = TensorError(reference: w, quantized: f16.dequantized())
+        let err = ErrorMetrics(reference: w, approximation: f16.dequantized())
         let rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: scheme.bits, groupSize: scheme.groupSize,
                                    gptqLoss: loss, error: err, seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp,
                                    dampEscalations: esc, deadColumns: dead)

@@ -89,8 +89,8 @@ extension BenchGPTQCommand {
             throw QuantKitError(.input, "--samples must be positive and --seqlen in 1...\(shape.seq)")
         }
         let model = try BenchPerplexityCommand.randomModel(shape, dtype: .f32, seed: 42)
-        var rng = SplitMix(seed: 11)
-        let windows = (0..<samples).map { _ in (0..<seqlen).map { _ in Int32(rng.next() % UInt64(shape.vocab)) } }
+        var rng = SplitMix64(seed: 11)
+        let windows = (0..<samples).map { _ in (0..<seqlen).map { _ in Int32(rng.index(shape.vocab)) } }
         let options = ModelQuantizationOptions(
             method: .gptq, scheme: try QuantScheme(bits: bits, symmetric: false, groupSize: groupSize), actOrder: actOrder)
         let c0 = cpuSeconds()

@@ -33,18 +33,12 @@ struct BenchPerplexityCommand: ParsableCommand {
         let cfg = LlamaConfig(hiddenSize: s.dim, intermediateSize: s.hidden, numHiddenLayers: s.layers, numAttentionHeads: s.heads,
                               numKeyValueHeads: s.kvHeads, rmsNormEps: 1e-5, vocabSize: s.vocab, maxPositionEmbeddings: s.seq,
                               tieWordEmbeddings: true)
-        var state = seed
-        func next() -> Float {  // SplitMix64 -> uniform [-1, 1)
-            state &+= 0x9E3779B97F4A7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) &* 0x94D049BB133111EB; z ^= z >> 31
-            return Float(z >> 40) / Float(1 << 23) - 1
-        }
+        var rng = SplitMix64(seed: seed)
         func matrix(_ r: Int, _ c: Int) -> Tensor {
             let t = Tensor(zeros: .f32, shape: [r, c])
             let p = t.mutableRaw.assumingMemoryBound(to: Float.self)
             let scale = 1 / Float(c).squareRoot()
-            for i in 0..<(r * c) { p[i] = next() * scale }
+            for i in 0..<(r * c) { p[i] = rng.signedUnitFloat() * scale }
             return t.converted(to: dtype)
         }
         func ones(_ n: Int) -> Tensor { Tensor(shape: [n], floats: [Float](repeating: 1, count: n)) }
@@ -144,9 +138,9 @@ struct BenchPerplexityCommand: ParsableCommand {
                 let vocab = knownVocab > 0 ? knownVocab : model.config.vocabSize
                 if let t = threads { model.threads = max(1, t) }
                 for (c, b) in ctxs.flatMap({ c in batches.map { (c, $0) } }) {
-                    var rng = SplitMix(seed: 7)
+                    var rng = SplitMix64(seed: 7)
                     let n = c * max(chunks, 2)
-                    let toks = (0..<n).map { _ in Int32(rng.next() % UInt64(vocab)) }
+                    let toks = (0..<n).map { _ in Int32(rng.index(vocab)) }
                     var rates: [Double] = [], cpuRates: [Double] = []
                     for _ in 0..<max(1, repeats) {
                         let cpu0 = Self.cpuSeconds()
@@ -176,16 +170,5 @@ struct BenchPerplexityCommand: ParsableCommand {
                 try ResultEnvelope(kind: "bench_perplexity").write(obj, to: j)
             }
         }
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9; z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
     }
 }

@@ -85,7 +85,7 @@ struct LayersCommand: ParsableCommand {
         var lines = ["Per-module sensitivity of \(r.source) vs \(r.model) (most sensitive first; calibration \(rep.calibrationTokens) tokens)"]
         var rows = [["rank", "module", "cosine", "MSE", "SQNR dB", "enable-one QError", "disable-one QError"]]
         for (i, x) in rep.ranked.enumerated() {
-            rows.append([String(i + 1), x.name, String(format: "%.6f", x.cosine), String(format: "%.3e", x.mse), String(format: "%.2f", x.sqnrDB),
+            rows.append([String(i + 1), x.name, String(format: "%.6f", x.error.cosine), String(format: "%.3e", x.error.mse), String(format: "%.2f", x.error.sqnrDB),
                          x.enableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-",
                          x.disableOneQError.map { String(format: "%+.3f%%", $0 * 100) } ?? "-"])
         }
@@ -94,7 +94,7 @@ struct LayersCommand: ParsableCommand {
             lines.append(String(format: "held-out ppl: float %.4f, all quantized %.4f (QError %+.3f%%, %d tokens, protocol gptq ctx %d); %.3f bits/weight",
                                 f, q, (q / f - 1) * 100, rep.heldoutTokensScored, r.ctx, r.bitsPerWeight))
         }
-        lines.append("SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) of the module output on float inputs; QError = ppl_q / ppl_float - 1")
+        lines.append("SQNR = \(ErrorMetrics.definitions()["sqnr_db"]!) of the module output on float inputs; QError = ppl_q / ppl_float - 1")
         if r.planTargetMissed { lines.append("note: even with every module at 8 bits or float the QError target is not met") }
         return lines.joined(separator: "\n")
     }

@@ -88,7 +88,7 @@ struct NpuCostCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let cfg = try npu.load()
-            let shape = try loadShape(model)
+            let shape = try TransformerShape.load(model: model)
             let r = try workload.report(shape: shape, config: cfg)
             print(costTable(r), terminator: "")
             if let json {
@@ -97,12 +97,6 @@ struct NpuCostCommand: ParsableCommand {
             }
         }
     }
-}
-
-func loadShape(_ path: String) throws -> TransformerShape {
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw QuantKitError(.io, "\(path): no such file or directory") }
-    return isDir.boolValue ? try TransformerShape.huggingFace(configPath: path + "/config.json") : try TransformerShape.llama2c(path: path)
 }
 
 /// `quantkit npu report`: cost model + per-layer float-vs-NPU errors on calibration inputs, worst first.
@@ -126,14 +120,12 @@ struct NpuReportCommand: ParsableCommand {
                 throw QuantKitError(.input, "\(calibration): \(tokens.count) tokens; need more than --compare-tokens \(compareTokens) (the rest calibrate)")
             }
             let calib = Array(tokens[..<(tokens.count - compareTokens)]), compare = Array(tokens[(tokens.count - compareTokens)...])
-            let shape = TransformerShape(dim: m.config.hiddenSize, hiddenDim: m.config.intermediateSize, layers: m.config.numHiddenLayers,
-                                         heads: m.config.numAttentionHeads, kvHeads: m.config.kvHeads, vocab: m.config.vocabSize)
-            let cost = try workload.report(shape: shape, config: cfg)
+            let cost = try workload.report(shape: TransformerShape(config: m.config), config: cfg)
             let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: calib, window: window, progress: Console.progress)
             let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: window)
             print(costTable(cost), terminator: "")
             print("\nper-layer float vs NPU on \(compare.count) tokens (calibrated on \(calib.count)), worst first")
-            print("  \(ErrorMetrics.definitions); isolated = the layer alone on the float input")
+            print("  \(NPUComparison.definitions); isolated = the layer alone on the float input")
             print("  module                                  e2e SQNR  e2e PSNR  e2e cosine      e2e MSE  isolated SQNR")
             for l in cmp.layers {
                 print("  " + l.module.padding(toLength: 38, withPad: " ", startingAt: 0) + String(format: " %8.2f  %8.2f  %10.6f  %11.4g  %12.2f", l.endToEnd.sqnrDB,
@@ -145,7 +137,7 @@ struct NpuReportCommand: ParsableCommand {
                 let enc = jsonEncoder()
                 let obj: [String: Any] = [
                     "model": model, "calibration": calibration,
-                    "config": cfg.json, "definitions": ErrorMetrics.definitions,
+                    "config": cfg.json, "definitions": NPUComparison.definitions,
                     "cost": try JSONSerialization.jsonObject(with: enc.encode(cost)),
                     "comparison": try JSONSerialization.jsonObject(with: enc.encode(cmp)),
                     "fallbacks": sim.fallbacks.entries.map { ["module": $0.module, "reason": $0.reason] },

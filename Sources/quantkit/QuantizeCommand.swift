@@ -86,7 +86,7 @@ struct QuantizeCommand: ParsableCommand {
                             Double(s.layersPackedBytes) / 1e6, Double(s.layersFloatBytes) / Double(max(s.layersPackedBytes, 1)),
                             Double(s.modelInputTensorBytes) / 1e6, Double(s.modelOutputFileBytes) / 1e6,
                             Double(s.modelInputTensorBytes) / Double(max(s.modelOutputFileBytes, 1))))
-        lines.append("SQNR = \(TensorError.definitions["sqnr_db"]!); gptq-loss = sum (w-q)^2 / Hinv_ii^2 / 2 (GPTQ reference 'error')")
+        lines.append("SQNR = \(ErrorMetrics.definitions()["sqnr_db"]!); gptq-loss = sum (w-q)^2 / Hinv_ii^2 / 2 (GPTQ reference 'error')")
         lines.append("wrote \(r.output)")
         return lines.joined(separator: "\n")
     }

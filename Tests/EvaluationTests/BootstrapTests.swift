@@ -1,5 +1,6 @@
 import Evaluation
 import Foundation
+import TensorCore
 import TestSupport
 import XCTest
 
@@ -23,7 +24,7 @@ final class BootstrapTests: XCTestCase {
 
     func testSplitMixIndicesMatchPython() throws {
         let ref = try Ref()
-        var rng = BootstrapRandom(seed: ref.seed)
+        var rng = SplitMix64(seed: ref.seed)
         let first = (0..<10).map { _ in rng.index(40) }
         XCTAssertEqual(first, (ref.root["first_indices"] as! [NSNumber]).map(\.intValue))
     }

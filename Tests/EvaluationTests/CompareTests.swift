@@ -152,16 +152,17 @@ final class CompareTests: XCTestCase {
         XCTAssertEqual(c.rows[1].metricDeltas.count, 8)
         XCTAssertEqual(c.segments.first?.segment, "11-20 words")
         XCTAssertEqual(f.runs[1].queryTexts["3"], "1,000 genomes project enables mapping of genetic sequence variation")
-        // Without file segments, the per-query texts give query-length buckets: queries 3, 5, 13, 36 have 9, 7,
-        // 10, 10 words: "6-10 words" means 2.0/4 -> 1.92/4; query 1 (5 words, 1 -> 1) is "1-5 words".
+        // Without file segments, the per-query texts give query-length buckets (Segments.queryLengthBucket): queries
+        // 3, 13, 36 have 9, 10, 10 words: "9-16 words" means 1.2/3 -> 1.12/3; queries 1 and 5 (5 and 7 words,
+        // 1 -> 1 and 0.8 -> 0.8) are "1-8 words".
         var o = try object("retrieval.json"); o.removeValue(forKey: "segments")
         let c2 = try Comparison.build(files: [ResultFile(path: write(o, "noseg.json"))], resamples: 50)
-        let six = c2.segments.first { $0.segment == "6-10 words" }
-        XCTAssertEqual(six?.count, 4)
-        XCTAssertEqual(six!.base, 0.5, accuracy: 1e-12)
-        XCTAssertEqual(six!.quantized, 0.48, accuracy: 1e-12)
-        XCTAssertEqual(c2.segments.map(\.segment), ["6-10 words", "1-5 words"])
-        XCTAssertEqual(c2.segments.first?.segment, "6-10 words")
+        let nine = c2.segments.first { $0.segment == "9-16 words" }
+        XCTAssertEqual(nine?.count, 3)
+        XCTAssertEqual(nine!.base, 0.4, accuracy: 1e-12)
+        XCTAssertEqual(nine!.quantized, 1.12 / 3, accuracy: 1e-12)
+        XCTAssertEqual(c2.segments.map(\.segment), ["9-16 words", "1-8 words"])
+        XCTAssertEqual(c2.segments.last?.base ?? 0, 0.9, accuracy: 1e-12)
         XCTAssertTrue(c.table().contains("Recall@100"))
     }
 

@@ -7,7 +7,7 @@ import TestSupport
 import XCTest
 
 /// Per-module sensitivity on stories260K (tokens from the perplexity fixture, made by Python sentencepiece):
-/// output errors against a scalar float64 recomputation + Quantization's TensorError, effects against direct
+/// output errors against a scalar float64 recomputation + TensorCore's ErrorMetrics, effects against direct
 /// perplexity runs of a model with the module swapped in by hand.
 final class LayerSensitivityTests: XCTestCase {
     static let modelPath = Repo.path("Models/stories260K/stories260K.bin")
@@ -67,14 +67,14 @@ final class LayerSensitivityTests: XCTestCase {
                     }
                 }
             }
-            let e = TensorError(reference: ref, quantized: got)
+            let e = ErrorMetrics(reference: ref, approximation: got)
             let m = rep.modules.first { $0.name == n }!
-            XCTAssertEqual(m.cosine, e.cosine, accuracy: 1e-6, n)
-            XCTAssertEqual(m.mse, e.mse, accuracy: e.mse * 1e-3, n)
-            XCTAssertEqual(m.sqnrDB, e.sqnrDB, accuracy: 0.01, n)
+            XCTAssertEqual(m.error.cosine, e.cosine, accuracy: 1e-6, n)
+            XCTAssertEqual(m.error.mse, e.mse, accuracy: e.mse * 1e-3, n)
+            XCTAssertEqual(m.error.sqnrDB, e.sqnrDB, accuracy: 0.01, n)
             XCTAssertEqual(m.parameters, din * dout)
-            XCTAssertLessThan(m.cosine, 1)
-            XCTAssertGreaterThan(m.cosine, 0.9)
+            XCTAssertLessThan(m.error.cosine, 1)
+            XCTAssertGreaterThan(m.error.cosine, 0.9)
         }
         // Model order: layer 0 before layer 2.
         XCTAssertEqual(rep.modules.map(\.name), ["model.layers.0.self_attn.q_proj", "model.layers.2.mlp.down_proj"])
@@ -86,7 +86,7 @@ final class LayerSensitivityTests: XCTestCase {
         let r4 = try LayerSensitivity.analyze(model: model, quantized: [n: dequantized(model, n, bits: 4, group: -1)], calibration: tokens(), ctx: 64, calibrationWindows: 2)
         let r8 = try LayerSensitivity.analyze(model: model, quantized: [n: dequantized(model, n, bits: 8, group: -1)], calibration: tokens(), ctx: 64, calibrationWindows: 2)
         // About 6 dB per bit: 4 more bits should add well over 15 dB.
-        XCTAssertGreaterThan(r8.modules[0].sqnrDB - r4.modules[0].sqnrDB, 15)
+        XCTAssertGreaterThan(r8.modules[0].error.sqnrDB - r4.modules[0].error.sqnrDB, 15)
     }
 
     func testEffectsMatchDirectPerplexityRuns() throws {

@@ -47,4 +47,13 @@ final class RagAnswersTests: XCTestCase {
         let segs = AnswerEvaluation.json(b, includeAnswers: false)["segments"] as! [[String: Any]]
         XCTAssertEqual(segs.map { $0["answer_type"] as! String }, ["unanswerable", "date", "name"])
     }
+
+    /// The one answer-type rule (AnswerType.of): a four-digit year is a date, not a number.
+    func testAnswerTypeRule() {
+        let cases: [(String, AnswerType)] = [("1998", .date), ("March 4, 1789", .date), ("the 10th century", .date),
+                                             ("3.5 million", .number), ("George Washington", .name),
+                                             ("the upper house", .shortPhrase), ("because the river flooded the plain", .longPhrase)]
+        for (answer, type) in cases { XCTAssertEqual(AnswerType.of(q("x", "?", [answer])), type, answer) }
+        XCTAssertEqual(AnswerType.of(q("x", "?", [])), .unanswerable)
+    }
 }

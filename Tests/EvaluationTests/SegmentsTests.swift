@@ -108,25 +108,19 @@ final class SegmentsTests: XCTestCase {
         for i: Int32 in 6...10 { XCTAssertEqual(c[i], "rare (bottom 50% of ids)", "\(i)") }
     }
 
-    func testQueryLengthAndAnswerTypes() {
-        XCTAssertEqual(Segments.lengthBucket(words: 1), "1-5 words")
-        XCTAssertEqual(Segments.lengthBucket(words: 5), "1-5 words")
-        XCTAssertEqual(Segments.lengthBucket(words: 6), "6-10 words")
-        XCTAssertEqual(Segments.lengthBucket(words: 20), "11-20 words")
-        XCTAssertEqual(Segments.lengthBucket(words: 21), "21+ words")
-        let s = Segments.byQueryLength([("short query", 1.0, 1.0), ("a b c d e f g", 0.5, 0.25), ("x y", 0.5, 0.5), ("a b c d e f", 0.5, 0.5)])
-        XCTAssertEqual(s.map(\.segment), ["6-10 words", "1-5 words"])
+    func testQueryLengthBuckets() {
+        func words(_ n: Int) -> String { Array(repeating: "w", count: n).joined(separator: " ") }
+        for (n, bucket) in [(0, "1-8 words"), (1, "1-8 words"), (8, "1-8 words"), (9, "9-16 words"), (16, "9-16 words"),
+                            (17, "17+ words"), (40, "17+ words")] {
+            XCTAssertEqual(Segments.queryLengthBucket(words(n)), bucket, "\(n) words")
+        }
+        XCTAssertEqual(Segments.queryLengthBucket(" a\tb\n\nc "), "1-8 words")
+        // Two queries of 9 and 10 words (0.5 -> 0.25, 0.5 -> 0.5): "9-16 words" means 0.5 -> 0.375, a 25% loss,
+        // before the two short ones (no loss).
+        let s = Segments.byQueryLength([("short query", 1.0, 1.0), (words(9), 0.5, 0.25), ("x y", 0.5, 0.5), (words(10), 0.5, 0.5)])
+        XCTAssertEqual(s.map(\.segment), ["9-16 words", "1-8 words"])
         XCTAssertEqual(s[0].base, 0.5); XCTAssertEqual(s[0].quantized, 0.375)
         XCTAssertEqual(s[0].relativeLoss, 0.25, accuracy: 1e-15)
         XCTAssertEqual(s[0].count, 2)
-        XCTAssertEqual(Segments.answerType("1998"), "number")
-        XCTAssertEqual(Segments.answerType("3.5 million"), "short phrase")
-        XCTAssertEqual(Segments.answerType("March 4, 1789"), "date")
-        XCTAssertEqual(Segments.answerType("George Washington"), "name")
-        XCTAssertEqual(Segments.answerType("the upper house"), "short phrase")
-        XCTAssertEqual(Segments.answerType("because the river flooded the plain"), "long phrase")
-        let a = Segments.byAnswerType([("1998", 1, 0), ("George Washington", 1, 1), ("2001", 1, 1)])
-        XCTAssertEqual(a.first?.segment, "number")
-        XCTAssertEqual(a.first!.relativeLoss, 0.5, accuracy: 1e-15)
     }
 }

@@ -9,7 +9,7 @@ final class ElementwiseTests: XCTestCase {
     let sizes = [1, 7, 8, 33, 172, 513]
 
     func testRMSNorm() {
-        var rng = SeededRandom(seed: 11)
+        var rng = SplitMix64(seed: 11)
         for dim in sizes {
             let rows = 3
             let x = rng.floats(rows * dim, in: -3...3), w = rng.floats(dim)
@@ -22,7 +22,7 @@ final class ElementwiseTests: XCTestCase {
     }
 
     func testLayerNormWithLargeMean() {
-        var rng = SeededRandom(seed: 12)
+        var rng = SplitMix64(seed: 12)
         for dim in sizes where dim > 1 {
             let rows = 3
             let x = rng.floats(rows * dim, in: -2...2).map { $0 + 50 }  // a large mean exercises the two-pass variance
@@ -38,7 +38,7 @@ final class ElementwiseTests: XCTestCase {
     /// Relative error of every probability below 2e-6 (vectorized exp is ~1e-7 relative; the normalization adds
     /// an ulp or two). Masked (-inf) entries give exactly 0.
     func testSoftmax() {
-        var rng = SeededRandom(seed: 13)
+        var rng = SplitMix64(seed: 13)
         for cols in sizes + [32000] {
             let rows = 2
             var x = rng.floats(rows * cols, in: -40...40)
@@ -55,7 +55,7 @@ final class ElementwiseTests: XCTestCase {
 
     /// Small logit differences must survive: a peaked row against numpy-style float64 softmax.
     func testSoftmaxSumsToOne() {
-        var rng = SeededRandom(seed: 14)
+        var rng = SplitMix64(seed: 14)
         var x = rng.floats(1000, in: -5...5)
         Kernels.softmax(&x, rows: 1, cols: 1000)
         XCTAssertEqual(x.reduce(0.0) { $0 + Double($1) }, 1, accuracy: 1e-5)
@@ -63,7 +63,7 @@ final class ElementwiseTests: XCTestCase {
 
     /// silu(g)·up over g in [-90, 90] (exp from underflow to overflow); relative error < 2e-6.
     func testSwiGLU() {
-        var rng = SeededRandom(seed: 15)
+        var rng = SplitMix64(seed: 15)
         for count in sizes + [40_000] {
             let g = rng.floats(count, in: -90...90), u = rng.floats(count)
             var f = g, r = g
@@ -79,7 +79,7 @@ final class ElementwiseTests: XCTestCase {
     /// positive x are off by at most ~1e-7·x. exp(-x²/2) of a Float x carries a further relative error of about
     /// x²·6e-8 (the rounding of x²/2 near -40 is 4e-6 absolute in the exponent), hence the x² term.
     func testGELU() {
-        var rng = SeededRandom(seed: 16)
+        var rng = SplitMix64(seed: 16)
         for count in sizes + [30_000] {
             let x = rng.floats(count, in: -12...12)
             var f = x, r = x
@@ -101,7 +101,7 @@ final class ElementwiseTests: XCTestCase {
     /// the scalar libm reference: relative difference below 1e-13 on odd sizes, Llama-2-sized vocabularies, wide
     /// and narrow logit ranges, masked (-inf) entries and a target far below the maximum.
     func testNegativeLogLikelihood() {
-        var rng = SeededRandom(seed: 23)
+        var rng = SplitMix64(seed: 23)
         for vocab in [1, 7, 8, 33, 513, 32000] {
             for spread: Float in [0.01, 5, 60] {
                 var x = rng.floats(vocab, in: -spread...spread)
@@ -133,7 +133,7 @@ final class ElementwiseTests: XCTestCase {
     }
 
     func testRoPE() {
-        var rng = SeededRandom(seed: 17)
+        var rng = SplitMix64(seed: 17)
         for headDim in [2, 6, 16, 64, 128] {
             for theta: Float in [10_000, 500_000] {
                 let rows = 5, heads = 3
@@ -154,7 +154,7 @@ final class ElementwiseTests: XCTestCase {
     }
 
     func testAttention() {
-        var rng = SeededRandom(seed: 18)
+        var rng = SplitMix64(seed: 18)
         for (nHeads, nKV) in [(4, 4), (4, 2), (4, 1), (3, 1)] {
             for headDim in [6, 8, 16, 20, 64] {
                 for (tokens, start) in [(1, 0), (1, 40), (7, 0), (33, 5), (20, 100)] {
@@ -180,7 +180,7 @@ final class ElementwiseTests: XCTestCase {
     /// Sliding-window attention: fast vs scalar reference on odd sizes, prefill from 0, chunked prefill and decode
     /// (start > 0), windows from 1 to past the sequence.
     func testAttentionWindow() {
-        var rng = SeededRandom(seed: 21)
+        var rng = SplitMix64(seed: 21)
         let cases: [(tokens: Int, start: Int)] = [(1, 0), (2, 0), (3, 0), (5, 0), (15, 0), (16, 0), (17, 0), (33, 0),
                                                   (64, 0), (97, 0), (130, 0), (1, 1), (1, 4), (1, 17), (1, 40),
                                                   (1, 129), (7, 9), (20, 100), (33, 5)]
@@ -229,7 +229,7 @@ final class ElementwiseTests: XCTestCase {
 
     /// BERT-style packed sequences: each row attends to its own sequence only; odd lengths and head sizes.
     func testAttentionBidirectional() {
-        var rng = SeededRandom(seed: 20)
+        var rng = SplitMix64(seed: 20)
         for (heads, headDim) in [(1, 8), (3, 6), (12, 32), (2, 64), (2, 20)] {
             for lengths in [[1], [5], [17, 0, 3], [33, 64, 2, 7], [130]] {
                 for threads in [1, 2] {
@@ -249,7 +249,7 @@ final class ElementwiseTests: XCTestCase {
 
     /// A long prefill (ctx 512, 8 heads of 64) exercises the threaded cost-balanced split.
     func testAttentionLong() {
-        var rng = SeededRandom(seed: 19)
+        var rng = SplitMix64(seed: 19)
         let tokens = 300, nHeads = 8, nKV = 2, hd = 64
         let q = rng.floats(tokens * nHeads * hd, in: -2...2)
         let k = rng.floats(tokens * nKV * hd, in: -2...2), v = rng.floats(tokens * nKV * hd)

@@ -11,7 +11,7 @@ final class MatmulTests: XCTestCase {
 
     func check(m: Int, k: Int, n: Int, kind: Kind, threads: Int, bias: Bool, seed: UInt64, prepacked: Bool = false,
                file: StaticString = #filePath, line: UInt = #line) {
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         let x = rng.floats(m * k)
         let w32 = rng.floats(n * k)
         let w16 = w32.map { Float16($0) }

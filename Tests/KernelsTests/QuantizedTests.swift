@@ -8,7 +8,7 @@ import TestSupport
 final class QuantizedTests: XCTestCase {
     struct Case { let bits, out, inF, group: Int; let permuted: Bool }
 
-    func randomMatrix(_ c: Case, rng: inout SeededRandom) throws -> QuantizedMatrix {
+    func randomMatrix(_ c: Case, rng: inout SplitMix64) throws -> QuantizedMatrix {
         let ng = (c.inF + c.group - 1) / c.group
         let maxq = (1 << c.bits) - 1
         let codes = (0..<(c.out * c.inF)).map { _ in UInt8(Int.random(in: 0...maxq, using: &rng)) }
@@ -20,7 +20,7 @@ final class QuantizedTests: XCTestCase {
                                    codes: codes, scales: scales, zeros: zeros, inputPermutation: perm)
     }
 
-    func check(_ q: QuantizedMatrix, m: Int, threads: Int, rng: inout SeededRandom, label: String,
+    func check(_ q: QuantizedMatrix, m: Int, threads: Int, rng: inout SplitMix64, label: String,
                file: StaticString = #filePath, line: UInt = #line) {
         let k = q.inFeatures, n = q.outFeatures
         let x = rng.floats(m * k)
@@ -40,7 +40,7 @@ final class QuantizedTests: XCTestCase {
     }
 
     func testBitsGroupsPermutations() throws {
-        var rng = SeededRandom(seed: 31)
+        var rng = SplitMix64(seed: 31)
         var cases: [Case] = []
         for bits in [4, 8] {
             for (out, inF, group) in [(33, 256, 32), (17, 256, 64), (40, 384, 128), (9, 200, 200), (33, 172, 32),
@@ -63,7 +63,7 @@ final class QuantizedTests: XCTestCase {
 
     /// Large enough to run threaded and cross the GEMM's k/column blocks.
     func testLargeThreaded() throws {
-        var rng = SeededRandom(seed: 32)
+        var rng = SplitMix64(seed: 32)
         for bits in [4, 8] {
             let q = try randomMatrix(Case(bits: bits, out: 300, inF: 640, group: 128, permuted: true), rng: &rng)
             for m in [1, 3, 17, 80] { check(q, m: m, threads: 2, rng: &rng, label: "large \(bits)") }
@@ -72,7 +72,7 @@ final class QuantizedTests: XCTestCase {
 
     /// dequantized() against w[r, i] = scale[r, g(i)]·(q[r, i] − zero[r, g(i)]) computed directly in original order.
     func testFromGroupIndexActOrder() throws {
-        var rng = SeededRandom(seed: 33)
+        var rng = SplitMix64(seed: 33)
         for (bits, out, inF, group, uniform) in [(4, 12, 172, 32, true), (8, 9, 256, 64, true), (4, 6, 100, 25, false)] {
             let ng = (inF + group - 1) / group
             var gIdx = [Int32](repeating: 0, count: inF)

@@ -98,11 +98,33 @@ final class CostModelTests: XCTestCase {
              "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512,
              "rms_norm_eps": 1e-5, "use_sliding_window": true, "sliding_window": 16, "max_window_layers": 1}
             """.utf8).write(to: URL(fileURLWithPath: path))
-        let shape = try TransformerShape.huggingFace(configPath: path)
+        let shape = try TransformerShape.load(model: dir)
         XCTAssertEqual(shape.attentionWindows ?? [], [nil, 16, 16])
         let r = CostModel.phase(shape: shape, hw: small, weightBits: 8, rows: 1, past: 99)
         let att = r.layers.filter { $0.name.hasSuffix("attention") }.map(\.macs)
         XCTAssertEqual(att, [2 * 8 * 8 * 100, 2 * 8 * 8 * 16, 2 * 8 * 8 * 16])
+    }
+
+    /// An explicit head_dim (16, not hidden 64 / 8 heads = 8) sizes q/k/v/o and attention, as Models reads it.
+    func testExplicitHeadDimFromConfig() throws {
+        let dir = Repo.tempDirectory("costheaddim")
+        try Data("""
+            {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 172,
+             "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16, "vocab_size": 512}
+            """.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        let shape = try TransformerShape.load(model: dir)
+        XCTAssertEqual(shape.headDim, 16)
+        let r = CostModel.phase(shape: shape, hw: small, weightBits: 8, rows: 1, past: 99)
+        // One token: q 64 x (8 x 16) = 8192 MACs, k and v 64 x (4 x 16) = 4096, o (8 x 16) x 64 = 8192; attention
+        // over 100 keys 2 x 8 heads x 16 x 100 = 25600; vector ops 2 x 4 x 64 + 3 x (128 + 64) + 5 x 172 + 2 x 64
+        // = 512 + 576 + 860 + 128 = 2076.
+        let macs = Dictionary(uniqueKeysWithValues: r.layers.map { ($0.name, $0.macs) })
+        XCTAssertEqual(macs["model.layers.0.self_attn.q_proj"], 8192)
+        XCTAssertEqual(macs["model.layers.0.self_attn.k_proj"], 4096)
+        XCTAssertEqual(macs["model.layers.0.self_attn.v_proj"], 4096)
+        XCTAssertEqual(macs["model.layers.0.self_attn.o_proj"], 8192)
+        XCTAssertEqual(macs["model.layers.0.self_attn.attention"], 25600)
+        XCTAssertEqual(r.layers.first { $0.name == "model.layers.0.vector_ops" }?.vectorOps, 2076)
     }
 
     func testWholeModelTotals() throws {
@@ -120,7 +142,7 @@ final class CostModelTests: XCTestCase {
     }
 
     func testLlama2cHeader() throws {
-        let s = try TransformerShape.llama2c(path: Repo.path("Models/stories260K/stories260K.bin"))
+        let s = try TransformerShape.load(model: Repo.path("Models/stories260K/stories260K.bin"))
         XCTAssertEqual(s, stories)
     }
 

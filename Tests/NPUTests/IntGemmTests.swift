@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import NPU
+import TensorCore
 import TestSupport
 import XCTest
 
@@ -60,7 +61,7 @@ final class IntGemmTests: XCTestCase {
         }
     }
 
-    func randomCase(_ rng: inout SeededRandom, m: Int, k: Int, n: Int, bits: Int) throws
+    func randomCase(_ rng: inout SplitMix64, m: Int, k: Int, n: Int, bits: Int) throws
         -> (x: [Int8], w: [Int8], weights: NPUWeights, bias: [Int32], mults: [Requant.Multiplier], zpX: Int32, zpOut: Int32) {
         let lim: Int8 = bits == 8 ? 127 : 7
         let x = (0..<(m * k)).map { _ in Int8.random(in: -128...127, using: &rng) }
@@ -74,7 +75,7 @@ final class IntGemmTests: XCTestCase {
     }
 
     func testRandomShapesBitExactInt8AndInt4() throws {
-        var rng = SeededRandom(seed: 42)
+        var rng = SplitMix64(seed: 42)
         let sizes = [1, 7, 33, 172, 513]
         var checked = 0
         for bits in [8, 4] {
@@ -114,7 +115,7 @@ final class IntGemmTests: XCTestCase {
     }
 
     func testWeightQuantization() throws {
-        var rng = SeededRandom(seed: 3)
+        var rng = SplitMix64(seed: 3)
         let n = 5, k = 70
         let wf = rng.floats(n * k, in: -2...2)
         for bits in [8, 4] {

@@ -147,7 +147,7 @@ final class NPUBertTests: XCTestCase {
             XCTAssertLessThanOrEqual(abs(entry - ref), Self.halfULP16(ref) + 1e-6 * abs(ref) + 1e-12, "code \(code)")
             XCTAssertEqual(Double(lut.lookup(Float(x))), entry, "code \(code) looks up its own entry")
         }
-        var rng = SeededRandom(seed: 21)
+        var rng = SplitMix64(seed: 21)
         var x = rng.floats(4096, in: -9.7...13.2)
         let ref = x.map { Self.geluDouble(Double($0)) }
         x.withUnsafeMutableBufferPointer { ops.gelu($0.baseAddress!, count: 4096, producer: "encoder.layer.0.intermediate.dense", threads: 2) }
@@ -172,7 +172,7 @@ final class NPUBertTests: XCTestCase {
     /// LayerNorm at BERT's width (384) with MiniLM-like outlier channels: fp16 mode vs float64 within a bound
     /// derived from fp16 rounding; the integer mode within its int8 step. Row split across threads changes nothing.
     func testLayerNormAgainstDoubleReference() {
-        var rng = SeededRandom(seed: 22)
+        var rng = SplitMix64(seed: 22)
         let rows = 37, dim = 384
         var x = rng.floats(rows * dim, in: -2...2)
         for r in 0..<rows { x[r * dim + 7] = 40; x[r * dim + 300] = -25 }  // outlier channels
@@ -220,7 +220,7 @@ final class NPUBertTests: XCTestCase {
     /// Bidirectional packed attention on the NPU vs a float64 reference (softmax(QK^T/sqrt(d)) V per sequence
     /// and head): fp16 mode within fp16 operand/result rounding; LUT mode within the 8-bit exp table's error.
     func testAttentionAgainstDoubleReference() {
-        var rng = SeededRandom(seed: 23)
+        var rng = SplitMix64(seed: 23)
         let heads = 3, hd = 16, stride = heads * hd
         let offsets = [0, 5, 6, 30, 47]
         let total = offsets.last!

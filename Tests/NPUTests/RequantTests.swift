@@ -1,5 +1,6 @@
 import Foundation
 import NPU
+import TensorCore
 import TestSupport
 import XCTest
 
@@ -103,7 +104,7 @@ final class RequantTests: XCTestCase {
     }
 
     func testCalibrationMethods() throws {
-        var rng = SeededRandom(seed: 7)
+        var rng = SplitMix64(seed: 7)
         var xs = rng.floats(20000, in: -1...1)
         xs[123] = 50  // one outlier
         let obs = RangeObserver(name: "t")

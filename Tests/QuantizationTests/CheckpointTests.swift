@@ -36,7 +36,7 @@ final class CheckpointTests: XCTestCase {
     }
 
     func testWriteReadRoundTrip() throws {
-        var rng = SeededRandom(seed: 11)
+        var rng = SplitMix64(seed: 11)
         let w = rng.floats(40 * 96, in: -0.2...0.2)
         let q = try RTN.quantize(w, outFeatures: 40, inFeatures: 96, scheme: try QuantScheme(bits: 4, symmetric: false, groupSize: 32, minZero: 1))
         let w8 = try RTN.quantize(w, outFeatures: 96, inFeatures: 40, scheme: try QuantScheme(bits: 8, symmetric: true))

@@ -11,7 +11,7 @@ final class ModelQuantizationTests: XCTestCase {
     func tinyModel(seed: UInt64 = 5) throws -> LlamaModel {
         let cfg = LlamaConfig(hiddenSize: 64, intermediateSize: 172, numHiddenLayers: 2, numAttentionHeads: 8, numKeyValueHeads: 4,
                               rmsNormEps: 1e-5, vocabSize: 96, maxPositionEmbeddings: 256)
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         var t: [String: Tensor] = [:]
         func mat(_ o: Int, _ i: Int, _ s: Float) -> Tensor { Tensor(shape: [o, i], floats: rng.floats(o * i, in: -s...s)) }
         t["model.embed_tokens.weight"] = mat(96, 64, 1)
@@ -30,7 +30,7 @@ final class ModelQuantizationTests: XCTestCase {
     }
 
     func windows(_ n: Int, _ len: Int, seed: UInt64) -> [[Int32]] {
-        var rng = SeededRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
         // Skewed token distribution so activations have structure (and some rare tokens).
         return (0..<n).map { _ in (0..<len).map { _ in Int32(min(95, Int(pow(Double.random(in: 0..<1, using: &rng), 2) * 96))) } }
     }

@@ -30,7 +30,7 @@ final class SafetensorsTests: XCTestCase {
     func testRoundTripAllDTypes() throws {
         let dir = Repo.tempDirectory("st")
         let path = dir + "/model.safetensors"
-        var rng = SeededRandom(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let a = Tensor(shape: [3, 5], floats: rng.floats(15))
         let b = a.converted(to: .f16)
         let c = a.converted(to: .bf16)

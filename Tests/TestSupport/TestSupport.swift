@@ -58,17 +58,8 @@ public func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
     return m
 }
 
-/// Deterministic pseudo-random numbers (SplitMix64) so tests are reproducible.
-public struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
+/// Test data from the seeded generator, so tests are reproducible.
+extension SplitMix64 {
     public mutating func floats(_ n: Int, in range: ClosedRange<Float> = -1...1) -> [Float] {
         (0..<n).map { _ in Float.random(in: range, using: &self) }
     }

@@ -7,7 +7,8 @@ import TensorCore
 public enum DenseMath {
     public typealias V4 = SIMD4<Double>
 
-    @inline(__always) static func load(_ p: UnsafePointer<Double>) -> V4 {
+    /// Inlinable: GPTQ's column sweep (in Quantization) calls it per 4 doubles.
+    @inlinable @inline(__always) public static func load(_ p: UnsafePointer<Double>) -> V4 {
         UnsafeRawPointer(p).loadUnaligned(as: V4.self)
     }
 
