@@ -151,15 +151,15 @@ public enum HTMLReport {
             }
             if !items.isEmpty {
                 h += figure(SVGChart.bars(title: c.kind == .retrieval ? "Retrieval metric deltas (run - baseline)" : "Answer metric deltas (run - baseline)",
-                                          items: items, format: { String(format: "%+.4f", $0) }))
+                                          items: items, width: SVGChart.barWidth(items.map(\.label)), format: { String(format: "%+.4f", $0) }))
             }
         }
         let segs = c.worstSegmentsPerGroup(limit: 8)
         if !segs.isEmpty {
             let several = c.segmentsFromSeveralRuns
-            h += figure(SVGChart.bars(title: "Per-segment relative loss (%), worst first",
-                                      items: segs.map { ((several ? "\($0.run ?? "-") " : "") + "\($0.group): \($0.segment)", $0.relativeLoss * 100) },
-                                      color: "#e45756", negativeColor: "#54a24b", format: { String(format: "%+.2f%%", $0) }))
+            let items = segs.map { ((several ? "\($0.run ?? "-") " : "") + "\($0.group): \($0.segment)", $0.relativeLoss * 100) }
+            h += figure(SVGChart.bars(title: "Per-segment relative loss (%), worst first", items: items,
+                                      width: SVGChart.barWidth(items.map(\.0)), color: "#e45756", negativeColor: "#54a24b", format: { String(format: "%+.2f%%", $0) }))
             h += "<table><thead><tr>" + (several ? "<th>run</th>" : "")
             h += "<th>group</th><th>segment</th><th>count</th><th>base</th><th>quantized</th><th>rel. loss</th><th>KLD mean</th></tr></thead><tbody>"
             for s in segs {
@@ -182,7 +182,8 @@ public enum HTMLReport {
             if layers.allSatisfy({ $0.cosine != nil }) { return ("Per-module sensitivity: 1 - cosine similarity", { 1 - $0.cosine! }) }
             return ("Per-module sensitivity", { $0.sensitivity })
         }()
-        return figure(SVGChart.bars(title: title, items: ranked.map { ($0.name, value($0)) }, color: "#b279a2"))
+        return figure(SVGChart.bars(title: title, items: ranked.map { ($0.name, value($0)) }, width: SVGChart.barWidth(ranked.map(\.name)),
+                                    color: "#b279a2"))
     }
 
     /// The series a run belongs to in the bits-per-weight charts.

@@ -81,6 +81,11 @@ public enum SVGChart {
         func inside(_ o: Box) -> Bool { x0 >= o.x0 && x1 <= o.x1 && y0 >= o.y0 && y1 <= o.y1 }
     }
 
+    /// The width for a bar chart: `narrow` unless its longest label needs the wide left column of `wide`.
+    public static func barWidth(_ labels: [String], narrow: Int = 760, wide: Int = 960) -> Int {
+        (labels.map { textWidth($0, size: 12) }.max() ?? 0) + 14 > Double(narrow) * 0.45 ? wide : narrow
+    }
+
     /// Horizontal bars, one per item, with a zero line; negative values extend left. `format` writes the value
     /// printed beside each bar. Labels too long for the left column are shortened in the middle (the full label is
     /// the bar's tooltip); threshold captions that would overlap go on separate lines.
@@ -238,10 +243,10 @@ public enum SVGChart {
                 }
                 s += "</g>"
             }
-            // Legend: right-aligned, one entry per series.
-            let after = series[(si + 1)...].map { textWidth($0.name, size: 11) + 24 }.reduce(0, +)
-            s += "<circle cx=\"\(n(w - right - after - textWidth(ser.name, size: 11) - 10))\" cy=\"\(n(legendY - 4))\" r=\"4\" fill=\"\(c)\"/>"
-            s += "<text x=\"\(n(w - right - after))\" y=\"\(n(legendY))\" font-size=\"11\" text-anchor=\"end\" fill=\"\(c)\">\(escape(ser.name))</text>"
+            // Legend: right-aligned as a block, each entry a dot then its name.
+            let x0 = w - right - legendW + series[..<si].map { textWidth($0.name, size: 11) + 24 }.reduce(0, +)
+            s += "<circle cx=\"\(n(x0 + 8))\" cy=\"\(n(legendY - 4))\" r=\"4\" fill=\"\(c)\"/>"
+            s += "<text x=\"\(n(x0 + 16))\" y=\"\(n(legendY))\" font-size=\"11\" fill=\"\(c)\">\(escape(ser.name))</text>"
         }
         return s + "</svg>"
     }

@@ -115,15 +115,18 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(all.contains("stay FP16"))
         // One data point per run with known bits per weight in the ppl chart (4 runs; legend dots are outside <g>).
         XCTAssertEqual(try doc.nodes(forXPath: "(//*[local-name()='svg'])[2]//*[local-name()='g']/*[local-name()='circle']").count, 4)
-        // Bars have positive sizes and stay inside the drawing.
-        for r in try doc.nodes(forXPath: "//*[local-name()='rect']") {
-            func attr(_ n: String) -> Double? {
-                (r as? XMLElement)?.attributes?.first { $0.localName == n || $0.name == n }?.stringValue.flatMap(Double.init)
+        // Bars have positive sizes and stay inside their drawing.
+        func attr(_ e: XMLNode?, _ n: String) -> Double? {
+            (e as? XMLElement)?.attributes?.first { $0.localName == n || $0.name == n }?.stringValue.flatMap(Double.init)
+        }
+        for svg in svgs {
+            guard let sw = attr(svg, "width") else { XCTFail("svg without width"); continue }
+            for r in try svg.nodes(forXPath: ".//*[local-name()='rect']") {
+                guard let w = attr(r, "width"), let x = attr(r, "x") else {
+                    XCTFail("rect without numeric x/width: \(r.xmlString)"); continue
+                }
+                XCTAssertGreaterThan(w, 0); XCTAssertGreaterThanOrEqual(x, 0); XCTAssertLessThanOrEqual(x + w, sw + 0.5)
             }
-            guard let w = attr("width"), let x = attr("x") else {
-                XCTFail("rect without numeric x/width: \(r.xmlString)"); continue
-            }
-            XCTAssertGreaterThan(w, 0); XCTAssertGreaterThanOrEqual(x, 0); XCTAssertLessThanOrEqual(x + w, 760.5)
         }
     }
 
