@@ -178,7 +178,7 @@ public struct Comparison: Sendable {
     /// already has them).
     public var segments: [SegmentDelta] {
         var all: [SegmentDelta] = []
-        for row in rows where row.role == .candidate {
+        for row in rows where row.role == .candidate && row.delta != nil {
             all += row.run.segments.map { var s = $0; s.run = row.run.label; return s }
             if kind == .retrieval, !row.run.segments.contains(where: { $0.group == "query length" }) {
                 let texts = row.run.queryTexts.isEmpty ? baseline.queryTexts : row.run.queryTexts

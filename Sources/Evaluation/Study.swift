@@ -10,7 +10,8 @@ import TensorCore
 // answers measure the language model, retrieval the embedder, so each role gets its own recommendation.
 //
 // Recommendation per role: the variant with the fewest bits per weight among those whose every verdict is
-// "ship" (a variant without bits per weight ranks after all with; ties: smaller worst loss, then label). When none
+// "ship" (a variant without bits per weight ranks after all with, those among themselves by their quantization's
+// nominal bits; ties: smaller worst loss, then label). When none
 // ships: the variant closest to shipping (best worst decision, then smallest worst loss, then fewest bits), with
 // the next steps (Verdict.swift's ladder) from the quantization settings any of its results name.
 
@@ -69,7 +70,9 @@ public struct Recommendation: Sendable {
         let bits = v.bitsPerWeight.map { "\(reportFormat($0, 2)) bits/weight" } ?? "bits per weight unknown"
         let losses = v.verdicts.map { "\($0.kind.rawValue) \(reportPercent($0.verdict.relativeLoss, signed: true))" }.joined(separator: ", ")
         if ships {
-            return "\(role.rawValue.capitalizedFirst): ship \(v.name) (\(bits)), the smallest variant under the ship threshold on every metric it was measured on (\(losses))"
+            let why = v.bitsPerWeight == nil ? "under the ship threshold on every metric it was measured on (its size is unknown, so not ranked by it)"
+                : "the smallest variant under the ship threshold on every metric it was measured on"
+            return "\(role.rawValue.capitalizedFirst): ship \(v.name) (\(bits)), \(why) (\(losses))"
         }
         let what = v.decision == .improve ? "improve \(v.name) before shipping" : "stay FP16"
         return "\(role.rawValue.capitalizedFirst): no variant ships; \(what) — closest: \(v.name) (\(bits); \(losses))"
@@ -162,8 +165,10 @@ public struct Study: Sendable {
     public static func recommend(_ variants: [StudyVariant]) -> (variant: StudyVariant?, ships: Bool) {
         let withVerdicts = variants.filter { !$0.verdicts.isEmpty }
         let bits = { (v: StudyVariant) in v.bitsPerWeight ?? .infinity }
+        // Among runs of unknown size, the nominal bit width (quantization "bits") orders them.
+        let nominal = { (v: StudyVariant) in ResultValue.object(v.quantization).first(["bits", "w_bits"])?.double ?? .infinity }
         let shipping = withVerdicts.filter(\.ships).sorted {
-            (bits($0), $0.worstLoss, $0.name) < (bits($1), $1.worstLoss, $1.name)
+            (bits($0), nominal($0), $0.worstLoss, $0.name) < (bits($1), nominal($1), $1.worstLoss, $1.name)
         }
         if let s = shipping.first { return (s, true) }
         func rank(_ d: Decision) -> Int { d == .ship ? 0 : d == .improve ? 1 : 2 }
