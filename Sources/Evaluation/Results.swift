@@ -616,24 +616,16 @@ private struct Enveloped<Body: Encodable>: Encodable {
     let envelope: ResultEnvelope
     let body: Body
 
-    struct Key: CodingKey {
-        var stringValue: String
-        var intValue: Int? { nil }
-        init(_ s: String) { stringValue = s }
-        init?(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     func encode(to encoder: Encoder) throws {
         let e = envelope
-        var c = encoder.container(keyedBy: Key.self)
-        try c.encode(["name": "quantkit", "version": ResultEnvelope.toolVersion], forKey: Key("tool"))
-        try c.encode(e.createdText, forKey: Key("created"))
-        try c.encode(e.commandText, forKey: Key("command"))
-        try c.encodeIfPresent(e.bitsPerWeight, forKey: Key("bits_per_weight"))
+        var c = encoder.container(keyedBy: AnyKey.self)
+        try c.encode(["name": "quantkit", "version": ResultEnvelope.toolVersion], forKey: AnyKey("tool"))
+        try c.encode(e.createdText, forKey: AnyKey("created"))
+        try c.encode(e.commandText, forKey: AnyKey("command"))
+        try c.encodeIfPresent(e.bitsPerWeight, forKey: AnyKey("bits_per_weight"))
         try body.encode(to: encoder)
-        var last = encoder.container(keyedBy: Key.self)
-        try last.encode(ResultSchema.current, forKey: Key("schema_version"))
-        try last.encode(e.kind, forKey: Key("kind"))
+        var last = encoder.container(keyedBy: AnyKey.self)
+        try last.encode(ResultSchema.current, forKey: AnyKey("schema_version"))
+        try last.encode(e.kind, forKey: AnyKey("kind"))
     }
 }

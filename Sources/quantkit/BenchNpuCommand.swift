@@ -85,8 +85,8 @@ struct BenchNpuCommand: ParsableCommand {
         var modelRow: [String: Any] = [:]
         if let model {
             guard let tokens else { throw QuantKitError(.input, "--model needs --tokens") }
-            let toks = try readTokenFile(tokens)
             let m = try LlamaModel.load(path: model)
+            let toks = try LayersRun.readTokens(tokens, model: model, tokenizer: nil, m: m)
             m.threads = threads
             let win = min(128, m.config.maxPositionEmbeddings)
             guard toks.count >= 2 * win else { throw QuantKitError(.input, "\(tokens): need at least \(2 * win) tokens") }

@@ -16,14 +16,10 @@ struct CompareCommand: ParsableCommand {
         the sensitivity chart.
         """)
 
-    @Argument(help: "Result JSON files (perplexity, retrieval, answers; plus optional layers results).")
-    var results: [String]
+    @OptionGroup var inputs: ComparisonInputs
 
-    @Option(help: "The result file whose run is the baseline (default: the FP16 run when present, else the first float run).")
-    var baseline: String?
 
-    @Option(help: "Relative-loss thresholds in percent: SHIP,STAY (below SHIP ship; up to STAY improve; above stay FP16).")
-    var thresholds: String = "1,3"
+
 
     @Option(help: "Write a self-contained HTML report with SVG charts.")
     var html: String?
@@ -34,18 +30,12 @@ struct CompareCommand: ParsableCommand {
     @Option(help: "Write the comparison as JSON.")
     var json: String?
 
-    @Option(help: "Bootstrap resamples for the confidence intervals.")
-    var resamples: Int = Bootstrap.defaultResamples
 
-    @Option(help: "Bootstrap seed.")
-    var seed: UInt64 = Bootstrap.defaultSeed
 
     func run() throws {
         try runReportingErrors {
-            let t = try VerdictThresholds(parsing: thresholds)
-            guard resamples >= 10 else { throw QuantKitError(.input, "--resamples must be at least 10, got \(resamples)") }
-            let files = try results.map { try ResultFile(path: $0) }
-            let c = try Comparison.build(files: files, thresholds: t, resamples: resamples, seed: seed, baseline: baseline)
+            let (t, files) = try inputs.load()
+            let c = try Comparison.build(files: files, thresholds: t, resamples: inputs.resamples, seed: inputs.seed, baseline: inputs.baseline)
             print(c.table(), terminator: "")
             if let path = html {
                 try HTMLReport.write(c, to: path)
@@ -63,5 +53,30 @@ struct CompareCommand: ParsableCommand {
                 print("JSON: \(path)")
             }
         }
+    }
+}
+
+/// The inputs `compare` and `report` share: result files, the baseline, thresholds and the bootstrap.
+struct ComparisonInputs: ParsableArguments {
+    @Argument(help: "Result JSON files (perplexity, retrieval, answers; plus optional layers / npu report / quantize results).")
+    var results: [String]
+
+    @Option(help: "The result file whose run is the baseline of its kind (default: the FP16 run when present, else the first float run).")
+    var baseline: String?
+
+    @Option(help: "Relative-loss thresholds in percent: SHIP,STAY (below SHIP ship; up to STAY improve; above stay FP16).")
+    var thresholds: String = "1,3"
+
+    @Option(help: "Bootstrap resamples for the confidence intervals.")
+    var resamples: Int = Bootstrap.defaultResamples
+
+    @Option(help: "Bootstrap seed.")
+    var seed: UInt64 = Bootstrap.defaultSeed
+
+    /// The parsed thresholds and the result files read.
+    func load() throws -> (thresholds: VerdictThresholds, files: [ResultFile]) {
+        let t = try VerdictThresholds(parsing: thresholds)
+        guard resamples >= 10 else { throw QuantKitError(.input, "--resamples must be at least 10, got \(resamples)") }
+        return (t, try results.map { try ResultFile(path: $0) })
     }
 }

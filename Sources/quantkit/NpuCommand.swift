@@ -26,20 +26,6 @@ struct NpuOptions: ParsableArguments {
     }
 }
 
-/// Reads token ids: a JSON array of integers, or an object with a "tokens" array (e.g. Tools/npu_tokens.py output).
-func readTokenFile(_ path: String) throws -> [Int32] {
-    let data = try readMaybeCompressed(path)
-    let obj = try? JSONSerialization.jsonObject(with: data)
-    let arr = (obj as? [Any]) ?? ((obj as? [String: Any])?["tokens"] as? [Any])
-    guard let arr else {
-        throw QuantKitError(.format, "\(path): expected a JSON array of token ids or an object with \"tokens\" (text needs a tokenizer)")
-    }
-    return try arr.enumerated().map { i, v in
-        guard let n = v as? Int, n >= 0, n <= Int(Int32.max) else { throw QuantKitError(.format, "\(path): token \(i) is not a non-negative integer") }
-        return Int32(n)
-    }
-}
-
 func costTable(_ r: CostReport) -> String {
     var s = "hardware \(r.hardware.name): \(r.hardware.macsPerCycle) MACs/cycle @ \(r.hardware.clockHz / 1e6) MHz, "
         + "SRAM \(r.hardware.sramBytes / 1024) KiB, DRAM \(r.hardware.dramBytesPerSecond / 1e9) GB/s, "
@@ -59,21 +45,16 @@ func costTable(_ r: CostReport) -> String {
     return s
 }
 
-func jsonEncoder() -> JSONEncoder {
-    let e = JSONEncoder()
-    e.outputFormatting = [.prettyPrinted, .sortedKeys]
-    e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-    return e
-}
-
-/// The token workload both NPU commands price with the cost model.
-struct CostWorkload: ParsableArguments {
+/// The cost workload flags, onto the library's CostWorkload.
+struct CostWorkloadOptions: ParsableArguments {
     @Option(help: "Prompt tokens for the prefill estimate.") var promptTokens: Int = 128
     @Option(help: "Cached tokens before the decoded token.") var decodeContext: Int = 512
 
-    func report(shape: TransformerShape, config: NPUConfig) throws -> CostReport {
-        try CostModel.report(shape: shape, hw: config.hardware, weightBits: config.weightBits,
-                             promptTokens: promptTokens, decodeContext: decodeContext)
+    var workload: CostWorkload {
+        var w = CostWorkload()
+        w.promptTokens = promptTokens
+        w.decodeContext = decodeContext
+        return w
     }
 }
 
@@ -82,17 +63,15 @@ struct NpuCostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cost", abstract: "Cycles, bytes and tokens/s of a model on the NPU.")
     @Option(help: "Model: a llama2.c .bin or a Hugging Face directory (config.json).") var model: String
     @OptionGroup var npu: NpuOptions
-    @OptionGroup var workload: CostWorkload
+    @OptionGroup var workload: CostWorkloadOptions
     @Option(help: "Write the report as JSON.") var json: String?
 
     func run() throws {
         try runReportingErrors {
-            let cfg = try npu.load()
-            let shape = try TransformerShape.load(model: model)
-            let r = try workload.report(shape: shape, config: cfg)
+            let r = try NPUReportRun.cost(model: model, config: try npu.load(), workload: workload.workload)
             print(costTable(r), terminator: "")
             if let json {
-                let body = try JSONSerialization.jsonObject(with: jsonEncoder().encode(r))
+                let body = try JSONSerialization.jsonObject(with: NPUReportRun.encoder().encode(r))
                 try ResultEnvelope(kind: "npu_cost").write(["model": model, "cost": body], to: json)
             }
         }
@@ -107,44 +86,27 @@ struct NpuReportCommand: ParsableCommand {
     @Option(help: "Calibration text (tokenized with the model's tokenizer; .jsonl/SQuAD .json read as text) or JSON token ids.") var calibration: String
     @Option(help: "Tokens (from the end of the calibration file) used for the comparison; the rest calibrate.") var compareTokens: Int = 256
     @Option(help: "Window (tokens per forward pass).") var window: Int = 128
-    @OptionGroup var workload: CostWorkload
+    @OptionGroup var workload: CostWorkloadOptions
     @Option(help: "Write the report as JSON.") var json: String?
 
     func run() throws {
         try runReportingErrors {
-            let cfg = try npu.load()
-            let m = try LlamaModel.load(path: model)
-            let tokens = try LayersRun.readTokens(calibration, model: model, tokenizer: nil, m: m)
-            guard compareTokens >= 1, window >= 1 else { throw QuantKitError(.input, "--compare-tokens and --window must be >= 1") }
-            guard tokens.count > compareTokens else {
-                throw QuantKitError(.input, "\(calibration): \(tokens.count) tokens; need more than --compare-tokens \(compareTokens) (the rest calibrate)")
-            }
-            let calib = Array(tokens[..<(tokens.count - compareTokens)]), compare = Array(tokens[(tokens.count - compareTokens)...])
-            let cost = try workload.report(shape: TransformerShape(config: m.config), config: cfg)
-            let sim = try NPUSimulator.calibrate(model: m, config: cfg, calibrationTokens: calib, window: window, progress: Console.progress)
-            let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: window)
-            print(costTable(cost), terminator: "")
-            print("\nper-layer float vs NPU on \(compare.count) tokens (calibrated on \(calib.count)), worst first")
+            var o = NPUReportOptions(model: model, config: try npu.load(), calibration: calibration)
+            o.compareTokens = compareTokens
+            o.window = window
+            o.workload = workload.workload
+            let r = try NPUReportRun.run(o, progress: Console.progress)
+            print(costTable(r.cost), terminator: "")
+            print("\nper-layer float vs NPU on \(r.comparedTokens) tokens (calibrated on \(r.calibrationTokens)), worst first")
             print("  \(NPUComparison.definitions); isolated = the layer alone on the float input")
             print("  module                                  e2e SQNR  e2e PSNR  e2e cosine      e2e MSE  isolated SQNR")
-            for l in cmp.layers {
+            for l in r.comparison.layers {
                 print("  " + l.module.padding(toLength: 38, withPad: " ", startingAt: 0) + String(format: " %8.2f  %8.2f  %10.6f  %11.4g  %12.2f", l.endToEnd.sqnrDB,
                              l.endToEnd.psnrDB, l.endToEnd.cosine, l.endToEnd.mse, l.isolated.sqnrDB))
             }
-            print(String(format: "logits: SQNR %.2f dB, cosine %.6f", cmp.logits.sqnrDB, cmp.logits.cosine))
-            print(sim.summary)
-            if let json {
-                let enc = jsonEncoder()
-                let obj: [String: Any] = [
-                    "model": model, "calibration": calibration,
-                    "config": cfg.json, "definitions": NPUComparison.definitions,
-                    "cost": try JSONSerialization.jsonObject(with: enc.encode(cost)),
-                    "comparison": try JSONSerialization.jsonObject(with: enc.encode(cmp)),
-                    "fallbacks": sim.fallbacks.entries.map { ["module": $0.module, "reason": $0.reason] },
-                    "ops": sim.npu.counter.entries.map { ["op": $0.op, "unit": $0.unit, "calls": $0.calls, "elements": $0.elements] },
-                ]
-                try ResultEnvelope(kind: "npu_report").write(obj, to: json)
-            }
+            print(String(format: "logits: SQNR %.2f dB, cosine %.6f", r.comparison.logits.sqnrDB, r.comparison.logits.cosine))
+            print(r.summary)
+            if let json { try ResultEnvelope(kind: "npu_report").write(try r.jsonBody(), to: json) }
         }
     }
 }

@@ -18,14 +18,10 @@ struct ReportCommand: ParsableCommand {
         ships, the closest one and what to try next.
         """)
 
-    @Argument(help: "Result JSON files (perplexity, retrieval, answers, layers / npu report / quantize).")
-    var results: [String]
+    @OptionGroup var inputs: ComparisonInputs
 
-    @Option(help: "The result file whose run is the baseline of its kind (default: the FP16 run when present, else the first float run).")
-    var baseline: String?
 
-    @Option(help: "Relative-loss thresholds in percent: SHIP,STAY (below SHIP ship; up to STAY improve; above stay FP16).")
-    var thresholds: String = "1,3"
+
 
     @Option(help: "Write the self-contained HTML page here.")
     var html: String?
@@ -39,18 +35,12 @@ struct ReportCommand: ParsableCommand {
     @Option(help: "Page title.")
     var title: String = "QuantKit study report"
 
-    @Option(help: "Bootstrap resamples for the confidence intervals.")
-    var resamples: Int = Bootstrap.defaultResamples
 
-    @Option(help: "Bootstrap seed.")
-    var seed: UInt64 = Bootstrap.defaultSeed
 
     func run() throws {
         try runReportingErrors {
-            let t = try VerdictThresholds(parsing: thresholds)
-            guard resamples >= 10 else { throw QuantKitError(.input, "--resamples must be at least 10, got \(resamples)") }
-            let files = try results.map { try ResultFile(path: $0) }
-            let study = try Study.build(files: files, thresholds: t, baseline: baseline, resamples: resamples, seed: seed)
+            let (t, files) = try inputs.load()
+            let study = try Study.build(files: files, thresholds: t, baseline: inputs.baseline, resamples: inputs.resamples, seed: inputs.seed)
             print(study.summary(), terminator: "")
             if let path = html {
                 try AtomicFile.write(Data(HTMLReport.render(study, title: title).utf8), to: path)

@@ -98,13 +98,31 @@ final class NPUModelTests: XCTestCase {
     func testOtherModesStayReasonable() throws {
         let float = 6.0450633347501626
         for (json, bound) in [(#"{"weight_granularity": "per_tensor"}"#, 0.10),
-                              (#"{"nonlinear_mode": "lut"}"#, 0.25),
-                              (#"{"weight_bits": 4, "activation_calibration": "mse"}"#, 1.0)] {
+                              (#"{"nonlinear_mode": "lut"}"#, 0.25)] {
             let (ppl, sim) = try npuPerplexity(json)
             print("stories260K ppl NPU \(json): \(ppl)")
             XCTAssertLessThan(abs(ppl - float) / float, bound, json)
             XCTAssertEqual(sim.fallbacks.count, 0)
         }
+    }
+
+    /// W4A8 on the NPU against 4-bit per-channel weights on the CPU with float activations (W4A16, RTN). 4-bit
+    /// per-channel weights alone cost ~23% on this dim-64 model (7.45 vs 6.05), so a bound against float (it was
+    /// +-100%) could not catch a broken activation path. Against W4A16 the gap is what the NPU adds: int8
+    /// activations at every linear (more harmful on top of coarse weights than at 8 bits, where W8A8 stays within
+    /// 3% of W8A16) and its own int4 weight grid: measured 8.8% (8.11 vs 7.45). 12% leaves room for that and
+    /// still fails a broken requantization (tens of % or worse).
+    func testW4A8NearW4A16() throws {
+        let scheme = try QuantScheme(bits: 4, symmetric: true, groupSize: QuantScheme.perChannel)
+        let cpu = try LlamaModel.load(path: Self.modelPath, backend: RTNBackend(scheme: scheme))
+        let head = try XCTUnwrap(cpu.lmHead as? DenseLinear)
+        cpu.lmHead = try RTNBackend(scheme: scheme).makeLinear(name: "lm_head", source: TensorDictionary(["lm_head.weight": head.weight]))
+        let w4a16 = perplexity(cpu, Self.evalTokens)
+        let (w4a8, sim) = try npuPerplexity(#"{"weight_bits": 4, "activation_calibration": "mse"}"#)
+        print("stories260K ppl CPU W4A16 (RTN int4 per-channel) \(w4a16) | NPU W4A8 \(w4a8)")
+        XCTAssertEqual(sim.fallbacks.count, 0)
+        XCTAssertLessThan(abs(w4a8 - w4a16) / w4a16, 0.12, "NPU W4A8 \(w4a8) vs CPU W4A16 \(w4a16)")
+        XCTAssertGreaterThan(w4a16 / 6.0450633347501626 - 1, 0.1)  // the weights really are 4-bit
     }
 
     func testCalibrationTooSmallAndFallbacks() throws {

@@ -1,0 +1,94 @@
+import Foundation
+import Models
+import NPU
+import TensorCore
+
+/// The token workload the NPU cost model prices.
+public struct CostWorkload: Sendable {
+    /// Prompt tokens for the prefill estimate.
+    public var promptTokens = 128
+    /// Cached tokens before the decoded token.
+    public var decodeContext = 512
+    public init() {}
+
+    public func report(shape: TransformerShape, config: NPUConfig) throws -> CostReport {
+        try CostModel.report(shape: shape, hw: config.hardware, weightBits: config.weightBits,
+                             promptTokens: promptTokens, decodeContext: decodeContext)
+    }
+}
+
+/// Everything `quantkit npu report` decides: the model, the NPU, the calibration text and how it splits.
+public struct NPUReportOptions: Sendable {
+    public var model: String
+    public var config: NPUConfig
+    /// Text (tokenized with the model's tokenizer) or JSON token ids.
+    public var calibration: String
+    /// Tokens from the end of the calibration input used for the comparison; the rest calibrate.
+    public var compareTokens = 256
+    /// Tokens per forward pass.
+    public var window = 128
+    public var workload = CostWorkload()
+
+    public init(model: String, config: NPUConfig, calibration: String) {
+        self.model = model
+        self.config = config
+        self.calibration = calibration
+    }
+}
+
+/// Cost model plus per-layer float-vs-NPU errors (`kind: npu_report`).
+public struct NPUReport: Sendable {
+    public var options: NPUReportOptions
+    public var calibrationTokens: Int
+    public var comparedTokens: Int
+    public var cost: CostReport
+    public var comparison: NPUComparisonResult
+    /// Fallbacks and op counts, one line each.
+    public var summary: String
+    public var fallbacks: [FallbackLog.Entry]
+    public var ops: [OpCounter.Entry]
+
+    /// The `kind: npu_report` body (docs/RESULTS.md). Infinite dB figures are written as "inf".
+    public func jsonBody() throws -> [String: Any] {
+        let enc = NPUReportRun.encoder()
+        return [
+            "model": options.model, "calibration": options.calibration,
+            "config": options.config.json, "definitions": NPUComparison.definitions,
+            "cost": try JSONSerialization.jsonObject(with: enc.encode(cost)),
+            "comparison": try JSONSerialization.jsonObject(with: enc.encode(comparison)),
+            "fallbacks": fallbacks.map { ["module": $0.module, "reason": $0.reason] },
+            "ops": ops.map { ["op": $0.op, "unit": $0.unit, "calls": $0.calls, "elements": $0.elements] },
+        ]
+    }
+}
+
+/// The simulated NPU on a model: calibrate on the first tokens, compare float and NPU layer by layer on the last.
+public enum NPUReportRun {
+    public static func run(_ o: NPUReportOptions, progress: any ProgressObserver = NoProgress()) throws -> NPUReport {
+        guard o.compareTokens >= 1, o.window >= 1 else { throw QuantKitError(.input, "--compare-tokens and --window must be >= 1") }
+        let m = try LlamaModel.load(path: o.model)
+        let tokens = try LayersRun.readTokens(o.calibration, model: o.model, tokenizer: nil, m: m)
+        guard tokens.count > o.compareTokens else {
+            throw QuantKitError(.input, "\(o.calibration): \(tokens.count) tokens; need more than --compare-tokens \(o.compareTokens) (the rest calibrate)")
+        }
+        let calib = Array(tokens[..<(tokens.count - o.compareTokens)]), compare = Array(tokens[(tokens.count - o.compareTokens)...])
+        let cost = try o.workload.report(shape: TransformerShape(config: m.config), config: o.config)
+        let sim = try NPUSimulator.calibrate(model: m, config: o.config, calibrationTokens: calib, window: o.window, progress: progress)
+        let cmp = try NPUComparison.run(model: m, simulator: sim, tokens: compare, window: o.window)
+        return NPUReport(options: o, calibrationTokens: calib.count, comparedTokens: compare.count, cost: cost, comparison: cmp,
+                         summary: sim.summary, fallbacks: sim.fallbacks.entries, ops: sim.npu.counter.entries)
+    }
+
+    /// The cost model alone, from the model's dimensions.
+    public static func cost(model: String, config: NPUConfig, workload: CostWorkload) throws -> CostReport {
+        try workload.report(shape: try TransformerShape.load(model: model), config: config)
+    }
+
+    /// The NPU results' encoder: infinities and NaN as strings, as those results have always carried them.
+    public static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return e
+    }
+}
