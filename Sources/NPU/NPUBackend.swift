@@ -79,11 +79,11 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
 /// int32 accumulator) is built by `fallback` instead; the reason is printed once and counted.
 public final class NPULinearBackend: LinearBackend, @unchecked Sendable {
     public let config: NPUConfig
-    public let ranges: [String: (input: QuantParams, output: QuantParams)]
+    public let ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)]
     public let fallback: LinearBackend
     public let log: FallbackLog
 
-    public init(config: NPUConfig, ranges: [String: (input: QuantParams, output: QuantParams)],
+    public init(config: NPUConfig, ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)],
                 fallback: LinearBackend = DenseBackend(), log: FallbackLog = FallbackLog()) {
         self.config = config
         self.ranges = ranges
@@ -158,7 +158,7 @@ final class CalibrationObserver: LinearObserver {
 /// without the backend; `apply(to:)` converts it too).
 public final class NPUSimulator: @unchecked Sendable {
     public let config: NPUConfig
-    public let ranges: [String: (input: QuantParams, output: QuantParams)]
+    public let ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)]
     public let npu: NPUNonlinear
     public let fallbacks: FallbackLog
     public var ops: NPUNonlinearOps { NPUNonlinearOps(npu: npu) }
@@ -167,7 +167,7 @@ public final class NPUSimulator: @unchecked Sendable {
     /// Operations of the model that stay on the host CPU in float (not NPU hooks), listed in reports.
     public internal(set) var hostOps: [String] = []
 
-    init(config: NPUConfig, ranges: [String: (input: QuantParams, output: QuantParams)], calibrationTokens: Int,
+    init(config: NPUConfig, ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)], calibrationTokens: Int,
          observer: any ProgressObserver = NoProgress()) {
         self.config = config
         self.ranges = ranges
@@ -205,7 +205,7 @@ public final class NPUSimulator: @unchecked Sendable {
             begin = end
             task.update(done: begin)
         }
-        var ranges: [String: (input: QuantParams, output: QuantParams)] = [:]
+        var ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)] = [:]
         for (name, i) in obs.inputs {
             ranges[name] = (try i.params(config.calibration), try obs.outputs[name]!.params(config.calibration))
         }
@@ -220,8 +220,8 @@ public final class NPUSimulator: @unchecked Sendable {
     }
 
     /// Builds one NPU layer, or nil (with a logged reason) when the NPU cannot run it.
-    static func makeLayer(name: String, weight: WeightRef, n: Int, k: Int, bias: [Float]?, input: QuantParams,
-                          output: QuantParams, config: NPUConfig, log: FallbackLog) throws -> NPULinear? {
+    static func makeLayer(name: String, weight: WeightRef, n: Int, k: Int, bias: [Float]?, input: Int8AffineParams,
+                          output: Int8AffineParams, config: NPUConfig, log: FallbackLog) throws -> NPULinear? {
         // sum over k of |x - zp| * |w| <= 255 * qmax * k must fit the int32 accumulator
         let qmax = config.weightBits == 8 ? 127 : 7
         if 255 * qmax * k > Int(Int32.max) {

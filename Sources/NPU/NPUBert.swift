@@ -17,7 +17,7 @@ public struct NPUBertOps: BertNonlinearOps, @unchecked Sendable {
     /// GELU tables keyed by the producing module (intermediate.dense), from its calibrated int8 output parameters.
     public let geluTables: [String: ActivationLUT]
 
-    public init(npu: NPUNonlinear, ranges: [String: (input: QuantParams, output: QuantParams)] = [:]) {
+    public init(npu: NPUNonlinear, ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)] = [:]) {
         self.npu = npu
         var t: [String: ActivationLUT] = [:]
         for (name, r) in ranges where name.hasSuffix("intermediate.dense") {
@@ -143,7 +143,7 @@ extension NPUSimulator {
         var stats = BertSentenceEncoder.Stats()
         _ = try encoder.encode(ids: texts, threads: threads,
                                progress: progress.task("npu calibration", total: texts.count, unit: "tok"), stats: &stats)
-        var ranges: [String: (input: QuantParams, output: QuantParams)] = [:]
+        var ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)] = [:]
         for (name, i) in obs.inputs {
             ranges[name] = (try i.params(config.calibration), try obs.outputs[name]!.params(config.calibration))
         }

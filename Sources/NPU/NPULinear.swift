@@ -9,15 +9,15 @@ import TensorCore
 public final class NPULinear: @unchecked Sendable {
     public let name: String
     public let weights: NPUWeights
-    public let input: QuantParams
-    public let output: QuantParams
+    public let input: Int8AffineParams
+    public let output: Int8AffineParams
     public let multipliers: [Requant.Multiplier]
     public let bias: [Int32]?
     public var inFeatures: Int { weights.k }
     public var outFeatures: Int { weights.n }
 
     /// bias (float, optional) is quantized to int32 with scale s_in * s_w[j] (zero point 0).
-    public init(name: String, weights: NPUWeights, bias: [Float]?, input: QuantParams, output: QuantParams) throws {
+    public init(name: String, weights: NPUWeights, bias: [Float]?, input: Int8AffineParams, output: Int8AffineParams) throws {
         self.name = name
         self.weights = weights
         self.input = input

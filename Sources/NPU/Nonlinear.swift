@@ -257,10 +257,10 @@ public struct ActivationLUT: Sendable {
             }
         }
     }
-    public let params: QuantParams
+    public let params: Int8AffineParams
     public var table: [Float]
 
-    public init(function: Function, params: QuantParams) {
+    public init(function: Function, params: Int8AffineParams) {
         self.params = params
         table = (0..<256).map { fp16(function.apply(params.dequantize(Int8(truncatingIfNeeded: $0 - 128)))) }
     }
@@ -268,7 +268,7 @@ public struct ActivationLUT: Sendable {
     public init(function: Function, input: UnsafePointer<Float>, count: Int) {
         var lo: Float = 0, hi: Float = 0
         for i in 0..<count where input[i].isFinite { lo = min(lo, input[i]); hi = max(hi, input[i]) }
-        self.init(function: function, params: QuantParams.fromRange(min: lo, max: hi))
+        self.init(function: function, params: Int8AffineParams.fromRange(min: lo, max: hi))
     }
 
     @inline(__always) public func lookup(_ x: Float) -> Float { table[Int(params.quantize(x)) + 128] }

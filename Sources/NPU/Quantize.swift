@@ -6,7 +6,7 @@ import TensorCore
 func roundAway(_ x: Float) -> Float { x.rounded(.toNearestOrAwayFromZero) }
 
 /// Per-tensor affine int8 parameters: real = scale * (q - zeroPoint), q in [-128, 127].
-public struct QuantParams: Codable, Equatable, Sendable, CustomStringConvertible {
+public struct Int8AffineParams: Codable, Equatable, Sendable, CustomStringConvertible {
     public var scale: Float
     public var zeroPoint: Int32
 
@@ -17,12 +17,12 @@ public struct QuantParams: Codable, Equatable, Sendable, CustomStringConvertible
 
     /// TFLite's choice for an int8 range: the range is widened to include 0 (so 0 is exact), scale =
     /// (max - min) / 255, zero point = round(-128 - min / scale) clamped to [-128, 127].
-    public static func fromRange(min lo: Float, max hi: Float) -> QuantParams {
+    public static func fromRange(min lo: Float, max hi: Float) -> Int8AffineParams {
         let lo = Swift.min(lo, 0), hi = Swift.max(hi, 0)
         // An all-zero tensor: any scale represents it; pick one that keeps the multiplier finite.
         let scale = hi - lo > 1e-30 ? (hi - lo) / 255 : 1e-8
         let zp = roundAway(-128 - lo / scale)
-        return QuantParams(scale: scale, zeroPoint: Int32(Swift.min(127, Swift.max(-128, zp))))
+        return Int8AffineParams(scale: scale, zeroPoint: Int32(Swift.min(127, Swift.max(-128, zp))))
     }
 
     @inlinable @inline(__always)
@@ -112,7 +112,7 @@ public final class RangeObserver: @unchecked Sendable {
     public func observe(_ x: [Float]) { x.withUnsafeBufferPointer { observe($0.baseAddress!, count: $0.count) } }
 
     /// The int8 parameters this tensor gets under `method`; throws when calibration saw too few values.
-    public func params(_ method: CalibrationMethod) throws -> QuantParams {
+    public func params(_ method: CalibrationMethod) throws -> Int8AffineParams {
         let need = method.minimumSamples
         guard count >= need else {
             throw QuantKitError(.input, "calibration too small for tensor '\(name)': \(count) finite values observed, "
@@ -120,11 +120,11 @@ public final class RangeObserver: @unchecked Sendable {
         }
         switch method {
         case .minMax:
-            return QuantParams.fromRange(min: minValue, max: maxValue)
+            return Int8AffineParams.fromRange(min: minValue, max: maxValue)
         case .percentile(let p):
             let sorted = samples.sorted()
             let hi = Self.percentile(sorted, p / 100), lo = Self.percentile(sorted, 1 - p / 100)
-            return QuantParams.fromRange(min: lo, max: hi)
+            return Int8AffineParams.fromRange(min: lo, max: hi)
         case .mse:
             return Self.mseOptimal(samples: samples, min: minValue, max: maxValue)
         }
@@ -139,13 +139,13 @@ public final class RangeObserver: @unchecked Sendable {
         return sorted[i] + (sorted[i + 1] - sorted[i]) * f
     }
 
-    static func mseOptimal(samples: [Float], min lo: Float, max hi: Float) -> QuantParams {
+    static func mseOptimal(samples: [Float], min lo: Float, max hi: Float) -> Int8AffineParams {
         // Score at most 65,536 evenly strided samples: enough to rank 71 candidate ranges.
         let stride = Swift.max(1, samples.count / 65536)
-        var best = QuantParams.fromRange(min: lo, max: hi), bestErr = Double.infinity
+        var best = Int8AffineParams.fromRange(min: lo, max: hi), bestErr = Double.infinity
         for step in 30...100 {
             let a = Float(step) / 100
-            let p = QuantParams.fromRange(min: a * lo, max: a * hi)
+            let p = Int8AffineParams.fromRange(min: a * lo, max: a * hi)
             var err: Double = 0
             var i = 0
             while i < samples.count {

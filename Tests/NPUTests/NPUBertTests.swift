@@ -137,7 +137,7 @@ final class NPUBertTests: XCTestCase {
     /// the float64 GELU of its dequantized code rounded once to fp16, a code on the grid looks up its own entry,
     /// and an off-grid input is within half a step x max|gelu'| (1.13) of the float64 GELU.
     func testGeluTableAgainstDoubleReference() {
-        let params = QuantParams.fromRange(min: -9.7, max: 13.2)  // a MiniLM-like intermediate range
+        let params = Int8AffineParams.fromRange(min: -9.7, max: 13.2)  // a MiniLM-like intermediate range
         let ops = NPUBertOps(npu: NPUNonlinear(mode: .lut), ranges: ["encoder.layer.0.intermediate.dense": (params, params)])
         let lut = ops.geluTables["encoder.layer.0.intermediate.dense"]!
         for code in -128...127 {

@@ -16,7 +16,7 @@ final class NPULinearTests: XCTestCase {
                 let weights = try w.withUnsafeBufferPointer { try NPUWeights(weight: .f32($0.baseAddress!), n: n, k: k, bits: bits, granularity: g) }
                 var yf = [Float](repeating: 0, count: m * n)
                 Reference.matmulNT(x: x, m: m, k: k, weight: .f32(w), n: n, bias: b, out: &yf)
-                let inP = QuantParams.fromRange(min: -2, max: 3), outP = QuantParams.fromRange(min: yf.min()!, max: yf.max()!)
+                let inP = Int8AffineParams.fromRange(min: -2, max: 3), outP = Int8AffineParams.fromRange(min: yf.min()!, max: yf.max()!)
                 let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP)
                 var y = [Float](repeating: 0, count: m * n)
                 layer.forward(x: x, rows: m, out: &y, threads: 2)

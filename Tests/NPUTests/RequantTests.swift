@@ -90,7 +90,7 @@ final class RequantTests: XCTestCase {
     }
 
     func testActivationParamsFromRange() {
-        let p = QuantParams.fromRange(min: -1, max: 3)
+        let p = Int8AffineParams.fromRange(min: -1, max: 3)
         XCTAssertEqual(p.scale, 4 / 255, accuracy: 1e-9)
         XCTAssertEqual(p.zeroPoint, -64)  // round(-128 + 63.75)
         XCTAssertEqual(p.quantize(0), Int8(-64))
@@ -99,8 +99,8 @@ final class RequantTests: XCTestCase {
         XCTAssertEqual(p.quantize(-100), -128)
         XCTAssertEqual(p.quantize(.nan), -64)
         // An all-positive range is widened to include 0: zero point -128.
-        XCTAssertEqual(QuantParams.fromRange(min: 2, max: 5).zeroPoint, -128)
-        XCTAssertEqual(QuantParams.fromRange(min: -5, max: -2).zeroPoint, 127)
+        XCTAssertEqual(Int8AffineParams.fromRange(min: 2, max: 5).zeroPoint, -128)
+        XCTAssertEqual(Int8AffineParams.fromRange(min: -5, max: -2).zeroPoint, 127)
     }
 
     func testCalibrationMethods() throws {
@@ -117,7 +117,7 @@ final class RequantTests: XCTestCase {
         let ms = try obs.params(.mse)
         XCTAssertLessThan(ms.scale, mm.scale)
         // MSE-optimal must not be worse than minmax on the samples it scored.
-        func mse(_ p: QuantParams) -> Double { xs.reduce(0) { $0 + Double(($1 - p.dequantize(p.quantize($1))) * ($1 - p.dequantize(p.quantize($1)))) } }
+        func mse(_ p: Int8AffineParams) -> Double { xs.reduce(0) { $0 + Double(($1 - p.dequantize(p.quantize($1))) * ($1 - p.dequantize(p.quantize($1)))) } }
         XCTAssertLessThanOrEqual(mse(ms), mse(mm))
         // Too few samples for a percentile: a clear error naming the tensor.
         let small = RangeObserver(name: "layers.0.q_proj.input")
