@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Models
 import TensorCore
 
 /// Running Hessian of a linear layer's input, H = 2/n * sum x x^T, accumulated in Float64.
@@ -46,4 +47,30 @@ public final class HessianAccumulator: @unchecked Sendable {
         for i in 0..<n { for j in i..<n { let v = sum[i * n + j] * f; h[i * n + j] = v; h[j * n + i] = v } }
         return h
     }
+}
+
+/// Collects Hessians for the modules of one group. Modules fed the very same buffer in consecutive calls
+/// (q/k/v, gate/up) share one accumulator.
+final class HessianObserver: LinearObserver {
+    let wanted: Set<String>
+    var acc: [String: HessianAccumulator] = [:]
+    var alias: [String: String] = [:]
+    var last: (module: String, ptr: UnsafePointer<Float>, rows: Int)?
+    var error: Error?
+    /// Calibration samples one observed call stands for (the reference counts sequences: 1 per causal
+    /// window, the batch's sequence count for a packed encoder batch).
+    var samplesPerCall = 1
+    init(_ wanted: [String]) { self.wanted = Set(wanted) }
+    func reset() { last = nil }
+    func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int, rows: Int) {
+        defer { last = (module, input, rows) }
+        guard wanted.contains(module), error == nil else { return }
+        if let l = last, l.ptr == input, l.rows == rows, let src = alias[l.module] ?? (acc[l.module] != nil ? l.module : nil) {
+            alias[module] = src
+            return
+        }
+        if acc[module] == nil { acc[module] = HessianAccumulator(columns: inFeatures) }
+        do { try acc[module]!.add(input, count: rows, samples: samplesPerCall, name: module) } catch { self.error = error }
+    }
+    func hessian(_ module: String) -> HessianAccumulator? { acc[alias[module] ?? module] }
 }
