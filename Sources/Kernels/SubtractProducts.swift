@@ -10,7 +10,7 @@ extension Kernels {
                                         b: UnsafePointer<Double>, ldb: Int, c: UnsafeMutablePointer<Double>, ldc: Int) {
         guard m > 0, n > 0, k > 0 else { return }
         var r = 0
-        // 4 rows x 8 columns of C stay in registers for the whole p loop: C is read and written once.
+        // Four rows share each load of B; C is taken in panels that stay in L1 while B's rows stream through.
         while r + 4 <= m {
             subtractProductsTile4(n: n, k: k, a: a + r * lda, lda: lda, b: b, ldb: ldb, c: c + r * ldc, ldc: ldc)
             r += 4
@@ -20,6 +20,9 @@ extension Kernels {
             r += 1
         }
     }
+
+    /// Columns of C per panel: 4 rows x 256 doubles = 8 KiB.
+    private static let subtractPanel = 256
 
     private typealias D4 = SIMD4<Double>
 
@@ -33,45 +36,42 @@ extension Kernels {
 
     private static func subtractProductsTile4(n: Int, k: Int, a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>,
                                               ldb: Int, c: UnsafeMutablePointer<Double>, ldc: Int) {
-        let c0 = c, c1 = c + ldc, c2 = c1 + ldc, c3 = c2 + ldc
-        let a0 = a, a1 = a + lda, a2 = a1 + lda, a3 = a2 + lda
-        var j = 0
-        while j + 8 <= n {
-            var x0 = load(c0 + j), y0 = load(c0 + j + 4), x1 = load(c1 + j), y1 = load(c1 + j + 4)
-            var x2 = load(c2 + j), y2 = load(c2 + j + 4), x3 = load(c3 + j), y3 = load(c3 + j + 4)
+        var j0 = 0
+        while j0 < n {
+            let width = min(subtractPanel, n - j0), w4 = width & ~3
+            let c0 = c + j0, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc
             for p in 0..<k {
-                let bp = b + p * ldb + j
-                let u = load(bp), v = load(bp + 4)
-                let e0 = D4(repeating: a0[p]), e1 = D4(repeating: a1[p]), e2 = D4(repeating: a2[p]), e3 = D4(repeating: a3[p])
-                x0 = x0 - e0 * u; y0 = y0 - e0 * v
-                x1 = x1 - e1 * u; y1 = y1 - e1 * v
-                x2 = x2 - e2 * u; y2 = y2 - e2 * v
-                x3 = x3 - e3 * u; y3 = y3 - e3 * v
+                let s0 = a[p], s1 = a[lda + p], s2 = a[2 * lda + p], s3 = a[3 * lda + p]
+                let e0 = D4(repeating: s0), e1 = D4(repeating: s1), e2 = D4(repeating: s2), e3 = D4(repeating: s3)
+                let bp = b + p * ldb + j0
+                var j = 0
+                while j < w4 {
+                    let u = load(bp + j)
+                    store(load(c0 + j) - e0 * u, c0 + j)
+                    store(load(c1 + j) - e1 * u, c1 + j)
+                    store(load(c2 + j) - e2 * u, c2 + j)
+                    store(load(c3 + j) - e3 * u, c3 + j)
+                    j += 4
+                }
+                while j < width {
+                    let u = bp[j]
+                    c0[j] = c0[j] - s0 * u; c1[j] = c1[j] - s1 * u; c2[j] = c2[j] - s2 * u; c3[j] = c3[j] - s3 * u
+                    j += 1
+                }
             }
-            store(x0, c0 + j); store(y0, c0 + j + 4); store(x1, c1 + j); store(y1, c1 + j + 4)
-            store(x2, c2 + j); store(y2, c2 + j + 4); store(x3, c3 + j); store(y3, c3 + j + 4)
-            j += 8
-        }
-        if j < n {
-            for t in 0..<4 { subtractProductsRow(n: n - j, k: k, a: a + t * lda, b: b + j, ldb: ldb, c: c + t * ldc + j) }
+            j0 += width
         }
     }
 
-    /// One row of C: 4-column chunks, then single columns.
+    /// One row of C, streamed once per product.
     private static func subtractProductsRow(n: Int, k: Int, a: UnsafePointer<Double>, b: UnsafePointer<Double>, ldb: Int,
                                             c: UnsafeMutablePointer<Double>) {
-        var j = 0
-        while j + 4 <= n {
-            var x = load(c + j)
-            for p in 0..<k { x = x - D4(repeating: a[p]) * load(b + p * ldb + j) }
-            store(x, c + j)
-            j += 4
-        }
-        while j < n {
-            var x = c[j]
-            for p in 0..<k { x = x - a[p] * b[p * ldb + j] }
-            c[j] = x
-            j += 1
+        let n4 = n & ~3
+        for p in 0..<k {
+            let s = a[p], e = D4(repeating: s), bp = b + p * ldb
+            var j = 0
+            while j < n4 { store(load(c + j) - e * load(bp + j), c + j); j += 4 }
+            while j < n { c[j] = c[j] - s * bp[j]; j += 1 }
         }
     }
 }

@@ -10,9 +10,10 @@ final class SubtractProductsTests: XCTestCase {
     func testMatchesReferenceBitForBit() {
         var rng = SeededRandom(seed: 21)
         for m in [1, 3, 4, 5, 9] {
-            for n in [1, 3, 4, 7, 8, 13, 130] {
+            for n in [1, 3, 4, 7, 8, 13, 130, 261] {
                 for k in [1, 2, 7, 128] {
-                    // Leading dimensions wider than the operands, as GPTQ passes sub-blocks of W, Err and Hinv.
+                    // Leading dimensions wider than the operands, as GPTQ passes sub-blocks of W, Err and Hinv; n 261 spans
+                    // two column panels.
                     let lda = k + 3, ldb = n + 5, ldc = n + 2
                     let a = rng.floats(m * lda).map(Double.init), b = rng.floats(k * ldb).map(Double.init)
                     let c = rng.floats(m * ldc, in: -4...4).map(Double.init)
