@@ -250,7 +250,8 @@ final class GPTQSweep: @unchecked Sendable {
         }
     }
 
-    /// Algorithm 1 on rows r0..<r0+nr; `params` holds each row's current (scale, zero).
+    /// Algorithm 1 on rows r0..<r0+nr; `params` holds each row's current (scale, zero). The paper's i is `i1` (block
+    /// start), its j is `col`, and j - i is `jb`; W1 and E are the block's columns of W and its scaled errors.
     func sweep(rows r0: Int, count nr: Int, w1: UnsafeMutablePointer<Double>, err: UnsafeMutablePointer<Double>,
                params: inout [QuantParams]) {
         let (bs, cols) = (blockSize, cols)
@@ -259,13 +260,13 @@ final class GPTQSweep: @unchecked Sendable {
         while i1 < cols {                                      // for i = 0, B, 2B, ...
             let i2 = min(cols, i1 + bs), count = i2 - i1
             for t in 0..<nr { (w1 + t * bs).update(from: w + (r0 + t) * cols + i1, count: count) }
-            for j in 0..<count {                               //   for j = i, ..., i + B - 1
-                let col = i1 + j
+            for jb in 0..<count {                              //   for j = i, ..., i + B - 1
+                let col = i1 + jb
                 startGroup(at: col, rows: r0, count: nr, params: &params)
-                quantizeColumn(col, inBlock: j, rows: r0, count: nr, params: params, w1: w1, err: err)
+                quantizeColumn(col, inBlock: jb, rows: r0, count: nr, params: params, w1: w1, err: err)
                 // W[:, j+1..<i+B] -= E[:, j-i] * Hinv[j, j+1..<i+B]
-                Kernels.subtractProducts(m: nr, n: count - j - 1, k: 1, a: err + j, lda: bs, b: hinv + col * cols + col + 1,
-                                         ldb: cols, c: w1 + j + 1, ldc: bs)
+                Kernels.subtractProducts(m: nr, n: count - jb - 1, k: 1, a: err + jb, lda: bs, b: hinv + col * cols + col + 1,
+                                         ldb: cols, c: w1 + jb + 1, ldc: bs)
             }
             // Lazy batch update: W[:, i+B...] -= E * Hinv[i..<i+B, i+B...]
             Kernels.subtractProducts(m: nr, n: cols - i2, k: count, a: err, lda: bs, b: hinv + i1 * cols + i2, ldb: cols,
@@ -294,18 +295,18 @@ final class GPTQSweep: @unchecked Sendable {
 
     /// Q[:, j] = quant(W[:, j]); E[:, j-i] = (W[:, j] - Q[:, j]) / Hinv[j, j].
     @inline(__always)
-    func quantizeColumn(_ col: Int, inBlock j: Int, rows r0: Int, count nr: Int, params: [QuantParams],
+    func quantizeColumn(_ col: Int, inBlock jb: Int, rows r0: Int, count nr: Int, params: [QuantParams],
                         w1: UnsafeMutablePointer<Double>, err: UnsafeMutablePointer<Double>) {
         let d = hinv[col * cols + col]
         for t in 0..<nr {
-            let x = w1[t * blockSize + j], p = params[t]
+            let x = w1[t * blockSize + jb], p = params[t]
             let q = Quantizer.code(x, p, maxq: maxq)
             let dq = p.scale * (q - p.zero)
             codes[(r0 + t) * cols + col] = UInt8(q)
             deq[(r0 + t) * cols + col] = dq
             let e = (x - dq) / d
             rowLoss[r0 + t] += e * e
-            err[t * blockSize + j] = e
+            err[t * blockSize + jb] = e
         }
     }
 }
