@@ -1,44 +1,158 @@
 import Foundation
 import TensorCore
 
-/// Runs a model one block at a time on independent sequences (positions 0..<rows, no past), the way GPTQ
-/// walks a model: embed -> block 0 -> (quantize block 0, rerun it) -> block 1 -> ... -> final norm + lm_head.
-public final class LayerwiseRunner {
+/// What the layer-wise calibration driver (Quantization's `LayerwiseDriver`) walks: a stack of blocks run one at
+/// a time on calibration inputs, each block's linear modules in true-sequential groups that can be observed and
+/// replaced. The Llama family (`LlamaLayerwise`) and BERT (`BertLayerwise`) implement it.
+public protocol LayerwiseModel: AnyObject {
+    /// Hidden states of some calibration sequences, as one block forward takes them.
+    associatedtype Batch
+    var blockCount: Int { get }
+    /// Where the linear modules' stored weights come from ("<name>.weight", "<name>.bias").
+    var weights: any WeightSource { get }
+    var threads: Int { get }
+    /// Full module names of block `i` in true-sequential groups: each group's inputs are known once the previous
+    /// groups ran.
+    func linearGroups(block i: Int) -> [[String]]
+    func linear(named name: String) -> (any LinearLayer)?
+    /// Replaces a linear module (same shape).
+    func setLinear(_ layer: any LinearLayer, named name: String) throws
+    /// The calibration sequences embedded: the hidden states entering block 0, in batches.
+    func embed(calibration sequences: [[Int32]]) throws -> [Batch]
+    /// Calibration samples a batch stands for (the reference's Hessian counts sequences).
+    func samples(in batch: Batch) -> Int
+    /// Runs block `i` on `batch`, `observer` seeing each linear module's input. With `stopAfter` (a full module
+    /// name) the pass ends right after that module ran and the batch is left as it was; otherwise it then holds
+    /// the block's outputs.
+    func runBlock(_ i: Int, on batch: inout Batch, observer: (any LinearObserver)?, stopAfter: String?)
+}
+
+/// A Llama-family model walked block by block on independent sequences (positions from 0, no past), with the
+/// scratch of one sequence allocated once.
+public final class LlamaLayerwise: LayerwiseModel {
+    public struct Batch {
+        /// [rows, dim]
+        public var hidden: [Float]
+        public let rows: Int
+    }
+
     public let model: LlamaModel
     public let maxRows: Int
     private let state: RunState
-    private let cache: KVCache
+    private let keys: UnsafeMutablePointer<Float>
+    private let values: UnsafeMutablePointer<Float>
 
+    /// maxRows: the longest sequence that will run.
     public init(model: LlamaModel, maxRows: Int) {
         self.model = model
         self.maxRows = maxRows
-        state = model.makeState(maxRows: maxRows)
-        cache = model.makeCache(capacity: maxRows)
+        state = model.makeState(maxRows: max(maxRows, 1))
+        for r in 0..<maxRows { state.positions[r] = Int32(r) }
+        keys = .allocate(capacity: max(maxRows, 1) * model.config.kvDim)
+        values = .allocate(capacity: max(maxRows, 1) * model.config.kvDim)
     }
 
-    /// Hidden states [tokens.count, dim] entering block 0.
-    public func embed(_ tokens: [Int32]) throws -> [Float] {
-        try model.validate(tokens: tokens)
-        guard tokens.count <= maxRows else { throw QuantKitError(.input, "sequence of \(tokens.count) tokens exceeds maxRows \(maxRows)") }
-        var out = [Float](repeating: 0, count: tokens.count * model.config.hiddenSize)
-        tokens.withUnsafeBufferPointer { t in out.withUnsafeMutableBufferPointer { model.embed(t, into: $0.baseAddress!) } }
-        return out
-    }
+    deinit { keys.deallocate(); values.deallocate() }
 
-    /// Block `index` applied in place to `hidden` ([rows, dim]); the model's observer sees its linear layers.
-    public func runBlock(_ index: Int, hidden: inout [Float], rows: Int) {
-        precondition(rows <= maxRows && hidden.count == rows * model.config.hiddenSize, "hidden has the wrong size")
-        for r in 0..<rows { state.positions[r] = Int32(r) }
-        hidden.withUnsafeMutableBufferPointer { h in
-            model.blocks[index].forward(h.baseAddress!, rows: rows, start: 0, keys: cache.keys[index], values: cache.values[index],
-                                        state: state, context: model.context)
+    public var blockCount: Int { model.blocks.count }
+    public var weights: any WeightSource { model.source }
+    public var threads: Int { model.threads }
+    public func linearGroups(block i: Int) -> [[String]] { model.blocks[i].linearGroups }
+    public func linear(named name: String) -> (any LinearLayer)? { block(of: name)?.linear(named: name) }
+
+    public func setLinear(_ layer: any LinearLayer, named name: String) throws {
+        guard let b = block(of: name), try b.setLinear(layer, named: name) else {
+            throw QuantKitError(.input, "\(model.name): no linear module named '\(name)'")
         }
     }
 
-    /// Final norm + lm_head: logits [rows, vocab].
-    public func logits(hidden: [Float], rows: Int) -> [Float] {
-        hidden.withUnsafeBufferPointer { model.applyFinalNorm($0.baseAddress!, rows: rows, out: state.xb) }
-        model.lmHead.forward(state.xb, rows: rows, out: state.logits, threads: model.threads)
-        return Array(UnsafeBufferPointer(start: state.logits, count: rows * model.config.vocabSize))
+    private func block(of name: String) -> LlamaBlock? { model.blocks.first { name.hasPrefix($0.prefix) } }
+
+    public func embed(calibration sequences: [[Int32]]) throws -> [Batch] {
+        try sequences.map { tokens in
+            try model.validate(tokens: tokens)
+            guard tokens.count <= model.config.maxPositionEmbeddings else {
+                throw QuantKitError(.input, "--seqlen \(tokens.count) exceeds the model's context (\(model.config.maxPositionEmbeddings))")
+            }
+            guard tokens.count <= maxRows else {
+                throw QuantKitError(.input, "sequence of \(tokens.count) tokens exceeds maxRows \(maxRows)")
+            }
+            var x = [Float](repeating: 0, count: tokens.count * model.config.hiddenSize)
+            tokens.withUnsafeBufferPointer { t in x.withUnsafeMutableBufferPointer { model.embed(t, into: $0.baseAddress!) } }
+            return Batch(hidden: x, rows: tokens.count)
+        }
+    }
+
+    public func samples(in batch: Batch) -> Int { 1 }
+
+    public func runBlock(_ i: Int, on batch: inout Batch, observer: (any LinearObserver)?, stopAfter: String?) {
+        let block = model.blocks[i], n = batch.rows * model.config.hiddenSize
+        let ctx = BlockContext(ops: model.ops, observer: observer, threads: model.threads,
+                               stopAfter: stopAfter.map { String($0.dropFirst(block.prefix.count)) })
+        state.x.update(from: batch.hidden, count: n)
+        block.forward(state.x, rows: batch.rows, start: 0, keys: keys, values: values, state: state, context: ctx)
+        if stopAfter == nil { batch.hidden.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: state.x, count: n) } }
+    }
+
+    /// Final norm + head on a batch's hidden states (after the last block): logits [rows, vocab].
+    public func logits(_ batch: Batch) -> [Float] {
+        batch.hidden.withUnsafeBufferPointer { model.applyFinalNorm($0.baseAddress!, rows: batch.rows, out: state.xb) }
+        model.lmHead.forward(state.xb, rows: batch.rows, out: state.logits, threads: model.threads)
+        return Array(UnsafeBufferPointer(start: state.logits, count: batch.rows * model.config.vocabSize))
+    }
+}
+
+/// A BERT encoder walked layer by layer. Calibration sequences are sorted by length and packed into batches of
+/// about `batchTokens` tokens; packing is the padding mask (a token attends only inside its sequence) and no
+/// padding row exists, so every observed input is a real token.
+public final class BertLayerwise: LayerwiseModel {
+    public struct Batch {
+        /// [offsets.last, hidden]
+        public var hidden: [Float]
+        public let offsets: [Int]
+    }
+
+    public let model: BertModel
+    public let threads: Int
+    public let batchTokens: Int
+
+    public init(model: BertModel, threads: Int = Parallel.defaultThreads, batchTokens: Int = 8192) {
+        self.model = model
+        self.threads = threads
+        self.batchTokens = batchTokens
+    }
+
+    public var blockCount: Int { model.layerCount }
+    public var weights: any WeightSource { model.source }
+    public func linearGroups(block i: Int) -> [[String]] { model.linearGroups(layer: i) }
+    public func linear(named name: String) -> (any LinearLayer)? { model.linear(named: name) }
+    public func setLinear(_ layer: any LinearLayer, named name: String) throws { try model.setLinear(layer, named: name) }
+
+    public func embed(calibration sequences: [[Int32]]) throws -> [Batch] {
+        let order = sequences.indices.sorted { sequences[$0].count != sequences[$1].count ? sequences[$0].count > sequences[$1].count : $0 < $1 }
+        var batches: [Batch] = []
+        var i = 0
+        while i < order.count {
+            var batch: [[Int32]] = []
+            var tokens = 0
+            while i < order.count && (batch.isEmpty || tokens + sequences[order[i]].count <= batchTokens) {
+                batch.append(sequences[order[i]]); tokens += sequences[order[i]].count; i += 1
+            }
+            let (x, offsets) = try model.embed(batch)
+            batches.append(Batch(hidden: x, offsets: offsets))
+        }
+        return batches
+    }
+
+    public func samples(in batch: Batch) -> Int { batch.offsets.count - 1 }
+
+    public func runBlock(_ i: Int, on batch: inout Batch, observer: (any LinearObserver)?, stopAfter: String?) {
+        if stopAfter == nil {
+            model.forwardLayer(i, x: &batch.hidden, offsets: batch.offsets, observer: observer, threads: threads)
+        } else {
+            // forwardLayer leaves x partly updated when it stops early: run on a copy.
+            var x = batch.hidden
+            model.forwardLayer(i, x: &x, offsets: batch.offsets, observer: observer, stopAfter: stopAfter, threads: threads)
+        }
     }
 }

@@ -57,59 +57,15 @@ public enum EmbedderCalibration {
 }
 
 extension ModelQuantizer {
-    /// GPTQ or RTN of a BERT encoder, layer by layer. Calibration sequences are sorted by length and packed into
-    /// batches of about `batchTokens` tokens; packing is the padding mask (a token attends only inside its
-    /// sequence) and no padding row exists, so every Hessian is summed over real tokens only. Inside each encoder
-    /// layer the linear modules are quantized in true-sequential groups [query, key, value] ->
-    /// [attention.output.dense] -> [intermediate.dense] -> [output.dense], each group's Hessians taken with the
-    /// already quantized groups in place; the quantized layer's outputs are the next layer's inputs.
+    /// GPTQ or RTN of a BERT encoder, layer by layer (`BertLayerwise`: calibration sequences packed into batches of
+    /// about `batchTokens` tokens, no padding rows). Inside each encoder layer the modules are quantized in
+    /// true-sequential groups [query, key, value] -> [attention.output.dense] -> [intermediate.dense] -> [output.dense].
     public static func quantize(bert model: BertModel, sequences: [[Int32]], options: ModelQuantizationOptions,
                                 batchTokens: Int = 8192, threads: Int = Parallel.defaultThreads,
                                 progress: any ProgressObserver = NoProgress()) throws -> Result {
-        let start = Date()
         guard options.method == .rtn || !sequences.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration passages") }
-        // Every layer must accept its scheme before any work starts.
-        for i in 0..<model.layerCount {
-            for name in model.linearGroups(layer: i).joined() {
-                guard let s = try options.scheme(for: name), let l = model.linear(named: name) else { continue }
-                try s.validate(outFeatures: l.outFeatures, inFeatures: l.inFeatures, name: name)
-            }
-        }
-        // Embedding outputs of the calibration batches (hidden states entering the current layer).
-        var batches: [(x: [Float], offsets: [Int])] = []
-        if options.method == .gptq {
-            let order = sequences.indices.sorted { sequences[$0].count != sequences[$1].count ? sequences[$0].count > sequences[$1].count : $0 < $1 }
-            var i = 0
-            while i < order.count {
-                var batch: [[Int32]] = []
-                var tokens = 0
-                while i < order.count && (batch.isEmpty || tokens + sequences[order[i]].count <= batchTokens) {
-                    batch.append(sequences[order[i]]); tokens += sequences[order[i]].count; i += 1
-                }
-                batches.append(try model.embed(batch))
-            }
-        }
-        var out = Collected(progress: progress.task("quantize", total: model.layerCount * BertModel.sequentialGroups.joined().count,
-                                                       unit: "layers"))
-        for i in 0..<model.layerCount {
-            let groups = options.trueSequential ? model.linearGroups(layer: i) : [model.linearGroups(layer: i).flatMap { $0 }]
-            for group in groups {
-                try quantizeGroup(group, source: model.source, options: options, threads: threads, progress: progress, into: &out,
-                                  capture: { o in
-                                      for b in batches {
-                                          o.reset()
-                                          o.samplesPerCall = b.offsets.count - 1
-                                          var x = b.x
-                                          model.forwardLayer(i, x: &x, offsets: b.offsets, observer: o, stopAfter: group.last, threads: threads)
-                                      }
-                                  },
-                                  install: { try model.setLinear($0, named: $1) })
-            }
-            if options.method == .gptq {
-                for b in batches.indices { model.forwardLayer(i, x: &batches[b].x, offsets: batches[b].offsets, threads: threads) }
-            }
-        }
-        return Result(layers: out.layers, reports: out.reports, seconds: Date().timeIntervalSince(start))
+        let walker = BertLayerwise(model: model, threads: threads, batchTokens: batchTokens)
+        return try quantize(walker, calibration: sequences, options: options, progress: progress)
     }
 
     /// Writes a quantized BERT embedder as a GPTQ directory: every tensor of the source checkpoint except the

@@ -2,52 +2,6 @@ import Foundation
 import Kernels
 import TensorCore
 
-/// Running Hessian of a linear layer's input, H = 2/n * sum x x^T, accumulated in Float64.
-/// `n` counts calibration samples as the GPTQ reference does (it adds the batch size, i.e. sequences, per
-/// call): pass `samples:` accordingly. The scale of H does not change the quantized weights, only the loss.
-public final class HessianAccumulator: @unchecked Sendable {
-    public let columns: Int
-    /// Upper triangle of sum x x^T (lower is filled on `hessian()`).
-    private var sum: [Double]
-    public private(set) var samples: Int = 0
-    public private(set) var rows: Int = 0
-    private let syrk: UpperSyrk
-
-    public init(columns: Int) {
-        self.columns = columns
-        sum = [Double](repeating: 0, count: columns * columns)
-        syrk = UpperSyrk(columns: columns)
-    }
-
-    /// Adds `count` input rows `x` [count, columns] (Float32, row-major) worth `samples` calibration samples.
-    public func add(_ x: UnsafePointer<Float>, count: Int, samples: Int, name: String = "layer input",
-                    threads: Int = Parallel.defaultThreads) throws {
-        let n = columns
-        for i in 0..<(count * n) where !x[i].isFinite {
-            throw QuantKitError(.numeric, "\(name): non-finite activation \(x[i]) at row \(i / n), column \(i % n)")
-        }
-        if n > 0 { sum.withUnsafeMutableBufferPointer { sb in
-            syrk.accumulate(x, count: count, ldx: n, into: sb.baseAddress!, ldc: n, threads: threads)
-        } }
-        self.samples += samples
-        self.rows += count
-    }
-
-    public func add(_ x: [Float], count: Int, samples: Int, name: String = "layer input") throws {
-        precondition(x.count == count * columns)
-        try x.withUnsafeBufferPointer { try add($0.baseAddress!, count: count, samples: samples, name: name) }
-    }
-
-    /// H = 2/samples * sum x x^T, full symmetric [columns, columns].
-    public func hessian() -> [Double] {
-        let n = columns
-        let f = samples > 0 ? 2 / Double(samples) : 0
-        var h = [Double](repeating: 0, count: n * n)
-        for i in 0..<n { for j in i..<n { let v = sum[i * n + j] * f; h[i * n + j] = v; h[j * n + i] = v } }
-        return h
-    }
-}
-
 /// GPTQ settings (the reference's fasterquant arguments).
 public struct GPTQConfig: Sendable, Equatable {
     public var scheme: QuantScheme
@@ -82,14 +36,43 @@ public struct GPTQLayerResult: Sendable {
     public let dequantized: [Double]
 }
 
-/// GPTQ for one linear layer (Frantar et al. 2022; behaviour of IST-DASLab/gptq `fasterquant`, see SPECS.md).
-/// Output rows are independent once Hinv is known, so threads take contiguous row ranges for the whole sweep.
+/// GPTQ for one linear layer (Frantar et al. 2023; behaviour of IST-DASLab/gptq `fasterquant`, see SPECS.md), in four
+/// stages: `prepare` (checks, dead columns, parameters fixed before the sweep, act-order permutation), `invert`
+/// (damped Hinv, damping raised on a failed Cholesky), `GPTQSweep` (Algorithm 1 of the paper) and `pack` (original
+/// column order, AutoGPTQ's tables).
 public enum GPTQ {
     public static func quantize(weight: [Float], outFeatures: Int, inFeatures: Int, hessian: [Double], config: GPTQConfig,
                                 name: String = "layer", log: ((String) -> Void)? = nil,
                                 threads: Int = Parallel.defaultThreads) throws -> GPTQLayerResult {
         let start = Date()
-        let rows = outFeatures, cols = inFeatures
+        let p = try prepare(weight: weight, outFeatures: outFeatures, inFeatures: inFeatures, hessian: hessian, config: config,
+                            name: name)
+        let inv = try invert(p.h, n: inFeatures, config: config, name: name, log: log, threads: threads)
+        let sweep = GPTQSweep(p, hinv: inv.hinv, config: config)
+        sweep.run(threads: threads)
+        let (q, deq) = pack(p, sweep, config: config)
+        return GPTQLayerResult(weight: q, loss: sweep.loss, dampPercentUsed: inv.dampPercent, dampEscalations: inv.escalations,
+                               deadColumns: p.deadColumns, seconds: Date().timeIntervalSince(start), dequantized: deq)
+    }
+
+    /// A layer ready for the sweep: weights and Hessian in Float64, in sweep (act-order) column order.
+    struct Prepared {
+        let rows: Int, cols: Int
+        /// [rows, cols], dead columns zeroed.
+        let w: [Double]
+        /// [cols, cols], dead diagonal entries set to 1.
+        let h: [Double]
+        /// Sweep position -> original column.
+        let perm: [Int]
+        /// Per row, without groups (per channel; per tensor repeats one pair).
+        let fixedParams: [QuantParams]
+        /// [rows, groups], static groups only.
+        let staticParams: [QuantParams]
+        let deadColumns: Int
+    }
+
+    static func prepare(weight: [Float], outFeatures rows: Int, inFeatures cols: Int, hessian: [Double], config: GPTQConfig,
+                        name: String) throws -> Prepared {
         let scheme = config.scheme
         try scheme.validate(outFeatures: rows, inFeatures: cols, name: name)
         guard weight.count == rows * cols else {
@@ -106,7 +89,6 @@ public enum GPTQ {
             throw QuantKitError(.config, "\(name): static groups need a group size > 0")
         }
         guard config.blockSize > 0 else { throw QuantKitError(.config, "block size must be positive") }
-        let maxq = Double(scheme.maxq)
         var w = weight.map(Double.init)
         var h = hessian
 
@@ -130,7 +112,7 @@ public enum GPTQ {
         let gs = scheme.effectiveGroupSize(inFeatures: cols)
         let ng = scheme.groupCount(inFeatures: cols)
         // Static groups: parameters from the (dead-zeroed) original weights in original column order.
-        var staticParams: [QuantParams] = []  // [rows, ng]
+        var staticParams: [QuantParams] = []
         if config.staticGroups {
             staticParams = [QuantParams](repeating: QuantParams(scale: 1, zero: 0), count: rows * ng)
             w.withUnsafeBufferPointer { wb in
@@ -153,17 +135,23 @@ public enum GPTQ {
             for i in 0..<cols { for j in 0..<cols { ph[i * cols + j] = h[perm[i] * cols + perm[j]] } }
             h = ph
         }
+        return Prepared(rows: rows, cols: cols, w: w, h: h, perm: perm, fixedParams: fixedParams, staticParams: staticParams,
+                        deadColumns: dead)
+    }
+
+    /// Hinv = upper Cholesky factor of (H + damp * mean(diag H) * I)^-1; a failed Cholesky raises damp x10 (logged).
+    static func invert(_ h: [Double], n cols: Int, config: GPTQConfig, name: String, log: ((String) -> Void)?,
+                       threads: Int) throws -> (hinv: [Double], dampPercent: Double, escalations: Int) {
         var meanDiag = 0.0
         for i in 0..<cols { meanDiag += h[i * cols + i] }
         meanDiag /= Double(cols)
         var percent = config.dampPercent
         var escalations = 0
-        var hinv: [Double]
         while true {
             var hd = h
             let damp = percent * meanDiag
             for i in 0..<cols { hd[i * cols + i] += damp }
-            if let u = DenseMath.upperCholeskyOfInverse(hd, n: cols, threads: threads) { hinv = u; break }
+            if let u = DenseMath.upperCholeskyOfInverse(hd, n: cols, threads: threads) { return (u, percent, escalations) }
             guard escalations < config.maxDampEscalations else {
                 throw QuantKitError(.numeric, "\(name): Hessian not positive definite even with damping \(percent) x mean(diag H)")
             }
@@ -172,131 +160,153 @@ public enum GPTQ {
             log?("\(name): Cholesky failed with damp \(percent); retrying with \(next)")
             percent = next
         }
+    }
 
-        // The sweep. Codes and group parameters are recorded in permuted column order.
-        var codesP = [UInt8](repeating: 0, count: rows * cols)
-        var deqP = [Double](repeating: 0, count: rows * cols)
-        var dynParams = [QuantParams](repeating: QuantParams(scale: 1, zero: 0), count: rows * ng)
-        var rowLoss = [Double](repeating: 0, count: rows)
-        let bs = config.blockSize
-        let permC = perm
-        let useStatic = config.staticGroups, grouped = scheme.groupSize > 0
-        w.withUnsafeMutableBufferPointer { wb in
-        hinv.withUnsafeBufferPointer { hb in
-        codesP.withUnsafeMutableBufferPointer { cb in
-        deqP.withUnsafeMutableBufferPointer { db in
-        dynParams.withUnsafeMutableBufferPointer { dpb in
-        rowLoss.withUnsafeMutableBufferPointer { lb in
-        staticParams.withUnsafeBufferPointer { spb in
-        fixedParams.withUnsafeBufferPointer { fpb in
-            let W = SendablePointer(wb.baseAddress!), U = SendablePointer(hb.baseAddress!)
-            let C = SendablePointer(cb.baseAddress!), D = SendablePointer(db.baseAddress!)
-            let DP = SendablePointer(dpb.baseAddress!), L = SendablePointer(lb.baseAddress!)
-            let SP = spb.isEmpty ? nil : SendablePointer(spb.baseAddress!)
-            let FP = fpb.isEmpty ? nil : SendablePointer(fpb.baseAddress!)
-            Parallel.forRanges(rows, threads: threads, minPerThread: 4) { range in
-                let tileRows = 4
-                let w1 = UnsafeMutablePointer<Double>.allocate(capacity: tileRows * bs)
-                let e1 = UnsafeMutablePointer<Double>.allocate(capacity: tileRows * bs)
-                defer { w1.deallocate(); e1.deallocate() }
-                var cur = [QuantParams](repeating: QuantParams(scale: 1, zero: 0), count: tileRows)
-                var r0 = range.lowerBound
-                while r0 < range.upperBound {
-                    let nr = min(tileRows, range.upperBound - r0)
-                    if let FP { for t in 0..<nr { cur[t] = FP[r0 + t] } }
-                    var i1 = 0
-                    while i1 < cols {
-                        let i2 = min(cols, i1 + bs), count = i2 - i1
-                        for t in 0..<nr { (w1 + t * bs).update(from: W.base + (r0 + t) * cols + i1, count: count) }
-                        for i in 0..<count {
-                            let col = i1 + i
-                            if grouped {
-                                if useStatic {
-                                    let g = permC[col] / gs
-                                    for t in 0..<nr { cur[t] = SP![(r0 + t) * ng + g] }
-                                } else if col % gs == 0 {
-                                    // Reference: parameters from W as of the last lazy update (not the in-block W1).
-                                    let g = col / gs, c1 = min(cols, col + gs)
-                                    for t in 0..<nr {
-                                        let p = Quantizer.params(W.base + (r0 + t) * cols + col, count: c1 - col, scheme: scheme)
-                                        cur[t] = p
-                                        DP[(r0 + t) * ng + g] = p
-                                    }
-                                }
-                            }
-                            let d = U[col * cols + col]
-                            for t in 0..<nr {
-                                let x = w1[t * bs + i]
-                                let q = Quantizer.code(x, cur[t], maxq: maxq)
-                                let deq = cur[t].scale * (q - cur[t].zero)
-                                C[(r0 + t) * cols + col] = UInt8(q)
-                                D[(r0 + t) * cols + col] = deq
-                                let err = (x - deq) / d
-                                L[r0 + t] += err * err
-                                e1[t * bs + i] = err
-                            }
-                            // W1[:, i+1:] -= err * Hinv[col, i+1:]
-                            let hrow = U.base + col * cols + i1
-                            for t in 0..<nr {
-                                let e = e1[t * bs + i]
-                                let wr = w1 + t * bs
-                                var j = i + 1
-                                while j + 4 <= count {
-                                    let v = DenseMath.load(wr + j) - e * DenseMath.load(hrow + j)
-                                    UnsafeMutableRawPointer(wr + j).storeBytes(of: v, as: SIMD4<Double>.self)
-                                    j += 4
-                                }
-                                while j < count { wr[j] -= e * hrow[j]; j += 1 }
-                            }
-                        }
-                        // Lazy batch update: W[:, i2:] -= Err1 Hinv[i1:i2, i2:]
-                        if i2 < cols {
-                            for t in 0..<nr {
-                                let wr = W.base + (r0 + t) * cols
-                                for i in 0..<count {
-                                    let e = e1[t * bs + i]
-                                    let hrow = U.base + (i1 + i) * cols
-                                    var j = i2
-                                    while j + 4 <= cols {
-                                        let v = DenseMath.load(wr + j) - e * DenseMath.load(hrow + j)
-                                        UnsafeMutableRawPointer(wr + j).storeBytes(of: v, as: SIMD4<Double>.self)
-                                        j += 4
-                                    }
-                                    while j < cols { wr[j] -= e * hrow[j]; j += 1 }
-                                }
-                            }
-                        }
-                        i1 = i2
-                    }
-                    r0 += nr
-                }
-            }
-        }}}}}}}}
-
-        // Back to original column order; scales table and g_idx as AutoGPTQ lays them out.
+    /// Back to original column order; scales table and g_idx as AutoGPTQ lays them out. Also the dequantized
+    /// weights in original order.
+    static func pack(_ p: Prepared, _ s: GPTQSweep, config: GPTQConfig) -> (QuantizedWeight, [Double]) {
+        let (rows, cols, scheme) = (p.rows, p.cols, config.scheme)
+        let gs = scheme.effectiveGroupSize(inFeatures: cols), ng = scheme.groupCount(inFeatures: cols)
         var codes = [UInt8](repeating: 0, count: rows * cols)
         var deq = [Double](repeating: 0, count: rows * cols)
         var gIdx = [Int32](repeating: 0, count: cols)
         for c in 0..<cols {
-            let orig = perm[c]
-            gIdx[orig] = Int32(useStatic ? orig / gs : c / gs)
+            let orig = p.perm[c]
+            gIdx[orig] = Int32(config.staticGroups ? orig / gs : c / gs)
             for r in 0..<rows {
-                codes[r * cols + orig] = codesP[r * cols + c]
-                deq[r * cols + orig] = deqP[r * cols + c]
+                codes[r * cols + orig] = s.codes[r * cols + c]
+                deq[r * cols + orig] = s.deq[r * cols + c]
             }
         }
         var scales = [Float](repeating: 0, count: rows * ng)
         var zeros = [Int32](repeating: 0, count: rows * ng)
         for r in 0..<rows {
             for g in 0..<ng {
-                let p = grouped ? (useStatic ? staticParams[r * ng + g] : dynParams[r * ng + g]) : fixedParams[r]
-                scales[r * ng + g] = Float(p.scale)
-                zeros[r * ng + g] = Int32(p.zero)
+                let q = scheme.groupSize > 0
+                    ? (config.staticGroups ? p.staticParams[r * ng + g] : s.groupParams[r * ng + g]) : p.fixedParams[r]
+                scales[r * ng + g] = Float(q.scale)
+                zeros[r * ng + g] = Int32(q.zero)
             }
         }
         let qw = QuantizedWeight(outFeatures: rows, inFeatures: cols, bits: scheme.bits, symmetric: scheme.symmetric,
                                  groupSize: scheme.groupSize, codes: codes, scales: scales, zeros: zeros, gIdx: gIdx)
-        return GPTQLayerResult(weight: qw, loss: rowLoss.reduce(0, +) / 2, dampPercentUsed: percent, dampEscalations: escalations,
-                               deadColumns: dead, seconds: Date().timeIntervalSince(start), dequantized: deq)
+        return (qw, deq)
+    }
+}
+
+/// Algorithm 1 of the GPTQ paper over one prepared layer, in sweep column order. Output rows are independent once
+/// Hinv is known: threads take contiguous row ranges and run the whole column loop on tiles of `tileRows` rows.
+/// Codes, dequantized values and dynamic group parameters are recorded in sweep order for `GPTQ.pack`.
+final class GPTQSweep: @unchecked Sendable {
+    static let tileRows = 4
+    let rows: Int, cols: Int, blockSize: Int
+    let scheme: QuantScheme, maxq: Double
+    let groupSize: Int, groups: Int, grouped: Bool, staticGroups: Bool
+    let perm: [Int], fixedParams: [QuantParams], staticParams: [QuantParams]
+    /// W [rows, cols]: columns from the current block on hold the weights as of the last lazy batch update.
+    let w: UnsafeMutablePointer<Double>
+    /// Hinv [cols, cols], upper triangular.
+    let hinv: UnsafeMutablePointer<Double>
+    let codes: UnsafeMutablePointer<UInt8>
+    let deq: UnsafeMutablePointer<Double>
+    /// [rows, groups], dynamic groups.
+    let groupParams: UnsafeMutablePointer<QuantParams>
+    /// Per row: sum of err^2 (err = (w - q) / Hinv_jj).
+    let rowLoss: UnsafeMutablePointer<Double>
+
+    init(_ p: GPTQ.Prepared, hinv u: [Double], config: GPTQConfig) {
+        rows = p.rows; cols = p.cols; blockSize = config.blockSize
+        scheme = config.scheme; maxq = Double(config.scheme.maxq)
+        groupSize = scheme.effectiveGroupSize(inFeatures: cols); groups = scheme.groupCount(inFeatures: cols)
+        grouped = scheme.groupSize > 0; staticGroups = config.staticGroups
+        perm = p.perm; fixedParams = p.fixedParams; staticParams = p.staticParams
+        w = .allocate(capacity: rows * cols); w.initialize(from: p.w, count: rows * cols)
+        hinv = .allocate(capacity: cols * cols); hinv.initialize(from: u, count: cols * cols)
+        codes = .allocate(capacity: rows * cols); codes.initialize(repeating: 0, count: rows * cols)
+        deq = .allocate(capacity: rows * cols); deq.initialize(repeating: 0, count: rows * cols)
+        groupParams = .allocate(capacity: rows * groups)
+        groupParams.initialize(repeating: QuantParams(scale: 1, zero: 0), count: rows * groups)
+        rowLoss = .allocate(capacity: rows); rowLoss.initialize(repeating: 0, count: rows)
+    }
+
+    deinit { w.deallocate(); hinv.deallocate(); codes.deallocate(); deq.deallocate(); groupParams.deallocate(); rowLoss.deallocate() }
+
+    /// The reference's "error": sum over weights of err^2 / 2.
+    var loss: Double { UnsafeBufferPointer(start: rowLoss, count: rows).reduce(0, +) / 2 }
+
+    func run(threads: Int) {
+        Parallel.forRanges(rows, threads: threads, minPerThread: Self.tileRows) { range in
+            let n = Self.tileRows * self.blockSize
+            // W1 (the block being quantized) and Err1 (its scaled errors): [tileRows, blockSize].
+            let w1 = UnsafeMutablePointer<Double>.allocate(capacity: n), err = UnsafeMutablePointer<Double>.allocate(capacity: n)
+            defer { w1.deallocate(); err.deallocate() }
+            var params = [QuantParams](repeating: QuantParams(scale: 1, zero: 0), count: Self.tileRows)
+            var r0 = range.lowerBound
+            while r0 < range.upperBound {
+                let nr = min(Self.tileRows, range.upperBound - r0)
+                self.sweep(rows: r0, count: nr, w1: w1, err: err, params: &params)
+                r0 += nr
+            }
+        }
+    }
+
+    /// Algorithm 1 on rows r0..<r0+nr; `params` holds each row's current (scale, zero). The paper's i is `i1` (block
+    /// start), its j is `col`, and j - i is `jb`; W1 and E are the block's columns of W and its scaled errors.
+    func sweep(rows r0: Int, count nr: Int, w1: UnsafeMutablePointer<Double>, err: UnsafeMutablePointer<Double>,
+               params: inout [QuantParams]) {
+        let (bs, cols) = (blockSize, cols)
+        if !fixedParams.isEmpty { for t in 0..<nr { params[t] = fixedParams[r0 + t] } }
+        var i1 = 0
+        while i1 < cols {                                      // for i = 0, B, 2B, ...
+            let i2 = min(cols, i1 + bs), count = i2 - i1
+            for t in 0..<nr { (w1 + t * bs).update(from: w + (r0 + t) * cols + i1, count: count) }
+            for jb in 0..<count {                              //   for j = i, ..., i + B - 1
+                let col = i1 + jb
+                startGroup(at: col, rows: r0, count: nr, params: &params)
+                quantizeColumn(col, inBlock: jb, rows: r0, count: nr, params: params, w1: w1, err: err)
+                // W[:, j+1..<i+B] -= E[:, j-i] * Hinv[j, j+1..<i+B]
+                Kernels.subtractProducts(m: nr, n: count - jb - 1, k: 1, a: err + jb, lda: bs, b: hinv + col * cols + col + 1,
+                                         ldb: cols, c: w1 + jb + 1, ldc: bs)
+            }
+            // Lazy batch update: W[:, i+B...] -= E * Hinv[i..<i+B, i+B...]
+            Kernels.subtractProducts(m: nr, n: cols - i2, k: count, a: err, lda: bs, b: hinv + i1 * cols + i2, ldb: cols,
+                                     c: w + r0 * cols + i2, ldc: cols)
+            i1 = i2
+        }
+    }
+
+    /// Group parameters where a group starts: static ones as prepared, dynamic ones from W as of the last lazy
+    /// update (the reference reads W, not the in-block W1).
+    @inline(__always)
+    func startGroup(at col: Int, rows r0: Int, count nr: Int, params: inout [QuantParams]) {
+        guard grouped else { return }
+        if staticGroups {
+            let g = perm[col] / groupSize
+            for t in 0..<nr { params[t] = staticParams[(r0 + t) * groups + g] }
+        } else if col % groupSize == 0 {
+            let g = col / groupSize, end = min(cols, col + groupSize)
+            for t in 0..<nr {
+                let p = Quantizer.params(w + (r0 + t) * cols + col, count: end - col, scheme: scheme)
+                params[t] = p
+                groupParams[(r0 + t) * groups + g] = p
+            }
+        }
+    }
+
+    /// Q[:, j] = quant(W[:, j]); E[:, j-i] = (W[:, j] - Q[:, j]) / Hinv[j, j].
+    @inline(__always)
+    func quantizeColumn(_ col: Int, inBlock jb: Int, rows r0: Int, count nr: Int, params: [QuantParams],
+                        w1: UnsafeMutablePointer<Double>, err: UnsafeMutablePointer<Double>) {
+        let d = hinv[col * cols + col]
+        for t in 0..<nr {
+            let x = w1[t * blockSize + jb], p = params[t]
+            let q = Quantizer.code(x, p, maxq: maxq)
+            let dq = p.scale * (q - p.zero)
+            codes[(r0 + t) * cols + col] = UInt8(q)
+            deq[(r0 + t) * cols + col] = dq
+            let e = (x - dq) / d
+            rowLoss[r0 + t] += e * e
+            err[t * blockSize + jb] = e
+        }
     }
 }

@@ -302,134 +302,30 @@ public struct LayerQuantReport: Sendable {
     }
 }
 
-/// Model-level quantization of a Llama model, block by block: the block's linear layers are quantized in
-/// true-sequential groups ([q,k,v], [o], [gate,up], [down]) from the Hessians of their inputs, each group seeing
-/// the already quantized groups' outputs; the quantized block's outputs are the next block's inputs.
-public enum ModelQuantizer {
-    public struct Result {
-        public var layers: [(String, QuantizedWeight)]
-        public var reports: [LayerQuantReport]
-        public var seconds: Double
+/// GPTQ or RTN (`options.method`) of one linear module at a time: the per-layer algorithm `ModelQuantizer` runs
+/// over the layer-wise driver. Returns the quantized weight and its report.
+public struct LayerQuantizer: LayerwiseAlgorithm {
+    public let options: ModelQuantizationOptions
+    /// Receives the damping notes of GPTQ.
+    public let progress: any ProgressObserver
+
+    public init(options: ModelQuantizationOptions, progress: any ProgressObserver = NoProgress()) {
+        self.options = options
+        self.progress = progress
     }
 
-    /// Collects Hessians for the modules of one group. Modules fed the very same buffer in consecutive calls
-    /// (q/k/v, gate/up) share one accumulator.
-    final class HessianObserver: LinearObserver {
-        let wanted: Set<String>
-        var acc: [String: HessianAccumulator] = [:]
-        var alias: [String: String] = [:]
-        var last: (module: String, ptr: UnsafePointer<Float>, rows: Int)?
-        var error: Error?
-        /// Calibration samples one observed call stands for (the reference counts sequences: 1 per causal
-        /// window, the batch's sequence count for a packed encoder batch).
-        var samplesPerCall = 1
-        init(_ wanted: [String]) { self.wanted = Set(wanted) }
-        func reset() { last = nil }
-        func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int, rows: Int) {
-            defer { last = (module, input, rows) }
-            guard wanted.contains(module), error == nil else { return }
-            if let l = last, l.ptr == input, l.rows == rows, let src = alias[l.module] ?? (acc[l.module] != nil ? l.module : nil) {
-                alias[module] = src
-                return
-            }
-            if acc[module] == nil { acc[module] = HessianAccumulator(columns: inFeatures) }
-            do { try acc[module]!.add(input, count: rows, samples: samplesPerCall, name: module) } catch { self.error = error }
-        }
-        func hessian(_ module: String) -> HessianAccumulator? { acc[alias[module] ?? module] }
+    public var needsHessian: Bool { options.method == .gptq }
+
+    public func selects(_ name: String, layer: any LinearLayer) throws -> Bool {
+        guard let s = try options.scheme(for: name) else { return false }
+        try s.validate(outFeatures: layer.outFeatures, inFeatures: layer.inFeatures, name: name)
+        return true
     }
 
-    public static func quantize(model: LlamaModel, windows: [[Int32]], options: ModelQuantizationOptions,
-                                progress: any ProgressObserver = NoProgress()) throws -> Result {
-        let start = Date()
-        let c = model.config
-        for w in windows { try model.validate(tokens: w) }
-        let dim = c.hiddenSize
-        let seqlen = windows.first?.count ?? 0
-        guard options.method == .rtn || !windows.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration windows") }
-        if seqlen > c.maxPositionEmbeddings {
-            throw QuantKitError(.input, "--seqlen \(seqlen) exceeds the model's context (\(c.maxPositionEmbeddings))")
-        }
-        // Hidden states of every window entering the current block.
-        var xs: [[Float]] = []
-        let state = model.makeState(maxRows: max(seqlen, 1))
-        let keys = UnsafeMutablePointer<Float>.allocate(capacity: max(seqlen, 1) * c.kvDim)
-        let values = UnsafeMutablePointer<Float>.allocate(capacity: max(seqlen, 1) * c.kvDim)
-        defer { keys.deallocate(); values.deallocate() }
-        if options.method == .gptq {
-            xs = windows.map { w in
-                var x = [Float](repeating: 0, count: w.count * dim)
-                w.withUnsafeBufferPointer { t in x.withUnsafeMutableBufferPointer { model.embed(t, into: $0.baseAddress!) } }
-                return x
-            }
-            for r in 0..<seqlen { state.positions[r] = Int32(r) }
-        }
-        var out = Collected(progress: progress.task("quantize", total: c.numHiddenLayers * LlamaBlock.linearNames.count, unit: "layers"))
-        /// One pass of every window through `block`: capture passes (writeBack false) stop after `stopAfter`.
-        func runBlock(_ block: LlamaBlock, observer: LinearObserver?, writeBack: Bool, stopAfter: String? = nil) {
-            let ctx = BlockContext(ops: model.ops, observer: observer, threads: model.threads,
-                                   stopAfter: writeBack ? nil : stopAfter)
-            for s in 0..<xs.count {
-                (observer as? HessianObserver)?.reset()
-                state.x.update(from: xs[s], count: seqlen * dim)
-                block.forward(state.x, rows: seqlen, start: 0, keys: keys, values: values, state: state, context: ctx)
-                if writeBack { xs[s].withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: state.x, count: seqlen * dim) } }
-            }
-        }
-        for block in model.blocks {
-            let groups = options.trueSequential ? block.linearGroups : [block.linearGroups.flatMap { $0 }]
-            for group in groups {
-                // The group's inputs are all observed once its last module ran; the rest of the block is skipped.
-                let last = String(group.last!.dropFirst(block.prefix.count))
-                try quantizeGroup(group, source: model.source, options: options, threads: model.threads, progress: progress, into: &out,
-                                  capture: { runBlock(block, observer: $0, writeBack: false, stopAfter: last) },
-                                  install: { try block.setLinear($0, named: $1) })
-            }
-            if options.method == .gptq { runBlock(block, observer: nil, writeBack: true) }
-        }
-        return Result(layers: out.layers, reports: out.reports, seconds: Date().timeIntervalSince(start))
-    }
-
-    /// The layers and reports of a run so far, and its progress.
-    struct Collected {
-        var layers: [(String, QuantizedWeight)] = []
-        var reports: [LayerQuantReport] = []
-        var done = 0
-        let progress: ProgressTask
-    }
-
-    /// One true-sequential group of linear modules (modules the options skip only count as done): for GPTQ,
-    /// `capture` feeds the calibration inputs, with the earlier groups already quantized, to the Hessian observer;
-    /// then each module is quantized and swapped in by `install`.
-    static func quantizeGroup(_ group: [String], source: WeightSource, options: ModelQuantizationOptions, threads: Int,
-                              progress: any ProgressObserver, into out: inout Collected,
-                              capture: (HessianObserver) -> Void, install: (QuantizedLinear, String) throws -> Void) throws {
-        var selected: [(String, QuantScheme)] = []
-        for name in group { if let s = try options.scheme(for: name) { selected.append((name, s)) } else { out.done += 1 } }
-        guard !selected.isEmpty else { return }
-        var observer: HessianObserver?
-        if options.method == .gptq {
-            let o = HessianObserver(selected.map(\.0))
-            capture(o)
-            if let e = o.error { throw e }
-            observer = o
-        }
-        for (name, scheme) in selected {
-            let (q, layer, rep) = try quantizeLayer(name: name, source: source, scheme: scheme, hessian: observer?.hessian(name),
-                                                    options: options, threads: threads, progress: progress)
-            try install(layer, name)
-            out.reports.append(rep)
-            out.layers.append((name, q))
-            out.done += 1
-            out.progress.update(done: out.done, detail: name)
-        }
-    }
-
-    /// Quantizes one linear module (`name.weight` [+ `name.bias`] of `source`) with GPTQ from its input Hessian or
-    /// with RTN, and returns the quantized weight, the layer to swap in and its report.
-    static func quantizeLayer(name: String, source: WeightSource, scheme: QuantScheme, hessian: HessianAccumulator?,
-                              options: ModelQuantizationOptions, threads: Int,
-                              progress: any ProgressObserver) throws -> (QuantizedWeight, QuantizedLinear, LayerQuantReport) {
+    public func process(_ module: LayerwiseLayer) throws -> (replacement: any LinearLayer, output: (QuantizedWeight, LayerQuantReport)) {
         let t0 = Date()
+        let name = module.name, source = module.weights
+        guard let scheme = try options.scheme(for: name) else { throw QuantKitError(.input, "\(name): not selected for quantization") }
         let wT = try source.tensor(name + ".weight")
         guard wT.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight is not 2-D") }
         let (out, inF) = (wT.shape[0], wT.shape[1])
@@ -437,14 +333,14 @@ public enum ModelQuantizer {
         var q: QuantizedWeight
         var loss: Double?, damp: Double?, esc = 0, dead = 0
         if options.method == .gptq {
-            guard let acc = hessian, acc.rows > 0 else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
+            guard let acc = module.hessian, acc.rows > 0 else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
             let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
                                  dampPercent: options.dampPercent)
             let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
-                                      name: name, log: { progress.note($0) }, threads: threads)
+                                      name: name, log: { progress.note($0) }, threads: module.threads)
             q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
         } else {
-            q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: threads)
+            q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: module.threads)
         }
         let bias = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
         let layer = try QuantizedLinear(q, bias: bias, name: name)
@@ -454,7 +350,35 @@ public enum ModelQuantizer {
         let rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: scheme.bits, groupSize: scheme.groupSize,
                                    gptqLoss: loss, error: err, seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp,
                                    dampEscalations: esc, deadColumns: dead)
-        return (q, layer, rep)
+        return (layer, (q, rep))
+    }
+}
+
+/// Model-level quantization: `LayerQuantizer` over the layer-wise driver. Inside each block the linear modules are
+/// quantized in true-sequential groups from the Hessians of their inputs, each group seeing the already quantized
+/// groups' outputs; the quantized block's outputs are the next block's inputs.
+public enum ModelQuantizer {
+    public struct Result {
+        public var layers: [(String, QuantizedWeight)]
+        public var reports: [LayerQuantReport]
+        public var seconds: Double
+    }
+
+    /// Any model the driver walks, calibrated on `calibration` (token sequences; unused by RTN).
+    public static func quantize<M: LayerwiseModel>(_ model: M, calibration: [[Int32]], options: ModelQuantizationOptions,
+                                                   progress: any ProgressObserver = NoProgress()) throws -> Result {
+        let start = Date()
+        let out = try LayerwiseDriver.run(model, calibration: calibration, algorithm: LayerQuantizer(options: options, progress: progress),
+                                          trueSequential: options.trueSequential, progress: progress)
+        return Result(layers: out.map { ($0.name, $0.output.0) }, reports: out.map(\.output.1), seconds: Date().timeIntervalSince(start))
+    }
+
+    /// A Llama model calibrated on `windows` (token windows, each run from position 0).
+    public static func quantize(model: LlamaModel, windows: [[Int32]], options: ModelQuantizationOptions,
+                                progress: any ProgressObserver = NoProgress()) throws -> Result {
+        guard options.method == .rtn || !windows.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration windows") }
+        let walker = LlamaLayerwise(model: model, maxRows: windows.map(\.count).max() ?? 0)
+        return try quantize(walker, calibration: windows, options: options, progress: progress)
     }
 
     /// Writes the quantized model as a GPTQ directory: config.json (with quantization_config), model.safetensors

@@ -60,12 +60,20 @@ final class StoriesLogitsTests: XCTestCase {
 }
 
 final class LayerwiseTests: XCTestCase {
+    /// What the layer-wise driver walks (embed, every block in turn on the hidden states) followed by the final norm
+    /// and head gives exactly the full forward's logits, and those match the numpy reference.
     func testBlockByBlockEqualsFullForward() throws {
         let model = try LlamaModel.load(path: StoriesLogitsTests.modelPath)
-        let toks: [Int32] = [1, 403, 407, 261, 378, 383, 286]
-        let runner = LayerwiseRunner(model: model, maxRows: 16)
-        var h = try runner.embed(toks)
-        for i in model.blocks.indices { runner.runBlock(i, hidden: &h, rows: toks.count) }
-        XCTAssertEqual(runner.logits(hidden: h, rows: toks.count), try model.logits(toks))
+        let fx = try LogitFixture.load("Tests/ModelsTests/Fixtures/stories260K_logits.json.zst")
+        let walker = LlamaLayerwise(model: model, maxRows: fx.windows.map(\.tokens.count).max()!)
+        var batches = try walker.embed(calibration: fx.windows.map(\.tokens))
+        for i in 0..<walker.blockCount {
+            for b in batches.indices { walker.runBlock(i, on: &batches[b], observer: nil, stopAfter: nil) }
+        }
+        for (w, b) in zip(fx.windows, batches) {
+            let got = walker.logits(b)
+            XCTAssertEqual(got, try model.logits(w.tokens), "window of \(w.tokens.count) tokens")
+            XCTAssertLessThan(maxAbsDiff(got, w.logits), 1e-4)
+        }
     }
 }

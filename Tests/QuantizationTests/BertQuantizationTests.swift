@@ -123,8 +123,8 @@ final class BertQuantizationTests: XCTestCase {
         let model = try BertModel(directory: dir)
         let seqs: [[Int32]] = [[101, 7592, 2088, 102], [101, 2023, 102], [101, 1037, 2146, 6251, 2007, 2062, 19204, 2015, 102]]
         let (x, offsets) = try model.embed(seqs)
-        let o = ModelQuantizer.HessianObserver(["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.key",
-                                                "encoder.layer.0.output.dense"])
+        let o = HessianObserver(["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.key",
+                                "encoder.layer.0.output.dense"])
         o.samplesPerCall = seqs.count
         var h = x
         model.forwardLayer(0, x: &h, offsets: offsets, observer: o, threads: 2)
@@ -202,7 +202,7 @@ final class BertQuantizationTests: XCTestCase {
         let seqs = (try JSONSerialization.jsonObject(with: Data(m["ids"]!.utf8)) as! [[Int]]).map { $0.map(Int32.init) }
         let model = try BertModel(directory: dir)
         let (x, offsets) = try model.embed(seqs)
-        let o = ModelQuantizer.HessianObserver([name])
+        let o = HessianObserver([name])
         o.samplesPerCall = seqs.count
         var h = x
         model.forwardLayer(0, x: &h, offsets: offsets, observer: o, threads: 2)
