@@ -1,4 +1,5 @@
 import ArgumentParser
+import Evaluation
 import Foundation
 import Models
 import TensorCore
@@ -91,5 +92,25 @@ enum TextTable {
             r.enumerated().map { i, c in c.padding(toLength: w[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
                 .trimmingCharacters(in: .whitespaces)
         }.joined(separator: "\n")
+    }
+}
+
+/// A library run's options, checked before the run starts.
+protocol CheckedRunOptions { func validate() throws }
+extension PerplexityRunOptions: CheckedRunOptions {}
+extension LayersRunOptions: CheckedRunOptions {}
+extension RetrievalRunOptions: CheckedRunOptions {}
+extension AnswersRunOptions: CheckedRunOptions {}
+
+/// A command whose flags become a library run's options: flag parsing applies the run's own checks, so a bad
+/// combination is a usage error before anything loads.
+protocol RunCommand: ParsableCommand {
+    associatedtype Options: CheckedRunOptions
+    func options() throws -> Options
+}
+
+extension RunCommand {
+    func validate() throws {
+        do { try options().validate() } catch let e as ValidationError { throw e } catch { throw ValidationError("\(error)") }
     }
 }

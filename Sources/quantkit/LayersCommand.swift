@@ -7,7 +7,7 @@ import TensorCore
 
 /// `quantkit layers`: per-module sensitivity of a quantized model (or a quantization scheme) and mixed-precision
 /// plans built from it.
-struct LayersCommand: ParsableCommand {
+struct LayersCommand: RunCommand {
     static let configuration = CommandConfiguration(
         commandName: "layers",
         abstract: "Per-module sensitivity (output cosine/MSE/SQNR, enable-one/disable-one QError) and mixed-precision plans.",
@@ -56,10 +56,6 @@ struct LayersCommand: ParsableCommand {
         return o
     }
 
-    func validate() throws {
-        let o = try options()
-        do { try o.validate() } catch { throw ValidationError("\(error)") }
-    }
 
     func run() throws {
         try runReportingErrors {

@@ -9,7 +9,7 @@ import Tokenization
 
 extension PerplexityProtocol: ExpressibleByArgument {}
 
-struct PerplexityCommand: ParsableCommand {
+struct PerplexityCommand: RunCommand {
     static let configuration = CommandConfiguration(
         commandName: "perplexity",
         abstract: "Perplexity under a SPECS.md protocol; optional base logits save / KLD comparison.")
@@ -52,9 +52,6 @@ struct PerplexityCommand: ParsableCommand {
         return o
     }
 
-    func validate() throws {
-        do { try options().validate() } catch { throw ValidationError("\(error)") }
-    }
 
     func run() throws {
         try runReportingErrors {

@@ -2,7 +2,7 @@ import ArgumentParser
 import Evaluation
 import Foundation
 
-struct RagAnswersCommand: ParsableCommand {
+struct RagAnswersCommand: RunCommand {
     static let configuration = CommandConfiguration(
         commandName: "answers",
         abstract: "Answer SQuAD questions from retrieved (or gold) passages; EM/F1 vs gold and quantized-vs-float agreement.",
@@ -54,9 +54,6 @@ struct RagAnswersCommand: ParsableCommand {
         return o
     }
 
-    func validate() throws {
-        do { try options().validate() } catch { throw ValidationError("\(error)") }
-    }
 
     func run() throws {
         try runReportingErrors {

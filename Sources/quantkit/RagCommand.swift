@@ -15,7 +15,7 @@ struct RagCommand: ParsableCommand {
     )
 }
 
-struct RagRetrievalCommand: ParsableCommand {
+struct RagRetrievalCommand: RunCommand {
     static let configuration = CommandConfiguration(
         commandName: "retrieval",
         abstract: "Exact cosine top-k retrieval on a BEIR dataset; float vs quantized embedders.",
@@ -65,9 +65,6 @@ struct RagRetrievalCommand: ParsableCommand {
         return o
     }
 
-    func validate() throws {
-        do { try options().validate() } catch { throw ValidationError("\(error)") }
-    }
 
     func run() throws {
         try runReportingErrors {
