@@ -298,12 +298,4 @@ public final class BertModel: @unchecked Sendable {
         residual(&sc.q, x)
         layerNorm(sc.q, L.ln2g, L.ln2b, &x, rows: total, threads: threads)
     }
-
-    /// Bidirectional multi-head attention inside each packed sequence (Kernels.attentionBidirectional).
-    /// q/k/v/out: [total, heads*headDim]. Scale 1/sqrt(headDim), softmax with max subtraction.
-    static func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                          out: UnsafeMutablePointer<Float>, offsets: [Int], heads: Int, headDim: Int, threads: Int) {
-        Kernels.attentionBidirectional(q: q, k: k, v: v, out: out, offsets: offsets, heads: heads, headDim: headDim,
-                                       threads: threads)
-    }
 }

@@ -33,7 +33,7 @@ public struct BertFloatOps: BertNonlinearOps {
     }
     public func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>,
                           offsets: [Int], heads: Int, headDim: Int, threads: Int) {
-        BertModel.attention(q: q, k: k, v: v, out: out, offsets: offsets, heads: heads, headDim: headDim, threads: threads)
+        Kernels.attentionBidirectional(q: q, k: k, v: v, out: out, offsets: offsets, heads: heads, headDim: headDim, threads: threads)
     }
     public func residualAdd(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, count: Int) {
         Kernels.addInPlace(x, delta, count: count)
