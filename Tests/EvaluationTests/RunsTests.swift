@@ -1,5 +1,7 @@
 import Evaluation
 import Foundation
+import Models
+import NPU
 import Quantization
 import TensorCore
 import TestSupport
@@ -169,5 +171,65 @@ final class RunsTests: XCTestCase {
         let path = try ModelLoading.tokenizerPath(model: Repo.path("Models/stories260K/stories260K.bin"), explicit: nil)
         XCTAssertTrue(path.hasSuffix("tok512.model"), path)
         XCTAssertEqual(try ModelLoading.tokenizerPath(model: "x", explicit: "given.json"), "given.json")
+    }
+
+    func testRetrievalAndAnswersOptions() {
+        var r = RetrievalRunOptions(dataset: "d")
+        XCTAssertNoThrow(try r.validate())
+        for (change, flag) in [({ (o: inout RetrievalRunOptions) in o.k = 0 }, "--k"), ({ $0.maxDocs = 0 }, "--max-docs"),
+                               ({ $0.maxQueries = 0 }, "--max-queries")] {
+            r = RetrievalRunOptions(dataset: "d")
+            change(&r)
+            XCTAssertThrowsError(try r.validate(), flag) { XCTAssertTrue("\($0)".contains(flag), "\($0)") }
+        }
+        var a = AnswersRunOptions(generator: "g", dataset: "d")
+        XCTAssertNoThrow(try a.validate())
+        for (change, flag) in [({ (o: inout AnswersRunOptions) in o.topK = 0 }, "--top-k"), ({ $0.maxTokens = 0 }, "--max-tokens"),
+                               ({ $0.maxQuestions = 0 }, "--max-questions")] {
+            a = AnswersRunOptions(generator: "g", dataset: "d")
+            change(&a)
+            XCTAssertThrowsError(try a.validate(), flag) { XCTAssertTrue("\($0)".contains(flag), "\($0)") }
+        }
+    }
+
+    /// Token inputs of layers / npu report: JSON ids (a list or {"tokens": [...]}) as given; text through the model's
+    /// tokenizer with BOS once, the same stream the perplexity run scores.
+    func testTokenInputsOfLayersAndNPU() throws {
+        let dir = Repo.tempDirectory("tokens")
+        let model = Repo.path("Models/stories260K/stories260K.bin")
+        let m = try LlamaModel.load(path: model)
+        try Data("[1, 2, 300]".utf8).write(to: URL(fileURLWithPath: dir + "/a.json"))
+        try Data(#"{"tokens": [5, 6]}"#.utf8).write(to: URL(fileURLWithPath: dir + "/b.json"))
+        try Data("[1, 2.5]".utf8).write(to: URL(fileURLWithPath: dir + "/bad.json"))
+        XCTAssertEqual(try LayersRun.readTokens(dir + "/a.json", model: model, tokenizer: nil, m: m), [1, 2, 300])
+        XCTAssertEqual(try LayersRun.readTokens(dir + "/b.json", model: model, tokenizer: nil, m: m), [5, 6])
+        XCTAssertThrowsError(try LayersRun.readTokens(dir + "/bad.json", model: model, tokenizer: nil, m: m)) {
+            XCTAssertTrue("\($0)".contains("token 1 is not an integer id"), "\($0)")
+        }
+        let text = Repo.path("Corpora/tinystories/tinystories_sample.txt.zst")
+        let ids = try LayersRun.readTokens(text, model: model, tokenizer: Repo.path("Tokenizers/tok512/tok512.model"), m: m)
+        XCTAssertEqual(ids.count, 1883)  // the numpy reference's token count for this text, BOS included
+        XCTAssertEqual(ids.first, 1)
+        XCTAssertEqual(ids.dropFirst().firstIndex(of: 1), nil)  // BOS once
+    }
+
+    func testNPUReportRefusesTooFewTokens() throws {
+        let dir = Repo.tempDirectory("npu")
+        try Data("[1, 2, 3, 4]".utf8).write(to: URL(fileURLWithPath: dir + "/t.json"))
+        var o = NPUReportOptions(model: Repo.path("Models/stories260K/stories260K.bin"), config: NPUConfig(), calibration: dir + "/t.json")
+        o.compareTokens = 4
+        XCTAssertThrowsError(try NPUReportRun.run(o)) { XCTAssertTrue("\($0)".contains("need more than --compare-tokens 4"), "\($0)") }
+        o.window = 0
+        XCTAssertThrowsError(try NPUReportRun.run(o)) { XCTAssertTrue("\($0)".contains("--window"), "\($0)") }
+    }
+
+    func testQuantizeFindsBertDirectoriesOnly() throws {
+        let dir = Repo.tempDirectory("bert")
+        try Data(#"{"model_type": "bert"}"#.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        XCTAssertEqual(try QuantizeRun.bertDirectory(dir), dir)
+        let llama = Repo.tempDirectory("llama")
+        try Data(#"{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}"#.utf8).write(to: URL(fileURLWithPath: llama + "/config.json"))
+        XCTAssertNil(try QuantizeRun.bertDirectory(llama))
+        XCTAssertNil(try QuantizeRun.bertDirectory(Repo.path("Models/stories260K/stories260K.bin")))
     }
 }
