@@ -122,7 +122,7 @@ public struct PerplexityReport: Encodable, Sendable {
     public var approximateLines: Int
 
     enum CodingKeys: String, CodingKey {
-        case model, tokenizer, corpusSHA256 = "corpus_sha256", protocolKind = "protocol", ctx, stride, chunks
+        case model, tokenizer, corpus, corpusSHA256 = "corpus_sha256", protocolKind = "protocol", ctx, stride, chunks
         case tokensScored = "tokens_scored", ppl, pplError = "ppl_error", backend, activations, chunkNLL = "chunk_nll"
         case timings, bitsPerWeight = "bits_per_weight", quantization, kld, segments, segmentRules = "segment_rules"
     }
@@ -131,6 +131,7 @@ public struct PerplexityReport: Encodable, Sendable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(model, forKey: .model)
         try c.encode(tokenizer, forKey: .tokenizer)
+        try c.encode(corpus, forKey: .corpus)
         try c.encode(corpusSHA256, forKey: .corpusSHA256)
         try c.encode(protocolKind.rawValue, forKey: .protocolKind)
         try c.encode(ctx, forKey: .ctx)
