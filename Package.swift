@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "TensorCore", targets: ["TensorCore"]),
         .library(name: "Kernels", targets: ["Kernels"]),
         .library(name: "Tokenization", targets: ["Tokenization"]),
+        .library(name: "Datasets", targets: ["Datasets"]),
         .library(name: "Models", targets: ["Models"]),
         .library(name: "Quantization", targets: ["Quantization"]),
         .library(name: "NPU", targets: ["NPU"]),
@@ -32,13 +33,15 @@ let package = Package(
         .systemLibrary(name: "CHints"),
         .target(name: "Kernels", dependencies: ["TensorCore", "CHints"], swiftSettings: settings),
         .target(name: "Tokenization", dependencies: [], swiftSettings: settings),
+        // The data layer; not named "Data", which would clash with Foundation.Data.
+        .target(name: "Datasets", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "Models", dependencies: ["TensorCore", "Kernels", "Tokenization"], swiftSettings: settings),
-        .target(name: "Quantization", dependencies: ["TensorCore", "Kernels", "Models"], swiftSettings: settings),
+        .target(name: "Quantization", dependencies: ["TensorCore", "Kernels", "Datasets", "Models"], swiftSettings: settings),
         .target(name: "NPU", dependencies: ["TensorCore", "Kernels", "Models"], swiftSettings: settings),
-        .target(name: "Evaluation", dependencies: ["TensorCore", "Kernels", "Tokenization", "Models", "Quantization", "NPU"],
+        .target(name: "Evaluation", dependencies: ["TensorCore", "Kernels", "Tokenization", "Datasets", "Models", "Quantization", "NPU"],
                 swiftSettings: settings),
         .executableTarget(name: "quantkit", dependencies: [
-            "TensorCore", "Kernels", "Tokenization", "Models", "Quantization", "NPU", "Evaluation",
+            "TensorCore", "Kernels", "Tokenization", "Datasets", "Models", "Quantization", "NPU", "Evaluation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: settings),
 
@@ -46,10 +49,11 @@ let package = Package(
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "TensorCore", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "TensorCore", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Models", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Models", "Kernels", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Quantization", "NPU", "Models", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Datasets", "Quantization", "NPU", "Models", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "TensorCore"], swiftSettings: settings),
     ]
 )

@@ -1,3 +1,4 @@
+import Datasets
 import Foundation
 import Models
 import NPU

@@ -1,3 +1,4 @@
+import Datasets
 import Foundation
 import Models
 import TensorCore
@@ -5,29 +6,12 @@ import TensorCore
 /// Calibration data of an embedder: whole passages as the embedder encodes them (not windows cut from a token
 /// stream), drawn reproducibly from a corpus and tokenized with the embedder's own tokenizer.
 public enum EmbedderCalibration {
-    /// The passages of a calibration file and its raw bytes (for the sha256):
-    /// - BEIR corpus `.jsonl`: one passage per document, title + " " + text (BEIR convention, what retrieval embeds);
-    /// - SQuAD `.json`: every paragraph context;
-    /// - anything else: plain text, one passage per non-blank line.
-    /// Zstd-compressed files are read transparently. Empty passages are dropped.
+    /// The passages of a calibration file (`CalibrationText.passages`: BEIR documents as retrieval embeds them,
+    /// SQuAD contexts, or plain-text lines) with whitespace stripped as the encoder strips it, empty ones dropped,
+    /// and the file's raw bytes (for the sha256).
     public static func passages(_ path: String) throws -> (passages: [String], raw: Data) {
-        let raw = try readMaybeCompressed(path)
-        let base = path.hasSuffix(".zst") ? String(path.dropLast(4)) : path
-        guard let text = String(data: raw, encoding: .utf8) else { throw QuantKitError(.format, "\(path): not valid UTF-8 text") }
-        var out: [String] = []
-        if base.hasSuffix(".jsonl") {
-            try CalibrationText.jsonLines(text, path: path) { _, o in
-                let title = o["title"] as? String ?? "", body = o["text"] as? String ?? ""
-                let p = title.isEmpty ? body : (body.isEmpty ? title : title + " " + body)
-                if !p.isEmpty { out.append(p) }
-            }
-        } else if base.hasSuffix(".json") {
-            out = try CalibrationText.squadContexts(text, path: path)
-        } else {
-            out = text.split(whereSeparator: \.isNewline).map(String.init)
-        }
-        out = out.map(BertSentenceEncoder.stripPythonWhitespace).filter { !$0.isEmpty }
-        return (out, raw)
+        let (passages, raw) = try CalibrationText.passages(path)
+        return (passages.map(BertSentenceEncoder.stripPythonWhitespace).filter { !$0.isEmpty }, raw)
     }
 
     /// `samples` distinct passage indices out of `count`, drawn without replacement (seeded partial Fisher-Yates

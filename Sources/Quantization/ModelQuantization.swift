@@ -93,49 +93,6 @@ public struct QuantizedLinearBackend: LinearBackend {
     }
 }
 
-/// Text of a calibration corpus: plain text, JSON lines with "title"/"text" fields (BEIR corpus.jsonl), or a
-/// SQuAD JSON (every paragraph context). Zstd-compressed files are read transparently.
-public enum CalibrationText {
-    public static func load(_ path: String) throws -> String {
-        let raw = try readText(path)
-        let base = path.hasSuffix(".zst") ? String(path.dropLast(4)) : path
-        if base.hasSuffix(".jsonl") {
-            var parts: [String] = []
-            try jsonLines(raw, path: path) { _, o in
-                let t = [o["title"] as? String, o["text"] as? String].compactMap { $0 }.filter { !$0.isEmpty }
-                if !t.isEmpty { parts.append(t.joined(separator: "\n")) }
-            }
-            return parts.joined(separator: "\n\n")
-        }
-        if base.hasSuffix(".json") { return try squadContexts(raw, path: path).joined(separator: "\n\n") }
-        return raw
-    }
-
-    /// Calls `body(lineNumber, object)` for every non-blank line (1-based numbers counting blank lines too); a line
-    /// that is not a JSON object is an error naming the file and line.
-    static func jsonLines(_ text: String, path: String, _ body: (Int, [String: Any]) throws -> Void) throws {
-        // Split on the scalar "\n": Swift treats "\r\n" as one Character, so a Character split would miss it.
-        for (i, line) in text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            if line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) { continue }
-            guard let o = try? JSONSerialization.jsonObject(with: Data(String(String.UnicodeScalarView(line)).utf8)) as? [String: Any] else {
-                throw QuantKitError(.format, "\(path): line \(i + 1): not a JSON object")
-            }
-            try body(i + 1, o)
-        }
-    }
-
-    /// Every paragraph context of a SQuAD JSON.
-    static func squadContexts(_ text: String, path: String) throws -> [String] {
-        guard let o = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-              let data = o["data"] as? [[String: Any]] else {
-            throw QuantKitError(.format, "\(path): expected a SQuAD JSON object with a 'data' list")
-        }
-        var parts: [String] = []
-        for a in data { for p in (a["paragraphs"] as? [[String: Any]]) ?? [] { if let c = p["context"] as? String { parts.append(c) } } }
-        return parts
-    }
-}
-
 /// Calibration windows: `samples` random windows of `seqlen` tokens from the tokenized corpus (start drawn
 /// uniformly, as the GPTQ reference's data loaders do), reproducible from `seed`.
 public enum CalibrationWindows {

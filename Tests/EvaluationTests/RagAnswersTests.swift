@@ -1,6 +1,7 @@
 import Foundation
 import TestSupport
 import XCTest
+@testable import Datasets
 @testable import Evaluation
 
 final class RagAnswersTests: XCTestCase {

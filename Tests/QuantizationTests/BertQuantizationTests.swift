@@ -166,6 +166,22 @@ final class BertQuantizationTests: XCTestCase {
         }
     }
 
+    func testCalibrationPassages() throws {
+        // Documents as retrieval embeds them (title + " " + text), then stripped as the encoder strips them.
+        let tmp = Repo.tempDirectory("bertq-passages")
+        try """
+            {"_id": "d1", "title": "Alpha", "text": " first body "}
+            {"_id": "d2", "text": "no title"}
+            {"_id": "d3", "title": "Only title"}
+            {"_id": "d4", "title": " ", "text": ""}
+
+            """.write(toFile: tmp + "/corpus.jsonl", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try EmbedderCalibration.passages(tmp + "/corpus.jsonl").passages, ["Alpha  first body", "no title", "Only title"])
+        try #"{"data": [{"paragraphs": [{"context": " Ctx one. ", "qas": []}, {"context": "\n"}, {"context": "Ctx two."}]}]}"#
+            .write(toFile: tmp + "/squad.json", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try EmbedderCalibration.passages(tmp + "/squad.json").passages, ["Ctx one.", "Ctx two."])
+    }
+
     func testCalibrationBadInput() throws {
         let tmp = Repo.tempDirectory("bertq-bad")
         try "first passage\n\nsecond passage\nthird\n".write(toFile: tmp + "/short.txt", atomically: true, encoding: .utf8)

@@ -1,90 +1,15 @@
 import Foundation
 import TensorCore
 
-/// A file's identity as evaluated: the sha256 of its exact (decompressed) bytes.
-public struct SourceFile: Sendable, Codable, Equatable {
-    public let path: String
-    public let sha256: String
-    public let bytes: Int
-}
-
-/// Readers for the evaluation corpora: plain text, JSONL, BEIR retrieval layout, SQuAD JSON. Every reader
-/// accepts `.zst` files transparently and reports the sha256 of the bytes it read.
-public enum Datasets {
-    // MARK: plain text
-
-    /// The whole file as UTF-8 text.
-    public static func readPlainText(_ path: String) throws -> (text: String, source: SourceFile) {
-        let data = try readMaybeCompressed(path)
-        guard let s = String(data: data, encoding: .utf8) else {
-            throw QuantKitError(.format, "\(path): not valid UTF-8 text")
-        }
-        return (s, SourceFile(path: path, sha256: Digest.sha256(data), bytes: data.count))
-    }
-
-    /// The file split on "\n" (a trailing "\r" is dropped from each line); the final empty line after a
-    /// trailing newline is not returned.
-    public static func readLines(_ path: String) throws -> (lines: [String], source: SourceFile) {
-        let (text, source) = try readPlainText(path)
-        // Split on the scalar "\n": Swift treats "\r\n" as one Character, so a Character split would miss it.
-        var lines = text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { line -> String in
-            String(String.UnicodeScalarView(line.last == "\r" ? line.dropLast() : line))
-        }
-        if lines.last == "" { lines.removeLast() }
-        return (lines, source)
-    }
-
-    // MARK: JSONL
-
-    /// Each non-blank line parsed as one JSON object; a line that is not a JSON object is an error naming its
-    /// 1-based line number.
-    public static func readJSONL(_ path: String) throws -> (objects: [[String: Any]], source: SourceFile) {
-        let data = try readMaybeCompressed(path)
-        var out: [[String: Any]] = []
-        var lineNo = 0
-        try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-            let bytes = raw.bindMemory(to: UInt8.self)
-            var start = 0
-            while start < bytes.count {
-                var end = start
-                while end < bytes.count && bytes[end] != 0x0A { end += 1 }
-                lineNo += 1
-                let slice = UnsafeRawBufferPointer(rebasing: raw[start..<end])
-                if !slice.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) {
-                    let obj: Any
-                    do {
-                        obj = try JSONSerialization.jsonObject(with: Data(slice), options: [])
-                    } catch {
-                        throw QuantKitError(.format, "\(path): line \(lineNo): malformed JSON")
-                    }
-                    guard let dict = obj as? [String: Any] else {
-                        throw QuantKitError(.format, "\(path): line \(lineNo): expected a JSON object")
-                    }
-                    out.append(dict)
-                }
-                start = end + 1
-            }
-        }
-        return (out, SourceFile(path: path, sha256: Digest.sha256(data), bytes: data.count))
-    }
-
-    /// `dir/name` or, when absent, `dir/name.zst`.
-    public static func resolve(_ dir: String, _ name: String) throws -> String {
-        let plain = (dir as NSString).appendingPathComponent(name)
-        if FileManager.default.fileExists(atPath: plain) { return plain }
-        if FileManager.default.fileExists(atPath: plain + ".zst") { return plain + ".zst" }
-        throw QuantKitError(.io, "\(plain): no such file (nor \(name).zst)")
-    }
-}
-
-// MARK: - BEIR
-
 public struct BeirDocument: Sendable, Equatable {
     public let id: String
     public let title: String
     public let text: String
     /// The text embedded for retrieval: title + " " + text (BEIR convention); the text alone without a title.
     public var embeddingText: String { title.isEmpty ? text : title + " " + text }
+    /// The document as running text for language-model calibration: title and text on lines of their own, an
+    /// empty one left out (empty when both are). Calibration text joins documents with "\n\n".
+    public var runningText: String { [title, text].filter { !$0.isEmpty }.joined(separator: "\n") }
 }
 
 public struct BeirQuery: Sendable, Equatable {
@@ -224,65 +149,17 @@ extension Datasets {
     }
 }
 
-// MARK: - SQuAD
-
-public struct SquadQuestion: Sendable, Equatable {
-    public let id: String
-    public let question: String
-    public let context: String
-    public let title: String
-    /// Gold answer texts (duplicates kept, as the official script sees them); empty when unanswerable.
-    public let answers: [String]
-    public let isImpossible: Bool
-}
-
-public struct SquadDataset: Sendable {
-    public let questions: [SquadQuestion]
-    /// Distinct paragraphs in file order (the retrieval corpus for `rag answers --retriever`).
-    public let contexts: [String]
-    public let source: SourceFile
-}
 
 extension Datasets {
-    /// SQuAD v1.1 / v2.0 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[].text, is_impossible}}.
-    public static func loadSQuAD(_ path: String) throws -> SquadDataset {
-        let data = try readMaybeCompressed(path)
-        let root: Any
-        do { root = try JSONSerialization.jsonObject(with: data) } catch {
-            throw QuantKitError(.format, "\(path): malformed JSON")
+    /// The documents of a corpus JSONL for calibration, read leniently: a missing or non-string "title"/"text" is
+    /// empty and ids are neither needed nor checked (calibration only reads the prose). A line that is not a JSON
+    /// object is an error naming the file and line.
+    static func calibrationDocuments(_ text: String, path: String) throws -> [BeirDocument] {
+        var docs: [BeirDocument] = []
+        try jsonLines(Data(text.utf8)) { lineNo, value in
+            guard let o = value as? [String: Any] else { throw QuantKitError(.format, "\(path): line \(lineNo): not a JSON object") }
+            docs.append(BeirDocument(id: jsonID(o["_id"]) ?? "", title: o["title"] as? String ?? "", text: o["text"] as? String ?? ""))
         }
-        guard let top = root as? [String: Any], let articles = top["data"] as? [[String: Any]] else {
-            throw QuantKitError(.format, "\(path): expected an object with a \"data\" array (SQuAD format)")
-        }
-        var qs: [SquadQuestion] = []
-        var contexts: [String] = []
-        var seen = Set<String>()
-        for (ai, a) in articles.enumerated() {
-            let title = a["title"] as? String ?? ""
-            guard let paragraphs = a["paragraphs"] as? [[String: Any]] else {
-                throw QuantKitError(.format, "\(path): data[\(ai)]: missing \"paragraphs\"")
-            }
-            for (pi, p) in paragraphs.enumerated() {
-                guard let context = p["context"] as? String, let qas = p["qas"] as? [[String: Any]] else {
-                    throw QuantKitError(.format, "\(path): data[\(ai)].paragraphs[\(pi)]: needs \"context\" and \"qas\"")
-                }
-                contexts.append(context)
-                for (qi, q) in qas.enumerated() {
-                    guard let id = q["id"] as? String, let question = q["question"] as? String else {
-                        throw QuantKitError(.format, "\(path): data[\(ai)].paragraphs[\(pi)].qas[\(qi)]: needs \"id\" and \"question\"")
-                    }
-                    guard seen.insert(id).inserted else {
-                        throw QuantKitError(.format, "\(path): duplicate question id \"\(id)\"")
-                    }
-                    let answers = (q["answers"] as? [[String: Any]] ?? []).compactMap { $0["text"] as? String }
-                    let impossible = (q["is_impossible"] as? Bool) ?? answers.isEmpty
-                    qs.append(SquadQuestion(id: id, question: question, context: context, title: title,
-                                            answers: impossible ? [] : answers, isImpossible: impossible))
-                }
-            }
-        }
-        if qs.isEmpty { throw QuantKitError(.input, "\(path): no questions") }
-        return SquadDataset(questions: qs, contexts: contexts,
-                            source: SourceFile(path: path, sha256: Digest.sha256(data), bytes: data.count))
+        return docs
     }
 }

@@ -2,9 +2,9 @@ import Foundation
 import TensorCore
 import TestSupport
 import XCTest
-@testable import Evaluation
+@testable import Datasets
 
-final class RagDatasetsTests: XCTestCase {
+final class DatasetsTests: XCTestCase {
     func write(_ dir: String, _ name: String, _ text: String) {
         let path = (dir as NSString).appendingPathComponent(name)
         try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
