@@ -17,7 +17,7 @@ public enum Kernels {
 
     /// The same product with the weight also available pre-packed: prefill-sized batches (m > 3) run on the
     /// packed panels, decode-sized ones stream the row-major weight.
-    public static func matmulNT(x: UnsafePointer<Float>, m: Int, k: Int, weight: WeightRef, packed: PackedWeight,
+    public static func matmulNT(x: UnsafePointer<Float>, m: Int, k: Int, weight: WeightRef, packed: FloatPanels,
                                 n: Int, bias: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>,
                                 threads: Int = Parallel.defaultThreads) {
         precondition(packed.n == n && packed.k == k, "packed weight shape differs from the matmul")

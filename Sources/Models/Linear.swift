@@ -37,7 +37,7 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     public var rowIndependent: Bool { true }
     private let ref: WeightRef
     private let packLock = NSLock()
-    private var packed: PackedWeight?
+    private var packed: FloatPanels?
     /// Whether prefill packs weights into panels (on by default; the CLI maps QUANTKIT_PREPACK=0 onto it).
     public static var prepackEnabled: Bool {
         get { prepackSetting.load(ordering: .relaxed) }
@@ -46,11 +46,11 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     private static let prepackSetting = Atomic<Bool>(true)
 
     /// The packed panels, made on first use.
-    private func packedWeight(threads: Int) -> PackedWeight {
+    private func packedWeight(threads: Int) -> FloatPanels {
         packLock.lock()
         defer { packLock.unlock() }
         if let p = packed { return p }
-        let p = PackedWeight(ref, n: outFeatures, k: inFeatures, threads: threads)
+        let p = FloatPanels(ref, n: outFeatures, k: inFeatures, threads: threads)
         packed = p
         // Prefill no longer reads the row-major bytes; decode and embedding lookups fault back what they touch.
         weight.storage.releaseResidentPages()

@@ -65,9 +65,9 @@ public enum GPTQ {
         /// Sweep position -> original column.
         let perm: [Int]
         /// Per row, without groups (per channel; per tensor repeats one pair).
-        let fixedParams: [QuantParams]
+        let fixedParams: [ScaleZero]
         /// [rows, groups], static groups only.
-        let staticParams: [QuantParams]
+        let staticParams: [ScaleZero]
         let deadColumns: Int
     }
 
@@ -93,11 +93,11 @@ public enum GPTQ {
         var h = hessian
 
         // Per-channel / per-tensor parameters come from the weights before dead-column zeroing (reference order).
-        var fixedParams: [QuantParams] = []
+        var fixedParams: [ScaleZero] = []
         if scheme.groupSize <= 0 {
             w.withUnsafeBufferPointer { wb in
                 if scheme.groupSize == QuantScheme.perTensor {
-                    fixedParams = [QuantParams](repeating: Quantizer.params(wb.baseAddress!, count: rows * cols, scheme: scheme), count: rows)
+                    fixedParams = [ScaleZero](repeating: Quantizer.params(wb.baseAddress!, count: rows * cols, scheme: scheme), count: rows)
                 } else {
                     fixedParams = (0..<rows).map { Quantizer.params(wb.baseAddress! + $0 * cols, count: cols, scheme: scheme) }
                 }
@@ -112,9 +112,9 @@ public enum GPTQ {
         let gs = scheme.effectiveGroupSize(inFeatures: cols)
         let ng = scheme.groupCount(inFeatures: cols)
         // Static groups: parameters from the (dead-zeroed) original weights in original column order.
-        var staticParams: [QuantParams] = []
+        var staticParams: [ScaleZero] = []
         if config.staticGroups {
-            staticParams = [QuantParams](repeating: QuantParams(scale: 1, zero: 0), count: rows * ng)
+            staticParams = [ScaleZero](repeating: ScaleZero(scale: 1, zero: 0), count: rows * ng)
             w.withUnsafeBufferPointer { wb in
                 for r in 0..<rows {
                     for g in 0..<ng {
@@ -202,7 +202,7 @@ final class GPTQSweep: @unchecked Sendable {
     let rows: Int, cols: Int, blockSize: Int
     let scheme: QuantScheme, maxq: Double
     let groupSize: Int, groups: Int, grouped: Bool, staticGroups: Bool
-    let perm: [Int], fixedParams: [QuantParams], staticParams: [QuantParams]
+    let perm: [Int], fixedParams: [ScaleZero], staticParams: [ScaleZero]
     /// W [rows, cols]: columns from the current block on hold the weights as of the last lazy batch update.
     let w: UnsafeMutablePointer<Double>
     /// Hinv [cols, cols], upper triangular.
@@ -210,7 +210,7 @@ final class GPTQSweep: @unchecked Sendable {
     let codes: UnsafeMutablePointer<UInt8>
     let deq: UnsafeMutablePointer<Double>
     /// [rows, groups], dynamic groups.
-    let groupParams: UnsafeMutablePointer<QuantParams>
+    let groupParams: UnsafeMutablePointer<ScaleZero>
     /// Per row: sum of err^2 (err = (w - q) / Hinv_jj).
     let rowLoss: UnsafeMutablePointer<Double>
 
@@ -225,7 +225,7 @@ final class GPTQSweep: @unchecked Sendable {
         codes = .allocate(capacity: rows * cols); codes.initialize(repeating: 0, count: rows * cols)
         deq = .allocate(capacity: rows * cols); deq.initialize(repeating: 0, count: rows * cols)
         groupParams = .allocate(capacity: rows * groups)
-        groupParams.initialize(repeating: QuantParams(scale: 1, zero: 0), count: rows * groups)
+        groupParams.initialize(repeating: ScaleZero(scale: 1, zero: 0), count: rows * groups)
         rowLoss = .allocate(capacity: rows); rowLoss.initialize(repeating: 0, count: rows)
     }
 
@@ -240,7 +240,7 @@ final class GPTQSweep: @unchecked Sendable {
             // W1 (the block being quantized) and Err1 (its scaled errors): [tileRows, blockSize].
             let w1 = UnsafeMutablePointer<Double>.allocate(capacity: n), err = UnsafeMutablePointer<Double>.allocate(capacity: n)
             defer { w1.deallocate(); err.deallocate() }
-            var params = [QuantParams](repeating: QuantParams(scale: 1, zero: 0), count: Self.tileRows)
+            var params = [ScaleZero](repeating: ScaleZero(scale: 1, zero: 0), count: Self.tileRows)
             var r0 = range.lowerBound
             while r0 < range.upperBound {
                 let nr = min(Self.tileRows, range.upperBound - r0)
@@ -253,7 +253,7 @@ final class GPTQSweep: @unchecked Sendable {
     /// Algorithm 1 on rows r0..<r0+nr; `params` holds each row's current (scale, zero). The paper's i is `i1` (block
     /// start), its j is `col`, and j - i is `jb`; W1 and E are the block's columns of W and its scaled errors.
     func sweep(rows r0: Int, count nr: Int, w1: UnsafeMutablePointer<Double>, err: UnsafeMutablePointer<Double>,
-               params: inout [QuantParams]) {
+               params: inout [ScaleZero]) {
         let (bs, cols) = (blockSize, cols)
         if !fixedParams.isEmpty { for t in 0..<nr { params[t] = fixedParams[r0 + t] } }
         var i1 = 0
@@ -278,7 +278,7 @@ final class GPTQSweep: @unchecked Sendable {
     /// Group parameters where a group starts: static ones as prepared, dynamic ones from W as of the last lazy
     /// update (the reference reads W, not the in-block W1).
     @inline(__always)
-    func startGroup(at col: Int, rows r0: Int, count nr: Int, params: inout [QuantParams]) {
+    func startGroup(at col: Int, rows r0: Int, count nr: Int, params: inout [ScaleZero]) {
         guard grouped else { return }
         if staticGroups {
             let g = perm[col] / groupSize
@@ -295,7 +295,7 @@ final class GPTQSweep: @unchecked Sendable {
 
     /// Q[:, j] = quant(W[:, j]); E[:, j-i] = (W[:, j] - Q[:, j]) / Hinv[j, j].
     @inline(__always)
-    func quantizeColumn(_ col: Int, inBlock jb: Int, rows r0: Int, count nr: Int, params: [QuantParams],
+    func quantizeColumn(_ col: Int, inBlock jb: Int, rows r0: Int, count nr: Int, params: [ScaleZero],
                         w1: UnsafeMutablePointer<Double>, err: UnsafeMutablePointer<Double>) {
         let d = hinv[col * cols + col]
         for t in 0..<nr {

@@ -59,7 +59,7 @@ public struct QuantScheme: Sendable, Equatable, Codable {
 }
 
 /// One (scale, zero) pair. `zero` is an integer in [0, maxq] (held as Double for the arithmetic).
-public struct QuantParams: Sendable, Equatable {
+public struct ScaleZero: Sendable, Equatable {
     public var scale: Double
     public var zero: Double
     public init(scale: Double, zero: Double) { self.scale = scale; self.zero = zero }
@@ -75,18 +75,18 @@ public enum Quantizer {
     public static let mseNorm = 2.4
 
     @inline(__always)
-    public static func code(_ x: Double, _ p: QuantParams, maxq: Double) -> Double {
+    public static func code(_ x: Double, _ p: ScaleZero, maxq: Double) -> Double {
         min(max((x / p.scale).rounded(.toNearestOrEven) + p.zero, 0), maxq)
     }
 
     @inline(__always)
-    public static func dequantize(_ x: Double, _ p: QuantParams, maxq: Double) -> Double {
+    public static func dequantize(_ x: Double, _ p: ScaleZero, maxq: Double) -> Double {
         p.scale * (code(x, p, maxq: maxq) - p.zero)
     }
 
     /// Range parameters from min/max, as the reference computes them.
     @inline(__always)
-    static func rangeParams(xmin xmin0: Double, xmax xmax0: Double, scheme: QuantScheme) -> QuantParams {
+    static func rangeParams(xmin xmin0: Double, xmax xmax0: Double, scheme: QuantScheme) -> ScaleZero {
         let maxq = Double(scheme.maxq)
         var xmin = min(xmin0, 0), xmax = max(xmax0, 0)
         if scheme.symmetric {
@@ -98,11 +98,11 @@ public enum Quantizer {
         if xmin == 0 && xmax == 0 { xmin = -1; xmax = 1 }
         let scale = (xmax - xmin) / maxq
         let zero = scheme.symmetric ? (maxq + 1) / 2 : max((-xmin / scale).rounded(.toNearestOrEven), Double(scheme.minZero))
-        return QuantParams(scale: scale, zero: zero)
+        return ScaleZero(scale: scale, zero: zero)
     }
 
     /// Parameters for the values `x[0..<count]` (stride `stride`).
-    public static func params(_ x: UnsafePointer<Double>, count: Int, stride: Int = 1, scheme: QuantScheme) -> QuantParams {
+    public static func params(_ x: UnsafePointer<Double>, count: Int, stride: Int = 1, scheme: QuantScheme) -> ScaleZero {
         var lo = Double.infinity, hi = -Double.infinity
         for i in 0..<count { let v = x[i * stride]; lo = min(lo, v); hi = max(hi, v) }
         var p = rangeParams(xmin: lo, xmax: hi, scheme: scheme)
@@ -191,7 +191,7 @@ public enum RTN {
         var codes = [UInt8](repeating: 0, count: w.count)
         var scales = [Float](repeating: 0, count: outFeatures * ng)
         var zeros = [Int32](repeating: 0, count: outFeatures * ng)
-        let tensorParams: QuantParams? = scheme.groupSize == QuantScheme.perTensor
+        let tensorParams: ScaleZero? = scheme.groupSize == QuantScheme.perTensor
             ? w.withUnsafeBufferPointer { Quantizer.params($0.baseAddress!, count: w.count, scheme: scheme) } : nil
         w.withUnsafeBufferPointer { wb in
             let wp = SendablePointer(wb.baseAddress!)

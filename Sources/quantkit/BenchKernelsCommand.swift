@@ -222,7 +222,7 @@ enum KernelBench {
                         let w: WeightRef = kind == "f32" ? .f32(p32.baseAddress!)
                             : kind == "f16" ? .f16(p16.baseAddress!) : .bf16(pb.baseAddress!)
                         // The model's path: GEMMs on panels packed once (DenseLinear), GEMVs on the row-major weight.
-                        let packed = PackedWeight(w, n: n, k: k, threads: threads)
+                        let packed = FloatPanels(w, n: n, k: k, threads: threads)
                         x.withUnsafeBufferPointer { xp in
                             out.withUnsafeMutableBufferPointer { op in
                                 measure {

@@ -31,7 +31,7 @@ final class MatmulTests: XCTestCase {
                     b.withUnsafeBufferPointer { bp in
                         let bptr = bias ? bp.baseAddress : nil
                         if prepacked {
-                            let packed = PackedWeight(w, n: n, k: k, threads: threads)
+                            let packed = FloatPanels(w, n: n, k: k, threads: threads)
                             Kernels.matmulNT(x: x, m: m, k: k, weight: w, packed: packed, n: n, bias: bptr, out: &fast,
                                              threads: threads)
                         } else {
@@ -76,7 +76,7 @@ final class MatmulTests: XCTestCase {
         }
     }
 
-    /// Weights packed once into GEMM panels (PackedWeight): odd shapes, short last panels, several k blocks.
+    /// Weights packed once into GEMM panels (FloatPanels): odd shapes, short last panels, several k blocks.
     func testPrepackedPanels() {
         var seed: UInt64 = 500
         for kind in Kind.allCases {

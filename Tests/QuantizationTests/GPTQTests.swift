@@ -123,10 +123,10 @@ final class GPTQTests: XCTestCase {
         p = x.withUnsafeBufferPointer { Quantizer.params($0.baseAddress!, count: 3, scheme: s4) }
         XCTAssertEqual(p.scale, 2.0 / 15, accuracy: 1e-15)
         XCTAssertEqual(p.zero, 8)  // round(7.5) = 8 (even)
-        XCTAssertEqual(Quantizer.code(2.5, QuantParams(scale: 1, zero: 0), maxq: 15), 2)
-        XCTAssertEqual(Quantizer.code(3.5, QuantParams(scale: 1, zero: 0), maxq: 15), 4)
-        XCTAssertEqual(Quantizer.code(-3, QuantParams(scale: 1, zero: 0), maxq: 15), 0)
-        XCTAssertEqual(Quantizer.code(99, QuantParams(scale: 1, zero: 0), maxq: 15), 15)
+        XCTAssertEqual(Quantizer.code(2.5, ScaleZero(scale: 1, zero: 0), maxq: 15), 2)
+        XCTAssertEqual(Quantizer.code(3.5, ScaleZero(scale: 1, zero: 0), maxq: 15), 4)
+        XCTAssertEqual(Quantizer.code(-3, ScaleZero(scale: 1, zero: 0), maxq: 15), 0)
+        XCTAssertEqual(Quantizer.code(99, ScaleZero(scale: 1, zero: 0), maxq: 15), 15)
         // Bad schemes and input.
         XCTAssertThrowsError(try QuantScheme(bits: 5))
         // A group wider than the row is one short group (AutoGPTQ: ceil(in/g) = 1), same as per-channel.

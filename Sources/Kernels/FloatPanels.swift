@@ -3,7 +3,7 @@ import TensorCore
 /// A weight matrix [n, k] re-laid out once into the GEMM's k-major panels of 16 rows ([panel][k][16], rows past n
 /// zero), kept in its stored dtype. Prefill GEMMs on it skip the per-call transpose: each k block of a panel is
 /// copied (f32) or widened (f16/bf16) in one sequential pass. Costs one extra copy of the weight bytes.
-public final class PackedWeight: @unchecked Sendable {
+public final class FloatPanels: @unchecked Sendable {
     public let n: Int
     public let k: Int
     public var byteCount: Int { panels * k * 16 * elementSize }
@@ -49,10 +49,10 @@ public final class PackedWeight: @unchecked Sendable {
     deinit { storage.deallocate() }
 }
 
-/// Panels straight from a PackedWeight (the 16 x kcur block at panel n0/16, k offset k0): f32 is read in place by
+/// Panels straight from a FloatPanels (the 16 x kcur block at panel n0/16, k offset k0): f32 is read in place by
 /// the micro-kernel, f16 and bf16 are widened into the thread's scratch.
 struct PrepackedPanels: PanelSource, @unchecked Sendable {
-    let w: PackedWeight
+    let w: FloatPanels
     func sourceBytes(n0: Int, k0: Int, kcur: Int) -> UnsafeRawBufferPointer? {
         w.sourceBytes(n0: n0, k0: k0, kcur: kcur)
     }
@@ -83,11 +83,11 @@ struct PrepackedPanels: PanelSource, @unchecked Sendable {
     }
 }
 
-/// f16 panels of a PackedWeight, read in place and widened inside the micro-kernel (a separate widening pass per
+/// f16 panels of a FloatPanels, read in place and widened inside the micro-kernel (a separate widening pass per
 /// block measured ~4% of an F16 perplexity run at ctx 128).
 struct PrepackedHalfPanels: PanelSource, @unchecked Sendable {
     typealias Layout = F16Layout
-    let w: PackedWeight
+    let w: FloatPanels
     func sourceBytes(n0: Int, k0: Int, kcur: Int) -> UnsafeRawBufferPointer? {
         w.sourceBytes(n0: n0, k0: k0, kcur: kcur)
     }
@@ -97,7 +97,7 @@ struct PrepackedHalfPanels: PanelSource, @unchecked Sendable {
     }
 }
 
-extension PackedWeight {
+extension FloatPanels {
     var isHalf: Bool { kind == .f16 }
     func sourceBytes(n0: Int, k0: Int, kcur: Int) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(start: storage + ((n0 >> 4) * k + k0) * 16 * elementSize, count: kcur * 16 * elementSize)
