@@ -63,7 +63,7 @@ public struct PlanDocument: Encodable, Sendable {
     public var measuredQError: Double?
 
     enum CodingKeys: String, CodingKey {
-        case scheme, modules, bitsPerWeight = "bits_per_weight", model, source, target, measuredQError = "measured_qerror"
+        case scheme, modules, bitsPerWeight = "bits_per_weight", model, source, target, measuredQError = "measured_qerror", kind
     }
     struct Module: Encodable { var bits: Int?; var float: Bool? }
 
@@ -79,6 +79,7 @@ public struct PlanDocument: Encodable, Sendable {
         case .qerror(let q): try c.encode(["qerror": q], forKey: .target)
         }
         try c.encodeIfPresent(measuredQError, forKey: .measuredQError)
+        try c.encode("plan", forKey: .kind)  // also when nested in a layers result, where no envelope adds it
     }
 }
 
