@@ -51,7 +51,7 @@ let package = Package(
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "DatasetsTests", dependencies: ["Datasets", "TensorCore", "TestSupport"], swiftSettings: settings),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
-        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Models", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Datasets", "Models", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Models", "Kernels", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Datasets", "Quantization", "NPU", "Models", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "TensorCore"], swiftSettings: settings),

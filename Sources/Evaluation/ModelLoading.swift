@@ -1,6 +1,7 @@
 import Foundation
 import Models
 import Quantization
+import Datasets
 import TensorCore
 import Tokenization
 

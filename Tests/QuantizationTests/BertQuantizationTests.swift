@@ -1,4 +1,5 @@
 import Foundation
+import Datasets
 import Models
 import TensorCore
 import TestSupport

@@ -3,6 +3,7 @@ import Models
 import TensorCore
 import TestSupport
 import XCTest
+import Datasets
 import Quantization
 
 /// Model-level GPTQ/RTN on a tiny random Llama (dim 64, hidden 172 as in stories260K): write -> read gives the
