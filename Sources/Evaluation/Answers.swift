@@ -87,6 +87,17 @@ public struct AnswerRunSummary: Sendable {
 
 func mean(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.reduce(0, +) / Double(xs.count) }
 
+/// One answer type's figures in a `rag_answers` run's `segments`.
+public struct AnswerSegment: Encodable, Sendable, Equatable {
+    public var answerType: String
+    public var questions: Int
+    public var em: Double
+    public var f1: Double
+    /// Share of the type's questions the model declined.
+    public var abstention: Double
+    enum CodingKeys: String, CodingKey { case answerType = "answer_type", questions, em, f1, abstention }
+}
+
 public enum AnswerEvaluation {
     /// Generates and scores one model's answers. `contexts[i]` are the passages for questions[i].
     public static func run(_ gen: AnswerGenerator, questions: [SquadQuestion], contexts: [[String]], maxTokens: Int,
@@ -113,21 +124,13 @@ public enum AnswerEvaluation {
                 mean(pairs.map { SquadMetrics.f1($1.answer, $0.answer) }))
     }
 
-    public static func json(_ s: AnswerRunSummary, includeAnswers: Bool) -> [String: Any] {
-        var segs: [[String: Any]] = []
-        for t in AnswerType.allCases {
+    /// Per answer type (in AnswerType order, empty types left out): questions, EM, F1 and the share declined.
+    public static func segments(_ s: AnswerRunSummary) -> [AnswerSegment] {
+        AnswerType.allCases.compactMap { t in
             let r = s.records.filter { $0.type == t }
-            if r.isEmpty { continue }
-            segs.append(["answer_type": t.rawValue, "questions": r.count, "em": mean(r.map(\.em)), "f1": mean(r.map(\.f1)),
-                         "abstention": mean(r.map { $0.abstained ? 1 : 0 })])
+            guard !r.isEmpty else { return nil }
+            return AnswerSegment(answerType: t.rawValue, questions: r.count, em: mean(r.map(\.em)), f1: mean(r.map(\.f1)),
+                                 abstention: mean(r.map { $0.abstained ? 1 : 0 }))
         }
-        var o: [String: Any] = [
-            "name": s.name, "seconds": s.seconds,
-            "answerable": ["questions": s.answerable.count, "em": s.em, "f1": s.f1, "abstention": s.answerableAbstention],
-            "unanswerable": ["questions": s.unanswerable.count, "abstention": s.unanswerableAbstention],
-            "segments": segs,
-        ]
-        if includeAnswers { o["answers"] = Dictionary(uniqueKeysWithValues: s.records.map { ($0.id, $0.answer) }) }
-        return o
     }
 }

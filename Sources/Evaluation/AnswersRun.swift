@@ -122,36 +122,70 @@ public struct AnswersReport: Sendable {
     public var retrievalHit: Double?
     public var runs: [AnswersRunRecord]
     public var npu: NPURunSummary?
+}
+
+extension AnswersReport: Encodable {
+    enum Keys: String, CodingKey {
+        case dataset, datasetSHA256 = "dataset_sha256", generator, generatorQuantized = "generator_quantized", context
+        case topK = "top_k", retrievalHit = "retrieval_gold_paragraph_rate", promptTemplate = "prompt_template"
+        case maxTokens = "max_tokens", metricDefinitions = "metric_definitions", runs, backend, npuConfig = "npu_config"
+    }
 
     /// The `kind: rag_answers` body (docs/RESULTS.md).
-    public func jsonBody() throws -> [String: Any] {
+    public func encode(to encoder: Encoder) throws {
         let o = options
-        var out: [[String: Any]] = []
+        var c = encoder.container(keyedBy: Keys.self)
+        var d = c.nestedContainer(keyedBy: AnyKey.self, forKey: .dataset)
+        try d.encode(o.dataset, forKey: AnyKey("path"))
+        try d.encode(questions, forKey: AnyKey("questions"))
+        try d.encode(answerable, forKey: AnyKey("answerable"))
+        try c.encode(datasetSHA256, forKey: .datasetSHA256)
+        try c.encode(o.generator, forKey: .generator)
+        try c.encode(o.generatorQuantized, forKey: .generatorQuantized)  // null: no quantized generator
+        try c.encode(o.oracleContext ? "oracle" : "retrieved", forKey: .context)
+        try c.encode(o.topK, forKey: .topK)
+        try c.encode(retrievalHit, forKey: .retrievalHit)  // null with oracle context
+        try c.encode(AnswerPrompt.template, forKey: .promptTemplate)
+        try c.encode(o.maxTokens, forKey: .maxTokens)
+        try c.encode("SQuAD v1.1 official normalisation, EM and F1 (SPECS.md); answerable questions only; unanswerable: share declined",
+                     forKey: .metricDefinitions)
+        var runsContainer = c.nestedUnkeyedContainer(forKey: .runs)
         for (i, r) in runs.enumerated() {
-            var j = AnswerEvaluation.json(r.summary, includeAnswers: true)
-            j["label"] = r.summary.name
-            j["is_base"] = i == 0
-            j["metrics"] = ["em": r.summary.em, "f1": r.summary.f1, "agreement_em": r.agreementEM, "agreement_f1": r.agreementF1,
-                            "unanswerable_declined": r.summary.unanswerableAbstention]
-            j["truncated_prompts"] = r.truncatedPrompts
-            j["generated_tokens"] = r.generatedTokens
-            j["backend"] = r.backend
-            j["quantization"] = try RagQuantization.summary(i == 1 ? o.generatorQuantized : nil)
-            if let npu, r.backend == "npu" { j.merge(try JSONBridge.dictionary(npu)) { $1 } }
-            out.append(j)
+            try runsContainer.encode(RunRecord(record: r, isBase: i == 0,
+                                               quantization: try RagQuantization.summary(i == 1 ? o.generatorQuantized : nil),
+                                               npu: r.backend == "npu" ? npu : nil))
         }
-        var obj: [String: Any] = [
-            "dataset": ["path": o.dataset, "questions": questions, "answerable": answerable],
-            "dataset_sha256": datasetSHA256,
-            "generator": o.generator, "generator_quantized": o.generatorQuantized as Any,
-            "context": o.oracleContext ? "oracle" : "retrieved", "top_k": o.topK,
-            "retrieval_gold_paragraph_rate": retrievalHit as Any,
-            "prompt_template": AnswerPrompt.template, "max_tokens": o.maxTokens,
-            "metric_definitions": "SQuAD v1.1 official normalisation, EM and F1 (SPECS.md); answerable questions only; unanswerable: share declined",
-            "runs": out, "backend": o.npu == nil ? "cpu" : "npu",
-        ]
-        if let npu { obj["npu_config"] = npu.config.foundation }
-        return obj
+        try c.encode(o.npu == nil ? "cpu" : "npu", forKey: .backend)
+        try c.encodeIfPresent(npu?.config, forKey: .npuConfig)
+    }
+
+    /// One generator's entry in `runs`.
+    struct RunRecord: Encodable {
+        let record: AnswersRunRecord
+        let isBase: Bool
+        let quantization: QuantizationSummary?
+        let npu: NPURunSummary?
+
+        func encode(to encoder: Encoder) throws {
+            let s = record.summary
+            var c = encoder.container(keyedBy: AnyKey.self)
+            try c.encode(s.name, forKey: AnyKey("name"))
+            try c.encode(s.name, forKey: AnyKey("label"))
+            try c.encode(s.seconds, forKey: AnyKey("seconds"))
+            try c.encode(["questions": Double(s.answerable.count), "em": s.em, "f1": s.f1, "abstention": s.answerableAbstention],
+                         forKey: AnyKey("answerable"))
+            try c.encode(["questions": Double(s.unanswerable.count), "abstention": s.unanswerableAbstention], forKey: AnyKey("unanswerable"))
+            try c.encode(AnswerEvaluation.segments(s), forKey: AnyKey("segments"))
+            try c.encode(Dictionary(uniqueKeysWithValues: s.records.map { ($0.id, $0.answer) }), forKey: AnyKey("answers"))
+            try c.encode(isBase, forKey: AnyKey("is_base"))
+            try c.encode(["em": s.em, "f1": s.f1, "agreement_em": record.agreementEM, "agreement_f1": record.agreementF1,
+                          "unanswerable_declined": s.unanswerableAbstention], forKey: AnyKey("metrics"))
+            try c.encode(record.truncatedPrompts, forKey: AnyKey("truncated_prompts"))
+            try c.encode(record.generatedTokens, forKey: AnyKey("generated_tokens"))
+            try c.encode(record.backend, forKey: AnyKey("backend"))
+            try c.encode(quantization, forKey: AnyKey("quantization"))  // null for the float model
+            try npu?.encode(to: encoder)
+        }
     }
 }
 

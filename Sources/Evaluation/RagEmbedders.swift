@@ -91,14 +91,14 @@ enum RagTokenizerBridge {
 /// What a run's quantized model is, for result files (the verdict's advice depends on the method): a GPTQ-layout
 /// directory's method and settings, an RTN scheme's, or null for the float model.
 public enum RagQuantization {
-    public static func summary(_ spec: String?) throws -> Any {
-        guard let spec else { return NSNull() }
+    public static func summary(_ spec: String?) throws -> QuantizationSummary? {
+        guard let spec else { return nil }
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue {
-            return try GPTQCheckpoint.quantizationSummary(spec).map(JSONBridge.object) ?? NSNull()
+            return try GPTQCheckpoint.quantizationSummary(spec)
         }
         let s = try EmbedderQuantSpec.parseRTN(spec)
-        return try JSONBridge.object(QuantizationSummary(rtnBits: s.bits, groupSize: s.groupSize, sym: s.symmetric))
+        return QuantizationSummary(rtnBits: s.bits, groupSize: s.groupSize, sym: s.symmetric)
     }
 }
 

@@ -121,13 +121,6 @@ public enum JSONBridge {
         enc.nonConformingFloatEncodingStrategy = .throw
         return try JSONSerialization.jsonObject(with: enc.encode(value), options: [.fragmentsAllowed])
     }
-
-    public static func dictionary<T: Encodable>(_ value: T) throws -> [String: Any] {
-        guard let d = try object(value) as? [String: Any] else {
-            throw QuantKitError(.input, "\(T.self) does not encode to a JSON object")
-        }
-        return d
-    }
 }
 
 /// What a result file measures.

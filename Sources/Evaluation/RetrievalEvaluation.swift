@@ -30,6 +30,27 @@ public struct RetrievalComparison: Sendable {
     public let worse: Int, better: Int, same: Int
 }
 
+/// One query-length bucket of a retrieval run: the base run's mean metric and, for a compared run, its own
+/// (`quantized`); the float run itself carries `value` instead.
+public struct RetrievalSegment: Encodable, Sendable {
+    public var segment: String
+    public var count: Int
+    public var metric: String
+    public var base: Double
+    public var quantized: Double?
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: AnyKey.self)
+        try c.encode("query length", forKey: AnyKey("group"))
+        try c.encode(segment, forKey: AnyKey("segment"))
+        try c.encode(count, forKey: AnyKey("count"))
+        try c.encode(metric, forKey: AnyKey("metric"))
+        try c.encode(true, forKey: AnyKey("higher_is_better"))
+        try c.encode(base, forKey: AnyKey("base"))
+        if let quantized { try c.encode(quantized, forKey: AnyKey("quantized")) } else { try c.encode(base, forKey: AnyKey("value")) }
+    }
+}
+
 public enum RetrievalEvaluation {
     /// Depth of every run: the deepest metric cut-off (nDCG@100 / recall@100) or k if larger.
     public static func depth(k: Int) -> Int { max(k, (RetrievalMetrics.ndcgCuts + RetrievalMetrics.recallCuts).max()!) }
@@ -100,64 +121,15 @@ public enum RetrievalEvaluation {
     /// Per-segment (query length bucket) nDCG@10 of `base` and `other`, in the segments layout the compare
     /// command reads ({group, segment, count, base, quantized}).
     public static func segments(_ ds: BeirDataset, base: RetrievalRunResult, other: RetrievalRunResult?,
-                                metric: String = "ndcg@10") -> [[String: Any]] {
+                                metric: String = "ndcg@10") -> [RetrievalSegment] {
         var groups: [String: [String]] = [:]
         for q in ds.queries { groups[Segments.queryLengthBucket(q.text), default: []].append(q.id) }
         return Segments.queryLengthBuckets.compactMap { name in
             guard let qs = groups[name] else { return nil }
             func m(_ r: RetrievalRunResult) -> Double { qs.map { r.scores.perQuery[$0]?[metric] ?? 0 }.reduce(0, +) / Double(qs.count) }
-            var o: [String: Any] = ["group": "query length", "segment": name, "count": qs.count, "metric": metric,
-                                    "higher_is_better": true, "base": m(base)]
-            if let other { o["quantized"] = m(other) } else { o["value"] = m(base) }
-            return o
+            return RetrievalSegment(segment: name, count: qs.count, metric: metric, base: m(base), quantized: other.map(m))
         }
     }
 
-    public static func json(dataset ds: BeirDataset, datasetPath: String, k: Int, runs: [RetrievalRunResult],
-                            comparisons: [RetrievalComparison], extra: [String: Any]) -> [String: Any] {
-        let texts = Dictionary(uniqueKeysWithValues: ds.queries.map { ($0.id, $0.text) })
-        var out: [String: Any] = [
-            "dataset": [
-                "path": datasetPath, "dataset_name": (datasetPath as NSString).lastPathComponent, "split": ds.split,
-                "corpus_sha256": ds.sources[0].sha256, "queries_sha256": ds.sources[1].sha256, "qrels_sha256": ds.sources[2].sha256,
-                "documents": ds.corpus.count, "queries": ds.queries.count,
-                "judgements": ds.qrels.values.map(\.count).reduce(0, +),
-                "files": ds.sources.map { ["path": $0.path, "sha256": $0.sha256, "bytes": $0.bytes] },
-                "unknown_query_judgements": ds.unknownQueryJudgements, "unknown_doc_judgements": ds.unknownDocJudgements,
-                "warnings": ds.warnings,
-            ] as [String: Any],
-            "k": k,
-            "metric_definitions": "trec_eval semantics (SPECS.md): linear gain, log2(i+1) discount, IDCG from all judged rel>0, ties by score desc then doc id desc; queries without positives score 0; mean over qrels queries",
-        ]
-        out["runs"] = runs.enumerated().map { (i, r) -> [String: Any] in
-            let s = r.encoderStats
-            return [
-                "label": r.name, "is_base": i == 0, "embedder_digest": r.digest, "metrics": r.scores.mean,
-                "queries_without_relevant": r.scores.queriesWithoutRelevant,
-                "timing_seconds": ["corpus_embedding": r.corpusSeconds, "query_embedding": r.querySeconds, "search": r.searchSeconds],
-                "corpus_cache_hit": r.corpusCacheHit,
-                "encoder": ["texts": s.texts, "tokens": s.tokens, "truncated_texts": s.truncated, "seconds": s.seconds,
-                            "tokens_per_second": s.seconds > 0 ? Double(s.tokens) / s.seconds : 0,
-                            "gflops": s.seconds > 0 ? 2 * Double(s.linearMACs + s.attentionMACs) / s.seconds / 1e9 : 0] as [String: Any],
-                "segments": segments(ds, base: runs[0], other: i == 0 ? nil : r),
-                "per_query": ds.queries.map { q -> [String: Any] in
-                    var o: [String: Any] = ["query_id": q.id, "text": texts[q.id] ?? ""]
-                    for (k, v) in r.scores.perQuery[q.id]?.values ?? [:] { o[k] = v }
-                    return o
-                },
-            ]
-        }
-        out["comparisons"] = comparisons.map { c -> [String: Any] in
-            [
-                "base": c.base, "other": c.other, "deltas": c.deltas, "mean_topk_overlap": c.meanOverlap, "k": c.k,
-                "queries_worse_ndcg10": c.worse, "queries_better_ndcg10": c.better, "queries_same_ndcg10": c.same,
-                "queries_gained_relevant": c.gainedRelevant,
-                "queries_lost_relevant": c.lostRelevant.map {
-                    ["query_id": $0.query, "lost_docs": $0.docs, "base_ndcg@10": $0.baseNDCG10, "other_ndcg@10": $0.otherNDCG10] as [String: Any]
-                },
-            ]
-        }
-        for (key, v) in extra { out[key] = v }
-        return out
-    }
+    public static let metricDefinitions = "trec_eval semantics (SPECS.md): linear gain, log2(i+1) discount, IDCG from all judged rel>0, ties by score desc then doc id desc; queries without positives score 0; mean over qrels queries"
 }

@@ -47,25 +47,121 @@ public struct RetrievalReport: Sendable {
     public var runs: [RetrievalRunResult]
     public var comparisons: [RetrievalComparison]
     public var npu: NPURunSummary?
+}
 
+extension RetrievalReport: Encodable {
     /// The `kind: rag_retrieval` body (docs/RESULTS.md).
-    public func jsonBody() throws -> [String: Any] {
-        let o = options
-        var obj = RetrievalEvaluation.json(dataset: dataset, datasetPath: o.dataset, k: o.k, runs: runs, comparisons: comparisons, extra: [
-            "embedder_dir": embedderDirectory,
-            "subset": ["max_docs": o.maxDocs as Any, "max_queries": o.maxQueries as Any, "full_documents": fullDocuments, "full_queries": fullQueries],
-            "threads": threads, "backend": o.npu == nil ? "cpu" : "npu",
-        ])
-        if var rs = obj["runs"] as? [[String: Any]] {
-            for i in rs.indices {
-                rs[i]["backend"] = npu != nil && i == rs.count - 1 ? "npu" : "cpu"
-                let spec = i >= 1 && i <= o.embedderQuantized.count ? o.embedderQuantized[i - 1] : nil
-                rs[i]["quantization"] = try RagQuantization.summary(spec)
-            }
-            obj["runs"] = rs
+    public func encode(to encoder: Encoder) throws {
+        let o = options, ds = dataset
+        var c = encoder.container(keyedBy: AnyKey.self)
+        var d = c.nestedContainer(keyedBy: AnyKey.self, forKey: AnyKey("dataset"))
+        try d.encode(o.dataset, forKey: AnyKey("path"))
+        try d.encode((o.dataset as NSString).lastPathComponent, forKey: AnyKey("dataset_name"))
+        try d.encode(ds.split, forKey: AnyKey("split"))
+        try d.encode(ds.sources[0].sha256, forKey: AnyKey("corpus_sha256"))
+        try d.encode(ds.sources[1].sha256, forKey: AnyKey("queries_sha256"))
+        try d.encode(ds.sources[2].sha256, forKey: AnyKey("qrels_sha256"))
+        try d.encode(ds.corpus.count, forKey: AnyKey("documents"))
+        try d.encode(ds.queries.count, forKey: AnyKey("queries"))
+        try d.encode(ds.qrels.values.map(\.count).reduce(0, +), forKey: AnyKey("judgements"))
+        try d.encode(ds.sources.map(SourceRecord.init), forKey: AnyKey("files"))
+        try d.encode(ds.unknownQueryJudgements, forKey: AnyKey("unknown_query_judgements"))
+        try d.encode(ds.unknownDocJudgements, forKey: AnyKey("unknown_doc_judgements"))
+        try d.encode(ds.warnings, forKey: AnyKey("warnings"))
+        try c.encode(o.k, forKey: AnyKey("k"))
+        try c.encode(RetrievalEvaluation.metricDefinitions, forKey: AnyKey("metric_definitions"))
+        var rs = c.nestedUnkeyedContainer(forKey: AnyKey("runs"))
+        let texts = Dictionary(uniqueKeysWithValues: ds.queries.map { ($0.id, $0.text) })
+        for (i, r) in runs.enumerated() {
+            let spec = i >= 1 && i <= o.embedderQuantized.count ? o.embedderQuantized[i - 1] : nil
+            try rs.encode(RunRecord(run: r, isBase: i == 0, dataset: ds, base: runs[0], texts: texts,
+                                    backend: npu != nil && i == runs.count - 1 ? "npu" : "cpu",
+                                    quantization: try RagQuantization.summary(spec)))
         }
-        if let npu { obj.merge(try JSONBridge.dictionary(npu)) { $1 } }
-        return obj
+        try c.encode(comparisons.map(ComparisonRecord.init), forKey: AnyKey("comparisons"))
+        try c.encode(embedderDirectory, forKey: AnyKey("embedder_dir"))
+        var sub = c.nestedContainer(keyedBy: AnyKey.self, forKey: AnyKey("subset"))
+        try sub.encode(o.maxDocs, forKey: AnyKey("max_docs"))  // null: the whole corpus
+        try sub.encode(o.maxQueries, forKey: AnyKey("max_queries"))
+        try sub.encode(fullDocuments, forKey: AnyKey("full_documents"))
+        try sub.encode(fullQueries, forKey: AnyKey("full_queries"))
+        try c.encode(threads, forKey: AnyKey("threads"))
+        try c.encode(o.npu == nil ? "cpu" : "npu", forKey: AnyKey("backend"))
+        try npu?.encode(to: encoder)
+    }
+
+    struct SourceRecord: Encodable {
+        let path: String, sha256: String, bytes: Int
+        init(_ s: SourceFile) { path = s.path; sha256 = s.sha256; bytes = s.bytes }
+    }
+
+    /// One embedder's entry in `runs`.
+    struct RunRecord: Encodable {
+        let run: RetrievalRunResult
+        let isBase: Bool
+        let dataset: BeirDataset
+        let base: RetrievalRunResult
+        let texts: [String: String]
+        let backend: String
+        let quantization: QuantizationSummary?
+
+        func encode(to encoder: Encoder) throws {
+            let r = run, s = r.encoderStats
+            var c = encoder.container(keyedBy: AnyKey.self)
+            try c.encode(r.name, forKey: AnyKey("label"))
+            try c.encode(isBase, forKey: AnyKey("is_base"))
+            try c.encode(r.digest, forKey: AnyKey("embedder_digest"))
+            try c.encode(r.scores.mean, forKey: AnyKey("metrics"))
+            try c.encode(r.scores.queriesWithoutRelevant, forKey: AnyKey("queries_without_relevant"))
+            try c.encode(["corpus_embedding": r.corpusSeconds, "query_embedding": r.querySeconds, "search": r.searchSeconds],
+                         forKey: AnyKey("timing_seconds"))
+            try c.encode(r.corpusCacheHit, forKey: AnyKey("corpus_cache_hit"))
+            var e = c.nestedContainer(keyedBy: AnyKey.self, forKey: AnyKey("encoder"))
+            try e.encode(s.texts, forKey: AnyKey("texts"))
+            try e.encode(s.tokens, forKey: AnyKey("tokens"))
+            try e.encode(s.truncated, forKey: AnyKey("truncated_texts"))
+            try e.encode(s.seconds, forKey: AnyKey("seconds"))
+            try e.encode(s.seconds > 0 ? Double(s.tokens) / s.seconds : 0, forKey: AnyKey("tokens_per_second"))
+            try e.encode(s.seconds > 0 ? 2 * Double(s.linearMACs + s.attentionMACs) / s.seconds / 1e9 : 0, forKey: AnyKey("gflops"))
+            try c.encode(RetrievalEvaluation.segments(dataset, base: base, other: isBase ? nil : r), forKey: AnyKey("segments"))
+            var pq = c.nestedUnkeyedContainer(forKey: AnyKey("per_query"))
+            for q in dataset.queries {
+                var o = pq.nestedContainer(keyedBy: AnyKey.self)
+                try o.encode(q.id, forKey: AnyKey("query_id"))
+                try o.encode(texts[q.id] ?? "", forKey: AnyKey("text"))
+                for (k, v) in r.scores.perQuery[q.id]?.values ?? [:] { try o.encode(v, forKey: AnyKey(k)) }
+            }
+            try c.encode(backend, forKey: AnyKey("backend"))
+            try c.encode(quantization, forKey: AnyKey("quantization"))  // null for the float embedder
+        }
+    }
+
+    /// One comparison with the float embedder.
+    struct ComparisonRecord: Encodable {
+        let c: RetrievalComparison
+        init(_ c: RetrievalComparison) { self.c = c }
+
+        struct Lost: Encodable {
+            let queryID: String, lostDocs: [String], baseNDCG10: Double, otherNDCG10: Double
+            enum CodingKeys: String, CodingKey {
+                case queryID = "query_id", lostDocs = "lost_docs", baseNDCG10 = "base_ndcg@10", otherNDCG10 = "other_ndcg@10"
+            }
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var o = encoder.container(keyedBy: AnyKey.self)
+            try o.encode(c.base, forKey: AnyKey("base"))
+            try o.encode(c.other, forKey: AnyKey("other"))
+            try o.encode(c.deltas, forKey: AnyKey("deltas"))
+            try o.encode(c.meanOverlap, forKey: AnyKey("mean_topk_overlap"))
+            try o.encode(c.k, forKey: AnyKey("k"))
+            try o.encode(c.worse, forKey: AnyKey("queries_worse_ndcg10"))
+            try o.encode(c.better, forKey: AnyKey("queries_better_ndcg10"))
+            try o.encode(c.same, forKey: AnyKey("queries_same_ndcg10"))
+            try o.encode(c.gainedRelevant, forKey: AnyKey("queries_gained_relevant"))
+            try o.encode(c.lostRelevant.map { Lost(queryID: $0.query, lostDocs: $0.docs, baseNDCG10: $0.baseNDCG10, otherNDCG10: $0.otherNDCG10) },
+                         forKey: AnyKey("queries_lost_relevant"))
+        }
     }
 }
 

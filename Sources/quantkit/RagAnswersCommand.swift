@@ -67,7 +67,7 @@ struct RagAnswersCommand: RunCommand {
                       + String(format: "%-8.4f%-8.4f%-23.4f%-14.4f%.4f", s.em, s.f1, s.unanswerableAbstention, run.agreementEM, run.agreementF1))
             }
             if let n = r.npu { print(n.summary) }
-            if let json { try ResultEnvelope(kind: "rag_answers").write(try r.jsonBody(), to: json) }
+            if let json { try ResultEnvelope(kind: "rag_answers").write(r, to: json) }
         }
     }
 }

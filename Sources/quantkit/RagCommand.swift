@@ -73,7 +73,7 @@ struct RagRetrievalCommand: RunCommand {
             if let runDir { try RetrievalRun.writeRunFiles(r, to: runDir) }
             printSummary(r.dataset, r.runs, r.comparisons)
             if let n = r.npu { print(n.summary) }
-            if let json { try ResultEnvelope(kind: "rag_retrieval").write(try r.jsonBody(), to: json) }
+            if let json { try ResultEnvelope(kind: "rag_retrieval").write(r, to: json) }
         }
     }
 

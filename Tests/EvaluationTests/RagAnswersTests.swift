@@ -45,8 +45,9 @@ final class RagAnswersTests: XCTestCase {
         XCTAssertEqual(ag.f1, (1 + 2.0 / 3) / 4, accuracy: 1e-12)
         let types = qs.map { AnswerType.of($0) }
         XCTAssertEqual(types, [.name, .date, .name, .unanswerable])
-        let segs = AnswerEvaluation.json(b, includeAnswers: false)["segments"] as! [[String: Any]]
-        XCTAssertEqual(segs.map { $0["answer_type"] as! String }, ["unanswerable", "date", "name"])
+        let segs = AnswerEvaluation.segments(b)
+        XCTAssertEqual(segs.map(\.answerType), ["unanswerable", "date", "name"])
+        XCTAssertEqual(segs.map(\.questions), [1, 1, 2])
     }
 
     /// The one answer-type rule (AnswerType.of): a four-digit year is a date, not a number.
