@@ -216,46 +216,84 @@ public final class LlamaBlock {
     public func forward(_ x: UnsafeMutablePointer<Float>, rows: Int, start: Int, keys: UnsafeMutablePointer<Float>,
                         values: UnsafeMutablePointer<Float>, state s: RunState, context ctx: BlockContext,
                         sequenceLength: Int? = nil, outputFrom: Int = 0) {
-        let c = config
-        let dim = c.hiddenSize, kvDim = c.kvDim, hidden = c.intermediateSize
-        let eps = Float(c.rmsNormEps)
-        let seqLen = sequenceLength ?? rows, qDim = c.qDim
+        let seqLen = sequenceLength ?? rows
         precondition(seqLen > 0 && rows % seqLen == 0 && (seqLen == rows || start == 0), "bad sequence layout")
         precondition(outputFrom == 0 || (ctx.observer == nil && ctx.stopAfter == nil && outputFrom < seqLen),
                      "row pruning needs a full pass without an observer")
-        inputNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: eps, out: s.xb) }
+        // The plain pass, with each mode in one step: projections may stop early (calibration capture), row
+        // pruning keeps the scored rows only, attention stays inside each packed sequence.
+        if projectQKV(x, rows: rows, start: start, keys: keys, values: values, state: s, context: ctx) { return }
+        let kept = keepRows(x, rows: rows, sequenceLength: seqLen, outputFrom: outputFrom, state: s)
+        if attend(x, sequences: rows / seqLen, sequenceLength: seqLen, kept: kept, start: start + outputFrom, keys: keys,
+                  values: values, state: s, context: ctx) { return }
+        mlp(x, rows: rows / seqLen * kept, state: s, context: ctx)
+    }
+
+    /// input norm, then q, k, v of every row (k and v into the cache at `start`), RoPE on q and k. True when the
+    /// context stops after one of them.
+    private func projectQKV(_ x: UnsafeMutablePointer<Float>, rows: Int, start: Int, keys: UnsafeMutablePointer<Float>,
+                            values: UnsafeMutablePointer<Float>, state s: RunState, context ctx: BlockContext) -> Bool {
+        let c = config
+        let kvDim = c.kvDim
+        inputNorm.withUnsafeBufferPointer {
+            ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: c.hiddenSize, eps: Float(c.rmsNormEps), out: s.xb)
+        }
         let kOut = keys + start * kvDim, vOut = values + start * kvDim
-        if run(qProj, "self_attn.q_proj", s.xb, rows, s.q, ctx) { return }
-        if run(kProj, "self_attn.k_proj", s.xb, rows, kOut, ctx) { return }
-        if run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx) { return }
+        if run(qProj, "self_attn.q_proj", s.xb, rows, s.q, ctx) { return true }
+        if run(kProj, "self_attn.k_proj", s.xb, rows, kOut, ctx) { return true }
+        if run(vProj, "self_attn.v_proj", s.xb, rows, vOut, ctx) { return true }
         ctx.ops.rope(s.q, rows: rows, heads: c.numAttentionHeads, headDim: c.headDimension, positions: s.positions,
                      frequencies: ropeFrequencies)
         ctx.ops.rope(kOut, rows: rows, heads: c.kvHeads, headDim: c.headDimension, positions: s.positions,
                      frequencies: ropeFrequencies)
-        // From here on only the kept rows of each sequence, moved to the front of x and q (never past their
-        // source, so a forward copy is safe).
-        let kept = seqLen - outputFrom, sequences = rows / seqLen, outRows = sequences * kept
-        if outputFrom > 0 {
-            for q in 0..<sequences {
-                let from = q * seqLen + outputFrom, to = q * kept
-                (s.q + to * qDim).update(from: s.q + from * qDim, count: kept * qDim)
-                (x + to * dim).update(from: x + from * dim, count: kept * dim)
-            }
+        return false
+    }
+
+    /// Row pruning: rows outputFrom..< of each sequence move to the front of x and q (never past their source,
+    /// so a forward copy is safe). Returns the rows kept per sequence.
+    private func keepRows(_ x: UnsafeMutablePointer<Float>, rows: Int, sequenceLength seqLen: Int, outputFrom: Int,
+                          state s: RunState) -> Int {
+        let kept = seqLen - outputFrom
+        guard outputFrom > 0 else { return kept }
+        let dim = config.hiddenSize, qDim = config.qDim
+        for q in 0..<(rows / seqLen) {
+            let from = q * seqLen + outputFrom, to = q * kept
+            (s.q + to * qDim).update(from: s.q + from * qDim, count: kept * qDim)
+            (x + to * dim).update(from: x + from * dim, count: kept * dim)
         }
+        return kept
+    }
+
+    /// Attention of the kept rows inside each sequence (queries from position `start` on), o_proj, residual add.
+    /// True when the context stops after o_proj.
+    private func attend(_ x: UnsafeMutablePointer<Float>, sequences: Int, sequenceLength seqLen: Int, kept: Int, start: Int,
+                        keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, state s: RunState,
+                        context ctx: BlockContext) -> Bool {
+        let c = config
+        let kvDim = c.kvDim, qDim = c.qDim, outRows = sequences * kept
         for q in 0..<sequences {
             ctx.ops.attention(q: s.q + q * kept * qDim, keys: keys + q * seqLen * kvDim, values: values + q * seqLen * kvDim,
-                              tokens: kept, start: start + outputFrom, nHeads: c.numAttentionHeads, nKVHeads: c.kvHeads,
+                              tokens: kept, start: start, nHeads: c.numAttentionHeads, nKVHeads: c.kvHeads,
                               headDim: c.headDimension, window: attentionWindow, out: s.att + q * kept * qDim,
                               threads: ctx.threads)
         }
-        if run(oProj, "self_attn.o_proj", s.att, outRows, s.xb2, ctx) { return }
-        ctx.ops.residualAdd(x, s.xb2, count: outRows * dim)
-        postAttentionNorm.withUnsafeBufferPointer { ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: outRows, dim: dim, eps: eps, out: s.xb) }
-        if run(gateProj, "mlp.gate_proj", s.xb, outRows, s.hb, ctx) { return }
-        if run(upProj, "mlp.up_proj", s.xb, outRows, s.hb2, ctx) { return }
-        ctx.ops.swiglu(gate: s.hb, up: s.hb2, count: outRows * hidden)
-        if run(downProj, "mlp.down_proj", s.hb, outRows, s.xb2, ctx) { return }
-        ctx.ops.residualAdd(x, s.xb2, count: outRows * dim)
+        if run(oProj, "self_attn.o_proj", s.att, outRows, s.xb2, ctx) { return true }
+        ctx.ops.residualAdd(x, s.xb2, count: outRows * c.hiddenSize)
+        return false
+    }
+
+    /// post-attention norm, SwiGLU MLP, residual add (stops early like the projections when asked).
+    private func mlp(_ x: UnsafeMutablePointer<Float>, rows: Int, state s: RunState, context ctx: BlockContext) {
+        let c = config
+        let dim = c.hiddenSize
+        postAttentionNorm.withUnsafeBufferPointer {
+            ctx.ops.rmsNorm(x, weight: $0.baseAddress!, rows: rows, dim: dim, eps: Float(c.rmsNormEps), out: s.xb)
+        }
+        if run(gateProj, "mlp.gate_proj", s.xb, rows, s.hb, ctx) { return }
+        if run(upProj, "mlp.up_proj", s.xb, rows, s.hb2, ctx) { return }
+        ctx.ops.swiglu(gate: s.hb, up: s.hb2, count: rows * c.intermediateSize)
+        if run(downProj, "mlp.down_proj", s.hb, rows, s.xb2, ctx) { return }
+        ctx.ops.residualAdd(x, s.xb2, count: rows * dim)
     }
 }
 
