@@ -13,11 +13,11 @@ REPO=$(pwd)
 Q=$REPO/.build/x86_64-unknown-linux-gnu/release/quantkit
 VER=0.3.36
 SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-URL=https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-$VER.tar.gz
 mkdir -p "$WORK"
 cd "$WORK"
 if [ ! -x llama_cpp_python-$VER/vendor/llama.cpp/build/bin/llama-perplexity ]; then
-  [ -f llama_cpp_python-$VER.tar.gz ] || curl -sSfLo llama_cpp_python-$VER.tar.gz "$URL"
+  # The sdist through pip's own client (its build backend comes as wheels; only the sdist itself is not a wheel).
+  [ -f llama_cpp_python-$VER.tar.gz ] || python3 -m pip download -q --no-deps --no-binary llama_cpp_python -d . "llama_cpp_python==$VER" >&2
   echo "$SHA  llama_cpp_python-$VER.tar.gz" | sha256sum -c - >&2
   tar xzf llama_cpp_python-$VER.tar.gz
   command -v cmake >/dev/null || pip install -q cmake
