@@ -25,7 +25,7 @@ public struct CompareRow: Sendable {
     public var role: CompareRole = .candidate
 }
 
-public struct Comparison: Sendable {
+public struct Comparison: Sendable, Encodable {
     public var kind: ResultKind
     public var files: [String]
     public var baseline: ResultRun
@@ -302,39 +302,64 @@ public struct Comparison: Sendable {
 
     // MARK: JSON
 
-    public func jsonBody() -> [String: Any] {
-        func ci(_ c: ConfidenceInterval?) -> Any {
-            guard let c else { return NSNull() }
-            return ["estimate": c.estimate, "lower": c.lower, "upper": c.upper, "level": c.level, "resamples": c.resamples] as [String: Any]
+    /// The `kind: compare` body (docs/RESULTS.md).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: AnyKey.self)
+        try c.encode(kind.rawValue, forKey: AnyKey("compared_kind"))
+        try c.encode(files, forKey: AnyKey("files"))
+        try c.encode(baseline.label, forKey: AnyKey("baseline"))
+        try c.encode(Comparison.headline(kind).name, forKey: AnyKey("headline"))
+        try c.encode(["ship_below": thresholds.ship, "stay_above": thresholds.stay], forKey: AnyKey("thresholds"))
+        try c.encode(worstDecision?.rawValue, forKey: AnyKey("decision"))  // null: no verdict
+        var rs = c.nestedUnkeyedContainer(forKey: AnyKey("runs"))
+        for r in rows { try rs.encode(RowRecord(row: r)) }
+        try c.encode(segments, forKey: AnyKey("segments"))
+        var ls = c.nestedUnkeyedContainer(forKey: AnyKey("layers"))
+        for l in layers {
+            var o = ls.nestedContainer(keyedBy: AnyKey.self)
+            try o.encode(l.name, forKey: AnyKey("name"))
+            try o.encode(l.sensitivity, forKey: AnyKey("sensitivity"))
+            try o.encodeIfPresent(l.cosine, forKey: AnyKey("cosine"))
+            try o.encodeIfPresent(l.sqnrDB, forKey: AnyKey("sqnr_db"))
+            try o.encodeIfPresent(l.mse, forKey: AnyKey("mse"))
+            try o.encodeIfPresent(l.loss, forKey: AnyKey("loss"))
         }
-        let runs: [[String: Any]] = rows.map { r in
-            var o: [String: Any] = ["label": r.run.label, "file": r.run.file, "baseline": r.role == .baseline,
-                                    "metrics": Dictionary(uniqueKeysWithValues: r.run.metrics.map { (Comparison.displayName($0.key), $0.value) })]
-            if r.role == .reference { o["reference"] = true }
-            if let b = r.run.bitsPerWeight { o["bits_per_weight"] = b }
-            if let v = r.value { o["value"] = v }
-            if let d = r.delta { o["delta"] = d }
-            if let d = r.relativeDelta { o["relative_delta"] = d }
+        try c.encode(notes, forKey: AnyKey("notes"))
+        try c.encodeIfPresent(reference?.run.label, forKey: AnyKey("reference"))
+    }
+
+    /// One compared run.
+    struct RowRecord: Encodable {
+        let row: CompareRow
+
+        func encode(to encoder: Encoder) throws {
+            let r = row
+            var o = encoder.container(keyedBy: AnyKey.self)
+            try o.encode(r.run.label, forKey: AnyKey("label"))
+            try o.encode(r.run.file, forKey: AnyKey("file"))
+            try o.encode(r.role == .baseline, forKey: AnyKey("baseline"))
+            try o.encode(Dictionary(uniqueKeysWithValues: r.run.metrics.map { (Comparison.displayName($0.key), $0.value) }),
+                         forKey: AnyKey("metrics"))
+            if r.role == .reference { try o.encode(true, forKey: AnyKey("reference")) }
+            try o.encodeIfPresent(r.run.bitsPerWeight, forKey: AnyKey("bits_per_weight"))
+            try o.encodeIfPresent(r.value, forKey: AnyKey("value"))
+            try o.encodeIfPresent(r.delta, forKey: AnyKey("delta"))
+            try o.encodeIfPresent(r.relativeDelta, forKey: AnyKey("relative_delta"))
             if let v = r.verdict {
-                o["verdict"] = ["decision": v.decision.rawValue, "relative_loss": v.relativeLoss, "measure": v.measure,
-                                "interval": ci(v.interval), "next_steps": v.nextSteps, "note": v.note ?? NSNull()] as [String: Any]
+                var vc = o.nestedContainer(keyedBy: AnyKey.self, forKey: AnyKey("verdict"))
+                try vc.encode(v.decision.rawValue, forKey: AnyKey("decision"))
+                try vc.encode(v.relativeLoss, forKey: AnyKey("relative_loss"))
+                try vc.encode(v.measure, forKey: AnyKey("measure"))
+                if let ci = v.interval {
+                    try vc.encode(["estimate": ci.estimate, "lower": ci.lower, "upper": ci.upper, "level": ci.level,
+                                   "resamples": Double(ci.resamples)], forKey: AnyKey("interval"))
+                } else {
+                    try vc.encodeNil(forKey: AnyKey("interval"))
+                }
+                try vc.encode(v.nextSteps, forKey: AnyKey("next_steps"))
+                try vc.encode(v.note, forKey: AnyKey("note"))  // null when none
             }
-            return o
         }
-        var body: [String: Any] = ["compared_kind": kind.rawValue, "files": files, "baseline": baseline.label,
-                "headline": Comparison.headline(kind).name,
-                "thresholds": ["ship_below": thresholds.ship, "stay_above": thresholds.stay],
-                "decision": worstDecision?.rawValue ?? NSNull(), "runs": runs,
-                "segments": segments.map(\.json),
-                "layers": layers.map { l -> [String: Any] in
-                    var o: [String: Any] = ["name": l.name, "sensitivity": l.sensitivity]
-                    if let c = l.cosine { o["cosine"] = c }; if let s = l.sqnrDB { o["sqnr_db"] = s }
-                    if let m = l.mse { o["mse"] = m }; if let x = l.loss { o["loss"] = x }
-                    return o
-                },
-                "notes": notes]
-        if let ref = reference { body["reference"] = ref.run.label }
-        return body
     }
 }
 

@@ -87,7 +87,7 @@ public struct LadderStep: Sendable, Equatable {
     public var role: CompareRole
 }
 
-public struct Study: Sendable {
+public struct Study: Sendable, Encodable {
     public var comparisons: [Comparison]
     public var layers: [LayerFigure]
     public var variants: [StudyVariant]
@@ -251,29 +251,53 @@ public struct Study: Sendable {
 
     // MARK: JSON
 
-    public func jsonBody() -> [String: Any] {
-        let recs: [[String: Any]] = recommendations.map { r in
-            var o: [String: Any] = ["model": r.role.rawValue, "kinds": r.kinds.map(\.rawValue), "ships": r.ships,
-                                    "headline": r.headline, "next_steps": r.nextSteps,
-                                    "baselines": Dictionary(uniqueKeysWithValues: r.baselines.map { ($0.kind.rawValue, $0.label) })]
+    /// The `kind: report` body (docs/RESULTS.md).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: AnyKey.self)
+        try c.encode(files, forKey: AnyKey("files"))
+        try c.encode(["ship_below": thresholds.ship, "stay_above": thresholds.stay], forKey: AnyKey("thresholds"))
+        var rs = c.nestedUnkeyedContainer(forKey: AnyKey("recommendations"))
+        for r in recommendations {
+            var o = rs.nestedContainer(keyedBy: AnyKey.self)
+            try o.encode(r.role.rawValue, forKey: AnyKey("model"))
+            try o.encode(r.kinds.map(\.rawValue), forKey: AnyKey("kinds"))
+            try o.encode(r.ships, forKey: AnyKey("ships"))
+            try o.encode(r.headline, forKey: AnyKey("headline"))
+            try o.encode(r.nextSteps, forKey: AnyKey("next_steps"))
+            try o.encode(Dictionary(uniqueKeysWithValues: r.baselines.map { ($0.kind.rawValue, $0.label) }), forKey: AnyKey("baselines"))
             if let v = r.variant {
-                o["variant"] = v.name
-                o["decision"] = v.decision.rawValue
-                if let b = v.bitsPerWeight { o["bits_per_weight"] = b }
+                try o.encode(v.name, forKey: AnyKey("variant"))
+                try o.encode(v.decision.rawValue, forKey: AnyKey("decision"))
+                try o.encodeIfPresent(v.bitsPerWeight, forKey: AnyKey("bits_per_weight"))
             }
-            return o
         }
-        let vs: [[String: Any]] = variants.map { v in
-            var o: [String: Any] = ["name": v.name, "model": v.role.rawValue, "decision": v.decision.rawValue,
-                                    "verdicts": v.verdicts.map { ["kind": $0.kind.rawValue, "label": $0.label, "decision": $0.verdict.decision.rawValue,
-                                                                  "relative_loss": $0.verdict.relativeLoss, "measure": $0.verdict.measure] as [String: Any] }]
-            if let b = v.bitsPerWeight { o["bits_per_weight"] = b }
-            return o
+        var vs = c.nestedUnkeyedContainer(forKey: AnyKey("variants"))
+        for v in variants {
+            var o = vs.nestedContainer(keyedBy: AnyKey.self)
+            try o.encode(v.name, forKey: AnyKey("name"))
+            try o.encode(v.role.rawValue, forKey: AnyKey("model"))
+            try o.encode(v.decision.rawValue, forKey: AnyKey("decision"))
+            var ds = o.nestedUnkeyedContainer(forKey: AnyKey("verdicts"))
+            for x in v.verdicts {
+                var d = ds.nestedContainer(keyedBy: AnyKey.self)
+                try d.encode(x.kind.rawValue, forKey: AnyKey("kind"))
+                try d.encode(x.label, forKey: AnyKey("label"))
+                try d.encode(x.verdict.decision.rawValue, forKey: AnyKey("decision"))
+                try d.encode(x.verdict.relativeLoss, forKey: AnyKey("relative_loss"))
+                try d.encode(x.verdict.measure, forKey: AnyKey("measure"))
+            }
+            try o.encodeIfPresent(v.bitsPerWeight, forKey: AnyKey("bits_per_weight"))
         }
-        return ["files": files, "thresholds": ["ship_below": thresholds.ship, "stay_above": thresholds.stay],
-                "recommendations": recs, "variants": vs,
-                "ladder": ladder.map { ["precision": $0.precision, "label": $0.label, "ppl": $0.value, "role": $0.role.rawValue] as [String: Any] },
-                "comparisons": comparisons.map { $0.jsonBody() }, "notes": notes]
+        var ls = c.nestedUnkeyedContainer(forKey: AnyKey("ladder"))
+        for l in ladder {
+            var o = ls.nestedContainer(keyedBy: AnyKey.self)
+            try o.encode(l.precision, forKey: AnyKey("precision"))
+            try o.encode(l.label, forKey: AnyKey("label"))
+            try o.encode(l.value, forKey: AnyKey("ppl"))
+            try o.encode(l.role.rawValue, forKey: AnyKey("role"))
+        }
+        try c.encode(comparisons, forKey: AnyKey("comparisons"))
+        try c.encode(notes, forKey: AnyKey("notes"))
     }
 }
 

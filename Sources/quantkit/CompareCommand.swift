@@ -49,7 +49,7 @@ struct CompareCommand: ParsableCommand {
                 }
             }
             if let path = json {
-                try ResultEnvelope(kind: "compare").write(c.jsonBody(), to: path)
+                try ResultEnvelope(kind: "compare").write(c, to: path)
                 print("JSON: \(path)")
             }
         }

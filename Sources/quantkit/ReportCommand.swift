@@ -54,7 +54,7 @@ struct ReportCommand: ParsableCommand {
                 }
             }
             if let path = json {
-                try ResultEnvelope(kind: "report").write(study.jsonBody(), to: path)
+                try ResultEnvelope(kind: "report").write(study, to: path)
                 print("JSON: \(path)")
             }
         }

@@ -106,7 +106,7 @@ final class CompareTests: XCTestCase {
         let files = try ["ppl_f32.json", "ppl_int8.json"].map { try ResultFile(path: compareFixture($0)) }
         let c = try Comparison.build(files: files, resamples: 50)
         let path = dir + "/cmp.json"
-        try ResultEnvelope(kind: "compare", command: ["quantkit", "compare", "a b.json"]).write(c.jsonBody(), to: path)
+        try ResultEnvelope(kind: "compare", command: ["quantkit", "compare", "a b.json"]).write(c, to: path)
         let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
         XCTAssertEqual(o["schema_version"] as? Int, 3)
         XCTAssertEqual(o["kind"] as? String, "compare")
