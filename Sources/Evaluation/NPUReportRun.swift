@@ -37,7 +37,7 @@ public struct NPUReportOptions: Sendable {
 }
 
 /// Cost model plus per-layer float-vs-NPU errors (`kind: npu_report`).
-public struct NPUReport: Sendable {
+public struct NPUReport: Sendable, Encodable {
     public var options: NPUReportOptions
     public var calibrationTokens: Int
     public var comparedTokens: Int
@@ -48,17 +48,17 @@ public struct NPUReport: Sendable {
     public var fallbacks: [FallbackLog.Entry]
     public var ops: [OpCounter.Entry]
 
-    /// The `kind: npu_report` body (docs/RESULTS.md). Infinite dB figures are written as "inf".
-    public func jsonBody() throws -> [String: Any] {
-        let enc = NPUReportRun.encoder()
-        return [
-            "model": options.model, "calibration": options.calibration,
-            "config": options.config.json, "definitions": NPUComparison.definitions,
-            "cost": try JSONSerialization.jsonObject(with: enc.encode(cost)),
-            "comparison": try JSONSerialization.jsonObject(with: enc.encode(comparison)),
-            "fallbacks": fallbacks.map { ["module": $0.module, "reason": $0.reason] },
-            "ops": ops.map { ["op": $0.op, "unit": $0.unit, "calls": $0.calls, "elements": $0.elements] },
-        ]
+    /// The `kind: npu_report` body (docs/RESULTS.md); written with `ResultEnvelope.nonFiniteAsStrings`.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: AnyKey.self)
+        try c.encode(options.model, forKey: AnyKey("model"))
+        try c.encode(options.calibration, forKey: AnyKey("calibration"))
+        try c.encode(ResultValue(any: options.config.json), forKey: AnyKey("config"))
+        try c.encode(NPUComparison.definitions, forKey: AnyKey("definitions"))
+        try c.encode(cost, forKey: AnyKey("cost"))
+        try c.encode(comparison, forKey: AnyKey("comparison"))
+        try c.encode(fallbacks, forKey: AnyKey("fallbacks"))
+        try c.encode(ops, forKey: AnyKey("ops"))
     }
 }
 
@@ -79,16 +79,16 @@ public enum NPUReportRun {
                          summary: sim.summary, fallbacks: sim.fallbacks.entries, ops: sim.npu.counter.entries)
     }
 
-    /// The cost model alone, from the model's dimensions.
+    /// The cost model alone, from the model's dimensions (`kind: npu_cost`: {model, cost}).
     public static func cost(model: String, config: NPUConfig, workload: CostWorkload) throws -> CostReport {
         try workload.report(shape: try TransformerShape.load(model: model), config: config)
     }
-
-    /// The NPU results' encoder: infinities and NaN as strings, as those results have always carried them.
-    public static func encoder() -> JSONEncoder {
-        let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        return e
-    }
 }
+
+/// The `kind: npu_cost` body.
+public struct NPUCostResult: Encodable, Sendable {
+    public var model: String
+    public var cost: CostReport
+    public init(model: String, cost: CostReport) { self.model = model; self.cost = cost }
+}
+

@@ -539,6 +539,9 @@ public struct ResultEnvelope: Sendable {
     public var command: [String]
     public var created: Date
     public var bitsPerWeight: Double?
+    /// Write infinite and NaN numbers as the strings "inf", "-inf", "nan" (the NPU results, whose dB figures are
+    /// infinite for an exact layer) instead of refusing them.
+    public var nonFiniteAsStrings = false
 
     public init(kind: String, command: [String] = CommandLine.arguments, created: Date = Date(), bitsPerWeight: Double? = nil) {
         self.kind = kind; self.command = command; self.created = created; self.bitsPerWeight = bitsPerWeight
@@ -584,7 +587,8 @@ public struct ResultEnvelope: Sendable {
     /// report never goes through it.
     public func data<T: Encodable>(_ body: T) throws -> Data {
         let enc = JSONEncoder()
-        enc.nonConformingFloatEncodingStrategy = .throw
+        enc.nonConformingFloatEncodingStrategy = nonFiniteAsStrings
+            ? .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan") : .throw
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         var d: Data
         do { d = try enc.encode(Enveloped(envelope: self, body: body)) } catch let e as EncodingError {

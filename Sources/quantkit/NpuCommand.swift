@@ -71,8 +71,9 @@ struct NpuCostCommand: ParsableCommand {
             let r = try NPUReportRun.cost(model: model, config: try npu.load(), workload: workload.workload)
             print(costTable(r), terminator: "")
             if let json {
-                let body = try JSONSerialization.jsonObject(with: NPUReportRun.encoder().encode(r))
-                try ResultEnvelope(kind: "npu_cost").write(["model": model, "cost": body], to: json)
+                var envelope = ResultEnvelope(kind: "npu_cost")
+                envelope.nonFiniteAsStrings = true
+                try envelope.write(NPUCostResult(model: model, cost: r), to: json)
             }
         }
     }
@@ -106,7 +107,11 @@ struct NpuReportCommand: ParsableCommand {
             }
             print(String(format: "logits: SQNR %.2f dB, cosine %.6f", r.comparison.logits.sqnrDB, r.comparison.logits.cosine))
             print(r.summary)
-            if let json { try ResultEnvelope(kind: "npu_report").write(try r.jsonBody(), to: json) }
+            if let json {
+                var envelope = ResultEnvelope(kind: "npu_report")
+                envelope.nonFiniteAsStrings = true
+                try envelope.write(r, to: json)
+            }
         }
     }
 }
