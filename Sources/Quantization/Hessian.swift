@@ -35,7 +35,9 @@ public final class HessianAccumulator: @unchecked Sendable {
     }
 
     public func add(_ x: [Float], count: Int, samples: Int, name: String = "layer input") throws {
-        precondition(x.count == count * columns)
+        guard x.count == count * columns else {
+            throw QuantKitError(.shape, "\(name): \(x.count) values are not \(count) rows of \(columns) columns")
+        }
         try x.withUnsafeBufferPointer { try add($0.baseAddress!, count: count, samples: samples, name: name) }
     }
 
