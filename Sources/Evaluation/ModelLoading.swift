@@ -7,8 +7,10 @@ import Tokenization
 
 /// Finds and loads a model (float checkpoint or quantized directory) and its tokenizer, for every run and command.
 public enum ModelLoading {
-    /// Loads a float checkpoint (HF dir or llama2.c .bin) or a GPTQ-format directory (quantized kernels).
-    public static func loadModel(_ path: String) throws -> LlamaModel {
+    /// Loads a float checkpoint (HF dir or llama2.c .bin), a GPTQ-format directory (quantized kernels) or a llama
+    /// GGUF file (its stored types, under `ggufActivations`).
+    public static func loadModel(_ path: String, ggufActivations: GGUFActivations = .llamacpp) throws -> LlamaModel {
+        if GGUFFile.isGGUF(path) { return try GGUFLlama.load(path: path, activations: ggufActivations) }
         if GPTQCheckpoint.isGPTQ(path) {
             return try LlamaModel.load(path: path, backend: try QuantizedLinearBackend(directory: path))
         }
@@ -23,7 +25,9 @@ public enum ModelLoading {
             for name in block.linearGroups.joined() {
                 guard let layer = block.linear(named: name) else { continue }
                 let n = Double(layer.inFeatures * layer.outFeatures)
-                if let q = layer as? QuantizedLinear {
+                if let g = layer as? GGUFLinear {
+                    bits += n * g.weightType.bitsPerWeight
+                } else if let q = layer as? QuantizedLinear {
                     let groups = Double(q.groupCount * q.outFeatures)
                     bits += n * Double(q.bits) + groups * Double(16 + q.bits)
                 } else if let d = layer as? DenseLinear {
@@ -66,6 +70,7 @@ public enum ModelLoading {
     /// Tokenizers/tok512/tok512.model.
     public static func tokenizerPath(model: String, explicit: String?) throws -> String {
         if let t = explicit { return t }
+        if GGUFFile.isGGUF(model) { return model }  // the vocabulary is in the file's metadata
         let fm = FileManager.default
         var isDir: ObjCBool = false
         _ = fm.fileExists(atPath: model, isDirectory: &isDir)
@@ -90,7 +95,9 @@ public enum ModelLoading {
     /// Tokenizer id for reports: its kind plus the file's hash prefix. Content, not file name, identifies it:
     /// a quantized directory carries the same tokenizer under another name and must still compare.
     public static func tokenizerLabel(_ tok: any Tokenizer, path: String) throws -> String {
-        let sha = Digest.sha256(try readMaybeCompressed(path))
+        // A GGUF's vocabulary is its tokenizer.* metadata: files of one model in different types compare.
+        let sha = GGUFFile.isGGUF(path) ? try GGUFFile(path: path).metadataDigest(prefix: "tokenizer.")
+            : Digest.sha256(try readMaybeCompressed(path))
         let kind = tok.name.split(separator: ":").first.map(String.init) ?? tok.name
         return "\(kind)@\(sha.prefix(12))"
     }

@@ -30,6 +30,8 @@ public struct PerplexityRunOptions: Sendable {
     public var int8Activations = false
     /// Run on the simulated integer NPU with these settings; nil: the CPU.
     public var npu: NPUBackendSettings?
+    /// A GGUF model's activation contract (llama.cpp's by default).
+    public var ggufActivations: GGUFActivations = .llamacpp
 
     public init(model: String, corpus: String, evaluation: PerplexityOptions) {
         self.model = model
@@ -118,13 +120,15 @@ public struct PerplexityReport: Encodable, Sendable {
     public var segments: [SegmentDelta]?
     public var segmentRules: SegmentRules?
     public var npu: NPURunSummary?
+    /// A model read from GGUF: its stored types and the activation contract it ran under.
+    public var gguf: GGUFRunSummary?
     /// Lines the segment location could not place exactly (also sent as a note).
     public var approximateLines: Int
 
     enum CodingKeys: String, CodingKey {
         case model, tokenizer, corpus, corpusSHA256 = "corpus_sha256", protocolKind = "protocol", ctx, stride, chunks
         case tokensScored = "tokens_scored", ppl, pplError = "ppl_error", backend, activations, chunkNLL = "chunk_nll"
-        case timings, bitsPerWeight = "bits_per_weight", quantization, kld, segments, segmentRules = "segment_rules"
+        case timings, bitsPerWeight = "bits_per_weight", quantization, kld, segments, segmentRules = "segment_rules", gguf
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -146,6 +150,7 @@ public struct PerplexityReport: Encodable, Sendable {
         try c.encode(timings, forKey: .timings)
         try c.encodeIfPresent(bitsPerWeight, forKey: .bitsPerWeight)
         try c.encode(quantization, forKey: .quantization)  // null for a float model
+        try c.encodeIfPresent(gguf, forKey: .gguf)
         try c.encodeIfPresent(kld, forKey: .kld)
         if kld != nil {
             try c.encode(segments ?? [], forKey: .segments)
@@ -160,9 +165,10 @@ public enum PerplexityRun {
     public static func run(_ o: PerplexityRunOptions, progress: any ProgressObserver = NoProgress()) throws -> PerplexityReport {
         try o.validate()
         let t0 = Date()
-        let m = try ModelLoading.loadModel(o.model)
+        let m = try ModelLoading.loadModel(o.model, ggufActivations: o.ggufActivations)
         if let t = o.threads { m.threads = max(1, t) }
-        var activations = "float32"
+        let gguf = try GGUFRunSummary(model: m, path: o.model)
+        var activations = gguf?.activationsLabel ?? "float32"
         if o.int8Activations {
             let (w4a8, quantized) = m.useInt8Activations()
             guard w4a8 > 0 else {
@@ -230,7 +236,7 @@ public enum PerplexityRun {
             quantization: try GPTQCheckpoint.quantizationSummary(o.model), kld: kld, segments: breakdown?.segments,
             segmentRules: breakdown?.rules,
             npu: sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration) },
-            approximateLines: breakdown?.approximate ?? 0)
+            gguf: gguf, approximateLines: breakdown?.approximate ?? 0)
     }
 
     /// The corpus as one token stream: the whole text encoded once, BOS prepended when the tokenizer adds it (the

@@ -413,11 +413,18 @@ public final class LlamaModel {
                                             maxPositions: min(config.maxPositionEmbeddings, 8192)))
     }
 
-    /// Loads a Hugging Face directory (config.json + safetensors) or a llama2.c .bin checkpoint.
+    /// Loads a Hugging Face directory (config.json + safetensors), a llama GGUF file (llama.cpp's activation
+    /// contract) or a llama2.c .bin checkpoint.
     public static func load(path: String, backend: LinearBackend = DenseBackend()) throws -> LlamaModel {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw QuantKitError(.io, "\(path): no such file or directory")
+        }
+        if !isDir.boolValue && GGUFFile.isGGUF(path) {
+            guard backend is DenseBackend else {
+                throw QuantKitError(.unsupported, "\(path): a GGUF file runs its own stored types; it cannot take another linear backend")
+            }
+            return try GGUFLlama.load(path: path)
         }
         if !isDir.boolValue {
             let (cfg, weights) = try Llama2C.load(path: path)
@@ -582,6 +589,7 @@ final class RecordingSource: WeightSource {
 func allTensorNames(_ s: WeightSource) -> [String]? {
     if let c = s as? SafetensorsCheckpoint { return c.names }
     if let d = s as? TensorDictionary { return d.names }
+    if let g = s as? GGUFWeights { return g.names }
     if let r = s as? RecordingSource { return allTensorNames(r.base) }
     return nil
 }

@@ -149,6 +149,26 @@ public indirect enum GGUFValue: Sendable, Equatable {
         }
     }
 
+    /// The value's bytes as GGUF stores them (without the type tag).
+    public func append(to out: inout Data) {
+        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        switch self {
+        case let .uint8(x): put(x)
+        case let .int8(x): put(x)
+        case let .uint16(x): put(x)
+        case let .int16(x): put(x)
+        case let .uint32(x): put(x)
+        case let .int32(x): put(x)
+        case let .uint64(x): put(x)
+        case let .int64(x): put(x)
+        case let .float32(x): put(x.bitPattern)
+        case let .float64(x): put(x.bitPattern)
+        case let .bool(x): put(UInt8(x ? 1 : 0))
+        case let .string(x): let b = Array(x.utf8); put(UInt64(b.count)); out.append(contentsOf: b)
+        case let .array(t, items): put(t.rawValue); put(UInt64(items.count)); for i in items { i.append(to: &out) }
+        }
+    }
+
     public var bool: Bool? { if case let .bool(b) = self { return b } else { return nil } }
     public var string: String? { if case let .string(s) = self { return s } else { return nil } }
     public var array: [GGUFValue]? { if case let .array(_, a) = self { return a } else { return nil } }
@@ -300,6 +320,21 @@ public final class GGUFFile: @unchecked Sendable {
 
     public func info(_ name: String) -> GGUFTensorInfo? { tensorIndex[name].map { tensors[$0] } }
 
+    /// SHA-256 of the metadata whose keys start with `prefix`, in key order (e.g. "tokenizer." identifies the
+    /// vocabulary whatever the weights are).
+    public func metadataDigest(prefix: String) -> String {
+        var d = Data()
+        for k in keys.sorted() where k.hasPrefix(prefix) {
+            d.append(contentsOf: Array(k.utf8)); d.append(0)
+            withUnsafeBytes(of: metadata[k]!.type.rawValue.littleEndian) { d.append(contentsOf: $0) }
+            metadata[k]!.append(to: &d)
+        }
+        return Digest.sha256(d)
+    }
+
+    /// How many tensors of each type the file stores, by llama.cpp's type names.
+    public var typeCounts: [String: Int] { tensors.reduce(into: [:]) { $0[$1.type.name, default: 0] += 1 } }
+
     /// The tensor's bytes inside the mapping (valid while this file lives).
     public func bytes(_ info: GGUFTensorInfo) -> UnsafeRawPointer { file.base + dataStart + info.offset }
 
@@ -430,28 +465,11 @@ public struct GGUFWriter {
         var out = Data()
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         func putString(_ s: String) { let b = Array(s.utf8); put(UInt64(b.count)); out.append(contentsOf: b) }
-        func putValue(_ v: GGUFValue) {
-            switch v {
-            case let .uint8(x): put(x)
-            case let .int8(x): put(x)
-            case let .uint16(x): put(x)
-            case let .int16(x): put(x)
-            case let .uint32(x): put(x)
-            case let .int32(x): put(x)
-            case let .uint64(x): put(x)
-            case let .int64(x): put(x)
-            case let .float32(x): put(x.bitPattern)
-            case let .float64(x): put(x.bitPattern)
-            case let .bool(x): put(UInt8(x ? 1 : 0))
-            case let .string(x): putString(x)
-            case let .array(t, items): put(t.rawValue); put(UInt64(items.count)); items.forEach(putValue)
-            }
-        }
         out.append(contentsOf: Array("GGUF".utf8))
         put(UInt32(3))
         put(UInt64(tensors.count))
         put(UInt64(metadata.count))
-        for (k, v) in metadata { putString(k); put(v.type.rawValue); putValue(v) }
+        for (k, v) in metadata { putString(k); put(v.type.rawValue); v.append(to: &out) }
         var offset = 0
         for t in tensors {
             putString(t.name)

@@ -8,12 +8,13 @@ import TensorCore
 import Tokenization
 
 extension PerplexityProtocol: ExpressibleByArgument {}
+extension GGUFActivations: ExpressibleByArgument {}
 
 struct PerplexityCommand: RunCommand {
     static let configuration = CommandConfiguration(
         commandName: "perplexity",
         abstract: "Perplexity under a SPECS.md protocol; optional base logits save / KLD comparison.")
-    @Option(help: "HF model directory or llama2.c .bin checkpoint.") var model: String
+    @Option(help: "HF model directory, llama2.c .bin checkpoint, quantized directory or llama GGUF file.") var model: String
     @Option(help: "Tokenizer file (.json, .model, .bin); default: the model's own.") var tokenizer: String?
     @Option(help: "Text corpus (.zst is decompressed; the exact bytes are evaluated).") var corpus: String
     @Option(help: "Context length (window) in tokens.") var ctx: Int
@@ -35,6 +36,8 @@ struct PerplexityCommand: RunCommand {
     var allowOverlap = false
     @Flag(name: .customLong("int8-activations"), help: "Run a quantized model's 4-bit layers as W4A8: activations rounded to int8 per 32 inputs and integer dot products, as llama.cpp runs Q4_0 (faster; a different numerical contract from W4A16). Layers whose input size or groups are not multiples of 32 stay W4A16.")
     var int8Activations = false
+    @Option(help: "A GGUF model's activations: llamacpp (converted to each weight type's companion format as llama.cpp's CPU backend does: Q8_0, Q8_1, Q8_K, F16, BF16) or float (weight-only).")
+    var activations: GGUFActivations = .llamacpp
 
     func options() throws -> PerplexityRunOptions {
         var o = PerplexityRunOptions(model: model, corpus: corpus,
@@ -48,6 +51,7 @@ struct PerplexityCommand: RunCommand {
         o.saveTokens = saveTokens
         o.allowOverlap = allowOverlap
         o.int8Activations = int8Activations
+        o.ggufActivations = activations
         o.npu = npu.settings
         return o
     }
@@ -71,7 +75,10 @@ struct PerplexityCommand: RunCommand {
             "chunks       \(r.chunks)  tokens scored \(r.tokensScored)  (corpus \(r.corpusTokens) tokens)",
             String(format: "ppl          %.4f +/- %.4f", r.ppl, r.pplError),
         ]
-        if r.int8Activations { lines.append("activations  \(r.activations)") }
+        if r.int8Activations || r.gguf != nil { lines.append("activations  \(r.activations)") }
+        if let g = r.gguf {
+            lines.append("gguf types   " + g.tensorTypes.sorted { $0.key < $1.key }.map { "\($0.key) x\($0.value)" }.joined(separator: "  "))
+        }
         lines.append(String(format: "speed        %.1f tokens/s  (%.2f s evaluating, %.2f s tokenizing)", r.timings.tokensPerSecond,
                             r.timings.evaluateSeconds, r.timings.tokenizeSeconds))
         if let n = r.npu { lines.append(n.summary) }  // after the run: the op counts are the run's

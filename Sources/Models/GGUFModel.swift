@@ -1,0 +1,274 @@
+import Foundation
+import Kernels
+import TensorCore
+
+/// How a GGUF model's matrix products treat their activations.
+public enum GGUFActivations: String, Sendable, CaseIterable, Codable {
+    /// llama.cpp's CPU contract: each product's input is first converted to the weight type's companion format
+    /// (Q8_0 / Q8_1 / Q8_K blocks, F16, BF16), as ggml does before its dot products.
+    case llamacpp
+    /// Weight-only: float activations against the decoded weights.
+    case float
+}
+
+/// Llama-architecture GGUF files (llama.cpp's converter names and hyperparameter keys) as a LlamaModel.
+public enum GGUFLlama {
+    /// The architectures run as Llama: llama.cpp writes Llama, Mistral and most Llama derivatives as "llama".
+    public static let architectures = ["llama"]
+
+    /// The HF config equivalent of the file's `llama.*` keys.
+    public static func config(_ f: GGUFFile) throws -> LlamaConfig {
+        let arch = try f.require("general.architecture", "a string") { $0.string }
+        guard architectures.contains(arch) else {
+            throw QuantKitError(.unsupported, "\(f.path): general.architecture is '\(arch)'; QuantKit runs GGUF files of architecture \(architectures.joined(separator: ", "))")
+        }
+        func int(_ key: String) throws -> Int {
+            let v = try f.require("\(arch).\(key)", "a positive integer") { $0.int }
+            guard v > 0 else { throw QuantKitError(.format, "\(f.path): \(arch).\(key) must be positive, got \(v)") }
+            return v
+        }
+        func optional(_ key: String) -> GGUFValue? { f.metadata["\(arch).\(key)"] }
+        let dim = try int("embedding_length"), heads = try int("attention.head_count")
+        // head_count_kv may be an array (one per layer) in some files: QuantKit needs one value.
+        var kvHeads = heads
+        if let v = optional("attention.head_count_kv") {
+            guard let n = v.int ?? (v.ints.flatMap { Set($0).count == 1 ? $0.first : nil }), n > 0 else {
+                throw QuantKitError(.unsupported, "\(f.path): \(arch).attention.head_count_kv must be one positive integer, got \(v)")
+            }
+            kvHeads = n
+        }
+        let headDim = try optional("attention.key_length").map { v -> Int in
+            guard let n = v.int, n > 0 else { throw QuantKitError(.format, "\(f.path): \(arch).attention.key_length must be a positive integer") }
+            return n
+        } ?? dim / heads
+        if let rope = optional("rope.dimension_count")?.int, rope != headDim {
+            throw QuantKitError(.unsupported, "\(f.path): \(arch).rope.dimension_count is \(rope) but heads are \(headDim) wide; partial RoPE is not supported")
+        }
+        if let scaling = optional("rope.scaling.type")?.string, scaling != "none" {
+            throw QuantKitError(.unsupported, "\(f.path): \(arch).rope.scaling.type '\(scaling)' is not supported (plain RoPE only)")
+        }
+        guard let embd = f.info("token_embd.weight"), embd.dims.count == 2 else {
+            throw QuantKitError(.format, "\(f.path): tensor 'token_embd.weight' is missing or not 2-D")
+        }
+        let vocab = optional("vocab_size")?.int ?? embd.dims[1]
+        let eps = try f.require("\(arch).attention.layer_norm_rms_epsilon", "a number") { $0.double }
+        var cfg = LlamaConfig(hiddenSize: dim, intermediateSize: try int("feed_forward_length"),
+                              numHiddenLayers: try int("block_count"), numAttentionHeads: heads,
+                              numKeyValueHeads: kvHeads, headDim: headDim == dim / heads ? nil : headDim,
+                              rmsNormEps: eps, ropeTheta: optional("rope.freq_base")?.double ?? 10000,
+                              vocabSize: vocab, maxPositionEmbeddings: optional("context_length")?.int ?? 2048,
+                              tieWordEmbeddings: f.info("output.weight") == nil,
+                              bosTokenId: f.metadata["tokenizer.ggml.bos_token_id"]?.int,
+                              eosTokenId: f.metadata["tokenizer.ggml.eos_token_id"]?.int)
+        if f.info("blk.0.attn_q.bias") != nil { cfg.attentionBias = true }
+        return cfg
+    }
+
+    /// The HF name of a GGUF tensor, with the head count when its rows carry llama.cpp's RoPE permutation.
+    static func hfName(_ gguf: String, config c: LlamaConfig) -> (name: String, permuteHeads: Int?)? {
+        let fixed = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                     "output.weight": "lm_head.weight"]
+        if let n = fixed[gguf] { return (n, nil) }
+        let parts = gguf.split(separator: ".", maxSplits: 2).map(String.init)
+        guard parts.count == 3, parts[0] == "blk", let layer = Int(parts[1]) else { return nil }
+        let perLayer: [String: (String, Int?)] = [
+            "attn_norm.weight": ("input_layernorm.weight", nil), "ffn_norm.weight": ("post_attention_layernorm.weight", nil),
+            "attn_q.weight": ("self_attn.q_proj.weight", c.numAttentionHeads),
+            "attn_k.weight": ("self_attn.k_proj.weight", c.kvHeads),
+            "attn_q.bias": ("self_attn.q_proj.bias", c.numAttentionHeads), "attn_k.bias": ("self_attn.k_proj.bias", c.kvHeads),
+            "attn_v.weight": ("self_attn.v_proj.weight", nil), "attn_v.bias": ("self_attn.v_proj.bias", nil),
+            "attn_output.weight": ("self_attn.o_proj.weight", nil), "ffn_gate.weight": ("mlp.gate_proj.weight", nil),
+            "ffn_up.weight": ("mlp.up_proj.weight", nil), "ffn_down.weight": ("mlp.down_proj.weight", nil),
+        ]
+        guard let (rel, heads) = perLayer[parts[2]] else { return nil }
+        return ("model.layers.\(layer).\(rel)", heads)
+    }
+
+    /// Loads a llama GGUF; quantized matrices run under `activations`. The embedding and every other tensor
+    /// are decoded once; linear layers keep their type's numerics (GGUFLinear).
+    /// What a loaded GGUF model runs, for reports: the contract, and each stored weight type's activation format
+    /// (e.g. "Q4_0": "q8_0"). nil for a model that is not from GGUF.
+    public static func describe(_ m: LlamaModel) -> (activations: GGUFActivations, formats: [String: String])? {
+        let layers = m.blocks.flatMap { b in b.linearGroups.joined().compactMap { b.linear(named: $0) } } + [m.lmHead]
+        let gguf = layers.compactMap { $0 as? GGUFLinear }
+        guard let first = gguf.first else { return nil }
+        return (first.contract, gguf.reduce(into: [:]) { $0[$1.weightType.name] = $1.format.rawValue })
+    }
+
+    public static func load(path: String, activations: GGUFActivations = .llamacpp,
+                            threads: Int = Parallel.defaultThreads) throws -> LlamaModel {
+        let file = try GGUFFile(path: path)
+        let cfg = try config(file)
+        let weights = try GGUFWeights(file: file, config: cfg, threads: threads)
+        let backend = GGUFBackend(weights: weights, activations: activations)
+        let model = try LlamaModel(config: cfg, source: weights, backend: backend, name: path)
+        let headName = cfg.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight"
+        model.lmHead = try backend.makeLinear(weightName: headName)
+        return model
+    }
+}
+
+/// A GGUF file's tensors under their HF names. Float tensors in their row order are zero-copy views; quantized
+/// tensors (and the RoPE-permuted Q/K rows) are decoded to Float32 on first use and kept.
+public final class GGUFWeights: WeightSource, @unchecked Sendable {
+    public let file: GGUFFile
+    public let config: LlamaConfig
+    let threads: Int
+    private var entries: [String: (info: GGUFTensorInfo, permuteHeads: Int?)] = [:]
+    private var unmapped: [String] = []
+    private var decoded: [String: Tensor] = [:]
+    private let lock = NSLock()
+
+    public init(file: GGUFFile, config: LlamaConfig, threads: Int) throws {
+        self.file = file
+        self.config = config
+        self.threads = threads
+        for info in file.tensors {
+            if let (name, heads) = GGUFLlama.hfName(info.name, config: config) {
+                if !GGMLBlocks.canDecode(info.type) {
+                    throw QuantKitError(.unsupported, "\(file.path): tensor '\(info.name)' has type \(info.type.name), which QuantKit does not decode (supported: \(GGMLType.allCases.filter(GGMLBlocks.canDecode).map(\.name).joined(separator: ", ")))")
+                }
+                if let h = heads, info.dims.count == 2 ? info.dims[1] % h != 0 || (info.dims[1] / h) % 2 != 0 : info.dims[0] % h != 0 {
+                    throw QuantKitError(.shape, "\(file.path): tensor '\(info.name)' has \(info.shape) elements, which do not split into \(h) heads of even width")
+                }
+                entries[name] = (info, heads)
+            } else {
+                unmapped.append(info.name)
+            }
+        }
+    }
+
+    /// HF names, plus the GGUF names QuantKit does not map (the model reports them as unexpected).
+    public var names: [String] { Array(entries.keys).sorted() + unmapped }
+    public func contains(_ name: String) -> Bool { entries[name] != nil }
+    public func info(_ name: String) -> GGUFTensorInfo? { entries[name]?.info }
+
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let (info, heads) = entries[name] else { throw QuantKitError(.format, "\(file.path): no tensor for '\(name)'") }
+        if heads == nil, [.f32, .f16, .bf16].contains(info.type) { return try file.floatTensor(info.name) }
+        lock.lock()
+        defer { lock.unlock() }
+        if let t = decoded[name] { return t }
+        let t = Tensor(zeros: .f32, shape: info.shape)
+        let dst = t.mutableRaw.assumingMemoryBound(to: Float.self)
+        let rows = info.rowCount, n = info.rowLength, src = file.bytes(info)
+        if let h = heads {
+            // llama.cpp's converter stores Q/K rows in interleaved-pair RoPE order; HF's rotate_half wants row
+            // h*d + j*d/2 + i where GGUF has h*d + 2i + j.
+            let hd = rows / h, half = hd / 2
+            for head in 0..<h { for i in 0..<half { for j in 0..<2 {
+                let from = head * hd + 2 * i + j, to = head * hd + j * half + i
+                GGMLBlocks.decodeRow(info.type, src + from * info.type.rowBytes(n), count: n, into: dst + to * n)
+            } } }
+        } else {
+            GGMLBlocks.decode(info.type, src, rows: rows, rowLength: n, into: dst, threads: threads)
+        }
+        decoded[name] = t
+        return t
+    }
+
+    /// The rows of a stored tensor in HF row order, as raw blocks (for layers that keep the stored type).
+    public func rawRows(_ name: String) throws -> (type: GGMLType, rows: Int, rowLength: Int, bytes: [UInt8]) {
+        guard let (info, heads) = entries[name] else { throw QuantKitError(.format, "\(file.path): no tensor for '\(name)'") }
+        let rows = info.rowCount, n = info.rowLength, rb = info.type.rowBytes(n), src = file.bytes(info)
+        var out = [UInt8](repeating: 0, count: rows * rb)
+        out.withUnsafeMutableBytes { dst in
+            let hd = rows / (heads ?? 1), half = hd / 2
+            for r in 0..<rows {
+                var from = r
+                if heads != nil {
+                    let head = r / hd, w = r % hd, j = w / half, i = w % half
+                    from = head * hd + 2 * i + j
+                }
+                (dst.baseAddress! + r * rb).copyMemory(from: src + from * rb, byteCount: rb)
+            }
+        }
+        return (info.type, rows, n, out)
+    }
+}
+
+/// Linear layers from a GGUF file under an activation contract.
+public struct GGUFBackend: LinearBackend {
+    public let weights: GGUFWeights
+    public let activations: GGUFActivations
+
+    public func makeLinear(name: String, source: WeightSource) throws -> LinearLayer {
+        // Read through `source` so the model's bookkeeping sees the access.
+        _ = try source.tensor(name + ".weight")
+        return try makeLinear(weightName: name + ".weight", bias: source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil)
+    }
+
+    func makeLinear(weightName: String, bias: Tensor? = nil) throws -> LinearLayer {
+        guard let info = weights.info(weightName) else { throw QuantKitError(.format, "\(weights.file.path): no tensor for '\(weightName)'") }
+        let dense = try DenseLinear(weight: try weights.tensor(weightName), bias: bias, name: info.name)
+        let format = activations == .llamacpp ? GGMLActivationFormat.companion(of: info.type) : .f32
+        // Q8_1 dot products use the block's stored s = fp16(d * sum q) for the weight's min term.
+        var mins: DenseLinear? = nil
+        if format == .q8_1 {
+            let raw = try weights.rawRows(weightName)
+            let blocks = raw.rowLength / 32
+            let m = Tensor(zeros: .f32, shape: [raw.rows, blocks])
+            let dst = m.mutableRaw.assumingMemoryBound(to: Float.self)
+            raw.bytes.withUnsafeBytes { src in
+                for b in 0..<raw.rows * blocks {
+                    // Q4_1 / Q5_1 blocks start with fp16 d then fp16 m.
+                    dst[b] = Float(src.loadUnaligned(fromByteOffset: b * raw.type.blockBytes + 2, as: Float16.self))
+                }
+            }
+            mins = try DenseLinear(weight: m, name: info.name + " (mins)")
+        }
+        return GGUFLinear(dense: dense, weightType: info.type, contract: activations, format: format, mins: mins)
+    }
+}
+
+/// A linear layer that runs llama.cpp's activation contract: its input rows are converted to the weight type's
+/// companion format and back (exactly as ggml quantizes them), then multiplied by the decoded weight. The sums
+/// differ from ggml's integer dot products only in float summation order.
+public final class GGUFLinear: LinearLayer, @unchecked Sendable {
+    public let dense: DenseLinear
+    public let weightType: GGMLType
+    public let contract: GGUFActivations
+    /// The companion format the inputs are converted to (f32: none).
+    public let format: GGMLActivationFormat
+    /// Q4_1/Q5_1: the per-block mins [out, in/32], for the correction by ggml's rounded block sums.
+    let mins: DenseLinear?
+    public var inFeatures: Int { dense.inFeatures }
+    public var outFeatures: Int { dense.outFeatures }
+    public var rowIndependent: Bool { true }
+
+    init(dense: DenseLinear, weightType: GGMLType, contract: GGUFActivations, format: GGMLActivationFormat, mins: DenseLinear?) {
+        self.dense = dense
+        self.weightType = weightType
+        self.contract = contract
+        self.format = format
+        self.mins = mins
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+        if format == .f32 { return dense.forward(x, rows: rows, out: out, threads: threads) }
+        let k = inFeatures
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: rows * k)
+        defer { a.deallocate() }
+        guard let mins else {
+            format.roundTripRows(x, rows: rows, k: k, into: a, sums: nil, threads: threads)
+            dense.forward(a, rows: rows, out: out, threads: threads)
+            return
+        }
+        let blocks = k / 32
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: rows * blocks)
+        let extra = UnsafeMutablePointer<Float>.allocate(capacity: rows * outFeatures)
+        defer { sums.deallocate(); extra.deallocate() }
+        format.roundTripRows(x, rows: rows, k: k, into: a, sums: sums, threads: threads)
+        dense.forward(a, rows: rows, out: out, threads: threads)
+        // ggml adds m * s where the decoded product has m * sum(a): add m * (s - sum(a)) per block.
+        for r in 0..<rows {
+            for b in 0..<blocks {
+                var s: Float = 0
+                for j in 0..<32 { s += a[r * k + b * 32 + j] }
+                sums[r * blocks + b] -= s
+            }
+        }
+        mins.forward(sums, rows: rows, out: extra, threads: threads)
+        for i in 0..<rows * outFeatures { out[i] += extra[i] }
+    }
+}
