@@ -15,7 +15,14 @@ import TensorCore
 ///   remaining mass 1 - sum(top-k p). KLD is then computed over k + 1 buckets (top-k tokens and "the rest"),
 ///   which by the log-sum inequality is a LOWER bound of the full-vocabulary KLD; the gap is the divergence
 ///   inside the tail bucket, small when the top-k hold nearly all the mass.
-public enum LogitsEncoding: String, Codable, Sendable { case f16LogProbs = "f16-logprobs", topK = "topk" }
+/// - `llamacpp-u16`: a base written by llama.cpp's `llama-perplexity --kl-divergence-base` (read, never written).
+///   Per scored token: two Float32 (scale, min_log_prob) then one UInt16 u per vocabulary entry, log p_base =
+///   scale * u + min_log_prob (u = 0 where the logit is more than 16 below the maximum). Statistics against it
+///   follow llama.cpp's own arithmetic (no renormalisation, terms with log p_base <= -16 skipped), so they equal
+///   what `llama-perplexity --kl-divergence` prints for the same two models.
+public enum LogitsEncoding: String, Codable, Sendable {
+    case f16LogProbs = "f16-logprobs", topK = "topk", llamacppU16 = "llamacpp-u16"
+}
 
 public struct LogitsFileHeader: Codable, Sendable, Equatable {
     public var schema_version: Int = 1
@@ -30,6 +37,8 @@ public struct LogitsFileHeader: Codable, Sendable, Equatable {
     public var top_k: Int?
     public var tokens_scored: Int
     public var nll_sum: Double
+    /// "llama.cpp" for a base llama-perplexity wrote; nil for QuantKit's own.
+    public var source: String?
 }
 
 /// Collects scored rows of a base run and writes the zstd-compressed logits file.
@@ -63,6 +72,8 @@ public final class LogitsWriter {
         nllSum -= lp[Int(row.target)]
         count += 1
         switch encoding {
+        case .llamacppU16:
+            preconditionFailure("llama.cpp's base format is read, never written")  // init picks f16 or top-k
         case .f16LogProbs:
             for i in 0..<vocab { append(Float16(Float(max(lp[i], -60000))).bitPattern.littleEndian) }
         case .topK:
@@ -110,10 +121,19 @@ public final class LogitsFile {
     private let bodyStart: Int
     public let rowBytes: Int
 
+    /// For a llama.cpp base: the target token of every scored row.
+    private let llamacppTargets: [Int32]?
+
     public init(path: String) throws {
         let raw = try readFile(path)
+        if raw.prefix(8) == Data("_logits_".utf8) {
+            (header, bodyStart, rowBytes, llamacppTargets) = try Self.llamacppLayout(raw, path: path)
+            data = raw
+            return
+        }
+        llamacppTargets = nil
         let d: Data
-        do { d = try Zstd.decompress(raw, source: path) } catch { throw QuantKitError(.format, "\(path): not a QuantKit logits file (\(error))") }
+        do { d = try Zstd.decompress(raw, source: path) } catch { throw QuantKitError(.format, "\(path): not a QuantKit logits file nor a llama.cpp --kl-divergence-base file (\(error))") }
         guard d.count >= 12, d.prefix(8) == Data("QKLOGITS".utf8) else {
             throw QuantKitError(.format, "\(path): not a QuantKit logits file (bad magic)")
         }
@@ -130,13 +150,58 @@ public final class LogitsFile {
         }
     }
 
+    /// llama-perplexity's base file (tools/perplexity/perplexity.cpp): "_logits_", UInt32 n_ctx, Int32 n_vocab,
+    /// Int32 n_chunk, Int32 tokens[n_ctx * n_chunk], then per chunk its n_ctx - 1 - n_ctx/2 scored rows of
+    /// 2 * ((n_vocab + 1) / 2) + 4 UInt16 each.
+    private static func llamacppLayout(_ d: Data, path: String) throws -> (LogitsFileHeader, Int, Int, [Int32]) {
+        guard d.count >= 20 else { throw QuantKitError(.format, "\(path): truncated llama.cpp logits file (\(d.count) bytes)") }
+        func i32(_ o: Int) -> Int { Int(d.withUnsafeBytes { Int32(littleEndian: $0.loadUnaligned(fromByteOffset: o, as: Int32.self)) }) }
+        let ctx = i32(8), vocab = i32(12), chunks = i32(16)
+        guard ctx >= 2, ctx <= 1 << 20, vocab > 0, vocab <= 1 << 22, chunks > 0, chunks <= 1 << 24 else {
+            throw QuantKitError(.format, "\(path): llama.cpp logits file header is implausible (n_ctx \(ctx), n_vocab \(vocab), n_chunk \(chunks))")
+        }
+        let first = ctx / 2, perChunk = ctx - 1 - first
+        let nv = 2 * ((vocab + 1) / 2) + 4
+        let bodyStart = 20 + 4 * ctx * chunks
+        let rows = perChunk * chunks
+        guard d.count == bodyStart + rows * nv * 2 else {
+            throw QuantKitError(.format, "\(path): llama.cpp logits file has \(d.count) bytes; n_ctx \(ctx), n_vocab \(vocab) and \(chunks) chunks need \(bodyStart + rows * nv * 2)")
+        }
+        var targets = [Int32](repeating: 0, count: rows)
+        var nllSum = 0.0
+        d.withUnsafeBytes { b in
+            for c in 0..<chunks {
+                for j in 0..<perChunk {
+                    let t = b.loadUnaligned(fromByteOffset: 20 + 4 * (c * ctx + first + j + 1), as: Int32.self)
+                    let row = c * perChunk + j
+                    targets[row] = Int32(littleEndian: t)
+                    let r = bodyStart + row * nv * 2
+                    let scale = Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: r, as: UInt32.self)))
+                    let minLP = Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: r + 4, as: UInt32.self)))
+                    let tt = Int(targets[row])
+                    let u = tt >= 0 && tt < vocab ? UInt16(littleEndian: b.loadUnaligned(fromByteOffset: r + 8 + 2 * tt, as: UInt16.self)) : 0
+                    nllSum += Double(-(scale * Float(u) + minLP))
+                }
+            }
+        }
+        if let bad = targets.firstIndex(where: { $0 < 0 || Int($0) >= vocab }) {
+            throw QuantKitError(.format, "\(path): token \(targets[bad]) of scored row \(bad) is outside the vocabulary of \(vocab)")
+        }
+        let header = LogitsFileHeader(corpus_sha256: "", tokenizer: "", protocol: "llamacpp", ctx: ctx, stride: nil,
+                                      model: path, vocab: vocab, encoding: .llamacppU16, top_k: nil, tokens_scored: rows,
+                                      nll_sum: nllSum, source: "llama.cpp")
+        return (header, bodyStart, nv * 2, targets)
+    }
+
     /// Refuses a base made from different text, tokenizer, protocol, context or window layout.
     public func checkCompatible(corpusSHA256: String, tokenizer: String, protocolName: String, ctx: Int, stride: Int?, vocab: Int) throws {
         var diffs: [String] = []
-        if header.corpus_sha256 != corpusSHA256 { diffs.append("corpus sha256 \(header.corpus_sha256.prefix(12))... vs \(corpusSHA256.prefix(12))...") }
+        // llama.cpp's base records neither text nor tokenizer: its token ids are checked row by row instead.
+        let own = header.source == nil
+        if own && header.corpus_sha256 != corpusSHA256 { diffs.append("corpus sha256 \(header.corpus_sha256.prefix(12))... vs \(corpusSHA256.prefix(12))...") }
         // Tokenizer labels are "name@sha256-prefix": the same file under another name is the same tokenizer.
         func contentId(_ s: String) -> String { s.split(separator: "@").last.map(String.init) ?? s }
-        if contentId(header.tokenizer) != contentId(tokenizer) { diffs.append("tokenizer '\(header.tokenizer)' vs '\(tokenizer)'") }
+        if own && contentId(header.tokenizer) != contentId(tokenizer) { diffs.append("tokenizer '\(header.tokenizer)' vs '\(tokenizer)'") }
         if header.protocol != protocolName { diffs.append("protocol \(header.protocol) vs \(protocolName)") }
         if header.ctx != ctx { diffs.append("ctx \(header.ctx) vs \(ctx)") }
         if header.stride != stride { diffs.append("stride \(header.stride.map(String.init) ?? "none") vs \(stride.map(String.init) ?? "none")") }
@@ -145,6 +210,9 @@ public final class LogitsFile {
             throw QuantKitError(.input, "--kld-base was made from a different evaluation: " + diffs.joined(separator: "; "))
         }
     }
+
+    /// The target of a llama.cpp base's row i (nil for QuantKit's own files, whose rows store it).
+    func llamacppTarget(_ i: Int) -> Int? { llamacppTargets.map { Int($0[i]) } }
 
     func withRow<R>(_ i: Int, _ body: (UnsafeRawPointer) -> R) -> R {
         data.withUnsafeBytes { body($0.baseAddress! + bodyStart + i * rowBytes) }
@@ -166,6 +234,8 @@ public struct KLDResult: Codable, Sendable {
     public var ln_ppl_diff: Double
     public var q_error: Double
     public var encoding: String
+    /// "llama.cpp" when the base was written by llama-perplexity --kl-divergence-base; absent for QuantKit's own.
+    public var base_source: String? = nil
 }
 
 /// Accumulates per-token statistics of a run against a base logits file.
@@ -201,6 +271,10 @@ public final class KLDAccumulator {
         let vocab = row.vocab
         var qArg = 0
         for v in 1..<vocab where lq[v] > lq[qArg] { qArg = v }
+        if let target = base.llamacppTarget(i) {
+            try addAgainstLlamacpp(row, target: target, qArg: qArg, index: i)
+            return
+        }
         var k: Double = 0
         var err: QuantKitError? = nil
         var nllB: Double = 0
@@ -216,6 +290,8 @@ public final class KLDAccumulator {
             dpSq += pow(exp(lq[target]) - exp(lpT), 2)
             if bArg == qArg { same += 1 }
             switch h.encoding {
+            case .llamacppU16:
+                break  // handled by addAgainstLlamacpp before reaching here
             case .f16LogProbs:
                 let f = p + 12
                 var s: Double = 0
@@ -249,6 +325,32 @@ public final class KLDAccumulator {
         runNLL.append(-lq[Int(row.target)])
     }
 
+    /// One row against a llama.cpp base, in llama.cpp's arithmetic (perplexity.cpp's log_softmax with a base):
+    /// base log-probs scale * u + min, not renormalised, terms at or below -16 skipped; argmax ties to the first.
+    private func addAgainstLlamacpp(_ row: ScoredRow, target: Int, qArg: Int, index i: Int) throws {
+        guard target == Int(row.target) else {
+            throw QuantKitError(.input, "--kld-base (llama.cpp) token \(i) is \(target) but this run scores \(row.target): different text, tokenization or context")
+        }
+        var k: Double = 0, nllB: Double = 0, bArg = 0
+        base.withRow(i) { p in
+            let scale = Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+            let minLP = Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+            var best = -Float.infinity
+            for v in 0..<row.vocab {
+                let l = scale * Float(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 8 + 2 * v, as: UInt16.self))) + minLP
+                if v == 0 || l > best { best = l; bArg = v }
+                if l > -16 { k += Double(exp(l)) * (Double(l) - lq[v]) }
+                if v == target { nllB = -Double(l) }
+            }
+        }
+        dpSq += pow(exp(lq[target]) - exp(-nllB), 2)
+        if bArg == qArg { same += 1 }
+        kld.append(k)
+        nllQ -= lq[target]
+        baseNLL.append(nllB)
+        runNLL.append(-lq[target])
+    }
+
     public func result() throws -> KLDResult {
         let n = kld.count
         guard n == base.header.tokens_scored else {
@@ -269,6 +371,6 @@ public final class KLDAccumulator {
                          kld_max: sorted.last!, kld_percentiles: pct, rms_dp: (dpSq / Double(n)).squareRoot(),
                          same_top_percent: 100 * Double(same) / Double(n), ppl_base: exp(lnB), ppl_quant: exp(lnQ),
                          ppl_ratio: exp(lnQ - lnB), ln_ppl_diff: lnQ - lnB, q_error: exp(lnQ - lnB) - 1,
-                         encoding: base.header.encoding.rawValue)
+                         encoding: base.header.encoding.rawValue, base_source: base.header.source)
     }
 }
