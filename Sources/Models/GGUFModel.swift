@@ -64,28 +64,42 @@ public enum GGUFLlama {
         return cfg
     }
 
-    /// The HF name of a GGUF tensor, with the head count when its rows carry llama.cpp's RoPE permutation.
-    static func hfName(_ gguf: String, config c: LlamaConfig) -> (name: String, permuteHeads: Int?)? {
-        let fixed = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                     "output.weight": "lm_head.weight"]
-        if let n = fixed[gguf] { return (n, nil) }
-        let parts = gguf.split(separator: ".", maxSplits: 2).map(String.init)
-        guard parts.count == 3, parts[0] == "blk", let layer = Int(parts[1]) else { return nil }
-        let perLayer: [String: (String, Int?)] = [
-            "attn_norm.weight": ("input_layernorm.weight", nil), "ffn_norm.weight": ("post_attention_layernorm.weight", nil),
-            "attn_q.weight": ("self_attn.q_proj.weight", c.numAttentionHeads),
-            "attn_k.weight": ("self_attn.k_proj.weight", c.kvHeads),
-            "attn_q.bias": ("self_attn.q_proj.bias", c.numAttentionHeads), "attn_k.bias": ("self_attn.k_proj.bias", c.kvHeads),
-            "attn_v.weight": ("self_attn.v_proj.weight", nil), "attn_v.bias": ("self_attn.v_proj.bias", nil),
-            "attn_output.weight": ("self_attn.o_proj.weight", nil), "ffn_gate.weight": ("mlp.gate_proj.weight", nil),
-            "ffn_up.weight": ("mlp.up_proj.weight", nil), "ffn_down.weight": ("mlp.down_proj.weight", nil),
-        ]
-        guard let (rel, heads) = perLayer[parts[2]] else { return nil }
-        return ("model.layers.\(layer).\(rel)", heads)
+    /// llama.cpp's converter names: whole-model tensors, and per block (under "blk.N.") the GGUF suffix, the HF
+    /// suffix (under "model.layers.N.") and whether the rows carry the RoPE permutation of queries or keys.
+    static let modelTensors = [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"),
+                               ("output.weight", "lm_head.weight")]
+    enum RopeRows { case queries, keys }
+    static let blockTensors: [(gguf: String, hf: String, rope: RopeRows?)] = [
+        ("attn_norm.weight", "input_layernorm.weight", nil), ("ffn_norm.weight", "post_attention_layernorm.weight", nil),
+        ("attn_q.weight", "self_attn.q_proj.weight", .queries), ("attn_k.weight", "self_attn.k_proj.weight", .keys),
+        ("attn_q.bias", "self_attn.q_proj.bias", .queries), ("attn_k.bias", "self_attn.k_proj.bias", .keys),
+        ("attn_v.weight", "self_attn.v_proj.weight", nil), ("attn_v.bias", "self_attn.v_proj.bias", nil),
+        ("attn_output.weight", "self_attn.o_proj.weight", nil), ("ffn_gate.weight", "mlp.gate_proj.weight", nil),
+        ("ffn_up.weight", "mlp.up_proj.weight", nil), ("ffn_down.weight", "mlp.down_proj.weight", nil),
+    ]
+
+    /// Maps a name between the two conventions (`toHF` true: GGUF -> HF), with the head count when the rows
+    /// carry llama.cpp's RoPE permutation. nil for a name outside the Llama layout.
+    public static func rename(_ name: String, toHF: Bool, config c: LlamaConfig) -> (name: String, permuteHeads: Int?)? {
+        if let m = modelTensors.first(where: { (toHF ? $0.0 : $0.1) == name }) { return (toHF ? m.1 : m.0, nil) }
+        let (prefix, target) = toHF ? ("blk.", "model.layers.") : ("model.layers.", "blk.")
+        guard name.hasPrefix(prefix) else { return nil }
+        let rest = name.dropFirst(prefix.count)
+        guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]) else { return nil }
+        let suffix = String(rest[rest.index(after: dot)...])
+        guard let t = blockTensors.first(where: { (toHF ? $0.gguf : $0.hf) == suffix }) else { return nil }
+        let heads = t.rope.map { $0 == .queries ? c.numAttentionHeads : c.kvHeads }
+        return ("\(target)\(layer).\(toHF ? t.hf : t.gguf)", heads)
     }
 
-    /// Loads a llama GGUF; quantized matrices run under `activations`. The embedding and every other tensor
-    /// are decoded once; linear layers keep their type's numerics (GGUFLinear).
+    /// Row `r` of a RoPE-permuted tensor in HF order is this row in GGUF order: llama.cpp's converter stores
+    /// each head's rows in interleaved-pair order (h*d + 2i + j), HF's rotate_half wants h*d + j*d/2 + i.
+    public static func ggufRow(ofHFRow r: Int, rows: Int, heads: Int) -> Int {
+        let hd = rows / heads, half = hd / 2
+        let head = r / hd, w = r % hd, j = w / half, i = w % half
+        return head * hd + 2 * i + j
+    }
+
     /// What a loaded GGUF model runs, for reports: the contract, and each stored weight type's activation format
     /// (e.g. "Q4_0": "q8_0"). nil for a model that is not from GGUF.
     public static func describe(_ m: LlamaModel) -> (activations: GGUFActivations, formats: [String: String])? {
@@ -124,7 +138,7 @@ public final class GGUFWeights: WeightSource, @unchecked Sendable {
         self.config = config
         self.threads = threads
         for info in file.tensors {
-            if let (name, heads) = GGUFLlama.hfName(info.name, config: config) {
+            if let (name, heads) = GGUFLlama.rename(info.name, toHF: true, config: config) {
                 if !GGMLBlocks.canDecode(info.type) {
                     throw QuantKitError(.unsupported, "\(file.path): tensor '\(info.name)' has type \(info.type.name), which QuantKit does not decode (supported: \(GGMLType.allCases.filter(GGMLBlocks.canDecode).map(\.name).joined(separator: ", ")))")
                 }
@@ -152,14 +166,16 @@ public final class GGUFWeights: WeightSource, @unchecked Sendable {
         let t = Tensor(zeros: .f32, shape: info.shape)
         let dst = t.mutableRaw.assumingMemoryBound(to: Float.self)
         let rows = info.rowCount, n = info.rowLength, src = file.bytes(info)
-        if let h = heads {
-            // llama.cpp's converter stores Q/K rows in interleaved-pair RoPE order; HF's rotate_half wants row
-            // h*d + j*d/2 + i where GGUF has h*d + 2i + j.
-            let hd = rows / h, half = hd / 2
-            for head in 0..<h { for i in 0..<half { for j in 0..<2 {
-                let from = head * hd + 2 * i + j, to = head * hd + j * half + i
-                GGMLBlocks.decodeRow(info.type, src + from * info.type.rowBytes(n), count: n, into: dst + to * n)
-            } } }
+        if let h = heads, info.dims.count == 1 {
+            // A query/key bias: its elements are the permuted rows.
+            var flat = [Float](repeating: 0, count: n)
+            GGMLBlocks.decodeRow(info.type, src, count: n, into: &flat)
+            for r in 0..<n { dst[r] = flat[GGUFLlama.ggufRow(ofHFRow: r, rows: n, heads: h)] }
+        } else if let h = heads {
+            for r in 0..<rows {
+                let from = GGUFLlama.ggufRow(ofHFRow: r, rows: rows, heads: h)
+                GGMLBlocks.decodeRow(info.type, src + from * info.type.rowBytes(n), count: n, into: dst + r * n)
+            }
         } else {
             GGMLBlocks.decode(info.type, src, rows: rows, rowLength: n, into: dst, threads: threads)
         }
@@ -173,13 +189,8 @@ public final class GGUFWeights: WeightSource, @unchecked Sendable {
         let rows = info.rowCount, n = info.rowLength, rb = info.type.rowBytes(n), src = file.bytes(info)
         var out = [UInt8](repeating: 0, count: rows * rb)
         out.withUnsafeMutableBytes { dst in
-            let hd = rows / (heads ?? 1), half = hd / 2
             for r in 0..<rows {
-                var from = r
-                if heads != nil {
-                    let head = r / hd, w = r % hd, j = w / half, i = w % half
-                    from = head * hd + 2 * i + j
-                }
+                let from = heads.map { GGUFLlama.ggufRow(ofHFRow: r, rows: rows, heads: $0) } ?? r
                 (dst.baseAddress! + r * rb).copyMemory(from: src + from * rb, byteCount: rb)
             }
         }
