@@ -11,21 +11,10 @@ WORK=${2:-/tmp/qk-peer}
 SHAPE=${3:-small}
 REPO=$(pwd)
 Q=$REPO/.build/x86_64-unknown-linux-gnu/release/quantkit
-VER=0.3.36
-SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+# llama.cpp (pinned sdist, sha256-checked, built only when missing): see build_llamacpp.sh. LLAMACPP_DIR reuses a tree.
+B=$(bash "$REPO/Tools/peer_llamacpp/build_llamacpp.sh" "$WORK" | tail -1)
 mkdir -p "$WORK"
 cd "$WORK"
-if [ ! -x llama_cpp_python-$VER/vendor/llama.cpp/build/bin/llama-perplexity ]; then
-  # The sdist through pip's own client (its build backend comes as wheels; only the sdist itself is not a wheel).
-  [ -f llama_cpp_python-$VER.tar.gz ] || python3 -m pip download -q --no-deps --no-binary llama_cpp_python -d . "llama_cpp_python==$VER" >&2
-  echo "$SHA  llama_cpp_python-$VER.tar.gz" | sha256sum -c - >&2
-  tar xzf llama_cpp_python-$VER.tar.gz
-  command -v cmake >/dev/null || pip install -q cmake
-  (cd llama_cpp_python-$VER/vendor/llama.cpp &&
-   cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DGGML_OPENMP=ON >&2 &&
-   cmake --build build -j2 --target llama-perplexity llama-quantize >&2)
-fi
-B=$WORK/llama_cpp_python-$VER/vendor/llama.cpp/build/bin
 if [ "$SHAPE" = 110m ]; then
   CHUNKS=8; PAIRS=("f32 110m-model-f32" "f16 110m-model-f16")
   if [ ! -f 110m-model-f16.gguf ]; then
