@@ -37,6 +37,9 @@ public enum GGUFLlama {
             }
             kvHeads = n
         }
+        guard heads % kvHeads == 0, optional("attention.key_length") != nil || dim % heads == 0 else {
+            throw QuantKitError(.format, "\(f.path): \(arch).attention.head_count (\(heads)) must divide \(arch).embedding_length (\(dim)) and be a multiple of \(arch).attention.head_count_kv (\(kvHeads))")
+        }
         let headDim = try optional("attention.key_length").map { v -> Int in
             guard let n = v.int, n > 0 else { throw QuantKitError(.format, "\(f.path): \(arch).attention.key_length must be a positive integer") }
             return n
@@ -61,6 +64,7 @@ public enum GGUFLlama {
                               bosTokenId: f.metadata["tokenizer.ggml.bos_token_id"]?.int,
                               eosTokenId: f.metadata["tokenizer.ggml.eos_token_id"]?.int)
         if f.info("blk.0.attn_q.bias") != nil { cfg.attentionBias = true }
+        try cfg.validate(source: f.path)
         return cfg
     }
 
