@@ -59,6 +59,10 @@ public enum GGUFVocabulary {
         var vocab: [String: Any] = [:]
         vocab.reserveCapacity(n)
         for (i, t) in tokens.enumerated() { vocab[t] = i }
+        // The tokenizer.json model keys tokens by String, which merges canonically equivalent ones.
+        guard vocab.count == n else {
+            throw r.error("tokenizer.ggml.tokens", "has canonically equivalent tokens (e.g. precomposed and combining forms) that the BPE engine cannot keep apart")
+        }
         var pairs: [Any] = []
         pairs.reserveCapacity(merges.count)
         for (k, m) in merges.enumerated() {
@@ -102,10 +106,10 @@ struct MetaReader {
         let key = "tokenizer.ggml.tokens"
         let tokens = try file.require(key, "an array of strings", \.strings)
         guard !tokens.isEmpty else { throw error(key, "is empty") }
-        var seen = Set<String>()
+        var seen = Set<[UInt8]>()   // bytes: Swift's String equality would merge canonically equivalent tokens
         seen.reserveCapacity(tokens.count)
         // llama.cpp asserts on duplicates (its text -> id map would lose one).
-        for (i, t) in tokens.enumerated() where !seen.insert(t).inserted {
+        for (i, t) in tokens.enumerated() where !seen.insert(Array(t.utf8)).inserted {
             throw error(key, "has a duplicate token '\(t)' at index \(i)")
         }
         return tokens

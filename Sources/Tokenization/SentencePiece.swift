@@ -126,10 +126,10 @@ public struct SentencePieceTokenizer: Tokenizer {
         if denormCharsmap > 0 { throw unsupported("unsupported denormalizer (precompiled charsmap)") }
         if whitespaceSuffix { throw unsupported("unsupported treat_whitespace_as_suffix") }
 
-        var lookup: [String: Int] = [:]
-        for (i, p) in pieces.enumerated() where lookup[p] == nil { lookup[p] = i }
+        var lookup: [[UInt8]: Int] = [:]   // bytes: String keys would merge canonically equivalent pieces
+        for (i, p) in pieces.enumerated() where lookup[Array(p.utf8)] == nil { lookup[Array(p.utf8)] = i }
         func special(_ piece: String, _ type: PieceType) -> Int? {
-            if let i = lookup[piece], types[i] == type { return i }
+            if let i = lookup[Array(piece.utf8)], types[i] == type { return i }
             return nil
         }
         guard let unk = special(unkPiece, .unknown) else { throw bad("no unknown piece '\(unkPiece)'") }
@@ -157,11 +157,13 @@ public struct SentencePieceTokenizer: Tokenizer {
         self.unkSurface = v.unkSurface
         self.llamaCpp = v.llamaCpp
         let escape = v.escapeWhitespaces
-        var lookup: [String: Int] = [:]     // all pieces (sentencepiece and llama.cpp both reject duplicates)
+        // All pieces by bytes (sentencepiece and llama.cpp both reject duplicates; String keys would also merge
+        // canonically equivalent pieces such as U+1F77 and U+03AF, both in Llama-2's vocabulary).
+        var lookup: [[UInt8]: Int] = [:]
         var normal: [[UInt8]: Int] = [:]    // pieces merges may produce
         for (i, p) in pieces.enumerated() {
-            if lookup[p] != nil { throw bad("duplicate piece '\(p)'") }
-            lookup[p] = i
+            if lookup[pieceBytes[i]] != nil { throw bad("duplicate piece '\(p)'") }
+            lookup[pieceBytes[i]] = i
             // sentencepiece merges only into normal, user-defined and unused pieces; llama.cpp into any piece.
             if v.llamaCpp || types[i] == .normal || types[i] == .userDefined || types[i] == .unused { normal[pieceBytes[i]] = i }
         }
@@ -170,7 +172,7 @@ public struct SentencePieceTokenizer: Tokenizer {
         var byteIds = [Int32](repeating: -1, count: 256)
         for b in 0..<256 {
             let p = String(format: "<0x%02X>", b)
-            if let i = lookup[p], types[i] == .byte { byteIds[b] = Int32(i) }
+            if let i = lookup[Array(p.utf8)], types[i] == .byte { byteIds[b] = Int32(i) }
         }
         // llama.cpp always falls back to <0xNN> pieces when the vocabulary has them all.
         let byteFallback = v.llamaCpp ? !byteIds.contains(-1) : v.byteFallback
