@@ -32,7 +32,7 @@ let package = Package(
                 swiftSettings: settings),
         .systemLibrary(name: "CHints"),
         .target(name: "Kernels", dependencies: ["TensorCore", "CHints"], swiftSettings: settings),
-        .target(name: "Tokenization", dependencies: [], swiftSettings: settings),
+        .target(name: "Tokenization", dependencies: ["TensorCore"], swiftSettings: settings),
         // The data layer; not named "Data", which would clash with Foundation.Data.
         .target(name: "Datasets", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "Models", dependencies: ["TensorCore", "Kernels", "Tokenization"], swiftSettings: settings),

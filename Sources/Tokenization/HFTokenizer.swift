@@ -23,13 +23,20 @@ public struct HFTokenizer: Tokenizer {
     public var addsBOS: Bool { bosId != nil && prefixIds.first == bosId }
 
     public init(data: Data, fileName: String, name: String? = nil) throws {
-        self.name = name ?? "tokenizer.json:" + fileName
+        let displayName = name ?? "tokenizer.json:" + fileName
         let ctx = JSONContext(file: fileName)
         let rootAny: Any
         do { rootAny = try JSONSerialization.jsonObject(with: data) } catch {
             throw TokenizerError(.malformed, file: fileName, "not valid JSON (\(error.localizedDescription))")
         }
         guard let root = rootAny as? [String: Any] else { throw ctx.bad("top level is not a JSON object") }
+        try self.init(root: root, fileName: fileName, name: displayName)
+    }
+
+    /// Builds the pipeline from a parsed tokenizer.json object (or one assembled from GGUF metadata).
+    init(root: [String: Any], fileName: String, name: String) throws {
+        self.name = name
+        let ctx = JSONContext(file: fileName)
         guard let modelJSON = root["model"] as? [String: Any] else { throw ctx.bad("missing \"model\" object") }
         model = try HFModel(modelJSON, ctx)
         normalizer = try (root["normalizer"]).flatMap { $0 is NSNull ? nil : try HFNormalizer($0, ctx) }

@@ -5,7 +5,7 @@ import Foundation
 /// characters, merge by highest piece score (leftmost on ties) over the whole text, byte fallback <0xNN>.
 /// Sources: sentencepiece normalizer.cc, bpe_model.cc and sentencepiece_processor.cc (behaviour, not code).
 public struct SentencePieceTokenizer: Tokenizer {
-    enum PieceType: Int { case normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6 }
+    enum PieceType: Int, Sendable { case normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6 }
 
     public let name: String
     let pieces: [String]
@@ -34,12 +34,14 @@ public struct SentencePieceTokenizer: Tokenizer {
     /// Symbol id of the (escaped) space, and whether words between spaces merge independently.
     let spaceSymbol: Int32
     let wordsIndependent: Bool
+    /// Merge and split rules of llama.cpp's SPM session instead of sentencepiece's (see SPVocabulary).
+    let llamaCpp: Bool
 
     public var vocabSize: Int { pieces.count }
     public var addsBOS: Bool { true }
 
     public init(data: Data, fileName: String, name: String? = nil) throws {
-        self.name = name ?? "sentencepiece:" + fileName
+        let displayName = name ?? "sentencepiece:" + fileName
         func bad(_ s: String) -> TokenizerError { TokenizerError(.malformed, file: fileName, s) }
         func unsupported(_ s: String) -> TokenizerError { TokenizerError(.unsupported, file: fileName, s) }
         let bytes = [UInt8](data)
@@ -124,34 +126,62 @@ public struct SentencePieceTokenizer: Tokenizer {
         if denormCharsmap > 0 { throw unsupported("unsupported denormalizer (precompiled charsmap)") }
         if whitespaceSuffix { throw unsupported("unsupported treat_whitespace_as_suffix") }
 
-        self.pieces = pieces; self.scores = scores; self.types = types
-        self.pieceBytes = pieces.map { Array($0.utf8) }
-        self.byteFallback = byteFallback
-        self.addDummyPrefix = addDummy; self.removeExtraWhitespaces = removeExtra; self.escapeWhitespaces = escape
-        self.unkSurface = unkSurface
-        var lookup: [String: Int] = [:]     // all pieces (first wins, as sentencepiece rejects duplicates)
-        var normal: [[UInt8]: Int] = [:]    // pieces merges may produce: normal, user-defined, unused
-        for (i, p) in pieces.enumerated() {
-            if lookup[p] != nil { throw bad("duplicate piece '\(p)'") }
-            lookup[p] = i
-            if types[i] == .normal || types[i] == .userDefined || types[i] == .unused { normal[pieceBytes[i]] = i }
-        }
+        var lookup: [[UInt8]: Int] = [:]   // bytes: String keys would merge canonically equivalent pieces
+        for (i, p) in pieces.enumerated() where lookup[Array(p.utf8)] == nil { lookup[Array(p.utf8)] = i }
         func special(_ piece: String, _ type: PieceType) -> Int? {
-            if let i = lookup[piece], types[i] == type { return i }
+            if let i = lookup[Array(piece.utf8)], types[i] == type { return i }
             return nil
         }
         guard let unk = special(unkPiece, .unknown) else { throw bad("no unknown piece '\(unkPiece)'") }
-        unkId = unk
-        bosId = special(bosPiece, .control); eosId = special(eosPiece, .control); padId = special(padPiece, .control)
+        let vocab = SPVocabulary(pieces: pieces, scores: scores, types: types, unkId: unk,
+                                 bosId: special(bosPiece, .control), eosId: special(eosPiece, .control),
+                                 padId: special(padPiece, .control), byteFallback: byteFallback,
+                                 addDummyPrefix: addDummy, removeExtraWhitespaces: removeExtra,
+                                 escapeWhitespaces: escape, unkSurface: unkSurface, llamaCpp: false)
+        try self.init(vocab, fileName: fileName, name: displayName)
+    }
+
+    /// Builds the encoder from a vocabulary read elsewhere (a .model protobuf or GGUF metadata).
+    init(_ v: SPVocabulary, fileName: String, name: String) throws {
+        func bad(_ s: String) -> TokenizerError { TokenizerError(.malformed, file: fileName, s) }
+        self.name = name
+        let pieces = v.pieces, scores = v.scores, types = v.types
+        guard pieces.count == scores.count && pieces.count == types.count && !pieces.isEmpty else {
+            throw bad("pieces, scores and types differ in length or are empty")
+        }
+        guard v.unkId >= 0 && v.unkId < pieces.count else { throw bad("unknown id \(v.unkId) out of range") }
+        self.pieces = pieces; self.scores = scores; self.types = types
+        self.pieceBytes = pieces.map { Array($0.utf8) }
+        self.addDummyPrefix = v.addDummyPrefix; self.removeExtraWhitespaces = v.removeExtraWhitespaces
+        self.escapeWhitespaces = v.escapeWhitespaces
+        self.unkSurface = v.unkSurface
+        self.llamaCpp = v.llamaCpp
+        let escape = v.escapeWhitespaces
+        // All pieces by bytes (sentencepiece and llama.cpp both reject duplicates; String keys would also merge
+        // canonically equivalent pieces such as U+1F77 and U+03AF, both in Llama-2's vocabulary).
+        var lookup: [[UInt8]: Int] = [:]
+        var normal: [[UInt8]: Int] = [:]    // pieces merges may produce
+        for (i, p) in pieces.enumerated() {
+            if lookup[pieceBytes[i]] != nil { throw bad("duplicate piece '\(p)'") }
+            lookup[pieceBytes[i]] = i
+            // sentencepiece merges only into normal, user-defined and unused pieces; llama.cpp into any piece.
+            if v.llamaCpp || types[i] == .normal || types[i] == .userDefined || types[i] == .unused { normal[pieceBytes[i]] = i }
+        }
+        unkId = v.unkId
+        bosId = v.bosId; eosId = v.eosId; padId = v.padId
         var byteIds = [Int32](repeating: -1, count: 256)
         for b in 0..<256 {
             let p = String(format: "<0x%02X>", b)
-            if let i = lookup[p], types[i] == .byte { byteIds[b] = Int32(i) }
+            if let i = lookup[Array(p.utf8)], types[i] == .byte { byteIds[b] = Int32(i) }
         }
+        // llama.cpp always falls back to <0xNN> pieces when the vocabulary has them all.
+        let byteFallback = v.llamaCpp ? !byteIds.contains(-1) : v.byteFallback
         if byteFallback && byteIds.contains(-1) { throw bad("byte_fallback is on but some <0xNN> pieces are missing") }
+        self.byteFallback = byteFallback
         self.byteIds = byteIds
         let allBytes = pieces.map { Array($0.utf8) }
-        userDefined = pieces.indices.filter { types[$0] == .userDefined }.map { allBytes[$0] }
+        // llama.cpp splits user-defined pieces out before the encoder sees the text (GGUFVocabulary does that).
+        userDefined = v.llamaCpp ? [] : pieces.indices.filter { types[$0] == .userDefined }.map { allBytes[$0] }
             .sorted { $0.count > $1.count }
 
         // Symbol ids: every mergeable piece keeps its id; characters that only occur inside pieces get ids after.
@@ -180,7 +210,7 @@ public struct SentencePieceTokenizer: Tokenizer {
         for (bytes, i) in normal { symbolId[bytes] = Int32(i) }
         for (k, bytes) in extra.enumerated() { symbolId[bytes] = Int32(pieces.count + k) }
         var pairs: [UInt64: PairInfo] = [:]
-        for (bytes, i) in normal where types[i] != .userDefined {
+        for (bytes, i) in normal where v.llamaCpp || types[i] != .userDefined {
             for cut in 1..<max(1, bytes.count) where (bytes[cut] & 0xC0) != 0x80 {
                 guard let a = symbolId[Array(bytes[..<cut])], let b = symbolId[Array(bytes[cut...])] else { continue }
                 pairs[pairKey(a, b)] = PairInfo(priority: scores[i], merged: Int32(i))
@@ -298,7 +328,8 @@ public struct SentencePieceTokenizer: Tokenizer {
     func encode(_ text: String, addSpecialTokens: Bool, cache: inout SPCache) -> [Int] {
         var (ids, lens, frozen) = initialSymbols(text)
         // Unknown characters carry -(byte offset + 2); keep their bytes for byte fallback.
-        let hasUnused = types.contains(.unused)
+        // sentencepiece splits unused pieces back into their parts; llama.cpp keeps them.
+        let hasUnused = !llamaCpp && types.contains(.unused)
         var revMerge: [Int32: (Int32, Int32)] = [:]
         let onMerge: ((Int32, Int32, Int32) -> Void)? = hasUnused ? { a, b, m in revMerge[m] = (a, b) } : nil
         let utf8 = ids.contains(where: { $0 < -1 }) ? Array(text.utf8) : []
@@ -411,4 +442,23 @@ struct SPCache {
 
 extension SentencePieceTokenizer: CachingEncoder {
     func makeCache() -> SPCache { SPCache() }
+}
+
+/// A SentencePiece-style vocabulary and its normalizer options, however it was stored.
+struct SPVocabulary {
+    var pieces: [String]
+    var scores: [Float]
+    var types: [SentencePieceTokenizer.PieceType]
+    var unkId: Int
+    var bosId: Int?
+    var eosId: Int?
+    var padId: Int?
+    var byteFallback: Bool
+    var addDummyPrefix: Bool
+    var removeExtraWhitespaces: Bool
+    var escapeWhitespaces: Bool
+    var unkSurface: String
+    /// llama.cpp's SPM session (llm_tokenizer_spm): a merge may produce a piece of any type, unused pieces are
+    /// kept, user-defined pieces are split out by the caller, and byte fallback is on when all <0xNN> exist.
+    var llamaCpp: Bool
 }

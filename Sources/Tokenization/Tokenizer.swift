@@ -1,4 +1,5 @@
 import Foundation
+import TensorCore
 
 /// A text tokenizer that is byte-exact with its reference library (see SPECS.md, "Tokenizer facts").
 public protocol Tokenizer: Sendable {
@@ -32,7 +33,10 @@ public struct TokenizerError: Error, CustomStringConvertible, Equatable, Sendabl
 public enum TokenizerLoader {
     /// Picks the format from the file name (a trailing ".zst" is ignored: pass decompressed data):
     /// *.json = Hugging Face tokenizer.json, *.model = SentencePiece model, *.bin = llama2.c tokenizer.bin.
+    /// Data starting with "GGUF" is a GGUF file whatever its name: its tokenizer.ggml.* metadata is read
+    /// (GGUFVocabulary; errors are QuantKitError naming the key).
     public static func load(data: Data, fileName: String) throws -> any Tokenizer {
+        if data.starts(with: Array("GGUF".utf8)) { return try loadGGUF(data: data, fileName: fileName) }
         var base = (fileName as NSString).lastPathComponent
         if base.hasSuffix(".zst") { base.removeLast(4) }
         // Errors name the file as given; the tokenizer's name is short (parent folder kept for tokenizer.json).
@@ -43,6 +47,26 @@ public enum TokenizerLoader {
         if base.hasSuffix(".bin") { return try Llama2cTokenizer(data: data, fileName: fileName, name: "llama2c:" + display) }
         throw TokenizerError(.unsupported, file: fileName,
                              "unknown tokenizer format (expected .json, .model or .bin)")
+    }
+}
+
+extension TokenizerLoader {
+    /// GGUFFile maps a path: use the named file when it is this GGUF, else (e.g. it was .zst) a temporary copy.
+    static func loadGGUF(data: Data, fileName: String) throws -> any Tokenizer {
+        if !fileName.hasSuffix(".zst"), GGUFFile.isGGUF(fileName),
+           let size = (try? FileManager.default.attributesOfItem(atPath: fileName))?[.size] as? Int, size == data.count {
+            return try GGUFVocabulary.tokenizer(try GGUFFile(path: fileName))
+        }
+        var base = (fileName as NSString).lastPathComponent
+        if base.hasSuffix(".zst") { base.removeLast(4) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("quantkit-gguf-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent(base.isEmpty ? "tokenizer.gguf" : base).path
+        do { try data.write(to: URL(fileURLWithPath: path)) } catch {
+            throw QuantKitError(.io, "\(fileName): cannot write a temporary copy to read the GGUF (\(error.localizedDescription))")
+        }
+        return try GGUFVocabulary.tokenizer(try GGUFFile(path: path))
     }
 }
 
