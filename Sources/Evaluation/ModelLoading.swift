@@ -86,6 +86,8 @@ public enum ModelLoading {
     }
 
     public static func loadTokenizer(_ path: String) throws -> any Tokenizer {
+        // A GGUF's vocabulary is in its metadata: read that without loading the file's tensors into memory.
+        if GGUFFile.isGGUF(path) { return try GGUFVocabulary.tokenizer(try GGUFFile(path: path)) }
         let data = try readMaybeCompressed(path)
         do { return try TokenizerLoader.load(data: data, fileName: path) } catch let e as TokenizerError {
             throw QuantKitError(.format, e.description)

@@ -356,3 +356,27 @@ struct GGUFBPETokenizer: Tokenizer, CachingEncoder {
         }
     }
 }
+
+extension GGUFVocabulary {
+    /// The `tokenizer.ggml.*` metadata llama.cpp reads for a SentencePiece model (tokens, scores, token types,
+    /// special ids, BOS added, the space prefix). llama.cpp's tokenizer does not apply the model's
+    /// `remove_extra_whitespaces`: `collapsesWhitespace` in the result tells the caller to warn about it.
+    public static func metadata(for tokenizer: any Tokenizer) throws -> (entries: [(String, GGUFValue)], collapsesWhitespace: Bool) {
+        guard let sp = tokenizer as? SentencePieceTokenizer else {
+            throw QuantKitError(.unsupported, "tokenizer \(tokenizer.name): GGUF export writes SentencePiece vocabularies (a tokenizer.model) or copies a GGUF's own; pass --tokenizer with a SentencePiece .model")
+        }
+        var e: [(String, GGUFValue)] = [
+            ("tokenizer.ggml.model", .string("llama")),
+            ("tokenizer.ggml.tokens", .array(.string, sp.pieces.map { .string($0) })),
+            ("tokenizer.ggml.scores", .array(.float32, sp.scores.map { .float32($0) })),
+            ("tokenizer.ggml.token_type", .array(.int32, sp.types.map { .int32(Int32($0.rawValue)) })),
+            ("tokenizer.ggml.unknown_token_id", .uint32(UInt32(sp.unkId))),
+        ]
+        if let b = sp.bosId { e.append(("tokenizer.ggml.bos_token_id", .uint32(UInt32(b)))) }
+        if let x = sp.eosId { e.append(("tokenizer.ggml.eos_token_id", .uint32(UInt32(x)))) }
+        if let p = sp.padId { e.append(("tokenizer.ggml.padding_token_id", .uint32(UInt32(p)))) }
+        e += [("tokenizer.ggml.add_bos_token", .bool(sp.addsBOS)), ("tokenizer.ggml.add_eos_token", .bool(false)),
+              ("tokenizer.ggml.add_space_prefix", .bool(sp.addDummyPrefix))]
+        return (e, sp.removeExtraWhitespaces)
+    }
+}
