@@ -6,6 +6,7 @@
 //                                                 writes each block's s field to SUMS
 //   ggml_activations quant TYPE ROWS N IN OUT     ggml_quantize_chunk with no imatrix (llama-quantize's path)
 //   ggml_activations deq   TYPE N IN OUT          ggml's to_float of raw block bytes
+//   ggml_activations table - - - OUT              vec_dot_type (u32) of every type id below GGML_TYPE_COUNT
 //
 // IN and OUT are raw little-endian files (float32 values or block bytes). TYPE is ggml's type id.
 #include <stdint.h>
@@ -67,6 +68,7 @@ int main(int argc, char ** argv) {
     ggml_cpu_init();
     const char * mode = argv[1];
     const enum ggml_type t = (enum ggml_type)atoi(argv[2]);
+    if (strcmp(mode, "table") != 0 && (t < 0 || t >= GGML_TYPE_COUNT)) { fprintf(stderr, "bad type\n"); return 2; }
     size_t in_size;
     if (strcmp(mode, "act") == 0) {
         const int64_t n = atoll(argv[3]);
@@ -97,6 +99,10 @@ int main(int argc, char ** argv) {
         float * out = malloc((size_t)n * sizeof(float));
         stored_values(t, q, n, out, NULL);
         write_file(argv[5], out, (size_t)n * sizeof(float));
+    } else if (strcmp(mode, "table") == 0) {
+        uint32_t ids[GGML_TYPE_COUNT];
+        for (int i = 0; i < GGML_TYPE_COUNT; i++) ids[i] = (uint32_t)ggml_get_type_traits_cpu((enum ggml_type)i)->vec_dot_type;
+        write_file(argv[5], ids, sizeof(ids));
     } else {
         return 2;
     }

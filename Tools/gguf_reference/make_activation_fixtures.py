@@ -19,7 +19,8 @@ Rerun: python3 Tools/gguf_reference/make_activation_fixtures.py [--llama-cpp DIR
 (or LLAMA_CPP_DIR=DIR); DIR holds ggml/include and build/bin/libggml-{base,cpu}.so.
 
 Layout: b"QKGA", u32 version 1, u32 rows, u32 k; x (rows*k f32); for each format in FORMATS the stored values
-(rows*k f32); q8_1 sums (rows*k/32 f32); Q8_0 reference bytes (rows*k/32*34); Q4_0 reference bytes (rows*k/32*18).
+(rows*k f32); q8_1 sums (rows*k/32 f32); Q8_0 reference bytes (rows*k/32*34); Q4_0 reference bytes (rows*k/32*18); u32 n, then the
+vec_dot_type id of each of the n ggml type ids (ggml_get_type_traits_cpu(id)->vec_dot_type).
 """
 import argparse
 import os
@@ -104,10 +105,13 @@ def main() -> None:
     for name, tid in [("q8_0", 8), ("q4_0", 2)]:
         run_tool(tool, "quant", str(tid), str(ROWS), str(K), path("x"), path("q"))
         quant[name] = np.fromfile(path("q"), dtype=np.uint8)
+    run_tool(tool, "table", "0", "0", "-", path("table"))
+    table = np.fromfile(path("table"), dtype="<u4")
     blob = b"QKGA" + struct.pack("<III", 1, ROWS, K) + x.astype("<f4").tobytes()
     for o in outs:
         blob += o.astype("<f4").tobytes()
     blob += np.stack(sums).astype("<f4").tobytes() + quant["q8_0"].tobytes() + quant["q4_0"].tobytes()
+    blob += struct.pack("<I", table.size) + table.tobytes()
     raw = path("fixture.bin")
     with open(raw, "wb") as f:
         f.write(blob)
