@@ -1,4 +1,5 @@
 import TensorCore
+import _Builtin_intrinsics.intel
 
 /// The form llama.cpp's CPU backend converts a matmul's float activations to before the dot products: the weight
 /// type's vec_dot_type (ggml-cpu.c type_traits_cpu). roundTrip gives the values the dot product then multiplies.
@@ -34,8 +35,8 @@ public enum GGMLActivationFormat: String, Sendable, CaseIterable {
     /// q8_0/q8_1, quantize_row_q8_K_ref for q8_K, F16C rounding for f16, ggml's bf16 rounding), then the stored
     /// values as floats (fp16(d) * q; q8_K: d * q with an fp32 d). For q8_1, `sums` (count/32 entries) receives each
     /// block's stored s = fp16(d * sum q) with the fp32 d, which Q4_1/Q5_1 dot products use for the weights' min
-    /// term instead of the sum of out. Bit-identical to llama.cpp for finite inputs; NaN inputs do not trap but
-    /// follow no particular rule. `x` and `out` may be the same buffer.
+    /// term instead of the sum of out. Bit-identical to llama.cpp, NaN and infinities included (same operations; NaN
+    /// payloads aside). `x` and `out` may be the same buffer.
     public func roundTrip(_ x: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>,
                           sums: UnsafeMutablePointer<Float>? = nil) {
         precondition(count >= 0 && count % blockSize == 0, "roundTrip \(rawValue): \(count) is not a multiple of \(blockSize)")
@@ -77,24 +78,38 @@ public enum GGMLActivationFormat: String, Sendable, CaseIterable {
         return Float(bitPattern: ((u &+ (0x7FFF &+ ((u >> 16) & 1))) >> 16) << 16)
     }
 
-    /// One q8_0/q8_1 block as x86 quantize_row_q8_0/q8_1 make it: amax = max |x|, d = amax / 127 (stored fp16),
-    /// id = 127 / amax (not 1/d), q = round half to even (vroundps) saturated to int8 (vcvtps2dq gives INT32_MIN
-    /// out of range, then packs). Returns q8_1's s = fp16(d * sum q) with the fp32 d and the unsaturated int32 codes.
+    /// One q8_0/q8_1 block as x86 quantize_row_q8_0/q8_1 make it, with the same instructions: amax = max |x| by
+    /// vmaxps in ggml's operand order (so NaN lanes resolve as there), d = amax / 127 (stored fp16), id = 127 / amax
+    /// (not 1/d), q = vcvtps2dq of x * id (round half to even; INT32_MIN for NaN or out of range, as when 127/amax
+    /// overflows for a subnormal amax) saturated to int8 as the packs do. Returns q8_1's s = fp16(d * sum q) with the
+    /// fp32 d and the unsaturated int32 codes (wrapping adds).
     @inline(__always) static func q8Block(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) -> Float {
-        var amax: Float = 0
-        for j in 0..<32 { amax = max(amax, abs(x[j])) }
+        let p = UnsafeRawPointer(x)
+        let v0 = p.loadUnaligned(as: SIMD8<Float>.self), v1 = p.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self)
+        let v2 = p.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self), v3 = p.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self)
+        let sign = SIMD8<Float>(repeating: -0.0)
+        var m = _mm256_andnot_ps(sign, v0)
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v1))
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v2))
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v3))
+        var m4 = _mm_max_ps(m.highHalf, m.lowHalf)
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4))
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4))
+        let amax = m4[0]
         let d = amax / 127
-        let dStored = Float(Float16(d))
-        let id: Float = amax != 0 ? 127 / amax : 0
-        var sum: Int32 = 0
-        for j in 0..<32 {
-            let v = (x[j] * id).rounded(.toNearestOrEven)
-            let inRange = v >= -2_147_483_648 && v < 2_147_483_648
-            let wide = inRange ? Int32(v) : Int32.min
-            sum &+= wide
-            out[j] = dStored * Float(min(max(wide, -128), 127))
+        let dStored = SIMD8<Float>(repeating: Float(Float16(d)))
+        let mul = SIMD8<Float>(repeating: amax != 0 ? 127 / amax : 0)
+        let lo = _mm256_set1_epi32(-128), hi = _mm256_set1_epi32(127)
+        let o = UnsafeMutableRawPointer(out)
+        // Stores 8 values and returns their int32 codes (all loads above happen first, so out may alias x).
+        @inline(__always) func store(_ v: SIMD8<Float>, _ at: Int) -> SIMD8<Int32> {
+            let q = _mm256_cvtps_epi32(v * mul)
+            let clamped = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(q, lo), hi))
+            o.storeBytes(of: dStored * clamped, toByteOffset: at, as: SIMD8<Float>.self)
+            return unsafeBitCast(q, to: SIMD8<Int32>.self)
         }
-        return Float(Float16(d * Float(sum)))
+        let lanes = (store(v0, 0) &+ store(v1, 32)) &+ (store(v2, 64) &+ store(v3, 96))
+        return Float(Float16(d * Float(lanes.wrappedSum())))
     }
 
     /// One q8_K block as quantize_row_q8_K_ref (x86 uses it too): the signed value of largest magnitude (first on

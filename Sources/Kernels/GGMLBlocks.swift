@@ -304,7 +304,7 @@ extension GGMLBlocks {
         for b in 0..<count / 32 {
             let v = x + 32 * b, o = dst + 34 * b
             var amax: Float = 0
-            for j in 0..<32 { amax = max(amax, abs(v[j])) }
+            for j in 0..<32 { amax = amax > abs(v[j]) ? amax : abs(v[j]) }  // C's MAX: a NaN is taken
             let d = amax / 127
             let id: Float = d != 0 ? 1 / d : 0
             o.storeBytes(of: Float16(d).bitPattern, toByteOffset: 0, as: UInt16.self)

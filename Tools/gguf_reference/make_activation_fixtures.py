@@ -3,7 +3,8 @@
 
 What: llama.cpp's CPU backend converts each matmul's float activations to the weight type's vec_dot_type
 (ggml-cpu.c type_traits_cpu) before the dot products. ggml_activations.c runs ggml's own code on seeded rows
-(normal values, a zero block, exact .5 ties for q8 and for f16/bf16 rounding, tiny and huge magnitudes):
+(normal values, a zero block, exact .5 ties for q8 and for f16/bf16 rounding, tiny and huge magnitudes,
+NaN and infinities):
   - ggml_get_type_traits_cpu(T)->from_float then the stored values as floats, for T in f32, f16, bf16, q8_0,
     q8_1 (plus each block's stored s = fp16(d * sum q)) and q8_K;
   - ggml_quantize_chunk(Q8_0 / Q4_0, no imatrix) = quantize_row_q8_0_ref / quantize_row_q4_0_ref bytes, what
@@ -36,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_LLAMA = "/work/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp"
 # ggml type ids, in the fixture's order.
 FORMATS = [("f32", 0), ("f16", 1), ("bf16", 30), ("q8_0", 8), ("q8_1", 9), ("q8_K", 15)]
-ROWS, K = 8, 512
+ROWS, K = 9, 512
 
 
 def build_tool(llama_dir: str) -> str:
@@ -77,6 +78,14 @@ def inputs(rng: np.random.Generator) -> np.ndarray:
     x[6, 64:128] *= np.float32(3e4)
     # Row 7: one dominant value per block, negative in some blocks (signed max for q8_K and q4_0).
     x[7, ::32] = np.where(np.arange(K // 32) % 2 == 0, -50, 50).astype(np.float32)
+    # Row 8: non-finite values: NaN and +-inf inside ordinary blocks, an all-inf block, a NaN with a payload.
+    x[8, 5] = np.nan
+    x[8, 40] = np.inf
+    x[8, 70] = -np.inf
+    x[8, 64 + 33] = np.nan
+    x[8, 128:160] = np.inf
+    x[8, 300] = np.array([0x7FC00123], dtype="<u4").view("<f4")[0]
+    x[8, 301] = -np.inf
     return x
 
 
