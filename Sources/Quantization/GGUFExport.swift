@@ -129,8 +129,9 @@ public enum GGUFExport {
         names.append("model.norm.weight")
         if !c.tieWordEmbeddings { names.append("lm_head.weight") }
 
+        let task = progress.task("export", total: names.count, unit: "tensors")
         for (i, hf) in names.enumerated() {
-            progress.progress(task: "export", done: i, total: names.count)
+            task.update(done: i)
             guard let (ggufName, heads) = GGUFLlama.rename(hf, toHF: false, config: c) else { continue }
             let prefix = String(hf.dropLast(".weight".count))
             let isBlockLinear = hf.hasPrefix("model.layers.") && hf.hasSuffix(".weight") && LlamaBlock.linearNames.contains { hf.hasSuffix($0 + ".weight") }
@@ -160,7 +161,7 @@ public enum GGUFExport {
             try w.add(.init(name: ggufName, type: type, shape: t.shape, data: data))
             if isBlockLinear { linearBits += Double(data.count * 8); linearWeights += Double(t.count) }
         }
-        progress.progress(task: "export", done: names.count, total: names.count)
+        task.update(done: names.count)
         let bytes = w.serialized()
         try AtomicFile.write(bytes, to: o.output)
         var notes: [String] = []
@@ -228,8 +229,7 @@ public enum GGUFExport {
                 ? "\(hf): act-order without static groups puts inputs of one group all over the row; Q4_0/Q8_0 blocks are 32 consecutive inputs: quantize with --static-groups (or without --act-order) and --group-size 32"
                 : "\(hf): group size \(q.groupSize); Q4_0/Q8_0 blocks are 32 inputs wide: quantize with --group-size 32")
         }
-        // Weights in HF row order (the permutation moves whole rows).
-        func rowSource(_ r: Int) -> Int { r }
+        // rowOrder[g]: the HF row written as GGUF row g (the RoPE permutation moves whole rows).
         var rowOrder = Array(0..<out)
         if let h = heads {
             for r in 0..<out { rowOrder[GGUFLlama.ggufRow(ofHFRow: r, rows: out, heads: h)] = r }

@@ -9,6 +9,7 @@ struct QuantKitCommand: ParsableCommand {
         subcommands: [
             InspectCommand.self,
             ConvertCommand.self,
+            ExportCommand.self,
             GenerateCommand.self,
             PerplexityCommand.self,
             BenchCommand.self,
