@@ -25,7 +25,7 @@ public enum ModelLoading {
             for name in block.linearGroups.joined() {
                 guard let layer = block.linear(named: name) else { continue }
                 let n = Double(layer.inFeatures * layer.outFeatures)
-                if let g = layer as? GGUFLinear {
+                if let g = layer as? any GGUFStoredLinear {
                     bits += n * g.weightType.bitsPerWeight
                 } else if let q = layer as? QuantizedLinear {
                     let groups = Double(q.groupCount * q.outFeatures)

@@ -30,14 +30,16 @@ public final class Int8Rows: @unchecked Sendable {
     deinit { codes.deallocate(); blockScales.deallocate() }
 
     /// Quantizes x [m, k] (vectorised: vmaxps over |x|, vcvtps2dq under the default round-to-nearest-even mode).
-    public func quantize(_ x: UnsafePointer<Float>, threads: Int = 1) {
+    /// `ggmlScales`: as llama.cpp's x86 quantize_row_q8_0 does, the codes use 127 / amax and the block keeps
+    /// d = amax / 127 rounded to fp16 (its Q8_0 block stores d as fp16).
+    public func quantize(_ x: UnsafePointer<Float>, threads: Int = 1, ggmlScales: Bool = false) {
         let xs = SendablePointer(x)
         Parallel.forRanges(m, threads: threads, minPerThread: max(1, 16_384 / max(1, k))) { rows in
-            self.quantize(xs.base, rows: rows)
+            self.quantize(xs.base, rows: rows, ggmlScales: ggmlScales)
         }
     }
 
-    private func quantize(_ x: UnsafePointer<Float>, rows: Range<Int>) {
+    private func quantize(_ x: UnsafePointer<Float>, rows: Range<Int>, ggmlScales: Bool) {
         let blocks = k / 32
         let signMask = SIMD8<Float>(repeating: -0.0)
         for r in rows {
@@ -47,8 +49,8 @@ public final class Int8Rows: @unchecked Sendable {
                 let a0 = _mm256_andnot_ps(signMask, v.0), a1 = _mm256_andnot_ps(signMask, v.1)
                 let a2 = _mm256_andnot_ps(signMask, v.2), a3 = _mm256_andnot_ps(signMask, v.3)
                 let amax = hmax(vmax(vmax(a0, a1), vmax(a2, a3)))
-                let d = amax / 127
-                let id: Float = d != 0 ? 1 / d : 0
+                let d = ggmlScales ? Float(Float16(amax / 127)) : amax / 127
+                let id: Float = ggmlScales ? (amax != 0 ? 127 / amax : 0) : (d != 0 ? 1 / d : 0)
                 let s = SIMD8<Float>(repeating: id)
                 v = (v.0 * s, v.1 * s, v.2 * s, v.3 * s)
                 let i0 = _mm256_cvtps_epi32(v.0), i1 = _mm256_cvtps_epi32(v.1)
@@ -198,13 +200,16 @@ extension Kernels {
     /// out[m, n] = W4A8 product of x [m, k] (original input order; an act-order permutation is applied here) with
     /// the 4-bit weight, + bias. Threads take chunks of octets; inside a chunk each octet's codes (k / 2 bytes)
     /// stay in L1 while every 3-row strip of the quantized activations passes over them.
+    /// `ggmlActivations`: quantize the activations exactly as llama.cpp's CPU backend does for a Q4_0 weight
+    /// (Int8Rows.quantize's ggmlScales), so the product is llama.cpp's Q4_0 x Q8_0 dot product.
     public static func matmulW4A8(x: UnsafePointer<Float>, m: Int, panels w: W4A8Panels, bias: UnsafePointer<Float>? = nil,
-                                  out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads) {
+                                  out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads,
+                                  ggmlActivations: Bool = false) {
         guard m > 0 else { return }
         let t = m * w.n * w.k < 1 << 17 ? 1 : threads
         // W4A8Panels exist only for k divisible by 32.
         guard let a = Int8Rows(m: m, k: w.k) else { return }
-        withPackedOrder(x, m: m, k: w.k, permutation: w.inputPermutation) { a.quantize($0, threads: t) }
+        withPackedOrder(x, m: m, k: w.k, permutation: w.inputPermutation) { a.quantize($0, threads: t, ggmlScales: ggmlActivations) }
         let os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
         let chunks = t == 1 ? 1 : max(t, min(w.octets / 2, 2 * chunksPerThread * t))
         // Rows in blocks of 48 (48 x k bytes of codes stay in L2) across the chunk's octets.

@@ -108,7 +108,7 @@ public enum GGUFLlama {
     /// (e.g. "Q4_0": "q8_0"). nil for a model that is not from GGUF.
     public static func describe(_ m: LlamaModel) -> (activations: GGUFActivations, formats: [String: String])? {
         let layers = m.blocks.flatMap { b in b.linearGroups.joined().compactMap { b.linear(named: $0) } } + [m.lmHead]
-        let gguf = layers.compactMap { $0 as? GGUFLinear }
+        let gguf = layers.compactMap { $0 as? any GGUFStoredLinear }
         guard let first = gguf.first else { return nil }
         return (first.contract, gguf.reduce(into: [:]) { $0[$1.weightType.name] = $1.format.rawValue })
     }
@@ -127,15 +127,14 @@ public enum GGUFLlama {
 }
 
 /// A GGUF file's tensors under their HF names. Float tensors in their row order are zero-copy views; quantized
-/// tensors (and the RoPE-permuted Q/K rows) are decoded to Float32 on first use and kept.
+/// tensors (and the RoPE-permuted Q/K rows) are decoded to Float32 on each request and not kept (layers that run
+/// on the stored blocks never hold a float copy).
 public final class GGUFWeights: WeightSource, @unchecked Sendable {
     public let file: GGUFFile
     public let config: LlamaConfig
     let threads: Int
     private var entries: [String: (info: GGUFTensorInfo, permuteHeads: Int?)] = [:]
     private var unmapped: [String] = []
-    private var decoded: [String: Tensor] = [:]
-    private let lock = NSLock()
 
     public init(file: GGUFFile, config: LlamaConfig, threads: Int) throws {
         self.file = file
@@ -164,9 +163,6 @@ public final class GGUFWeights: WeightSource, @unchecked Sendable {
     public func tensor(_ name: String) throws -> Tensor {
         guard let (info, heads) = entries[name] else { throw QuantKitError(.format, "\(file.path): no tensor for '\(name)'") }
         if heads == nil, [.f32, .f16, .bf16].contains(info.type) { return try file.floatTensor(info.name) }
-        lock.lock()
-        defer { lock.unlock() }
-        if let t = decoded[name] { return t }
         let t = Tensor(zeros: .f32, shape: info.shape)
         let dst = t.mutableRaw.assumingMemoryBound(to: Float.self)
         let rows = info.rowCount, n = info.rowLength, src = file.bytes(info)
@@ -183,7 +179,6 @@ public final class GGUFWeights: WeightSource, @unchecked Sendable {
         } else {
             GGMLBlocks.decode(info.type, src, rows: rows, rowLength: n, into: dst, threads: threads)
         }
-        decoded[name] = t
         return t
     }
 
@@ -215,6 +210,9 @@ public struct GGUFBackend: LinearBackend {
 
     func makeLinear(weightName: String, bias: Tensor? = nil) throws -> LinearLayer {
         guard let info = weights.info(weightName) else { throw QuantKitError(.format, "\(weights.file.path): no tensor for '\(weightName)'") }
+        if activations == .llamacpp, info.type == .q4_0, let fast = try GGUFW4A8Linear(weights.rawRows(weightName), bias: bias) {
+            return fast
+        }
         let dense = try DenseLinear(weight: try weights.tensor(weightName), bias: bias, name: info.name)
         let format = activations == .llamacpp ? GGMLActivationFormat.companion(of: info.type) : .f32
         // Q8_1 dot products use the block's stored s = fp16(d * sum q) for the weight's min term.
@@ -236,14 +234,69 @@ public struct GGUFBackend: LinearBackend {
     }
 }
 
+/// What a linear layer read from GGUF runs: its stored type and the activation contract.
+public protocol GGUFStoredLinear: LinearLayer {
+    var weightType: GGMLType { get }
+    var contract: GGUFActivations { get }
+    /// The companion format the inputs are converted to (f32: none).
+    var format: GGMLActivationFormat { get }
+}
+
+/// Q4_0 weights under llama.cpp's contract on QuantKit's integer W4A8 kernel: the block's codes and fp16 scale
+/// become one group of 32 with zero point 8, and the activations are quantized to Q8_0 exactly as ggml does
+/// (fp16 d, 127 / amax, round half to even), so each block's product is ggml's d_w * d_a * sum((c - 8) q).
+public final class GGUFW4A8Linear: GGUFStoredLinear, @unchecked Sendable {
+    public let panels: W4A8Panels
+    public let inFeatures: Int
+    public let outFeatures: Int
+    private let bias: [Float]?
+    public var weightType: GGMLType { .q4_0 }
+    public var contract: GGUFActivations { .llamacpp }
+    public var format: GGMLActivationFormat { .q8_0 }
+    public var rowIndependent: Bool { true }
+
+    /// nil when the rows cannot run on the kernel (it needs whole 32-blocks, which Q4_0 always has).
+    init?(_ raw: (type: GGMLType, rows: Int, rowLength: Int, bytes: [UInt8]), bias: Tensor?) throws {
+        let (n, k) = (raw.rows, raw.rowLength)
+        let blocks = k / 32
+        var codes = [UInt8](repeating: 0, count: n * k), scales = [Float](repeating: 0, count: n * blocks)
+        raw.bytes.withUnsafeBytes { src in
+            for r in 0..<n {
+                for b in 0..<blocks {
+                    let block = (r * blocks + b) * 18
+                    scales[r * blocks + b] = Float(src.loadUnaligned(fromByteOffset: block, as: Float16.self))
+                    for j in 0..<16 {
+                        let byte = src[block + 2 + j]
+                        codes[r * k + b * 32 + j] = byte & 15
+                        codes[r * k + b * 32 + j + 16] = byte >> 4
+                    }
+                }
+            }
+        }
+        let matrix = try QuantizedMatrix(bits: 4, outFeatures: n, inFeatures: k, groupSize: 32, codes: codes, scales: scales,
+                                         zeros: [Float](repeating: 8, count: n * blocks), inputPermutation: nil)
+        guard let panels = W4A8Panels(QuantizedPanels(matrix)) else { return nil }
+        self.panels = panels
+        inFeatures = k
+        outFeatures = n
+        self.bias = bias?.floats()
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+        func run(_ b: UnsafePointer<Float>?) {
+            Kernels.matmulW4A8(x: x, m: rows, panels: panels, bias: b, out: out, threads: threads, ggmlActivations: true)
+        }
+        if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
+    }
+}
+
 /// A linear layer that runs llama.cpp's activation contract: its input rows are converted to the weight type's
 /// companion format and back (exactly as ggml quantizes them), then multiplied by the decoded weight. The sums
 /// differ from ggml's integer dot products only in float summation order.
-public final class GGUFLinear: LinearLayer, @unchecked Sendable {
+public final class GGUFLinear: GGUFStoredLinear, @unchecked Sendable {
     public let dense: DenseLinear
     public let weightType: GGMLType
     public let contract: GGUFActivations
-    /// The companion format the inputs are converted to (f32: none).
     public let format: GGMLActivationFormat
     /// Q4_1/Q5_1: the per-block mins [out, in/32], for the correction by ggml's rounded block sums.
     let mins: DenseLinear?
