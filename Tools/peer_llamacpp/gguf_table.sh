@@ -31,7 +31,7 @@ for t in F16 Q8_0 Q5_1 Q5_0 IQ4_NL Q4_1 Q4_0; do
 done
 [ -f Q4_K_M.gguf ] || "$B/llama-quantize" F32.gguf Q4_K_M.gguf Q4_K_M >/dev/null 2>&1
 M=$REPO/Models/stories260K/stories260K.bin
-quant() { [ -d "$1" ] || "$Q" quantize --model "$M" --calibration "$REPO/Corpora/scifact/corpus.jsonl.zst" --output "$1" "${@:2}" >/dev/null; }
+quant() { [ -d "$1" ] || "$Q" quantize --model "$M" --calibration "$REPO/Corpora/scifact/corpus.jsonl.zst" --tokenizer "$TOK" --output "$1" "${@:2}" >/dev/null; }
 quant rtn-w8 --method rtn --bits 8 --group-size 32
 quant rtn-w4g32 --method rtn --bits 4 --group-size 32
 quant gptq-w4g32 --method gptq --bits 4 --group-size 32
