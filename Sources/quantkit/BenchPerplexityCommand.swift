@@ -21,7 +21,7 @@ struct BenchPerplexityCommand: ParsableCommand {
     @Option(help: "Repetitions (the median is reported).") var repeats: Int = 3
     @Option(help: "Worker threads.") var threads: Int?
     @Option(help: "Write a JSON result here.") var json: String?
-    @Option(help: "Measure this model directory (HF or GPTQ checkpoint) instead of the random shapes; --dtype and --shape are ignored. Peak RSS then covers loading and evaluating this model only.")
+    @Option(help: "Measure this model (HF or GPTQ directory, or a GGUF file under llama.cpp's activation contract) instead of the random shapes; --dtype and --shape are ignored. Peak RSS then covers loading and evaluating this model only.")
     var model: String?
 
     struct Shape { let name: String; let dim, hidden, layers, heads, kvHeads, vocab, seq: Int }
@@ -115,7 +115,7 @@ struct BenchPerplexityCommand: ParsableCommand {
             print("shape  dtype  ctx  tokens/s(median, wall)  runs  threads  tokens/CPU-s x threads(median)  batch")
             var cases: [(shape: String, kind: String, vocab: Int, make: () throws -> LlamaModel)] = []
             if let path = model {
-                cases = [(path, GPTQCheckpoint.isGPTQ(path) ? "gptq" : "float", 0, { try ModelLoading.loadModel(path) })]
+                cases = [(path, GGUFFile.isGGUF(path) ? "gguf" : GPTQCheckpoint.isGPTQ(path) ? "gptq" : "float", 0, { try ModelLoading.loadModel(path) })]
             } else {
                 for s in wanted {
                     for d in dtypes {

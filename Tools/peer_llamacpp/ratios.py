@@ -10,7 +10,7 @@ import sys
 
 def family(tool, weights):
     """Which weights a line ran: QuantKit dtype or llama.cpp model file, mapped to one name."""
-    if tool == "quantkit":
+    if tool == "quantkit" and not weights.startswith("model-"):
         return {"w4g32a8": "q40", "w4g32": "q40", "w8": "q80"}.get(weights, weights)
     return weights.rsplit("-", 2)[-2] if weights.endswith("pure") else weights.rsplit("-", 1)[-1]
 
