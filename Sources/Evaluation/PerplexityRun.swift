@@ -127,7 +127,7 @@ public struct PerplexityReport: Encodable, Sendable {
 
     enum CodingKeys: String, CodingKey {
         case model, tokenizer, corpus, corpusSHA256 = "corpus_sha256", protocolKind = "protocol", ctx, stride, chunks
-        case tokensScored = "tokens_scored", ppl, pplError = "ppl_error", backend, activations, chunkNLL = "chunk_nll"
+        case tokensScored = "tokens_scored", corpusTokens = "corpus_tokens", ppl, pplError = "ppl_error", backend, activations, chunkNLL = "chunk_nll"
         case timings, bitsPerWeight = "bits_per_weight", quantization, kld, segments, segmentRules = "segment_rules", gguf
     }
 
@@ -142,6 +142,7 @@ public struct PerplexityReport: Encodable, Sendable {
         try c.encode(stride, forKey: .stride)  // null when the protocol has none
         try c.encode(chunks, forKey: .chunks)
         try c.encode(tokensScored, forKey: .tokensScored)
+        try c.encode(corpusTokens, forKey: .corpusTokens)
         try c.encode(ppl, forKey: .ppl)
         try c.encode(pplError, forKey: .pplError)
         try c.encode(backend, forKey: .backend)

@@ -145,7 +145,7 @@ public enum ResultKind: String, Sendable, CaseIterable {
 /// - 2: perplexity results add `quantization` and, with --kld-base, `segments` and `segment_rules`.
 /// - 3: every command's result goes through ResultEnvelope (schema_version, kind, tool, created, command); the
 ///   per-command `command: "quantize"`-style names became `kind`.
-/// - 4: perplexity results of GGUF models add `gguf`; `kld` adds `base_source` (a llama.cpp base) and the encoding
+/// - 4: perplexity results add `corpus_tokens`, and for GGUF models `gguf`; `kld` adds `base_source` (a llama.cpp base) and the encoding
 ///   `llamacpp-u16`; new kind `export`.
 public enum ResultSchema {
     public static let current = 4

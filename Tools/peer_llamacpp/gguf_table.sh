@@ -80,4 +80,9 @@ kind = {"rtn-w8": "QuantKit RTN w8 g32", "rtn-w4g32": "QuantKit RTN w4 g32", "gp
 print(f"| {q} | {kind} | {r['bits_per_weight']:.2f} | {r['ppl']:.4f} | - | {k['kld_mean']:.5f} | {k['same_top_percent']:.2f}% |")
 PY
   done
+  # Both tools' token counts of the text (they must agree for the figures to be comparable).
+  lt=$("$B/llama-tokenize" -m F32.gguf -f text.txt --ids --log-disable 2>/dev/null | python3 -c 'import ast, sys; print(len(ast.literal_eval(sys.stdin.read().strip())))')
+  qt=$(python3 -c 'import json; print(json.load(open("r-F32.json"))["corpus_tokens"])')
+  echo
+  echo "Tokens of the text: QuantKit $qt, llama.cpp $lt (with BOS)$([ "$qt" = "$lt" ] && echo "; the same token stream" || echo "; THE TOKENIZATIONS DIFFER: the figures are not comparable")."
 } | tee table.md
