@@ -245,11 +245,13 @@ public protocol GGUFStoredLinear: LinearLayer {
 /// Q4_0 weights under llama.cpp's contract on QuantKit's integer W4A8 kernel: the block's codes and fp16 scale
 /// become one group of 32 with zero point 8, and the activations are quantized to Q8_0 exactly as ggml does
 /// (fp16 d, 127 / amax, round half to even), so each block's product is ggml's d_w * d_a * sum((c - 8) q).
-public final class GGUFW4A8Linear: GGUFStoredLinear, @unchecked Sendable {
+public final class GGUFW4A8Linear: GGUFStoredLinear, FloatWeightsProviding, @unchecked Sendable {
     public let panels: W4A8Panels
     public let inFeatures: Int
     public let outFeatures: Int
     private let bias: [Float]?
+    /// The stored Q4_0 rows (HF row order), for `floatEquivalent`.
+    private let storedRows: [UInt8]
     public var weightType: GGMLType { .q4_0 }
     public var contract: GGUFActivations { .llamacpp }
     public var format: GGMLActivationFormat { .q8_0 }
@@ -280,6 +282,19 @@ public final class GGUFW4A8Linear: GGUFStoredLinear, @unchecked Sendable {
         inFeatures = k
         outFeatures = n
         self.bias = bias?.floats()
+        storedRows = raw.bytes
+    }
+
+    /// The decoded Q4_0 weights as a DenseLinear.
+    public var floatEquivalent: DenseLinear {
+        get throws {
+            let t = Tensor(zeros: .f32, shape: [outFeatures, inFeatures])
+            storedRows.withUnsafeBytes {
+                GGMLBlocks.decode(.q4_0, $0.baseAddress!, rows: outFeatures, rowLength: inFeatures,
+                                  into: t.mutableRaw.assumingMemoryBound(to: Float.self), threads: 1)
+            }
+            return try DenseLinear(weight: t, bias: bias.map { Tensor(shape: [$0.count], floats: $0) }, name: "q4_0")
+        }
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
@@ -293,7 +308,7 @@ public final class GGUFW4A8Linear: GGUFStoredLinear, @unchecked Sendable {
 /// A linear layer that runs llama.cpp's activation contract: its input rows are converted to the weight type's
 /// companion format and back (exactly as ggml quantizes them), then multiplied by the decoded weight. The sums
 /// differ from ggml's integer dot products only in float summation order.
-public final class GGUFLinear: GGUFStoredLinear, @unchecked Sendable {
+public final class GGUFLinear: GGUFStoredLinear, FloatWeightsProviding, @unchecked Sendable {
     public let dense: DenseLinear
     public let weightType: GGMLType
     public let contract: GGUFActivations
@@ -303,6 +318,8 @@ public final class GGUFLinear: GGUFStoredLinear, @unchecked Sendable {
     public var inFeatures: Int { dense.inFeatures }
     public var outFeatures: Int { dense.outFeatures }
     public var rowIndependent: Bool { true }
+
+    public var floatEquivalent: DenseLinear { dense }
 
     init(dense: DenseLinear, weightType: GGMLType, contract: GGUFActivations, format: GGMLActivationFormat, mins: DenseLinear?) {
         self.dense = dense

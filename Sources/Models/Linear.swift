@@ -19,6 +19,13 @@ extension LinearLayer {
     public var rowIndependent: Bool { false }
 }
 
+/// A layer whose weights can be had as floats (dequantized where stored otherwise), for backends that quantize
+/// float weights their own way (the simulated NPU).
+public protocol FloatWeightsProviding: LinearLayer {
+    /// The layer as a DenseLinear over float weights; made on first use where the layer stores another form.
+    var floatEquivalent: DenseLinear { get throws }
+}
+
 /// Makes the linear layer stored under a module name (e.g. "model.layers.0.self_attn.q_proj"), reading
 /// whatever tensors it needs below that name ("<name>.weight", "<name>.bias", or "<name>.qweight", ...).
 public protocol LinearBackend: Sendable {
@@ -88,6 +95,10 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
         }
         if let b = bias { b.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
     }
+}
+
+extension DenseLinear: FloatWeightsProviding {
+    public var floatEquivalent: DenseLinear { self }
 }
 
 /// The default backend: "<name>.weight" (+ "<name>.bias" when present) as a DenseLinear.

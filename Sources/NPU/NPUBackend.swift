@@ -237,13 +237,14 @@ public final class NPUSimulator: @unchecked Sendable {
         }
     }
 
-    /// Converts a loaded float model in place: each DenseLinear (and lm_head) becomes an NPULinear, the
-    /// nonlinear ops become the NPU's. Layers that are not DenseLinear (e.g. quantized CPU layers) stay as they
+    /// Converts a loaded float model in place: each layer with float weights (DenseLinear, a GGUF layer's decoded
+    /// weights) and lm_head becomes an NPULinear, the nonlinear ops become the NPU's. Other layers (e.g. quantized CPU layers) stay as they
     /// are, logged as fallbacks.
     public func apply(to model: LlamaModel) throws {
         func convert(_ name: String, _ layer: LinearLayer) throws -> LinearLayer {
             if layer is NPULinear { return layer }
-            guard let dense = layer as? DenseLinear, let ref = WeightRef(dense.weight) else {
+            // GGUF layers hand over their decoded weights: the NPU quantizes them its own way.
+            guard let dense = try (layer as? any FloatWeightsProviding)?.floatEquivalent, let ref = WeightRef(dense.weight) else {
                 fallbacks.add(name, "\(type(of: layer)) has no float weights to quantize; kept on the CPU")
                 return layer
             }

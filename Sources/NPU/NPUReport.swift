@@ -73,7 +73,7 @@ public enum NPUComparison {
         var layers: [String: NPULinear] = [:]
         let quietLog = FallbackLog()
         func build(_ name: String, _ l: LinearLayer) throws {
-            guard let d = l as? DenseLinear, let ref = WeightRef(d.weight), let r = simulator.ranges[name] else { return }
+            guard let d = try? (l as? any FloatWeightsProviding)?.floatEquivalent, let ref = WeightRef(d.weight), let r = simulator.ranges[name] else { return }
             layers[name] = try NPUSimulator.makeLayer(name: name, weight: ref, n: d.outFeatures, k: d.inFeatures, bias: d.bias,
                                                       input: r.input, output: r.output, config: simulator.config, log: quietLog)
         }
