@@ -166,6 +166,21 @@ struct GGUFTokenMeta: Sendable {
 
     enum Fragment { case text(String), token(Int) }
 
+    /// BOS (when asked and added), each text fragment through `encodeText` and each split-out piece as itself,
+    /// then EOS (when asked and added).
+    func encode(_ text: String, addSpecialTokens: Bool, encodeText: (String) -> [Int]) -> [Int] {
+        var out: [Int] = []
+        if addSpecialTokens && addBOS, let b = bos { out.append(b) }
+        for f in partition(text) {
+            switch f {
+            case .text(let s): out += encodeText(s)
+            case .token(let id): out.append(id)
+            }
+        }
+        if addSpecialTokens && addEOS, let e = eos { out.append(e) }
+        return out
+    }
+
     /// The text split around user-defined pieces: each piece in turn (longest first) cuts every remaining text part.
     func partition(_ text: String) -> [Fragment] {
         let bytes = Array(text.utf8)
@@ -281,17 +296,8 @@ struct GGUFSPMTokenizer: Tokenizer, CachingEncoder {
         return encode(text, addSpecialTokens: addSpecialTokens, cache: &cache)
     }
     func encode(_ text: String, addSpecialTokens: Bool, cache: inout SPCache) -> [Int] {
-        var out: [Int] = []
-        if addSpecialTokens && meta.addBOS, let b = meta.bos { out.append(b) }
         // Every text fragment gets the space prefix: it starts the text or follows a split-out piece.
-        for f in meta.partition(text) {
-            switch f {
-            case .text(let s): out += inner.encode(s, addSpecialTokens: false, cache: &cache)
-            case .token(let id): out.append(id)
-            }
-        }
-        if addSpecialTokens && meta.addEOS, let e = meta.eos { out.append(e) }
-        return out
+        meta.encode(text, addSpecialTokens: addSpecialTokens) { inner.encode($0, addSpecialTokens: false, cache: &cache) }
     }
 
     func decode(_ ids: [Int], skipSpecialTokens: Bool) -> String {
@@ -329,16 +335,7 @@ struct GGUFBPETokenizer: Tokenizer, CachingEncoder {
         return encode(text, addSpecialTokens: addSpecialTokens, cache: &cache)
     }
     func encode(_ text: String, addSpecialTokens: Bool, cache: inout ModelCache) -> [Int] {
-        var out: [Int] = []
-        if addSpecialTokens && meta.addBOS, let b = meta.bos { out.append(b) }
-        for f in meta.partition(text) {
-            switch f {
-            case .text(let s): out += inner.encode(s, addSpecialTokens: false, cache: &cache)
-            case .token(let id): out.append(id)
-            }
-        }
-        if addSpecialTokens && meta.addEOS, let e = meta.eos { out.append(e) }
-        return out
+        meta.encode(text, addSpecialTokens: addSpecialTokens) { inner.encode($0, addSpecialTokens: false, cache: &cache) }
     }
 
     func decode(_ ids: [Int], skipSpecialTokens: Bool) -> String {

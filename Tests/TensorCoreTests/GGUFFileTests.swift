@@ -59,6 +59,17 @@ final class GGUFFileTests: XCTestCase {
         XCTAssertNotEqual(try GGUFFile(path: dir + "/other.gguf").metadataDigest(prefix: "tokenizer."), f.metadataDigest(prefix: "tokenizer."))
     }
 
+    /// Version 2 has the same layout (64-bit counts and lengths): it reads the same.
+    func testVersion2Reads() throws {
+        var bytes = try sampleWriter().serialized()
+        bytes[4] = 2
+        let path = Repo.tempDirectory("gguf-v2") + "/v2.gguf"
+        try bytes.write(to: URL(fileURLWithPath: path))
+        let f = try GGUFFile(path: path)
+        XCTAssertEqual(f.version, 2)
+        XCTAssertEqual(try f.floatTensor("m").floats(), (0..<6).map { Float($0) - 2.5 })
+    }
+
     func testWriterRefusesBytesThatDoNotMatchTheShape() {
         var w = GGUFWriter()
         XCTAssertThrowsError(try w.add(.init(name: "x", type: .q4_0, shape: [2, 32], data: Data(count: 18)))) { e in
