@@ -7,7 +7,7 @@ import Tokenization
 
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "inspect", abstract: "Show a checkpoint's tensors or a tokenizer's type.")
-    @Argument(help: "A .safetensors file, a checkpoint directory, a llama2.c .bin, or a tokenizer (tokenizer.json, .model, tokenizer .bin).")
+    @Argument(help: "A .safetensors file, a checkpoint directory, a llama2.c .bin, a GGUF file, or a tokenizer (tokenizer.json, .model, tokenizer .bin).")
     var path: String
     @Option(help: "Write the JSON result (docs/RESULTS.md) to this path.")
     var json: String?
@@ -22,7 +22,19 @@ struct InspectCommand: ParsableCommand {
                 result["tokenizer"] = ["name": tok.name, "type": "\(type(of: tok))", "vocab_size": tok.vocabSize, "adds_bos": tok.addsBOS]
             } else {
                 var rows: [(String, String, [Int], Int)] = []
-                if path.hasSuffix(".bin") {
+                if GGUFFile.isGGUF(path) {
+                    let f = try GGUFFile(path: path)
+                    let arch = f.metadata["general.architecture"]?.string ?? "?"
+                    let vocab = f.metadata["tokenizer.ggml.tokens"]?.array?.count
+                    print("GGUF v\(f.version): architecture \(arch), \(f.keys.count) metadata keys, alignment \(f.alignment)"
+                          + (vocab.map { ", vocabulary \($0) (\(f.metadata["tokenizer.ggml.model"]?.string ?? "?"))" } ?? ""))
+                    print("types: " + f.typeCounts.sorted { $0.key < $1.key }.map { "\($0.key) x\($0.value)" }.joined(separator: "  "))
+                    // Scalars only: arrays (the vocabulary) would flood the output.
+                    var meta: [String: String] = [:]
+                    for k in f.keys where f.metadata[k]?.array == nil { meta[k] = "\(f.metadata[k]!)" }
+                    result["metadata"] = meta
+                    for t in f.tensors { rows.append((t.name, t.type.name, t.shape, t.byteCount)) }
+                } else if path.hasSuffix(".bin") {
                     let header = try Llama2C.readHeader(try MappedFile(path: path))
                     let (config, weights) = try Llama2C.load(path: path)
                     print("llama2.c checkpoint: dim \(header.dim), hidden \(header.hiddenDim), layers \(header.nLayers), heads \(header.nHeads), "
