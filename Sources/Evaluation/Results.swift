@@ -172,6 +172,8 @@ public struct ResultRun: Sendable {
     public var isBase: Bool
     /// Query texts by query id, when the per-query entries carry them (for query-length buckets).
     public var queryTexts: [String: String] = [:]
+    /// A GGUF model's stored tensor types (the result's `gguf.tensor_types`), for advice that names llama.cpp's types.
+    public var ggufTensorTypes: [String: Int]?
 
     public init(label: String, file: String, kind: ResultKind, metrics: [String: Double] = [:],
                 perQuery: [String: [String: Double]] = [:], chunks: [ChunkNLL]? = nil, bitsPerWeight: Double? = nil,
@@ -361,6 +363,7 @@ public struct ResultFile: Sendable {
         let segs = readSegments(root, higherIsBetter: false)
         var runs = [ResultRun(label: info.label, file: path, kind: .perplexity, metrics: metrics, chunks: chunks,
                               bitsPerWeight: info.bpw, quantization: info.quant, segments: segs)]
+        runs[0].ggufTensorTypes = root["gguf"]?["tensor_types"]?.object?.compactMapValues { $0.int }
         // A quantized-vs-base file names the base's perplexity: make the base a run of its own so a single file
         // can be compared.
         var basePPL = metrics["pplbase"]

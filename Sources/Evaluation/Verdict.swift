@@ -95,7 +95,11 @@ public enum VerdictLogic {
         let bits = get(["bits", "w_bits"])?.int
         let group = get(["group_size", "groupsize"])?.int
         let actOrder = get(["act_order", "desc_act"])?.bool
-        if method != "gptq" {
+        let quantizedGGUF = run.ggufTensorTypes.map { $0.keys.contains { !["F32", "F16", "BF16"].contains($0) } } ?? false
+        if quantizedGGUF {
+            // A llama.cpp file: its types are llama-quantize's round-to-nearest (imatrix-free unless made so).
+            steps.append("a llama.cpp k-quant mix (llama-quantize Q4_K_M or Q5_K_M, with --imatrix), or QuantKit's GPTQ in the same file format: quantkit quantize --method gptq --act-order --static-groups --group-size 32, then quantkit export --type q4_0")
+        } else if method != "gptq" {
             steps.append(method.map { "quantize with GPTQ and act-order (--method gptq --act-order) instead of \($0.uppercased())" }
                          ?? "quantize with GPTQ and act-order (--method gptq --act-order) if this run used round-to-nearest (the result does not name its method)")
         } else if actOrder != true {
@@ -107,7 +111,10 @@ public enum VerdictLogic {
         }
         let ranked = layers.sorted { $0.sensitivity > $1.sensitivity }.prefix(keep)
         let eight = bits == 8 ? "float (--skip)" : "8 bits"
-        if ranked.isEmpty {
+        if quantizedGGUF {
+            let names = ranked.isEmpty ? "" : " (\(ranked.map(\.name).joined(separator: ", ")))"
+            steps.append("mixed precision: keep the most sensitive tensors\(names) at Q8_0 with llama-quantize --tensor-type NAME=q8_0; `quantkit layers` ranks them")
+        } else if ranked.isEmpty {
             steps.append("mixed precision: keep the most sensitive modules at \(eight); run `quantkit layers` to rank module sensitivity, then pass them with --override NAME=8 or --skip NAME")
         } else {
             let names = ranked.map(\.name)

@@ -64,6 +64,20 @@ final class VerdictTests: XCTestCase {
         XCTAssertTrue(s2.contains { $0.contains("quantkit layers") }, "\(s2)")
     }
 
+    /// A llama.cpp file gets llama.cpp's remedies (a k-quant mix, or QuantKit's GPTQ exported to the same format,
+    /// and per-tensor Q8_0 overrides), not QuantKit's quantize flags; an F16 file gets none of them.
+    func testNextStepsForGGUFFiles() {
+        var q4 = run(.perplexity, ["ppl": 1])
+        q4.ggufTensorTypes = ["Q4_0": 31, "F16": 5, "F32": 11]
+        let s = VerdictLogic.nextSteps(run: q4, layers: [LayerFigure(name: "blk.0.ffn_down", sqnrDB: 5)])
+        XCTAssertTrue(s[0].contains("Q4_K_M") && s[0].contains("quantkit export --type q4_0"), "\(s)")
+        XCTAssertTrue(s[1].contains("--tensor-type") && s[1].contains("blk.0.ffn_down"), "\(s)")
+        XCTAssertFalse(s.contains { $0.contains("--override") }, "\(s)")
+        var f16 = run(.perplexity, ["ppl": 1])
+        f16.ggufTensorTypes = ["F16": 36, "F32": 11]
+        XCTAssertFalse(VerdictLogic.nextSteps(run: f16, layers: []).contains { $0.contains("Q4_K_M") })
+    }
+
     func testNoteWhenIntervalStraddlesThreshold() {
         let base = run(.perplexity, ["ppl": 10]), q = run(.perplexity, ["ppl": 10.08])
         let ci = ConfidenceInterval(estimate: 0.008, lower: 0.002, upper: 0.015, level: 0.95, resamples: 100)
