@@ -213,6 +213,9 @@ public struct GGUFBackend: LinearBackend {
         if activations == .llamacpp, info.type == .q4_0, let fast = try GGUFW4A8Linear(weights.rawRows(weightName), bias: bias) {
             return fast
         }
+        if activations == .llamacpp, info.type == .q8_0, let fast = GGUFW8A8Linear(try weights.rawRows(weightName), bias: bias) {
+            return fast
+        }
         let dense = try DenseLinear(weight: try weights.tensor(weightName), bias: bias, name: info.name)
         let format = activations == .llamacpp ? GGMLActivationFormat.companion(of: info.type) : .f32
         // Q8_1 dot products use the block's stored s = fp16(d * sum q) for the weight's min term.
@@ -301,6 +304,59 @@ public final class GGUFW4A8Linear: GGUFStoredLinear, FloatWeightsProviding, @unc
         func run(_ b: UnsafePointer<Float>?) {
             Kernels.matmulW4A8(x: x, m: rows, panels: panels, bias: b, out: out, threads: threads, ggmlActivations: true)
         }
+        if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
+    }
+}
+
+/// Q8_0 weights under llama.cpp's contract on QuantKit's integer W8A8 kernel: each block's int8 codes and fp16
+/// scale as stored, the activations quantized to Q8_0 as ggml does, so each block's product is ggml's
+/// d_w * d_a * sum(c q).
+public final class GGUFW8A8Linear: GGUFStoredLinear, FloatWeightsProviding, @unchecked Sendable {
+    public let panels: W8A8Panels
+    public let inFeatures: Int
+    public let outFeatures: Int
+    private let bias: [Float]?
+    /// The stored Q8_0 rows (HF row order), for `floatEquivalent`.
+    private let storedRows: [UInt8]
+    public var weightType: GGMLType { .q8_0 }
+    public var contract: GGUFActivations { .llamacpp }
+    public var format: GGMLActivationFormat { .q8_0 }
+    public var rowIndependent: Bool { true }
+
+    init?(_ raw: (type: GGMLType, rows: Int, rowLength: Int, bytes: [UInt8]), bias: Tensor?) {
+        let (n, k) = (raw.rows, raw.rowLength)
+        let blocks = k / 32
+        var codes = [Int8](repeating: 0, count: n * k), scales = [Float](repeating: 0, count: n * blocks)
+        raw.bytes.withUnsafeBytes { src in
+            for r in 0..<n {
+                for b in 0..<blocks {
+                    let block = (r * blocks + b) * 34
+                    scales[r * blocks + b] = Float(src.loadUnaligned(fromByteOffset: block, as: Float16.self))
+                    for j in 0..<32 { codes[r * k + b * 32 + j] = Int8(bitPattern: src[block + 2 + j]) }
+                }
+            }
+        }
+        guard let panels = W8A8Panels(n: n, k: k, codes: codes, scales: scales) else { return nil }
+        self.panels = panels
+        inFeatures = k
+        outFeatures = n
+        self.bias = bias?.floats()
+        storedRows = raw.bytes
+    }
+
+    public var floatEquivalent: DenseLinear {
+        get throws {
+            let t = Tensor(zeros: .f32, shape: [outFeatures, inFeatures])
+            storedRows.withUnsafeBytes {
+                GGMLBlocks.decode(.q8_0, $0.baseAddress!, rows: outFeatures, rowLength: inFeatures,
+                                  into: t.mutableRaw.assumingMemoryBound(to: Float.self), threads: 1)
+            }
+            return try DenseLinear(weight: t, bias: bias.map { Tensor(shape: [$0.count], floats: $0) }, name: "q8_0")
+        }
+    }
+
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
+        func run(_ b: UnsafePointer<Float>?) { Kernels.matmulW8A8(x: x, m: rows, panels: panels, bias: b, out: out, threads: threads) }
         if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
     }
 }

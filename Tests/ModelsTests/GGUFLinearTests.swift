@@ -79,7 +79,8 @@ final class GGUFLinearTests: XCTestCase {
 
     /// A GGUFLinear for `weight` (m x k of type t) the way a loaded model makes one: a GGUF file with the tensor
     /// under a llama name, GGUFWeights, GGUFBackend with llama.cpp's activation contract.
-    /// (Q4_0 comes back as GGUFW4A8Linear, the integer kernel; every other type as GGUFLinear.)
+    /// (Q4_0 and Q8_0 come back as GGUFW4A8Linear / GGUFW8A8Linear, the integer kernels; every other type as
+    /// GGUFLinear.)
     func makeLinear(_ t: GGMLType, m: Int, k: Int, weight: [UInt8], dir: String) throws -> any GGUFStoredLinear {
         var w = GGUFWriter()
         w.set("general.architecture", .string("llama"))
@@ -90,6 +91,7 @@ final class GGUFLinearTests: XCTestCase {
         let weights = try GGUFWeights(file: try GGUFFile(path: path), config: cfg, threads: 2)
         let layer = try GGUFBackend(weights: weights, activations: .llamacpp).makeLinear(weightName: "model.layers.0.mlp.up_proj.weight")
         if t == .q4_0 { XCTAssertTrue(layer is GGUFW4A8Linear) }
+        if t == .q8_0 { XCTAssertTrue(layer is GGUFW8A8Linear) }
         return try XCTUnwrap(layer as? any GGUFStoredLinear)
     }
 
@@ -213,8 +215,8 @@ final class GGUFLinearTests: XCTestCase {
                 e.add(exact(t, m: f.m, k: c.k, weight: c.weight, x: x, n: p.n, useStoredSums: false), p.y, n: p.n, m: f.m)
             } else {
                 let layer = try makeLinear(t, m: f.m, k: c.k, weight: c.weight, dir: Repo.tempDirectory("gguf-linear"))
-                // Weight-only (the activation round trip skipped): the float layer under the contract's layer.
-                let dense = try XCTUnwrap(layer as? GGUFLinear).dense
+                // Weight-only (the activation round trip skipped): the layer's float weights.
+                let dense = try XCTUnwrap(layer as? any FloatWeightsProviding).floatEquivalent
                 var y = [Float](repeating: .nan, count: p.n * f.m)
                 x.withUnsafeBufferPointer { xp in
                     y.withUnsafeMutableBufferPointer { dense.forward(xp.baseAddress!, rows: p.n, out: $0.baseAddress!, threads: 2) }
