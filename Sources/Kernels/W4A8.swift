@@ -211,22 +211,30 @@ extension Kernels {
         guard let a = Int8Rows(m: m, k: w.k) else { return }
         withPackedOrder(x, m: m, k: w.k, permutation: w.inputPermutation) { a.quantize($0, threads: t, ggmlScales: ggmlActivations) }
         let os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
-        let chunks = t == 1 ? 1 : max(t, min(w.octets / 2, 2 * chunksPerThread * t))
-        // Rows in blocks of 48 (48 x k bytes of codes stay in L2) across the chunk's octets.
+        forEachOctetStrip(m: m, octets: w.octets, threads: t) { r, rows, o in
+            switch rows {
+            case 3: W4A8Kernel.tile(w, a, r0: r, rows: 3, octet: o, bias: bs?.base, out: os.base)
+            case 2: W4A8Kernel.tile(w, a, r0: r, rows: 2, octet: o, bias: bs?.base, out: os.base)
+            default: W4A8Kernel.tile(w, a, r0: r, rows: 1, octet: o, bias: bs?.base, out: os.base)
+            }
+        }
+    }
+
+    /// The work split of the integer kernels (W4A8, W8A8): `strip(r0, rows, octet)` for every strip of at most 3
+    /// activation rows and every octet of 8 output columns. Threads take chunks of octets; inside a chunk each
+    /// octet's codes stay in L1 while rows pass over them in blocks of 48 (48 x k activation bytes stay in L2).
+    static func forEachOctetStrip(m: Int, octets: Int, threads t: Int, _ strip: @Sendable (Int, Int, Int) -> Void) {
+        let chunks = t == 1 ? 1 : max(t, min(octets / 2, 2 * chunksPerThread * t))
         let rowBlock = 48
         Parallel.forEach(chunks, threads: t) { c in
-            let octets = (w.octets * c / chunks)..<(w.octets * (c + 1) / chunks)
+            let range = (octets * c / chunks)..<(octets * (c + 1) / chunks)
             for rb in stride(from: 0, to: m, by: rowBlock) {
                 let end = min(m, rb + rowBlock)
-                for o in octets {
+                for o in range {
                     var r = rb
                     while r < end {
                         let rows = min(3, end - r)
-                        switch rows {
-                        case 3: W4A8Kernel.tile(w, a, r0: r, rows: 3, octet: o, bias: bs?.base, out: os.base)
-                        case 2: W4A8Kernel.tile(w, a, r0: r, rows: 2, octet: o, bias: bs?.base, out: os.base)
-                        default: W4A8Kernel.tile(w, a, r0: r, rows: 1, octet: o, bias: bs?.base, out: os.base)
-                        }
+                        strip(r, rows, o)
                         r += rows
                     }
                 }

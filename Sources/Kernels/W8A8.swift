@@ -42,31 +42,18 @@ public final class W8A8Panels: @unchecked Sendable {
 
 extension Kernels {
     /// out[m, n] = W8A8 product of x [m, k] with the 8-bit weight, + bias; the activations are quantized as
-    /// llama.cpp's x86 quantize_row_q8_0 does (Int8Rows with ggml scales). Threads take chunks of octets.
+    /// llama.cpp's x86 quantize_row_q8_0 does (Int8Rows with ggml scales); work split as W4A8's.
     public static func matmulW8A8(x: UnsafePointer<Float>, m: Int, panels w: W8A8Panels, bias: UnsafePointer<Float>? = nil,
                                   out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads) {
         guard m > 0, let a = Int8Rows(m: m, k: w.k) else { return }
         let t = m * w.n * w.k < 1 << 17 ? 1 : threads
         a.quantize(x, threads: t, ggmlScales: true)
         let os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
-        let chunks = t == 1 ? 1 : max(t, min(w.octets / 2, 2 * chunksPerThread * t))
-        let rowBlock = 48
-        Parallel.forEach(chunks, threads: t) { c in
-            let octets = (w.octets * c / chunks)..<(w.octets * (c + 1) / chunks)
-            for rb in stride(from: 0, to: m, by: rowBlock) {
-                let end = min(m, rb + rowBlock)
-                for o in octets {
-                    var r = rb
-                    while r < end {
-                        let rows = min(3, end - r)
-                        switch rows {
-                        case 3: W8A8Kernel.tile(w, a, r0: r, rows: 3, octet: o, bias: bs?.base, out: os.base)
-                        case 2: W8A8Kernel.tile(w, a, r0: r, rows: 2, octet: o, bias: bs?.base, out: os.base)
-                        default: W8A8Kernel.tile(w, a, r0: r, rows: 1, octet: o, bias: bs?.base, out: os.base)
-                        }
-                        r += rows
-                    }
-                }
+        forEachOctetStrip(m: m, octets: w.octets, threads: t) { r, rows, o in
+            switch rows {
+            case 3: W8A8Kernel.tile(w, a, r0: r, rows: 3, octet: o, bias: bs?.base, out: os.base)
+            case 2: W8A8Kernel.tile(w, a, r0: r, rows: 2, octet: o, bias: bs?.base, out: os.base)
+            default: W8A8Kernel.tile(w, a, r0: r, rows: 1, octet: o, bias: bs?.base, out: os.base)
             }
         }
     }

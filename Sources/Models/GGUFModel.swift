@@ -210,10 +210,8 @@ public struct GGUFBackend: LinearBackend {
 
     func makeLinear(weightName: String, bias: Tensor? = nil) throws -> LinearLayer {
         guard let info = weights.info(weightName) else { throw QuantKitError(.format, "\(weights.file.path): no tensor for '\(weightName)'") }
-        if activations == .llamacpp, info.type == .q4_0, let fast = try GGUFW4A8Linear(weights.rawRows(weightName), bias: bias) {
-            return fast
-        }
-        if activations == .llamacpp, info.type == .q8_0, let fast = GGUFW8A8Linear(try weights.rawRows(weightName), bias: bias) {
+        if activations == .llamacpp, info.type == .q4_0 || info.type == .q8_0,
+           let fast = try GGUFIntegerLinear(weights.rawRows(weightName), bias: bias) {
             return fast
         }
         let dense = try DenseLinear(weight: try weights.tensor(weightName), bias: bias, name: info.name)
@@ -245,118 +243,80 @@ public protocol GGUFStoredLinear: LinearLayer {
     var format: GGMLActivationFormat { get }
 }
 
-/// Q4_0 weights under llama.cpp's contract on QuantKit's integer W4A8 kernel: the block's codes and fp16 scale
-/// become one group of 32 with zero point 8, and the activations are quantized to Q8_0 exactly as ggml does
-/// (fp16 d, 127 / amax, round half to even), so each block's product is ggml's d_w * d_a * sum((c - 8) q).
-public final class GGUFW4A8Linear: GGUFStoredLinear, FloatWeightsProviding, @unchecked Sendable {
-    public let panels: W4A8Panels
+/// Q4_0 and Q8_0 weights under llama.cpp's contract on QuantKit's integer kernels, with the activations quantized
+/// to Q8_0 exactly as ggml does (fp16 d, 127 / amax, round half to even), so each block's product is ggml's:
+/// - Q4_0 on W4A8: the block's codes and fp16 scale become one group of 32 with zero point 8,
+///   d_w * d_a * sum((c - 8) q);
+/// - Q8_0 on W8A8: the block's int8 codes and fp16 scale as stored, d_w * d_a * sum(c q).
+public final class GGUFIntegerLinear: GGUFStoredLinear, FloatWeightsProviding, @unchecked Sendable {
+    enum Kernel { case w4a8(W4A8Panels), w8a8(W8A8Panels) }
+    let kernel: Kernel
+    public let weightType: GGMLType
     public let inFeatures: Int
     public let outFeatures: Int
     private let bias: [Float]?
-    /// The stored Q4_0 rows (HF row order), for `floatEquivalent`.
+    /// The stored rows (HF row order), for `floatEquivalent`.
     private let storedRows: [UInt8]
-    public var weightType: GGMLType { .q4_0 }
     public var contract: GGUFActivations { .llamacpp }
     public var format: GGMLActivationFormat { .q8_0 }
     public var rowIndependent: Bool { true }
 
-    /// nil when the rows cannot run on the kernel (it needs whole 32-blocks, which Q4_0 always has).
+    /// nil for other types, or rows the kernels cannot take.
     init?(_ raw: (type: GGMLType, rows: Int, rowLength: Int, bytes: [UInt8]), bias: Tensor?) throws {
         let (n, k) = (raw.rows, raw.rowLength)
-        let blocks = k / 32
-        var codes = [UInt8](repeating: 0, count: n * k), scales = [Float](repeating: 0, count: n * blocks)
-        raw.bytes.withUnsafeBytes { src in
-            for r in 0..<n {
-                for b in 0..<blocks {
-                    let block = (r * blocks + b) * 18
-                    scales[r * blocks + b] = Float(src.loadUnaligned(fromByteOffset: block, as: Float16.self))
-                    for j in 0..<16 {
-                        let byte = src[block + 2 + j]
-                        codes[r * k + b * 32 + j] = byte & 15
-                        codes[r * k + b * 32 + j + 16] = byte >> 4
-                    }
+        let blocks = k / 32, blockBytes = raw.type.blockBytes
+        var scales = [Float](repeating: 0, count: n * blocks)
+        // Each block starts with its fp16 scale; the 32 codes follow.
+        func forEachBlock(_ body: (_ at: Int, _ codes: UnsafeRawBufferPointer) -> Void) {
+            raw.bytes.withUnsafeBytes { src in
+                for i in 0..<n * blocks {
+                    scales[i] = Float(src.loadUnaligned(fromByteOffset: i * blockBytes, as: Float16.self))
+                    body((i / blocks) * k + (i % blocks) * 32, UnsafeRawBufferPointer(rebasing: src[(i * blockBytes + 2)..<((i + 1) * blockBytes)]))
                 }
             }
         }
-        let matrix = try QuantizedMatrix(bits: 4, outFeatures: n, inFeatures: k, groupSize: 32, codes: codes, scales: scales,
-                                         zeros: [Float](repeating: 8, count: n * blocks), inputPermutation: nil)
-        guard let panels = W4A8Panels(QuantizedPanels(matrix)) else { return nil }
-        self.panels = panels
+        switch raw.type {
+        case .q4_0:
+            var codes = [UInt8](repeating: 0, count: n * k)
+            forEachBlock { at, q in for j in 0..<16 { codes[at + j] = q[j] & 15; codes[at + j + 16] = q[j] >> 4 } }
+            let matrix = try QuantizedMatrix(bits: 4, outFeatures: n, inFeatures: k, groupSize: 32, codes: codes, scales: scales,
+                                             zeros: [Float](repeating: 8, count: n * blocks), inputPermutation: nil)
+            guard let p = W4A8Panels(QuantizedPanels(matrix)) else { return nil }
+            kernel = .w4a8(p)
+        case .q8_0:
+            var codes = [Int8](repeating: 0, count: n * k)
+            forEachBlock { at, q in for j in 0..<32 { codes[at + j] = Int8(bitPattern: q[j]) } }
+            guard let p = W8A8Panels(n: n, k: k, codes: codes, scales: scales) else { return nil }
+            kernel = .w8a8(p)
+        default:
+            return nil
+        }
+        weightType = raw.type
         inFeatures = k
         outFeatures = n
         self.bias = bias?.floats()
         storedRows = raw.bytes
     }
 
-    /// The decoded Q4_0 weights as a DenseLinear.
+    /// The decoded weights as a DenseLinear.
     public var floatEquivalent: DenseLinear {
         get throws {
             let t = Tensor(zeros: .f32, shape: [outFeatures, inFeatures])
             storedRows.withUnsafeBytes {
-                GGMLBlocks.decode(.q4_0, $0.baseAddress!, rows: outFeatures, rowLength: inFeatures,
+                GGMLBlocks.decode(weightType, $0.baseAddress!, rows: outFeatures, rowLength: inFeatures,
                                   into: t.mutableRaw.assumingMemoryBound(to: Float.self), threads: 1)
             }
-            return try DenseLinear(weight: t, bias: bias.map { Tensor(shape: [$0.count], floats: $0) }, name: "q4_0")
+            return try DenseLinear(weight: t, bias: bias.map { Tensor(shape: [$0.count], floats: $0) }, name: weightType.name)
         }
     }
 
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
         func run(_ b: UnsafePointer<Float>?) {
-            Kernels.matmulW4A8(x: x, m: rows, panels: panels, bias: b, out: out, threads: threads, ggmlActivations: true)
-        }
-        if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
-    }
-}
-
-/// Q8_0 weights under llama.cpp's contract on QuantKit's integer W8A8 kernel: each block's int8 codes and fp16
-/// scale as stored, the activations quantized to Q8_0 as ggml does, so each block's product is ggml's
-/// d_w * d_a * sum(c q).
-public final class GGUFW8A8Linear: GGUFStoredLinear, FloatWeightsProviding, @unchecked Sendable {
-    public let panels: W8A8Panels
-    public let inFeatures: Int
-    public let outFeatures: Int
-    private let bias: [Float]?
-    /// The stored Q8_0 rows (HF row order), for `floatEquivalent`.
-    private let storedRows: [UInt8]
-    public var weightType: GGMLType { .q8_0 }
-    public var contract: GGUFActivations { .llamacpp }
-    public var format: GGMLActivationFormat { .q8_0 }
-    public var rowIndependent: Bool { true }
-
-    init?(_ raw: (type: GGMLType, rows: Int, rowLength: Int, bytes: [UInt8]), bias: Tensor?) {
-        let (n, k) = (raw.rows, raw.rowLength)
-        let blocks = k / 32
-        var codes = [Int8](repeating: 0, count: n * k), scales = [Float](repeating: 0, count: n * blocks)
-        raw.bytes.withUnsafeBytes { src in
-            for r in 0..<n {
-                for b in 0..<blocks {
-                    let block = (r * blocks + b) * 34
-                    scales[r * blocks + b] = Float(src.loadUnaligned(fromByteOffset: block, as: Float16.self))
-                    for j in 0..<32 { codes[r * k + b * 32 + j] = Int8(bitPattern: src[block + 2 + j]) }
-                }
+            switch kernel {
+            case .w4a8(let p): Kernels.matmulW4A8(x: x, m: rows, panels: p, bias: b, out: out, threads: threads, ggmlActivations: true)
+            case .w8a8(let p): Kernels.matmulW8A8(x: x, m: rows, panels: p, bias: b, out: out, threads: threads)
             }
         }
-        guard let panels = W8A8Panels(n: n, k: k, codes: codes, scales: scales) else { return nil }
-        self.panels = panels
-        inFeatures = k
-        outFeatures = n
-        self.bias = bias?.floats()
-        storedRows = raw.bytes
-    }
-
-    public var floatEquivalent: DenseLinear {
-        get throws {
-            let t = Tensor(zeros: .f32, shape: [outFeatures, inFeatures])
-            storedRows.withUnsafeBytes {
-                GGMLBlocks.decode(.q8_0, $0.baseAddress!, rows: outFeatures, rowLength: inFeatures,
-                                  into: t.mutableRaw.assumingMemoryBound(to: Float.self), threads: 1)
-            }
-            return try DenseLinear(weight: t, bias: bias.map { Tensor(shape: [$0.count], floats: $0) }, name: "q8_0")
-        }
-    }
-
-    public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, threads: Int) {
-        func run(_ b: UnsafePointer<Float>?) { Kernels.matmulW8A8(x: x, m: rows, panels: panels, bias: b, out: out, threads: threads) }
         if let bias { bias.withUnsafeBufferPointer { run($0.baseAddress) } } else { run(nil) }
     }
 }

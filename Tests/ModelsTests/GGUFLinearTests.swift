@@ -79,8 +79,7 @@ final class GGUFLinearTests: XCTestCase {
 
     /// A GGUFLinear for `weight` (m x k of type t) the way a loaded model makes one: a GGUF file with the tensor
     /// under a llama name, GGUFWeights, GGUFBackend with llama.cpp's activation contract.
-    /// (Q4_0 and Q8_0 come back as GGUFW4A8Linear / GGUFW8A8Linear, the integer kernels; every other type as
-    /// GGUFLinear.)
+    /// (Q4_0 and Q8_0 come back as GGUFIntegerLinear, on the W4A8 / W8A8 kernels; every other type as GGUFLinear.)
     func makeLinear(_ t: GGMLType, m: Int, k: Int, weight: [UInt8], dir: String) throws -> any GGUFStoredLinear {
         var w = GGUFWriter()
         w.set("general.architecture", .string("llama"))
@@ -90,8 +89,7 @@ final class GGUFLinearTests: XCTestCase {
         let cfg = LlamaConfig(hiddenSize: k, intermediateSize: m, numHiddenLayers: 1, numAttentionHeads: 1, vocabSize: 1)
         let weights = try GGUFWeights(file: try GGUFFile(path: path), config: cfg, threads: 2)
         let layer = try GGUFBackend(weights: weights, activations: .llamacpp).makeLinear(weightName: "model.layers.0.mlp.up_proj.weight")
-        if t == .q4_0 { XCTAssertTrue(layer is GGUFW4A8Linear) }
-        if t == .q8_0 { XCTAssertTrue(layer is GGUFW8A8Linear) }
+        XCTAssertEqual(layer is GGUFIntegerLinear, t == .q4_0 || t == .q8_0, t.name)
         return try XCTUnwrap(layer as? any GGUFStoredLinear)
     }
 
