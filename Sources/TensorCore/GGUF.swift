@@ -177,6 +177,20 @@ public indirect enum GGUFValue: Sendable, Equatable {
     public var ints: [Int]? { array?.compactMap(\.int).nilUnlessCount(array?.count) }
 }
 
+extension GGUFValue: CustomStringConvertible {
+    /// The value as text: numbers and strings plainly, an array as its length and element type.
+    public var description: String {
+        switch self {
+        case let .string(x): return x
+        case let .bool(x): return String(x)
+        case let .float32(x): return String(x)
+        case let .float64(x): return String(x)
+        case let .array(t, items): return "[\(items.count) x \(t)]"
+        default: return int.map(String.init) ?? "\(type)"
+        }
+    }
+}
+
 extension Array {
     fileprivate func nilUnlessCount(_ n: Int?) -> [Element]? { count == n ? self : nil }
 }
