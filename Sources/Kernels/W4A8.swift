@@ -131,6 +131,20 @@ public final class W4A8Panels: @unchecked Sendable {
     deinit { codes.deallocate(); scales.deallocate(); zeros.deallocate(); blockGroup.deallocate() }
 }
 
+/// The integer kernels' epilogue: up to 3 rows of one octet's 8 outputs (fewer at the matrix edge), plus bias.
+@inline(__always)
+func storeOctet(_ out: UnsafeMutablePointer<Float>, n: Int, r0: Int, rows: Int, octet o: Int, bias: UnsafePointer<Float>?,
+                _ y0: SIMD8<Float>, _ y1: SIMD8<Float>, _ y2: SIMD8<Float>) {
+    let cols = min(8, n - o * 8)
+    @inline(__always) func put(_ r: Int, _ y: SIMD8<Float>) {
+        let dst = out + (r0 + r) * n + o * 8
+        for j in 0..<cols { dst[j] = y[j] + (bias?[o * 8 + j] ?? 0) }
+    }
+    put(0, y0)
+    if rows > 1 { put(1, y1) }
+    if rows > 2 { put(2, y2) }
+}
+
 enum W4A8Kernel {
     /// out rows r0..<r0+rows (rows <= 3) x octet o's columns, over all of k.
     @inline(__always)
@@ -185,14 +199,7 @@ enum W4A8Kernel {
             if rows > 2 { step(&y2, dots(a2), dp[od2], dp[od2 + 1]) }
             dp += 2
         }
-        let cols = min(8, w.n - o * 8)
-        @inline(__always) func put(_ r: Int, _ y: SIMD8<Float>) {
-            let dst = out + (r0 + r) * w.n + o * 8
-            for j in 0..<cols { dst[j] = y[j] + (bias?[o * 8 + j] ?? 0) }
-        }
-        put(0, y0)
-        if rows > 1 { put(1, y1) }
-        if rows > 2 { put(2, y2) }
+        storeOctet(out, n: w.n, r0: r0, rows: rows, octet: o, bias: bias, y0, y1, y2)
     }
 }
 

@@ -99,13 +99,6 @@ enum W8A8Kernel {
             if rows > 2 { y2.addProduct(_mm256_cvtepi32_ps(a2), sw * SIMD8(repeating: dp[od2])) }
             dp += 2
         }
-        let cols = min(8, w.n - o * 8)
-        @inline(__always) func put(_ r: Int, _ y: SIMD8<Float>) {
-            let dst = out + (r0 + r) * w.n + o * 8
-            for j in 0..<cols { dst[j] = y[j] + (bias?[o * 8 + j] ?? 0) }
-        }
-        put(0, y0)
-        if rows > 1 { put(1, y1) }
-        if rows > 2 { put(2, y2) }
+        storeOctet(out, n: w.n, r0: r0, rows: rows, octet: o, bias: bias, y0, y1, y2)
     }
 }

@@ -277,17 +277,25 @@ struct GGUFTokenMeta: Sendable {
     }
 }
 
-/// llama.cpp's SPM tokenizer over a GGUF vocabulary (see GGUFVocabulary).
-struct GGUFSPMTokenizer: Tokenizer, CachingEncoder {
-    let name: String
-    let inner: SentencePieceTokenizer
-    let meta: GGUFTokenMeta
+/// A tokenizer whose vocabulary size and special tokens come from GGUF metadata.
+protocol GGUFMetaTokenizer: Tokenizer {
+    var meta: GGUFTokenMeta { get }
+}
 
+extension GGUFMetaTokenizer {
     var vocabSize: Int { meta.pieces.count }
     var bosId: Int? { meta.bos }
     var eosId: Int? { meta.eos }
     var padId: Int? { meta.pad }
     var addsBOS: Bool { meta.addBOS && meta.bos != nil }
+}
+
+/// llama.cpp's SPM tokenizer over a GGUF vocabulary (see GGUFVocabulary).
+struct GGUFSPMTokenizer: GGUFMetaTokenizer, CachingEncoder {
+    let name: String
+    let inner: SentencePieceTokenizer
+    let meta: GGUFTokenMeta
+
     func token(for id: Int) -> String? { inner.token(for: id) }
 
     func makeCache() -> SPCache { SPCache() }
@@ -317,16 +325,11 @@ struct GGUFSPMTokenizer: Tokenizer, CachingEncoder {
 }
 
 /// llama.cpp's byte-level BPE tokenizer ("gpt2" model, "gpt-2" pre-tokenizer) over a GGUF vocabulary.
-struct GGUFBPETokenizer: Tokenizer, CachingEncoder {
+struct GGUFBPETokenizer: GGUFMetaTokenizer, CachingEncoder {
     let name: String
     let inner: HFTokenizer
     let meta: GGUFTokenMeta
 
-    var vocabSize: Int { meta.pieces.count }
-    var bosId: Int? { meta.bos }
-    var eosId: Int? { meta.eos }
-    var padId: Int? { meta.pad }
-    var addsBOS: Bool { meta.addBOS && meta.bos != nil }
     func token(for id: Int) -> String? { id >= 0 && id < meta.pieces.count ? meta.pieces[id] : nil }
 
     func makeCache() -> ModelCache { ModelCache() }
