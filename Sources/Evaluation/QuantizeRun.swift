@@ -21,6 +21,13 @@ public struct QuantizeRunOptions: Sendable {
     public var staticGroups = false
     public var symmetric = true
     public var mseSearch = false
+    /// AWQ scaling and clipping before the method (`--awq`; `--method awq` is AWQ then round-to-nearest).
+    public var awq = false
+    /// AWQ's clipping search after the scales (on by default, as in llm-awq).
+    public var awqClip = true
+    /// Rotate the residual stream first (`--rotate`), with this seed for the random signs.
+    public var rotate = false
+    public var rotationSeed: UInt64 = 0
     public var dampPercent = 0.01
     public var trueSequential = true
     /// Calibration text, BEIR .jsonl, SQuAD .json or a .tokens file; nil: `defaultCalibration` when it exists.
@@ -154,11 +161,16 @@ public struct QuantizeReport: Encodable, Sendable {
     public var architecture: String
     /// BERT: the embedder directory quantized.
     public var embedderDirectory: String?
+    /// Recovery methods applied (also in the checkpoint), AWQ's per-group search and its time.
+    public var recovery: RecoveryRecord?
+    public var awqGroups: [AWQGroupReport]?
+    public var awqSeconds: Double?
 
     enum CodingKeys: String, CodingKey {
         case model, output, method, bits, groupSize = "group_size", sym, actOrder = "act_order", staticGroups = "static_groups"
         case dampPercent = "damp_percent", trueSequential = "true_sequential", calibration, layers, size, timings
         case metricDefinitions = "metric_definitions", architecture, embedderDirectory = "embedder_dir"
+        case recovery, awqSearch = "awq_search"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -176,10 +188,14 @@ public struct QuantizeReport: Encodable, Sendable {
         if let calibration { try c.encode(calibration, forKey: .calibration) } else { try c.encode([String: Int](), forKey: .calibration) }
         try c.encode(layers.map(LayerRecord.init), forKey: .layers)
         try c.encode(size, forKey: .size)
-        try c.encode(["total_s": totalSeconds, "quantize_s": quantizeSeconds], forKey: .timings)
+        var timings = ["total_s": totalSeconds, "quantize_s": quantizeSeconds]
+        if let a = awqSeconds { timings["awq_s"] = a }
+        try c.encode(timings, forKey: .timings)
         try c.encode(ErrorMetrics.definitions(), forKey: .metricDefinitions)
         try c.encode(architecture, forKey: .architecture)
         try c.encodeIfPresent(embedderDirectory, forKey: .embedderDirectory)
+        try c.encode(recovery, forKey: .recovery)  // null: plain quantization
+        try c.encodeIfPresent(awqGroups, forKey: .awqSearch)
     }
 }
 
@@ -232,7 +248,11 @@ public enum QuantizeRun {
         var windows: [[Int32]] = []
         var record: CalibrationRecord?
         var fingerprint: CalibrationFingerprint?
-        if o.method == .gptq {
+        let useAWQ = o.method == .awq || o.awq
+        if o.awq && ![.gptq, .rtn].contains(o.method) {
+            throw QuantKitError(.input, "--awq combines with --method gptq or rtn (--method awq is AWQ with round-to-nearest)")
+        }
+        if o.method.needsCalibration || useAWQ {
             // Default: SciFact abstracts, disjoint from the WikiText-2 evaluation text (see BENCHMARKS.md, Quantizers).
             let calibration = try o.calibrationFile()
             let (tokens, text, raw) = try calibrationTokens(calibration, tokenizer: o.tokenizer, model: o.model)
@@ -242,23 +262,50 @@ public enum QuantizeRun {
                                        seqlen: o.seqlen, seed: o.seed,
                                        fingerprint: fingerprint == nil ? nil : "calibration_fingerprint.json")
         }
-        let result = try ModelQuantizer.quantize(model: lm, windows: windows, options: opts, progress: progress)
+        // Function-preserving transforms of the float model first: rotation, then AWQ's scales and clips.
+        var model = lm
+        var recovery = RecoveryRecord()
+        var awqReport: AWQReport?
+        if o.rotate || useAWQ {
+            let fw = try LlamaFloatWeights(model: lm)
+            if o.rotate {
+                throw QuantKitError(.unsupported, "--rotate is not available yet")
+                model = try fw.makeModel(name: lm.name)
+                model.threads = lm.threads
+            }
+            if useAWQ {
+                var cfg = AWQConfig(scheme: opts.scheme)
+                cfg.clip = o.awqClip
+                let r = try AWQ.apply(to: fw, model: model, calibration: windows, config: cfg, progress: progress)
+                recovery.awq = .init(grid: cfg.grid, clip: cfg.clip,
+                                     alphas: Dictionary(uniqueKeysWithValues: r.groups.map { ("\($0.block).\($0.group)", $0.alpha) }))
+                awqReport = r
+                model = try fw.makeModel(name: lm.name)
+                model.threads = lm.threads
+            }
+        }
+        let result = try ModelQuantizer.quantize(model: model, windows: windows, options: opts, progress: progress)
         var floatBytes = 0, packedBytes = 0
         for (name, q) in result.layers {
             floatBytes += (lm.source.contains(name + ".weight") ? try lm.source.tensor(name + ".weight").byteCount : q.codes.count * 4)
             packedBytes += try GPTQPacking.tensors(prefix: name, q).reduce(0) { $0 + $1.1.byteCount }
         }
-        let meta: [String: Any] = ["method": o.method.rawValue, "calibration": try record.map { try JSONBridge.object($0) } ?? [String: Any](),
+        var meta: [String: Any] = ["method": o.method.rawValue, "calibration": try record.map { try JSONBridge.object($0) } ?? [String: Any](),
                                    "layers": result.reports.map(\.json), "quantize_seconds": result.seconds,
                                    "size": ["layers_float_bytes": floatBytes, "layers_packed_bytes": packedBytes], "tool": "quantkit"]
-        try ModelQuantizer.write(model: lm, result: result, options: opts, to: o.output, metadata: meta, fingerprint: fingerprint,
+        if !recovery.isEmpty { meta["recovery"] = try recovery.jsonObject() }
+        try ModelQuantizer.write(model: model, result: result, options: opts, to: o.output, metadata: meta, fingerprint: fingerprint,
                                  copyFiles: tokenizerFiles(model: o.model, tokenizer: o.tokenizer))
         var inBytes = 0
         for n in HFExport.tensorNames(lm.config) { inBytes += try lm.source.tensor(n).byteCount }
-        return report(o, result: result, bits: bits, groupSize: groupSize, scheme: opts.scheme, calibration: record,
-                      sizes: .init(layersFloatBytes: floatBytes, layersPackedBytes: packedBytes, modelInputTensorBytes: inBytes,
-                                   modelOutputFileBytes: outputFileBytes(o.output)),
-                      seconds: Date().timeIntervalSince(t0), architecture: "llama", embedderDirectory: nil)
+        var rep = report(o, result: result, bits: bits, groupSize: groupSize, scheme: opts.scheme, calibration: record,
+                         sizes: .init(layersFloatBytes: floatBytes, layersPackedBytes: packedBytes, modelInputTensorBytes: inBytes,
+                                      modelOutputFileBytes: outputFileBytes(o.output)),
+                         seconds: Date().timeIntervalSince(t0), architecture: "llama", embedderDirectory: nil)
+        rep.recovery = recovery.isEmpty ? nil : recovery
+        rep.awqGroups = awqReport?.groups
+        rep.awqSeconds = awqReport?.seconds
+        return rep
     }
 
     static func report(_ o: QuantizeRunOptions, result: ModelQuantizer.Result, bits: Int, groupSize: Int, scheme: QuantScheme,
@@ -315,6 +362,9 @@ public enum QuantizeRun {
         if GPTQCheckpoint.isGPTQ(dir) {
             throw QuantKitError(.input, "--model \(dir): already a quantized (GPTQ) checkpoint; quantize the float model")
         }
+        if o.method == .awq || o.awq || o.rotate {
+            throw QuantKitError(.unsupported, "--model \(dir): AWQ and --rotate are implemented for the Llama family, not BERT encoders")
+        }
         if o.tokenizer != nil {
             throw QuantKitError(.input, "--tokenizer: a BERT embedder is always calibrated with its own tokenizer.json (\(dir))")
         }
@@ -324,7 +374,7 @@ public enum QuantizeRun {
         var sequences: [[Int32]] = []
         var record: CalibrationRecord?
         var fingerprint: CalibrationFingerprint?
-        if o.method == .gptq {
+        if o.method.needsCalibration {
             let calibration = try o.calibrationFile()
             var len = o.seqlen
             if len > pooling.maxSeqLength {

@@ -36,6 +36,10 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
     public var hiddenAct: String?
     /// Llama's mlp_bias (biases on gate/up/down): not supported, refused.
     public var mlpBias: Bool?
+    /// QuantKit's rotated checkpoints (`quantize --rotate`): every down_proj input passes through the orthonormal
+    /// Hadamard transform H/sqrt(n) at run time (the online half of the rotation; its other half is folded
+    /// into down_proj's weights). nil / false: plain Llama.
+    public var downProjInputHadamard: Bool?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case hiddenSize = "hidden_size", intermediateSize = "intermediate_size", numHiddenLayers = "num_hidden_layers"
@@ -47,6 +51,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         case slidingWindow = "sliding_window", useSlidingWindow = "use_sliding_window"
         case maxWindowLayers = "max_window_layers", layerTypes = "layer_types"
         case ropeScaling = "rope_scaling", hiddenAct = "hidden_act", mlpBias = "mlp_bias"
+        case downProjInputHadamard = "quantkit_down_proj_hadamard"
     }
     /// Read, never written (an exported config keeps the 4.x layout, which transformers 5 reads too).
     enum DecodingOnlyKeys: String, CodingKey { case ropeParameters = "rope_parameters" }
@@ -102,6 +107,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         useSlidingWindow = (try? c.decodeIfPresent(Bool.self, forKey: .useSlidingWindow)) ?? nil
         maxWindowLayers = (try? c.decodeIfPresent(Int.self, forKey: .maxWindowLayers)) ?? nil
         layerTypes = try c.decodeIfPresent([String].self, forKey: .layerTypes)
+        downProjInputHadamard = try c.decodeIfPresent(Bool.self, forKey: .downProjInputHadamard)
     }
 
     /// The attention window in effect, if any: Mistral applies sliding_window whenever set; Qwen2 only with
@@ -200,6 +206,9 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
             throw QuantKitError(.unsupported, "\(source): hidden_act '\(act)' is not supported (silu)")
         }
         if mlpBias == true { throw QuantKitError(.unsupported, "\(source): mlp_bias true is not supported") }
+        if downProjInputHadamard == true, false /*HADAMARD-PENDING*/ {
+            throw QuantKitError(.config, "\(source): quantkit_down_proj_hadamard is set but no Hadamard matrix of order intermediate_size \(intermediateSize) is known")
+        }
     }
 
     /// Reads and validates a config.json; decoding failures name the missing or mistyped field.

@@ -311,10 +311,12 @@ public struct QuantizationSummary: Codable, Sendable, Equatable {
     public var trueSequential: Bool?
     public var format: String?
     public var overrides: [String: Override]?
+    /// Recovery methods applied before or with the quantization (AWQ, rotation, HQQ, sparsity).
+    public var recovery: RecoveryRecord?
 
     enum CodingKeys: String, CodingKey {
         case method, bits, groupSize = "group_size", actOrder = "act_order", sym, staticGroups = "static_groups"
-        case dampPercent = "damp_percent", trueSequential = "true_sequential", format, overrides
+        case dampPercent = "damp_percent", trueSequential = "true_sequential", format, overrides, recovery
     }
 
     /// An RTN scheme applied at load time (no checkpoint settings).
@@ -336,11 +338,17 @@ extension GPTQCheckpoint {
         let (cfg, extra) = try readConfig(dir)
         var method = "gptq"
         if let m = extra["method"] as? String {
-            guard ["gptq", "rtn"].contains(m.lowercased()) else {
-                throw QuantKitError(.format, "\(dir)/quantize_config.json: quantkit.method '\(m)' is not gptq or rtn")
+            guard QuantMethod(rawValue: m.lowercased()) != nil else {
+                throw QuantKitError(.format, "\(dir)/quantize_config.json: quantkit.method '\(m)' is not one of \(QuantMethod.names)")
             }
             method = m.lowercased()
         }
-        return QuantizationSummary(checkpoint: cfg, method: method)
+        var summary = QuantizationSummary(checkpoint: cfg, method: method)
+        if let r = extra["recovery"] {
+            do { summary.recovery = try RecoveryRecord(jsonObject: r) } catch {
+                throw QuantKitError(.format, "\(dir)/quantize_config.json: quantkit.recovery is not a valid record")
+            }
+        }
+        return summary
     }
 }

@@ -110,7 +110,14 @@ public enum CalibrationWindows {
     }
 }
 
-public enum QuantMethod: String, Sendable, Codable { case gptq, rtn }
+/// The per-layer quantization method: GPTQ, round-to-nearest, AWQ (activation-aware scaling, then RTN), HQQ
+/// (calibration-free zero-point optimisation) or SparseGPT (pruning, optionally with quantization).
+public enum QuantMethod: String, Sendable, Codable, CaseIterable {
+    case gptq, rtn, awq, hqq, sparsegpt
+    public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
+    /// Whether the layers are calibrated on inputs (Hessians or activation statistics).
+    public var needsCalibration: Bool { self != .rtn && self != .hqq }
+}
 
 public struct ModelQuantizationOptions: Sendable {
     public var method: QuantMethod
@@ -179,7 +186,7 @@ public struct LayerQuantizer: LayerwiseAlgorithm {
         self.progress = progress
     }
 
-    public var needsHessian: Bool { options.method == .gptq }
+    public var needsHessian: Bool { options.method == .gptq || options.method == .sparsegpt }
 
     public func selects(_ name: String, layer: any LinearLayer) throws -> Bool {
         guard let s = try options.scheme(for: name) else { return false }
@@ -197,15 +204,19 @@ public struct LayerQuantizer: LayerwiseAlgorithm {
         let w = wT.floats()
         var q: QuantizedWeight
         var loss: Double?, damp: Double?, esc = 0, dead = 0
-        if options.method == .gptq {
+        switch options.method {
+        case .gptq:
             guard let acc = module.hessian, acc.rows > 0 else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
             let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
                                  dampPercent: options.dampPercent)
             let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
                                       name: name, log: { progress.note($0) }, threads: module.threads)
             q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
-        } else {
+        case .rtn, .awq:
+            // AWQ has already scaled and clipped the float weights; what remains is round-to-nearest.
             q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: module.threads)
+        case .hqq, .sparsegpt:
+            throw QuantKitError(.unsupported, "--method \(options.method.rawValue) is not available yet")
         }
         let bias = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
         let layer = try QuantizedLinear(q, bias: bias, name: name)
@@ -241,7 +252,9 @@ public enum ModelQuantizer {
     /// A Llama model calibrated on `windows` (token windows, each run from position 0).
     public static func quantize(model: LlamaModel, windows: [[Int32]], options: ModelQuantizationOptions,
                                 progress: any ProgressObserver = NoProgress()) throws -> Result {
-        guard options.method == .rtn || !windows.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration windows") }
+        guard !options.method.needsCalibration || !windows.isEmpty else {
+            throw QuantKitError(.input, "--method \(options.method.rawValue) needs calibration windows")
+        }
         let walker = LlamaLayerwise(model: model, maxRows: windows.map(\.count).max() ?? 0)
         return try quantize(walker, calibration: windows, options: options, progress: progress)
     }

@@ -220,3 +220,32 @@ public enum RTN {
                                groupSize: scheme.groupSize, codes: codes, scales: scales, zeros: zeros, gIdx: gIdx)
     }
 }
+
+extension Quantizer {
+    /// Round-to-nearest of a row segment in place, values replaced by their dequantized codes (the "fake"
+    /// quantization search objectives compare against): one (scale, zero) pair from the segment itself.
+    static func fakeQuantizeSegment(_ x: UnsafeMutablePointer<Double>, count: Int, scheme: QuantScheme) {
+        let p = params(x, count: count, scheme: scheme)
+        let maxq = Double(scheme.maxq)
+        for i in 0..<count { x[i] = dequantize(x[i], p, maxq: maxq) }
+    }
+
+    /// Every (row, group) of W [rows, cols] fake-quantized with `scheme` (groups along the input; per channel:
+    /// whole rows). Per-tensor schemes are not grouped this way and are refused by the callers.
+    static func fakeQuantize(_ w: inout [Double], rows: Int, cols: Int, scheme: QuantScheme, threads: Int) {
+        let gs = scheme.effectiveGroupSize(inFeatures: cols)
+        w.withUnsafeMutableBufferPointer { b in
+            let p = SendablePointer(b.baseAddress!)
+            Parallel.forRanges(rows, threads: threads, minPerThread: 4) { range in
+                for r in range {
+                    var c0 = 0
+                    while c0 < cols {
+                        let n = min(gs, cols - c0)
+                        fakeQuantizeSegment(p.base + r * cols + c0, count: n, scheme: scheme)
+                        c0 += n
+                    }
+                }
+            }
+        }
+    }
+}

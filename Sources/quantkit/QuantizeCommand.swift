@@ -13,7 +13,13 @@ struct QuantizeCommand: ParsableCommand {
         abstract: "Quantize a Llama checkpoint or a BERT embedder with GPTQ or RTN (INT8/INT4, grouped) into a GPTQ-format directory.")
 
     @Option(help: "Model: a Hugging Face directory (Llama family or BERT embedder, from config.json), a llama2.c .bin, or \"minilm\" (the pinned all-MiniLM-L6-v2).") var model: String
-    @Option(help: "gptq or rtn.") var method: String = "gptq"
+    @Option(help: "gptq, rtn, awq (activation-aware scales + clipping, then RTN), hqq (calibration-free, asymmetric) or sparsegpt (pruning; with --sparsity).")
+    var method: String = "gptq"
+    @Flag(help: "AWQ scales and clipping before GPTQ or RTN (--method gptq --awq).") var awq = false
+    @Flag(help: "AWQ without its weight-clipping search (scales only).") var noAwqClip = false
+    @Flag(help: "Rotate the residual stream with a randomized Hadamard (QuaRot-style, no training) and apply an online Hadamard before down_proj; composes with every method.")
+    var rotate = false
+    @Option(help: "Seed of the rotation's random signs.") var rotationSeed: UInt64 = 0
     @Option(help: "Bits: 2, 3, 4 or 8.") var bits: Int = 4
     @Option(help: "Mixed-precision plan (JSON from `quantkit layers --plan auto`, editable): its scheme replaces --bits/--group-size, its modules become 8-bit overrides or float skips.")
     var plan: String?
@@ -38,7 +44,9 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "Worker threads.") var threads: Int?
 
     func options() throws -> QuantizeRunOptions {
-        guard let m = QuantMethod(rawValue: method.lowercased()) else { throw QuantKitError(.input, "--method must be gptq or rtn (got \(method))") }
+        guard let m = QuantMethod(rawValue: method.lowercased()) else {
+            throw QuantKitError(.input, "--method must be one of \(QuantMethod.names) (got \(method))")
+        }
         if sym && asym { throw QuantKitError(.input, "--sym and --asym are exclusive") }
         var o = QuantizeRunOptions(model: model, output: output)
         o.method = m
@@ -49,6 +57,10 @@ struct QuantizeCommand: ParsableCommand {
         o.staticGroups = staticGroups
         o.symmetric = !asym
         o.mseSearch = mse
+        o.awq = awq
+        o.awqClip = !noAwqClip
+        o.rotate = rotate
+        o.rotationSeed = rotationSeed
         o.dampPercent = damp
         o.trueSequential = !noTrueSequential
         o.calibration = calibration

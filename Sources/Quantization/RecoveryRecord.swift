@@ -1,0 +1,67 @@
+import Foundation
+
+/// The accuracy-recovery methods applied to a quantized model and their parameters, as the checkpoint
+/// (quantize_config.json, under "quantkit") and every result of it record them (`quantization.recovery`).
+public struct RecoveryRecord: Codable, Sendable, Equatable {
+    public struct AWQSettings: Codable, Sendable, Equatable {
+        public var grid: Int
+        public var clip: Bool
+        /// "<block>.<group>" -> chosen exponent alpha (groups: qkv, v_o, gate_up, down).
+        public var alphas: [String: Double]
+        public init(grid: Int, clip: Bool, alphas: [String: Double]) { self.grid = grid; self.clip = clip; self.alphas = alphas }
+    }
+    public struct RotationSettings: Codable, Sendable, Equatable {
+        /// Seed of the random signs (or of the random orthogonal matrix when no Hadamard fits the hidden size).
+        public var seed: UInt64
+        /// "hadamard" (randomized Hadamard) or "orthogonal" (random orthogonal from a Gaussian QR).
+        public var residual: String
+        /// Whether down_proj's input passes through a Hadamard transform at run time.
+        public var onlineHadamard: Bool
+        enum CodingKeys: String, CodingKey { case seed, residual, onlineHadamard = "online_hadamard" }
+        public init(seed: UInt64, residual: String, onlineHadamard: Bool) {
+            self.seed = seed; self.residual = residual; self.onlineHadamard = onlineHadamard
+        }
+    }
+    public struct HQQSettings: Codable, Sendable, Equatable {
+        public var iterations: Int
+        public var p: Double
+        public var beta0: Double
+        public var kappa: Double
+        enum CodingKeys: String, CodingKey { case iterations, p, beta0 = "beta0", kappa }
+        public init(iterations: Int, p: Double, beta0: Double, kappa: Double) {
+            self.iterations = iterations; self.p = p; self.beta0 = beta0; self.kappa = kappa
+        }
+    }
+    public struct SparsitySettings: Codable, Sendable, Equatable {
+        /// "unstructured" or "n:m" (e.g. "2:4").
+        public var pattern: String
+        /// Requested fraction of pruned weights (unstructured) or n/m.
+        public var target: Double
+        /// Nonzero fraction of the pruned layers' weights as written.
+        public var density: Double
+        public init(pattern: String, target: Double, density: Double) { self.pattern = pattern; self.target = target; self.density = density }
+    }
+
+    public var awq: AWQSettings?
+    public var rotation: RotationSettings?
+    public var hqq: HQQSettings?
+    public var sparsity: SparsitySettings?
+    /// GPTAQ (asymmetric calibration) with its alpha.
+    public var gptaqAlpha: Double?
+
+    enum CodingKeys: String, CodingKey { case awq, rotation, hqq, sparsity, gptaqAlpha = "gptaq_alpha" }
+
+    public init() {}
+
+    public var isEmpty: Bool { awq == nil && rotation == nil && hqq == nil && sparsity == nil && gptaqAlpha == nil }
+
+    /// The record as a JSON object (for checkpoint metadata).
+    public func jsonObject() throws -> [String: Any] {
+        (try JSONSerialization.jsonObject(with: JSONEncoder().encode(self)) as? [String: Any]) ?? [:]
+    }
+
+    public init(jsonObject o: Any) throws {
+        let data = try JSONSerialization.data(withJSONObject: o)
+        self = try JSONDecoder().decode(RecoveryRecord.self, from: data)
+    }
+}
