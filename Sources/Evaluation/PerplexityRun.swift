@@ -166,7 +166,7 @@ public enum PerplexityRun {
     public static func run(_ o: PerplexityRunOptions, progress: any ProgressObserver = NoProgress()) throws -> PerplexityReport {
         try o.validate()
         let t0 = Date()
-        let m = try ModelLoading.loadModel(o.model, ggufActivations: o.ggufActivations)
+        var m = try ModelLoading.loadModel(o.model, ggufActivations: o.ggufActivations)
         if let t = o.threads { m.threads = max(1, t) }
         let gguf = try GGUFRunSummary(model: m, path: o.model)
         var activations = gguf?.activationsLabel ?? "float32"
@@ -190,6 +190,11 @@ public enum PerplexityRun {
         let sha = Digest.sha256(bytes)
         guard let text = String(data: bytes, encoding: .utf8) else { throw QuantKitError(.format, "\(o.corpus): not valid UTF-8 text") }
         try ModelLoading.checkCalibrationOverlap(model: o.model, text: text, corpus: o.corpus, allow: o.allowOverlap, progress: progress)
+        var npuRecovery: NPURecovery?
+        if let s = o.npu, let r = try NPUModelSetup.recover(m, tokenizer: tok, settings: s, window: ctx, progress: progress) {
+            m = r.model
+            npuRecovery = r.record
+        }
         let sim = try o.npu.map { try NPUModelSetup.apply(to: m, tokenizer: tok, settings: $0, window: ctx, progress: progress) }
 
         let t1 = Date()
@@ -236,7 +241,7 @@ public enum PerplexityRun {
             bitsPerWeight: sim == nil ? ModelLoading.blockLinearBitsPerWeight(m) : nil,
             quantization: try GPTQCheckpoint.quantizationSummary(o.model), kld: kld, segments: breakdown?.segments,
             segmentRules: breakdown?.rules,
-            npu: sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration) },
+            npu: sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration, recovery: npuRecovery) },
             gguf: gguf, approximateLines: breakdown?.approximate ?? 0)
     }
 

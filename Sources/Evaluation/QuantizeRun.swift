@@ -269,7 +269,7 @@ public enum QuantizeRun {
         if o.rotate || useAWQ {
             let fw = try LlamaFloatWeights(model: lm)
             if o.rotate {
-                throw QuantKitError(.unsupported, "--rotate is not available yet")
+                recovery.rotation = try Rotation.apply(to: fw, seed: o.rotationSeed, threads: lm.threads)
                 model = try fw.makeModel(name: lm.name)
                 model.threads = lm.threads
             }

@@ -206,7 +206,7 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
             throw QuantKitError(.unsupported, "\(source): hidden_act '\(act)' is not supported (silu)")
         }
         if mlpBias == true { throw QuantKitError(.unsupported, "\(source): mlp_bias true is not supported") }
-        if downProjInputHadamard == true, false /*HADAMARD-PENDING*/ {
+        if downProjInputHadamard == true, Hadamard.factorization(of: intermediateSize) == nil {
             throw QuantKitError(.config, "\(source): quantkit_down_proj_hadamard is set but no Hadamard matrix of order intermediate_size \(intermediateSize) is known")
         }
     }

@@ -82,6 +82,9 @@ public enum GGUFExport {
         guard ["llama", "mistral"].contains(c.modelType), c.ropeScaling == nil, c.attentionWindow == nil else {
             throw QuantKitError(.unsupported, "\(o.model): model_type \(c.modelType)\(c.ropeScaling != nil ? " with rope scaling" : "")\(c.attentionWindow != nil ? " with a sliding window" : ""): GGUF export writes plain Llama models")
         }
+        if c.downProjInputHadamard == true {
+            throw QuantKitError(.unsupported, "\(o.model): rotated with an online Hadamard before down_proj (quantkit_down_proj_hadamard), which llama.cpp does not apply; export the unrotated model")
+        }
         var gptq: GPTQQuantizeConfig?
         var method = "float"
         if isGPTQ {

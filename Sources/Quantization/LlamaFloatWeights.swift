@@ -29,6 +29,13 @@ public final class LlamaFloatWeights {
         }
     }
 
+    private init(config: LlamaConfig, tensors: [String: (shape: [Int], values: [Double])], label: String) {
+        self.config = config; self.tensors = tensors; self.label = label
+    }
+
+    /// An independent copy (transforms tried side by side).
+    public func copy() -> LlamaFloatWeights { LlamaFloatWeights(config: config, tensors: tensors, label: label) }
+
     public func shape(_ name: String) -> [Int] { tensors[name]?.shape ?? [] }
     public func values(_ name: String) -> [Double] { tensors[name]?.values ?? [] }
     public func contains(_ name: String) -> Bool { tensors[name] != nil }

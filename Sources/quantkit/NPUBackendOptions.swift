@@ -14,12 +14,25 @@ struct NpuBackendOptions: ParsableArguments {
         """)
     var npuCalibration: String?
     @Option(name: .customLong("npu-calibration-tokens"), help: "Calibration tokens for the NPU ranges.") var npuCalibrationTokens: Int = 4096
+    @Flag(help: "SmoothQuant the float model before NPU calibration (migrates activation outliers of the normed inputs into q/k/v and gate/up).")
+    var smoothquant = false
+    @Option(name: .customLong("smoothquant-alpha"), help: "SmoothQuant migration strength in [0, 1]; default: searched on the calibration tokens (least KL to the float model).")
+    var smoothquantAlpha: Double?
+    @Flag(help: "Rotate the float model (randomized Hadamard on the residual stream, online Hadamard before down_proj) before NPU calibration.")
+    var rotate = false
+    @Option(help: "Seed of the rotation's random signs.") var rotationSeed: UInt64 = 0
 
     var isNPU: Bool { backend == "npu" }
 
     /// The library settings; nil for the CPU backend.
     var settings: NPUBackendSettings? {
-        isNPU ? NPUBackendSettings(configPath: npuConfig, calibration: npuCalibration, calibrationTokens: npuCalibrationTokens) : nil
+        guard isNPU else { return nil }
+        var s = NPUBackendSettings(configPath: npuConfig, calibration: npuCalibration, calibrationTokens: npuCalibrationTokens)
+        s.smoothQuant = smoothquant || smoothquantAlpha != nil
+        s.smoothQuantAlpha = smoothquantAlpha
+        s.rotate = rotate
+        s.rotationSeed = rotationSeed
+        return s
     }
 
     func validate() throws {
@@ -27,6 +40,10 @@ struct NpuBackendOptions: ParsableArguments {
         if npuConfig != nil && !isNPU { throw ValidationError("--npu-config needs --backend npu") }
         if npuCalibration != nil && !isNPU { throw ValidationError("--npu-calibration needs --backend npu") }
         guard npuCalibrationTokens >= 1 else { throw ValidationError("--npu-calibration-tokens must be at least 1") }
+        if (smoothquant || smoothquantAlpha != nil || rotate) && !isNPU {
+            throw ValidationError("--smoothquant, --smoothquant-alpha and --rotate apply to --backend npu (for the CPU, rotate at quantize time: quantize --rotate)")
+        }
+        if let a = smoothquantAlpha, !(a >= 0 && a <= 1) { throw ValidationError("--smoothquant-alpha must be in [0, 1] (got \(a))") }
     }
 
     func loadConfig() throws -> NPUConfig {
