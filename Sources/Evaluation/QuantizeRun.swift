@@ -28,6 +28,9 @@ public struct QuantizeRunOptions: Sendable {
     /// Rotate the residual stream first (`--rotate`), with this seed for the random signs.
     public var rotate = false
     public var rotationSeed: UInt64 = 0
+    /// SparseGPT: "0.5" (unstructured fraction) or "2:4" (n:m); `pruneOnly` keeps the pruned weights float.
+    public var sparsity: String?
+    public var pruneOnly = false
     public var dampPercent = 0.01
     public var trueSequential = true
     /// Calibration text, BEIR .jsonl, SQuAD .json or a .tokens file; nil: `defaultCalibration` when it exists.
@@ -59,6 +62,8 @@ public struct QuantizeRunOptions: Sendable {
         let groupSize = mixed.map { $0.groupSize <= 0 ? -1 : $0.groupSize } ?? self.groupSize
         guard groupSize == -1 || groupSize > 0 else { throw QuantKitError(.input, "--group-size must be -1 or positive (got \(groupSize))") }
         guard dampPercent > 0 else { throw QuantKitError(.input, "--damp must be positive") }
+        // HQQ optimises a zero point: always asymmetric.
+        let symmetric = self.symmetric && method != .hqq
         let scheme = try QuantScheme(bits: bits, symmetric: symmetric, groupSize: groupSize, mseSearch: mseSearch,
                                      minZero: symmetric ? 0 : 1)
         var parsed: [(pattern: String, bits: Int)] = []
@@ -74,9 +79,34 @@ public struct QuantizeRunOptions: Sendable {
             parsed.append((parts[0], b))
         }
         if staticGroups && groupSize <= 0 { throw QuantKitError(.input, "--static-groups needs --group-size > 0") }
-        return (bits, groupSize, ModelQuantizationOptions(method: method, scheme: scheme, actOrder: actOrder, staticGroups: staticGroups,
-                                                          dampPercent: dampPercent, trueSequential: trueSequential,
-                                                          overrides: parsed, skip: skip))
+        var options = ModelQuantizationOptions(method: method, scheme: scheme, actOrder: actOrder, staticGroups: staticGroups,
+                                               dampPercent: dampPercent, trueSequential: trueSequential, overrides: parsed, skip: skip)
+        if method == .sparsegpt {
+            guard let s = sparsity else { throw QuantKitError(.input, "--method sparsegpt needs --sparsity (a fraction such as 0.5, or n:m such as 2:4)") }
+            options.sparsity = try Self.sparsityPattern(s)
+            options.pruneOnly = pruneOnly
+            if actOrder { throw QuantKitError(.input, "--act-order: SparseGPT sweeps the columns in order (no act-order)") }
+        } else if sparsity != nil {
+            throw QuantKitError(.input, "--sparsity needs --method sparsegpt")
+        }
+        return (bits, groupSize, options)
+    }
+
+    /// "0.5" -> 50% unstructured; "2:4" -> n:m semi-structured.
+    static func sparsityPattern(_ s: String) throws -> SparsityPattern {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        let p: SparsityPattern
+        if parts.count == 2, let n = Int(parts[0]), let m = Int(parts[1]) {
+            p = .semiStructured(n: n, m: m)
+        } else if parts.count == 1, let f = Double(s) {
+            p = .unstructured(f)
+        } else {
+            throw QuantKitError(.input, "--sparsity '\(s)': expected a fraction in (0, 1) such as 0.5, or n:m such as 2:4")
+        }
+        do { try SparseGPTConfig(pattern: p).validate(name: "--sparsity") } catch let e as QuantKitError {
+            throw QuantKitError(.input, "--sparsity '\(s)': \(e.message)")
+        }
+        return p
     }
 
     /// The calibration file GPTQ reads: the given one, else the shipped default.
@@ -293,6 +323,17 @@ public enum QuantizeRun {
         var meta: [String: Any] = ["method": o.method.rawValue, "calibration": try record.map { try JSONBridge.object($0) } ?? [String: Any](),
                                    "layers": result.reports.map(\.json), "quantize_seconds": result.seconds,
                                    "size": ["layers_float_bytes": floatBytes, "layers_packed_bytes": packedBytes], "tool": "quantkit"]
+        if opts.method == .hqq {
+            let c = HQQ.Config()
+            recovery.hqq = .init(iterations: c.iterations, p: c.p, beta0: c.beta0, kappa: c.kappa)
+        }
+        if let pattern = opts.sparsity {
+            var nonzero = 0.0, total = 0.0
+            for r in result.reports { let n = Double(r.outFeatures * r.inFeatures); total += n; nonzero += (r.density ?? 1) * n }
+            let target: Double
+            switch pattern { case .unstructured(let f): target = f; case .semiStructured(let n, let m): target = Double(n) / Double(m) }
+            recovery.sparsity = .init(pattern: pattern.label, target: target, density: total > 0 ? nonzero / total : 1)
+        }
         if !recovery.isEmpty { meta["recovery"] = try recovery.jsonObject() }
         try ModelQuantizer.write(model: model, result: result, options: opts, to: o.output, metadata: meta, fingerprint: fingerprint,
                                  copyFiles: tokenizerFiles(model: o.model, tokenizer: o.tokenizer))
@@ -362,8 +403,8 @@ public enum QuantizeRun {
         if GPTQCheckpoint.isGPTQ(dir) {
             throw QuantKitError(.input, "--model \(dir): already a quantized (GPTQ) checkpoint; quantize the float model")
         }
-        if o.method == .awq || o.awq || o.rotate {
-            throw QuantKitError(.unsupported, "--model \(dir): AWQ and --rotate are implemented for the Llama family, not BERT encoders")
+        if o.method == .awq || o.awq || o.rotate || o.method == .sparsegpt {
+            throw QuantKitError(.unsupported, "--model \(dir): AWQ, SparseGPT and --rotate are implemented for the Llama family, not BERT encoders")
         }
         if o.tokenizer != nil {
             throw QuantKitError(.input, "--tokenizer: a BERT embedder is always calibrated with its own tokenizer.json (\(dir))")

@@ -333,7 +333,21 @@ public struct QuantizationSummary: Codable, Sendable, Equatable {
 
 extension GPTQCheckpoint {
     /// A GPTQ-layout directory's summary; nil for a directory that is not one.
+    /// QuantKit's record beside a float checkpoint that a method changed without quantizing it (SparseGPT pruning).
+    public static let floatRecordFile = "quantkit_recovery.json"
+
     public static func quantizationSummary(_ dir: String) throws -> QuantizationSummary? {
+        let floatRecord = (dir as NSString).appendingPathComponent(floatRecordFile)
+        if !isGPTQ(dir), FileManager.default.fileExists(atPath: floatRecord) {
+            guard let o = try? JSONSerialization.jsonObject(with: readFile(floatRecord)) as? [String: Any],
+                  let m = o["method"] as? String, let r = o["recovery"], let rec = try? RecoveryRecord(jsonObject: r) else {
+                throw QuantKitError(.format, "\(floatRecord): not a QuantKit recovery record (method, recovery)")
+            }
+            var s = QuantizationSummary(rtnBits: 32, groupSize: -1, sym: true)
+            s.method = m
+            s.recovery = rec
+            return s
+        }
         guard isGPTQ(dir) else { return nil }
         let (cfg, extra) = try readConfig(dir)
         var method = "gptq"

@@ -130,6 +130,9 @@ public struct ModelQuantizationOptions: Sendable {
     public var overrides: [(pattern: String, bits: Int)]
     /// Modules whose name contains any of these stay float.
     public var skip: [String]
+    /// SparseGPT's pattern (method sparsegpt), and whether it only prunes (float weights, no quantization).
+    public var sparsity: SparsityPattern?
+    public var pruneOnly = false
 
     public init(method: QuantMethod, scheme: QuantScheme, actOrder: Bool = false, staticGroups: Bool = false,
                 dampPercent: Double = 0.01, trueSequential: Bool = true, overrides: [(pattern: String, bits: Int)] = [],
@@ -164,12 +167,15 @@ public struct LayerQuantReport: Sendable {
     public let dampPercentUsed: Double?
     public let dampEscalations: Int
     public let deadColumns: Int
+    /// Nonzero fraction of the written weights (SparseGPT), nil when nothing was pruned.
+    public var density: Double?
 
     public var json: [String: Any] {
         var o: [String: Any] = ["name": name, "shape": [outFeatures, inFeatures], "bits": bits, "group_size": groupSize,
                                 "seconds": seconds, "error": error.json, "damp_escalations": dampEscalations, "dead_columns": deadColumns]
         if let l = gptqLoss { o["gptq_loss"] = l }
         if let d = dampPercentUsed { o["damp_percent_used"] = d }
+        if let d = density { o["density"] = d }
         return o
     }
 }
@@ -194,7 +200,14 @@ public struct LayerQuantizer: LayerwiseAlgorithm {
         return true
     }
 
-    public func process(_ module: LayerwiseLayer) throws -> (replacement: any LinearLayer, output: (QuantizedWeight, LayerQuantReport)) {
+    /// What one module became: quantized codes, or (SparseGPT without quantization) pruned float weights.
+    public struct Output {
+        public var quantized: QuantizedWeight?
+        public var pruned: [Float]?
+        public var report: LayerQuantReport
+    }
+
+    public func process(_ module: LayerwiseLayer) throws -> (replacement: any LinearLayer, output: Output) {
         let t0 = Date()
         let name = module.name, source = module.weights
         guard let scheme = try options.scheme(for: name) else { throw QuantKitError(.input, "\(name): not selected for quantization") }
@@ -202,31 +215,51 @@ public struct LayerQuantizer: LayerwiseAlgorithm {
         guard wT.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight is not 2-D") }
         let (out, inF) = (wT.shape[0], wT.shape[1])
         let w = wT.floats()
-        var q: QuantizedWeight
+        var q: QuantizedWeight?
+        var pruned: [Float]?
         var loss: Double?, damp: Double?, esc = 0, dead = 0
+        var density: Double?
         switch options.method {
-        case .gptq:
+        case .gptq, .sparsegpt:
             guard let acc = module.hessian, acc.rows > 0 else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
-            let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
-                                 dampPercent: options.dampPercent)
-            let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
-                                      name: name, log: { progress.note($0) }, threads: module.threads)
-            q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
+            if options.method == .gptq {
+                let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
+                                     dampPercent: options.dampPercent)
+                let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
+                                          name: name, log: { progress.note($0) }, threads: module.threads)
+                q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
+            } else {
+                guard let pattern = options.sparsity else { throw QuantKitError(.input, "--method sparsegpt needs --sparsity") }
+                let cfg = SparseGPTConfig(pattern: pattern, quantize: options.pruneOnly ? nil : scheme, dampPercent: options.dampPercent)
+                let r = try SparseGPT.prune(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
+                                            name: name, log: { progress.note($0) }, threads: module.threads)
+                q = r.quantized; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
+                density = r.density
+                if q == nil { pruned = r.floatWeights }
+            }
         case .rtn, .awq:
             // AWQ has already scaled and clipped the float weights; what remains is round-to-nearest.
             q = try RTN.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: module.threads)
-        case .hqq, .sparsegpt:
-            throw QuantKitError(.unsupported, "--method \(options.method.rawValue) is not available yet")
+        case .hqq:
+            q = try HQQ.quantize(w, outFeatures: out, inFeatures: inF, scheme: scheme, name: name, threads: module.threads).0
         }
         let bias = source.contains(name + ".bias") ? try source.tensor(name + ".bias") : nil
-        let layer = try QuantizedLinear(q, bias: bias, name: name)
-        var f16 = q
-        f16.scales = q.scales.map { Float(Float16($0)) }
-        let err = ErrorMetrics(reference: w, approximation: f16.dequantized())
-        let rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: scheme.bits, groupSize: scheme.groupSize,
-                                   gptqLoss: loss, error: err, seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp,
-                                   dampEscalations: esc, deadColumns: dead)
-        return (layer, (q, rep))
+        let layer: any LinearLayer
+        let approximation: [Float]
+        if let q {
+            layer = try QuantizedLinear(q, bias: bias, name: name)
+            var f16 = q
+            f16.scales = q.scales.map { Float(Float16($0)) }
+            approximation = f16.dequantized()
+        } else {
+            layer = try DenseLinear(weight: Tensor(shape: [out, inF], floats: pruned!), bias: bias, name: name)
+            approximation = pruned!
+        }
+        var rep = LayerQuantReport(name: name, outFeatures: out, inFeatures: inF, bits: q == nil ? 32 : scheme.bits,
+                                   groupSize: scheme.groupSize, gptqLoss: loss, error: ErrorMetrics(reference: w, approximation: approximation),
+                                   seconds: Date().timeIntervalSince(t0), dampPercentUsed: damp, dampEscalations: esc, deadColumns: dead)
+        rep.density = density
+        return (layer, Output(quantized: q, pruned: pruned, report: rep))
     }
 }
 
@@ -238,6 +271,8 @@ public enum ModelQuantizer {
         public var layers: [(String, QuantizedWeight)]
         public var reports: [LayerQuantReport]
         public var seconds: Double
+        /// SparseGPT without quantization: the pruned float weights of each module.
+        public var pruned: [(String, [Float])] = []
     }
 
     /// Any model the driver walks, calibrated on `calibration` (token sequences; unused by RTN).
@@ -246,7 +281,8 @@ public enum ModelQuantizer {
         let start = Date()
         let out = try LayerwiseDriver.run(model, calibration: calibration, algorithm: LayerQuantizer(options: options, progress: progress),
                                           trueSequential: options.trueSequential, progress: progress)
-        return Result(layers: out.map { ($0.name, $0.output.0) }, reports: out.map(\.output.1), seconds: Date().timeIntervalSince(start))
+        return Result(layers: out.compactMap { o in o.output.quantized.map { (o.name, $0) } }, reports: out.map(\.output.report),
+                      seconds: Date().timeIntervalSince(start), pruned: out.compactMap { o in o.output.pruned.map { (o.name, $0) } })
     }
 
     /// A Llama model calibrated on `windows` (token windows, each run from position 0).
@@ -266,10 +302,28 @@ public enum ModelQuantizer {
                              metadata: [String: Any], fingerprint: CalibrationFingerprint?,
                              copyFiles: [(from: String, name: String)] = []) throws {
         let quantized = Set(result.layers.map(\.0))
+        let pruned = Dictionary(uniqueKeysWithValues: result.pruned)
         var floats: [(String, Tensor)] = []
         for name in HFExport.tensorNames(model.config) {
-            if name.hasSuffix(".weight"), quantized.contains(String(name.dropLast(".weight".count))) { continue }
-            floats.append((name, try model.source.tensor(name)))
+            let module = name.hasSuffix(".weight") ? String(name.dropLast(".weight".count)) : ""
+            if quantized.contains(module) { continue }
+            if let p = pruned[module] {
+                floats.append((name, Tensor(shape: try model.source.tensor(name).shape, floats: p)))
+            } else {
+                floats.append((name, try model.source.tensor(name)))
+            }
+        }
+        if result.layers.isEmpty && !result.pruned.isEmpty {
+            // Pruned only: a float checkpoint (every reader loads it) with QuantKit's record beside it.
+            let record = try JSONSerialization.data(withJSONObject: metadata, options: [.prettyPrinted, .sortedKeys])
+            try AtomicFile.writeDirectory(to: dir) { tmp in
+                try model.config.jsonData().write(to: URL(fileURLWithPath: tmp + "/config.json"))
+                try SafetensorsWriter.write(floats, metadata: ["format": "pt"], to: tmp + "/model.safetensors")
+                try record.write(to: URL(fileURLWithPath: tmp + "/" + GPTQCheckpoint.floatRecordFile))
+                if let fp = fingerprint { try JSONEncoder().encode(fp).write(to: URL(fileURLWithPath: tmp + "/calibration_fingerprint.json")) }
+                for f in copyFiles { try FileManager.default.copyItem(atPath: f.from, toPath: (tmp as NSString).appendingPathComponent(f.name)) }
+            }
+            return
         }
         let modelConfig = (try JSONSerialization.jsonObject(with: try model.config.jsonData()) as? [String: Any]) ?? [:]
         try writeCheckpoint(floats: floats, modelConfig: modelConfig, result: result, options: options, to: dir, metadata: metadata,

@@ -20,7 +20,8 @@ struct QuantizeCommand: ParsableCommand {
     @Flag(help: "Rotate the residual stream with a randomized Hadamard (QuaRot-style, no training) and apply an online Hadamard before down_proj; composes with every method.")
     var rotate = false
     @Option(help: "Seed of the rotation's random signs.") var rotationSeed: UInt64 = 0
-    @Option(help: "Bits: 2, 3, 4 or 8.") var bits: Int = 4
+    @Option(help: "Bits: 2, 3, 4 or 8 (default 4; with --method sparsegpt, given only to quantize the pruned weights too).") var bits: Int?
+    @Option(help: "SparseGPT sparsity: a fraction such as 0.5 (unstructured) or n:m such as 2:4 (semi-structured).") var sparsity: String?
     @Option(help: "Mixed-precision plan (JSON from `quantkit layers --plan auto`, editable): its scheme replaces --bits/--group-size, its modules become 8-bit overrides or float skips.")
     var plan: String?
     @Option(parsing: .unconditional, help: "Group size along the input (-1 per output channel).") var groupSize: Int = 128
@@ -50,7 +51,9 @@ struct QuantizeCommand: ParsableCommand {
         if sym && asym { throw QuantKitError(.input, "--sym and --asym are exclusive") }
         var o = QuantizeRunOptions(model: model, output: output)
         o.method = m
-        o.bits = bits
+        o.bits = bits ?? 4
+        o.sparsity = sparsity
+        o.pruneOnly = m == .sparsegpt && bits == nil
         o.groupSize = groupSize
         o.plan = plan
         o.actOrder = actOrder
