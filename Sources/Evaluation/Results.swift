@@ -147,8 +147,11 @@ public enum ResultKind: String, Sendable, CaseIterable {
 ///   per-command `command: "quantize"`-style names became `kind`.
 /// - 4: perplexity results add `corpus_tokens`, and for GGUF models `gguf`; `kld` adds `base_source` (a llama.cpp base) and the encoding
 ///   `llamacpp-u16`; new kind `export`.
+/// - 5: `quantization.recovery` (AWQ, rotation, HQQ, sparsity), perplexity's `npu_recovery` (SmoothQuant, rotation
+///   on the NPU), quantize's `recovery`, `awq_search` and `timings.awq_s`, per-layer `density`; quantize methods
+///   awq, hqq, sparsegpt.
 public enum ResultSchema {
-    public static let current = 4
+    public static let current = 5
     public static let oldestReadable = 1
 }
 
@@ -174,6 +177,10 @@ public struct ResultRun: Sendable {
     public var queryTexts: [String: String] = [:]
     /// A GGUF model's stored tensor types (the result's `gguf.tensor_types`), for advice that names llama.cpp's types.
     public var ggufTensorTypes: [String: Int]?
+    /// "npu" for a run on the simulated NPU (nil: the CPU), and whether SmoothQuant or a rotation prepared its
+    /// float model (`npu_recovery`).
+    public var backend: String?
+    public var npuRecovered = false
 
     public init(label: String, file: String, kind: ResultKind, metrics: [String: Double] = [:],
                 perQuery: [String: [String: Double]] = [:], chunks: [ChunkNLL]? = nil, bitsPerWeight: Double? = nil,
@@ -364,6 +371,8 @@ public struct ResultFile: Sendable {
         var runs = [ResultRun(label: info.label, file: path, kind: .perplexity, metrics: metrics, chunks: chunks,
                               bitsPerWeight: info.bpw, quantization: info.quant, segments: segs)]
         runs[0].ggufTensorTypes = root["gguf"]?["tensor_types"]?.object?.compactMapValues { $0.int }
+        runs[0].backend = root["backend"]?.string
+        runs[0].npuRecovered = root["npu_recovery"]?.object != nil
         // A quantized-vs-base file names the base's perplexity: make the base a run of its own so a single file
         // can be compared.
         var basePPL = metrics["pplbase"]

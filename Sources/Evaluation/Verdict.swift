@@ -20,7 +20,7 @@ public struct VerdictThresholds: Sendable, Equatable {
     }
 }
 
-public enum Decision: String, Sendable {
+public enum Decision: String, Sendable, Encodable {
     case ship = "ship"
     case improve = "improve"
     case stayFloat = "stay FP16"
@@ -79,7 +79,9 @@ public enum VerdictLogic {
     }
 
     /// Concrete steps to try, from the run's quantization settings (the result's `quantization` object) and, when
-    /// given, the sensitivity ranking. The ladder, first applicable step first:
+    /// given, the sensitivity ranking. A run on the simulated NPU gets the NPU's recovery (rotation, SmoothQuant)
+    /// until it has one. Otherwise the ladder, first applicable step first:
+    /// 0. no rotation recorded -> rotation with GPTQ and MSE clipping (AWQ scales as the rotation-free option);
     /// 1. round-to-nearest (or a method the result does not name) -> GPTQ with act-order;
     /// 2. GPTQ without act-order -> enable act-order;
     /// 3. below 8 bits with groups larger than 32 or per-channel scales -> smaller groups (g32);
@@ -96,6 +98,17 @@ public enum VerdictLogic {
         let group = get(["group_size", "groupsize"])?.int
         let actOrder = get(["act_order", "desc_act"])?.bool
         let quantizedGGUF = run.ggufTensorTypes.map { $0.keys.contains { !["F32", "F16", "BF16"].contains($0) } } ?? false
+        if run.backend == "npu" {
+            // Per-tensor int8 activations: outlier channels set the scales. Rotation spreads them (down_proj's input
+            // included, which SmoothQuant leaves alone); bits and groups are the NPU's own.
+            return run.npuRecovered
+                ? ["keep the modules the NPU handles worst on the CPU: `quantkit npu report` ranks them; a float model that was rotated and smoothed has no further post-training step here"]
+                : ["rotate the float model before the NPU (--backend npu --rotate: randomized Hadamard on the residual stream, online Hadamard before down_proj), or migrate activation outliers into the weights (--smoothquant)"]
+        }
+        let rotated = get(["recovery"])?["rotation"] != nil
+        if !quantizedGGUF && !rotated {
+            steps.append("rotate the residual stream before quantizing, with GPTQ and MSE clipping (--method gptq --rotate --mse); AWQ's activation-aware scales (--method gptq --awq) are the rotation-free alternative")
+        }
         if quantizedGGUF {
             // A llama.cpp file: its types are llama-quantize's round-to-nearest (imatrix-free unless made so).
             steps.append("a llama.cpp k-quant mix (llama-quantize Q4_K_M or Q5_K_M, with --imatrix), or QuantKit's GPTQ in the same file format: quantkit quantize --method gptq --act-order --static-groups --group-size 32, then quantkit export --type q4_0")

@@ -160,7 +160,7 @@ final class CLITests: XCTestCase {
                                        "--json", dir + "/rtn4.json", "--save-tokens", dir + "/rtn4.tsv"])
         try run(["perplexity", "--model", dir + "/gptq4"] + common + ["--kld-base", dir + "/base.zst", "--json", dir + "/gptq4.json"])
         let f = try jsonObject(dir + "/float.json"), q = try jsonObject(dir + "/rtn4.json"), g = try jsonObject(dir + "/gptq4.json")
-        XCTAssertEqual(q["schema_version"] as? Int, 4)
+        XCTAssertEqual(q["schema_version"] as? Int, 5)
         XCTAssertTrue(f["quantization"] is NSNull, "a float model's quantization is null")
         XCTAssertNil(f["segments"], "no segments without --kld-base")
         let qq = q["quantization"] as! [String: Any], gq = g["quantization"] as! [String: Any]
@@ -266,10 +266,12 @@ final class CLITests: XCTestCase {
         func steps(_ label: String) -> [String] {
             ((runs.first { $0["label"] as? String == label }?["verdict"] as? [String: Any])?["next_steps"] as? [String]) ?? []
         }
-        XCTAssertTrue(steps("rtn4").first?.contains("--method gptq --act-order") ?? false, "\(steps("rtn4"))")
-        XCTAssertTrue(steps("rtn4").first?.contains("instead of RTN") ?? false, "\(steps("rtn4"))")
-        XCTAssertEqual(steps("gptq4").count, 1, "GPTQ act-order g32: only mixed precision is left: \(steps("gptq4"))")
-        XCTAssertTrue(steps("gptq4").first?.hasPrefix("mixed precision: keep the most sensitive modules at 8 bits") ?? false, "\(steps("gptq4"))")
+        // Unrotated results are pointed at rotation first; then the rest of the ladder.
+        XCTAssertTrue(steps("rtn4").first?.contains("--rotate") ?? false, "\(steps("rtn4"))")
+        XCTAssertTrue(steps("rtn4").dropFirst().first?.contains("--method gptq --act-order") ?? false, "\(steps("rtn4"))")
+        XCTAssertTrue(steps("rtn4").dropFirst().first?.contains("instead of RTN") ?? false, "\(steps("rtn4"))")
+        XCTAssertEqual(steps("gptq4").count, 2, "GPTQ act-order g32: rotation, then mixed precision: \(steps("gptq4"))")
+        XCTAssertTrue(steps("gptq4").last?.hasPrefix("mixed precision: keep the most sensitive modules at 8 bits") ?? false, "\(steps("gptq4"))")
         XCTAssertTrue((cmp["segments"] as! [[String: Any]]).contains { $0["run"] as? String == "gptq4" })
     }
 

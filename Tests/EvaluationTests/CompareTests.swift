@@ -108,7 +108,7 @@ final class CompareTests: XCTestCase {
         let path = dir + "/cmp.json"
         try ResultEnvelope(kind: "compare", command: ["quantkit", "compare", "a b.json"]).write(c, to: path)
         let o = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
-        XCTAssertEqual(o["schema_version"] as? Int, 4)
+        XCTAssertEqual(o["schema_version"] as? Int, ResultSchema.current)
         XCTAssertEqual(o["kind"] as? String, "compare")
         XCTAssertEqual(o["command"] as? String, "quantkit compare 'a b.json'")
         XCTAssertEqual((o["tool"] as? [String: String])?["name"], "quantkit")
@@ -240,14 +240,15 @@ final class CompareTests: XCTestCase {
 
     func testSchemaVersions() throws {
         var o = try object("ppl_int8.json")
-        // Version 1 (before segments / quantization), 2 (before the common envelope), 3 (before GGUF) and 4 all read.
-        for v in [1, 2, 3, 4] {
+        // Version 1 (before segments / quantization), 2 (before the common envelope), 3 (before GGUF), 4 (before the
+        // recovery methods) and 5 all read.
+        for v in [1, 2, 3, 4, 5] {
             o["schema_version"] = v
             XCTAssertEqual(try ResultFile(path: write(o, "v\(v).json")).schemaVersion, v)
         }
-        o["schema_version"] = 5
+        o["schema_version"] = 6
         let p = try write(o, "future.json")
-        assertError(try ResultFile(path: p), contains: [p, "schema_version 5 is newer", "reads (1...4)", "writes schema_version 5"])
+        assertError(try ResultFile(path: p), contains: [p, "schema_version 6 is newer", "reads (1...5)", "writes schema_version 6"])
         o["schema_version"] = 0
         assertError(try ResultFile(path: write(o, "old.json")), contains: ["schema_version 0 is too old", "re-run"])
         o.removeValue(forKey: "schema_version")

@@ -142,10 +142,12 @@ final class StudyTests: XCTestCase {
         let r = s.recommendations[0]
         XCTAssertFalse(r.ships)
         XCTAssertEqual(r.variant?.name, "gptq-int4")
-        // GPTQ, act-order, g32 already: only mixed precision is left; layers b, c, d have the lowest SQNR.
-        XCTAssertEqual(r.nextSteps, ["mixed precision: keep the most sensitive modules at 8 bits: b, c, d (--override 'b=8' --override 'c=8' --override 'd=8')"])
+        // GPTQ, act-order, g32 already: rotation, then mixed precision; layers b, c, d have the lowest SQNR.
+        XCTAssertEqual(r.nextSteps.count, 2)
+        XCTAssertTrue(r.nextSteps[0].contains("--rotate"), r.nextSteps[0])
+        XCTAssertEqual(r.nextSteps[1], "mixed precision: keep the most sensitive modules at 8 bits: b, c, d (--override 'b=8' --override 'c=8' --override 'd=8')")
         XCTAssertTrue(r.headline.contains("no variant ships; improve gptq-int4 before shipping"), r.headline)
-        XCTAssertTrue(s.summary().contains("try: mixed precision"), s.summary())
+        XCTAssertTrue(s.summary().contains("mixed precision"), s.summary())
     }
 
     func testRecommendPrefersKnownSizeAndHandlesUnknownBits() {

@@ -53,12 +53,14 @@ final class VerdictTests: XCTestCase {
                       LayerFigure(name: "d", sqnrDB: 25)]
         let rtn = run(.perplexity, ["ppl": 1], quant: ["method": .string("rtn"), "bits": .number(4), "group_size": .number(128)])
         let s1 = VerdictLogic.nextSteps(run: rtn, layers: layers)
-        XCTAssertTrue(s1[0].contains("GPTQ") && s1[0].contains("act-order"), "\(s1)")
+        XCTAssertTrue(s1[0].contains("--rotate") && s1[0].contains("--mse"), "\(s1)")
+        XCTAssertTrue(s1[1].contains("GPTQ") && s1[1].contains("act-order"), "\(s1)")
         XCTAssertTrue(s1.contains { $0.contains("--group-size 32") }, "\(s1)")
         let mixed = s1.last!
         XCTAssertTrue(mixed.contains("b, c, d"), mixed)  // lowest SQNR first, three modules
         XCTAssertFalse(mixed.contains("a,"), mixed)
-        let gptq = run(.perplexity, ["ppl": 1], quant: ["method": .string("gptq"), "bits": .number(4), "group_size": .number(32), "desc_act": .bool(true)])
+        let gptq = run(.perplexity, ["ppl": 1], quant: ["method": .string("gptq"), "bits": .number(4), "group_size": .number(32), "desc_act": .bool(true),
+                                                        "recovery": .object(["rotation": .object(["seed": .number(0)])])])
         let s2 = VerdictLogic.nextSteps(run: gptq, layers: [])
         XCTAssertFalse(s2.contains { $0.contains("GPTQ") || $0.contains("act-order") || $0.contains("group-size") }, "\(s2)")
         XCTAssertTrue(s2.contains { $0.contains("quantkit layers") }, "\(s2)")
@@ -93,8 +95,11 @@ final class VerdictTests: XCTestCase {
     func testAdviceFollowsTheQuantizationMethod() throws {
         let layers = [LayerFigure(name: "layers.0.q", sqnrDB: 40), LayerFigure(name: "layers.1.down", sqnrDB: 12),
                       LayerFigure(name: "layers.0.down", sqnrDB: 18), LayerFigure(name: "layers.1.up", sqnrDB: 15)]
+        // Rotated runs: the rest of the ladder (the rotation step is testRecoveryAdvice's).
         func steps(_ q: [String: ResultValue], _ l: [LayerFigure] = []) -> [String] {
-            VerdictLogic.nextSteps(run: run(.perplexity, ["ppl": 1], quant: q), layers: l)
+            var q = q
+            if !q.isEmpty { q["recovery"] = .object(["rotation": .object(["seed": .number(0)])]) }
+            return VerdictLogic.nextSteps(run: run(.perplexity, ["ppl": 1], quant: q), layers: l)
         }
         let rtn = steps(["method": .string("rtn"), "bits": .number(4), "group_size": .number(32), "act_order": .bool(false)])
         XCTAssertEqual(rtn.count, 2, "\(rtn)")
@@ -119,16 +124,38 @@ final class VerdictTests: XCTestCase {
         XCTAssertEqual(steps(["quant_method": .string("gptq"), "bits": .number(4), "group_size": .number(32), "desc_act": .bool(false)]).first,
                        "enable act-order (--act-order)")
         // No record at all (a schema_version 1 result): the advice says it cannot tell.
-        XCTAssertTrue(steps([:]).first?.contains("does not name its method") ?? false)
+        XCTAssertTrue(steps([:]).contains { $0.contains("does not name its method") }, "\(steps([:]))")
 
         // Through a result file as the perplexity command writes it (schema_version 2, `quantization` object).
         let body: [String: Any] = ["schema_version": 2, "kind": "perplexity", "protocol": "llamacpp", "ctx": 128, "corpus_sha256": "x",
                                    "tokenizer": "t", "ppl": 3.3, "model": "/tmp/q4",
-                                   "quantization": ["method": "rtn", "bits": 4, "group_size": 64, "act_order": false, "sym": true]]
+                                   "quantization": ["method": "rtn", "bits": 4, "group_size": 64, "act_order": false, "sym": true,
+                                                    "recovery": ["rotation": ["seed": 0, "residual": "hadamard", "online_hadamard": true]]]]
         let f = try ResultFile(data: JSONSerialization.data(withJSONObject: body), path: "q.json")
         let viaFile = VerdictLogic.nextSteps(run: f.runs[0], layers: [])
         XCTAssertEqual(Array(viaFile.prefix(2)), ["quantize with GPTQ and act-order (--method gptq --act-order) instead of RTN",
                                                   "smaller groups (--group-size 32 instead of 64)"])
     }
-}
 
+    /// Recovery advice: an unrotated CPU result is pointed at rotation + GPTQ + MSE clipping (AWQ as the
+    /// alternative), a rotated one is not; an NPU run gets --rotate / --smoothquant until its result records one.
+    func testRecoveryAdvice() throws {
+        let plain = run(.perplexity, ["ppl": 1], quant: ["method": .string("gptq"), "bits": .number(4), "group_size": .number(32), "act_order": .bool(true)])
+        let s = VerdictLogic.nextSteps(run: plain, layers: [])
+        XCTAssertTrue(s[0].contains("--method gptq --rotate --mse") && s[0].contains("--awq"), "\(s)")
+        var npu = run(.perplexity, ["ppl": 1])
+        npu.backend = "npu"
+        let n = VerdictLogic.nextSteps(run: npu, layers: [])
+        XCTAssertEqual(n.count, 1)
+        XCTAssertTrue(n[0].contains("--backend npu --rotate") && n[0].contains("--smoothquant"), "\(n)")
+        npu.npuRecovered = true
+        XCTAssertFalse(VerdictLogic.nextSteps(run: npu, layers: []).contains { $0.contains("--rotate") })
+        // Read from a perplexity result file as the NPU run writes it.
+        let body: [String: Any] = ["schema_version": 5, "kind": "perplexity", "protocol": "llamacpp", "ctx": 128, "corpus_sha256": "x",
+                                   "tokenizer": "t", "ppl": 3.3, "model": "m.bin", "backend": "npu",
+                                   "npu_recovery": ["smoothquant_alpha": 0.5, "smoothquant_alpha_search": [], "rotation": NSNull()]]
+        let f = try ResultFile(data: JSONSerialization.data(withJSONObject: body), path: "n.json")
+        XCTAssertEqual(f.runs[0].backend, "npu")
+        XCTAssertTrue(f.runs[0].npuRecovered)
+    }
+}
