@@ -196,6 +196,7 @@ public enum AnswersRun {
         try o.validate()
         let th = o.threads ?? Parallel.defaultThreads
         _ = try o.npu?.loadConfig()  // a bad NPU config fails before any run
+        try o.npu?.refuseFloatTransforms("rag answers")
         let squad = try Datasets.loadSQuAD(o.dataset)
         let qs = o.maxQuestions.map { Array(squad.questions.prefix($0)) } ?? squad.questions
         // A quantized model calibrated on the evaluated text would be flattered: refuse (or warn). The retriever

@@ -31,6 +31,13 @@ public struct NPUBackendSettings: Sendable {
 
     var needsFloatTransform: Bool { smoothQuant || rotate }
 
+    /// For the runs that take the NPU settings but not the float transforms (rag answers, rag retrieval).
+    func refuseFloatTransforms(_ command: String) throws {
+        if needsFloatTransform {
+            throw QuantKitError(.unsupported, "--smoothquant / --rotate are applied by `quantkit perplexity --backend npu`; \(command) does not take them yet")
+        }
+    }
+
     public func loadConfig() throws -> NPUConfig {
         try configPath.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
     }

@@ -173,6 +173,7 @@ public enum RetrievalRun {
         // Reject a bad scheme before the float corpus is embedded.
         for q in o.embedderQuantized where !FileManager.default.fileExists(atPath: q) { _ = try EmbedderQuantSpec.parseRTN(q) }
         let npuConfig = try o.npu?.loadConfig()
+        try o.npu?.refuseFloatTransforms("rag retrieval")
         let full = try Datasets.loadBEIR(o.dataset, split: o.split)
         for w in full.warnings { progress.note("warning: \(w)") }
         let ds = (o.maxDocs != nil || o.maxQueries != nil) ? full.subset(maxDocs: o.maxDocs, maxQueries: o.maxQueries) : full
