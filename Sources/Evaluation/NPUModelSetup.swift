@@ -16,6 +16,8 @@ public struct NPUBackendSettings: Sendable {
     /// SmoothQuant before calibration (Llama models): alpha given, or searched when nil.
     public var smoothQuant = false
     public var smoothQuantAlpha: Double?
+    /// Also smooth down_proj's input through up_proj's rows (beyond the paper).
+    public var smoothQuantDown = false
     /// Rotate the float model (randomized Hadamard, online Hadamard before down_proj) before calibration.
     public var rotate = false
     public var rotationSeed: UInt64 = 0
@@ -95,13 +97,14 @@ public enum NPUModelSetup {
             current.threads = model.threads
         }
         guard settings.smoothQuant else { return (current, record) }
+        record.smoothQuantDown = settings.smoothQuantDown
         let ids = try calibrationIDs(tokenizer: tokenizer, settings: settings)
         let win = max(1, min(window, model.config.maxPositionEmbeddings))
         let windows = stride(from: 0, to: ids.count, by: win).map { Array(ids[$0..<min($0 + win, ids.count)]) }
         let stats = try SmoothQuant.statistics(model: current, windows: windows)
         func smoothed(_ alpha: Double) throws -> LlamaModel {
             let w = base.copy()
-            try SmoothQuant.apply(to: w, statistics: stats, alpha: alpha)
+            try SmoothQuant.apply(to: w, statistics: stats, alpha: alpha, smoothDown: settings.smoothQuantDown)
             let m = try w.makeModel(name: model.name)
             m.threads = model.threads
             return m
@@ -173,10 +176,13 @@ public struct NPURecovery: Encodable, Sendable {
         public var kld: Double
     }
     public var smoothQuantAlpha: Double?
+    public var smoothQuantDown: Bool?
     public var alphaSearch: [AlphaTrial] = []
     public var rotation: RecoveryRecord.RotationSettings?
 
-    enum CodingKeys: String, CodingKey { case smoothQuantAlpha = "smoothquant_alpha", alphaSearch = "smoothquant_alpha_search", rotation }
+    enum CodingKeys: String, CodingKey {
+        case smoothQuantAlpha = "smoothquant_alpha", smoothQuantDown = "smoothquant_down", alphaSearch = "smoothquant_alpha_search", rotation
+    }
 }
 
 /// What a run on the simulated NPU reports beside its figures: settings, calibration, fallbacks (module + reason)

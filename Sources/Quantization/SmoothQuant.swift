@@ -10,6 +10,8 @@ public enum SmoothQuant {
     public struct Statistics: Sendable {
         public var attention: [[Double]]
         public var mlp: [[Double]]
+        /// The SwiGLU product entering down_proj (for the extension that smooths it through up_proj's rows).
+        public var down: [[Double]]
         public var tokens: Int
     }
 
@@ -19,6 +21,7 @@ public enum SmoothQuant {
         for b in model.blocks {
             wanted[b.prefix + "self_attn.q_proj"] = (false, false)
             wanted[b.prefix + "mlp.gate_proj"] = (false, false)
+            wanted[b.prefix + "mlp.down_proj"] = (false, false)
         }
         let capture = ActivationCapture(wanted)
         let saved = model.observer
@@ -37,7 +40,8 @@ public enum SmoothQuant {
         }
         let mods = capture.modules
         return Statistics(attention: model.blocks.map { mods[$0.prefix + "self_attn.q_proj"]!.absMax },
-                          mlp: model.blocks.map { mods[$0.prefix + "mlp.gate_proj"]!.absMax }, tokens: tokens)
+                          mlp: model.blocks.map { mods[$0.prefix + "mlp.gate_proj"]!.absMax },
+                          down: model.blocks.map { mods[$0.prefix + "mlp.down_proj"]!.absMax }, tokens: tokens)
     }
 
     /// s_j = max(a_j^α / max(b_j, 1e-5)^(1-α), 1e-5), b_j = max |W_ij| over the rows of every linear sharing the input.
@@ -50,9 +54,12 @@ public enum SmoothQuant {
         return zip(a, b).map { max(pow($0, alpha) / pow(max($1, 1e-5), 1 - alpha), 1e-5) }
     }
 
-    /// Folds the smoothing into `weights` in place; returns the scales per block (attention, mlp).
+    /// Folds the smoothing into `weights` in place; returns the scales per block (attention, mlp). With
+    /// `smoothDown` (an extension beyond the paper, METHODS.md §2) down_proj's input is smoothed too, folded into
+    /// up_proj's rows (exact: silu(gate) * up is linear in up).
     @discardableResult
-    public static func apply(to weights: LlamaFloatWeights, statistics st: Statistics, alpha: Double) throws -> [(attention: [Double], mlp: [Double])] {
+    public static func apply(to weights: LlamaFloatWeights, statistics st: Statistics, alpha: Double,
+                             smoothDown: Bool = false) throws -> [(attention: [Double], mlp: [Double])] {
         guard alpha >= 0, alpha <= 1 else { throw QuantKitError(.input, "--smoothquant-alpha must be in [0, 1] (got \(alpha))") }
         let c = weights.config
         guard st.attention.count == c.numHiddenLayers else { throw QuantKitError(.shape, "SmoothQuant statistics do not match the model") }
@@ -67,6 +74,12 @@ public enum SmoothQuant {
             for l in attn { weights.scaleColumns(l, by: sa) }
             weights.divideGain(p + "post_attention_layernorm.weight", by: sm)
             for l in mlp { weights.scaleColumns(l, by: sm) }
+            if smoothDown {
+                let down = p + "mlp.down_proj"
+                let sd = scales(activationMax: st.down[i], weights: weights, linears: [down + ".weight"], alpha: alpha)
+                weights.divideRows(p + "mlp.up_proj", by: sd)
+                weights.scaleColumns(down + ".weight", by: sd)
+            }
             out.append((sa, sm))
         }
         return out

@@ -18,6 +18,8 @@ struct NpuBackendOptions: ParsableArguments {
     var smoothquant = false
     @Option(name: .customLong("smoothquant-alpha"), help: "SmoothQuant migration strength in [0, 1]; default: searched on the calibration tokens (least KL to the float model).")
     var smoothquantAlpha: Double?
+    @Flag(name: .customLong("smoothquant-down"), help: "With --smoothquant: also smooth down_proj's input (the SwiGLU product) through up_proj's rows; an extension beyond the paper, which leaves it unsmoothed.")
+    var smoothquantDown = false
     @Flag(help: "Rotate the float model (randomized Hadamard on the residual stream, online Hadamard before down_proj) before NPU calibration.")
     var rotate = false
     @Option(help: "Seed of the rotation's random signs.") var rotationSeed: UInt64 = 0
@@ -28,7 +30,8 @@ struct NpuBackendOptions: ParsableArguments {
     var settings: NPUBackendSettings? {
         guard isNPU else { return nil }
         var s = NPUBackendSettings(configPath: npuConfig, calibration: npuCalibration, calibrationTokens: npuCalibrationTokens)
-        s.smoothQuant = smoothquant || smoothquantAlpha != nil
+        s.smoothQuant = smoothquant || smoothquantAlpha != nil || smoothquantDown
+        s.smoothQuantDown = smoothquantDown
         s.smoothQuantAlpha = smoothquantAlpha
         s.rotate = rotate
         s.rotationSeed = rotationSeed
@@ -40,7 +43,7 @@ struct NpuBackendOptions: ParsableArguments {
         if npuConfig != nil && !isNPU { throw ValidationError("--npu-config needs --backend npu") }
         if npuCalibration != nil && !isNPU { throw ValidationError("--npu-calibration needs --backend npu") }
         guard npuCalibrationTokens >= 1 else { throw ValidationError("--npu-calibration-tokens must be at least 1") }
-        if (smoothquant || smoothquantAlpha != nil || rotate) && !isNPU {
+        if (smoothquant || smoothquantAlpha != nil || smoothquantDown || rotate) && !isNPU {
             throw ValidationError("--smoothquant, --smoothquant-alpha and --rotate apply to --backend npu (for the CPU, rotate at quantize time: quantize --rotate)")
         }
         if let a = smoothquantAlpha, !(a >= 0 && a <= 1) { throw ValidationError("--smoothquant-alpha must be in [0, 1] (got \(a))") }

@@ -457,4 +457,40 @@ final class CLITests: XCTestCase {
                         mentioning: "--group-size")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x"), "no output directory after a failed run")
     }
+
+    /// The recovery methods through the CLI: a rotated RTN checkpoint and a pruned float checkpoint load in
+    /// perplexity and carry their record into the result; the NPU takes --rotate; bad flags get one clear line.
+    func testRecoveryMethodsEndToEndAndBadInput() throws {
+        let dir = Repo.tempDirectory("cli-recovery")
+        let model = "Models/stories260K/stories260K.bin"
+        let corpus = "Corpora/tinystories/tinystories_sample.txt.zst"
+        let cal = ["--calibration", "Corpora/scifact/corpus.jsonl.zst", "--samples", "8", "--seqlen", "64"]
+        try run(["quantize", "--model", model, "--method", "rtn", "--rotate", "--bits", "4", "--group-size", "32",
+                 "--output", dir + "/rot", "--json", dir + "/q-rot.json"])
+        try run(["quantize", "--model", model, "--method", "sparsegpt", "--sparsity", "2:4"] + cal + ["--output", dir + "/sp"])
+        let common = ["--corpus", corpus, "--ctx", "64", "--max-chunks", "4"]
+        try run(["perplexity", "--model", dir + "/rot"] + common + ["--json", dir + "/rot.json"])
+        try run(["perplexity", "--model", dir + "/sp"] + common + ["--json", dir + "/sp.json"])
+        let rot = try jsonObject(dir + "/rot.json")["quantization"] as! [String: Any]
+        let rotation = (rot["recovery"] as! [String: Any])["rotation"] as! [String: Any]
+        XCTAssertEqual(rotation["online_hadamard"] as? Bool, true)
+        XCTAssertEqual(rotation["residual"] as? String, "hadamard")
+        let sp = try jsonObject(dir + "/sp.json")["quantization"] as! [String: Any]
+        XCTAssertEqual(sp["method"] as? String, "sparsegpt")
+        let sparsity = (sp["recovery"] as! [String: Any])["sparsity"] as! [String: Any]
+        XCTAssertEqual(sparsity["density"] as! Double, 0.5, accuracy: 1e-12)
+        try run(["perplexity", "--model", model] + common + ["--backend", "npu", "--rotate", "--npu-calibration-tokens", "512",
+                 "--json", dir + "/npu.json"])
+        XCTAssertNotNil((try jsonObject(dir + "/npu.json")["npu_recovery"] as? [String: Any])?["rotation"] as? [String: Any])
+
+        try expectError(["quantize", "--model", model, "--method", "sparsegpt", "--sparsity", "3:2", "--output", dir + "/x"], mentioning: "--sparsity '3:2'")
+        try expectError(["quantize", "--model", model, "--method", "rtn", "--sparsity", "0.5", "--output", dir + "/x"], mentioning: "--sparsity needs --method sparsegpt")
+        try expectError(["quantize", "--model", model, "--method", "hqq", "--awq", "--output", dir + "/x"], mentioning: "--awq combines with")
+        try expectError(["quantize", "--model", model, "--method", "nope", "--output", dir + "/x"], mentioning: "awq, hqq, sparsegpt")
+        try expectError(["perplexity", "--model", model] + common + ["--smoothquant"], mentioning: "--backend npu")
+        try expectError(["perplexity", "--model", model] + common + ["--backend", "npu", "--smoothquant-alpha", "1.5"], mentioning: "--smoothquant-alpha")
+        try expectError(["export", "--model", dir + "/rot", "--format", "gguf", "--type", "q4_0", "--output", dir + "/r.gguf"], mentioning: "online Hadamard")
+        try expectError(["sweep", "--model", model, "--eval", "Corpora/scifact/corpus.jsonl.zst", "--output", dir + "/sw"], mentioning: "overlaps the calibration text")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x"), "no partial output")
+    }
 }
