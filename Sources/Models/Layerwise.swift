@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TensorCore
 
 /// What the layer-wise calibration driver (Quantization's `LayerwiseDriver`) walks: a stack of blocks run one at
@@ -28,7 +29,7 @@ public protocol LayerwiseModel: AnyObject {
 }
 
 /// A Llama-family model walked block by block on independent sequences (positions from 0, no past), with the
-/// scratch of one sequence allocated once.
+/// scratch of one sequence allocated once (one per worker for concurrent passes).
 public final class LlamaLayerwise: LayerwiseModel {
     public struct Batch {
         /// [rows, dim]
@@ -36,23 +37,39 @@ public final class LlamaLayerwise: LayerwiseModel {
         public let rows: Int
     }
 
+    /// What of a block a pass runs: `attention` leaves the batch holding the residual stream after attention
+    /// (the MLP's input), `mlp` starts from it (LlamaBlock.forwardAttention, forwardMLP), so a search that varies
+    /// only the MLP re-runs only that half.
+    public enum BlockPart: Sendable { case whole, attention, mlp }
+
+    /// The scratch of one sequence in flight: activations and the block's keys and values.
+    final class Scratch {
+        let state: RunState
+        let keys: UnsafeMutablePointer<Float>
+        let values: UnsafeMutablePointer<Float>
+
+        init(model: LlamaModel, maxRows: Int) {
+            state = model.makeState(maxRows: max(maxRows, 1))
+            for r in 0..<maxRows { state.positions[r] = Int32(r) }
+            keys = .allocate(capacity: max(maxRows, 1) * model.config.kvDim)
+            values = .allocate(capacity: max(maxRows, 1) * model.config.kvDim)
+        }
+
+        deinit { keys.deallocate(); values.deallocate() }
+    }
+
     public let model: LlamaModel
     public let maxRows: Int
-    private let state: RunState
-    private let keys: UnsafeMutablePointer<Float>
-    private let values: UnsafeMutablePointer<Float>
+    /// scratch[0] serves runBlock; concurrent passes use one per worker, made when first needed.
+    private var scratch: [Scratch]
+    private var state: RunState { scratch[0].state }
 
     /// maxRows: the longest sequence that will run.
     public init(model: LlamaModel, maxRows: Int) {
         self.model = model
         self.maxRows = maxRows
-        state = model.makeState(maxRows: max(maxRows, 1))
-        for r in 0..<maxRows { state.positions[r] = Int32(r) }
-        keys = .allocate(capacity: max(maxRows, 1) * model.config.kvDim)
-        values = .allocate(capacity: max(maxRows, 1) * model.config.kvDim)
+        scratch = [Scratch(model: model, maxRows: maxRows)]
     }
-
-    deinit { keys.deallocate(); values.deallocate() }
 
     public var blockCount: Int { model.blocks.count }
     public var weights: any WeightSource { model.source }
@@ -86,12 +103,54 @@ public final class LlamaLayerwise: LayerwiseModel {
     public func samples(in batch: Batch) -> Int { 1 }
 
     public func runBlock(_ i: Int, on batch: inout Batch, observer: (any LinearObserver)?, stopAfter: String?) {
+        run(i, part: .whole, on: &batch, observer: observer, stopAfter: stopAfter, scratch: scratch[0], threads: model.threads)
+    }
+
+    /// Runs `part` of block `i` on every batch, up to `workers` batches at a time, batch b seen by observers[b]
+    /// (when given). Each batch runs on single-threaded kernels: a small model's block on one sequence is too little
+    /// work to split, independent sequences are not. Each batch's results equal runBlock's bit for bit (kernels
+    /// split rows, columns and heads, never a sum). With `stopAfter` the batches are left as they were.
+    public func runConcurrently(_ i: Int, part: BlockPart = .whole, on batches: inout [Batch],
+                                observers: [(any LinearObserver)?]? = nil, stopAfter: String?, workers: Int) {
+        precondition(observers.map { $0.count == batches.count } ?? true, "one observer per batch")
+        let n = max(1, min(workers, batches.count))
+        while scratch.count < n { scratch.append(Scratch(model: model, maxRows: maxRows)) }
+        let shared = UncheckedBox((walker: self, scratch: scratch, observers: observers))
+        let next = Atomic<Int>(0)
+        batches.withUnsafeMutableBufferPointer { buffer in
+            let bp = SendablePointer(buffer.baseAddress!), count = buffer.count
+            Parallel.forRanges(n, threads: n) { ids in
+                let (walker, scratch, observers) = shared.value
+                for w in ids {
+                    // Batches taken dynamically: on a shared host one core often runs slower than the other.
+                    while true {
+                        let b = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                        if b >= count { break }
+                        walker.run(i, part: part, on: &bp.base[b], observer: observers?[b] ?? nil, stopAfter: stopAfter,
+                                   scratch: scratch[w], threads: 1)
+                    }
+                }
+            }
+        }
+    }
+
+    private func run(_ i: Int, part: BlockPart, on batch: inout Batch, observer: (any LinearObserver)?, stopAfter: String?,
+                     scratch s: Scratch, threads: Int) {
         let block = model.blocks[i], n = batch.rows * model.config.hiddenSize
-        let ctx = BlockContext(ops: model.ops, observer: observer, threads: model.threads,
+        let ctx = BlockContext(ops: model.ops, observer: observer, threads: threads,
                                stopAfter: stopAfter.map { String($0.dropFirst(block.prefix.count)) })
-        state.x.update(from: batch.hidden, count: n)
-        block.forward(state.x, rows: batch.rows, start: 0, keys: keys, values: values, state: state, context: ctx)
-        if stopAfter == nil { batch.hidden.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: state.x, count: n) } }
+        s.state.x.update(from: batch.hidden, count: n)
+        var stopped = stopAfter != nil
+        switch part {
+        case .whole:
+            block.forward(s.state.x, rows: batch.rows, start: 0, keys: s.keys, values: s.values, state: s.state, context: ctx)
+        case .attention:
+            stopped = block.forwardAttention(s.state.x, rows: batch.rows, start: 0, keys: s.keys, values: s.values,
+                                             state: s.state, context: ctx)
+        case .mlp:
+            block.forwardMLP(s.state.x, rows: batch.rows, state: s.state, context: ctx)
+        }
+        if !stopped { batch.hidden.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: s.state.x, count: n) } }
     }
 
     /// Final norm + head on a batch's hidden states (after the last block): logits [rows, vocab].
@@ -155,4 +214,10 @@ public final class BertLayerwise: LayerwiseModel {
             model.forwardLayer(i, x: &x, offsets: batch.offsets, observer: observer, stopAfter: stopAfter, threads: threads)
         }
     }
+}
+
+/// Carries values that are not Sendable into a parallel closure whose workers touch disjoint parts of them.
+private struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
 }

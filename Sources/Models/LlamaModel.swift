@@ -229,6 +229,22 @@ public final class LlamaBlock {
         mlp(x, rows: rows / seqLen * kept, state: s, context: ctx)
     }
 
+    /// `forward` of one sequence in two halves, for layer-wise searches that vary only the MLP and so re-run only
+    /// that half: `forwardAttention` leaves x holding the residual stream after attention (the MLP's input) and
+    /// `forwardMLP` continues from it; together they are `forward` bit for bit. forwardAttention returns true when
+    /// the context stopped after one of its modules (x is then not updated); forwardMLP may stop like `forward`.
+    @discardableResult
+    public func forwardAttention(_ x: UnsafeMutablePointer<Float>, rows: Int, start: Int, keys: UnsafeMutablePointer<Float>,
+                                 values: UnsafeMutablePointer<Float>, state s: RunState, context ctx: BlockContext) -> Bool {
+        if projectQKV(x, rows: rows, start: start, keys: keys, values: values, state: s, context: ctx) { return true }
+        return attend(x, sequences: 1, sequenceLength: rows, kept: rows, start: start, keys: keys, values: values, state: s,
+                      context: ctx)
+    }
+
+    public func forwardMLP(_ x: UnsafeMutablePointer<Float>, rows: Int, state s: RunState, context ctx: BlockContext) {
+        mlp(x, rows: rows, state: s, context: ctx)
+    }
+
     /// input norm, then q, k, v of every row (k and v into the cache at `start`), RoPE on q and k. True when the
     /// context stops after one of them.
     private func projectQKV(_ x: UnsafeMutablePointer<Float>, rows: Int, start: Int, keys: UnsafeMutablePointer<Float>,

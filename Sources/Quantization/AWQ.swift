@@ -65,6 +65,7 @@ public enum AWQ {
         }
         guard !windows.isEmpty else { throw QuantKitError(.input, "AWQ needs calibration windows") }
         let walker = LlamaLayerwise(model: model, maxRows: windows.map(\.count).max() ?? 0)
+        let workers = max(1, model.threads)
         var batches = try walker.embed(calibration: windows)
         let counter = progress.task("awq", total: model.blocks.count, unit: "blocks")
         var groups: [AWQGroupReport] = []
@@ -73,17 +74,31 @@ public enum AWQ {
             let p = "model.layers.\(i)."
             let names = (q: p + "self_attn.q_proj", k: p + "self_attn.k_proj", v: p + "self_attn.v_proj", o: p + "self_attn.o_proj",
                          gate: p + "mlp.gate_proj", up: p + "mlp.up_proj", down: p + "mlp.down_proj")
-            // One float pass: the groups' inputs and the outputs their objectives compare against.
+            // One float pass: the groups' inputs and the outputs their objectives compare against, the residual
+            // streams after attention (the MLP's inputs, the same for every gate/up candidate) and the block's outputs.
             let capture = ActivationCapture([names.q: (true, false), names.o: (true, true), names.gate: (true, false),
                                              names.down: (true, true)])
-            for b in batches.indices { var x = batches[b]; walker.runBlock(i, on: &x, observer: capture, stopAfter: nil) }
+            var mlpInputs: [LlamaLayerwise.Batch] = [], outputs: [LlamaLayerwise.Batch] = []
+            // Batches run side by side, a few at a time; the capture sums rows in order, so each batch's modules
+            // are recorded and handed to it in batch order.
+            for lo in stride(from: 0, to: batches.count, by: 8 * workers) {
+                let chunk = lo..<min(batches.count, lo + 8 * workers)
+                let recorders = chunk.map { _ in LinearRecorder(modules: Set(capture.wanted.keys)) }
+                var mid = Array(batches[chunk])
+                walker.runConcurrently(i, part: .attention, on: &mid, observers: recorders, stopAfter: nil, workers: workers)
+                var out = mid
+                walker.runConcurrently(i, part: .mlp, on: &out, observers: recorders, stopAfter: nil, workers: workers)
+                for r in recorders { r.replay(to: capture) }
+                mlpInputs += mid
+                outputs += out
+            }
             let cap = capture.modules
             func module(_ n: String) -> ActivationCapture.Module { cap[n]! }
 
             // (a) q, k, v: the whole attention (through o_proj) is the objective.
             let sQKV = try searchGroup(block: i, group: "qkv", linears: [names.q, names.k, names.v], weights: weights,
                                        grid: scaleGrids["\(i).qkv"] ?? scaleGrid(capture.absMean(names.q), steps: config.grid), config: config, model: model) { candidates in
-                try blockError(walker, block: i, batches: batches, replacing: candidates, module: names.o,
+                try blockError(walker, block: i, part: .attention, batches: batches, replacing: candidates, module: names.o,
                                reference: module(names.o).outputs)
             }
             groups.append(sQKV)
@@ -100,7 +115,7 @@ public enum AWQ {
             // (c) gate, up: the whole MLP (through down_proj).
             let sGU = try searchGroup(block: i, group: "gate_up", linears: [names.gate, names.up], weights: weights,
                                       grid: scaleGrids["\(i).gate_up"] ?? scaleGrid(capture.absMean(names.gate), steps: config.grid), config: config, model: model) { candidates in
-                try blockError(walker, block: i, batches: batches, replacing: candidates, module: names.down,
+                try blockError(walker, block: i, part: .mlp, batches: mlpInputs, replacing: candidates, module: names.down,
                                reference: module(names.down).outputs)
             }
             groups.append(sGU)
@@ -135,8 +150,8 @@ public enum AWQ {
                     clips.append(try clip(n, weights: weights, inputs: x, scales: s, config: config, threads: model.threads))
                 }
             }
-            // The next block's inputs come from the float block.
-            for b in batches.indices { walker.runBlock(i, on: &batches[b], observer: nil, stopAfter: nil) }
+            // The next block's inputs come from the float block (the searches put its linears back).
+            batches = outputs
             counter.update(done: i + 1, detail: "block \(i)")
         }
         return AWQReport(groups: groups, clips: clips, seconds: Date().timeIntervalSince(t0))
@@ -184,15 +199,25 @@ public enum AWQ {
     }
 
     /// Mean squared error of `module`'s output over the calibration batches with `replacing` swapped into block
-    /// `block` (the block's originals are put back).
-    static func blockError(_ walker: LlamaLayerwise, block: Int, batches: [LlamaLayerwise.Batch], replacing: [String: DenseLinear],
-                           module: String, reference: [Float]) throws -> Double {
+    /// `block` (the block's originals are put back). `part` of the block runs on `batches` (its inputs), the
+    /// batches side by side on the model's threads.
+    static func blockError(_ walker: LlamaLayerwise, block: Int, part: LlamaLayerwise.BlockPart, batches: [LlamaLayerwise.Batch],
+                           replacing: [String: DenseLinear], module: String, reference: [Float]) throws -> Double {
         let originals = replacing.keys.map { ($0, walker.linear(named: $0)!) }
         defer { for (n, l) in originals { try? walker.setLinear(l, named: n) } }
         for (n, l) in replacing { try walker.setLinear(l, named: n) }
-        let observer = OutputErrorObserver(module: module, reference: reference)
-        for b in batches.indices { var x = batches[b]; walker.runBlock(block, on: &x, observer: observer, stopAfter: module) }
-        return observer.meanSquaredError
+        // One observer per batch at its batch's place in the reference; their sums added in batch order are the
+        // sum of one observer seeing the batches in turn, bit for bit.
+        let width = walker.linear(named: module)!.outFeatures
+        var offset = 0
+        let observers = batches.map { b in
+            defer { offset += b.rows * width }
+            return OutputErrorObserver(module: module, reference: reference, offset: offset)
+        }
+        var x = batches
+        walker.runConcurrently(block, part: part, on: &x, observers: observers, stopAfter: module, workers: max(1, walker.threads))
+        let sum = observers.reduce(0.0) { $0 + $1.sum }
+        return sum / Double(max(reference.count, 1))
     }
 
     /// Mean squared error of one linear on recorded inputs against its recorded outputs.
@@ -218,10 +243,10 @@ public enum AWQ {
         let stride = max(1, n / config.clipTokens)
         let picked = Array(Swift.stride(from: 0, to: n, by: stride))
         let t = picked.count
-        // Sampled inputs, column-major by group for the partial dot products: x[k][j] for sample k.
+        // Sampled inputs transposed, x[j][k] for sample k: the partial dot products of all samples run side by side.
         var x = [Double](repeating: 0, count: t * cols)
         for (k, row) in picked.enumerated() {
-            for j in 0..<cols { x[k * cols + j] = Double(inputs[row * cols + j]) / (scales?[j] ?? 1) }
+            for j in 0..<cols { x[j * t + k] = Double(inputs[row * cols + j]) / (scales?[j] ?? 1) }
         }
         let gs = config.scheme.effectiveGroupSize(inFeatures: cols)
         let ng = config.scheme.groupCount(inFeatures: cols)
@@ -234,30 +259,25 @@ public enum AWQ {
                 let wp = SendablePointer(wb.baseAddress!), xp = SendablePointer(xb.baseAddress!)
                 let bp = SendablePointer(bb.baseAddress!), sp = SendablePointer(sb.baseAddress!)
                 Parallel.forRanges(rows, threads: threads) { range in
-                    var q = [Double](repeating: 0, count: gs), org = [Double](repeating: 0, count: t)
+                    let q = UnsafeMutablePointer<Double>.allocate(capacity: gs)
+                    let org = UnsafeMutablePointer<Double>.allocate(capacity: t), d = UnsafeMutablePointer<Double>.allocate(capacity: t)
+                    defer { q.deallocate(); org.deallocate(); d.deallocate() }
                     for r in range {
                         for g in 0..<ng {
                             let c0 = g * gs, len = min(gs, cols - c0)
-                            let wr = wp.base + r * cols + c0
+                            let wr = wp.base + r * cols + c0, xg = UnsafePointer(xp.base + c0 * t)
                             var m0 = 0.0
                             for j in 0..<len { m0 = max(m0, abs(wr[j])) }
-                            for k in 0..<t {
-                                var d = 0.0
-                                for j in 0..<len { d += xp[k * cols + c0 + j] * wr[j] }
-                                org[k] = d
-                            }
+                            partialProducts(xg, samples: t, weights: wr, count: len, into: org)
                             var best = (err: Double.infinity, m: m0, shrink: 0.0)
                             for i in 0..<steps {
                                 let shrink = Double(i) / Double(config.clipGrid)
                                 let m = m0 * (1 - shrink)
                                 for j in 0..<len { q[j] = min(max(wr[j], -m), m) }
-                                q.withUnsafeMutableBufferPointer { Quantizer.fakeQuantizeSegment($0.baseAddress!, count: len, scheme: config.scheme) }
+                                Quantizer.fakeQuantizeSegment(q, count: len, scheme: config.scheme)
+                                partialProducts(xg, samples: t, weights: q, count: len, into: d)
                                 var err = 0.0
-                                for k in 0..<t {
-                                    var d = 0.0
-                                    for j in 0..<len { d += xp[k * cols + c0 + j] * q[j] }
-                                    err += (d - org[k]) * (d - org[k])
-                                }
+                                for k in 0..<t { err += (d[k] - org[k]) * (d[k] - org[k]) }
                                 err /= Double(max(t, 1))
                                 if err < best.err { best = (err, m, shrink) }
                             }
@@ -272,5 +292,33 @@ public enum AWQ {
         weights.set(name + ".weight", shape: shape, values: w)
         return AWQClipReport(module: name, bounds: bounds, meanShrink: shrinks.reduce(0, +) / Double(max(shrinks.count, 1)),
                              clippedGroups: shrinks.filter { $0 > 0 }.count)
+    }
+
+    /// out[k] = sum over j < count of x[j * samples + k] * w[j], each sum in j order from 0 (as a scalar loop adds,
+    /// bit for bit: products and sums stay separate roundings, no fused multiply-add), 16 samples at a time.
+    @inline(__always)
+    static func partialProducts(_ x: UnsafePointer<Double>, samples t: Int, weights w: UnsafePointer<Double>, count: Int,
+                                into out: UnsafeMutablePointer<Double>) {
+        typealias V = SIMD4<Double>
+        func load(_ p: UnsafePointer<Double>) -> V { UnsafeRawPointer(p).loadUnaligned(as: V.self) }
+        func store(_ v: V, _ p: UnsafeMutablePointer<Double>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: V.self) }
+        var k = 0
+        while k + 16 <= t {
+            var a0 = V(), a1 = V(), a2 = V(), a3 = V()
+            var p = x + k
+            for j in 0..<count {
+                let wj = V(repeating: w[j])
+                a0 += load(p) * wj; a1 += load(p + 4) * wj; a2 += load(p + 8) * wj; a3 += load(p + 12) * wj
+                p += t
+            }
+            store(a0, out + k); store(a1, out + k + 4); store(a2, out + k + 8); store(a3, out + k + 12)
+            k += 16
+        }
+        while k < t {
+            var a = 0.0
+            for j in 0..<count { a += x[j * t + k] * w[j] }
+            out[k] = a
+            k += 1
+        }
     }
 }

@@ -46,15 +46,18 @@ final class ActivationCapture: LinearObserver {
     }
 }
 
-/// Squared differences between what a module produces now and a recorded output, summed over the calibration
-/// batches (the search objectives of AWQ).
+/// Squared differences between what a module produces now and a recorded output, summed over the batches it
+/// sees (the search objectives of AWQ).
 final class OutputErrorObserver: LinearObserver {
     let module: String
     let reference: [Float]
     private(set) var offset = 0
     private(set) var sum = 0.0
 
-    init(module: String, reference: [Float]) { self.module = module; self.reference = reference }
+    /// offset: where in `reference` the first observed output belongs.
+    init(module: String, reference: [Float], offset: Int = 0) {
+        self.module = module; self.reference = reference; self.offset = offset
+    }
 
     func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int,
                  rows: Int) {
@@ -65,7 +68,39 @@ final class OutputErrorObserver: LinearObserver {
         sum += s
         offset += n
     }
+}
 
-    /// Mean over every element of the recorded output.
-    var meanSquaredError: Double { sum / Double(max(reference.count, 1)) }
+/// Keeps what chosen modules saw, to show another observer later: batches run side by side each record their own,
+/// and replaying the recorders in batch order shows an order-dependent observer what a serial pass would.
+final class LinearRecorder: LinearObserver {
+    private struct Call {
+        var module: String
+        var input: [Float], inFeatures: Int
+        var output: [Float], outFeatures: Int
+        var rows: Int
+    }
+
+    let modules: Set<String>
+    private var calls: [Call] = []
+
+    init(modules: Set<String>) { self.modules = modules }
+
+    func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int,
+                 rows: Int) {
+        guard modules.contains(module) else { return }
+        calls.append(Call(module: module, input: Array(UnsafeBufferPointer(start: input, count: rows * inFeatures)),
+                          inFeatures: inFeatures, output: Array(UnsafeBufferPointer(start: output, count: rows * outFeatures)),
+                          outFeatures: outFeatures, rows: rows))
+    }
+
+    /// Shows `observer` the recorded calls in the order they came (and forgets them).
+    func replay(to observer: any LinearObserver) {
+        for c in calls {
+            c.input.withUnsafeBufferPointer { x in c.output.withUnsafeBufferPointer { y in
+                observer.observe(module: c.module, input: x.baseAddress!, inFeatures: c.inFeatures, output: y.baseAddress!,
+                                 outFeatures: c.outFeatures, rows: c.rows)
+            } }
+        }
+        calls = []
+    }
 }

@@ -76,4 +76,49 @@ final class LayerwiseTests: XCTestCase {
             XCTAssertLessThan(maxAbsDiff(got, w.logits), 1e-4)
         }
     }
+
+    /// Batches run side by side on single-threaded kernels, whole or as attention then MLP, give exactly what the
+    /// serial pass on threaded kernels gives: block outputs, module outputs, and the batches left as they were
+    /// when a pass stops early.
+    func testConcurrentAndSplitPassesEqualSerial() throws {
+        let model = try LlamaModel.load(path: StoriesLogitsTests.modelPath)
+        model.threads = 2
+        var rng = SplitMix64(seed: 11)
+        let windows = [200, 64, 131, 256, 7].map { n in (0..<n).map { _ in Int32(rng.index(model.config.vocabSize)) } }
+        let walker = LlamaLayerwise(model: model, maxRows: 256)
+        let input = try walker.embed(calibration: windows)
+        let modules = Set(model.blocks[1].linearGroups.flatMap { $0 })
+        let serial = OutputRecorder(modules), split = OutputRecorder(modules)
+        var expected = input
+        for b in expected.indices { walker.runBlock(1, on: &expected[b], observer: serial, stopAfter: nil) }
+
+        var whole = input
+        walker.runConcurrently(1, on: &whole, stopAfter: nil, workers: 2)
+        var halves = input
+        let observers = input.map { _ in OutputRecorder(modules) }
+        walker.runConcurrently(1, part: .attention, on: &halves, observers: observers, stopAfter: nil, workers: 3)
+        walker.runConcurrently(1, part: .mlp, on: &halves, observers: observers, stopAfter: nil, workers: 2)
+        for o in observers { split.outputs.merge(o.outputs) { $0 + $1 } }
+        for b in input.indices {
+            XCTAssertEqual(whole[b].hidden, expected[b].hidden, "window \(b), whole block")
+            XCTAssertEqual(halves[b].hidden, expected[b].hidden, "window \(b), attention then MLP")
+        }
+        XCTAssertEqual(split.outputs, serial.outputs)
+
+        var stopped = input
+        walker.runConcurrently(1, part: .attention, on: &stopped, stopAfter: model.blocks[1].prefix + "self_attn.o_proj", workers: 2)
+        XCTAssertEqual(stopped.map(\.hidden), input.map(\.hidden))
+    }
+}
+
+/// Every output of chosen modules, concatenated in the order seen.
+private final class OutputRecorder: LinearObserver {
+    let modules: Set<String>
+    var outputs: [String: [Float]] = [:]
+    init(_ modules: Set<String>) { self.modules = modules }
+    func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>, outFeatures: Int,
+                 rows: Int) {
+        guard modules.contains(module) else { return }
+        outputs[module, default: []] += UnsafeBufferPointer(start: output, count: rows * outFeatures)
+    }
 }
