@@ -139,7 +139,7 @@ public struct SweepReport: Encodable, Sendable {
         func pad(_ s: String, _ n: Int) -> String { s.padding(toLength: max(n, s.count), withPad: " ", startingAt: 0) }
         var lines = [pad("variant", 34) + "  bits  group  bpw     size KB  ppl        QError %  KLD       same-top %  verdict     quant s"]
         for r in rows {
-            lines.append(pad(r.variant, 34) + String(format: "  %4d  %5@  %5@  %8.1f  %9.4f  %8.3f  %@  %@  %@  %7.1f",
+            lines.append(pad(r.variant, 34) + String(format: "  %4d  %5@  %5@  %8.1f  %9.4f  %8.3f  %@  %@  %@  %7.2f",
                 r.settings.bits, r.settings.groupSize > 0 ? "\(r.settings.groupSize)" : "pc",
                 r.bitsPerWeight.map { String(format: "%.2f", $0) } ?? "-", Double(r.sizeBytes) / 1024, r.ppl, r.qerror * 100,
                 pad(r.kldMean.map { String(format: "%.5f", $0) } ?? "-", 8), pad(r.sameTopPercent.map { String(format: "%.2f", $0) } ?? "-", 10),

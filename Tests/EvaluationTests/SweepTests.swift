@@ -1,0 +1,74 @@
+import Foundation
+import Quantization
+import TensorCore
+import TestSupport
+import XCTest
+@testable import Evaluation
+
+/// `quantkit sweep`: the grid, the leakage guard, and a small sweep on stories260K whose rows agree with their
+/// own result files and with a plain float perplexity run.
+final class SweepTests: XCTestCase {
+    func testGridAndMethodSpecs() throws {
+        var o = SweepRunOptions(model: "m", corpus: "c", evaluation: PerplexityOptions(ctx: 64), output: "o")
+        o.methods = ["rtn", "gptq+rotate+mse", "gptq+awq"]
+        o.bits = [8, 4]
+        o.groupSizes = [32, 128]
+        let v = try o.variants()
+        // 8 bits: per channel only (3 points); 4 bits: both group sizes (6 points).
+        XCTAssertEqual(v.count, 9)
+        XCTAssertEqual(v.map(\.label).prefix(3), ["rtn-int8-pc", "gptq+rotate+mse-int8-pc", "gptq+awq-int8-pc"])
+        XCTAssertEqual(v.last?.label, "gptq+awq-int4-g128")
+        let r = try SweepVariant.parse("gptq+rotate+mse", bits: 4, groupSize: 32)
+        XCTAssertTrue(r.rotate && r.mse && !r.awq && r.method == .gptq)
+        for bad in ["nope", "hqq+awq", "rtn+actorder", "gptq+foo", "sparsegpt"] {
+            XCTAssertThrowsError(try SweepVariant.parse(bad, bits: 4, groupSize: 32), bad) { e in
+                XCTAssertTrue("\(e)".contains("--methods"), "\(e)")
+            }
+        }
+        o.bits = [5]
+        XCTAssertThrowsError(try o.variants())
+    }
+
+    func testSweepOnStories260K() throws {
+        let dir = Repo.tempDirectory("sweep")
+        let corpus = Repo.path("Corpora/tinystories/tinystories_sample.txt.zst")
+        let model = Repo.path("Models/stories260K/stories260K.bin")
+        var o = SweepRunOptions(model: model, corpus: corpus, evaluation: PerplexityOptions(ctx: 64, maxChunks: 6), output: dir)
+        o.calibration = Repo.path("Corpora/scifact/corpus.jsonl.zst")
+        o.methods = ["rtn", "rtn+rotate"]
+        o.bits = [8, 4]
+        o.samples = 4
+        o.seqlen = 64
+        let r = try SweepRun.run(o)
+        XCTAssertEqual(r.rows.map(\.variant), ["rtn-int8-pc", "rtn+rotate-int8-pc", "rtn-int4-g32", "rtn+rotate-int4-g32"])
+        // The float base equals a plain perplexity run of the same protocol.
+        let plain = try PerplexityRun.run(PerplexityRunOptions(model: model, corpus: corpus, evaluation: PerplexityOptions(ctx: 64, maxChunks: 6)))
+        XCTAssertEqual(r.basePPL, plain.ppl)
+        for row in r.rows {
+            let f = try ResultFile(path: row.result)
+            let ppl = f.runs.first { !$0.isBase }!.metric("ppl")!
+            XCTAssertEqual(row.ppl, ppl)
+            XCTAssertEqual(row.qerror, ppl / plain.ppl - 1, accuracy: 1e-15)
+            XCTAssertEqual(row.verdict, VerdictLogic.decide(row.qerror, VerdictThresholds()))
+            XCTAssertEqual(row.settings.rotate, row.variant.contains("rotate"))
+        }
+        let shipping = r.rows.filter { $0.verdict == .ship }
+        if let best = shipping.min(by: { ($0.bitsPerWeight ?? 32, $0.qerror) < ($1.bitsPerWeight ?? 32, $1.qerror) }) {
+            XCTAssertEqual(r.smallestShipping, best.variant)
+        } else {
+            XCTAssertNil(r.smallestShipping)
+        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/report.html"))
+        XCTAssertTrue(r.table.contains("rtn+rotate-int4-g32"))
+    }
+
+    func testLeakageGuardRefusesOverlappingTexts() throws {
+        let dir = Repo.tempDirectory("sweep-leak")
+        let scifact = Repo.path("Corpora/scifact/corpus.jsonl.zst")
+        var o = SweepRunOptions(model: Repo.path("Models/stories260K/stories260K.bin"), corpus: scifact,
+                                evaluation: PerplexityOptions(ctx: 64, maxChunks: 2), output: dir)
+        o.calibration = scifact
+        XCTAssertThrowsError(try SweepRun.run(o)) { e in XCTAssertTrue("\(e)".contains("overlaps the calibration text"), "\(e)") }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/float.json"), "refused before any run")
+    }
+}
