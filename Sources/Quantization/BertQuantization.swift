@@ -48,6 +48,9 @@ extension ModelQuantizer {
                                 batchTokens: Int = 8192, threads: Int = Parallel.defaultThreads,
                                 progress: any ProgressObserver = NoProgress()) throws -> Result {
         guard options.method == .rtn || !sequences.isEmpty else { throw QuantKitError(.input, "GPTQ needs calibration passages") }
+        guard options.gptaqAlpha == nil else {
+            throw QuantKitError(.unsupported, "--gptaq is implemented for the Llama family, not BERT encoders")
+        }
         let walker = BertLayerwise(model: model, threads: threads, batchTokens: batchTokens)
         return try quantize(walker, calibration: sequences, options: options, progress: progress)
     }

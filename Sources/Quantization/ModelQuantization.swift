@@ -133,6 +133,9 @@ public struct ModelQuantizationOptions: Sendable {
     /// SparseGPT's pattern (method sparsegpt), and whether it only prunes (float weights, no quantization).
     public var sparsity: SparsityPattern?
     public var pruneOnly = false
+    /// GPTAQ (method gptq only): alpha of the asymmetric-calibration term (`GPTAQConfig`; 0.25 upstream), nil: GPTQ.
+    /// Needs the float model beside the quantized one (`ModelQuantizer.quantize(model:windows:options:)` builds it).
+    public var gptaqAlpha: Double?
 
     public init(method: QuantMethod, scheme: QuantScheme, actOrder: Bool = false, staticGroups: Bool = false,
                 dampPercent: Double = 0.01, trueSequential: Bool = true, overrides: [(pattern: String, bits: Int)] = [],
@@ -145,6 +148,14 @@ public struct ModelQuantizationOptions: Sendable {
         self.trueSequential = trueSequential
         self.overrides = overrides
         self.skip = skip
+    }
+
+    /// Settings that do not depend on the model; one clear error for the first bad one.
+    public func validate() throws {
+        if let a = gptaqAlpha {
+            guard method == .gptq else { throw QuantKitError(.input, "--gptaq applies to --method gptq only (got --method \(method.rawValue))") }
+            guard a.isFinite, a >= 0 else { throw QuantKitError(.input, "GPTAQ alpha must be a finite number >= 0 (got \(a))") }
+        }
     }
 
     public func scheme(for module: String) throws -> QuantScheme? {
@@ -180,8 +191,8 @@ public struct LayerQuantReport: Sendable {
     }
 }
 
-/// GPTQ or RTN (`options.method`) of one linear module at a time: the per-layer algorithm `ModelQuantizer` runs
-/// over the layer-wise driver. Returns the quantized weight and its report.
+/// GPTQ (optionally GPTAQ) or RTN (`options.method`) of one linear module at a time: the per-layer algorithm
+/// `ModelQuantizer` runs over the layer-wise driver. Returns the quantized weight and its report.
 public struct LayerQuantizer: LayerwiseAlgorithm {
     public let options: ModelQuantizationOptions
     /// Receives the damping notes of GPTQ.
@@ -193,6 +204,7 @@ public struct LayerQuantizer: LayerwiseAlgorithm {
     }
 
     public var needsHessian: Bool { options.method == .gptq || options.method == .sparsegpt }
+    public var needsFloatInputs: Bool { options.method == .gptq && options.gptaqAlpha != nil }
 
     public func selects(_ name: String, layer: any LinearLayer) throws -> Bool {
         guard let s = try options.scheme(for: name) else { return false }
@@ -223,10 +235,18 @@ public struct LayerQuantizer: LayerwiseAlgorithm {
         case .gptq, .sparsegpt:
             guard let acc = module.hessian, acc.rows > 0 else { throw QuantKitError(.input, "\(name): no calibration input was observed") }
             if options.method == .gptq {
-                let cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
+                var cfg = GPTQConfig(scheme: scheme, actOrder: options.actOrder, staticGroups: options.staticGroups,
                                      dampPercent: options.dampPercent)
-                let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), config: cfg,
-                                          name: name, log: { progress.note($0) }, threads: module.threads)
+                var asymmetry: [Double]?
+                if let alpha = options.gptaqAlpha {
+                    guard let d = module.asymmetry, d.rows == acc.rows, d.samples == acc.samples else {
+                        throw QuantKitError(.input, "\(name): GPTAQ: the float model's inputs of this module were not observed")
+                    }
+                    cfg.gptaq = GPTAQConfig(alpha: alpha)
+                    asymmetry = d.asymmetry()
+                }
+                let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: acc.hessian(), asymmetry: asymmetry,
+                                          config: cfg, name: name, log: { progress.note($0) }, threads: module.threads)
                 q = r.weight; loss = r.loss; damp = r.dampPercentUsed; esc = r.dampEscalations; dead = r.deadColumns
             } else {
                 guard let pattern = options.sparsity else { throw QuantKitError(.input, "--method sparsegpt needs --sparsity") }
@@ -275,24 +295,38 @@ public enum ModelQuantizer {
         public var pruned: [(String, [Float])] = []
     }
 
-    /// Any model the driver walks, calibrated on `calibration` (token sequences; unused by RTN).
-    public static func quantize<M: LayerwiseModel>(_ model: M, calibration: [[Int32]], options: ModelQuantizationOptions,
+    /// Any model the driver walks, calibrated on `calibration` (token sequences; unused by RTN). GPTAQ needs
+    /// `floatTwin`: a separate model with the same float weights, left unmodified (see `LayerwiseDriver`).
+    public static func quantize<M: LayerwiseModel>(_ model: M, floatTwin: M? = nil, calibration: [[Int32]],
+                                                   options: ModelQuantizationOptions,
                                                    progress: any ProgressObserver = NoProgress()) throws -> Result {
         let start = Date()
-        let out = try LayerwiseDriver.run(model, calibration: calibration, algorithm: LayerQuantizer(options: options, progress: progress),
+        try options.validate()
+        let out = try LayerwiseDriver.run(model, floatTwin: floatTwin, calibration: calibration,
+                                          algorithm: LayerQuantizer(options: options, progress: progress),
                                           trueSequential: options.trueSequential, progress: progress)
         return Result(layers: out.compactMap { o in o.output.quantized.map { (o.name, $0) } }, reports: out.map(\.output.report),
                       seconds: Date().timeIntervalSince(start), pruned: out.compactMap { o in o.output.pruned.map { (o.name, $0) } })
     }
 
-    /// A Llama model calibrated on `windows` (token windows, each run from position 0).
+    /// A Llama model calibrated on `windows` (token windows, each run from position 0). GPTAQ builds the float twin
+    /// from `model.source`, the float weights the quantizer reads too (so the model's layers must still be those).
     public static func quantize(model: LlamaModel, windows: [[Int32]], options: ModelQuantizationOptions,
                                 progress: any ProgressObserver = NoProgress()) throws -> Result {
         guard !options.method.needsCalibration || !windows.isEmpty else {
             throw QuantKitError(.input, "--method \(options.method.rawValue) needs calibration windows")
         }
-        let walker = LlamaLayerwise(model: model, maxRows: windows.map(\.count).max() ?? 0)
-        return try quantize(walker, calibration: windows, options: options, progress: progress)
+        try options.validate()
+        let maxRows = windows.map(\.count).max() ?? 0
+        let walker = LlamaLayerwise(model: model, maxRows: maxRows)
+        var twin: LlamaLayerwise?
+        if options.gptaqAlpha != nil {
+            let f = try LlamaModel(config: model.config, source: model.source, name: model.name)
+            f.ops = model.ops
+            f.threads = model.threads
+            twin = LlamaLayerwise(model: f, maxRows: maxRows)
+        }
+        return try quantize(walker, floatTwin: twin, calibration: windows, options: options, progress: progress)
     }
 
     /// Writes the quantized model as a GPTQ directory: config.json (with quantization_config), model.safetensors
