@@ -31,6 +31,8 @@ public struct QuantizeRunOptions: Sendable {
     /// SparseGPT: "0.5" (unstructured fraction) or "2:4" (n:m); `pruneOnly` keeps the pruned weights float.
     public var sparsity: String?
     public var pruneOnly = false
+    /// GPTAQ (asymmetric calibration) with this alpha; nil: plain GPTQ.
+    public var gptaqAlpha: Double?
     public var dampPercent = 0.01
     public var trueSequential = true
     /// Calibration text, BEIR .jsonl, SQuAD .json or a .tokens file; nil: `defaultCalibration` when it exists.
@@ -89,6 +91,8 @@ public struct QuantizeRunOptions: Sendable {
         } else if sparsity != nil {
             throw QuantKitError(.input, "--sparsity needs --method sparsegpt")
         }
+        options.gptaqAlpha = gptaqAlpha
+        try options.validate()
         return (bits, groupSize, options)
     }
 
@@ -323,6 +327,7 @@ public enum QuantizeRun {
         var meta: [String: Any] = ["method": o.method.rawValue, "calibration": try record.map { try JSONBridge.object($0) } ?? [String: Any](),
                                    "layers": result.reports.map(\.json), "quantize_seconds": result.seconds,
                                    "size": ["layers_float_bytes": floatBytes, "layers_packed_bytes": packedBytes], "tool": "quantkit"]
+        recovery.gptaqAlpha = opts.gptaqAlpha
         if opts.method == .hqq {
             let c = HQQ.Config()
             recovery.hqq = .init(iterations: c.iterations, p: c.p, beta0: c.beta0, kappa: c.kappa)

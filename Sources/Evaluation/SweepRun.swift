@@ -10,6 +10,7 @@ public struct SweepVariant: Sendable, Equatable, Encodable {
     public var rotate = false
     public var mse = false
     public var actOrder = false
+    public var gptaq = false
     public var bits: Int
     public var groupSize: Int
 
@@ -20,14 +21,15 @@ public struct SweepVariant: Sendable, Equatable, Encodable {
         if rotate { parts.append("rotate") }
         if mse { parts.append("mse") }
         if actOrder { parts.append("actorder") }
+        if gptaq { parts.append("gptaq") }
         return parts.joined(separator: "+") + "-int\(bits)-" + (groupSize > 0 ? "g\(groupSize)" : "pc")
     }
 
-    /// A method spec: a method name, optionally with "+awq", "+rotate", "+mse", "+actorder" (e.g. "gptq+rotate+mse").
+    /// A method spec: a method name, optionally with "+awq", "+rotate", "+mse", "+actorder", "+gptaq" (e.g. "gptq+rotate+mse").
     public static func parse(_ spec: String, bits: Int, groupSize: Int) throws -> SweepVariant {
         let parts = spec.lowercased().split(separator: "+").map(String.init)
         guard let first = parts.first, let m = QuantMethod(rawValue: first), m != .sparsegpt else {
-            throw QuantKitError(.input, "--methods '\(spec)': expected one of gptq, rtn, awq, hqq, optionally with +awq, +rotate, +mse, +actorder")
+            throw QuantKitError(.input, "--methods '\(spec)': expected one of gptq, rtn, awq, hqq, optionally with +awq, +rotate, +mse, +actorder, +gptaq")
         }
         var v = SweepVariant(method: m, bits: bits, groupSize: groupSize)
         for flag in parts.dropFirst() {
@@ -36,7 +38,8 @@ public struct SweepVariant: Sendable, Equatable, Encodable {
             case "rotate": v.rotate = true
             case "mse": v.mse = true
             case "actorder" where m == .gptq: v.actOrder = true
-            default: throw QuantKitError(.input, "--methods '\(spec)': '+\(flag)' does not combine with \(m.rawValue) (flags: +awq for gptq/rtn, +rotate, +mse, +actorder for gptq)")
+            case "gptaq" where m == .gptq: v.gptaq = true
+            default: throw QuantKitError(.input, "--methods '\(spec)': '+\(flag)' does not combine with \(m.rawValue) (flags: +awq for gptq/rtn, +rotate, +mse, +actorder and +gptaq for gptq)")
             }
         }
         return v
@@ -193,6 +196,7 @@ public enum SweepRun {
             q.rotate = v.rotate
             q.mseSearch = v.mse
             q.actOrder = v.actOrder
+            q.gptaqAlpha = v.gptaq ? 0.25 : nil
             q.calibration = calibration
             q.tokenizer = o.tokenizer
             q.samples = o.samples

@@ -17,6 +17,9 @@ struct QuantizeCommand: ParsableCommand {
     var method: String = "gptq"
     @Flag(help: "AWQ scales and clipping before GPTQ or RTN (--method gptq --awq).") var awq = false
     @Flag(help: "AWQ without its weight-clipping search (scales only).") var noAwqClip = false
+    @Flag(help: "GPTAQ: GPTQ that also corrects the drift between the float model's inputs and the partly quantized model's (asymmetric calibration).")
+    var gptaq = false
+    @Option(name: .customLong("gptaq-alpha"), help: "GPTAQ's alpha (with --gptaq).") var gptaqAlpha: Double = 0.25
     @Flag(help: "Rotate the residual stream with a randomized Hadamard (QuaRot-style, no training) and apply an online Hadamard before down_proj; composes with every method.")
     var rotate = false
     @Option(help: "Seed of the rotation's random signs.") var rotationSeed: UInt64 = 0
@@ -62,6 +65,7 @@ struct QuantizeCommand: ParsableCommand {
         o.mseSearch = mse
         o.awq = awq
         o.awqClip = !noAwqClip
+        o.gptaqAlpha = gptaq ? gptaqAlpha : nil
         o.rotate = rotate
         o.rotationSeed = rotationSeed
         o.dampPercent = damp

@@ -14,7 +14,7 @@ struct SweepCommand: ParsableCommand {
     @Option(help: "Tokenizer (default: the model's own).") var tokenizer: String?
     @Option(help: "Calibration text (default: Corpora/scifact/corpus.jsonl.zst).") var calibration: String?
     @Option(help: "Held-out evaluation text (must not overlap the calibration text).") var eval: String
-    @Option(help: "Comma-separated method specs: a method (gptq, rtn, awq, hqq) with optional +awq, +rotate, +mse, +actorder.")
+    @Option(help: "Comma-separated method specs: a method (gptq, rtn, awq, hqq) with optional +awq, +rotate, +mse, +actorder, +gptaq.")
     var methods: String = "rtn,gptq,awq,gptq+awq,rtn+rotate,gptq+rotate+mse"
     @Option(help: "Comma-separated bit widths (8-bit points are per channel).") var bits: String = "8,4"
     @Option(name: .customLong("group-sizes"), help: "Comma-separated group sizes for the points below 8 bits (-1 per channel).")

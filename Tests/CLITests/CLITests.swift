@@ -468,6 +468,10 @@ final class CLITests: XCTestCase {
         try run(["quantize", "--model", model, "--method", "rtn", "--rotate", "--bits", "4", "--group-size", "32",
                  "--output", dir + "/rot", "--json", dir + "/q-rot.json"])
         try run(["quantize", "--model", model, "--method", "sparsegpt", "--sparsity", "2:4"] + cal + ["--output", dir + "/sp"])
+        try run(["quantize", "--model", model, "--method", "gptq", "--gptaq", "--gptaq-alpha", "0.5", "--bits", "4", "--group-size", "32"] + cal
+                + ["--output", dir + "/gptaq", "--json", dir + "/q-gptaq.json"])
+        let gq = try jsonObject(dir + "/q-gptaq.json")
+        XCTAssertEqual((gq["recovery"] as? [String: Any])?["gptaq_alpha"] as? Double, 0.5)
         let common = ["--corpus", corpus, "--ctx", "64", "--max-chunks", "4"]
         try run(["perplexity", "--model", dir + "/rot"] + common + ["--json", dir + "/rot.json"])
         try run(["perplexity", "--model", dir + "/sp"] + common + ["--json", dir + "/sp.json"])
@@ -487,6 +491,7 @@ final class CLITests: XCTestCase {
         try expectError(["quantize", "--model", model, "--method", "rtn", "--sparsity", "0.5", "--output", dir + "/x"], mentioning: "--sparsity needs --method sparsegpt")
         try expectError(["quantize", "--model", model, "--method", "hqq", "--awq", "--output", dir + "/x"], mentioning: "--awq combines with")
         try expectError(["quantize", "--model", model, "--method", "nope", "--output", dir + "/x"], mentioning: "awq, hqq, sparsegpt")
+        try expectError(["quantize", "--model", model, "--method", "rtn", "--gptaq", "--output", dir + "/x"], mentioning: "--gptaq applies to --method gptq")
         try expectError(["perplexity", "--model", model] + common + ["--smoothquant"], mentioning: "--backend npu")
         try expectError(["perplexity", "--model", model] + common + ["--backend", "npu", "--smoothquant-alpha", "1.5"], mentioning: "--smoothquant-alpha")
         try expectError(["export", "--model", dir + "/rot", "--format", "gguf", "--type", "q4_0", "--output", dir + "/r.gguf"], mentioning: "online Hadamard")

@@ -20,7 +20,8 @@ final class SweepTests: XCTestCase {
         XCTAssertEqual(v.last?.label, "gptq+awq-int4-g128")
         let r = try SweepVariant.parse("gptq+rotate+mse", bits: 4, groupSize: 32)
         XCTAssertTrue(r.rotate && r.mse && !r.awq && r.method == .gptq)
-        for bad in ["nope", "hqq+awq", "rtn+actorder", "gptq+foo", "sparsegpt"] {
+        XCTAssertTrue(try SweepVariant.parse("gptq+gptaq", bits: 4, groupSize: 32).gptaq)
+        for bad in ["nope", "hqq+awq", "rtn+actorder", "rtn+gptaq", "gptq+foo", "sparsegpt"] {
             XCTAssertThrowsError(try SweepVariant.parse(bad, bits: 4, groupSize: 32), bad) { e in
                 XCTAssertTrue("\(e)".contains("--methods"), "\(e)")
             }
