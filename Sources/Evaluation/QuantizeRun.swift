@@ -33,6 +33,8 @@ public struct QuantizeRunOptions: Sendable {
     public var pruneOnly = false
     /// GPTAQ (asymmetric calibration) with this alpha; nil: plain GPTQ.
     public var gptaqAlpha: Double?
+    /// SmoothQuant with this alpha folded into the float model first (for W8A8 use, e.g. a Q8_0 GGUF export).
+    public var smoothQuantAlpha: Double?
     public var dampPercent = 0.01
     public var trueSequential = true
     /// Calibration text, BEIR .jsonl, SQuAD .json or a .tokens file; nil: `defaultCalibration` when it exists.
@@ -286,7 +288,8 @@ public enum QuantizeRun {
         if o.awq && ![.gptq, .rtn].contains(o.method) {
             throw QuantKitError(.input, "--awq combines with --method gptq or rtn (--method awq is AWQ with round-to-nearest)")
         }
-        if o.method.needsCalibration || useAWQ {
+        if let a = o.smoothQuantAlpha, !(a >= 0 && a <= 1) { throw QuantKitError(.input, "--smoothquant-alpha must be in [0, 1] (got \(a))") }
+        if o.method.needsCalibration || useAWQ || o.smoothQuantAlpha != nil {
             // Default: SciFact abstracts, disjoint from the WikiText-2 evaluation text (see BENCHMARKS.md, Quantizers).
             let calibration = try o.calibrationFile()
             let (tokens, text, raw) = try calibrationTokens(calibration, tokenizer: o.tokenizer, model: o.model)
@@ -300,10 +303,18 @@ public enum QuantizeRun {
         var model = lm
         var recovery = RecoveryRecord()
         var awqReport: AWQReport?
-        if o.rotate || useAWQ {
+        if o.rotate || useAWQ || o.smoothQuantAlpha != nil {
             let fw = try LlamaFloatWeights(model: lm)
             if o.rotate {
                 recovery.rotation = try Rotation.apply(to: fw, seed: o.rotationSeed, threads: lm.threads)
+                model = try fw.makeModel(name: lm.name)
+                model.threads = lm.threads
+            }
+            if let alpha = o.smoothQuantAlpha {
+                // Statistics on the calibration windows, down_proj's input included (smoothed through up_proj).
+                let stats = try SmoothQuant.statistics(model: model, windows: windows)
+                try SmoothQuant.apply(to: fw, statistics: stats, alpha: alpha, smoothDown: true)
+                recovery.smoothQuantAlpha = alpha
                 model = try fw.makeModel(name: lm.name)
                 model.threads = lm.threads
             }
@@ -408,8 +419,8 @@ public enum QuantizeRun {
         if GPTQCheckpoint.isGPTQ(dir) {
             throw QuantKitError(.input, "--model \(dir): already a quantized (GPTQ) checkpoint; quantize the float model")
         }
-        if o.method == .awq || o.awq || o.rotate || o.method == .sparsegpt {
-            throw QuantKitError(.unsupported, "--model \(dir): AWQ, SparseGPT and --rotate are implemented for the Llama family, not BERT encoders")
+        if o.method == .awq || o.awq || o.rotate || o.method == .sparsegpt || o.smoothQuantAlpha != nil {
+            throw QuantKitError(.unsupported, "--model \(dir): AWQ, SmoothQuant, SparseGPT and --rotate are implemented for the Llama family, not BERT encoders")
         }
         if o.tokenizer != nil {
             throw QuantKitError(.input, "--tokenizer: a BERT embedder is always calibrated with its own tokenizer.json (\(dir))")

@@ -48,12 +48,18 @@ public struct RecoveryRecord: Codable, Sendable, Equatable {
     public var sparsity: SparsitySettings?
     /// GPTAQ (asymmetric calibration) with its alpha.
     public var gptaqAlpha: Double?
+    /// SmoothQuant folded into the float model before quantization (for W8A8 runs such as a Q8_0 export), its alpha.
+    public var smoothQuantAlpha: Double?
 
-    enum CodingKeys: String, CodingKey { case awq, rotation, hqq, sparsity, gptaqAlpha = "gptaq_alpha" }
+    enum CodingKeys: String, CodingKey {
+        case awq, rotation, hqq, sparsity, gptaqAlpha = "gptaq_alpha", smoothQuantAlpha = "smoothquant_alpha"
+    }
 
     public init() {}
 
-    public var isEmpty: Bool { awq == nil && rotation == nil && hqq == nil && sparsity == nil && gptaqAlpha == nil }
+    public var isEmpty: Bool {
+        awq == nil && rotation == nil && hqq == nil && sparsity == nil && gptaqAlpha == nil && smoothQuantAlpha == nil
+    }
 
     /// The record as a JSON object (for checkpoint metadata).
     public func jsonObject() throws -> [String: Any] {

@@ -20,6 +20,9 @@ struct QuantizeCommand: ParsableCommand {
     @Flag(help: "GPTAQ: GPTQ that also corrects the drift between the float model's inputs and the partly quantized model's (asymmetric calibration).")
     var gptaq = false
     @Option(name: .customLong("gptaq-alpha"), help: "GPTAQ's alpha (with --gptaq).") var gptaqAlpha: Double = 0.25
+    @Flag(help: "SmoothQuant the float model before quantizing (q/k/v, gate/up and down_proj's input through up_proj), for W8A8 use such as a Q8_0 GGUF export that llama.cpp runs with int8 activations.")
+    var smoothquant = false
+    @Option(name: .customLong("smoothquant-alpha"), help: "SmoothQuant's migration strength in [0, 1] (default 0.5).") var smoothquantAlpha: Double?
     @Flag(help: "Rotate the residual stream with a randomized Hadamard (QuaRot-style, no training) and apply an online Hadamard before down_proj; composes with every method.")
     var rotate = false
     @Option(help: "Seed of the rotation's random signs.") var rotationSeed: UInt64 = 0
@@ -66,6 +69,7 @@ struct QuantizeCommand: ParsableCommand {
         o.awq = awq
         o.awqClip = !noAwqClip
         o.gptaqAlpha = gptaq ? gptaqAlpha : nil
+        o.smoothQuantAlpha = smoothquant || smoothquantAlpha != nil ? (smoothquantAlpha ?? 0.5) : nil
         o.rotate = rotate
         o.rotationSeed = rotationSeed
         o.dampPercent = damp

@@ -470,6 +470,9 @@ final class CLITests: XCTestCase {
         try run(["quantize", "--model", model, "--method", "sparsegpt", "--sparsity", "2:4"] + cal + ["--output", dir + "/sp"])
         try run(["quantize", "--model", model, "--method", "gptq", "--gptaq", "--gptaq-alpha", "0.5", "--bits", "4", "--group-size", "32"] + cal
                 + ["--output", dir + "/gptaq", "--json", dir + "/q-gptaq.json"])
+        try run(["quantize", "--model", model, "--method", "rtn", "--smoothquant", "--bits", "8", "--group-size", "32"] + cal
+                + ["--output", dir + "/sq", "--json", dir + "/q-sq.json"])
+        XCTAssertEqual((try jsonObject(dir + "/q-sq.json")["recovery"] as? [String: Any])?["smoothquant_alpha"] as? Double, 0.5)
         let gq = try jsonObject(dir + "/q-gptaq.json")
         XCTAssertEqual((gq["recovery"] as? [String: Any])?["gptaq_alpha"] as? Double, 0.5)
         let common = ["--corpus", corpus, "--ctx", "64", "--max-chunks", "4"]
