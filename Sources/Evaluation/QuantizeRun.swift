@@ -35,6 +35,8 @@ public struct QuantizeRunOptions: Sendable {
     public var gptaqAlpha: Double?
     /// SmoothQuant with this alpha folded into the float model first (for W8A8 use, e.g. a Q8_0 GGUF export).
     public var smoothQuantAlpha: Double?
+    /// Calibration windows already prepared for these settings (`QuantizeRun.prepareCalibration`); nil: prepared here.
+    public var preparedCalibration: PreparedCalibration?
     public var dampPercent = 0.01
     public var trueSequential = true
     /// Calibration text, BEIR .jsonl, SQuAD .json or a .tokens file; nil: `defaultCalibration` when it exists.
@@ -123,6 +125,13 @@ public struct QuantizeRunOptions: Sendable {
         }
         return Self.defaultCalibration
     }
+}
+
+/// Tokenized calibration windows with their record and n-gram fingerprint.
+public struct PreparedCalibration: Sendable {
+    public var windows: [[Int32]]
+    public var record: CalibrationRecord
+    public var fingerprint: CalibrationFingerprint?
 }
 
 /// Where the calibration came from and how it was cut (the `calibration` object; empty for RTN).
@@ -290,14 +299,8 @@ public enum QuantizeRun {
         }
         if let a = o.smoothQuantAlpha, !(a >= 0 && a <= 1) { throw QuantKitError(.input, "--smoothquant-alpha must be in [0, 1] (got \(a))") }
         if o.method.needsCalibration || useAWQ || o.smoothQuantAlpha != nil {
-            // Default: SciFact abstracts, disjoint from the WikiText-2 evaluation text (see BENCHMARKS.md, Quantizers).
-            let calibration = try o.calibrationFile()
-            let (tokens, text, raw) = try calibrationTokens(calibration, tokenizer: o.tokenizer, model: o.model)
-            windows = try CalibrationWindows.sample(tokens: tokens, samples: o.samples, seqlen: o.seqlen, seed: o.seed, source: calibration)
-            fingerprint = text.map { CalibrationFingerprint(text: $0, bytes: raw) }
-            record = CalibrationRecord(file: calibration, sha256: Digest.sha256(raw), tokens: tokens.count, samples: o.samples,
-                                       seqlen: o.seqlen, seed: o.seed,
-                                       fingerprint: fingerprint == nil ? nil : "calibration_fingerprint.json")
+            let c = try o.preparedCalibration ?? prepareCalibration(o)
+            (windows, record, fingerprint) = (c.windows, c.record, c.fingerprint)
         }
         // Function-preserving transforms of the float model first: rotation, then AWQ's scales and clips.
         var model = lm
@@ -363,6 +366,19 @@ public enum QuantizeRun {
         rep.awqGroups = awqReport?.groups
         rep.awqSeconds = awqReport?.seconds
         return rep
+    }
+
+    /// The calibration windows of a Llama run, with their record and fingerprint: tokenized once, and reusable across
+    /// runs with the same calibration settings (`QuantizeRunOptions.preparedCalibration`, as the sweep does).
+    public static func prepareCalibration(_ o: QuantizeRunOptions) throws -> PreparedCalibration {
+        // Default: SciFact abstracts, disjoint from the WikiText-2 evaluation text (see BENCHMARKS.md, Quantizers).
+        let calibration = try o.calibrationFile()
+        let (tokens, text, raw) = try calibrationTokens(calibration, tokenizer: o.tokenizer, model: o.model)
+        let windows = try CalibrationWindows.sample(tokens: tokens, samples: o.samples, seqlen: o.seqlen, seed: o.seed, source: calibration)
+        let fingerprint = text.map { CalibrationFingerprint(text: $0, bytes: raw) }
+        let record = CalibrationRecord(file: calibration, sha256: Digest.sha256(raw), tokens: tokens.count, samples: o.samples,
+                                       seqlen: o.seqlen, seed: o.seed, fingerprint: fingerprint == nil ? nil : "calibration_fingerprint.json")
+        return PreparedCalibration(windows: windows, record: record, fingerprint: fingerprint)
     }
 
     static func report(_ o: QuantizeRunOptions, result: ModelQuantizer.Result, bits: Int, groupSize: Int, scheme: QuantScheme,

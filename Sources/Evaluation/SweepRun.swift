@@ -156,7 +156,9 @@ public struct SweepReport: Encodable, Sendable {
 
 /// `quantkit sweep`: quantize a grid of methods x bits x group sizes on one calibration set and evaluate every
 /// variant with the same protocol on the same held-out text, against one float base run (its logits computed
-/// once, every variant's KLD against them), then one table and one study report.
+/// once, every variant's KLD against them), then one table and one study report. The calibration windows are
+/// tokenized once; the calibration passes themselves run per variant, since each method's quantized prefix
+/// changes the inputs the later layers see.
 public enum SweepRun {
     public static func run(_ o: SweepRunOptions, progress: any ProgressObserver = NoProgress()) throws -> SweepReport {
         let t0 = Date()
@@ -184,6 +186,14 @@ public enum SweepRun {
         }
         let baseJSON = dir + "/float.json", logits = dir + "/float.logits.zst"
         let base = try evaluate(o.model, json: baseJSON, saveLogits: logits, kldBase: nil)
+        // The calibration windows are tokenized and sampled once for the whole grid.
+        var cal = QuantizeRunOptions(model: o.model, output: dir)
+        cal.calibration = calibration
+        cal.tokenizer = o.tokenizer
+        cal.samples = o.samples
+        cal.seqlen = o.seqlen
+        cal.seed = o.seed
+        let prepared = try QuantizeRun.prepareCalibration(cal)
         let task = progress.task("sweep", total: variants.count, unit: "variants")
         var rows: [SweepRow] = []
         for (i, v) in variants.enumerated() {
@@ -197,6 +207,7 @@ public enum SweepRun {
             q.mseSearch = v.mse
             q.actOrder = v.actOrder
             q.gptaqAlpha = v.gptaq ? 0.25 : nil
+            q.preparedCalibration = prepared
             q.calibration = calibration
             q.tokenizer = o.tokenizer
             q.samples = o.samples
