@@ -19,16 +19,8 @@ final class GPTAQTests: XCTestCase {
         let tokens: Int, samples: Int
         let rows = 32, cols = 128
 
-        /// float64 stored as little-endian bytes in a U8 tensor [..., 8].
-        func doubles(_ name: String) throws -> [Double] {
-            let t = try file.tensor(name)
-            return (0..<(t.count / 8)).map { t.raw.loadUnaligned(fromByteOffset: $0 * 8, as: Double.self) }
-        }
-
-        func bytes(_ name: String) throws -> [UInt8] {
-            let t = try file.tensor(name)
-            return Array(UnsafeBufferPointer(start: t.pointer(as: UInt8.self), count: t.count))
-        }
+        func doubles(_ name: String) throws -> [Double] { try file.tensor(name).float64FromBytes }
+        func bytes(_ name: String) throws -> [UInt8] { try file.tensor(name).byteValues }
     }
 
     static let fixture: Result<Fixture, Error> = Result {
@@ -202,32 +194,8 @@ final class GPTAQTests: XCTestCase {
 
     // MARK: - model level
 
-    /// A tiny random Llama (dim 64, hidden 172 as in stories260K; ModelQuantizationTests' model).
-    func tinyLlama(seed: UInt64 = 5) throws -> LlamaModel {
-        let cfg = LlamaConfig(hiddenSize: 64, intermediateSize: 172, numHiddenLayers: 2, numAttentionHeads: 8, numKeyValueHeads: 4,
-                              rmsNormEps: 1e-5, vocabSize: 96, maxPositionEmbeddings: 256)
-        var rng = SplitMix64(seed: seed)
-        var t: [String: Tensor] = [:]
-        func mat(_ o: Int, _ i: Int, _ s: Float) -> Tensor { Tensor(shape: [o, i], floats: rng.floats(o * i, in: -s...s)) }
-        t["model.embed_tokens.weight"] = mat(96, 64, 1)
-        t["lm_head.weight"] = mat(96, 64, 0.2)
-        t["model.norm.weight"] = Tensor(shape: [64], floats: [Float](repeating: 1, count: 64))
-        for l in 0..<2 {
-            let p = "model.layers.\(l)."
-            t[p + "input_layernorm.weight"] = Tensor(shape: [64], floats: rng.floats(64, in: 0.5...1.5))
-            t[p + "post_attention_layernorm.weight"] = Tensor(shape: [64], floats: rng.floats(64, in: 0.5...1.5))
-            for (n, o, i) in [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("self_attn.v_proj", 32, 64),
-                              ("self_attn.o_proj", 64, 64), ("mlp.gate_proj", 172, 64), ("mlp.up_proj", 172, 64), ("mlp.down_proj", 64, 172)] {
-                t[p + n + ".weight"] = mat(o, i, 0.15)
-            }
-        }
-        return try LlamaModel(config: cfg, source: TensorDictionary(t), name: "tiny")
-    }
-
-    func windows(_ n: Int, _ len: Int, seed: UInt64) -> [[Int32]] {
-        var rng = SplitMix64(seed: seed)
-        return (0..<n).map { _ in (0..<len).map { _ in Int32(min(95, Int(pow(Double.random(in: 0..<1, using: &rng), 2) * 96))) } }
-    }
+    func tinyLlama(seed: UInt64 = 5) throws -> LlamaModel { try TinyLlama.model(seed: seed) }
+    func windows(_ n: Int, _ len: Int, seed: UInt64) -> [[Int32]] { TinyLlama.windows(n, len, seed: seed) }
 
     /// Wraps `LayerQuantizer`, keeping each module's H and D as the driver handed them over.
     final class Recording: LayerwiseAlgorithm {

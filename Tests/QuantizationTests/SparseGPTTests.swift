@@ -23,16 +23,8 @@ final class SparseGPTTests: XCTestCase {
         let cases: [Case]
         let rows = 32, cols = 256
 
-        /// float64 stored as little-endian bytes in a U8 tensor [..., 8].
-        func doubles(_ name: String) throws -> [Double] {
-            let t = try file.tensor(name)
-            return (0..<(t.count / 8)).map { t.raw.loadUnaligned(fromByteOffset: $0 * 8, as: Double.self) }
-        }
-
-        func bytes(_ name: String) throws -> [UInt8] {
-            let t = try file.tensor(name)
-            return Array(UnsafeBufferPointer(start: t.pointer(as: UInt8.self), count: t.count))
-        }
+        func doubles(_ name: String) throws -> [Double] { try file.tensor(name).float64FromBytes }
+        func bytes(_ name: String) throws -> [UInt8] { try file.tensor(name).byteValues }
     }
 
     static let fixture: Result<Fixture, Error> = Result { try loadFixture() }
