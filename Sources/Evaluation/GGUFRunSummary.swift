@@ -3,7 +3,7 @@ import Models
 import TensorCore
 
 /// The `gguf` object of a result: what a GGUF model stores and the activation contract it ran under.
-public struct GGUFRunSummary: Encodable, Sendable {
+public struct GGUFRunSummary: Codable, Sendable {
     /// "llamacpp" (inputs converted as llama.cpp's CPU backend does) or "float" (weight-only).
     public var activations: GGUFActivations
     /// Tensor count per stored type, e.g. {"Q4_K": 96, "Q6_K": 17, "F32": 65}.

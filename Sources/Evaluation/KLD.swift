@@ -238,32 +238,128 @@ public struct KLDResult: Codable, Sendable {
     public var base_source: String? = nil
 }
 
+/// Per scored token, in scoring order, everything the KLD statistics and the per-segment deltas are made of, plus
+/// the base file's totals: a run's accumulator fills it, a merge of shards concatenates it, and both turn it into
+/// the same `KLDResult` through `statistics()`.
+public struct KLDTokens: Codable, Sendable, Equatable {
+    /// KL(base || this run) per token.
+    public var kld: [Double] = []
+    /// (p_this(target) - p_base(target))^2 per token.
+    public var dpSquared: [Double] = []
+    /// 1 where the base's and this run's most likely tokens agree.
+    public var sameTop: [UInt8] = []
+    /// -log p_base(target): the Float32 target log-prob every base-file row stores, whatever its encoding.
+    public var baseNLL: [Double] = []
+    /// This run's -log p(target) (Double log-softmax).
+    public var runNLL: [Double] = []
+    /// The base file's NLL sum and scored-token count (over the whole run, not one shard).
+    public var baseNLLSum: Double
+    public var baseTokens: Int
+    public var encoding: LogitsEncoding
+    public var baseSource: String?
+
+    enum CodingKeys: String, CodingKey {
+        case kld, dpSquared = "dp_squared", sameTop = "same_top", baseNLL = "base_nll", runNLL = "run_nll"
+        case baseNLLSum = "base_nll_sum", baseTokens = "base_tokens", encoding, baseSource = "base_source"
+    }
+
+    public init(base: LogitsFileHeader) {
+        baseNLLSum = base.nll_sum; baseTokens = base.tokens_scored; encoding = base.encoding; baseSource = base.source
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        kld = try c.decode(PackedArray<Double>.self, forKey: .kld).values
+        dpSquared = try c.decode(PackedArray<Double>.self, forKey: .dpSquared).values
+        sameTop = try c.decode(PackedArray<UInt8>.self, forKey: .sameTop).values
+        baseNLL = try c.decode(PackedArray<Double>.self, forKey: .baseNLL).values
+        runNLL = try c.decode(PackedArray<Double>.self, forKey: .runNLL).values
+        baseNLLSum = try c.decode(ExactDouble.self, forKey: .baseNLLSum).value
+        baseTokens = try c.decode(Int.self, forKey: .baseTokens)
+        encoding = try c.decode(LogitsEncoding.self, forKey: .encoding)
+        baseSource = try c.decodeIfPresent(String.self, forKey: .baseSource)
+        let n = kld.count
+        guard [dpSquared.count, sameTop.count, baseNLL.count, runNLL.count].allSatisfy({ $0 == n }) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: "per-token KLD arrays differ in length"))
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(PackedArray(kld), forKey: .kld)
+        try c.encode(PackedArray(dpSquared), forKey: .dpSquared)
+        try c.encode(PackedArray(sameTop), forKey: .sameTop)
+        try c.encode(PackedArray(baseNLL), forKey: .baseNLL)
+        try c.encode(PackedArray(runNLL), forKey: .runNLL)
+        try c.encode(ExactDouble(baseNLLSum), forKey: .baseNLLSum)
+        try c.encode(baseTokens, forKey: .baseTokens)
+        try c.encode(encoding, forKey: .encoding)
+        try c.encodeIfPresent(baseSource, forKey: .baseSource)
+    }
+
+    /// Appends the next tokens (a later shard's).
+    public mutating func append(_ o: KLDTokens) {
+        kld += o.kld; dpSquared += o.dpSquared; sameTop += o.sameTop; baseNLL += o.baseNLL; runNLL += o.runNLL
+    }
+
+    /// SPECS.md "Quantized vs base statistics" over every token; refuses a run that did not score all the base's.
+    public func statistics() throws -> KLDResult {
+        let n = kld.count
+        guard n == baseTokens else {
+            throw QuantKitError(.input, "--kld-base holds \(baseTokens) tokens; this run scored \(n)")
+        }
+        guard n > 1 else { throw QuantKitError(.input, "KLD needs at least two scored tokens") }
+        // Sums run in scoring order, so a merge of shards adds exactly as one run does.
+        var sum = 0.0, sq = 0.0, dp = 0.0, nllQ = 0.0, same = 0
+        for i in 0..<n {
+            sum += kld[i]; sq += kld[i] * kld[i]; dp += dpSquared[i]; nllQ += runNLL[i]; same += Int(sameTop[i])
+        }
+        let mean = sum / Double(n), m2 = sq / Double(n)
+        let sorted = kld.sorted()
+        var pct: [String: Double] = [:]
+        for p in KLDAccumulator.percentiles {
+            let pos = p / 100 * Double(n - 1)
+            let lo = Int(pos.rounded(.down)), hi = min(lo + 1, n - 1)
+            pct[p == 99.9 ? "99.9" : (p == 0.1 ? "0.1" : String(Int(p)))] = sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - Double(lo))
+        }
+        let lnB = baseNLLSum / Double(n), lnQ = nllQ / Double(n)
+        return KLDResult(tokens: n, kld_mean: mean, kld_stderr: (max(m2 - mean * mean, 0) / Double(n - 1)).squareRoot(),
+                         kld_max: sorted.last!, kld_percentiles: pct, rms_dp: (dp / Double(n)).squareRoot(),
+                         same_top_percent: 100 * Double(same) / Double(n), ppl_base: exp(lnB), ppl_quant: exp(lnQ),
+                         ppl_ratio: exp(lnQ - lnB), ln_ppl_diff: lnQ - lnB, q_error: exp(lnQ - lnB) - 1,
+                         encoding: encoding.rawValue, base_source: baseSource)
+    }
+}
+
 /// Accumulates per-token statistics of a run against a base logits file.
 public final class KLDAccumulator {
     public let base: LogitsFile
-    private var kld: [Double] = []
-    private var dpSq: Double = 0
-    private var same = 0
-    private var nllQ: Double = 0
+    /// The base row of this run's first scored token (non-zero for a shard).
+    public let firstRow: Int
+    public private(set) var tokens: KLDTokens
     private var lq: [Double]
     private var lb: [Double]
-    /// Per scored token, in scoring order: the base NLL -log p_base(target) (from the Float32 target log-prob
-    /// every base-file row stores, whatever its encoding), this run's NLL (Double log-softmax) and
-    /// KL(base || this run). The per-segment analysis groups these.
-    public private(set) var baseNLL: [Double] = []
-    public private(set) var runNLL: [Double] = []
-    public var tokenKLD: [Double] { kld }
+    public var baseNLL: [Double] { tokens.baseNLL }
+    public var runNLL: [Double] { tokens.runNLL }
+    public var tokenKLD: [Double] { tokens.kld }
 
-    public init(base: LogitsFile) {
+    public init(base: LogitsFile, firstRow: Int = 0) {
         self.base = base
+        self.firstRow = firstRow
+        tokens = KLDTokens(base: base.header)
         lq = [Double](repeating: 0, count: base.header.vocab)
         lb = [Double](repeating: 0, count: base.header.vocab)
+    }
+
+    private func record(kld k: Double, dpSquared: Double, same: Bool, baseNLL: Double, runNLL: Double) {
+        tokens.kld.append(k); tokens.dpSquared.append(dpSquared); tokens.sameTop.append(same ? 1 : 0)
+        tokens.baseNLL.append(baseNLL); tokens.runNLL.append(runNLL)
     }
 
     public static let percentiles: [Double] = [99.9, 99, 95, 90, 50, 10, 5, 1, 0.1]
 
     public func add(_ row: ScoredRow) throws {
-        let i = kld.count
+        let i = firstRow + tokens.kld.count
         let h = base.header
         guard i < h.tokens_scored else { throw QuantKitError(.input, "--kld-base holds \(h.tokens_scored) tokens; this run scores more") }
         guard row.vocab == h.vocab else { throw QuantKitError(.input, "--kld-base vocab \(h.vocab) differs from the model's \(row.vocab)") }
@@ -277,7 +373,7 @@ public final class KLDAccumulator {
         }
         var k: Double = 0
         var err: QuantKitError? = nil
-        var nllB: Double = 0
+        var nllB: Double = 0, dp2: Double = 0, same = false
         base.withRow(i) { p in
             let target = Int(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
             let lpT = Double(Float(bitPattern: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))))
@@ -287,8 +383,8 @@ public final class KLDAccumulator {
                 return
             }
             nllB = -lpT
-            dpSq += pow(exp(lq[target]) - exp(lpT), 2)
-            if bArg == qArg { same += 1 }
+            dp2 = pow(exp(lq[target]) - exp(lpT), 2)
+            same = bArg == qArg
             switch h.encoding {
             case .llamacppU16:
                 break  // handled by addAgainstLlamacpp before reaching here
@@ -319,10 +415,7 @@ public final class KLDAccumulator {
             }
         }
         if let e = err { throw e }
-        kld.append(max(k, 0))
-        nllQ -= lq[Int(row.target)]
-        baseNLL.append(nllB)
-        runNLL.append(-lq[Int(row.target)])
+        record(kld: max(k, 0), dpSquared: dp2, same: same, baseNLL: nllB, runNLL: -lq[Int(row.target)])
     }
 
     /// One row against a llama.cpp base, in llama.cpp's arithmetic (perplexity.cpp's log_softmax with a base):
@@ -343,34 +436,8 @@ public final class KLDAccumulator {
                 if v == target { nllB = -Double(l) }
             }
         }
-        dpSq += pow(exp(lq[target]) - exp(-nllB), 2)
-        if bArg == qArg { same += 1 }
-        kld.append(k)
-        nllQ -= lq[target]
-        baseNLL.append(nllB)
-        runNLL.append(-lq[target])
+        record(kld: k, dpSquared: pow(exp(lq[target]) - exp(-nllB), 2), same: bArg == qArg, baseNLL: nllB, runNLL: -lq[target])
     }
 
-    public func result() throws -> KLDResult {
-        let n = kld.count
-        guard n == base.header.tokens_scored else {
-            throw QuantKitError(.input, "--kld-base holds \(base.header.tokens_scored) tokens; this run scored \(n)")
-        }
-        guard n > 1 else { throw QuantKitError(.input, "KLD needs at least two scored tokens") }
-        let mean = kld.reduce(0, +) / Double(n)
-        let m2 = kld.reduce(0) { $0 + $1 * $1 } / Double(n)
-        let sorted = kld.sorted()
-        var pct: [String: Double] = [:]
-        for p in KLDAccumulator.percentiles {
-            let pos = p / 100 * Double(n - 1)
-            let lo = Int(pos.rounded(.down)), hi = min(lo + 1, n - 1)
-            pct[p == 99.9 ? "99.9" : (p == 0.1 ? "0.1" : String(Int(p)))] = sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - Double(lo))
-        }
-        let lnB = base.header.nll_sum / Double(n), lnQ = nllQ / Double(n)
-        return KLDResult(tokens: n, kld_mean: mean, kld_stderr: (max(m2 - mean * mean, 0) / Double(n - 1)).squareRoot(),
-                         kld_max: sorted.last!, kld_percentiles: pct, rms_dp: (dpSq / Double(n)).squareRoot(),
-                         same_top_percent: 100 * Double(same) / Double(n), ppl_base: exp(lnB), ppl_quant: exp(lnQ),
-                         ppl_ratio: exp(lnQ - lnB), ln_ppl_diff: lnQ - lnB, q_error: exp(lnQ - lnB) - 1,
-                         encoding: base.header.encoding.rawValue, base_source: base.header.source)
-    }
+    public func result() throws -> KLDResult { try tokens.statistics() }
 }

@@ -121,11 +121,19 @@ public enum Perplexity {
 
     /// Runs a protocol over `tokens` (the whole text tokenized once, BOS prepended when the tokenizer adds it).
     /// `onRow` sees every scored logits row (KLD capture/compare); `progress` sees windows done with the running ppl.
+    /// With `windows`, only those windows (a shard) run; chunk and row indices stay those of the whole run.
     public static func evaluate(model: LlamaModel, tokens: [Int32], addsBOS: Bool, bosId: Int32, options: PerplexityOptions,
-                                progress: any ProgressObserver = NoProgress(),
+                                windows only: Range<Int>? = nil, progress: any ProgressObserver = NoProgress(),
                                 onRow: ((ScoredRow) throws -> Void)? = nil) throws -> PerplexityResult {
         try model.validate(tokens: tokens)
-        let wins = try windows(n: tokens.count, options: options, addsBOS: addsBOS)
+        let all = try windows(n: tokens.count, options: options, addsBOS: addsBOS)
+        let range = only ?? all.indices
+        guard range.lowerBound >= 0, range.upperBound <= all.count else {
+            throw QuantKitError(.input, "windows \(range) are outside the run's \(all.count)")
+        }
+        let wins = Array(all[range])
+        let firstChunk = range.lowerBound
+        let firstRow = all[..<range.lowerBound].reduce(0) { $0 + $1.end - $1.scoreFrom }
         let task = progress.task("perplexity", total: wins.count, unit: "tok")
         let vocab = model.config.vocabSize
         let ctx = options.ctx
@@ -178,7 +186,7 @@ public enum Perplexity {
                     let (t, offset, target) = scoredRows[next]
                     let nll = nlls[next]
                     next += 1
-                    if let cb = onRow { try cb(ScoredRow(chunk: wi + g, index: res.tokensScored, tokenIndex: t,
+                    if let cb = onRow { try cb(ScoredRow(chunk: firstChunk + wi + g, index: firstRow + res.tokensScored, tokenIndex: t,
                                                        windowPosition: t - 1 - w.begin, target: target,
                                                        logits: logits + offset, vocab: vocab, nll: nll)) }
                     res.nllSum += nll

@@ -32,6 +32,8 @@ public struct PerplexityRunOptions: Sendable {
     public var npu: NPUBackendSettings?
     /// A GGUF model's activation contract (llama.cpp's by default).
     public var ggufActivations: GGUFActivations = .llamacpp
+    /// Evaluate only this shard's windows and write a partial result (`runShard`); nil: the whole run.
+    public var shard: Shard?
 
     public init(model: String, corpus: String, evaluation: PerplexityOptions) {
         self.model = model
@@ -48,6 +50,11 @@ public struct PerplexityRunOptions: Sendable {
         if e.batchTokens < 1 { throw QuantKitError(.input, "--batch must be positive") }
         if saveTokens != nil && kldBase == nil {
             throw QuantKitError(.input, "--save-tokens needs --kld-base (the per-token base NLL comes from it)")
+        }
+        if shard != nil {
+            if saveLogits != nil { throw QuantKitError(.input, "--save-logits with --shard: save the base logits from an unsharded run") }
+            if saveTokens != nil { throw QuantKitError(.input, "--save-tokens with --shard: the merged result has the segments; run unsharded for the per-token TSV") }
+            if npu != nil { throw QuantKitError(.input, "--shard with --backend npu: the simulated NPU's runs are not sharded yet; run it unsharded") }
         }
         if int8Activations && npu != nil {
             throw QuantKitError(.input, "--int8-activations: the simulated NPU sets its own activation precision")
@@ -161,9 +168,217 @@ public struct PerplexityReport: Encodable, Sendable {
     }
 }
 
+/// Everything of a perplexity result except its figures: what was evaluated, and how.
+public struct PerplexityRunInfo: Codable, Sendable {
+    public var model: String
+    public var tokenizer: String
+    public var corpus: String
+    public var corpusSHA256: String
+    public var protocolKind: PerplexityProtocol
+    public var ctx: Int
+    public var stride: Int?
+    public var corpusTokens: Int
+    public var backend: String
+    public var activations: String
+    public var int8Activations: Bool
+    public var bitsPerWeight: ExactDouble?
+    public var quantization: QuantizationSummary?
+    public var gguf: GGUFRunSummary?
+}
+
+/// Where each scored token sits, for the per-segment deltas: its place in the token stream and its window, its id,
+/// the byte offset of its line, and the documents and rules that group them.
+public struct TokenPlacement: Codable, Sendable {
+    public struct Document: Codable, Sendable, Equatable { public var name: String; public var start: Int; public var end: Int }
+    public var tokenIndex: [Int] = []
+    public var windowPosition: [Int] = []
+    public var tokenId: [Int32] = []
+    public var byteOffset: [Int] = []
+    public var documents: [Document]
+    public var rules: SegmentRules
+
+    enum CodingKeys: String, CodingKey {
+        case tokenIndex = "token_index", windowPosition = "window_position", tokenId = "token_id", byteOffset = "byte_offset"
+        case documents, rules
+    }
+
+    init(documents: [DocumentSpan], rules: SegmentRules) {
+        self.documents = documents.map { Document(name: $0.name, start: $0.bytes.lowerBound, end: $0.bytes.upperBound) }
+        self.rules = rules
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        tokenIndex = try c.decode(PackedArray<Int>.self, forKey: .tokenIndex).values
+        windowPosition = try c.decode(PackedArray<Int>.self, forKey: .windowPosition).values
+        tokenId = try c.decode(PackedArray<Int32>.self, forKey: .tokenId).values
+        byteOffset = try c.decode(PackedArray<Int>.self, forKey: .byteOffset).values
+        documents = try c.decode([Document].self, forKey: .documents)
+        rules = try c.decode(SegmentRules.self, forKey: .rules)
+        let n = tokenIndex.count
+        guard windowPosition.count == n, tokenId.count == n, byteOffset.count == n,
+              documents.allSatisfy({ 0 <= $0.start && $0.start <= $0.end }) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: "token placement arrays differ in length or a document range is reversed"))
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(PackedArray(tokenIndex), forKey: .tokenIndex)
+        try c.encode(PackedArray(windowPosition), forKey: .windowPosition)
+        try c.encode(PackedArray(tokenId), forKey: .tokenId)
+        try c.encode(PackedArray(byteOffset), forKey: .byteOffset)
+        try c.encode(documents, forKey: .documents)
+        try c.encode(rules, forKey: .rules)
+    }
+
+    var spans: [DocumentSpan] { documents.map { DocumentSpan(name: $0.name, bytes: $0.start..<$0.end) } }
+}
+
+/// What a perplexity pass over some windows measured, per window and per scored token in scoring order: the
+/// inputs of every figure of a perplexity result. A whole run and a merge of shards (their measurements
+/// concatenated) turn it into a report through the same `report()`, so their figures are the same bits.
+public struct PerplexityMeasurement: Codable, Sendable {
+    public var info: PerplexityRunInfo
+    public var chunkNLLSum: [Double] = []
+    public var chunkTokens: [Int] = []
+    /// -log p(target) per scored token, as added into the perplexity.
+    public var nll: [Double] = []
+    public var tokenizeSeconds = 0.0
+    public var evaluateSeconds = 0.0
+    public var totalSeconds = 0.0
+    /// With a KLD base.
+    public var kld: KLDTokens?
+    /// With a KLD base: the per-segment placement of every scored token.
+    public var placement: TokenPlacement?
+
+    enum CodingKeys: String, CodingKey {
+        case info, chunkNLLSum = "chunk_nll_sum", chunkTokens = "chunk_tokens", nll, tokenizeSeconds = "tokenize_s"
+        case evaluateSeconds = "evaluate_s", totalSeconds = "total_s", kld, placement
+    }
+
+    init(info: PerplexityRunInfo) { self.info = info }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        info = try c.decode(PerplexityRunInfo.self, forKey: .info)
+        chunkNLLSum = try c.decode(PackedArray<Double>.self, forKey: .chunkNLLSum).values
+        chunkTokens = try c.decode(PackedArray<Int>.self, forKey: .chunkTokens).values
+        nll = try c.decode(PackedArray<Double>.self, forKey: .nll).values
+        tokenizeSeconds = try c.decode(Double.self, forKey: .tokenizeSeconds)
+        evaluateSeconds = try c.decode(Double.self, forKey: .evaluateSeconds)
+        totalSeconds = try c.decode(Double.self, forKey: .totalSeconds)
+        kld = try c.decodeIfPresent(KLDTokens.self, forKey: .kld)
+        placement = try c.decodeIfPresent(TokenPlacement.self, forKey: .placement)
+        guard chunkNLLSum.count == chunkTokens.count, chunkTokens.reduce(0, +) == nll.count,
+              kld.map({ $0.kld.count == nll.count }) ?? true, placement.map({ $0.tokenIndex.count == nll.count }) ?? true,
+              (kld == nil) == (placement == nil) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: "per-window and per-token arrays do not agree in length"))
+        }
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(info, forKey: .info)
+        try c.encode(PackedArray(chunkNLLSum), forKey: .chunkNLLSum)
+        try c.encode(PackedArray(chunkTokens), forKey: .chunkTokens)
+        try c.encode(PackedArray(nll), forKey: .nll)
+        try c.encode(tokenizeSeconds, forKey: .tokenizeSeconds)
+        try c.encode(evaluateSeconds, forKey: .evaluateSeconds)
+        try c.encode(totalSeconds, forKey: .totalSeconds)
+        try c.encodeIfPresent(kld, forKey: .kld)
+        try c.encodeIfPresent(placement, forKey: .placement)
+    }
+
+    /// Appends a later shard's windows and tokens; timings add up.
+    mutating func append(_ o: PerplexityMeasurement) {
+        chunkNLLSum += o.chunkNLLSum; chunkTokens += o.chunkTokens; nll += o.nll
+        tokenizeSeconds += o.tokenizeSeconds; evaluateSeconds += o.evaluateSeconds; totalSeconds += o.totalSeconds
+        if kld != nil, let k = o.kld { kld!.append(k) }
+        if placement != nil, let p = o.placement {
+            placement!.tokenIndex += p.tokenIndex; placement!.windowPosition += p.windowPosition
+            placement!.tokenId += p.tokenId; placement!.byteOffset += p.byteOffset
+        }
+    }
+
+    /// The report's figures: sums in scoring order (SPECS.md), KLD statistics, per-segment deltas.
+    public func report() throws -> PerplexityReport {
+        var r = PerplexityResult(protocolKind: info.protocolKind, ctx: info.ctx, stride: info.stride, chunks: chunkTokens.count,
+                                 tokensScored: nll.count, totalTokens: info.corpusTokens, nllSum: 0, nllSqSum: 0, seconds: evaluateSeconds)
+        for x in nll { r.nllSum += x; r.nllSqSum += x * x }
+        let stats = try kld?.statistics()
+        var segments: [SegmentDelta]?
+        var rules = placement?.rules
+        if let k = kld, let p = placement {
+            let (base, quant) = segmentTokens(k, p)
+            let width = Segments.positionBucketWidth(minPosition: p.windowPosition.min() ?? 0, maxPosition: p.windowPosition.max() ?? 0)
+            segments = try Segments.perplexityBreakdown(base: base, quantized: quant, documents: p.spans, positionBucketWidth: width)
+            rules?.positionBucketWidth = width
+        }
+        let processed = r.chunks * info.ctx
+        return PerplexityReport(
+            model: info.model, tokenizer: info.tokenizer, corpus: info.corpus, corpusSHA256: info.corpusSHA256,
+            protocolKind: info.protocolKind, ctx: info.ctx, stride: info.stride, chunks: r.chunks, tokensScored: r.tokensScored,
+            corpusTokens: info.corpusTokens, ppl: r.ppl, pplError: r.pplError, backend: info.backend, activations: info.activations,
+            int8Activations: info.int8Activations,
+            chunkNLL: zip(chunkNLLSum, chunkTokens).map { ChunkNLL(nllSum: $0, count: $1) },
+            timings: .init(totalSeconds: totalSeconds, tokenizeSeconds: tokenizeSeconds, evaluateSeconds: evaluateSeconds,
+                           tokensPerSecond: Double(processed) / max(evaluateSeconds, 1e-9)),
+            bitsPerWeight: info.bitsPerWeight?.value, quantization: info.quantization, kld: stats, segments: segments,
+            segmentRules: rules, npu: nil, gguf: info.gguf, approximateLines: placement?.rules.tokenLocation.approximateLines ?? 0)
+    }
+
+    /// The base's and this run's per-token records for the segment analysis.
+    func segmentTokens(_ k: KLDTokens, _ p: TokenPlacement) -> (base: [SegmentToken], quantized: [SegmentToken]) {
+        var base: [SegmentToken] = [], quant: [SegmentToken] = []
+        base.reserveCapacity(k.kld.count); quant.reserveCapacity(k.kld.count)
+        for i in k.kld.indices {
+            let t = SegmentToken(tokenIndex: p.tokenIndex[i], windowPosition: p.windowPosition[i], tokenId: p.tokenId[i],
+                                 byteOffset: p.byteOffset[i], nll: k.baseNLL[i])
+            base.append(t)
+            var q = t
+            q.nll = k.runNLL[i]; q.kld = k.kld[i]
+            quant.append(q)
+        }
+        return (base, quant)
+    }
+}
+
 /// One perplexity run (SPECS.md protocols) with optional KLD against a base run and per-segment deltas.
 public enum PerplexityRun {
     public static func run(_ o: PerplexityRunOptions, progress: any ProgressObserver = NoProgress()) throws -> PerplexityReport {
+        guard o.shard == nil else { throw QuantKitError(.input, "--shard: a shard writes a partial result (PerplexityRun.runShard)") }
+        let m = try measure(o, progress: progress)
+        var report = try m.measurement.report()
+        report.npu = m.npu
+        if let path = o.saveTokens, let k = m.measurement.kld, let p = m.measurement.placement {
+            try writeTokens(m.measurement.segmentTokens(k, p), documents: p.spans, to: path)
+        }
+        return report
+    }
+
+    /// The shard `o.shard` of a run: its windows' measurement and the provenance a merge checks.
+    public static func runShard(_ o: PerplexityRunOptions, progress: any ProgressObserver = NoProgress()) throws -> PartialResult<PerplexityMeasurement> {
+        guard let shard = o.shard else { throw QuantKitError(.input, "--shard is required for a partial run") }
+        let m = try measure(o, progress: progress)
+        var provenance = [
+            "model_sha256": try Digest.sha256(modelPath: o.model), "corpus_sha256": m.measurement.info.corpusSHA256,
+            "tokenizer": m.measurement.info.tokenizer, "protocol": o.evaluation.protocolKind.rawValue, "ctx": String(o.evaluation.ctx),
+            "stride": o.evaluation.effectiveStride.map(String.init) ?? "none", "max_chunks": o.evaluation.maxChunks.map(String.init) ?? "none",
+            "activations": m.measurement.info.activations, "documents": o.documents.description,
+        ]
+        if let k = m.measurement.kld {
+            provenance["kld_base"] = "\(k.baseTokens) tokens, nll sum \(String(k.baseNLLSum.bitPattern, radix: 16)), \(k.encoding.rawValue)"
+        }
+        return PartialResult(header: PartialHeader(partialOf: "perplexity", shard: shard, provenance: provenance,
+                                                   items: ShardItems(unit: "windows", first: m.windows.lowerBound,
+                                                                     count: m.windows.count, total: m.totalWindows)),
+                             body: m.measurement)
+    }
+
+    /// Loads, tokenizes and evaluates the run's windows (the shard's, or all), collecting the measurement.
+    static func measure(_ o: PerplexityRunOptions, progress: any ProgressObserver) throws
+        -> (measurement: PerplexityMeasurement, npu: NPURunSummary?, windows: Range<Int>, totalWindows: Int) {
         try o.validate()
         let t0 = Date()
         var m = try ModelLoading.loadModel(o.model, ggufActivations: o.ggufActivations)
@@ -202,47 +417,49 @@ public enum PerplexityRun {
         let tokenizeSecs = Date().timeIntervalSince(t1)
         let opts = o.evaluation
         let protocolName = opts.protocolKind.rawValue
+        let windows = try Perplexity.windows(n: ids.tokens.count, options: opts, addsBOS: tok.addsBOS)
+        let range = try o.shard?.range(of: windows.count, unit: "windows") ?? windows.indices
+        let firstRow = windows[..<range.lowerBound].reduce(0) { $0 + $1.end - $1.scoreFrom }
 
         let base = try o.kldBase.map { try LogitsFile(path: $0) }
         try base?.checkCompatible(corpusSHA256: sha, tokenizer: tokLabel, protocolName: protocolName, ctx: ctx,
                                   stride: opts.effectiveStride, vocab: m.config.vocabSize)
-        let acc = base.map { KLDAccumulator(base: $0) }
+        let acc = base.map { KLDAccumulator(base: $0, firstRow: firstRow) }
         let writer = o.saveLogits != nil ? LogitsWriter(vocab: m.config.vocabSize) : nil
-        var chunkNLL: [ChunkNLL] = []
+        var measured = PerplexityMeasurement(info: PerplexityRunInfo(
+            model: o.model, tokenizer: tokLabel, corpus: o.corpus, corpusSHA256: sha, protocolKind: opts.protocolKind, ctx: ctx,
+            stride: opts.effectiveStride, corpusTokens: ids.tokens.count, backend: sim == nil ? "cpu" : "npu", activations: activations,
+            int8Activations: o.int8Activations, bitsPerWeight: sim == nil ? ModelLoading.blockLinearBitsPerWeight(m).map(ExactDouble.init) : nil,
+            quantization: try GPTQCheckpoint.quantizationSummary(o.model), gguf: gguf))
         // Per scored token (with a KLD base): where it sits, for the per-segment breakdown.
         var rowPlaces: [(tokenIndex: Int, windowPosition: Int, target: Int32)] = []
         let r = try Perplexity.evaluate(model: m, tokens: ids.tokens, addsBOS: tok.addsBOS, bosId: ids.bos, options: opts,
-                                        progress: progress) { row in
+                                        windows: range, progress: progress) { row in
             writer?.add(row)
             try acc?.add(row)
             if acc != nil { rowPlaces.append((row.tokenIndex, row.windowPosition, row.target)) }
-            while chunkNLL.count <= row.chunk { chunkNLL.append(ChunkNLL(nllSum: 0, count: 0)) }
-            chunkNLL[row.chunk].nllSum += row.nll
-            chunkNLL[row.chunk].count += 1
+            let chunk = row.chunk - range.lowerBound
+            while measured.chunkTokens.count <= chunk { measured.chunkNLLSum.append(0); measured.chunkTokens.append(0) }
+            measured.chunkNLLSum[chunk] += row.nll
+            measured.chunkTokens[chunk] += 1
+            measured.nll.append(row.nll)
         }
-        let kld = try acc?.result()
-        var breakdown: (segments: [SegmentDelta], rules: SegmentRules, approximate: Int)?
         if let a = acc {
-            breakdown = try segments(text: text, tokens: ids.tokens, tokenizer: tok, threads: m.threads, accumulator: a,
-                                     places: rowPlaces, rule: o.documents, saveTokens: o.saveTokens, progress: progress)
+            measured.kld = a.tokens
+            // Lines are located up to the run's last scored token, whichever shard this is, so every shard
+            // reports the same rules.
+            measured.placement = placement(text: text, tokens: ids.tokens, tokenizer: tok, threads: m.threads, places: rowPlaces,
+                                           limit: windows.last!.end, rule: o.documents, progress: progress)
         }
         if let w = writer, let path = o.saveLogits {
             try w.write(to: path, corpusSHA256: sha, tokenizer: tokLabel, protocolName: protocolName, ctx: ctx,
                         stride: opts.effectiveStride, model: o.model)
         }
-        let processed = r.chunks * ctx
-        return PerplexityReport(
-            model: o.model, tokenizer: tokLabel, corpus: o.corpus, corpusSHA256: sha, protocolKind: opts.protocolKind, ctx: ctx,
-            stride: opts.effectiveStride, chunks: r.chunks, tokensScored: r.tokensScored, corpusTokens: ids.tokens.count,
-            ppl: r.ppl, pplError: r.pplError, backend: sim == nil ? "cpu" : "npu", activations: activations,
-            int8Activations: o.int8Activations, chunkNLL: chunkNLL,
-            timings: .init(totalSeconds: Date().timeIntervalSince(t0), tokenizeSeconds: tokenizeSecs, evaluateSeconds: r.seconds,
-                           tokensPerSecond: Double(processed) / max(r.seconds, 1e-9)),
-            bitsPerWeight: sim == nil ? ModelLoading.blockLinearBitsPerWeight(m) : nil,
-            quantization: try GPTQCheckpoint.quantizationSummary(o.model), kld: kld, segments: breakdown?.segments,
-            segmentRules: breakdown?.rules,
-            npu: sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration, recovery: npuRecovery) },
-            gguf: gguf, approximateLines: breakdown?.approximate ?? 0)
+        measured.tokenizeSeconds = tokenizeSecs
+        measured.evaluateSeconds = r.seconds
+        measured.totalSeconds = Date().timeIntervalSince(t0)
+        let npu = sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration, recovery: npuRecovery) }
+        return (measured, npu, range, windows.count)
     }
 
     /// The corpus as one token stream: the whole text encoded once, BOS prepended when the tokenizer adds it (the
@@ -254,41 +471,36 @@ public enum PerplexityRun {
         return (ids, bos)
     }
 
-    /// Per-segment deltas of this run against the base (SPECS.md segments), and the rules that placed the tokens;
-    /// with `saveTokens`, the per-token records as TSV.
-    static func segments(text: String, tokens: [Int32], tokenizer tok: any Tokenizer, threads: Int, accumulator a: KLDAccumulator,
-                         places: [(tokenIndex: Int, windowPosition: Int, target: Int32)], rule: DocumentRule, saveTokens: String?,
-                         progress: any ProgressObserver) throws -> (segments: [SegmentDelta], rules: SegmentRules, approximate: Int) {
+    /// Where the scored tokens sit (SPECS.md segments): documents, line offsets, the rules used.
+    static func placement(text: String, tokens: [Int32], tokenizer tok: any Tokenizer, threads: Int,
+                          places: [(tokenIndex: Int, windowPosition: Int, target: Int32)], limit: Int, rule: DocumentRule,
+                          progress: any ProgressObserver) -> TokenPlacement {
         let (spans, used) = Segments.documents(text, rule: rule)
-        let located = Segments.locateLines(text: text, tokens: tokens, leading: tok.addsBOS ? 1 : 0,
-                                           limit: (places.map(\.tokenIndex).max() ?? 0) + 1) { pieces in
+        let located = Segments.locateLines(text: text, tokens: tokens, leading: tok.addsBOS ? 1 : 0, limit: limit) { pieces in
             tok.encodeBatch(pieces, addSpecialTokens: false, threads: threads)
         }
         if located.approximateLines > 0 {
             progress.note("segments: \(located.approximateLines) of \(located.exactLines + located.approximateLines) lines did not tokenize on their own as in the whole text; their tokens were placed approximately")
         }
-        let baseTokens = places.enumerated().map { i, r in
-            SegmentToken(tokenIndex: r.tokenIndex, windowPosition: r.windowPosition, tokenId: r.target,
-                         byteOffset: located.offsets[r.tokenIndex], nll: a.baseNLL[i])
+        var p = TokenPlacement(documents: spans, rules: SegmentRules(
+            documents: used.description, documentCount: spans.count,
+            tokenLocation: .init(exactLines: located.exactLines, approximateLines: located.approximateLines),
+            positionBucketWidth: 0))
+        p.tokenIndex = places.map(\.tokenIndex)
+        p.windowPosition = places.map(\.windowPosition)
+        p.tokenId = places.map(\.target)
+        p.byteOffset = places.map { located.offsets[$0.tokenIndex] }
+        return p
+    }
+
+    /// The per-token records behind the segments, as TSV (`--save-tokens`).
+    static func writeTokens(_ t: (base: [SegmentToken], quantized: [SegmentToken]), documents: [DocumentSpan], to path: String) throws {
+        let docOf = Segments.documentNamer(documents)
+        var tsv = "token_index\twindow_position\ttoken_id\tbyte_offset\tdocument\tnll_base\tnll_quantized\tkld\n"
+        for (b, q) in zip(t.base, t.quantized) {
+            let doc = (docOf(b.byteOffset) ?? "").map { $0 == "\t" || $0 == "\n" || $0 == "\r" ? " " : $0 }
+            tsv += "\(b.tokenIndex)\t\(b.windowPosition)\t\(b.tokenId)\t\(b.byteOffset)\t\(String(doc))\t\(b.nll)\t\(q.nll)\t\(q.kld ?? .nan)\n"
         }
-        var quantTokens = baseTokens
-        for i in quantTokens.indices { quantTokens[i].nll = a.runNLL[i]; quantTokens[i].kld = a.tokenKLD[i] }
-        let positions = places.map(\.windowPosition)
-        let width = Segments.positionBucketWidth(minPosition: positions.min() ?? 0, maxPosition: positions.max() ?? 0)
-        let segments = try Segments.perplexityBreakdown(base: baseTokens, quantized: quantTokens, documents: spans,
-                                                        positionBucketWidth: width)
-        let rules = SegmentRules(documents: used.description, documentCount: spans.count,
-                                 tokenLocation: .init(exactLines: located.exactLines, approximateLines: located.approximateLines),
-                                 positionBucketWidth: width)
-        if let path = saveTokens {
-            let docOf = Segments.documentNamer(spans)
-            var tsv = "token_index\twindow_position\ttoken_id\tbyte_offset\tdocument\tnll_base\tnll_quantized\tkld\n"
-            for (b, q) in zip(baseTokens, quantTokens) {
-                let doc = (docOf(b.byteOffset) ?? "").map { $0 == "\t" || $0 == "\n" || $0 == "\r" ? " " : $0 }
-                tsv += "\(b.tokenIndex)\t\(b.windowPosition)\t\(b.tokenId)\t\(b.byteOffset)\t\(String(doc))\t\(b.nll)\t\(q.nll)\t\(q.kld ?? .nan)\n"
-            }
-            try AtomicFile.write(Data(tsv.utf8), to: path)
-        }
-        return (segments, rules, located.approximateLines)
+        try AtomicFile.write(Data(tsv.utf8), to: path)
     }
 }

@@ -58,39 +58,53 @@ public enum RetrievalEvaluation {
     public static func run(_ ds: BeirDataset, embedder: RagEmbedder, k: Int, cache: EmbeddingCache?,
                            threads: Int = Parallel.defaultThreads,
                            progress: any ProgressObserver = NoProgress()) throws -> RetrievalRunResult {
+        let corpus = try embedCorpus(ds.corpus, corpusSHA256: ds.corpusSHA256, embedder: embedder, cache: cache, threads: threads,
+                                     progress: progress)
+        let t0 = Date()
+        let qEmb = try embedder.embed(ds.queries.map(\.text), label: "queries", threads: threads, progress: progress)
+        return search(ds, name: embedder.name, digest: embedder.digest, dim: embedder.encoder.dimension, corpus: corpus.embeddings,
+                      queries: qEmb, k: k, threads: threads, corpusSeconds: corpus.seconds, corpusCacheHit: corpus.cacheHit,
+                      querySeconds: Date().timeIntervalSince(t0), encoderStats: embedder.stats)
+    }
+
+    /// Embeddings of `docs` (a dataset's corpus, or a shard's slice of it), from the cache when it holds them.
+    public static func embedCorpus(_ docs: [BeirDocument], corpusSHA256: String, embedder: RagEmbedder, cache: EmbeddingCache?,
+                                   threads: Int, progress: any ProgressObserver) throws -> (embeddings: [Float], seconds: Double, cacheHit: Bool) {
         let dim = embedder.encoder.dimension
-        let ids = ds.corpus.map(\.id)
+        let ids = docs.map(\.id)
         var corpusEmb: [Float]? = nil
         var key = ""
         if let cache {
-            key = cache.key(embedderDigest: embedder.digest, corpusSHA256: ds.corpusSHA256, docIDs: ids)
+            key = cache.key(embedderDigest: embedder.digest, corpusSHA256: corpusSHA256, docIDs: ids)
             corpusEmb = cache.load(key: key, count: ids.count, dim: dim)
         }
         let hit = corpusEmb != nil
-        var t0 = Date()
+        let t0 = Date()
         if corpusEmb == nil {
-            corpusEmb = try embedder.embed(ds.corpus.map(\.embeddingText), label: "corpus", threads: threads, progress: progress)
+            corpusEmb = try embedder.embed(docs.map(\.embeddingText), label: "corpus", threads: threads, progress: progress)
             if let cache {
                 try cache.store(key: key, embeddings: corpusEmb!, meta: [
                     "schema_version": 1, "embedder": embedder.name, "embedder_digest": embedder.digest,
-                    "corpus_sha256": ds.corpusSHA256, "documents": ids.count, "dim": dim,
+                    "corpus_sha256": corpusSHA256, "documents": ids.count, "dim": dim,
                     "doc_ids_sha256": Digest.sha256(ids.joined(separator: "\n").data(using: .utf8)!),
                 ])
             }
         }
-        let corpusSeconds = Date().timeIntervalSince(t0)
-        t0 = Date()
-        let qEmb = try embedder.embed(ds.queries.map(\.text), label: "queries", threads: threads, progress: progress)
-        let querySeconds = Date().timeIntervalSince(t0)
-        t0 = Date()
-        let tops = DenseSearch.topK(queries: qEmb, corpus: corpusEmb!, dim: dim, docIDs: ids, k: depth(k: k), threads: threads)
+        return (corpusEmb!, Date().timeIntervalSince(t0), hit)
+    }
+
+    /// The exact top-k search of every query over the whole corpus, and its trec_eval scores.
+    public static func search(_ ds: BeirDataset, name: String, digest: String, dim: Int, corpus: [Float], queries: [Float], k: Int,
+                              threads: Int, corpusSeconds: Double, corpusCacheHit: Bool, querySeconds: Double,
+                              encoderStats: BertSentenceEncoder.Stats) -> RetrievalRunResult {
+        let t0 = Date()
+        let tops = DenseSearch.topK(queries: queries, corpus: corpus, dim: dim, docIDs: ds.corpus.map(\.id), k: depth(k: k), threads: threads)
         let searchSeconds = Date().timeIntervalSince(t0)
         var run: TRECRun = [:]
         for (i, q) in ds.queries.enumerated() { run[q.id] = tops[i] }
-        return RetrievalRunResult(name: embedder.name, digest: embedder.digest,
-                                  scores: RetrievalMetrics.evaluate(qrels: ds.qrels, run: run), run: run,
-                                  corpusSeconds: corpusSeconds, corpusCacheHit: hit, querySeconds: querySeconds,
-                                  searchSeconds: searchSeconds, encoderStats: embedder.stats)
+        return RetrievalRunResult(name: name, digest: digest, scores: RetrievalMetrics.evaluate(qrels: ds.qrels, run: run), run: run,
+                                  corpusSeconds: corpusSeconds, corpusCacheHit: corpusCacheHit, querySeconds: querySeconds,
+                                  searchSeconds: searchSeconds, encoderStats: encoderStats)
     }
 
     public static func compare(_ a: RetrievalRunResult, _ b: RetrievalRunResult, qrels: Qrels, k: Int) -> RetrievalComparison {

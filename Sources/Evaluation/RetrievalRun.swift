@@ -26,6 +26,8 @@ public struct RetrievalRunOptions: Sendable {
     public var allowOverlap = false
     /// Where "minilm" is looked for first (the CLI's QUANTKIT_EMBEDDER).
     public var embedderOverride: String?
+    /// Embed only this shard's slice of the corpus and write a partial result (`runShard`); nil: the whole run.
+    public var shard: Shard?
 
     public init(dataset: String) { self.dataset = dataset }
 
@@ -33,6 +35,7 @@ public struct RetrievalRunOptions: Sendable {
         guard k >= 1 else { throw QuantKitError(.input, "--k must be at least 1") }
         if let m = maxDocs, m < 1 { throw QuantKitError(.input, "--max-docs must be at least 1") }
         if let m = maxQueries, m < 1 { throw QuantKitError(.input, "--max-queries must be at least 1") }
+        if shard != nil && npu != nil { throw QuantKitError(.input, "--shard with --backend npu: the simulated NPU's runs are not sharded yet; run it unsharded") }
     }
 }
 
@@ -169,6 +172,7 @@ extension RetrievalReport: Encodable {
 public enum RetrievalRun {
     public static func run(_ o: RetrievalRunOptions, progress: any ProgressObserver = NoProgress()) throws -> RetrievalReport {
         try o.validate()
+        guard o.shard == nil else { throw QuantKitError(.input, "--shard: a shard writes a partial result (RetrievalRun.runShard)") }
         let th = o.threads ?? Parallel.defaultThreads
         // Reject a bad scheme before the float corpus is embedded.
         for q in o.embedderQuantized where !FileManager.default.fileExists(atPath: q) { _ = try EmbedderQuantSpec.parseRTN(q) }

@@ -38,6 +38,8 @@ struct PerplexityCommand: RunCommand {
     var int8Activations = false
     @Option(help: "A GGUF model's activations: llamacpp (converted to each weight type's companion format as llama.cpp's CPU backend does: Q8_0, Q8_1, Q8_K, F16, BF16) or float (weight-only).")
     var activations: GGUFActivations = .llamacpp
+    @Option(help: "Evaluate only shard INDEX/COUNT of the windows (0-based, e.g. $SLURM_ARRAY_TASK_ID/3) and write a partial result to --json; `quantkit merge` joins the shards.")
+    var shard: String?
 
     func options() throws -> PerplexityRunOptions {
         var o = PerplexityRunOptions(model: model, corpus: corpus,
@@ -53,16 +55,31 @@ struct PerplexityCommand: RunCommand {
         o.int8Activations = int8Activations
         o.ggufActivations = activations
         o.npu = npu.settings
+        o.shard = try shard.map { try Shard(parsing: $0) }
         return o
     }
 
 
     func run() throws {
         try runReportingErrors {
-            let report = try PerplexityRun.run(try options(), progress: Console.progress)
+            let o = try options()
+            if let shard = o.shard {
+                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
+                let partial = try PerplexityRun.runShard(o, progress: Console.progress)
+                try partial.write(to: j)
+                print(Self.shardSummary(partial, shard: shard, path: j))
+                return
+            }
+            let report = try PerplexityRun.run(o, progress: Console.progress)
             print(Self.summary(report))
             if let j = json { try ResultEnvelope(kind: "perplexity", bitsPerWeight: report.bitsPerWeight).write(report, to: j) }
         }
+    }
+
+    static func shardSummary(_ p: PartialResult<PerplexityMeasurement>, shard: Shard, path: String) -> String {
+        let it = p.header.items
+        return "shard \(shard): windows \(it.first)..<\(it.first + it.count) of \(it.total), \(p.body.nll.count) tokens scored"
+            + String(format: " in %.2f s; partial result %@ (quantkit merge joins the shards)", p.body.evaluateSeconds, path)
     }
 
     /// The readable summary, rendered from the report.

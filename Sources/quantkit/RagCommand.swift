@@ -49,8 +49,10 @@ struct RagRetrievalCommand: RunCommand {
     @OptionGroup var npu: NpuBackendOptions
     @Flag(name: .customLong("allow-overlap"), help: "Only warn when the queries overlap a quantized embedder's calibration text.")
     var allowOverlap = false
+    @Option(help: "Embed only shard INDEX/COUNT of the corpus (0-based, e.g. $SLURM_ARRAY_TASK_ID/4) and write a partial result to --json; `quantkit merge` searches the joined corpus.")
+    var shard: String?
 
-    func options() -> RetrievalRunOptions {
+    func options() throws -> RetrievalRunOptions {
         var o = RetrievalRunOptions(dataset: dataset)
         o.embedder = embedder
         o.embedderQuantized = embedderQuantized
@@ -63,42 +65,56 @@ struct RagRetrievalCommand: RunCommand {
         o.npu = npu.settings
         o.allowOverlap = allowOverlap
         o.embedderOverride = Console.embedderOverride
+        o.shard = try shard.map { try Shard(parsing: $0) }
         return o
     }
 
 
     func run() throws {
         try runReportingErrors {
-            let r = try RetrievalRun.run(options(), progress: Console.progress)
+            let o = try options()
+            if let shard = o.shard {
+                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
+                if runDir != nil { throw QuantKitError(.input, "--run-dir with --shard: the merged run has the rankings; write run files unsharded") }
+                let p = try RetrievalRun.runShard(o, progress: Console.progress)
+                try p.write(to: j)
+                let it = p.header.items
+                print("shard \(shard): documents \(it.first)..<\(it.first + it.count) of \(it.total) embedded by \(p.body.runs.count) embedder(s); partial result \(j) (quantkit merge joins the shards)")
+                return
+            }
+            let r = try RetrievalRun.run(o, progress: Console.progress)
             if let runDir { try RetrievalRun.writeRunFiles(r, to: runDir) }
-            printSummary(r.dataset, r.runs, r.comparisons)
-            if let n = r.npu { print(n.summary) }
+            print(Self.summary(r))
             if let json { try ResultEnvelope(kind: "rag_retrieval").write(r, to: json) }
         }
     }
 
-    func printSummary(_ ds: BeirDataset, _ runs: [RetrievalRunResult], _ comps: [RetrievalComparison]) {
-        print("dataset \(dataset) split \(ds.split): \(ds.corpus.count) documents, \(ds.queries.count) queries")
+    /// The readable summary, rendered from the report.
+    static func summary(_ r: RetrievalReport) -> String {
+        let ds = r.dataset, runs = r.runs
+        var lines = ["dataset \(r.options.dataset) split \(ds.split): \(ds.corpus.count) documents, \(ds.queries.count) queries"]
         let names = RetrievalMetrics.metricNames
-        print("embedder".padding(toLength: 22, withPad: " ", startingAt: 0) + names.map { $0.padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
+        lines.append("embedder".padding(toLength: 22, withPad: " ", startingAt: 0) + names.map { $0.padding(toLength: 11, withPad: " ", startingAt: 0) }.joined())
         for r in runs {
-            print(r.name.padding(toLength: 22, withPad: " ", startingAt: 0)
-                  + names.map { String(format: "%-11.4f", r.scores.mean[$0] ?? 0) }.joined())
+            lines.append(r.name.padding(toLength: 22, withPad: " ", startingAt: 0)
+                         + names.map { String(format: "%-11.4f", r.scores.mean[$0] ?? 0) }.joined())
         }
-        for c in comps {
-            print("delta \(c.other)".padding(toLength: 22, withPad: " ", startingAt: 0)
-                  + names.map { String(format: "%-+11.4f", c.deltas[$0] ?? 0) }.joined())
-            print("  top-\(c.k) overlap with float: \(String(format: "%.3f", c.meanOverlap)); queries lost a relevant doc: \(c.lostRelevant.count); nDCG@10 worse/same/better: \(c.worse)/\(c.same)/\(c.better)")
+        for c in r.comparisons {
+            lines.append("delta \(c.other)".padding(toLength: 22, withPad: " ", startingAt: 0)
+                         + names.map { String(format: "%-+11.4f", c.deltas[$0] ?? 0) }.joined())
+            lines.append("  top-\(c.k) overlap with float: \(String(format: "%.3f", c.meanOverlap)); queries lost a relevant doc: \(c.lostRelevant.count); nDCG@10 worse/same/better: \(c.worse)/\(c.same)/\(c.better)")
         }
         for r in runs {
             let s = r.encoderStats
             let rate = s.seconds > 0 ? Double(s.tokens) / s.seconds : 0
-            print("\(r.name): corpus \(String(format: "%.1f", r.corpusSeconds))s\(r.corpusCacheHit ? " (cache)" : ""), "
-                  + "queries \(String(format: "%.2f", r.querySeconds))s, search \(String(format: "%.3f", r.searchSeconds))s; "
-                  + "encoder \(s.tokens) tokens at \(String(format: "%.0f", rate)) tok/s, \(s.truncated) texts truncated to max_seq_length")
+            lines.append("\(r.name): corpus \(String(format: "%.1f", r.corpusSeconds))s\(r.corpusCacheHit ? " (cache)" : ""), "
+                         + "queries \(String(format: "%.2f", r.querySeconds))s, search \(String(format: "%.3f", r.searchSeconds))s; "
+                         + "encoder \(s.tokens) tokens at \(String(format: "%.0f", rate)) tok/s, \(s.truncated) texts truncated to max_seq_length")
         }
         if runs.first?.scores.queriesWithoutRelevant ?? 0 > 0 {
-            print("note: \(runs[0].scores.queriesWithoutRelevant) queries have no relevant judgement (scored 0, averaged in)")
+            lines.append("note: \(runs[0].scores.queriesWithoutRelevant) queries have no relevant judgement (scored 0, averaged in)")
         }
+        if let n = r.npu { lines.append(n.summary) }
+        return lines.joined(separator: "\n")
     }
 }

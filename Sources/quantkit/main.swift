@@ -21,6 +21,7 @@ struct QuantKitCommand: ParsableCommand {
             RagCommand.self,
             QuantizeCommand.self,
             SweepCommand.self,
+            MergeCommand.self,
         ]
     )
 }
