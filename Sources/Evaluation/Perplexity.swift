@@ -8,7 +8,7 @@ public enum PerplexityProtocol: String, Sendable, CaseIterable, Codable {
     case llamacpp, gptq, strided
 }
 
-public struct PerplexityOptions: Sendable {
+public struct PerplexityOptions: Sendable, Codable {
     public var protocolKind: PerplexityProtocol
     public var ctx: Int
     /// Only for `strided` (default ctx / 2).

@@ -4,7 +4,7 @@ import Quantization
 import TensorCore
 
 /// One point of a sweep: a method with its recovery flags, at a bit width and group size.
-public struct SweepVariant: Sendable, Equatable, Encodable {
+public struct SweepVariant: Sendable, Equatable, Codable {
     public var method: QuantMethod
     public var awq = false
     public var rotate = false
@@ -47,7 +47,7 @@ public struct SweepVariant: Sendable, Equatable, Encodable {
 }
 
 /// Everything `quantkit sweep` decides.
-public struct SweepRunOptions: Sendable {
+public struct SweepRunOptions: Sendable, Codable {
     /// The float model (a Llama-family directory or llama2.c file).
     public var model: String
     public var tokenizer: String?
@@ -154,17 +154,138 @@ public struct SweepReport: Encodable, Sendable {
     }
 }
 
+/// One unit of a sweep's work. A sweep is stages of independent tasks (`SweepPlan.stages`); a task of a stage
+/// needs only the outputs of the stages before it, so a scheduler can run each stage as an array job.
+public enum SweepTask: Equatable, Sendable, CustomStringConvertible {
+    /// The float model's evaluation, with the base logits every variant's KLD is measured against.
+    case base
+    /// Variant i quantized and evaluated.
+    case point(Int)
+    /// Variant i quantized (when its evaluation is sharded).
+    case quantize(Int)
+    /// Shard s of variant i's evaluation.
+    case evaluate(Int, shard: Int)
+    /// Shards merged, the table, the study report and sweep.json.
+    case report
+
+    public var description: String {
+        switch self {
+        case .base: return "base"
+        case .point(let i): return "point:\(i)"
+        case .quantize(let i): return "quantize:\(i)"
+        case .evaluate(let i, let s): return "evaluate:\(i):\(s)"
+        case .report: return "report"
+        }
+    }
+
+    public init(parsing s: String) throws {
+        let p = s.split(separator: ":").map(String.init)
+        switch (p.first, p.count) {
+        case ("base", 1): self = .base
+        case ("report", 1): self = .report
+        case ("point", 2) where Int(p[1]) != nil: self = .point(Int(p[1])!)
+        case ("quantize", 2) where Int(p[1]) != nil: self = .quantize(Int(p[1])!)
+        case ("evaluate", 3) where Int(p[1]) != nil && Int(p[2]) != nil: self = .evaluate(Int(p[1])!, shard: Int(p[2])!)
+        default: throw QuantKitError(.input, "sweep task '\(s)': expected base, point:I, quantize:I, evaluate:I:S or report")
+        }
+    }
+}
+
+/// A sweep laid out as stages of tasks: what `--emit` writes beside its scheduler scripts, and what every task
+/// of the emitted jobs reads back.
+public struct SweepPlan: Codable, Sendable {
+    public static let currentFormat = 1
+    public var format = SweepPlan.currentFormat
+    public var quantkitVersion = ResultEnvelope.toolVersion
+    public var options: SweepRunOptions
+    public var variants: [SweepVariant]
+    /// Shards of each variant's evaluation (1: a variant is one task).
+    public var evalShards: Int
+    /// Task names per stage; each stage runs after the one before it has finished.
+    public var stages: [[String]]
+
+    public func write(to path: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try enc.encode(self), to: path)
+    }
+
+    public static func read(_ path: String) throws -> SweepPlan {
+        let plan: SweepPlan
+        do { plan = try JSONDecoder().decode(SweepPlan.self, from: try readFile(path)) } catch let e as QuantKitError { throw e } catch {
+            throw QuantKitError(.format, "\(path): not a sweep plan (\(ShardMerge.describe(error)))")
+        }
+        guard plan.format == currentFormat, plan.quantkitVersion == ResultEnvelope.toolVersion else {
+            throw QuantKitError(.input, "\(path): a sweep plan of QuantKit \(plan.quantkitVersion) (format \(plan.format)); this is \(ResultEnvelope.toolVersion): emit the plan again")
+        }
+        return plan
+    }
+
+    /// Task `index` of stage `stage`, with one line naming what is out of range.
+    public func task(stage: Int, index: Int) throws -> SweepTask {
+        guard stage >= 0, stage < stages.count else { throw QuantKitError(.input, "--stage \(stage): the plan has stages 0...\(stages.count - 1)") }
+        guard index >= 0, index < stages[stage].count else {
+            throw QuantKitError(.input, "--task \(index): stage \(stage) has tasks 0...\(stages[stage].count - 1)")
+        }
+        return try SweepTask(parsing: stages[stage][index])
+    }
+}
+
+/// What a finished quantize task recorded (`LABEL.quantized.json`).
+struct SweepQuantizedRecord: Codable {
+    var sizeBytes: Int
+    var quantizeSeconds: Double
+}
+
+/// What a finished evaluation recorded (`LABEL.point.json`, `float.point.json`): the figures the table needs, bit
+/// for bit, so the report computes the same QError whichever machine evaluated.
+struct SweepPointRecord: Codable {
+    var ppl: ExactDouble
+    var bitsPerWeight: ExactDouble?
+    var kldMean: ExactDouble?
+    var sameTopPercent: ExactDouble?
+    var evaluateSeconds: Double
+
+    init(_ r: PerplexityReport, seconds: Double) {
+        ppl = ExactDouble(r.ppl)
+        bitsPerWeight = r.bitsPerWeight.map(ExactDouble.init)
+        kldMean = r.kld.map { ExactDouble($0.kld_mean) }
+        sameTopPercent = r.kld.map { ExactDouble($0.same_top_percent) }
+        evaluateSeconds = seconds
+    }
+}
+
 /// `quantkit sweep`: quantize a grid of methods x bits x group sizes on one calibration set and evaluate every
 /// variant with the same protocol on the same held-out text, against one float base run (its logits computed
-/// once, every variant's KLD against them), then one table and one study report. The calibration windows are
-/// tokenized once; the calibration passes themselves run per variant, since each method's quantized prefix
-/// changes the inputs the later layers see.
+/// once, every variant's KLD against them), then one table and one study report. A run on one machine executes
+/// the plan's tasks in order; `--emit` hands the same tasks to a scheduler. Each task writes its outputs
+/// atomically and is skipped when they exist, so a failed array can be resubmitted as it is.
 public enum SweepRun {
     public static func run(_ o: SweepRunOptions, progress: any ProgressObserver = NoProgress()) throws -> SweepReport {
         let t0 = Date()
+        let p = try plan(o, evalShards: 1)
+        let executor = SweepExecutor(plan: p, progress: progress)
+        var report: SweepReport?
+        let task = progress.task("sweep", total: p.variants.count, unit: "variants")
+        for stage in p.stages {
+            for name in stage {
+                let t = try SweepTask(parsing: name)
+                report = try executor.execute(t) ?? report
+                if case .point(let i) = t { task.update(done: i + 1, detail: p.variants[i].label) }
+            }
+        }
+        guard var r = report else { throw QuantKitError(.input, "sweep plan has no report stage") }
+        r.seconds = Date().timeIntervalSince(t0)
+        return r
+    }
+
+    /// The grid as stages of tasks, after the checks that must pass before any work (grid, leakage).
+    public static func plan(_ o: SweepRunOptions, evalShards: Int) throws -> SweepPlan {
         let variants = try o.variants()
-        let dir = o.output
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        guard evalShards >= 1, evalShards <= 10_000 else { throw QuantKitError(.input, "--eval-shards \(evalShards): use 1...10000") }
+        if let m = o.evaluation.maxChunks, m < evalShards {
+            throw QuantKitError(.input, "--eval-shards \(evalShards) exceeds --max-chunks \(m): a shard is at least one window")
+        }
         let calibration = o.calibration ?? QuantizeRunOptions.defaultCalibration
         // Leakage guard before any work: calibration and evaluation text must not overlap.
         let evalBytes = try readMaybeCompressed(o.corpus)
@@ -174,57 +295,150 @@ public enum SweepRun {
         guard overlap <= 0.1 else {
             throw QuantKitError(.input, String(format: "--eval %@ overlaps the calibration text %@ (%.0f%% of its 8-grams); choose disjoint texts", o.corpus, calibration, overlap * 100))
         }
-        func evaluate(_ model: String, json: String, saveLogits: String?, kldBase: String?) throws -> PerplexityReport {
-            var p = PerplexityRunOptions(model: model, corpus: o.corpus, evaluation: o.evaluation)
-            p.tokenizer = o.tokenizer
-            p.threads = o.threads
-            p.saveLogits = saveLogits
-            p.kldBase = kldBase
-            let r = try PerplexityRun.run(p, progress: progress)
-            try ResultEnvelope(kind: "perplexity").write(r, to: json)
-            return r
+        var opts = o
+        opts.calibration = calibration
+        let stages: [[String]] = evalShards == 1
+            ? [["base"], variants.indices.map { "point:\($0)" }, ["report"]]
+            : [["base"], variants.indices.map { "quantize:\($0)" },
+               variants.indices.flatMap { i in (0..<evalShards).map { "evaluate:\(i):\($0)" } }, ["report"]]
+        return SweepPlan(options: opts, variants: variants, evalShards: evalShards, stages: stages)
+    }
+}
+
+/// Runs the tasks of one sweep plan; the calibration windows are tokenized and sampled once per process.
+public final class SweepExecutor {
+    public let plan: SweepPlan
+    let progress: any ProgressObserver
+    private var prepared: PreparedCalibration?
+
+    public init(plan: SweepPlan, progress: any ProgressObserver = NoProgress()) {
+        self.plan = plan
+        self.progress = progress
+    }
+
+    var o: SweepRunOptions { plan.options }
+    var dir: String { o.output }
+    var baseJSON: String { dir + "/float.json" }
+    var baseLogits: String { dir + "/float.logits.zst" }
+    func checkpoint(_ i: Int) -> String { dir + "/" + plan.variants[i].label }
+    func exists(_ path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
+
+    /// Runs one task; the report task returns the sweep's report. A task whose outputs exist does nothing.
+    @discardableResult
+    public func execute(_ t: SweepTask) throws -> SweepReport? {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        switch t {
+        case .base:
+            guard !exists(baseJSON + ".point") else { return nil }
+            let t0 = Date()
+            let r = try evaluate(o.model, json: baseJSON, saveLogits: baseLogits, kldBase: nil)
+            try write(SweepPointRecord(r, seconds: Date().timeIntervalSince(t0)), to: baseJSON + ".point")
+        case .point(let i):
+            try checkVariant(i)
+            guard !exists(checkpoint(i) + ".json.point") else { return nil }
+            try quantize(i)
+            let t0 = Date()
+            let r = try evaluate(checkpoint(i), json: checkpoint(i) + ".json", saveLogits: nil, kldBase: baseLogits)
+            try write(SweepPointRecord(r, seconds: Date().timeIntervalSince(t0)), to: checkpoint(i) + ".json.point")
+        case .quantize(let i):
+            try checkVariant(i)
+            try quantize(i)
+        case .evaluate(let i, let s):
+            try checkVariant(i)
+            let part = checkpoint(i) + ".part\(s).json"
+            guard !exists(part) else { return nil }
+            var p = perplexityOptions(checkpoint(i), kldBase: baseLogits)
+            p.shard = try Shard(index: s, count: plan.evalShards)
+            try PerplexityRun.runShard(p, progress: progress).write(to: part)
+        case .report:
+            return try report()
         }
-        let baseJSON = dir + "/float.json", logits = dir + "/float.logits.zst"
-        let base = try evaluate(o.model, json: baseJSON, saveLogits: logits, kldBase: nil)
-        // The calibration windows are tokenized and sampled once for the whole grid.
-        var cal = QuantizeRunOptions(model: o.model, output: dir)
-        cal.calibration = calibration
-        cal.tokenizer = o.tokenizer
-        cal.samples = o.samples
-        cal.seqlen = o.seqlen
-        cal.seed = o.seed
-        let prepared = try QuantizeRun.prepareCalibration(cal)
-        let task = progress.task("sweep", total: variants.count, unit: "variants")
+        return nil
+    }
+
+    func checkVariant(_ i: Int) throws {
+        guard i >= 0, i < plan.variants.count else { throw QuantKitError(.input, "sweep task: variant \(i) is not in the plan's 0...\(plan.variants.count - 1)") }
+    }
+
+    func perplexityOptions(_ model: String, kldBase: String?) -> PerplexityRunOptions {
+        var p = PerplexityRunOptions(model: model, corpus: o.corpus, evaluation: o.evaluation)
+        p.tokenizer = o.tokenizer
+        p.threads = o.threads
+        p.kldBase = kldBase
+        return p
+    }
+
+    func evaluate(_ model: String, json: String, saveLogits: String?, kldBase: String?) throws -> PerplexityReport {
+        var p = perplexityOptions(model, kldBase: kldBase)
+        p.saveLogits = saveLogits
+        let r = try PerplexityRun.run(p, progress: progress)
+        try ResultEnvelope(kind: "perplexity").write(r, to: json)
+        return r
+    }
+
+    func write<T: Encodable>(_ value: T, to path: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        try AtomicFile.write(try enc.encode(value), to: path)
+    }
+
+    func read<T: Decodable>(_ type: T.Type, _ path: String, writtenBy task: String) throws -> T {
+        guard exists(path) else { throw QuantKitError(.input, "\(path): missing; the sweep's \(task) task has not finished") }
+        do { return try JSONDecoder().decode(T.self, from: try readFile(path)) } catch {
+            throw QuantKitError(.format, "\(path): damaged sweep record (\(ShardMerge.describe(error))); delete it and rerun \(task)")
+        }
+    }
+
+    /// Quantizes variant i unless its record exists.
+    func quantize(_ i: Int) throws {
+        let record = checkpoint(i) + ".quantized"
+        guard !exists(record) else { return }
+        let v = plan.variants[i]
+        var q = QuantizeRunOptions(model: o.model, output: checkpoint(i))
+        q.calibration = o.calibration
+        q.tokenizer = o.tokenizer
+        q.samples = o.samples
+        q.seqlen = o.seqlen
+        q.seed = o.seed
+        if prepared == nil { prepared = try QuantizeRun.prepareCalibration(q) }
+        q.method = v.method
+        q.bits = v.bits
+        q.groupSize = v.groupSize
+        q.awq = v.awq
+        q.rotate = v.rotate
+        q.mseSearch = v.mse
+        q.actOrder = v.actOrder
+        q.gptaqAlpha = v.gptaq ? 0.25 : nil
+        q.preparedCalibration = prepared
+        q.threads = o.threads
+        let t0 = Date()
+        let qr = try QuantizeRun.run(q, progress: progress)
+        try write(SweepQuantizedRecord(sizeBytes: qr.size.modelOutputFileBytes, quantizeSeconds: Date().timeIntervalSince(t0)), to: record)
+    }
+
+    /// Merges sharded evaluations, then the table and the study report from every task's records.
+    func report() throws -> SweepReport {
+        let base = try read(SweepPointRecord.self, baseJSON + ".point", writtenBy: "base")
         var rows: [SweepRow] = []
-        for (i, v) in variants.enumerated() {
-            let ckpt = dir + "/" + v.label, json = dir + "/" + v.label + ".json"
-            var q = QuantizeRunOptions(model: o.model, output: ckpt)
-            q.method = v.method
-            q.bits = v.bits
-            q.groupSize = v.groupSize
-            q.awq = v.awq
-            q.rotate = v.rotate
-            q.mseSearch = v.mse
-            q.actOrder = v.actOrder
-            q.gptaqAlpha = v.gptaq ? 0.25 : nil
-            q.preparedCalibration = prepared
-            q.calibration = calibration
-            q.tokenizer = o.tokenizer
-            q.samples = o.samples
-            q.seqlen = o.seqlen
-            q.seed = o.seed
-            q.threads = o.threads
-            let t1 = Date()
-            let qr = try QuantizeRun.run(q, progress: progress)
-            let quantSecs = Date().timeIntervalSince(t1)
-            let t2 = Date()
-            let r = try evaluate(ckpt, json: json, saveLogits: nil, kldBase: logits)
-            let qerror = r.ppl / base.ppl - 1
-            rows.append(SweepRow(variant: v.label, settings: v, bitsPerWeight: r.bitsPerWeight, sizeBytes: qr.size.modelOutputFileBytes,
-                                 ppl: r.ppl, qerror: qerror, kldMean: r.kld?.kld_mean, sameTopPercent: r.kld?.same_top_percent,
-                                 verdict: VerdictLogic.decide(qerror, o.thresholds), quantizeSeconds: quantSecs,
-                                 evaluateSeconds: Date().timeIntervalSince(t2), checkpoint: ckpt, result: json))
-            task.update(done: i + 1, detail: String(format: "%@ QError %.2f%%", v.label, qerror * 100))
+        var seconds = base.evaluateSeconds
+        for (i, v) in plan.variants.enumerated() {
+            let ckpt = checkpoint(i), json = ckpt + ".json"
+            if plan.evalShards > 1 && !exists(json + ".point") {
+                let parts = (0..<plan.evalShards).map { ckpt + ".part\($0).json" }
+                for p in parts where !exists(p) { throw QuantKitError(.input, "\(p): missing; the sweep's evaluate:\(i) tasks have not all finished") }
+                let t0 = Date()
+                guard case .perplexity(let r) = try MergeRun.run(parts) else { throw QuantKitError(.format, "\(parts[0]): not a perplexity partial") }
+                try ResultEnvelope(kind: "perplexity").write(r, to: json)
+                try write(SweepPointRecord(r, seconds: r.timings.evaluateSeconds + Date().timeIntervalSince(t0)), to: json + ".point")
+            }
+            let q = try read(SweepQuantizedRecord.self, ckpt + ".quantized", writtenBy: plan.evalShards > 1 ? "quantize:\(i)" : "point:\(i)")
+            let e = try read(SweepPointRecord.self, json + ".point", writtenBy: plan.evalShards > 1 ? "evaluate:\(i)" : "point:\(i)")
+            let qerror = e.ppl.value / base.ppl.value - 1
+            rows.append(SweepRow(variant: v.label, settings: v, bitsPerWeight: e.bitsPerWeight?.value, sizeBytes: q.sizeBytes,
+                                 ppl: e.ppl.value, qerror: qerror, kldMean: e.kldMean?.value, sameTopPercent: e.sameTopPercent?.value,
+                                 verdict: VerdictLogic.decide(qerror, o.thresholds), quantizeSeconds: q.quantizeSeconds,
+                                 evaluateSeconds: e.evaluateSeconds, checkpoint: ckpt, result: json))
+            seconds += q.quantizeSeconds + e.evaluateSeconds
         }
         let shipping = rows.filter { $0.verdict == .ship }
             .min { ($0.bitsPerWeight ?? 32, $0.qerror) < ($1.bitsPerWeight ?? 32, $1.qerror) }
@@ -235,7 +449,7 @@ public enum SweepRun {
         try AtomicFile.write(Data(HTMLReport.render(study, title: "QuantKit sweep: \(URL(fileURLWithPath: o.model).lastPathComponent)").utf8), to: html)
         try AtomicFile.write(Data(MarkdownReport.render(study).utf8), to: dir + "/report.md")
         return SweepReport(model: o.model, corpus: o.corpus, protocolName: o.evaluation.protocolKind.rawValue, ctx: o.evaluation.ctx,
-                           calibration: calibration, basePPL: base.ppl, rows: rows, smallestShipping: shipping?.variant,
-                           baseResult: baseJSON, report: html, seconds: Date().timeIntervalSince(t0))
+                           calibration: o.calibration ?? QuantizeRunOptions.defaultCalibration, basePPL: base.ppl.value, rows: rows,
+                           smallestShipping: shipping?.variant, baseResult: baseJSON, report: html, seconds: seconds)
     }
 }

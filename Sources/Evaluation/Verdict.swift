@@ -4,7 +4,7 @@ import TensorCore
 // The decision framework of issue 7: the relative loss of the headline metric against the float baseline decides
 // ship (below the first threshold), improve (between, inclusive), or stay at FP16 (above the second).
 
-public struct VerdictThresholds: Sendable, Equatable {
+public struct VerdictThresholds: Sendable, Equatable, Codable {
     /// Fractions: 0.01 = 1 %.
     public var ship: Double
     public var stay: Double
