@@ -7,3 +7,5 @@ bash Tools/setup.sh
 # -enable-testing lets test targets use @testable imports in a release build.
 swift build -c release --build-tests -Xswiftc -enable-testing
 swift test -c release --skip-build -Xswiftc -enable-testing
+# The sweep as Slurm job arrays on a single-node cluster started (and stopped) for the test.
+bash Tools/slurm/test_sweep.sh .build/release/quantkit
