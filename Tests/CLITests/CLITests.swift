@@ -460,6 +460,45 @@ final class CLITests: XCTestCase {
 
     /// The recovery methods through the CLI: a rotated RTN checkpoint and a pruned float checkpoint load in
     /// perplexity and carry their record into the result; the NPU takes --rotate; bad flags get one clear line.
+    /// `--shard` and `merge` through the binary: the merged result equals the unsharded one; bad shards and bad
+    /// plans get one line, a non-zero exit, and no merged file.
+    func testShardMergeAndSweepPlanFromTheCommandLine() throws {
+        let dir = Repo.tempDirectory("cli-shard")
+        let eval = ["--model", "Models/stories260K/stories260K.bin", "--corpus", "Corpora/wikitext-2-raw/wiki.test.raw.zst", "--ctx", "64", "--max-chunks", "5"]
+        try run(["perplexity"] + eval + ["--json", dir + "/whole.json"])
+        for i in 0..<2 { try run(["perplexity"] + eval + ["--shard", "\(i)/2", "--json", dir + "/p\(i).json"]) }
+        let (_, merged, _) = try run(["merge", dir + "/p1.json", dir + "/p0.json", "--json", dir + "/merged.json"])
+        XCTAssertTrue(merged.contains("chunks       5"), merged)
+        let a = try JSONSerialization.jsonObject(with: readFile(dir + "/whole.json")) as! [String: Any]
+        let b = try JSONSerialization.jsonObject(with: readFile(dir + "/merged.json")) as! [String: Any]
+        for k in ["ppl", "ppl_error", "chunk_nll", "tokens_scored", "corpus_sha256"] {
+            XCTAssertEqual(a[k] as? NSObject, b[k] as? NSObject, k)
+        }
+
+        try expectError(["perplexity"] + eval + ["--shard", "2/2", "--json", dir + "/x.json"], mentioning: "--shard 2/2")
+        try expectError(["perplexity"] + eval + ["--shard", "0/0", "--json", dir + "/x.json"], mentioning: "--shard 0/0")
+        try expectError(["perplexity"] + eval + ["--shard", "0/9", "--json", dir + "/x.json"], mentioning: "only 5 windows")
+        try expectError(["perplexity"] + eval + ["--shard", "0/2"], mentioning: "--shard needs --json")
+        try expectError(["merge", dir + "/p0.json", "--json", dir + "/m2.json"], mentioning: "shard 1 of 2 missing")
+        try expectError(["merge", dir + "/p0.json", dir + "/p0.json", dir + "/p1.json", "--json", dir + "/m2.json"], mentioning: "given twice")
+        try expectError(["merge", dir + "/p0.json", dir + "/whole.json", "--json", dir + "/m2.json"], mentioning: "whole.json: not a partial result")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.json"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/m2.json"))
+
+        let grid = ["sweep", "--model", "Models/stories260K/stories260K.bin", "--eval", "Corpora/wikitext-2-raw/wiki.test.raw.zst",
+                    "--methods", "rtn", "--bits", "4", "--max-chunks", "4", "--output", dir + "/sweep"]
+        let (_, emitted, _) = try run(grid + ["--emit", "slurm", dir + "/jobs", "--eval-shards", "2"])
+        XCTAssertTrue(emitted.contains("stages 1 + 1 + 2 + 1 tasks"), emitted)
+        try expectError(grid + ["--emit", "pbs", dir + "/jobs2"], mentioning: "--emit")
+        try expectError(["sweep", "--model", "Models/stories260K/stories260K.bin", "--eval", "Corpora/wikitext-2-raw/wiki.test.raw.zst",
+                         "--methods", "rtn,nope", "--output", dir + "/s2", "--emit", "slurm", dir + "/jobs3"], mentioning: "'nope'")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/jobs3/plan.json"))
+        try expectError(["sweep", "--plan", dir + "/jobs/plan.json", "--stage", "2", "--task", "2"], mentioning: "--task 2")
+        try expectError(["sweep", "--plan", dir + "/whole.json", "--stage", "0", "--task", "0"], mentioning: "not a sweep plan")
+        // The report stage before the tasks it needs: one line naming the missing record.
+        try expectError(["sweep", "--plan", dir + "/jobs/plan.json", "--stage", "3", "--task", "0"], mentioning: "float.json.point: missing")
+    }
+
     func testRecoveryMethodsEndToEndAndBadInput() throws {
         let dir = Repo.tempDirectory("cli-recovery")
         let model = "Models/stories260K/stories260K.bin"
