@@ -149,7 +149,7 @@ public enum SweepEmitter {
           completionMode: Indexed
           completions: \(tasks)
           parallelism: \(tasks)
-          backoffLimitPerIndex: 2
+          backoffLimit: \(2 * tasks)
           template:
             spec:
               restartPolicy: Never
