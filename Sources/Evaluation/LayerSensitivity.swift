@@ -204,10 +204,12 @@ public struct MixedPrecisionPlan: Sendable, Equatable {
         return Double(bits) + Double(groups) * Double(16 + bits) / Double(inFeatures)
     }
 
-    /// Parameter-weighted bits per weight over `modules` (name -> (out, in)).
+    /// Parameter-weighted bits per weight over `modules` (name -> (out, in)), summed in name order (a dictionary's
+    /// own order changes from one process to the next, and with it the last bits of the sum).
     public func bitsPerWeight(modules: [String: (out: Int, in: Int)]) -> Double {
         var bits = 0.0, params = 0
-        for (n, s) in modules {
+        for n in modules.keys.sorted() {
+            let s = modules[n]!
             let b = overrides[n] ?? defaultBits
             // 8-bit overrides stay per channel (the usual W8 scheme); low-bit modules use the plan's groups.
             let g = b == defaultBits ? groupSize : -1
