@@ -99,7 +99,7 @@ public struct AnswersRunOptions: Sendable {
     func tokenizerPath() throws -> String {
         if let tokenizer { return tokenizer }
         var isDir: ObjCBool = false
-        FileManager.default.fileExists(atPath: generator, isDirectory: &isDir)
+        _ = FileManager.default.fileExists(atPath: generator, isDirectory: &isDir)
         return isDir.boolValue ? try Datasets.resolve(generator, "tokenizer.json") : "Tokenizers/tok512/tok512.bin"
     }
 
