@@ -70,6 +70,31 @@ public struct AnswerRecord: Sendable {
     public let abstained: Bool
 }
 
+extension AnswerType: Codable {}
+
+/// A partial `rag answers` result carries its records this way: EM and F1 by bit pattern (ExactDouble), so the
+/// merged means add exactly the numbers the shards computed.
+extension AnswerRecord: Codable {
+    enum CodingKeys: String, CodingKey { case id, type, answer, em, f1, abstained }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(id: try c.decode(String.self, forKey: .id), type: try c.decode(AnswerType.self, forKey: .type),
+                  answer: try c.decode(String.self, forKey: .answer), em: try c.decode(ExactDouble.self, forKey: .em).value,
+                  f1: try c.decode(ExactDouble.self, forKey: .f1).value, abstained: try c.decode(Bool.self, forKey: .abstained))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(type, forKey: .type)
+        try c.encode(answer, forKey: .answer)
+        try c.encode(ExactDouble(em), forKey: .em)
+        try c.encode(ExactDouble(f1), forKey: .f1)
+        try c.encode(abstained, forKey: .abstained)
+    }
+}
+
 public struct AnswerRunSummary: Sendable {
     public let name: String
     public let records: [AnswerRecord]

@@ -68,6 +68,8 @@ public struct AnswersRunOptions: Sendable {
     public var allowOverlap = false
     public var npu: NPUBackendSettings?
     public var embedderOverride: String?
+    /// Answer only this shard's questions and write a partial result (`AnswersRun.runShard`); nil: the whole run.
+    public var shard: Shard?
 
     public init(generator: String, dataset: String) {
         self.generator = generator
@@ -78,6 +80,9 @@ public struct AnswersRunOptions: Sendable {
         guard topK >= 1 else { throw QuantKitError(.input, "--top-k must be at least 1") }
         guard maxTokens >= 1 else { throw QuantKitError(.input, "--max-tokens must be at least 1") }
         if let m = maxQuestions, m < 1 { throw QuantKitError(.input, "--max-questions must be at least 1") }
+        if shard != nil && npu != nil {
+            throw QuantKitError(.input, "--shard with --backend npu: the simulated NPU's runs are not sharded yet; run it unsharded")
+        }
     }
 
     /// The float generator, or the quantized one: a GPTQ directory or an RTN scheme applied at load time.
@@ -90,14 +95,17 @@ public struct AnswersRunOptions: Sendable {
         return try LlamaModel.load(path: generator, backend: RTNEmbedderBackend(scheme: try EmbedderQuantSpec.parseRTN(q)))
     }
 
+    /// The tokenizer file: `tokenizer`, else the generator's default.
+    func tokenizerPath() throws -> String {
+        if let tokenizer { return tokenizer }
+        var isDir: ObjCBool = false
+        _ = FileManager.default.fileExists(atPath: generator, isDirectory: &isDir)
+        return isDir.boolValue ? try Datasets.resolve(generator, "tokenizer.json") : "Tokenizers/tok512/tok512.bin"
+    }
+
     func loadTokenizer() throws -> any Tokenizer {
-        var path = tokenizer
-        if path == nil {
-            var isDir: ObjCBool = false
-            FileManager.default.fileExists(atPath: generator, isDirectory: &isDir)
-            path = isDir.boolValue ? try Datasets.resolve(generator, "tokenizer.json") : "Tokenizers/tok512/tok512.bin"
-        }
-        return try TokenizerLoader.load(data: try readMaybeCompressed(path!), fileName: (path! as NSString).lastPathComponent)
+        let path = try tokenizerPath()
+        return try TokenizerLoader.load(data: try readMaybeCompressed(path), fileName: (path as NSString).lastPathComponent)
     }
 }
 
@@ -189,16 +197,168 @@ extension AnswersReport: Encodable {
     }
 }
 
+/// What the generators answered for a run's questions (all of them, or one shard's), in question order: the
+/// per-question figures an AnswersReport is built from. The unsharded run and the merge of a sharded one both go
+/// through `report`, so every mean is summed over the same numbers in the same (question) order.
+public struct AnswersMeasurement: Codable, Sendable {
+    /// One generator's answers.
+    public struct Generated: Codable, Sendable {
+        public var name: String
+        public var backend: String
+        public var records: [AnswerRecord]
+        public var seconds: Double
+        public var truncatedPrompts: Int
+        public var generatedTokens: Int
+        enum CodingKeys: String, CodingKey {
+            case name, backend, records, seconds, truncatedPrompts = "truncated_prompts", generatedTokens = "generated_tokens"
+        }
+    }
+    /// Questions covered.
+    public var questions: Int
+    /// Of them, not marked impossible.
+    public var answerable: Int
+    /// Per question: whether its gold paragraph was among the retrieved ones; nil with oracle context.
+    public var retrievalHits: [Bool]?
+    /// Float first, then the quantized generator (and the NPU run, unsharded only).
+    public var generators: [Generated]
+
+    enum CodingKeys: String, CodingKey { case questions, answerable, retrievalHits = "retrieval_hits", generators }
+
+    /// Appends a later shard's questions; timings and counters add up.
+    mutating func append(_ o: AnswersMeasurement, path: String) throws {
+        guard o.generators.map(\.name) == generators.map(\.name), o.generators.map(\.backend) == generators.map(\.backend) else {
+            throw QuantKitError(.input, "\(path): its generators (\(o.generators.map(\.name).joined(separator: ", "))) differ from the first shard's (\(generators.map(\.name).joined(separator: ", ")))")
+        }
+        guard (o.retrievalHits == nil) == (retrievalHits == nil) else {
+            throw QuantKitError(.input, "\(path): retrieved context in one shard, oracle context in another")
+        }
+        questions += o.questions
+        answerable += o.answerable
+        if let h = o.retrievalHits { retrievalHits! += h }
+        for i in generators.indices {
+            let g = o.generators[i]
+            generators[i].records += g.records
+            generators[i].seconds += g.seconds
+            generators[i].truncatedPrompts += g.truncatedPrompts
+            generators[i].generatedTokens += g.generatedTokens
+        }
+    }
+
+    /// The run's report: per generator EM/F1 over its records and agreement with the first (float) generator's
+    /// answers, in question order; the retrieval hit rate over the questions.
+    public func report(options: AnswersRunOptions, datasetSHA256: String, npu: NPURunSummary?) -> AnswersReport {
+        var runs: [AnswersRunRecord] = []
+        for g in generators {
+            let r = AnswerRunSummary(name: g.name, records: g.records, seconds: g.seconds)
+            let ag = runs.isEmpty ? (em: 1.0, f1: 1.0) : AnswerEvaluation.agreement(runs[0].summary, r)
+            runs.append(AnswersRunRecord(summary: r, agreementEM: ag.em, agreementF1: ag.f1, truncatedPrompts: g.truncatedPrompts,
+                                         generatedTokens: g.generatedTokens, backend: g.backend))
+        }
+        let hit = retrievalHits.map { h in h.map { $0 ? 1.0 : 0.0 }.reduce(0, +) / Double(max(1, questions)) }
+        return AnswersReport(options: options, questions: questions, answerable: answerable, datasetSHA256: datasetSHA256,
+                             retrievalHit: hit, runs: runs, npu: npu)
+    }
+}
+
+/// A `rag answers` shard's partial result: its questions' measurement and the options the merge rebuilds the
+/// report with (the provenance in the header pins the data and models by SHA-256).
+public struct AnswersShardBody: Codable, Sendable {
+    public var dataset: String
+    public var datasetSHA256: String
+    public var generator: String
+    public var generatorQuantized: String?
+    public var tokenizer: String?
+    public var retriever: String?
+    public var topK: Int
+    public var oracleContext: Bool
+    public var maxQuestions: Int?
+    public var maxTokens: Int
+    public var measurement: AnswersMeasurement
+
+    enum CodingKeys: String, CodingKey {
+        case dataset, datasetSHA256 = "dataset_sha256", generator, generatorQuantized = "generator_quantized", tokenizer, retriever
+        case topK = "top_k", oracleContext = "oracle_context", maxQuestions = "max_questions", maxTokens = "max_tokens", measurement
+    }
+
+    /// The options of the run the shards belong to (those the report shows).
+    public var options: AnswersRunOptions {
+        var o = AnswersRunOptions(generator: generator, dataset: dataset)
+        o.generatorQuantized = generatorQuantized; o.tokenizer = tokenizer; o.retriever = retriever; o.topK = topK
+        o.oracleContext = oracleContext; o.maxQuestions = maxQuestions; o.maxTokens = maxTokens
+        return o
+    }
+}
+
 /// SQuAD questions answered from retrieved (or gold) passages by the float generator, the quantized one and the
 /// NPU run; EM/F1 against gold and agreement with the float answers.
 public enum AnswersRun {
     public static func run(_ o: AnswersRunOptions, progress: any ProgressObserver = NoProgress()) throws -> AnswersReport {
+        guard o.shard == nil else { throw QuantKitError(.input, "--shard: a shard writes a partial result (AnswersRun.runShard)") }
+        let m = try measure(o, progress: progress)
+        return m.measurement.report(options: o, datasetSHA256: m.datasetSHA256, npu: m.npu)
+    }
+
+    /// The shard `o.shard` of a run: its questions answered by every generator, and the provenance a merge checks.
+    /// Retrieval is not split: each shard embeds every paragraph and every question and searches for all of them,
+    /// then keeps its questions' passages, so the passages are exactly the unsharded run's (the encoder batches
+    /// texts by length, and a question's embedding may differ in its last bits in another batch).
+    public static func runShard(_ o: AnswersRunOptions, progress: any ProgressObserver = NoProgress()) throws -> PartialResult<AnswersShardBody> {
+        guard let shard = o.shard else { throw QuantKitError(.input, "--shard is required for a partial run") }
+        let m = try measure(o, progress: progress)
+        var quantized = "none"
+        if let q = o.generatorQuantized {
+            var isDir: ObjCBool = false
+            let dir = FileManager.default.fileExists(atPath: q, isDirectory: &isDir) && isDir.boolValue
+            quantized = dir ? "sha256 " + (try Digest.sha256(modelPath: q)) : "scheme " + q
+        }
+        let provenance = [
+            "dataset_sha256": m.datasetSHA256, "generator_sha256": try Digest.sha256(modelPath: o.generator),
+            "generator_quantized": quantized, "tokenizer_sha256": try Digest.sha256(file: try o.tokenizerPath()),
+            "retriever": m.retrieverDigest ?? "none (oracle context)", "top_k": String(o.topK), "oracle": String(o.oracleContext),
+            "max_questions": o.maxQuestions.map(String.init) ?? "none", "max_tokens": String(o.maxTokens),
+        ]
+        let body = AnswersShardBody(dataset: o.dataset, datasetSHA256: m.datasetSHA256, generator: o.generator,
+                                    generatorQuantized: o.generatorQuantized, tokenizer: o.tokenizer, retriever: o.retriever, topK: o.topK,
+                                    oracleContext: o.oracleContext, maxQuestions: o.maxQuestions, maxTokens: o.maxTokens,
+                                    measurement: m.measurement)
+        return PartialResult(header: PartialHeader(partialOf: "rag_answers", shard: shard, provenance: provenance,
+                                                   items: ShardItems(unit: "questions", first: m.questions.lowerBound,
+                                                                     count: m.questions.count, total: m.totalQuestions)),
+                             body: body)
+    }
+
+    /// The whole run's report from its shards (ShardMerge.order checked and ordered them): the questions' records
+    /// concatenated in shard order, then the one `AnswersMeasurement.report`.
+    static func merge(_ files: [(path: String, header: PartialHeader)]) throws -> AnswersReport {
+        var merged: AnswersShardBody?
+        for f in files {
+            let b = try PartialResult<AnswersShardBody>.read(f.path).body
+            let n = f.header.items.count
+            let m = b.measurement
+            guard m.questions == n, m.generators.allSatisfy({ $0.records.count == n }), m.retrievalHits.map({ $0.count == n }) ?? true,
+                  !m.generators.isEmpty else {
+                throw QuantKitError(.format, "\(f.path): holds answers for other than the \(n) questions it says it covers")
+            }
+            guard var all = merged else { merged = b; continue }
+            try all.measurement.append(m, path: f.path)
+            merged = all
+        }
+        let b = merged!
+        return b.measurement.report(options: b.options, datasetSHA256: b.datasetSHA256, npu: nil)
+    }
+
+    /// Loads the questions, finds their passages and answers the run's questions (the shard's, or all) with every
+    /// generator.
+    static func measure(_ o: AnswersRunOptions, progress: any ProgressObserver) throws
+        -> (measurement: AnswersMeasurement, npu: NPURunSummary?, datasetSHA256: String, retrieverDigest: String?,
+            questions: Range<Int>, totalQuestions: Int) {
         try o.validate()
         let th = o.threads ?? Parallel.defaultThreads
         _ = try o.npu?.loadConfig()  // a bad NPU config fails before any run
         try o.npu?.refuseFloatTransforms("rag answers")
         let squad = try Datasets.loadSQuAD(o.dataset)
         let qs = o.maxQuestions.map { Array(squad.questions.prefix($0)) } ?? squad.questions
+        let range = try o.shard?.range(of: qs.count, unit: "questions") ?? qs.indices
         // A quantized model calibrated on the evaluated text would be flattered: refuse (or warn). The retriever
         // is judged on the questions (passages are its corpus, a fair calibration source); the generator on
         // everything its prompts contain.
@@ -210,22 +370,26 @@ public enum AnswersRun {
             let prompts = (squad.contexts + qs.map(\.question)).joined(separator: "\n")
             try ModelLoading.checkCalibrationOverlap(model: q, text: prompts, corpus: o.dataset, allow: o.allowOverlap, progress: progress)
         }
-        // Passages per question.
+        // Passages per question (every question's: see runShard), then this run's slice.
         var contexts: [[String]]
-        var retrievalHit: Double? = nil
+        var hits: [Bool]? = nil
+        var retrieverDigest: String?
         if o.oracleContext {
             contexts = qs.map { [$0.context] }
         } else {
             let dir = try RagEmbedders.resolveDirectory(o.retriever, embedderOverride: o.embedderOverride)
             let emb = try RagEmbedders.load(directory: dir, progress: progress)
+            retrieverDigest = emb.digest
             let paragraphs = squad.contexts
             let pe = try emb.embed(paragraphs, label: "paragraphs", threads: th, progress: progress)
             let qe = try emb.embed(qs.map(\.question), label: "questions", threads: th, progress: progress)
             let ids = paragraphs.indices.map { String(format: "%06d", $0) }
             let top = DenseSearch.topK(queries: qe, corpus: pe, dim: emb.encoder.dimension, docIDs: ids, k: o.topK, threads: th)
             contexts = top.map { $0.map { paragraphs[Int($0.id)!] } }
-            retrievalHit = zip(qs, contexts).map { q, c in c.contains(q.context) ? 1.0 : 0.0 }.reduce(0, +) / Double(max(1, qs.count))
+            hits = Array(zip(qs, contexts).map { q, c in c.contains(q.context) }[range])
         }
+        let mine = Array(qs[range])
+        contexts = Array(contexts[range])
         let tok = try o.loadTokenizer()
         var generators: [(EngineAnswerGenerator, backend: String)] = []
         let floatModel = try LlamaModel.load(path: o.generator)
@@ -245,19 +409,18 @@ public enum AnswersRun {
             let label = "npu-w\(s.config.weightBits)a8" + (o.generatorQuantized.map { "(\($0))" } ?? "")
             generators.append((EngineAnswerGenerator(name: label, model: nm, tokenizer: tok), "npu"))
         }
-        var records: [AnswersRunRecord] = []
+        var measured = AnswersMeasurement(questions: mine.count, answerable: mine.filter { !$0.isImpossible }.count,
+                                          retrievalHits: hits, generators: [])
         for (g, backend) in generators {
-            let r = try AnswerEvaluation.run(g, questions: qs, contexts: contexts, maxTokens: o.maxTokens,
-                                             progress: progress.task("answers \(g.name)", total: qs.count, unit: "q"))
-            let ag = records.isEmpty ? (em: 1.0, f1: 1.0) : AnswerEvaluation.agreement(records[0].summary, r)
-            records.append(AnswersRunRecord(summary: r, agreementEM: ag.em, agreementF1: ag.f1, truncatedPrompts: g.truncatedPrompts,
-                                            generatedTokens: g.generatedTokens, backend: backend))
+            let r = try AnswerEvaluation.run(g, questions: mine, contexts: contexts, maxTokens: o.maxTokens,
+                                             progress: progress.task("answers \(g.name)", total: mine.count, unit: "q"))
+            measured.generators.append(.init(name: r.name, backend: backend, records: r.records, seconds: r.seconds,
+                                             truncatedPrompts: g.truncatedPrompts, generatedTokens: g.generatedTokens))
             if g.truncatedPrompts > 0 {
                 progress.note("note: \(r.name): \(g.truncatedPrompts) prompts longer than the model's positions were shortened in the middle")
             }
         }
-        return AnswersReport(options: o, questions: qs.count, answerable: qs.filter { !$0.isImpossible }.count,
-                             datasetSHA256: squad.source.sha256, retrievalHit: retrievalHit, runs: records,
-                             npu: sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration) })
+        let npu = sim.map { NPURunSummary($0, calibration: o.npu?.calibration ?? NPUBackendSettings.defaultCalibration) }
+        return (measured, npu, squad.source.sha256, retrieverDigest, range, qs.count)
     }
 }

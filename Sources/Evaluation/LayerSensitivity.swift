@@ -99,17 +99,34 @@ public enum LayerSensitivity {
         return (r.ppl, r.tokensScored)
     }
 
-    /// Analyses every module present in `quantized` (name -> dequantized weights).
+    /// The modules `analyze` reports on, in its order (model order, `order`).
+    public static func moduleOrder(_ quantized: [String: [Float]]) -> [String] {
+        quantized.keys.sorted { a, b in order(a) < order(b) }
+    }
+
+    /// Analyses every module present in `quantized` (name -> dequantized weights), or the modules at positions
+    /// `only` of `moduleOrder(quantized)` (a shard's).
     /// - calibration: tokens whose windows feed the output-error statistics.
     /// - heldout: tokens for the enable-one / disable-one perplexities (nil = skip the effects).
+    /// - quantizedPPL: also measure the all-quantized held-out perplexity (a whole-model figure; a shard other than
+    ///   the first skips it).
+    /// Each module's figures depend on that module alone: its twin sees the float model's inputs, enable-one swaps
+    /// in only it, disable-one swaps in every twin but it; so any slice of the modules gets the figures the whole
+    /// analysis gets. The calibration forwards and the float perplexity are run whole by every slice.
     public static func analyze(model: LlamaModel, quantized: [String: [Float]], calibration: [Int32], ctx: Int,
                                calibrationWindows: Int = 8, heldout: [Int32]? = nil, heldoutChunks: Int = 4,
+                               only: Range<Int>? = nil, quantizedPPL measureAll: Bool = true,
                                progress: any ProgressObserver = NoProgress()) throws -> SensitivityReport {
         guard !quantized.isEmpty else { throw QuantKitError(.input, "no quantized modules to analyse") }
         let twins = try denseLayers(quantized, model: model)
-        let names = quantized.keys.sorted { a, b in order(a) < order(b) }
+        let all = moduleOrder(quantized)
+        if let r = only, r.lowerBound < 0 || r.upperBound > all.count {
+            throw QuantKitError(.input, "modules \(r.lowerBound)..<\(r.upperBound) of \(all.count) asked for")
+        }
+        let names = only.map { Array(all[$0]) } ?? all
         // 1. Output error on calibration inputs (float model, quantized twins see the same inputs).
-        let obs = SensitivityObserver(twins: twins, threads: model.threads)
+        let observed = Set(names)
+        let obs = SensitivityObserver(twins: twins.filter { observed.contains($0.key) }, threads: model.threads)
         let saved = model.observer
         model.observer = obs
         defer { model.observer = saved }
@@ -135,7 +152,7 @@ public enum LayerSensitivity {
         if let held = heldout {
             let f = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks)
             floatPPL = f.ppl; scored = f.scored
-            let effects = progress.task("layers effects", total: 2 * names.count + 1, unit: "ppl runs")
+            let effects = progress.task("layers effects", total: 2 * names.count + (measureAll ? 1 : 0), unit: "ppl runs")
             var done = 0
             for (i, n) in names.enumerated() {
                 let old = try swap(model, [n: twins[n]!])
@@ -145,8 +162,10 @@ public enum LayerSensitivity {
             }
             let originals = try swap(model, twins)
             defer { _ = try? swap(model, originals) }
-            quantPPL = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl
-            done += 1; effects.update(done: done)
+            if measureAll {
+                quantPPL = try perplexity(model, tokens: held, ctx: ctx, maxChunks: heldoutChunks).ppl
+                done += 1; effects.update(done: done)
+            }
             for (i, n) in names.enumerated() {
                 let q = try swap(model, [n: originals[n]!])
                 defer { _ = try? swap(model, q) }
@@ -204,10 +223,12 @@ public struct MixedPrecisionPlan: Sendable, Equatable {
         return Double(bits) + Double(groups) * Double(16 + bits) / Double(inFeatures)
     }
 
-    /// Parameter-weighted bits per weight over `modules` (name -> (out, in)).
+    /// Parameter-weighted bits per weight over `modules` (name -> (out, in)), summed in name order (a dictionary's
+    /// own order changes from one process to the next, and with it the last bits of the sum).
     public func bitsPerWeight(modules: [String: (out: Int, in: Int)]) -> Double {
         var bits = 0.0, params = 0
-        for (n, s) in modules {
+        for n in modules.keys.sorted() {
+            let s = modules[n]!
             let b = overrides[n] ?? defaultBits
             // 8-bit overrides stay per channel (the usual W8 scheme); low-bit modules use the plan's groups.
             let g = b == defaultBits ? groupSize : -1

@@ -31,6 +31,8 @@ public struct LayersRunOptions: Sendable {
     public var chunks = 4
     public var planTarget: PlanTarget?
     public var threads: Int?
+    /// Analyse only this shard's modules and write a partial result (`LayersRun.runShard`); nil: every module.
+    public var shard: Shard?
 
     public init(model: String, calibration: String) {
         self.model = model
@@ -41,6 +43,11 @@ public struct LayersRunOptions: Sendable {
         if (quantized == nil) == (scheme == nil) { throw QuantKitError(.input, "give exactly one of --quantized DIR or --scheme BITS[:GROUP]") }
         if case .qerror = planTarget, heldout == nil { throw QuantKitError(.input, "--target-qerror needs --heldout tokens to measure QError") }
         guard ctx >= 2, windows >= 1, chunks >= 1 else { throw QuantKitError(.input, "--ctx >= 2, --windows >= 1, --chunks >= 1") }
+        if shard != nil, let t = planTarget {
+            let flag: String
+            switch t { case .bitsPerWeight: flag = "--target-bits"; case .qerror: flag = "--target-qerror" }
+            throw QuantKitError(.input, "\(flag) with --shard: a plan needs every module's sensitivity; run the shards without --plan, merge first, then build the plan with an unsharded `quantkit layers --plan auto \(flag) ...`")
+        }
     }
 
     /// --scheme BITS[:GROUP][:asym] (GROUP -1 = per channel).
@@ -152,22 +159,63 @@ struct AnyKey: CodingKey {
     init?(intValue: Int) { nil }
 }
 
+/// A `quantkit layers` shard's partial result: its modules' figures (bit for bit), the whole-model figures, and the
+/// options the merge rebuilds the LayersReport with (the provenance in the header pins models and inputs).
+public struct LayersShardBody: Codable, Sendable {
+    /// One module's figures (ModuleSensitivity), every Double by its bit pattern.
+    public struct Module: Codable, Sendable {
+        public var name: String
+        public var parameters: Int
+        public var count: Int
+        public var mse, cosine, sqnrDB, psnrDB, maxAbsError: ExactDouble
+        public var enableOneQError, disableOneQError: ExactDouble?
+        enum CodingKeys: String, CodingKey {
+            case name, parameters, count, mse, cosine, sqnrDB = "sqnr_db", psnrDB = "psnr_db", maxAbsError = "max_abs_error"
+            case enableOneQError = "enable_one_qerror", disableOneQError = "disable_one_qerror"
+        }
+
+        init(_ m: ModuleSensitivity) {
+            name = m.name; parameters = m.parameters; count = m.error.count
+            mse = ExactDouble(m.error.mse); cosine = ExactDouble(m.error.cosine); sqnrDB = ExactDouble(m.error.sqnrDB)
+            psnrDB = ExactDouble(m.error.psnrDB); maxAbsError = ExactDouble(m.error.maxAbsError)
+            enableOneQError = m.enableOneQError.map(ExactDouble.init); disableOneQError = m.disableOneQError.map(ExactDouble.init)
+        }
+
+        var sensitivity: ModuleSensitivity {
+            ModuleSensitivity(name: name, parameters: parameters,
+                              error: ErrorMetrics(count: count, mse: mse.value, cosine: cosine.value, sqnrDB: sqnrDB.value,
+                                                  psnrDB: psnrDB.value, maxAbsError: maxAbsError.value),
+                              enableOneQError: enableOneQError?.value, disableOneQError: disableOneQError?.value)
+        }
+    }
+    public var model: String
+    public var source: String
+    public var ctx: Int
+    public var bitsPerWeight: ExactDouble
+    public var calibration: String
+    public var heldout: String?
+    public var chunks: Int
+    public var modules: [Module]
+    /// Measured by every shard (each module's QError divides by it); the merge checks they agree.
+    public var floatPPL: ExactDouble?
+    /// The first shard's only (nil elsewhere).
+    public var quantizedPPL: ExactDouble?
+    public var calibrationTokens: Int
+    public var heldoutTokensScored: Int
+
+    enum CodingKeys: String, CodingKey {
+        case model, source, ctx, bitsPerWeight = "bits_per_weight", calibration, heldout, chunks, modules
+        case floatPPL = "ppl_float", quantizedPPL = "ppl_quantized", calibrationTokens = "calibration_tokens"
+        case heldoutTokensScored = "heldout_tokens_scored"
+    }
+}
+
 /// `quantkit layers`: per-module sensitivity and, optionally, a mixed-precision plan built from it.
 public enum LayersRun {
     public static func run(_ o: LayersRunOptions, progress: any ProgressObserver = NoProgress()) throws -> LayersReport {
-        try o.validate()
-        let m = try LlamaModel.load(path: o.model)
-        if let t = o.threads { m.threads = max(1, t) }
-        let cal = try readTokens(o.calibration, model: o.model, tokenizer: o.tokenizer, m: m)
-        let held = try o.heldout.map { try readTokens($0, model: o.model, tokenizer: o.tokenizer, m: m) }
-        let (low, defaultBits, groupSize, source) = try quantizedWeights(o, model: m)
-        let rep = try LayerSensitivity.analyze(model: m, quantized: low, calibration: cal, ctx: o.ctx, calibrationWindows: o.windows,
-                                               heldout: held, heldoutChunks: o.chunks, progress: progress)
-        var shapes: [String: (out: Int, in: Int)] = [:]
-        for n in low.keys {
-            if let l = m.blocks.first(where: { n.hasPrefix($0.prefix) })?.linear(named: n) { shapes[n] = (l.outFeatures, l.inFeatures) }
-        }
-        let bpw = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize).bitsPerWeight(modules: shapes)
+        guard o.shard == nil else { throw QuantKitError(.input, "--shard: a shard writes a partial result (LayersRun.runShard)") }
+        let a = try analyze(o, progress: progress)
+        let (m, low, held, defaultBits, groupSize, source, rep, shapes) = (a.model, a.low, a.heldout, a.bits, a.groupSize, a.source, a.report, a.shapes)
         var plan: PlanDocument?
         var missed = false
         if let target = o.planTarget {
@@ -190,8 +238,87 @@ public enum LayersRun {
             plan = PlanDocument(plan: p, bitsPerWeight: p.bitsPerWeight(modules: shapes), model: o.model, source: source, target: target,
                                 measuredQError: measured)
         }
-        return LayersReport(model: o.model, source: source, ctx: o.ctx, bitsPerWeight: bpw, calibration: o.calibration, heldout: o.heldout,
+        return LayersReport(model: o.model, source: source, ctx: o.ctx, bitsPerWeight: a.bitsPerWeight, calibration: o.calibration, heldout: o.heldout,
                             chunks: o.chunks, sensitivity: rep, plan: plan, planTargetMissed: missed)
+    }
+
+    /// The shard `o.shard` of a layers run: the per-module figures of its modules (a contiguous slice in the
+    /// analysis's module order). Every shard runs the calibration forwards and the float held-out perplexity; the
+    /// all-quantized perplexity is measured by shard 0 only.
+    public static func runShard(_ o: LayersRunOptions, progress: any ProgressObserver = NoProgress()) throws -> PartialResult<LayersShardBody> {
+        guard let shard = o.shard else { throw QuantKitError(.input, "--shard is required for a partial run") }
+        let a = try analyze(o, progress: progress)
+        let rep = a.report
+        var provenance = [
+            "model_sha256": try Digest.sha256(modelPath: o.model),
+            "quantized": try o.quantized.map { "sha256 " + (try Digest.sha256(modelPath: $0)) } ?? a.source,
+            "calibration_sha256": try Digest.sha256(file: o.calibration),
+            "heldout_sha256": try o.heldout.map { try Digest.sha256(file: $0) } ?? "none",
+            "tokenizer": o.tokenizer.map { "sha256 " + ((try? Digest.sha256(file: $0)) ?? $0) } ?? "the model's",
+            "ctx": String(o.ctx), "windows": String(o.windows), "chunks": String(o.chunks),
+        ]
+        provenance["modules"] = String(a.totalModules)
+        let body = LayersShardBody(model: o.model, source: a.source, ctx: o.ctx, bitsPerWeight: ExactDouble(a.bitsPerWeight),
+                                   calibration: o.calibration, heldout: o.heldout, chunks: o.chunks,
+                                   modules: rep.modules.map(LayersShardBody.Module.init), floatPPL: rep.floatPPL.map(ExactDouble.init),
+                                   quantizedPPL: rep.quantizedPPL.map(ExactDouble.init), calibrationTokens: rep.calibrationTokens,
+                                   heldoutTokensScored: rep.heldoutTokensScored)
+        return PartialResult(header: PartialHeader(partialOf: "layers", shard: shard, provenance: provenance,
+                                                   items: ShardItems(unit: "modules", first: a.modules.lowerBound, count: a.modules.count,
+                                                                     total: a.totalModules)),
+                             body: body)
+    }
+
+    /// The whole run's report from its shards (ShardMerge.order checked and ordered them): the modules concatenated
+    /// in shard order (the analysis's module order; the ranking is computed from them as the unsharded run does),
+    /// the whole-model figures from shard 0.
+    static func merge(_ files: [(path: String, header: PartialHeader)]) throws -> LayersReport {
+        let parts = try files.map { f -> LayersShardBody in
+            let b = try PartialResult<LayersShardBody>.read(f.path).body
+            guard b.modules.count == f.header.items.count else {
+                throw QuantKitError(.format, "\(f.path): holds \(b.modules.count) modules but says it covers \(f.header.items.count)")
+            }
+            return b
+        }
+        let first = parts[0]
+        for (p, f) in zip(parts, files).dropFirst() {
+            guard p.floatPPL?.value.bitPattern == first.floatPPL?.value.bitPattern, p.calibrationTokens == first.calibrationTokens,
+                  p.heldoutTokensScored == first.heldoutTokensScored, p.bitsPerWeight == first.bitsPerWeight else {
+                throw QuantKitError(.input, "\(f.path): its float model measured differently from \(files[0].path)'s (float ppl, token counts or bits per weight differ); rerun the shards on one build")
+            }
+        }
+        guard first.heldout == nil || first.quantizedPPL != nil else {
+            throw QuantKitError(.format, "\(files[0].path): shard 0 lacks the all-quantized perplexity")
+        }
+        let sensitivity = SensitivityReport(modules: parts.flatMap { $0.modules.map(\.sensitivity) }, floatPPL: first.floatPPL?.value,
+                                            quantizedPPL: first.quantizedPPL?.value, calibrationTokens: first.calibrationTokens,
+                                            heldoutTokensScored: first.heldoutTokensScored)
+        return LayersReport(model: first.model, source: first.source, ctx: first.ctx, bitsPerWeight: first.bitsPerWeight.value,
+                            calibration: first.calibration, heldout: first.heldout, chunks: first.chunks, sensitivity: sensitivity,
+                            plan: nil, planTargetMissed: false)
+    }
+
+    /// Loads the model, its inputs and quantized weights and analyses the run's modules (the shard's, or all).
+    static func analyze(_ o: LayersRunOptions, progress: any ProgressObserver) throws
+        -> (model: LlamaModel, low: [String: [Float]], heldout: [Int32]?, bits: Int, groupSize: Int, source: String,
+            report: SensitivityReport, shapes: [String: (out: Int, in: Int)], bitsPerWeight: Double, modules: Range<Int>, totalModules: Int) {
+        try o.validate()
+        let m = try LlamaModel.load(path: o.model)
+        if let t = o.threads { m.threads = max(1, t) }
+        let cal = try readTokens(o.calibration, model: o.model, tokenizer: o.tokenizer, m: m)
+        let held = try o.heldout.map { try readTokens($0, model: o.model, tokenizer: o.tokenizer, m: m) }
+        let (low, defaultBits, groupSize, source) = try quantizedWeights(o, model: m)
+        let total = LayerSensitivity.moduleOrder(low).count
+        let range = try o.shard?.range(of: total, unit: "modules") ?? 0..<total
+        let rep = try LayerSensitivity.analyze(model: m, quantized: low, calibration: cal, ctx: o.ctx, calibrationWindows: o.windows,
+                                               heldout: held, heldoutChunks: o.chunks, only: o.shard == nil ? nil : range,
+                                               quantizedPPL: (o.shard?.index ?? 0) == 0, progress: progress)
+        var shapes: [String: (out: Int, in: Int)] = [:]
+        for n in low.keys {
+            if let l = m.blocks.first(where: { n.hasPrefix($0.prefix) })?.linear(named: n) { shapes[n] = (l.outFeatures, l.inFeatures) }
+        }
+        let bpw = MixedPrecisionPlan(defaultBits: defaultBits, groupSize: groupSize).bitsPerWeight(modules: shapes)
+        return (m, low, held, defaultBits, groupSize, source, rep, shapes, bpw, range, total)
     }
 
     /// Dequantized low-bit weights of every quantized module, with the default bits, group size and a label.

@@ -5,6 +5,8 @@ import TensorCore
 public enum MergedResult: Sendable {
     case perplexity(PerplexityReport)
     case retrieval(RetrievalReport)
+    case answers(AnswersReport)
+    case layers(LayersReport)
 }
 
 /// `quantkit merge`: partial results of one sharded run back into its result, every figure equal to the unsharded
@@ -15,6 +17,8 @@ public enum MergeRun {
         switch files[0].header.partialOf {
         case "perplexity": return .perplexity(try PerplexityRun.merge(files))
         case "rag_retrieval": return .retrieval(try RetrievalRun.merge(files))
+        case "rag_answers": return .answers(try AnswersRun.merge(files))
+        case "layers": return .layers(try LayersRun.merge(files))
         case let other:
             throw QuantKitError(.unsupported, "\(files[0].path): partial \(other) results cannot be merged by this version")
         }

@@ -104,7 +104,7 @@ public struct ShardItems: Codable, Sendable, Equatable {
 public struct PartialHeader: Codable, Sendable {
     /// The layout of the `body`; a merge reads only its own.
     public static let currentFormat = 1
-    /// The kind of result the merge produces ("perplexity", "rag_retrieval").
+    /// The kind of result the merge produces ("perplexity", "rag_retrieval", "rag_answers", "layers").
     public var partialOf: String
     public var format: Int
     public var toolVersion: String

@@ -39,6 +39,11 @@ public struct ErrorMetrics: Codable, Equatable, Sendable {
         self = sums.metrics
     }
 
+    /// The figures as given (a partial result read back bit for bit).
+    public init(count: Int, mse: Double, cosine: Double, sqnrDB: Double, psnrDB: Double, maxAbsError: Double) {
+        self.count = count; self.mse = mse; self.cosine = cosine; self.sqnrDB = sqnrDB; self.psnrDB = psnrDB; self.maxAbsError = maxAbsError
+    }
+
     init(_ s: ErrorAccumulator) {
         count = s.count
         mse = s.count > 0 ? s.se / Double(s.count) : 0

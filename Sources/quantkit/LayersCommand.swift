@@ -34,6 +34,8 @@ struct LayersCommand: RunCommand {
     @Option(help: "Where to write the plan JSON.") var planOut: String = "plan.json"
     @Option(help: "Write the sensitivity result JSON here.") var json: String?
     @Option(help: "Worker threads.") var threads: Int?
+    @Option(help: "Analyse only shard INDEX/COUNT of the modules (0-based, in model order, e.g. $SLURM_ARRAY_TASK_ID/4) and write a partial result to --json; `quantkit merge` joins the shards. Every shard runs the calibration windows and the float held-out perplexity; not with --plan (merge first).")
+    var shard: String?
 
     func options() throws -> LayersRunOptions {
         var o = LayersRunOptions(model: model, calibration: calibration)
@@ -45,6 +47,7 @@ struct LayersCommand: RunCommand {
         o.windows = windows
         o.chunks = chunks
         o.threads = threads
+        o.shard = try shard.map { try Shard(parsing: $0) }
         if let p = plan {
             guard p == "auto" else { throw ValidationError("--plan: only 'auto' builds a plan here (pass a plan FILE to quantize)") }
             switch (targetBits, targetQerror) {
@@ -59,8 +62,18 @@ struct LayersCommand: RunCommand {
 
     func run() throws {
         try runReportingErrors {
-            let r = try LayersRun.run(try options(), progress: Console.progress)
-            print(summary(r))
+            let o = try options()
+            if let shard = o.shard {
+                try o.validate()
+                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
+                let p = try LayersRun.runShard(o, progress: Console.progress)
+                try p.write(to: j)
+                let it = p.header.items
+                print("shard \(shard): modules \(it.first)..<\(it.first + it.count) of \(it.total) analysed; partial result \(j) (quantkit merge joins the shards)")
+                return
+            }
+            let r = try LayersRun.run(o, progress: Console.progress)
+            print(Self.summary(r))
             if let p = r.plan { try ResultEnvelope(kind: "plan").write(p, to: planOut) }
             if let plan = r.plan {
                 let size = plan.bitsPerWeight * Double(r.sensitivity.modules.reduce(0) { $0 + $1.parameters }) / 8
@@ -76,7 +89,7 @@ struct LayersCommand: RunCommand {
     }
 
     /// The ranked table and the held-out line, rendered from the report.
-    func summary(_ r: LayersReport) -> String {
+    static func summary(_ r: LayersReport) -> String {
         let rep = r.sensitivity
         var lines = ["Per-module sensitivity of \(r.source) vs \(r.model) (most sensitive first; calibration \(rep.calibrationTokens) tokens)"]
         var rows = [["rank", "module", "cosine", "MSE", "SQNR dB", "enable-one QError", "disable-one QError"]]

@@ -21,6 +21,12 @@ struct MergeCommand: ParsableCommand {
             case .retrieval(let r):
                 print(RagRetrievalCommand.summary(r))
                 try ResultEnvelope(kind: "rag_retrieval").write(r, to: json)
+            case .answers(let r):
+                print(RagAnswersCommand.summary(r))
+                try ResultEnvelope(kind: "rag_answers").write(r, to: json)
+            case .layers(let r):
+                print(LayersCommand.summary(r))
+                try ResultEnvelope(kind: "layers", bitsPerWeight: r.bitsPerWeight).write(r, to: json)
             }
             FileHandle.standardError.write(Data("merged \(partials.count) shards into \(json)\n".utf8))
         }

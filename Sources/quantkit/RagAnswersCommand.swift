@@ -1,6 +1,7 @@
 import ArgumentParser
 import Evaluation
 import Foundation
+import TensorCore
 
 struct RagAnswersCommand: RunCommand {
     static let configuration = CommandConfiguration(
@@ -37,8 +38,10 @@ struct RagAnswersCommand: RunCommand {
           help: "Only warn when the questions or passages overlap a quantized model's calibration text.")
     var allowOverlap = false
     @OptionGroup var npu: NpuBackendOptions
+    @Option(help: "Answer only shard INDEX/COUNT of the questions (0-based, e.g. $SLURM_ARRAY_TASK_ID/4) with every generator and write a partial result to --json; `quantkit merge` joins the shards. Retrieval is not split: each shard embeds every paragraph and question.")
+    var shard: String?
 
-    func options() -> AnswersRunOptions {
+    func options() throws -> AnswersRunOptions {
         var o = AnswersRunOptions(generator: generator, dataset: dataset)
         o.tokenizer = tokenizer
         o.generatorQuantized = generatorQuantized
@@ -51,23 +54,40 @@ struct RagAnswersCommand: RunCommand {
         o.allowOverlap = allowOverlap
         o.npu = npu.settings
         o.embedderOverride = Console.embedderOverride
+        o.shard = try shard.map { try Shard(parsing: $0) }
         return o
     }
 
 
     func run() throws {
         try runReportingErrors {
-            let r = try AnswersRun.run(options(), progress: Console.progress)
-            print("dataset \(dataset): \(r.questions) questions (\(r.answerable) answerable); context: "
-                  + (oracleContext ? "gold paragraph" : "top-\(topK) retrieved (gold paragraph retrieved for \(String(format: "%.1f%%", 100 * (r.retrievalHit ?? 0))))"))
-            print("model".padding(toLength: 22, withPad: " ", startingAt: 0) + "EM      F1      declined-unanswerable  agreement-EM  agreement-F1")
-            for run in r.runs {
-                let s = run.summary
-                print(s.name.padding(toLength: 22, withPad: " ", startingAt: 0)
-                      + String(format: "%-8.4f%-8.4f%-23.4f%-14.4f%.4f", s.em, s.f1, s.unanswerableAbstention, run.agreementEM, run.agreementF1))
+            let o = try options()
+            if let shard = o.shard {
+                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
+                let p = try AnswersRun.runShard(o, progress: Console.progress)
+                try p.write(to: j)
+                let it = p.header.items
+                print("shard \(shard): questions \(it.first)..<\(it.first + it.count) of \(it.total) answered by \(p.body.measurement.generators.count) generator(s); partial result \(j) (quantkit merge joins the shards)")
+                return
             }
-            if let n = r.npu { print(n.summary) }
+            let r = try AnswersRun.run(o, progress: Console.progress)
+            print(Self.summary(r))
             if let json { try ResultEnvelope(kind: "rag_answers").write(r, to: json) }
         }
+    }
+
+    /// The readable summary, rendered from the report.
+    static func summary(_ r: AnswersReport) -> String {
+        let o = r.options
+        var lines = ["dataset \(o.dataset): \(r.questions) questions (\(r.answerable) answerable); context: "
+                     + (o.oracleContext ? "gold paragraph" : "top-\(o.topK) retrieved (gold paragraph retrieved for \(String(format: "%.1f%%", 100 * (r.retrievalHit ?? 0))))")]
+        lines.append("model".padding(toLength: 22, withPad: " ", startingAt: 0) + "EM      F1      declined-unanswerable  agreement-EM  agreement-F1")
+        for run in r.runs {
+            let s = run.summary
+            lines.append(s.name.padding(toLength: 22, withPad: " ", startingAt: 0)
+                         + String(format: "%-8.4f%-8.4f%-23.4f%-14.4f%.4f", s.em, s.f1, s.unanswerableAbstention, run.agreementEM, run.agreementF1))
+        }
+        if let n = r.npu { lines.append(n.summary) }
+        return lines.joined(separator: "\n")
     }
 }
