@@ -133,7 +133,7 @@ public enum Perplexity {
         }
         let wins = Array(all[range])
         let firstChunk = range.lowerBound
-        let firstRow = all[..<range.lowerBound].reduce(0) { $0 + $1.end - $1.scoreFrom }
+        let rowsBefore = all[..<range.lowerBound].reduce(0) { $0 + $1.end - $1.scoreFrom }
         let task = progress.task("perplexity", total: wins.count, unit: "tok")
         let vocab = model.config.vocabSize
         let ctx = options.ctx
@@ -186,7 +186,7 @@ public enum Perplexity {
                     let (t, offset, target) = scoredRows[next]
                     let nll = nlls[next]
                     next += 1
-                    if let cb = onRow { try cb(ScoredRow(chunk: firstChunk + wi + g, index: firstRow + res.tokensScored, tokenIndex: t,
+                    if let cb = onRow { try cb(ScoredRow(chunk: firstChunk + wi + g, index: rowsBefore + res.tokensScored, tokenIndex: t,
                                                        windowPosition: t - 1 - w.begin, target: target,
                                                        logits: logits + offset, vocab: vocab, nll: nll)) }
                     res.nllSum += nll

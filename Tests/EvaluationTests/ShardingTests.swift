@@ -1,5 +1,6 @@
 import Evaluation
 import Foundation
+import Models
 import Quantization
 import TensorCore
 import TestSupport
@@ -157,6 +158,25 @@ final class ShardingTests: XCTestCase {
         guard case .perplexity(let merged) = try MergeRun.run(parts) else { return XCTFail("not a perplexity merge") }
         XCTAssertEqual(try figures(merged, kind: "perplexity"), try figures(whole, kind: "perplexity"))
         XCTAssertEqual(merged.pplError.bitPattern, whole.pplError.bitPattern)
+    }
+
+    /// A shard's rows carry the whole run's chunk, row and token indices.
+    func testShardRowsKeepTheWholeRunsIndices() throws {
+        let m = try LlamaModel.load(path: Self.model)
+        var rng = SplitMix64(seed: 7)
+        let tokens = (0..<2000).map { _ in Int32(rng.next() % 500) + 3 }
+        let opts = PerplexityOptions(protocolKind: .strided, ctx: 64, stride: 40)
+        func rows(_ windows: Range<Int>?) throws -> [[Int]] {
+            var out: [[Int]] = []
+            _ = try Perplexity.evaluate(model: m, tokens: tokens, addsBOS: true, bosId: 1, options: opts, windows: windows) { r in
+                out.append([r.chunk, r.index, r.tokenIndex, r.windowPosition, Int(r.target), Int(r.nll.bitPattern >> 1)])
+            }
+            return out
+        }
+        let whole = try rows(nil)
+        let n = try Perplexity.windowCount(n: tokens.count, options: opts)
+        XCTAssertEqual(whole.map { $0[1] }, Array(0..<whole.count))
+        XCTAssertEqual(try rows(0..<(n / 2)) + rows((n / 2)..<n), whole)
     }
 
     /// The corpus embedded in 3 slices, one search at the merge: every metric, per-query figure and comparison
