@@ -78,7 +78,7 @@ def main():
     write_model(model)
     ev = [q, "perplexity", "--model", model, "--tokenizer", "Tokenizers/tok512/tok512.model",
           "--corpus", "Corpora/wikitext-2-raw/wiki.test.raw.zst", "--ctx", "256", "--max-chunks", str(a.chunks)]
-    base = os.path.join(a.work, "base.logits.zst")
+    base = os.path.join(a.work, f"base-{a.chunks}.logits.zst")
     if not os.path.exists(base):
         run_together([ev + ["--save-logits", base]])
     ev += ["--kld-base", base]
