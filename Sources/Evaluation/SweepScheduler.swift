@@ -65,6 +65,13 @@ public enum SweepEmitter {
             try writeScript(slurmSubmit(stages: plan.stages.count), to: submit)
             written.append(submit)
         case .k8s:
+            // One claim holds both the outputs and the plan: it is mounted at their deepest common directory.
+            var s = settings
+            s.sharedDirectory = commonDirectory(settings.sharedDirectory, dir)
+            guard s.sharedDirectory != "/" else {
+                throw QuantKitError(.input, "--emit k8s \(directory): put DIR and --output under one shared directory (the volume claim is mounted there)")
+            }
+            let settings = s
             for (k, stage) in plan.stages.enumerated() {
                 let path = dir + "/stage-\(k).yaml"
                 try AtomicFile.write(Data(k8sStage(k, tasks: stage.count, plan: plan, planPath: planPath, settings: settings).utf8), to: path)
@@ -75,6 +82,13 @@ public enum SweepEmitter {
             written.append(submit)
         }
         return written
+    }
+
+    /// The deepest directory holding both absolute paths.
+    static func commonDirectory(_ a: String, _ b: String) -> String {
+        let pa = URL(fileURLWithPath: a).standardizedFileURL.pathComponents, pb = URL(fileURLWithPath: b).standardizedFileURL.pathComponents
+        let common = zip(pa, pb).prefix { $0 == $1 }.map(\.0)
+        return common.count <= 1 ? "/" : "/" + common.dropFirst().joined(separator: "/")
     }
 
     /// `path` made absolute against `cwd` (tasks run elsewhere).

@@ -244,7 +244,7 @@ final class ShardingTests: XCTestCase {
         try SweepEmitter.emit(plan, scheduler: .k8s, settings: s, to: dir + "/k8s")
         let job = try String(contentsOfFile: dir + "/k8s/stage-2.yaml", encoding: .utf8)
         for line in ["completionMode: Indexed", "completions: 6", "${JOB_COMPLETION_INDEX}", "claimName: \"quantkit-shared\"",
-                     "mountPath: \"\(dir)/out\"", "memory: \"4Gi\""] {
+                     "mountPath: \"\(dir)\"", "memory: \"4Gi\""] {
             XCTAssertTrue(job.contains(line), "stage-2.yaml lacks \(line):\n\(job)")
         }
         s.memory = "4 G"

@@ -83,11 +83,12 @@ do_start() {
   # On any failure: show why, and undo what we started.
   trap 'rc=$?; if [ $rc -ne 0 ]; then log "start failed; log tails:"; tail -n 20 "$S"/*.log >&2 || true; do_stop; fi' EXIT
 
-  if ! command -v slurmctld >/dev/null || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
-    log "installing slurm-wlm + munge (log: $S/apt.log)"
+  if ! command -v slurmctld >/dev/null || ! command -v sbatch >/dev/null || ! command -v munged >/dev/null \
+     || ! command -v pgrep >/dev/null; then
+    log "installing slurm-wlm + munge + procps (log: $S/apt.log)"
     local t0=$SECONDS
     export DEBIAN_FRONTEND=noninteractive
-    apt_install() { apt-get install -y -q --no-install-recommends slurm-wlm munge >>"$S/apt.log" 2>&1; }
+    apt_install() { apt-get install -y -q --no-install-recommends slurm-wlm munge procps >>"$S/apt.log" 2>&1; }
     apt_install || { log "install failed; apt-get update and retry"; apt-get update -q >>"$S/apt.log" 2>&1; apt_install; }
     log "installed in $((SECONDS - t0)) s"
   fi
