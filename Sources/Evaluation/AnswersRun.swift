@@ -77,7 +77,8 @@ public struct AnswersRunOptions: Sendable {
     }
 
     public func validate() throws {
-        guard topK >= 1 else { throw QuantKitError(.input, "--top-k must be at least 1") }
+        try UserLimits.check(topK, "--top-k", 1...UserLimits.items)
+        try UserLimits.check(maxTokens, "--max-tokens", 1...UserLimits.contextTokens)
         guard maxTokens >= 1 else { throw QuantKitError(.input, "--max-tokens must be at least 1") }
         if let m = maxQuestions, m < 1 { throw QuantKitError(.input, "--max-questions must be at least 1") }
         if shard != nil && npu != nil {

@@ -42,7 +42,9 @@ public struct LayersRunOptions: Sendable {
     public func validate() throws {
         if (quantized == nil) == (scheme == nil) { throw QuantKitError(.input, "give exactly one of --quantized DIR or --scheme BITS[:GROUP]") }
         if case .qerror = planTarget, heldout == nil { throw QuantKitError(.input, "--target-qerror needs --heldout tokens to measure QError") }
-        guard ctx >= 2, windows >= 1, chunks >= 1 else { throw QuantKitError(.input, "--ctx >= 2, --windows >= 1, --chunks >= 1") }
+        try UserLimits.check(ctx, "--ctx", 2...UserLimits.contextTokens)
+        try UserLimits.check(windows, "--windows", 1...(UserLimits.heldTokens / ctx), "windows x --ctx at most \(UserLimits.heldTokens) tokens")
+        try UserLimits.check(chunks, "--chunks", 1...(UserLimits.heldTokens / ctx), "chunks x --ctx at most \(UserLimits.heldTokens) tokens")
         if shard != nil, let t = planTarget {
             let flag: String
             switch t { case .bitsPerWeight: flag = "--target-bits"; case .qerror: flag = "--target-qerror" }

@@ -40,8 +40,10 @@ public struct NPUBackendSettings: Sendable {
         }
     }
 
+    /// Every run with `--backend npu` loads the config first: the token count is checked here too.
     public func loadConfig() throws -> NPUConfig {
-        try configPath.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
+        try UserLimits.check(calibrationTokens, "--npu-calibration-tokens", 1...UserLimits.heldTokens)
+        return try configPath.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
     }
 }
 
@@ -51,6 +53,7 @@ public enum NPUModelSetup {
     /// The calibration text, cut to what `tokens` tokens can need (64 bytes a token is far above any tokenizer's
     /// average), so a large corpus is not tokenized whole for a few thousand tokens.
     public static func calibrationText(_ path: String, tokens: Int) throws -> String {
+        try UserLimits.check(tokens, "--npu-calibration-tokens", 1...UserLimits.heldTokens)
         let text = try CalibrationText.load(path)
         let limit = max(4096, tokens * 64)
         return text.utf8.count > limit ? String(decoding: text.utf8.prefix(limit), as: UTF8.self) : text

@@ -65,7 +65,8 @@ public struct NPUReport: Sendable, Encodable {
 /// The simulated NPU on a model: calibrate on the first tokens, compare float and NPU layer by layer on the last.
 public enum NPUReportRun {
     public static func run(_ o: NPUReportOptions, progress: any ProgressObserver = NoProgress()) throws -> NPUReport {
-        guard o.compareTokens >= 1, o.window >= 1 else { throw QuantKitError(.input, "--compare-tokens and --window must be >= 1") }
+        try UserLimits.check(o.compareTokens, "--compare-tokens", 1...UserLimits.heldTokens)
+        try UserLimits.check(o.window, "--window", 1...UserLimits.contextTokens)
         let m = try LlamaModel.load(path: o.model)
         let tokens = try LayersRun.readTokens(o.calibration, model: o.model, tokenizer: nil, m: m)
         guard tokens.count > o.compareTokens else {

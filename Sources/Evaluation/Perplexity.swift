@@ -29,6 +29,15 @@ public struct PerplexityOptions: Sendable, Codable {
         model.canBatchSequences ? max(1, batchTokens / max(ctx, 1)) : 1
     }
     public var effectiveStride: Int? { protocolKind == .strided ? (stride ?? max(1, ctx / 2)) : nil }
+
+    /// Every size within its limit, naming the flag, before any is used.
+    public func validate() throws {
+        if stride != nil && protocolKind != .strided { throw QuantKitError(.input, "--stride applies to --protocol strided only") }
+        try UserLimits.check(ctx, "--ctx", 2...UserLimits.contextTokens)
+        if let s = stride { try UserLimits.check(s, "--stride", 1...ctx, "at most --ctx") }
+        if let m = maxChunks, m <= 0 { throw QuantKitError(.input, "--max-chunks must be positive (got \(m))") }
+        try UserLimits.check(batchTokens, "--batch", 1...UserLimits.heldTokens)
+    }
 }
 
 /// One scored position: the logits row that predicts `target`. Row pointer valid only during the callback.
@@ -79,8 +88,8 @@ public enum Perplexity {
     struct Window { let begin: Int; let end: Int; let scoreFrom: Int; let replaceFirstWithBOS: Bool }
 
     static func windows(n: Int, options o: PerplexityOptions, addsBOS: Bool) throws -> [Window] {
+        try o.validate()
         let ctx = o.ctx
-        guard ctx >= 2 else { throw QuantKitError(.input, "--ctx must be at least 2 (got \(ctx))") }
         guard n >= 2 * ctx else {
             throw QuantKitError(.input, "corpus has \(n) tokens; at least 2 x ctx = \(2 * ctx) are needed")
         }

@@ -44,10 +44,7 @@ public struct PerplexityRunOptions: Sendable {
     /// Errors for option combinations no run can honour, naming the flag.
     public func validate() throws {
         let e = evaluation
-        if e.stride != nil && e.protocolKind != .strided { throw QuantKitError(.input, "--stride applies to --protocol strided only") }
-        if e.ctx < 2 { throw QuantKitError(.input, "--ctx must be at least 2") }
-        if let m = e.maxChunks, m <= 0 { throw QuantKitError(.input, "--max-chunks must be positive") }
-        if e.batchTokens < 1 { throw QuantKitError(.input, "--batch must be positive") }
+        try e.validate()
         if saveTokens != nil && kldBase == nil {
             throw QuantKitError(.input, "--save-tokens needs --kld-base (the per-token base NLL comes from it)")
         }

@@ -66,7 +66,10 @@ public struct QuantizeRunOptions: Sendable {
         let mixed = try plan.map { try MixedPrecisionPlan.read($0) }
         let bits = mixed?.defaultBits ?? self.bits
         let groupSize = mixed.map { $0.groupSize <= 0 ? -1 : $0.groupSize } ?? self.groupSize
-        guard groupSize == -1 || groupSize > 0 else { throw QuantKitError(.input, "--group-size must be -1 or positive (got \(groupSize))") }
+        guard groupSize == -1 || (groupSize > 0 && groupSize <= UserLimits.contextTokens) else {
+            throw QuantKitError(.input, "--group-size \(groupSize): must be -1 (per channel) or 1...\(UserLimits.contextTokens)")
+        }
+        try UserLimits.checkCalibration(samples: samples, seqlen: seqlen)
         guard dampPercent > 0 else { throw QuantKitError(.input, "--damp must be positive") }
         // HQQ optimises a zero point: always asymmetric.
         let symmetric = self.symmetric && method != .hqq

@@ -32,7 +32,7 @@ public struct RetrievalRunOptions: Sendable {
     public init(dataset: String) { self.dataset = dataset }
 
     public func validate() throws {
-        guard k >= 1 else { throw QuantKitError(.input, "--k must be at least 1") }
+        try UserLimits.check(k, "--k", 1...UserLimits.items)
         if let m = maxDocs, m < 1 { throw QuantKitError(.input, "--max-docs must be at least 1") }
         if let m = maxQueries, m < 1 { throw QuantKitError(.input, "--max-queries must be at least 1") }
         if shard != nil && npu != nil { throw QuantKitError(.input, "--shard with --backend npu: the simulated NPU's runs are not sharded yet; run it unsharded") }

@@ -282,6 +282,8 @@ public enum SweepRun {
     /// The grid as stages of tasks, after the checks that must pass before any work (grid, leakage).
     public static func plan(_ o: SweepRunOptions, evalShards: Int) throws -> SweepPlan {
         let variants = try o.variants()
+        try o.evaluation.validate()
+        try UserLimits.checkCalibration(samples: o.samples, seqlen: o.seqlen)
         guard evalShards >= 1, evalShards <= 10_000 else { throw QuantKitError(.input, "--eval-shards \(evalShards): use 1...10000") }
         if let m = o.evaluation.maxChunks, m < evalShards {
             throw QuantKitError(.input, "--eval-shards \(evalShards) exceeds --max-chunks \(m): a shard is at least one window")

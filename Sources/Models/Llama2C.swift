@@ -18,9 +18,12 @@ public enum Llama2C {
         let v = (0..<7).map { Int(Int32(littleEndian: file.base.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self))) }
         let h = Header(dim: v[0], hiddenDim: v[1], nLayers: v[2], nHeads: v[3], nKVHeads: v[4], vocabSize: abs(v[5]),
                        seqLen: v[6], sharedClassifier: v[5] > 0)
-        for (n, x) in [("dim", h.dim), ("hidden_dim", h.hiddenDim), ("n_layers", h.nLayers), ("n_heads", h.nHeads),
-                       ("n_kv_heads", h.nKVHeads), ("vocab_size", h.vocabSize), ("seq_len", h.seqLen)] where x <= 0 || x > 1 << 24 {
-            throw QuantKitError(.format, "\(file.path): llama2.c header field \(n) = \(x) is not plausible")
+        // LlamaConfig's limits keep every size product below 2^63 (the file size check multiplies them).
+        typealias L = LlamaConfig.Limits
+        for (n, x, limit) in [("dim", h.dim, L.dimension), ("hidden_dim", h.hiddenDim, L.dimension), ("n_layers", h.nLayers, L.layers),
+                              ("n_heads", h.nHeads, L.heads), ("n_kv_heads", h.nKVHeads, L.heads), ("vocab_size", h.vocabSize, L.vocabulary),
+                              ("seq_len", h.seqLen, L.positions)] where x <= 0 || x > limit {
+            throw QuantKitError(.format, "\(file.path): llama2.c header field \(n) = \(x) is not plausible (1...\(limit))")
         }
         guard h.dim % h.nHeads == 0, h.nHeads % h.nKVHeads == 0, (h.dim / h.nHeads) % 2 == 0 else {
             throw QuantKitError(.format, "\(file.path): llama2.c header has inconsistent heads (dim \(h.dim), heads \(h.nHeads), kv heads \(h.nKVHeads))")

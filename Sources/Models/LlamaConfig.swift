@@ -157,6 +157,16 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
         }
     }
 
+    /// The largest sizes a config may declare, each far above any released model's (Llama 3.1 405B: hidden 16384,
+    /// MLP 53248, 126 layers, 128 heads; vocabularies up to ~256 k; contexts up to 10 M positions).
+    public enum Limits {
+        public static let dimension = 1 << 20
+        public static let layers = 1 << 12
+        public static let heads = 1 << 14
+        public static let vocabulary = 1 << 24
+        public static let positions = 1 << 24
+    }
+
     // Derived sizes.
     public var kvHeads: Int { numKeyValueHeads ?? numAttentionHeads }
     public var headDimension: Int { headDim ?? hiddenSize / numAttentionHeads }
@@ -176,11 +186,35 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
                 throw QuantKitError(.unsupported, "\(source): unknown architecture '\(a)' (supported: \(LlamaConfig.supportedArchitectures.joined(separator: ", ")))")
             }
         }
-        for (name, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
-                          ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
-                          ("num_key_value_heads", kvHeads), ("vocab_size", vocabSize),
-                          ("max_position_embeddings", maxPositionEmbeddings), ("head_dim", headDimension)] where v <= 0 {
-            throw QuantKitError(.config, "\(source): \(name) must be positive (got \(v))")
+        // Every size within its stated limit before any of them is combined: no product can overflow and no
+        // allocation is sized from a corrupt or hostile file. Derived sizes are checked after their parts.
+        typealias L = LlamaConfig.Limits
+        var sizes = [("hidden_size", hiddenSize, L.dimension), ("intermediate_size", intermediateSize, L.dimension),
+                     ("num_hidden_layers", numHiddenLayers, L.layers), ("num_attention_heads", numAttentionHeads, L.heads),
+                     ("vocab_size", vocabSize, L.vocabulary), ("max_position_embeddings", maxPositionEmbeddings, L.positions)]
+        if let k = numKeyValueHeads { sizes.append(("num_key_value_heads", k, L.heads)) }
+        if let d = headDim { sizes.append(("head_dim", d, L.dimension)) }
+        for (name, v, limit) in sizes where v <= 0 || v > limit {
+            throw QuantKitError(.config, v <= 0 ? "\(source): \(name) must be positive (got \(v))"
+                                                : "\(source): \(name) \(v) is above QuantKit's limit of \(limit)")
+        }
+        for (name, v) in [("num_attention_heads x head_dim", numAttentionHeads * headDimension),
+                          ("num_key_value_heads x head_dim", kvHeads * headDimension)] where v > L.dimension {
+            throw QuantKitError(.config, "\(source): \(name) = \(v) is above QuantKit's limit of \(L.dimension)")
+        }
+        if headDimension <= 0 {
+            throw QuantKitError(.config, "\(source): hidden_size / num_attention_heads gives head_dim \(headDimension); set head_dim")
+        }
+        if let w = slidingWindow, w <= 0 || w > L.positions {
+            throw QuantKitError(.config, "\(source): sliding_window must be 1...\(L.positions) or null (got \(w))")
+        }
+        if let m = maxWindowLayers, m < 0 || m > L.layers {
+            throw QuantKitError(.config, "\(source): max_window_layers must be 0...\(L.layers) (got \(m))")
+        }
+        for (name, id) in [("bos_token_id", bosTokenId), ("eos_token_id", eosTokenId)] {
+            if let id, id < 0 || id >= vocabSize {
+                throw QuantKitError(.config, "\(source): \(name) \(id) is outside the vocabulary (0...\(vocabSize - 1))")
+            }
         }
         if headDim == nil, hiddenSize % numAttentionHeads != 0 {
             throw QuantKitError(.config, "\(source): num_attention_heads (\(numAttentionHeads)) does not divide hidden_size (\(hiddenSize))")
@@ -199,8 +233,8 @@ public struct LlamaConfig: Codable, Sendable, Equatable {
                 throw QuantKitError(.unsupported, "\(source): layer_types entry '\(bad)' is not supported (sliding_attention, full_attention)")
             }
         }
-        if !(rmsNormEps > 0) { throw QuantKitError(.config, "\(source): rms_norm_eps must be positive") }
-        if !(ropeTheta > 0) { throw QuantKitError(.config, "\(source): rope_theta must be positive") }
+        if !(rmsNormEps > 0) || !rmsNormEps.isFinite { throw QuantKitError(.config, "\(source): rms_norm_eps must be positive and finite (got \(rmsNormEps))") }
+        if !(ropeTheta > 0) || !ropeTheta.isFinite { throw QuantKitError(.config, "\(source): rope_theta must be positive and finite (got \(ropeTheta))") }
         if let s = ropeScaling { try s.validate(source: source) }
         if let act = hiddenAct, act != "silu", act != "swish" {
             throw QuantKitError(.unsupported, "\(source): hidden_act '\(act)' is not supported (silu)")

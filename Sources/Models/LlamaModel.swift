@@ -570,6 +570,7 @@ public final class LlamaModel {
                                onToken: ((Int32) -> Void)? = nil) throws -> [Int32] {
         guard !prompt.isEmpty else { throw QuantKitError(.input, "generation needs at least one prompt token") }
         try validate(tokens: prompt)
+        try UserLimits.check(maxTokens, "--max-tokens", 1...UserLimits.contextTokens)
         let capacity = min(prompt.count + maxTokens, max(config.maxPositionEmbeddings, prompt.count))
         // Sliding-window layers keep a rolling buffer: the prompt is the largest chunk.
         let cache = makeCache(capacity: capacity, maxChunk: prompt.count)

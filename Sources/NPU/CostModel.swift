@@ -286,9 +286,8 @@ public enum CostModel {
                               decodeContext: Int) throws -> CostReport {
         try hw.validate()
         guard weightBits == 8 || weightBits == 4 else { throw QuantKitError(.config, "weight bits must be 8 or 4, got \(weightBits)") }
-        guard promptTokens > 0, decodeContext >= 0 else {
-            throw QuantKitError(.config, "prompt tokens must be > 0 and decode context >= 0")
-        }
+        try UserLimits.check(promptTokens, "--prompt-tokens", 1...UserLimits.contextTokens)
+        try UserLimits.check(decodeContext, "--decode-context", 0...UserLimits.contextTokens)
         return CostReport(hardware: hw, shape: shape, weightBits: weightBits,
                           prefill: phase(shape: shape, hw: hw, weightBits: weightBits, rows: promptTokens, past: 0),
                           decode: phase(shape: shape, hw: hw, weightBits: weightBits, rows: 1, past: decodeContext))

@@ -17,7 +17,7 @@ public enum EmbedderCalibration {
     /// `samples` distinct passage indices out of `count`, drawn without replacement (seeded partial Fisher-Yates
     /// on SplitMix64), in draw order.
     public static func draw(count: Int, samples: Int, seed: UInt64, source: String = "calibration") throws -> [Int] {
-        guard samples > 0 else { throw QuantKitError(.input, "--samples must be positive (got \(samples))") }
+        try UserLimits.check(samples, "--samples", 1...UserLimits.samples)
         guard count >= samples else {
             throw QuantKitError(.input, "\(source): \(count) passages, too few for --samples \(samples)")
         }
@@ -31,7 +31,7 @@ public enum EmbedderCalibration {
     /// truncated to `seqlen` tokens the way sentence-transformers truncates (first seqlen-1 tokens + [SEP]).
     public static func sequences(passages: [String], samples: Int, seqlen: Int, seed: UInt64, source: String,
                                  tokenize: (String) throws -> [Int32]) throws -> [[Int32]] {
-        guard seqlen >= 2 else { throw QuantKitError(.input, "--seqlen must be at least 2 for an encoder ([CLS] and [SEP]); got \(seqlen)") }
+        try UserLimits.checkCalibration(samples: samples, seqlen: seqlen, minSeqlen: 2)  // [CLS] and [SEP]
         return try draw(count: passages.count, samples: samples, seed: seed, source: source).map { i in
             let ids = try tokenize(passages[i])
             guard !ids.isEmpty else { throw QuantKitError(.input, "\(source): passage \(i + 1) tokenizes to nothing") }

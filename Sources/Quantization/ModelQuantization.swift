@@ -98,7 +98,7 @@ public struct QuantizedLinearBackend: LinearBackend {
 /// uniformly, as the GPTQ reference's data loaders do), reproducible from `seed`.
 public enum CalibrationWindows {
     public static func sample(tokens: [Int32], samples: Int, seqlen: Int, seed: UInt64, source: String = "calibration") throws -> [[Int32]] {
-        guard samples > 0, seqlen > 0 else { throw QuantKitError(.input, "--samples and --seqlen must be positive") }
+        try UserLimits.checkCalibration(samples: samples, seqlen: seqlen)
         guard tokens.count > seqlen else {
             throw QuantKitError(.input, "\(source): \(tokens.count) tokens, too short for windows of \(seqlen) tokens (need more than \(seqlen))")
         }

@@ -23,8 +23,8 @@ public struct QuantScheme: Sendable, Equatable, Codable {
         guard [2, 3, 4, 8].contains(bits) else {
             throw QuantKitError(.config, "bits \(bits) is not supported (use 2, 3, 4 or 8)")
         }
-        guard groupSize >= -1 else {
-            throw QuantKitError(.config, "group size \(groupSize) is invalid (use a positive size, -1 per channel, 0 per tensor)")
+        guard groupSize >= -1, groupSize <= UserLimits.contextTokens else {
+            throw QuantKitError(.config, "group size \(groupSize) is invalid (use a positive size up to \(UserLimits.contextTokens), -1 per channel, 0 per tensor)")
         }
         guard minZero >= 0, minZero <= 1 else { throw QuantKitError(.config, "minZero must be 0 or 1") }
         self.bits = bits

@@ -22,6 +22,12 @@ public enum Parallel {
         return n > 0 ? n : max(1, ProcessInfo.processInfo.activeProcessorCount)
     }
 
+    /// The machine's active processors.
+    public static var processorCount: Int { max(1, ProcessInfo.processInfo.activeProcessorCount) }
+
+    /// The most worker threads a run uses: more only slices the work finer on the same cores.
+    public static var maxThreads: Int { 4 * processorCount }
+
     /// Whether parallel kernels may use the spinning worker pool (else GCD only, for comparisons).
     public static var spinPoolEnabled: Bool { spinPoolSetting.load(ordering: .relaxed) }
 
@@ -30,8 +36,9 @@ public enum Parallel {
 
     /// Sets the default worker count (nil: the machine's processors) and whether the spinning pool is used.
     /// Call before the first parallel kernel runs: the pool is sized once, on first use.
+    /// A count above `maxThreads` is clamped to it (the CLI says so).
     public static func configure(threads: Int?, spinPool: Bool) {
-        configuredThreads.store(max(0, threads ?? 0), ordering: .relaxed)
+        configuredThreads.store(min(max(0, threads ?? 0), maxThreads), ordering: .relaxed)
         spinPoolSetting.store(spinPool, ordering: .relaxed)
     }
 
@@ -81,7 +88,9 @@ private final class IndexCounter: Sendable {
 final class SpinPool: @unchecked Sendable {
     /// nil with one thread, or when the pool is switched off (Parallel.configure).
     static let shared: SpinPool? = {
-        let workers = Parallel.defaultThreads - 1
+        // Never more spinning workers than the other cores: past that, spinning threads take the cores from the
+        // threads that would finish the job (QUANTKIT_THREADS=1000 on 2 cores never finished). Bigger jobs go to GCD.
+        let workers = min(Parallel.defaultThreads, Parallel.processorCount) - 1
         guard workers > 0, Parallel.spinPoolEnabled else { return nil }
         return SpinPool(workers: workers)
     }()

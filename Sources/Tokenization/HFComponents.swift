@@ -321,7 +321,11 @@ enum HFModel {
         vocab.reserveCapacity(vocabDict.count)
         var maxId = -1
         for (k, v) in vocabDict {
-            guard let id = ctx.int(v), id >= 0 else { throw ctx.bad("model vocab: token '\(k)' has no valid id") }
+            guard let id = ctx.int(v) else { throw ctx.bad("model vocab: token '\(k)' has no valid id") }
+            // Ids index tables: a vocabulary of n tokens uses ids below n (gaps allowed, not terabytes of them).
+            guard id >= 0, id < vocabDict.count + HFTokenizer.idSlack else {
+                throw ctx.bad("model vocab: token '\(k)' has id \(id), outside 0...\(vocabDict.count + HFTokenizer.idSlack - 1) for a vocabulary of \(vocabDict.count)")
+            }
             vocab[Array(k.utf8)] = Int32(id); maxId = max(maxId, id)
         }
         var table = [String?](repeating: nil, count: maxId + 1)

@@ -5,6 +5,8 @@ import Foundation
 /// `tokenizers` crate (the reference the fixtures come from). Truncation and padding in the file are ignored:
 /// callers truncate (SPECS.md: sentence-transformers overrides them anyway).
 public struct HFTokenizer: Tokenizer {
+    /// How far past a vocabulary's size its ids may reach (gaps in the numbering); beyond that an id is refused.
+    static let idSlack = 1 << 16
     public let name: String
     let normalizer: HFNormalizer?
     let preTokenizer: HFPreTokenizer?
@@ -45,9 +47,14 @@ public struct HFTokenizer: Tokenizer {
 
         var table = model.idToToken
         var tokens: [AddedToken] = []
-        for (k, item) in ((root["added_tokens"] as? [Any]) ?? []).enumerated() {
+        let addedList = (root["added_tokens"] as? [Any]) ?? []
+        let idLimit = table.count + addedList.count + HFTokenizer.idSlack
+        for (k, item) in addedList.enumerated() {
             guard let d = item as? [String: Any], let content = d["content"] as? String, let id = ctx.int(d["id"]) else {
                 throw ctx.bad("added_tokens[\(k)] needs \"id\" and \"content\"")
+            }
+            guard id >= 0, id < idLimit else {
+                throw ctx.bad("added_tokens[\(k)] ('\(content)') has id \(id), outside 0...\(idLimit - 1) for a vocabulary of \(table.count)")
             }
             let t = AddedToken(id: id, content: content.scalars, special: d["special"] as? Bool ?? false,
                                singleWord: d["single_word"] as? Bool ?? false, lstrip: d["lstrip"] as? Bool ?? false,
@@ -68,6 +75,9 @@ public struct HFTokenizer: Tokenizer {
         specialIds = Set(tokens.filter { $0.special }.map { $0.id })
 
         (prefixIds, suffixIds) = try (root["post_processor"]).flatMap { $0 is NSNull ? nil : try postProcessorIds($0, ctx) } ?? ([], [])
+        if let bad = (prefixIds + suffixIds).first(where: { $0 < 0 || $0 >= table.count }) {
+            throw ctx.bad("post_processor names special token id \(bad), outside the vocabulary (0...\(table.count - 1))")
+        }
         func idOf(_ names: [String]) -> Int? {
             for n in names { if let t = tokens.first(where: { $0.content.string == n }) { return t.id } }
             return nil

@@ -15,7 +15,17 @@ enum Console {
     /// QUANTKIT_THREADS (worker count), QUANTKIT_SPIN_POOL=0 (GCD instead of the spinning pool),
     /// QUANTKIT_PREPACK=0 (no GEMM panel packing): applied before any command runs.
     static func applyEnvironment() {
-        let threads = environment["QUANTKIT_THREADS"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil }
+        var threads: Int?
+        if let raw = environment["QUANTKIT_THREADS"] {
+            guard let n = Int(raw.trimmingCharacters(in: .whitespaces)), n > 0 else {
+                FileHandle.standardError.write(Data("error: QUANTKIT_THREADS '\(raw)': expected a positive number of threads\n".utf8))
+                exit(1)
+            }
+            if n > Parallel.maxThreads {
+                logInfo("note: QUANTKIT_THREADS=\(n) is more than 4 x the \(Parallel.processorCount) cores; using \(Parallel.maxThreads)")
+            }
+            threads = n
+        }
         Parallel.configure(threads: threads, spinPool: environment["QUANTKIT_SPIN_POOL"] != "0")
         DenseLinear.prepackEnabled = environment["QUANTKIT_PREPACK"] != "0"
     }

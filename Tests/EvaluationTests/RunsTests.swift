@@ -56,6 +56,52 @@ final class RunsTests: XCTestCase {
         }
     }
 
+    /// Every size a user supplies is checked against its stated limit, naming the flag, before any arithmetic or
+    /// allocation (--ctx, --samples, --group-size ... at Int.max used to overflow or exhaust memory).
+    func testHugeFlagValuesAreRefusedByName() throws {
+        func refused(_ needle: String, line: UInt = #line, _ body: () throws -> Void) {
+            XCTAssertThrowsError(try body(), line: line) { e in
+                XCTAssertTrue("\(e)".contains(needle), "\(e) lacks \(needle)", line: line)
+                XCTAssertFalse("\(e)".contains("\n"), line: line)
+            }
+        }
+        refused("--ctx \(Int.max): must be 2...1048576") { try PerplexityOptions(ctx: .max).validate() }
+        refused("--stride 99: must be 1...64") { try PerplexityOptions(protocolKind: .strided, ctx: 64, stride: 99).validate() }
+        refused("--batch") { try PerplexityOptions(ctx: 64, batchTokens: .max).validate() }
+        refused("--ctx") { _ = try Perplexity.windowCount(n: 100, options: PerplexityOptions(ctx: .max)) }
+        refused("--samples \(Int.max): must be 1...65536") {
+            _ = try CalibrationWindows.sample(tokens: [1, 2, 3], samples: .max, seqlen: 2, seed: 0)
+        }
+        refused("--samples 100000000") { _ = try CalibrationWindows.sample(tokens: [1, 2, 3], samples: 100_000_000, seqlen: 2, seed: 0) }
+        refused("--samples 60000 x --seqlen 512") { _ = try CalibrationWindows.sample(tokens: [1, 2, 3], samples: 60_000, seqlen: 512, seed: 0) }
+        refused("--seqlen") { _ = try CalibrationWindows.sample(tokens: [1, 2, 3], samples: 1, seqlen: .max, seed: 0) }
+        var q = QuantizeRunOptions(model: "m", output: "o")
+        q.groupSize = .max
+        refused("--group-size \(Int.max)") { _ = try q.resolved() }
+        q.groupSize = 32
+        q.samples = .max
+        refused("--samples") { _ = try q.resolved() }
+        var l = LayersRunOptions(model: "m", calibration: "c")
+        l.scheme = "4:32"
+        l.ctx = .max
+        refused("--ctx \(Int.max)") { try l.validate() }
+        l.ctx = 128
+        l.windows = .max
+        refused("--windows \(Int.max)") { try l.validate() }
+        var r = RetrievalRunOptions(dataset: "d")
+        r.k = .max
+        refused("--k \(Int.max)") { try r.validate() }
+        var a = AnswersRunOptions(generator: "g", dataset: "d")
+        a.maxTokens = .max
+        refused("--max-tokens \(Int.max)") { try a.validate() }
+        a.maxTokens = 16
+        a.topK = .max
+        refused("--top-k") { try a.validate() }
+        refused("--npu-calibration-tokens") { _ = try NPUModelSetup.calibrationText("x", tokens: .max) }
+        let m = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        refused("--max-tokens \(Int.max)") { _ = try m.generateGreedy(prompt: [1], maxTokens: .max) }
+    }
+
     func testPerplexityRunWarnsThroughTheObserver() throws {
         // stories260K was trained on 512 positions: a longer window is a note, not a line the library prints.
         let o = PerplexityRunOptions(model: Repo.path("Models/stories260K/stories260K.bin"),

@@ -69,6 +69,33 @@ final class SyntheticCheckpointTests: XCTestCase {
         try check({ $0["hidden_size"] = nil }, "missing field 'hidden_size'")
     }
 
+    /// Sizes that are zero, negative or huge are refused by name before any is combined (heads 0 used to divide
+    /// by zero; head_dim or layers near 2^62 overflowed), and so are token ids outside the vocabulary.
+    func testConfigSizesAreCheckedBeforeAnyArithmetic() throws {
+        let base = try String(contentsOfFile: Self.dir("llama_gqa_f32_untied") + "/config.json", encoding: .utf8)
+        func refused(_ key: String, _ value: Any, mentioning needle: String, line: UInt = #line) throws {
+            var obj = try JSONSerialization.jsonObject(with: Data(base.utf8)) as! [String: Any]
+            obj[key] = value
+            let cfg = try JSONDecoder().decode(LlamaConfig.self, from: JSONSerialization.data(withJSONObject: obj))
+            XCTAssertThrowsError(try cfg.validate(source: "c.json"), line: line) { e in
+                XCTAssertTrue("\(e)".contains(needle), "\(e) lacks \(needle)", line: line)
+                XCTAssertTrue("\(e)".hasPrefix("c.json: "), "\(e)", line: line)
+            }
+        }
+        try refused("num_attention_heads", 0, mentioning: "num_attention_heads must be positive (got 0)")
+        try refused("num_attention_heads", -4, mentioning: "num_attention_heads must be positive")
+        try refused("head_dim", 1 << 62, mentioning: "head_dim 4611686018427387904 is above QuantKit's limit of 1048576")
+        try refused("head_dim", 1 << 19, mentioning: "num_attention_heads x head_dim")
+        try refused("num_hidden_layers", 1 << 62, mentioning: "num_hidden_layers")
+        try refused("num_key_value_heads", 0, mentioning: "num_key_value_heads must be positive")
+        try refused("vocab_size", Int.max, mentioning: "vocab_size")
+        try refused("max_position_embeddings", -1, mentioning: "max_position_embeddings")
+        try refused("sliding_window", -5, mentioning: "sliding_window must be 1...")
+        try refused("max_window_layers", -1, mentioning: "max_window_layers")
+        try refused("bos_token_id", 1 << 40, mentioning: "bos_token_id 1099511627776 is outside the vocabulary")
+        try refused("eos_token_id", -1, mentioning: "eos_token_id -1")
+    }
+
     /// sliding_window: Mistral applies it on every layer, Qwen2 only with use_sliding_window and then on layers
     /// >= max_window_layers (default 28) or as layer_types says.
     func testSlidingWindowConfig() throws {

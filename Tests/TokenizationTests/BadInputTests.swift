@@ -24,6 +24,31 @@ final class BadInputTests: XCTestCase {
 
     private func json(_ o: [String: Any]) throws -> Data { try JSONSerialization.data(withJSONObject: o) }
 
+    /// Ids are checked against the vocabulary when the file is read: negative or far out of range ids used to trap
+    /// (Int32 conversion) or size tables of terabytes.
+    func testTokenIdsOutsideTheVocabulary() throws {
+        var o = try gpt2JSON()
+        var model = o["model"] as! [String: Any]
+        var vocab = model["vocab"] as! [String: Any]
+        vocab["zzqq"] = 1 << 40
+        model["vocab"] = vocab
+        o["model"] = model
+        expectError(try json(o), "tokenizer.json", contains: "token 'zzqq' has id 1099511627776, outside 0...")
+        vocab["zzqq"] = -7
+        model["vocab"] = vocab
+        o["model"] = model
+        expectError(try json(o), "tokenizer.json", contains: "token 'zzqq' has id -7")
+        var added = try gpt2JSON()
+        added["added_tokens"] = [["id": 9_000_000_000_000_000, "content": "<huge>", "special": true]]
+        expectError(try json(added), "tokenizer.json", contains: "added_tokens[0] ('<huge>') has id 9000000000000000")
+        added["added_tokens"] = [["id": -2, "content": "<neg>", "special": true]]
+        expectError(try json(added), "tokenizer.json", contains: "added_tokens[0] ('<neg>') has id -2")
+        var post = try gpt2JSON()
+        post["post_processor"] = ["type": "TemplateProcessing", "single": [["SpecialToken": ["id": "<s>", "type_id": 0]], ["Sequence": ["id": "A", "type_id": 0]]],
+                                  "special_tokens": ["<s>": ["id": "<s>", "ids": [1 << 40], "tokens": ["<s>"]]]]
+        expectError(try json(post), "tokenizer.json", contains: "post_processor names special token id 1099511627776")
+    }
+
     func testMalformedJSON() {
         expectError(Data("{\"model\": {".utf8), "tokenizer.json", contains: "not valid JSON")
         expectError(Data("[1, 2]".utf8), "tokenizer.json", contains: "not a JSON object")
