@@ -48,6 +48,8 @@ public struct PerplexityRunOptions: Sendable {
         if e.ctx < 2 { throw QuantKitError(.input, "--ctx must be at least 2") }
         if let m = e.maxChunks, m <= 0 { throw QuantKitError(.input, "--max-chunks must be positive") }
         if e.batchTokens < 1 { throw QuantKitError(.input, "--batch must be positive") }
+        if let p = saveLogits { try AtomicFile.checkDestination(p, flag: "--save-logits", directory: false) }
+        if let p = saveTokens { try AtomicFile.checkDestination(p, flag: "--save-tokens", directory: false) }
         if saveTokens != nil && kldBase == nil {
             throw QuantKitError(.input, "--save-tokens needs --kld-base (the per-token base NLL comes from it)")
         }
