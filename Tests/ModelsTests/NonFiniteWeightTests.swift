@@ -24,6 +24,19 @@ final class NonFiniteWeightTests: XCTestCase {
         }
     }
 
+    func testInfInF16SafetensorsIsRefusedNamingTheShardFile() throws {
+        let (cfg, weights) = try Llama2C.load(path: Self.stories)
+        let name = "model.layers.0.self_attn.v_proj.weight"
+        let t = try weights.tensor(name)
+        var f = t.floats()
+        f[5] = 1e6  // overflows Float16: +Inf once stored as F16
+        weights.set(name, Tensor(shape: t.shape, floats: f))
+        let dir = Repo.tempDirectory("infst") + "/hf"
+        try HFExport.write(config: cfg, source: weights, dtype: .f16, to: dir, copyFiles: [])
+        let m = message { try LlamaModel.load(path: dir) }
+        XCTAssertTrue(m.contains(dir + "/model.safetensors") && m.contains(name) && m.contains("+Inf at element 5"), m)
+    }
+
     func testNaNInLlama2CFileIsRefusedOnLoad() throws {
         var d = try Data(contentsOf: URL(fileURLWithPath: Self.stories))
         var nan = Float.nan.bitPattern.littleEndian
