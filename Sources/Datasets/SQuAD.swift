@@ -41,8 +41,28 @@ extension Datasets {
                 guard seen.insert(id).inserted else {
                     throw QuantKitError(.format, "\(path): duplicate question id \"\(id)\"")
                 }
-                let answers = (q["answers"] as? [[String: Any]] ?? []).compactMap { $0["text"] as? String }
-                let impossible = (q["is_impossible"] as? Bool) ?? answers.isEmpty
+                // Answers are strict: a non-string "text" (a number, null) would otherwise drop out silently and
+                // change the gold set.
+                var answers: [String] = []
+                if let raw = q["answers"], !(raw is NSNull) {
+                    guard let list = raw as? [Any] else {
+                        throw QuantKitError(.format, "\(path): question \"\(id)\": \"answers\" must be an array of {\"text\": string} objects")
+                    }
+                    for (k, a) in list.enumerated() {
+                        guard let obj = a as? [String: Any], let text = obj["text"] as? String else {
+                            let found = (a as? [String: Any])?["text"].map { "\($0)" } ?? "no \"text\""
+                            throw QuantKitError(.format, "\(path): question \"\(id)\": answers[\(k)].text must be a string (found \(found))")
+                        }
+                        answers.append(text)
+                    }
+                }
+                var impossible = answers.isEmpty
+                if let raw = q["is_impossible"] {
+                    guard let b = raw as? Bool else {
+                        throw QuantKitError(.format, "\(path): question \"\(id)\": \"is_impossible\" must be true or false")
+                    }
+                    impossible = b
+                }
                 qs.append(SquadQuestion(id: id, question: question, context: context, title: title,
                                         answers: impossible ? [] : answers, isImpossible: impossible))
             }

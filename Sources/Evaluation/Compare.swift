@@ -67,6 +67,21 @@ public struct Comparison: Sendable, Encodable {
         return b > bb
     }
 
+    /// Perplexities over different numbers of chunks or tokens (another --max-chunks, a truncated run, a shard) are
+    /// not the same measurement: no delta or verdict is given for them.
+    static func checkSameScoring(baseline b: ResultRun, others: [ResultRun]) throws {
+        func describe(_ r: ResultRun) -> String {
+            [r.tokensScored.map { "\($0) tokens" }, r.chunkCount.map { "\($0) chunks" }].compactMap { $0 }.joined(separator: " in ")
+        }
+        for r in others {
+            let tokensDiffer = b.tokensScored != nil && r.tokensScored != nil && b.tokensScored != r.tokensScored
+            let chunksDiffer = b.chunkCount != nil && r.chunkCount != nil && b.chunkCount != r.chunkCount
+            let perChunkDiffer = b.chunks != nil && r.chunks != nil && b.chunks!.map(\.count) != r.chunks!.map(\.count)
+            guard tokensDiffer || chunksDiffer || perChunkDiffer else { continue }
+            throw QuantKitError(.input, "compare: not comparable: the baseline \(b.label) (\(b.file)) scored \(describe(b)) but \(r.label) (\(r.file)) scored \(describe(r))\(perChunkDiffer && !tokensDiffer && !chunksDiffer ? " (per-chunk token counts differ)" : ""); only runs over the same chunks and tokens are comparable: evaluate both with the same corpus, --ctx and --max-chunks")
+        }
+    }
+
     static func samePath(_ a: String, _ b: String) -> Bool {
         a == b || URL(fileURLWithPath: a).standardizedFileURL.path == URL(fileURLWithPath: b).standardizedFileURL.path
     }
@@ -126,6 +141,7 @@ public struct Comparison: Sendable, Encodable {
             notes.append("KLD and segment figures are against \(l) (the --kld-base run); relative losses and verdicts against the baseline \(baseline.label)")
         }
         let others = all.filter { !$0.isBase && !isBaseline($0) }
+        if kind == .perplexity { try checkSameScoring(baseline: baseline, others: others) }
         if others.isEmpty { throw QuantKitError(.input, "compare: need at least two runs (a baseline and a quantized run); got only \(baseline.label) from \(baseline.file)") }
         var rows: [CompareRow] = []
         rows.append(CompareRow(run: baseline, value: baseline.metrics[hKey], delta: nil, relativeDelta: nil, verdict: nil, metricDeltas: [],

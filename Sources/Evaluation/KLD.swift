@@ -148,6 +148,34 @@ public final class LogitsFile {
         guard d.count - bodyStart == rowBytes * h.tokens_scored else {
             throw QuantKitError(.format, "\(path): logits file holds \(d.count - bodyStart) bytes of rows, header implies \(rowBytes * h.tokens_scored)")
         }
+        guard h.nll_sum.isFinite else { throw QuantKitError(.format, "\(path): logits file header nll_sum is \(h.nll_sum), not a finite number") }
+        try Self.checkFinite(d, bodyStart: bodyStart, rowBytes: rowBytes, header: h, path: path)
+    }
+
+    /// Refuses a QuantKit base holding a NaN or an infinity in any stored log-prob, naming the row: KLD statistics
+    /// against it would be NaN or silently 0.
+    private static func checkFinite(_ d: Data, bodyStart: Int, rowBytes: Int, header h: LogitsFileHeader, path: String) throws {
+        var bad: (row: Int, what: String)? = nil
+        d.withUnsafeBytes { b in
+            func f32(_ o: Int) -> Float { Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: o, as: UInt32.self))) }
+            rows: for i in 0..<h.tokens_scored {
+                let r = bodyStart + i * rowBytes
+                if !f32(r + 4).isFinite { bad = (i, "target log-prob"); break }
+                switch h.encoding {
+                case .f16LogProbs:
+                    for v in 0..<h.vocab {
+                        let bits = UInt16(littleEndian: b.loadUnaligned(fromByteOffset: r + 12 + 2 * v, as: UInt16.self))
+                        if bits & 0x7C00 == 0x7C00 { bad = (i, "log-prob of token \(v)"); break rows }
+                    }
+                case .topK:
+                    if !f32(r + 12).isFinite { bad = (i, "remaining mass"); break rows }
+                    for j in 0..<(h.top_k ?? 0) where !f32(r + 20 + 8 * j).isFinite { bad = (i, "top-k log-prob \(j)"); break rows }
+                case .llamacppU16:
+                    break
+                }
+            }
+        }
+        if let bad { throw QuantKitError(.format, "\(path): scored row \(bad.row) holds a non-finite \(bad.what) (NaN or Inf); the base is damaged") }
     }
 
     /// llama-perplexity's base file (tools/perplexity/perplexity.cpp): "_logits_", UInt32 n_ctx, Int32 n_vocab,
@@ -169,6 +197,7 @@ public final class LogitsFile {
         }
         var targets = [Int32](repeating: 0, count: rows)
         var nllSum = 0.0
+        var badRow: Int? = nil
         d.withUnsafeBytes { b in
             for c in 0..<chunks {
                 for j in 0..<perChunk {
@@ -178,11 +207,15 @@ public final class LogitsFile {
                     let r = bodyStart + row * nv * 2
                     let scale = Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: r, as: UInt32.self)))
                     let minLP = Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: r + 4, as: UInt32.self)))
+                    if badRow == nil && !(scale.isFinite && minLP.isFinite) { badRow = row }
                     let tt = Int(targets[row])
                     let u = tt >= 0 && tt < vocab ? UInt16(littleEndian: b.loadUnaligned(fromByteOffset: r + 8 + 2 * tt, as: UInt16.self)) : 0
                     nllSum += Double(-(scale * Float(u) + minLP))
                 }
             }
+        }
+        if let bad = badRow {
+            throw QuantKitError(.format, "\(path): scored row \(bad) has a non-finite scale or minimum log-prob (NaN or Inf); the base is damaged")
         }
         if let bad = targets.firstIndex(where: { $0 < 0 || Int($0) >= vocab }) {
             throw QuantKitError(.format, "\(path): token \(targets[bad]) of scored row \(bad) is outside the vocabulary of \(vocab)")

@@ -58,7 +58,9 @@ public struct LayersRunOptions: Sendable {
         guard let bits = p.first.flatMap(Int.init) else { throw QuantKitError(.input, "--scheme: expected BITS[:GROUP][:asym], got \"\(s)\"") }
         let group = p.count > 1 ? Int(p[1]) : QuantScheme.perChannel
         guard let g = group else { throw QuantKitError(.input, "--scheme: group \"\(p[1])\" is not an integer") }
-        return try QuantScheme(bits: bits, symmetric: !(p.count > 2 && p[2] == "asym"), groupSize: g)
+        do { return try QuantScheme(bits: bits, symmetric: !(p.count > 2 && p[2] == "asym"), groupSize: g) } catch let e as QuantKitError {
+            throw QuantKitError(.input, "--scheme \(s): \(e.message)")
+        }
     }
 }
 

@@ -120,6 +120,18 @@ public enum Perplexity {
                 begin += stride
             }
         }
+        // A context too short for the protocol scores nothing (llamacpp scores targets ctx/2+1 ..< ctx of each
+        // window: none at ctx 2): a perplexity over zero tokens would print 1.0.
+        let scored = out.reduce(0) { $0 + max(0, $1.end - $1.scoreFrom) }
+        guard scored > 0 else {
+            let rule: String
+            switch o.protocolKind {
+            case .llamacpp: rule = "the llamacpp protocol scores positions ctx/2+1 ..< ctx of each window"
+            case .gptq: rule = "the gptq protocol scores positions 1 ..< ctx of each window"
+            case .strided: rule = "the strided protocol scores the tokens each window adds"
+            }
+            throw QuantKitError(.input, "--ctx \(ctx): no token would be scored (\(rule)); use a larger --ctx")
+        }
         return out
     }
 
@@ -195,6 +207,11 @@ public enum Perplexity {
                     let (t, offset, target) = scoredRows[next]
                     let nll = nlls[next]
                     next += 1
+                    guard nll.isFinite else {
+                        let row = UnsafeBufferPointer(start: logits + offset, count: vocab)
+                        let what = row.contains(where: { !$0.isFinite }) ? "non-finite logits (NaN or Inf)" : "an infinite NLL"
+                        throw QuantKitError(.numeric, "perplexity: the model produced \(what) at window \(firstChunk + wi + g) (token index \(t), window position \(t - 1 - w.begin)); no figure is reported")
+                    }
                     if let cb = onRow { try cb(ScoredRow(chunk: firstChunk + wi + g, index: rowsBefore + res.tokensScored, tokenIndex: t,
                                                        windowPosition: t - 1 - w.begin, target: target,
                                                        logits: logits + offset, vocab: vocab, nll: nll)) }

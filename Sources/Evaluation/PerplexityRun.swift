@@ -45,6 +45,8 @@ public struct PerplexityRunOptions: Sendable {
     public func validate() throws {
         let e = evaluation
         try e.validate()
+        if let p = saveLogits { try AtomicFile.checkDestination(p, flag: "--save-logits", directory: false) }
+        if let p = saveTokens { try AtomicFile.checkDestination(p, flag: "--save-tokens", directory: false) }
         if saveTokens != nil && kldBase == nil {
             throw QuantKitError(.input, "--save-tokens needs --kld-base (the per-token base NLL comes from it)")
         }

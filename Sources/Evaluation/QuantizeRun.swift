@@ -63,8 +63,18 @@ public struct QuantizeRunOptions: Sendable {
 
     /// The effective bits and group size (a plan's override the flags) and the per-layer options, validated.
     public func resolved() throws -> (bits: Int, groupSize: Int, options: ModelQuantizationOptions) {
+        try AtomicFile.checkDestination(output, flag: "--output", directory: true)
         let mixed = try plan.map { try MixedPrecisionPlan.read($0) }
         let bits = mixed?.defaultBits ?? self.bits
+        guard QuantScheme.supportedBits.contains(bits) else {
+            let list = QuantScheme.supportedBits.map(String.init).joined(separator: ", ")
+            if let plan, mixed != nil { throw QuantKitError(.input, "--plan \(plan): bits \(bits) is not supported (use \(list))") }
+            throw QuantKitError(.input, "--bits \(bits): not supported (use \(list))")
+        }
+        // Only GPTQ reorders columns: anything else would record desc_act true for weights quantized in order.
+        if actOrder && method != .gptq {
+            throw QuantKitError(.input, "--act-order: only --method gptq reorders columns (--method \(method.rawValue) quantizes them in order)")
+        }
         let groupSize = mixed.map { $0.groupSize <= 0 ? -1 : $0.groupSize } ?? self.groupSize
         guard groupSize == -1 || (groupSize > 0 && groupSize <= UserLimits.contextTokens) else {
             throw QuantKitError(.input, "--group-size \(groupSize): must be -1 (per channel) or 1...\(UserLimits.contextTokens)")

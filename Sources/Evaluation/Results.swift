@@ -181,6 +181,10 @@ public struct ResultRun: Sendable {
     /// float model (`npu_recovery`).
     public var backend: String?
     public var npuRecovered = false
+    /// Perplexity: how many tokens and chunks (windows) the run scored, when the result says; runs scored on
+    /// different numbers are not compared.
+    public var tokensScored: Int?
+    public var chunkCount: Int?
 
     public init(label: String, file: String, kind: ResultKind, metrics: [String: Double] = [:],
                 perQuery: [String: [String: Double]] = [:], chunks: [ChunkNLL]? = nil, bitsPerWeight: Double? = nil,
@@ -373,6 +377,9 @@ public struct ResultFile: Sendable {
         runs[0].ggufTensorTypes = root["gguf"]?["tensor_types"]?.object?.compactMapValues { $0.int }
         runs[0].backend = root["backend"]?.string
         runs[0].npuRecovered = root["npu_recovery"]?.object != nil
+        let scored = root["tokens_scored"]?.int, chunkCount = root["chunks"]?.int ?? chunks?.count
+        runs[0].tokensScored = scored
+        runs[0].chunkCount = chunkCount
         // A quantized-vs-base file names the base's perplexity: make the base a run of its own so a single file
         // can be compared.
         var basePPL = metrics["pplbase"]
@@ -380,7 +387,10 @@ public struct ResultFile: Sendable {
         if basePPL == nil, let q = metrics["qerror"] { basePPL = ppl / (1 + q) }
         if let b = basePPL {
             let baseLabel = kldObj.first(["base_model", "base", "kld_base"])?.string.map { URL(fileURLWithPath: $0).lastPathComponent } ?? "base"
-            runs.insert(ResultRun(label: baseLabel, file: path, kind: .perplexity, metrics: ["ppl": b], isBase: true), at: 0)
+            var base = ResultRun(label: baseLabel, file: path, kind: .perplexity, metrics: ["ppl": b], isBase: true)
+            base.tokensScored = scored  // the same evaluation, against the base's logits
+            base.chunkCount = chunkCount
+            runs.insert(base, at: 0)
         }
         return runs
     }
@@ -587,13 +597,46 @@ public struct ResultEnvelope: Sendable {
     }
 
     public func data(_ body: [String: Any]) throws -> Data {
-        let m = merged(body)
-        guard JSONSerialization.isValidJSONObject(m) else {
-            throw QuantKitError(.input, "result for \(kind) holds a value JSON cannot represent (NaN/Inf or a non-JSON type)")
+        var m = merged(body)
+        if nonFiniteAsStrings { m = Self.nonFiniteToStrings(m) as! [String: Any] }
+        if let (path, v) = Self.firstUnrepresentable(m, path: "") {
+            throw QuantKitError(.numeric, "result for \(kind): \(path) holds \(v), which JSON cannot represent")
         }
-        var d = try JSONSerialization.data(withJSONObject: m, options: [.prettyPrinted, .sortedKeys])
+        var d: Data
+        do { d = try JSONSerialization.data(withJSONObject: m, options: [.prettyPrinted, .sortedKeys]) } catch {
+            throw QuantKitError(.input, "result for \(kind) cannot be written as JSON: \(error.localizedDescription)")
+        }
         d.append(0x0A)
         return d
+    }
+
+    /// The key path ("kld.kld_mean", "rows[3].ppl") of the first value JSONSerialization cannot write: a NaN or an
+    /// infinity, or a value of a non-JSON type.
+    static func firstUnrepresentable(_ v: Any, path: String) -> (String, String)? {
+        switch v {
+        case let d as [String: Any]:
+            for k in d.keys.sorted() { if let bad = firstUnrepresentable(d[k]!, path: path.isEmpty ? k : path + "." + k) { return bad } }
+            return nil
+        case let a as [Any]:
+            for (i, x) in a.enumerated() { if let bad = firstUnrepresentable(x, path: "\(path)[\(i)]") { return bad } }
+            return nil
+        case is String, is NSNull, is Bool, is Int: return nil
+        case let x as Double: return x.isFinite ? nil : (path.isEmpty ? "the body" : path, "\(x)")
+        case let x as Float: return x.isFinite ? nil : (path.isEmpty ? "the body" : path, "\(x)")
+        case is NSNumber: return nil
+        default:
+            return JSONSerialization.isValidJSONObject([v]) ? nil : (path.isEmpty ? "the body" : path, "a \(type(of: v)) value")
+        }
+    }
+
+    static func nonFiniteToStrings(_ v: Any) -> Any {
+        switch v {
+        case let d as [String: Any]: return d.mapValues(nonFiniteToStrings)
+        case let a as [Any]: return a.map(nonFiniteToStrings)
+        case let x as Double where !x.isFinite: return x.isNaN ? "nan" : (x > 0 ? "inf" : "-inf")
+        case let x as Float where !x.isFinite: return x.isNaN ? "nan" : (x > 0 ? "inf" : "-inf")
+        default: return v
+        }
     }
 
     /// Encodes the body and the envelope's fields into one object with JSONEncoder alone: Foundation's JSON parser

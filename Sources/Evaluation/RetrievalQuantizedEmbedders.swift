@@ -33,6 +33,8 @@ public enum EmbedderQuantSpec {
             else if p.hasPrefix("g"), let g = Int(p.dropFirst()), g > 0 { group = g }
             else { throw QuantKitError(.input, "quantized embedder \"\(spec)\": unknown part \"\(p)\"") }
         }
-        return try QuantScheme(bits: bits, symmetric: sym, groupSize: group)
+        do { return try QuantScheme(bits: bits, symmetric: sym, groupSize: group) } catch let e as QuantKitError {
+            throw QuantKitError(.input, "quantized embedder \"\(spec)\": \(e.message)")
+        }
     }
 }

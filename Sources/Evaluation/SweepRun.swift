@@ -263,6 +263,7 @@ struct SweepPointRecord: Codable {
 public enum SweepRun {
     public static func run(_ o: SweepRunOptions, progress: any ProgressObserver = NoProgress()) throws -> SweepReport {
         let t0 = Date()
+        try AtomicFile.checkDestination(o.output, flag: "--output", directory: true)
         let p = try plan(o, evalShards: 1)
         let executor = SweepExecutor(plan: p, progress: progress)
         var report: SweepReport?

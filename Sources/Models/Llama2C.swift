@@ -23,12 +23,33 @@ public enum Llama2C {
         for (n, x, limit) in [("dim", h.dim, L.dimension), ("hidden_dim", h.hiddenDim, L.dimension), ("n_layers", h.nLayers, L.layers),
                               ("n_heads", h.nHeads, L.heads), ("n_kv_heads", h.nKVHeads, L.heads), ("vocab_size", h.vocabSize, L.vocabulary),
                               ("seq_len", h.seqLen, L.positions)] where x <= 0 || x > limit {
-            throw QuantKitError(.format, "\(file.path): llama2.c header field \(n) = \(x) is not plausible (1...\(limit))")
+            throw QuantKitError(.format, "\(file.path): invalid llama2.c model header: field \(n) = \(x) is not plausible (must be 1...\(limit))")
         }
         guard h.dim % h.nHeads == 0, h.nHeads % h.nKVHeads == 0, (h.dim / h.nHeads) % 2 == 0 else {
             throw QuantKitError(.format, "\(file.path): llama2.c header has inconsistent heads (dim \(h.dim), heads \(h.nHeads), kv heads \(h.nKVHeads))")
         }
         return h
+    }
+
+    /// Whether a .bin is laid out as llama2.c's tokenizer.bin (int32 max_token_length, then records of float32
+    /// score, int32 length, bytes, ending exactly at the end of the file). A model checkpoint, even one whose
+    /// header is damaged (a negative dimension), is not: it is then reported by `readHeader` as an invalid model
+    /// header, naming the field, instead of being read as a tokenizer.
+    public static func isTokenizerLayout(_ file: MappedFile) -> Bool {
+        let size = file.size
+        guard size >= 4 else { return false }
+        func i32(_ o: Int) -> Int { Int(Int32(littleEndian: file.base.loadUnaligned(fromByteOffset: o, as: Int32.self))) }
+        let maxLen = i32(0)
+        guard maxLen > 0 && maxLen < 1 << 16 else { return false }
+        var o = 4, count = 0
+        while o < size {
+            guard size - o >= 8 else { return false }
+            let n = i32(o + 4)
+            guard n >= 0 && n <= maxLen, size - o - 8 >= n else { return false }
+            o += 8 + n
+            count += 1
+        }
+        return count > 0
     }
 
     public static func config(_ h: Header) -> LlamaConfig {
@@ -71,7 +92,13 @@ public enum Llama2C {
     /// which are permuted copies.
     public static func load(path: String) throws -> (LlamaConfig, TensorDictionary) {
         let file = try MappedFile(path: path)
-        let h = try readHeader(file)
+        let h: Header
+        do { h = try readHeader(file) } catch {
+            if isTokenizerLayout(file) {
+                throw QuantKitError(.input, "\(path): a llama2.c tokenizer file, not a model checkpoint")
+            }
+            throw error
+        }
         let hd = h.dim / h.nHeads, kvDim = h.nKVHeads * hd, L = h.nLayers
         var floats = h.vocabSize * h.dim + L * h.dim * 2 + L * h.dim * h.dim * 2 + L * kvDim * h.dim * 2
         floats += L * h.hiddenDim * h.dim * 3 + h.dim + h.seqLen * hd

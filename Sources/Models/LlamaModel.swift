@@ -349,9 +349,12 @@ public final class LlamaModel {
         var missing: [String] = [], misshaped: [String] = [], unexpected: [String] = []
         let dim = config.hiddenSize, vocab = config.vocabSize
 
+        var nonFinite: NonFiniteWeight? = nil
         func expect(_ n: String, _ shape: [Int]) -> Tensor? {
             guard source.contains(n) else { missing.append(n); return nil }
-            guard let t = try? rec.tensor(n) else { missing.append(n); return nil }
+            let read: Tensor?
+            do { read = try rec.tensor(n) } catch let e as NonFiniteWeight { if nonFinite == nil { nonFinite = e }; return nil } catch { read = nil }
+            guard let t = read else { missing.append(n); return nil }
             guard t.shape == shape, t.dtype.isFloat else {
                 misshaped.append("\(n) (expected \(shape), got \(t.dtype.rawValue) \(t.shape))"); return nil
             }
@@ -402,12 +405,15 @@ public final class LlamaModel {
                     } else {
                         linears[rel] = l
                     }
+                } catch let e as NonFiniteWeight {
+                    if nonFinite == nil { nonFinite = e }
                 } catch {
                     if rec.missing.count > before { missing.append(contentsOf: rec.missing[before...]) } else {
                         misshaped.append("\(full): \(error)")
                     }
                 }
             }
+            if nonFinite != nil { break }  // reported below; the rest is not read
             if missing.isEmpty && misshaped.isEmpty && unexpected.isEmpty {
                 built.append(LlamaBlock(index: i, config: config, linears: linears, inputNorm: inNorm, postNorm: postNorm))
             }
@@ -418,6 +424,7 @@ public final class LlamaModel {
                 unexpected.append(n)
             }
         }
+        if let e = nonFinite { throw QuantKitError(.numeric, e.message) }
         if !missing.isEmpty || !misshaped.isEmpty || !unexpected.isEmpty {
             var parts: [String] = []
             if !missing.isEmpty { parts.append("missing \(missing.count): " + missing.joined(separator: ", ")) }
@@ -592,7 +599,9 @@ public final class LlamaModel {
     }
 }
 
-/// Records which tensors were read and which were asked for but absent.
+/// Records which tensors were read and which were asked for but absent, and refuses a float tensor holding a NaN
+/// or an infinity the first time it is read (every format's weights reach the model through here: safetensors
+/// and quantized directories' scales as stored, llama2.c views, GGUF tensors decoded to Float32).
 final class RecordingSource: WeightSource {
     let base: WeightSource
     var accessed: Set<String> = []
@@ -600,10 +609,29 @@ final class RecordingSource: WeightSource {
     init(_ base: WeightSource) { self.base = base }
     func tensor(_ name: String) throws -> Tensor {
         guard base.contains(name) else { missing.append(name); return try base.tensor(name) }
+        let t = try base.tensor(name)
+        if !accessed.contains(name) { try checkFinite(t, name: name) }
         accessed.insert(name)
-        return try base.tensor(name)
+        return t
     }
     func contains(_ name: String) -> Bool { base.contains(name) }
+
+    func checkFinite(_ t: Tensor, name: String) throws {
+        guard t.dtype.isFloat, let i = FiniteCheck.firstNonFinite(t) else { return }
+        throw NonFiniteWeight(message: "\(weightFile(base, name)): tensor '\(name)' holds a non-finite value (\(FiniteCheck.describe(t, at: i)) at element \(i) of shape \(t.shape)); the weights are damaged")
+    }
+}
+
+/// A tensor holding NaN or Inf: the model refuses to load (never a NaN perplexity with exit 0).
+struct NonFiniteWeight: Error { let message: String }
+
+/// The file a source's tensor comes from, for messages.
+func weightFile(_ s: WeightSource, _ name: String) -> String {
+    if let c = s as? SafetensorsCheckpoint { return c.path(of: name) ?? c.files.first?.path ?? "checkpoint" }
+    if let d = s as? TensorDictionary { return d.label }
+    if let g = s as? GGUFWeights { return g.file.path }
+    if let r = s as? RecordingSource { return weightFile(r.base, name) }
+    return "weights"
 }
 
 /// Every tensor name of a source that can list them.

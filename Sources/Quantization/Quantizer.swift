@@ -18,9 +18,12 @@ public struct QuantScheme: Sendable, Equatable, Codable {
     /// zero 0 (a group with no negative value); writers of that layout ask for 1 (see GPTQCheckpoint).
     public let minZero: Int
 
+    /// The code widths QuantKit quantizes to.
+    public static let supportedBits = [2, 3, 4, 8]
+
     public init(bits: Int, symmetric: Bool = true, groupSize: Int = QuantScheme.perChannel, mseSearch: Bool = false,
                 minZero: Int = 0) throws {
-        guard [2, 3, 4, 8].contains(bits) else {
+        guard Self.supportedBits.contains(bits) else {
             throw QuantKitError(.config, "bits \(bits) is not supported (use 2, 3, 4 or 8)")
         }
         guard groupSize >= -1, groupSize <= UserLimits.contextTokens else {

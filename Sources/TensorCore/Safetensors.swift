@@ -199,6 +199,8 @@ public final class SafetensorsCheckpoint: @unchecked Sendable {
     public var names: [String] { owner.keys.sorted() }
     public func info(_ name: String) -> TensorInfo? { owner[name].flatMap { files[$0].infos[name] } }
     public func contains(_ name: String) -> Bool { owner[name] != nil }
+    /// The file holding tensor `name`.
+    public func path(of name: String) -> String? { owner[name].map { files[$0].path } }
     public var metadata: [String: String] { files.reduce(into: [:]) { $0.merge($1.metadata) { a, _ in a } } }
 
     public func tensor(_ name: String) throws -> Tensor {

@@ -25,6 +25,13 @@ struct BenchGPTQCommand: ParsableCommand {
     @Option(help: "With --model-shape: also write the quantized model here (GPTQ checkpoint, no tokenizer), e.g. for `bench perplexity --model`.")
     var output: String?
 
+    /// The library's scheme check, with the flag named.
+    func scheme() throws -> QuantScheme {
+        do { return try QuantScheme(bits: bits, symmetric: false, groupSize: groupSize) } catch let e as QuantKitError {
+            throw QuantKitError(.input, "--bits \(bits) / --group-size \(groupSize): \(e.message)")
+        }
+    }
+
     func run() throws {
         try runReportingErrors {
             if let modelShape { return try runModel(shapeName: modelShape) }
@@ -53,7 +60,7 @@ struct BenchGPTQCommand: ParsableCommand {
                         hTimes.append(t1.timeIntervalSince(t0)); hCPU.append(c1 - c0); qTimes.append(0); qCPU.append(0)
                         continue
                     }
-                    let cfg = GPTQConfig(scheme: try QuantScheme(bits: bits, symmetric: false, groupSize: groupSize), actOrder: actOrder)
+                    let cfg = GPTQConfig(scheme: try scheme(), actOrder: actOrder)
                     let r = try GPTQ.quantize(weight: w, outFeatures: out, inFeatures: inF, hessian: h, config: cfg)
                     let t2 = Date(), c2 = cpuSeconds()
                     hTimes.append(t1.timeIntervalSince(t0)); qTimes.append(t2.timeIntervalSince(t1)); loss = r.loss
@@ -92,7 +99,7 @@ extension BenchGPTQCommand {
         var rng = SplitMix64(seed: 11)
         let windows = (0..<samples).map { _ in (0..<seqlen).map { _ in Int32(rng.index(shape.vocab)) } }
         let options = ModelQuantizationOptions(
-            method: .gptq, scheme: try QuantScheme(bits: bits, symmetric: false, groupSize: groupSize), actOrder: actOrder)
+            method: .gptq, scheme: try scheme(), actOrder: actOrder)
         let c0 = cpuSeconds()
         let r = try ModelQuantizer.quantize(model: model, windows: windows, options: options)
         let cpu = cpuSeconds() - c0

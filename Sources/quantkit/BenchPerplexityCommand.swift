@@ -74,7 +74,9 @@ struct BenchPerplexityCommand: ParsableCommand {
                 throw QuantKitError(.input, "--dtype: bad value '\(s)' (f32, f16, bf16, wB[gG] such as w8, w4g32, or w4gGa8)")
             }
             dtype = .f32
-            scheme = try QuantScheme(bits: bits, symmetric: true, groupSize: group)
+            do { scheme = try QuantScheme(bits: bits, symmetric: true, groupSize: group) } catch let e as QuantKitError {
+                throw QuantKitError(.input, "--dtype \(s): \(e.message)")
+            }
         }
     }
 

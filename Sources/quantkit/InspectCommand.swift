@@ -75,7 +75,7 @@ struct InspectCommand: ParsableCommand {
         if base.hasSuffix(".zst") { base.removeLast(4) }
         if base.hasSuffix(".json") || base.hasSuffix(".model") { return true }
         // A llama2.c tokenizer.bin starts with max_token_length and has no plausible model header.
-        if base.hasSuffix(".bin"), let f = try? MappedFile(path: p) { return (try? Llama2C.readHeader(f)) == nil }
+        if base.hasSuffix(".bin"), let f = try? MappedFile(path: p) { return Llama2C.isTokenizerLayout(f) && (try? Llama2C.readHeader(f)) == nil }
         return false
     }
 }

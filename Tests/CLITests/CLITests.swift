@@ -43,6 +43,38 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(err.contains("Fatal error") || err.contains("Stack dump"), "crash output: \(err)", file: file, line: line)
     }
 
+    /// Inputs that used to give a figure with exit 0 (ppl nan, ppl 1.0), replace a file, or read a model as a
+    /// tokenizer: each gets one line naming the culprit and exit 1.
+    func testSilentWrongAnswersAreRefused() throws {
+        let dir = Repo.tempDirectory("cli-silent")
+        let stories = "Models/stories260K/stories260K.bin", corpus = "Corpora/tinystories/tinystories_sample.txt.zst"
+        var d = try Data(contentsOf: URL(fileURLWithPath: Repo.path(stories)))
+        var nan = Float.nan.bitPattern.littleEndian
+        d.replaceSubrange(1000..<1004, with: Data(bytes: &nan, count: 4))
+        let nanBin = dir + "/nan.bin"
+        try d.write(to: URL(fileURLWithPath: nanBin))
+        try expectError(["perplexity", "--model", nanBin, "--corpus", corpus, "--ctx", "64"], mentioning: "model.embed_tokens.weight")
+        try expectError(["perplexity", "--model", stories, "--corpus", corpus, "--ctx", "2"], mentioning: "--ctx 2")
+        var neg = Int32(-64).littleEndian
+        d.replaceSubrange(0..<4, with: Data(bytes: &neg, count: 4))
+        let negBin = dir + "/neg.bin"
+        try d.write(to: URL(fileURLWithPath: negBin))
+        try expectError(["inspect", negBin], mentioning: "invalid llama2.c model header: field dim = -64")
+        try expectError(["quantize", "--model", stories, "--bits", "5", "--output", dir + "/q"], mentioning: "--bits 5")
+        try expectError(["quantize", "--model", stories, "--method", "rtn", "--act-order", "--output", dir + "/q"], mentioning: "--act-order")
+        try expectError(["quantize", "--model", stories, "--method", "rtn", "--output", nanBin], mentioning: "--output \(nanBin): exists and is a file")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: nanBin))
+        try expectError(["convert", "--llama2c", stories, "--output", nanBin], mentioning: "\(nanBin): exists and is a file")
+        let fifo = dir + "/pipe"
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        try expectError(["perplexity", "--model", stories, "--corpus", corpus, "--ctx", "64", "--max-chunks", "2", "--json", fifo],
+                        mentioning: "\(fifo): exists and is a FIFO")
+        try expectError(["perplexity", "--model", stories, "--corpus", corpus, "--ctx", "64", "--max-chunks", "2", "--json", ""],
+                        mentioning: "empty output path")
+        try expectError(["perplexity", "--model", stories, "--corpus", corpus, "--ctx", "64", "--max-chunks", "2", "--save-logits", fifo],
+                        mentioning: "--save-logits \(fifo)")
+    }
+
     func testBadInputsGiveOneClearLine() throws {
         let dir = Repo.tempDirectory("cli")
         let broken = dir + "/broken.safetensors"
