@@ -2,8 +2,9 @@ import Foundation
 
 /// TFLite / gemmlowp fixed-point requantization primitives, written from their published definitions
 /// (tensorflow/lite/kernels/internal/common.h and quantization_util.cc; gemmlowp/fixedpoint/fixedpoint.h).
-/// The default TFLite path is the "double rounding" one: a rounding doubling high multiply followed by a
-/// rounding right shift.
+/// This is the "double rounding" rule: a rounding doubling high multiply followed by a rounding right shift. Real
+/// TFLite differs by +-1 LSB on a small share of outputs (its reference kernels round once, XNNPACK scales in
+/// float32), so the NPU is within 1 LSB of TFLite, not bit-exact to it.
 public enum Requant {
     /// A real multiplier M = m0 * 2^(shift - 31), m0 a Q0.31 integer in [2^30, 2^31) (or 0 when M == 0 or
     /// M < ~2^-31, flushed to zero as TFLite does).
