@@ -51,7 +51,7 @@ public final class EngineAnswerGenerator: AnswerGenerator {
 public struct AnswersRunOptions: Sendable {
     /// A llama2.c .bin or an HF Llama directory.
     public var generator: String
-    /// Default: Tokenizers/tok512/tok512.bin for a .bin, DIR/tokenizer.json for a directory.
+    /// Default: the generator's own (ModelLoading.tokenizerPath), else the shipped Tokenizers/tok512/tok512.bin.
     public var tokenizer: String?
     /// A GPTQ checkpoint directory or an RTN scheme (rtn-int8, rtn-int4-g32...).
     public var generatorQuantized: String?
@@ -86,27 +86,24 @@ public struct AnswersRunOptions: Sendable {
         }
     }
 
-    /// The float generator, or the quantized one: a GPTQ directory or an RTN scheme applied at load time.
+    /// The float generator, or the quantized one: a checkpoint (quantized directory or GGUF file, loaded as every
+    /// command loads models: `ModelLoading.loadModel`) or an RTN scheme applied at load time.
     func loadGenerator(quantized q: String?) throws -> LlamaModel {
-        guard let q else { return try LlamaModel.load(path: generator) }
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: q, isDirectory: &isDir), isDir.boolValue {
-            return try LlamaModel.load(path: q, backend: try QuantizedLinearBackend(directory: q))
-        }
-        return try LlamaModel.load(path: generator, backend: RTNEmbedderBackend(scheme: try EmbedderQuantSpec.parseRTN(q)))
+        guard let q else { return try ModelLoading.loadModel(generator) }
+        if FileManager.default.fileExists(atPath: q) { return try ModelLoading.loadModel(q) }
+        let scheme = try EmbedderQuantSpec.parseRTN(q)
+        try ModelLoading.requireFloatModel(generator, advice: "--generator-quantized \(q) (an RTN scheme) quantizes a float --generator")
+        return try LlamaModel.load(path: generator, backend: RTNEmbedderBackend(scheme: scheme))
     }
 
-    /// The tokenizer file: `tokenizer`, else the generator's default.
+    /// The tokenizer file: `tokenizer`, else the generator's own (`ModelLoading.tokenizerPath`, as every command
+    /// finds it), with the shipped tok512.bin for a llama2.c file that has none beside it.
     func tokenizerPath() throws -> String {
-        if let tokenizer { return tokenizer }
-        var isDir: ObjCBool = false
-        _ = FileManager.default.fileExists(atPath: generator, isDirectory: &isDir)
-        return isDir.boolValue ? try Datasets.resolve(generator, "tokenizer.json") : "Tokenizers/tok512/tok512.bin"
+        try ModelLoading.tokenizerPath(model: generator, explicit: tokenizer, shipped: "tok512.bin")
     }
 
     func loadTokenizer() throws -> any Tokenizer {
-        let path = try tokenizerPath()
-        return try TokenizerLoader.load(data: try readMaybeCompressed(path), fileName: (path as NSString).lastPathComponent)
+        try ModelLoading.loadTokenizer(try tokenizerPath())
     }
 }
 
@@ -308,9 +305,7 @@ public enum AnswersRun {
         let m = try measure(o, progress: progress)
         var quantized = "none"
         if let q = o.generatorQuantized {
-            var isDir: ObjCBool = false
-            let dir = FileManager.default.fileExists(atPath: q, isDirectory: &isDir) && isDir.boolValue
-            quantized = dir ? "sha256 " + (try Digest.sha256(modelPath: q)) : "scheme " + q
+            quantized = FileManager.default.fileExists(atPath: q) ? "sha256 " + (try Digest.sha256(modelPath: q)) : "scheme " + q
         }
         let provenance = [
             "dataset_sha256": m.datasetSHA256, "generator_sha256": try Digest.sha256(modelPath: o.generator),
@@ -393,7 +388,8 @@ public enum AnswersRun {
         contexts = Array(contexts[range])
         let tok = try o.loadTokenizer()
         var generators: [(EngineAnswerGenerator, backend: String)] = []
-        let floatModel = try LlamaModel.load(path: o.generator)
+        let floatModel = try o.loadGenerator(quantized: nil)
+        try ModelLoading.checkVocab(tok, model: floatModel, tokenizerPath: try o.tokenizerPath())
         floatModel.threads = th
         generators.append((EngineAnswerGenerator(name: "float", model: floatModel, tokenizer: tok), "cpu"))
         if let q = o.generatorQuantized {

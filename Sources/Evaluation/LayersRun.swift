@@ -307,7 +307,9 @@ public enum LayersRun {
         -> (model: LlamaModel, low: [String: [Float]], heldout: [Int32]?, bits: Int, groupSize: Int, source: String,
             report: SensitivityReport, shapes: [String: (out: Int, in: Int)], bitsPerWeight: Double, modules: Range<Int>, totalModules: Int) {
         try o.validate()
-        let m = try LlamaModel.load(path: o.model)
+        // Sensitivity is measured against the float model: a quantized --model would be its own baseline.
+        try ModelLoading.requireFloatModel(o.model, advice: "layers needs the float model as --model (a quantized directory goes to --quantized)")
+        let m = try ModelLoading.loadModel(o.model)
         if let t = o.threads { m.threads = max(1, t) }
         let cal = try readTokens(o.calibration, model: o.model, tokenizer: o.tokenizer, m: m)
         let held = try o.heldout.map { try readTokens($0, model: o.model, tokenizer: o.tokenizer, m: m) }

@@ -17,6 +17,35 @@ public enum ModelLoading {
         return try LlamaModel.load(path: path)
     }
 
+    /// A model and its tokenizer (`tokenizerPath(model:explicit:)`), checked against each other: the one path for
+    /// every command that runs a model on text (perplexity, generate, npu report, rag answers...).
+    public static func loadModelAndTokenizer(_ path: String, tokenizer explicit: String?, shipped: String = "tok512.model",
+                                             ggufActivations: GGUFActivations = .llamacpp)
+        throws -> (model: LlamaModel, tokenizer: any Tokenizer, tokenizerPath: String) {
+        let m = try loadModel(path, ggufActivations: ggufActivations)
+        let tokPath = try tokenizerPath(model: path, explicit: explicit, shipped: shipped)
+        let tok = try loadTokenizer(tokPath)
+        try checkVocab(tok, model: m, tokenizerPath: tokPath)
+        return (m, tok, tokPath)
+    }
+
+    /// What `path` holds when it is not a float checkpoint: "already quantized (rtn, 4 bits, group size 32)" for a
+    /// GPTQ-layout directory, "a GGUF file (llama.cpp types)" for a GGUF file; nil for a float checkpoint.
+    public static func nonFloatDescription(_ path: String) throws -> String? {
+        if GGUFFile.isGGUF(path) { return "a GGUF file (llama.cpp's stored types)" }
+        guard GPTQCheckpoint.isGPTQ(path) else { return nil }
+        guard let s = try GPTQCheckpoint.quantizationSummary(path) else { return "already quantized" }
+        let group = s.groupSize < 0 ? "per output channel" : "group size \(s.groupSize)"
+        return "already quantized (\(s.method), \(s.bits) bits, \(group))"
+    }
+
+    /// Refuses a quantized directory or GGUF file where only a float model makes sense (quantize, layers' --model):
+    /// one line naming the path, what it is and `advice`.
+    public static func requireFloatModel(_ path: String, advice: String) throws {
+        guard let what = try nonFloatDescription(path) else { return }
+        throw QuantKitError(.input, "\(path) is \(what); \(advice)")
+    }
+
     /// Storage bits per weight of the transformer blocks' linear layers (what quantization changes): codes plus
     /// per-group float16 scales and integer zero points for quantized layers, the stored dtype for float ones.
     public static func blockLinearBitsPerWeight(_ m: LlamaModel) -> Double? {
@@ -65,24 +94,41 @@ public enum ModelLoading {
         progress.note("warning: " + msg)
     }
 
-    /// The tokenizer file: --tokenizer if given; else one in the model directory (tokenizer.json, tokenizer.model,
-    /// tokenizer.bin, tok*.model); else, for a llama2.c file, a tok512.model beside it or the shipped
-    /// Tokenizers/tok512/tok512.model.
-    public static func tokenizerPath(model: String, explicit: String?) throws -> String {
+    /// The tokenizer file: --tokenizer if given; a GGUF file's own metadata; else one in the model's directory (the
+    /// directory itself, or the folder holding a model file): tokenizer.json(.zst), tokenizer.model, tokenizer.bin,
+    /// tok*.model / tok*.json; else the shipped `Tokenizers/tok512/<shipped>` of the repository that holds the model
+    /// (found by walking up from the model's path). Never relative to the working directory: a command finds the
+    /// same tokenizer from anywhere. `shipped`: tok512.model, or tok512.bin for the runs that always used that.
+    public static func tokenizerPath(model: String, explicit: String?, shipped: String = "tok512.model") throws -> String {
         if let t = explicit { return t }
         if GGUFFile.isGGUF(model) { return model }  // the vocabulary is in the file's metadata
         let fm = FileManager.default
         var isDir: ObjCBool = false
         _ = fm.fileExists(atPath: model, isDirectory: &isDir)
         let dir = isDir.boolValue ? model : (model as NSString).deletingLastPathComponent
-        var candidates = ["tokenizer.json", "tokenizer.model", "tokenizer.bin"].map { (dir as NSString).appendingPathComponent($0) }
-        if let files = try? fm.contentsOfDirectory(atPath: dir) {
+        let base = dir.isEmpty ? "." : dir
+        var candidates = ["tokenizer.json", "tokenizer.json.zst", "tokenizer.model", "tokenizer.bin"]
+            .map { (base as NSString).appendingPathComponent($0) }
+        if let files = try? fm.contentsOfDirectory(atPath: base) {
             candidates += files.filter { $0.hasPrefix("tok") && ($0.hasSuffix(".model") || $0.hasSuffix(".json")) }.sorted()
-                .map { (dir as NSString).appendingPathComponent($0) }
+                .map { (base as NSString).appendingPathComponent($0) }
         }
-        candidates.append("Tokenizers/tok512/tok512.model")
+        if let shippedFile = shippedTokenizer(near: model, name: shipped) { candidates.append(shippedFile) }
         for c in candidates where fm.fileExists(atPath: c) { return c }
         throw QuantKitError(.input, "\(model): no tokenizer found beside the model; pass --tokenizer FILE")
+    }
+
+    /// `Tokenizers/tok512/<name>` in the nearest folder above `model` (made absolute) that has one; nil if none does.
+    public static func shippedTokenizer(near model: String, name: String = "tok512.model") -> String? {
+        var dir = URL(fileURLWithPath: model).standardizedFileURL.resolvingSymlinksInPath().deletingLastPathComponent()
+        let fm = FileManager.default
+        while true {
+            let c = dir.appendingPathComponent("Tokenizers/tok512").appendingPathComponent(name).path
+            if fm.fileExists(atPath: c) { return c }
+            let up = dir.deletingLastPathComponent()
+            if up.path == dir.path || dir.path == "/" { return nil }
+            dir = up
+        }
     }
 
     public static func loadTokenizer(_ path: String) throws -> any Tokenizer {

@@ -67,7 +67,7 @@ public enum NPUReportRun {
     public static func run(_ o: NPUReportOptions, progress: any ProgressObserver = NoProgress()) throws -> NPUReport {
         try UserLimits.check(o.compareTokens, "--compare-tokens", 1...UserLimits.heldTokens)
         try UserLimits.check(o.window, "--window", 1...UserLimits.contextTokens)
-        let m = try LlamaModel.load(path: o.model)
+        let m = try ModelLoading.loadModel(o.model)
         let tokens = try LayersRun.readTokens(o.calibration, model: o.model, tokenizer: nil, m: m)
         guard tokens.count > o.compareTokens else {
             throw QuantKitError(.input, "\(o.calibration): \(tokens.count) tokens; need more than --compare-tokens \(o.compareTokens) (the rest calibrate)")
@@ -82,7 +82,10 @@ public enum NPUReportRun {
 
     /// The cost model alone, from the model's dimensions (`kind: npu_cost`: {model, cost}).
     public static func cost(model: String, config: NPUConfig, workload: CostWorkload) throws -> CostReport {
-        try workload.report(shape: try TransformerShape.load(model: model), config: config)
+        // A GGUF file's dimensions are in its metadata (TransformerShape reads HF directories and llama2.c headers).
+        let shape = GGUFFile.isGGUF(model) ? TransformerShape(config: try GGUFLlama.config(try GGUFFile(path: model)))
+            : try TransformerShape.load(model: model)
+        return try workload.report(shape: shape, config: config)
     }
 }
 

@@ -290,6 +290,7 @@ struct LayerRecord: Encodable {
 public enum QuantizeRun {
     public static func run(_ o: QuantizeRunOptions, progress: any ProgressObserver = NoProgress()) throws -> QuantizeReport {
         let (bits, groupSize, opts) = try o.resolved()
+        try ModelLoading.requireFloatModel(o.model, advice: "quantize the float model it was made from")
         if let bertDir = try bertDirectory(o.model, embedderOverride: o.embedderOverride) {
             return try runBert(o, directory: bertDir, options: opts, bits: bits, groupSize: groupSize, progress: progress)
         }

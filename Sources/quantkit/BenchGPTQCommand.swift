@@ -155,7 +155,7 @@ struct BenchQuantEvalCommand: ParsableCommand {
     @Option(help: "Write results as JSON here.") var json: String?
 
     static func loadModel(_ path: String) throws -> LlamaModel {
-        GPTQCheckpoint.isGPTQ(path) ? try LlamaModel.load(path: path, backend: try QuantizedLinearBackend(directory: path)) : try LlamaModel.load(path: path)
+        try ModelLoading.loadModel(path)
     }
 
     static func logSoftmax(_ p: UnsafePointer<Float>, _ n: Int) -> [Double] {

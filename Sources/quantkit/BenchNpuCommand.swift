@@ -85,7 +85,7 @@ struct BenchNpuCommand: ParsableCommand {
         var modelRow: [String: Any] = [:]
         if let model {
             guard let tokens else { throw QuantKitError(.input, "--model needs --tokens") }
-            let m = try LlamaModel.load(path: model)
+            let m = try ModelLoading.loadModel(model)
             let toks = try LayersRun.readTokens(tokens, model: model, tokenizer: nil, m: m)
             m.threads = threads
             let win = min(128, m.config.maxPositionEmbeddings)

@@ -7,7 +7,7 @@ import Tokenization
 
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "generate", abstract: "Greedy text generation.")
-    @Option(help: "HF model directory or llama2.c .bin checkpoint.") var model: String
+    @Option(help: "HF model directory, llama2.c .bin, quantized directory (quantkit quantize) or llama GGUF file.") var model: String
     @Option(help: "Tokenizer file (.json, .model, .bin); default: the model's own.") var tokenizer: String?
     @Option(help: "Prompt text (BOS is prepended when the tokenizer adds it).") var prompt: String = ""
     @Option(name: .customLong("max-tokens"), help: "Tokens to generate.") var maxTokens: Int = 64
@@ -17,11 +17,8 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             guard maxTokens > 0 else { throw QuantKitError(.input, "--max-tokens must be positive") }
-            let m = try LlamaModel.load(path: model)
+            let (m, tok, tokPath) = try ModelLoading.loadModelAndTokenizer(model, tokenizer: tokenizer)
             if let t = threads { m.threads = max(1, t) }
-            let tokPath = try ModelLoading.tokenizerPath(model: model, explicit: tokenizer)
-            let tok = try ModelLoading.loadTokenizer(tokPath)
-            try ModelLoading.checkVocab(tok, model: m, tokenizerPath: tokPath)
             var ids = tok.encode(prompt, addSpecialTokens: true).map { Int32($0) }
             if ids.isEmpty, let b = tok.bosId ?? m.config.bosTokenId { ids = [Int32(b)] }
             guard !ids.isEmpty else { throw QuantKitError(.input, "empty prompt and the tokenizer has no BOS token") }

@@ -61,7 +61,7 @@ struct CostWorkloadOptions: ParsableArguments {
 /// `quantkit npu cost`: the cost model alone (needs only the model's dimensions).
 struct NpuCostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cost", abstract: "Cycles, bytes and tokens/s of a model on the NPU.")
-    @Option(help: "Model: a llama2.c .bin or a Hugging Face directory (config.json).") var model: String
+    @Option(help: "Model: a llama2.c .bin, a Hugging Face or quantized directory (config.json) or a llama GGUF file.") var model: String
     @OptionGroup var npu: NpuOptions
     @OptionGroup var workload: CostWorkloadOptions
     @Option(help: "Write the report as JSON.") var json: String?
@@ -82,7 +82,7 @@ struct NpuCostCommand: ParsableCommand {
 /// `quantkit npu report`: cost model + per-layer float-vs-NPU errors on calibration inputs, worst first.
 struct NpuReportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "report", abstract: "Cost model and per-layer float-vs-NPU comparison.")
-    @Option(help: "Model: a llama2.c .bin or a Hugging Face directory.") var model: String
+    @Option(help: "Model: a llama2.c .bin, a Hugging Face or quantized directory (quantkit quantize) or a llama GGUF file.") var model: String
     @OptionGroup var npu: NpuOptions
     @Option(help: "Calibration text (tokenized with the model's tokenizer; .jsonl/SQuAD .json read as text) or JSON token ids.") var calibration: String
     @Option(help: "Tokens (from the end of the calibration file) used for the comparison; the rest calibrate.") var compareTokens: Int = 256

@@ -23,9 +23,9 @@ struct RagAnswersCommand: RunCommand {
         """
     )
 
-    @Option(help: "Generator: a llama2.c .bin or an HF Llama directory.") var generator: String = "Models/stories260K/stories260K.bin"
-    @Option(help: "Tokenizer of the generator (default: Tokenizers/tok512/tok512.bin for a .bin, DIR/tokenizer.json for a directory).") var tokenizer: String?
-    @Option(help: "Quantized generator: a GPTQ checkpoint directory or an RTN scheme (rtn-int8, rtn-int4-g32...).") var generatorQuantized: String?
+    @Option(help: "Generator: a llama2.c .bin, an HF Llama directory, a quantized directory or a llama GGUF file.") var generator: String = "Models/stories260K/stories260K.bin"
+    @Option(help: "Tokenizer of the generator (default: the one beside the model or in its directory, else the shipped Tokenizers/tok512/tok512.bin).") var tokenizer: String?
+    @Option(help: "Quantized generator: a quantized directory (quantkit quantize), a GGUF file or an RTN scheme (rtn-int8, rtn-int4-g32...).") var generatorQuantized: String?
     @Option(help: "SQuAD JSON (v1.1 or v2.0; .zst accepted).") var dataset: String = "Corpora/squad/squad-v2-dev-first5.json.zst"
     @Option(help: "Retriever embedder directory (default: the pinned all-MiniLM-L6-v2).") var retriever: String?
     @Option(help: "Passages retrieved per question.") var topK: Int = 1

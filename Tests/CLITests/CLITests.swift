@@ -16,11 +16,12 @@ final class CLITests: XCTestCase {
     }
 
     @discardableResult
-    private func run(_ args: [String], expectSuccess: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> (Int32, String, String) {
+    private func run(_ args: [String], expectSuccess: Bool = true, in cwd: URL = Repo.root,
+                     file: StaticString = #filePath, line: UInt = #line) throws -> (Int32, String, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
-        p.currentDirectoryURL = Repo.root
+        p.currentDirectoryURL = cwd
         var env = ProcessInfo.processInfo.environment
         env["QUANTKIT_QUIET"] = "1"
         p.environment = env
@@ -36,8 +37,9 @@ final class CLITests: XCTestCase {
         return result
     }
 
-    private func expectError(_ args: [String], mentioning needle: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let (code, _, err) = try run(args, expectSuccess: false, file: file, line: line)
+    private func expectError(_ args: [String], mentioning needle: String, in cwd: URL = Repo.root,
+                             file: StaticString = #filePath, line: UInt = #line) throws {
+        let (code, _, err) = try run(args, expectSuccess: false, in: cwd, file: file, line: line)
         XCTAssertNotEqual(code, 0, "expected failure for \(args)", file: file, line: line)
         XCTAssertTrue(err.contains(needle), "error for \(args) should mention '\(needle)': \(err)", file: file, line: line)
         XCTAssertFalse(err.contains("Fatal error") || err.contains("Stack dump"), "crash output: \(err)", file: file, line: line)
@@ -99,6 +101,50 @@ final class CLITests: XCTestCase {
         try expectError(["quantize", "--model", "Models/stories260K/stories260K.bin", "--method", "rtn", "--bits", "5",
                          "--output", dir + "/q"], mentioning: "5")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/q"))
+    }
+
+    /// One loader for every command: a quantized directory (and a GGUF file) runs wherever a model is taken,
+    /// and quantize refuses one by name instead of reporting its "missing weights".
+    func testEveryCommandLoadsAQuantizedDirectory() throws {
+        let dir = Repo.tempDirectory("cli-loader")
+        let model = "Models/stories260K/stories260K.bin", q4 = dir + "/q4"
+        try run(["quantize", "--model", model, "--method", "rtn", "--bits", "4", "--output", q4])
+        let (_, text, _) = try run(["generate", "--model", q4, "--prompt", "Once", "--max-tokens", "8"])
+        XCTAssertTrue(text.hasPrefix("Once"), text)
+        try run(["generate", "--model", "Tests/ModelsTests/Fixtures/gguf/stories260K-Q8_0.gguf", "--prompt", "Once", "--max-tokens", "4"])
+        try run(["npu", "report", "--model", q4, "--calibration", "Corpora/tinystories/tinystories_sample.txt.zst",
+                 "--compare-tokens", "64", "--window", "64", "--json", dir + "/npu.json"])
+        try run(["npu", "cost", "--model", "Tests/ModelsTests/Fixtures/gguf/stories260K-Q8_0.gguf"])
+        try run(["rag", "answers", "--generator", model, "--generator-quantized", q4, "--oracle-context",
+                 "--max-questions", "2", "--max-tokens", "2", "--json", dir + "/a.json"])
+        let runs = try readJSON(dir + "/a.json")["runs"] as! [[String: Any]]
+        XCTAssertEqual(runs.count, 2)
+        try run(["rag", "answers", "--generator", q4, "--oracle-context", "--max-questions", "1", "--max-tokens", "2"])
+        try expectError(["quantize", "--model", q4, "--method", "rtn", "--bits", "8", "--output", dir + "/qq"],
+                        mentioning: "\(q4) is already quantized (rtn, 4 bits")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/qq"))
+        try expectError(["layers", "--model", q4, "--scheme", "4:32", "--calibration", "Corpora/tinystories/tinystories_sample.txt.zst"],
+                        mentioning: "\(q4) is already quantized")
+    }
+
+    /// rag answers finds the tokenizer.model of a directory that convert wrote, as perplexity and generate do.
+    func testRagAnswersFindsAConvertedDirectorysTokenizer() throws {
+        let dir = Repo.tempDirectory("cli-convert-answers")
+        try run(["convert", "--llama2c", "Models/stories260K/stories260K.bin", "--tokenizer", "Tokenizers/tok512/tok512.model",
+                 "--output", dir + "/hf"])
+        try run(["rag", "answers", "--generator", dir + "/hf", "--oracle-context", "--max-questions", "2", "--max-tokens", "2"])
+        try run(["generate", "--model", dir + "/hf", "--prompt", "Once", "--max-tokens", "2"])
+    }
+
+    /// The shipped stories260K finds its tokenizer from any working directory (walking up from the model's path).
+    func testShippedModelFindsItsTokenizerFromAnyDirectory() throws {
+        let elsewhere = URL(fileURLWithPath: Repo.tempDirectory("cli-cwd"))
+        let model = Repo.path("Models/stories260K/stories260K.bin")
+        try run(["perplexity", "--model", model, "--corpus", Repo.path("Corpora/tinystories/tinystories_sample.txt.zst"),
+                 "--ctx", "64", "--max-chunks", "2"], in: elsewhere)
+        try run(["generate", "--model", model, "--prompt", "Once", "--max-tokens", "2"], in: elsewhere)
+        try run(["rag", "answers", "--generator", model, "--dataset", Repo.path("Corpora/squad/squad-v2-dev-first5.json.zst"),
+                 "--oracle-context", "--max-questions", "1", "--max-tokens", "2"], in: elsewhere)
     }
 
     func testQuantizeEvaluateCompareEndToEnd() throws {

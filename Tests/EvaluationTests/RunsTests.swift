@@ -219,6 +219,36 @@ final class RunsTests: XCTestCase {
         XCTAssertEqual(try ModelLoading.tokenizerPath(model: "x", explicit: "given.json"), "given.json")
     }
 
+    /// The shipped tokenizer is found from the model's path (the repository above it), never from the working
+    /// directory: the path returned is the repository's file, whatever the current directory is.
+    func testShippedTokenizerFoundFromTheModelPathNotTheWorkingDirectory() throws {
+        let shipped = URL(fileURLWithPath: Repo.path("Tokenizers/tok512/tok512.model")).resolvingSymlinksInPath().path
+        let model = Repo.path("Models/stories260K/stories260K.bin")
+        XCTAssertEqual(try ModelLoading.tokenizerPath(model: model, explicit: nil), shipped)
+        XCTAssertEqual(ModelLoading.shippedTokenizer(near: model, name: "tok512.bin"),
+                       URL(fileURLWithPath: Repo.path("Tokenizers/tok512/tok512.bin")).resolvingSymlinksInPath().path)
+        // Outside any repository: no shipped fallback, one clear line naming the model.
+        let dir = Repo.tempDirectory("tok-lookup")
+        let lone = dir + "/stories.bin"
+        try FileManager.default.copyItem(atPath: model, toPath: lone)
+        XCTAssertNil(ModelLoading.shippedTokenizer(near: lone))
+        XCTAssertThrowsError(try ModelLoading.tokenizerPath(model: lone, explicit: nil)) {
+            XCTAssertTrue("\($0)".contains(lone) && "\($0)".contains("--tokenizer"), "\($0)")
+        }
+        // A directory's own tokenizer (as `convert` writes it: tokenizer.model) comes first.
+        try FileManager.default.copyItem(atPath: Repo.path("Tokenizers/tok512/tok512.model"), toPath: dir + "/tokenizer.model")
+        XCTAssertEqual(try ModelLoading.tokenizerPath(model: lone, explicit: nil), dir + "/tokenizer.model")
+        XCTAssertEqual(try ModelLoading.tokenizerPath(model: dir, explicit: nil, shipped: "tok512.bin"), dir + "/tokenizer.model")
+    }
+
+    func testQuantizedOrGGUFModelNamedWhereAFloatOneIsNeeded() throws {
+        XCTAssertNil(try ModelLoading.nonFloatDescription(Repo.path("Models/stories260K/stories260K.bin")))
+        let gguf = Repo.path("Tests/ModelsTests/Fixtures/gguf/stories260K-Q8_0.gguf")
+        XCTAssertThrowsError(try ModelLoading.requireFloatModel(gguf, advice: "use the float one")) {
+            XCTAssertTrue("\($0)".contains(gguf) && "\($0)".contains("GGUF") && "\($0)".contains("use the float one"), "\($0)")
+        }
+    }
+
     func testRetrievalAndAnswersOptions() {
         var r = RetrievalRunOptions(dataset: "d")
         XCTAssertNoThrow(try r.validate())
