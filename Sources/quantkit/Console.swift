@@ -124,3 +124,13 @@ extension RunCommand {
         do { try options().validate() } catch let e as ValidationError { throw e } catch { throw ValidationError("\(error)") }
     }
 }
+
+/// A `--shard` run: writes the partial result to `--json` and prints one line, "shard i/N: UNIT a..<b of T, DETAIL;
+/// partial result PATH"; `detail` describes what the shard did.
+func writeShard<Body>(json: String?, _ shard: Shard, detail: (Body) -> String, _ run: () throws -> PartialResult<Body>) throws {
+    guard let path = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
+    let p = try run()
+    try p.write(to: path)
+    let it = p.header.items
+    print("shard \(shard): \(it.unit) \(it.first)..<\(it.first + it.count) of \(it.total), \(detail(p.body)); partial result \(path) (quantkit merge joins the shards)")
+}

@@ -65,11 +65,7 @@ struct LayersCommand: RunCommand {
             let o = try options()
             if let shard = o.shard {
                 try o.validate()
-                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
-                let p = try LayersRun.runShard(o, progress: Console.progress)
-                try p.write(to: j)
-                let it = p.header.items
-                print("shard \(shard): modules \(it.first)..<\(it.first + it.count) of \(it.total) analysed; partial result \(j) (quantkit merge joins the shards)")
+                try writeShard(json: json, shard, detail: { _ in "analysed" }) { try LayersRun.runShard(o, progress: Console.progress) }
                 return
             }
             let r = try LayersRun.run(o, progress: Console.progress)

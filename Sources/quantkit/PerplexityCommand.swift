@@ -64,22 +64,15 @@ struct PerplexityCommand: RunCommand {
         try runReportingErrors {
             let o = try options()
             if let shard = o.shard {
-                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
-                let partial = try PerplexityRun.runShard(o, progress: Console.progress)
-                try partial.write(to: j)
-                print(Self.shardSummary(partial, shard: shard, path: j))
+                try writeShard(json: json, shard, detail: { String(format: "%d tokens scored in %.2f s", $0.nll.count, $0.evaluateSeconds) }) {
+                    try PerplexityRun.runShard(o, progress: Console.progress)
+                }
                 return
             }
             let report = try PerplexityRun.run(o, progress: Console.progress)
             print(Self.summary(report))
             if let j = json { try ResultEnvelope(kind: "perplexity", bitsPerWeight: report.bitsPerWeight).write(report, to: j) }
         }
-    }
-
-    static func shardSummary(_ p: PartialResult<PerplexityMeasurement>, shard: Shard, path: String) -> String {
-        let it = p.header.items
-        return "shard \(shard): windows \(it.first)..<\(it.first + it.count) of \(it.total), \(p.body.nll.count) tokens scored"
-            + String(format: " in %.2f s; partial result %@ (quantkit merge joins the shards)", p.body.evaluateSeconds, path)
     }
 
     /// The readable summary, rendered from the report.

@@ -63,11 +63,9 @@ struct RagAnswersCommand: RunCommand {
         try runReportingErrors {
             let o = try options()
             if let shard = o.shard {
-                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
-                let p = try AnswersRun.runShard(o, progress: Console.progress)
-                try p.write(to: j)
-                let it = p.header.items
-                print("shard \(shard): questions \(it.first)..<\(it.first + it.count) of \(it.total) answered by \(p.body.measurement.generators.count) generator(s); partial result \(j) (quantkit merge joins the shards)")
+                try writeShard(json: json, shard, detail: { "answered by \($0.measurement.generators.count) generator(s)" }) {
+                    try AnswersRun.runShard(o, progress: Console.progress)
+                }
                 return
             }
             let r = try AnswersRun.run(o, progress: Console.progress)

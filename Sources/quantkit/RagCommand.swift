@@ -74,12 +74,10 @@ struct RagRetrievalCommand: RunCommand {
         try runReportingErrors {
             let o = try options()
             if let shard = o.shard {
-                guard let j = json else { throw QuantKitError(.input, "--shard needs --json PATH for the partial result") }
                 if runDir != nil { throw QuantKitError(.input, "--run-dir with --shard: the merged run has the rankings; write run files unsharded") }
-                let p = try RetrievalRun.runShard(o, progress: Console.progress)
-                try p.write(to: j)
-                let it = p.header.items
-                print("shard \(shard): documents \(it.first)..<\(it.first + it.count) of \(it.total) embedded by \(p.body.runs.count) embedder(s); partial result \(j) (quantkit merge joins the shards)")
+                try writeShard(json: json, shard, detail: { "embedded by \($0.runs.count) embedder(s)" }) {
+                    try RetrievalRun.runShard(o, progress: Console.progress)
+                }
                 return
             }
             let r = try RetrievalRun.run(o, progress: Console.progress)
