@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 public func readFile(_ path: String) throws -> Data {
     guard FileManager.default.fileExists(atPath: path) else { throw QuantKitError(.io, "\(path): no such file") }
@@ -70,6 +71,8 @@ public enum AtomicFile {
             throw QuantKitError(.io, "\(path): cannot write (\(lastError) in directory \(dir.path))")
         }
         close(fd)
+        InFlightOutputs.add(tmp.path)
+        defer { InFlightOutputs.remove(tmp.path) }
         do {
             let handle: FileHandle
             do { handle = try FileHandle(forWritingTo: tmp) } catch {
@@ -106,6 +109,8 @@ public enum AtomicFile {
         let url = URL(fileURLWithPath: path)
         let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
         try? FileManager.default.removeItem(at: tmp)
+        InFlightOutputs.add(tmp.path)
+        defer { InFlightOutputs.remove(tmp.path) }
         func wrap<R>(_ what: String, _ f: () throws -> R) throws -> R {
             do { return try f() } catch let e as QuantKitError { throw e } catch {
                 throw QuantKitError(.io, "\(path): cannot \(what) (\(error.localizedDescription))")
@@ -139,4 +144,22 @@ public func readText(_ path: String) throws -> String {
         throw QuantKitError(.format, "\(path): not valid UTF-8 text")
     }
     return s
+}
+
+/// The temporary files and directories being written right now, so that an interrupted process (SIGINT, SIGTERM)
+/// removes them before it exits: an output is then either complete or absent.
+public enum InFlightOutputs {
+    private static let paths = Mutex<Set<String>>([])
+
+    static func add(_ path: String) { paths.withLock { _ = $0.insert(path) } }
+    static func remove(_ path: String) { paths.withLock { _ = $0.remove(path) } }
+
+    /// Removes every temporary output still being written; returns how many there were.
+    public static func removeAll() -> Int {
+        paths.withLock { set in
+            for p in set { try? FileManager.default.removeItem(atPath: p) }
+            defer { set.removeAll() }
+            return set.count
+        }
+    }
 }

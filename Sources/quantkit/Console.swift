@@ -30,6 +30,27 @@ enum Console {
         DenseLinear.prepackEnabled = environment["QUANTKIT_PREPACK"] != "0"
     }
 
+    /// What an interrupted command tells the user about resuming (set by commands whose work can resume).
+    nonisolated(unsafe) static var resumeHint: String?
+    nonisolated(unsafe) private static var signalSources: [any DispatchSourceSignal] = []
+
+    /// SIGINT / SIGTERM: remove the temporary outputs being written, say so (and how to resume), exit 128 + signal.
+    static func handleInterrupts() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                let removed = InFlightOutputs.removeAll()
+                let name = sig == SIGINT ? "SIGINT" : "SIGTERM"
+                logInfo("\ninterrupted (\(name)): removed \(removed) temporary output(s); no output was left half-written"
+                        + (resumeHint.map { "; \($0)" } ?? ""))
+                exit(128 + sig)
+            }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+
     /// QUANTKIT_EMBEDDER, tried before the installed PyPI package.
     static var embedderOverride: String? { environment["QUANTKIT_EMBEDDER"] }
 

@@ -70,6 +70,7 @@ struct SweepCommand: ParsableCommand {
                 return
             }
             if evalShards != 1 { throw QuantKitError(.input, "--eval-shards applies to --emit (one machine evaluates each variant in one pass)") }
+            Console.resumeHint = "run the same command again to resume: the float base and every finished variant in \(output) are kept"
             let report = try SweepRun.run(o, progress: Console.progress)
             print(report.table)
             print("study report: \(report.report)")

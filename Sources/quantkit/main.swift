@@ -27,4 +27,5 @@ struct QuantKitCommand: ParsableCommand {
 }
 
 Console.applyEnvironment()
+Console.handleInterrupts()
 QuantKitCommand.main()

@@ -31,6 +31,27 @@ final class AtomicFileTests: XCTestCase {
         XCTAssertEqual(message { try AtomicFile.checkDestination("", flag: "--json", directory: false) }, "--json: empty path")
     }
 
+    /// What an interrupt does: the temporary outputs being written are removed, so the destination never
+    /// appears half-written; outputs already in place stay.
+    func testInterruptRemovesOutputsBeingWritten() throws {
+        let dir = Repo.tempDirectory("inflight")
+        try AtomicFile.write(Data("done".utf8), to: dir + "/kept.txt")
+        var removed = -1
+        XCTAssertThrowsError(try AtomicFile.write(to: dir + "/cut.txt") { h in
+            try h.write(contentsOf: Data("half".utf8))
+            removed = InFlightOutputs.removeAll()
+        })
+        XCTAssertEqual(removed, 1)
+        XCTAssertThrowsError(try AtomicFile.writeDirectory(to: dir + "/cutdir") { tmp in
+            try Data("x".utf8).write(to: URL(fileURLWithPath: tmp + "/a"))
+            removed = InFlightOutputs.removeAll()
+        })
+        XCTAssertEqual(removed, 1)
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir)
+        XCTAssertEqual(names, ["kept.txt"])
+        XCTAssertEqual(InFlightOutputs.removeAll(), 0)
+    }
+
     func testDirectoryNeverReplacesAFile() throws {
         let dir = Repo.tempDirectory("atomicdir")
         let file = dir + "/model.bin"
