@@ -57,3 +57,13 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "TensorCore"], swiftSettings: settings),
     ]
 )
+
+// Fuzzing (Tools/fuzz.sh): one libFuzzer executable over every parser a user can feed, built only on request so
+// that ordinary builds and tests never compile it.
+if ProcessInfo.processInfo.environment["QUANTKIT_FUZZ"] == "1" {
+    package.targets.append(.executableTarget(
+        name: "quantkit-fuzz",
+        dependencies: ["TensorCore", "Tokenization", "Datasets", "Models", "Evaluation"],
+        path: "Tests/Fuzz", exclude: ["Corpus"],
+        swiftSettings: settings + [.unsafeFlags(["-parse-as-library"])]))
+}

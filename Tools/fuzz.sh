@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Fuzzes QuantKit's parsers with libFuzzer (address sanitizer on).
+#
+#   bash Tools/fuzz.sh TARGET SECONDS     run one target (see --list) for SECONDS, from its committed seeds
+#   bash Tools/fuzz.sh all SECONDS        every target, one after another
+#   bash Tools/fuzz.sh --list             the targets and what their inputs are
+#   bash Tools/fuzz.sh --seeds            check that every committed seed is accepted (a seed that is refused
+#                                         starts the fuzzer at the header checks only)
+#
+# The fuzzer binary is built on request (QUANTKIT_FUZZ=1 adds it to Package.swift) in .build/fuzz, apart from the
+# ordinary build. Inputs the fuzzer discovers go to .build/fuzz-corpus/TARGET (kept between runs, never committed);
+# a crash, leak, timeout or out-of-memory input is written to .build/fuzz-findings/TARGET and the script exits 1.
+# A finding becomes a regression test in the ordinary test suite (Tests/*/FuzzRegressionTests.swift).
+# Each run ends with one line: "fuzz TARGET: N executions in S s (R/s), no finding".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=$ROOT/.build/fuzz/release/quantkit-fuzz
+SEEDS=$ROOT/Tests/Fuzz/Corpus
+
+build() {
+  QUANTKIT_FUZZ=1 swift build -c release --product quantkit-fuzz --sanitize fuzzer --sanitize address \
+    --scratch-path "$ROOT/.build/fuzz" 2>&1 | grep -v "warning: Cannot export local symbol" | grep -E "error|Compiling quantkit_fuzz|Build" >&2 || true
+  [ -x "$BIN" ] || { echo "fuzz: the fuzzer did not build" >&2; exit 1; }
+}
+
+targets() { ls "$SEEDS"; }
+
+run_one() {
+  local target=$1 seconds=$2
+  [ -d "$SEEDS/$target" ] || { echo "fuzz: unknown target '$target' (one of: $(targets | tr '\n' ' '))" >&2; exit 2; }
+  local work=$ROOT/.build/fuzz-corpus/$target findings=$ROOT/.build/fuzz-findings/$target log
+  mkdir -p "$work" "$findings"
+  log=$(mktemp)
+  local status=0
+  # -rss_limit_mb: a parser must refuse a file that claims a huge size, not allocate it.
+  # -timeout: a parser must not hang on any input (the small seeds parse in milliseconds).
+  QUANTKIT_FUZZ_TARGET=$target ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=0 \
+    "$BIN" "$work" "$SEEDS/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20 \
+    -max_len=65536 -print_final_stats=1 -artifact_prefix="$findings/" >"$log" 2>&1 || status=$?
+  local execs secs
+  execs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' || true)
+  secs=$(grep -E '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' || true)
+  if [ "$status" -ne 0 ]; then
+    grep -E "ERROR|SUMMARY|Fatal error|Test unit written|==[0-9]+==" "$log" | head -20 >&2 || true
+    echo "fuzz $target: FINDING after ${execs:-?} executions (inputs in $findings; full log $log)" >&2
+    return 1
+  fi
+  echo "fuzz $target: ${execs:-?} executions in ${seconds} s (${secs:-?}/s), no finding"
+  rm -f "$log"
+}
+
+case "${1:-}" in
+  --list)
+    grep -o 'FuzzTarget(name: "[^"]*", summary: "[^"]*"' Tests/Fuzz/Targets.swift | sed -E 's/FuzzTarget\(name: "([^"]*)", summary: "([^"]*)"/  \1: \2/'
+    ;;
+  --seeds)
+    build
+    bad=0
+    for t in $(targets); do
+      for f in "$SEEDS/$t"/*; do
+        out=$(QUANTKIT_FUZZ_TARGET=$t QUANTKIT_FUZZ_VERBOSE=1 "$BIN" "$f" 2>&1 || true)
+        if ! grep -q "quantkit-fuzz: accepted" <<<"$out"; then
+          echo "fuzz: seed $f is refused by $t: $(grep -m1 'quantkit-fuzz: refused' <<<"$out" || tail -3 <<<"$out")" >&2; bad=1
+        fi
+      done
+    done
+    [ "$bad" -eq 0 ] && echo "fuzz: every seed is accepted by its target"
+    exit "$bad"
+    ;;
+  ""|-h|--help)
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *)
+    [ $# -eq 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || { echo "fuzz: usage: Tools/fuzz.sh TARGET|all SECONDS" >&2; exit 2; }
+    build
+    if [ "$1" = all ]; then
+      failed=0
+      for t in $(targets); do run_one "$t" "$2" || failed=1; done
+      exit "$failed"
+    fi
+    run_one "$1" "$2"
+    ;;
+esac
