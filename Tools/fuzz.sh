@@ -19,7 +19,10 @@ BIN=$ROOT/.build/fuzz/release/quantkit-fuzz
 SEEDS=$ROOT/Tests/Fuzz/Corpus
 
 build() {
+  # SwiftPM's --sanitize links libFuzzer's driver, but passes each -sanitize= separately and the Swift driver keeps
+  # only the last (the Swift code would get no coverage counters): the combined list goes after them.
   QUANTKIT_FUZZ=1 swift build -c release --product quantkit-fuzz --sanitize fuzzer --sanitize address \
+    -Xswiftc -sanitize=fuzzer,address \
     --scratch-path "$ROOT/.build/fuzz" 2>&1 | grep -v "warning: Cannot export local symbol" | grep -E "error|Compiling quantkit_fuzz|Build" >&2 || true
   [ -x "$BIN" ] || { echo "fuzz: the fuzzer did not build" >&2; exit 1; }
 }
