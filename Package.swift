@@ -55,6 +55,10 @@ let package = Package(
         .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Models", "Kernels", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Datasets", "Quantization", "NPU", "Models", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "TensorCore"], swiftSettings: settings),
+        // The parsers' fuzz targets (Tools/fuzz.sh); the tests run them over the seeds and every past finding.
+        .target(name: "FuzzTargets", dependencies: ["TensorCore", "Tokenization", "Datasets", "Models", "Evaluation"],
+                path: "Tests/FuzzTargets", swiftSettings: settings),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"], swiftSettings: settings),
     ]
 )
 
@@ -63,7 +67,7 @@ let package = Package(
 if ProcessInfo.processInfo.environment["QUANTKIT_FUZZ"] == "1" {
     package.targets.append(.executableTarget(
         name: "quantkit-fuzz",
-        dependencies: ["TensorCore", "Tokenization", "Datasets", "Models", "Evaluation"],
-        path: "Tests/Fuzz", exclude: ["Corpus"],
+        dependencies: ["FuzzTargets"],
+        path: "Tests/Fuzz", exclude: ["Corpus", "Regressions"],
         swiftSettings: settings + [.unsafeFlags(["-parse-as-library"])]))
 }

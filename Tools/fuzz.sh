@@ -38,7 +38,8 @@ run_one() {
   local status=0
   # -rss_limit_mb: a parser must refuse a file that claims a huge size, not allocate it.
   # -timeout: a parser must not hang on any input (the small seeds parse in milliseconds).
-  QUANTKIT_FUZZ_TARGET=$target ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=0 \
+  # SWIFT_BACKTRACE off: Swift's crash handler would report its own memory reads instead of the trap.
+  QUANTKIT_FUZZ_TARGET=$target SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=0 \
     "$BIN" "$work" "$SEEDS/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="$findings/" >"$log" 2>&1 || status=$?
   local execs secs

@@ -269,11 +269,40 @@ public struct PerplexityMeasurement: Codable, Sendable {
         totalSeconds = try c.decode(Double.self, forKey: .totalSeconds)
         kld = try c.decodeIfPresent(KLDTokens.self, forKey: .kld)
         placement = try c.decodeIfPresent(TokenPlacement.self, forKey: .placement)
+        if let problem = inconsistency() {
+            throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: problem))
+        }
         guard chunkNLLSum.count == chunkTokens.count, chunkTokens.reduce(0, +) == nll.count,
               kld.map({ $0.kld.count == nll.count }) ?? true, placement.map({ $0.tokenIndex.count == nll.count }) ?? true,
               (kld == nil) == (placement == nil) else {
             throw DecodingError.dataCorrupted(.init(codingPath: c.codingPath, debugDescription: "per-window and per-token arrays do not agree in length"))
         }
+    }
+
+    /// What a damaged or hand-edited partial holds that no run writes: sizes outside their limits, positions outside
+    /// the window, non-finite figures. Checked on reading, before any sum or bucket is formed from them.
+    private func inconsistency() -> String? {
+        let ctx = info.ctx
+        guard (2...UserLimits.contextTokens).contains(ctx) else { return "ctx \(ctx) is outside 2...\(UserLimits.contextTokens)" }
+        if let s = info.stride, !(1...ctx).contains(s) { return "stride \(s) is outside 1...\(ctx)" }
+        guard info.corpusTokens >= 0 else { return "corpus_tokens \(info.corpusTokens) is negative" }
+        guard chunkTokens.count <= UserLimits.items, chunkTokens.allSatisfy({ (0...ctx).contains($0) }) else {
+            return "a window scores a number of tokens outside 0...ctx"
+        }
+        guard chunkNLLSum.allSatisfy(\.isFinite), nll.allSatisfy(\.isFinite) else { return "a negative log-likelihood is not finite" }
+        if let k = kld {
+            guard k.kld.allSatisfy(\.isFinite), k.dpSquared.allSatisfy(\.isFinite), k.baseNLL.allSatisfy(\.isFinite),
+                  k.runNLL.allSatisfy(\.isFinite), k.baseNLLSum.isFinite, k.baseTokens >= 0 else {
+                return "a KLD figure is not finite"
+            }
+        }
+        if let p = placement {
+            guard p.windowPosition.allSatisfy({ (0..<ctx).contains($0) }) else { return "a token's window position is outside 0..<ctx" }
+            guard p.tokenIndex.allSatisfy({ $0 >= 0 }), p.tokenId.allSatisfy({ $0 >= 0 }), p.byteOffset.allSatisfy({ $0 >= 0 }) else {
+                return "a token index, id or byte offset is negative"
+            }
+        }
+        return nil
     }
 
     public func encode(to encoder: Encoder) throws {

@@ -319,7 +319,8 @@ public final class GGUFFile: @unchecked Sendable {
                 throw QuantKitError(.format, "\(path): tensor '\(name)' offset \(raw.offset) is not a multiple of the alignment \(align)")
             }
             guard raw.offset <= UInt64(dataSize), bytes <= dataSize - Int(raw.offset) else {
-                throw QuantKitError(.format, "\(path): tensor '\(name)' (\(type.name) \(dims.reversed())) needs bytes \(raw.offset)..<\(raw.offset + UInt64(bytes)) of the data area, which holds \(dataSize) (truncated file?)")
+                // Offset and size are named apart: their sum can pass UInt64 in a lying file.
+                throw QuantKitError(.format, "\(path): tensor '\(name)' (\(type.name) \(dims.reversed())) needs \(bytes) bytes at offset \(raw.offset) of the data area, which holds \(dataSize) (truncated file?)")
             }
             index[name] = infos.count
             infos.append(GGUFTensorInfo(name: name, type: type, dims: dims, offset: Int(raw.offset), byteCount: bytes))

@@ -5,6 +5,71 @@ import Datasets
 import Models
 import Evaluation
 
+/// One fuzz target: a parser a user can feed, run on one input. The input must make it either return or throw: a
+/// trap, an ASan report, a hang past libFuzzer's timeout or an allocation past its limit is a finding.
+public struct FuzzTarget: Sendable {
+    public let name: String
+    /// What the seed files are; shown by `Tools/fuzz.sh --list`.
+    public let summary: String
+    public let run: @Sendable (Data, Scratch) throws -> Void
+
+    /// Runs one input: nil when it is accepted, else the refusal's message. A refusal is one non-empty line (the
+    /// user sees nothing else); anything else is a finding, reported as a trap like a crash.
+    public func outcome(_ data: Data, _ scratch: Scratch) -> String? {
+        do {
+            try run(data, scratch)
+            return nil
+        } catch {
+            let message = "\(error)"
+            precondition(!message.isEmpty && !message.contains("\n"), "\(name): a refusal that is not one line: '\(message)'")
+            return message
+        }
+    }
+}
+
+/// A per-process folder on tmpfs where path-based parsers read their input, as they would a user's file.
+public final class Scratch: @unchecked Sendable {
+    public let dir: String
+    public init() {
+        let root = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+        dir = "\(root)/quantkit-fuzz-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
+    /// Writes `data` to `name` inside the scratch folder (making subfolders) and returns its path.
+    @discardableResult
+    func file(_ name: String, _ data: Data) -> String {
+        let p = "\(dir)/\(name)"
+        let parent = (p as NSString).deletingLastPathComponent
+        if parent != dir { try? FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true) }
+        _ = FileManager.default.createFile(atPath: p, contents: data)
+        return p
+    }
+    /// A fresh empty subfolder.
+    func folder(_ name: String) -> String {
+        let p = "\(dir)/\(name)"
+        try? FileManager.default.removeItem(atPath: p)
+        try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+        return p
+    }
+}
+
+/// Splits one fuzz input into `count` parts at the separator line "\n#--\n", so one input can stand for a folder of
+/// files (a BEIR dataset, a checkpoint directory); missing parts are empty.
+func parts(_ data: Data, _ count: Int) -> [Data] {
+    let sep = Data("\n#--\n".utf8)
+    var out: [Data] = []
+    var rest = data[...]
+    while out.count < count - 1, let r = rest.range(of: sep) {
+        out.append(Data(rest[rest.startIndex..<r.lowerBound]))
+        rest = rest[r.upperBound...]
+    }
+    out.append(Data(rest))
+    while out.count < count { out.append(Data()) }
+    return out
+}
+
 /// A model that loaded must also run: a shape the loader let through but the kernels cannot take is a finding.
 private func exercise(_ model: LlamaModel) throws {
     let n = min(3, model.config.maxPositionEmbeddings)
@@ -12,12 +77,13 @@ private func exercise(_ model: LlamaModel) throws {
     _ = try model.logits(tokens)
 }
 
-/// A tokenizer that loaded must encode and decode: ids it emits index its own vocabulary.
+/// A tokenizer that loaded must encode and decode, and every id it emits must index an embedding table of its
+/// vocabulary size (a vocabulary may have holes, as Hugging Face's allows).
 private func exercise(_ tok: any Tokenizer) {
     let ids = tok.encode(" Hello  wörld\n\t日本 <s> 123 ", addSpecialTokens: true)
     _ = tok.decode(ids, skipSpecialTokens: false)
     _ = tok.decode(Array(0..<min(tok.vocabSize, 64)), skipSpecialTokens: true)
-    for id in ids { precondition(tok.token(for: id) != nil, "encode produced id \(id) outside the vocabulary") }
+    for id in ids { precondition(id >= 0 && id < tok.vocabSize, "encode produced id \(id) outside 0..<\(tok.vocabSize)") }
 }
 
 /// Runs both readers of one file format; throws (the first one's error) only when both refuse.
@@ -27,7 +93,8 @@ private func eitherAccepts(_ a: () throws -> Void, _ b: () throws -> Void) throw
     if case .failure(let error) = first, case .failure = second { throw error }
 }
 
-let fuzzTargets: [FuzzTarget] = [
+/// Every target, by name (Tools/fuzz.sh --list).
+public let fuzzTargets: [FuzzTarget] = [
     FuzzTarget(name: "safetensors", summary: "a .safetensors file: header JSON, dtypes, shapes, offsets") { data, s in
         let f = try SafetensorsFile(path: s.file("model.safetensors", data))
         for name in f.names { _ = try f.tensor(name) }
