@@ -134,10 +134,18 @@ def run_path(model, x, path):
 
 
 def read_back(model):
-    """Scales and zero points as the interpreter holds them (float32), to check they are the ones chosen."""
+    """Quantization parameters (float32 scales, zero points) and constant tensors as the interpreter holds them, to
+    check they are exactly the ones written."""
     import tensorflow as tf
-    it = tf.lite.Interpreter(model_content=model)
-    return {d["name"]: d["quantization_parameters"] for d in it.get_tensor_details()}
+    it = tf.lite.Interpreter(model_content=model,
+                             experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    out = {}
+    for d in it.get_tensor_details():
+        out[d["name"]] = dict(d["quantization_parameters"])
+        if d["name"] in ("w", "b"):
+            out[d["name"]]["value"] = it.get_tensor(d["index"]).copy()
+    return out
 
 
 def natural_layer(rng, n, k, per_channel, relu):
@@ -235,6 +243,7 @@ def main():
         assert int(q["x"]["zero_points"][0]) == L["zp_in"] and int(q["y"]["zero_points"][0]) == L["zp_out"], name
         w_scales = q["w"]["scales"]
         assert np.array_equal(w_scales, L["s_w"] if per_channel else L["s_w"][:1]), name
+        assert np.array_equal(q["w"]["value"], L["w"]) and np.array_equal(q["b"]["value"], L["bias"]), name
         outs, nodes = {}, {}
         for path in PATHS:
             outs[path], nodes[path] = run_path(model, L["x"], path)
