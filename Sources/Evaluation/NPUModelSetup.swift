@@ -21,6 +21,9 @@ public struct NPUBackendSettings: Sendable {
     /// Rotate the float model (randomized Hadamard, online Hadamard before down_proj) before calibration.
     public var rotate = false
     public var rotationSeed: UInt64 = 0
+    /// `--requant` as given (a RequantRule name); it overrides the config file's "requant". nil: the file's or
+    /// the default rule.
+    public var requant: String?
     public static let defaultCalibration = "Corpora/scifact/corpus.jsonl.zst"
     /// SmoothQuant's alpha search grid (the objective: mean KL(float || NPU) on the calibration tokens).
     public static let smoothQuantAlphaGrid: [Double] = (1...9).map { Double($0) / 10 }
@@ -43,7 +46,9 @@ public struct NPUBackendSettings: Sendable {
     /// Every run with `--backend npu` loads the config first: the token count is checked here too.
     public func loadConfig() throws -> NPUConfig {
         try UserLimits.check(calibrationTokens, "--npu-calibration-tokens", 1...UserLimits.heldTokens)
-        return try configPath.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
+        var c = try configPath.map { try NPUConfig.load(path: $0) } ?? NPUConfig()
+        if let requant { c.requant = try RequantRule(parsing: requant, flag: "--requant") }
+        return c
     }
 }
 

@@ -23,16 +23,16 @@ func madd(_ x: SIMD16<Int32>, _ w: SIMD16<Int32>) -> SIMD8<Int32> {
 
 /// Integer GEMM of the simulated NPU: int8 activations x int8 or packed int4 weights -> int32 accumulators,
 /// with the TFLite output stage fused (zero-point correction through weight row sums, int32 bias,
-/// per-channel requantization, output zero point, saturation to int8). Threads take contiguous ranges of
-/// output channels; nothing is allocated inside the loops.
+/// per-channel requantization under a RequantRule, output zero point, saturation to int8). Threads take
+/// contiguous ranges of output channels; nothing is allocated inside the loops.
 public enum IntGemm {
     /// What happens to each accumulator.
     public enum Output {
         /// Raw sums: out[i, j] = sum_k x[i, k] * w[j, k] (no zero point, no bias).
         case int32(UnsafeMutablePointer<Int32>)
-        /// out[i, j] = sat8(zpOut + MBQM(sum_k (x - zpX) w + bias[j], M_j)).
+        /// out[i, j] = sat8(zpOut + requant(sum_k (x - zpX) w + bias[j], M_j)), requant as `rule` defines it.
         case int8(UnsafeMutablePointer<Int8>, zpX: Int32, bias: UnsafePointer<Int32>?,
-                  multipliers: UnsafePointer<Requant.Multiplier>, zpOut: Int32)
+                  multipliers: UnsafePointer<Requant.Multiplier>, zpOut: Int32, rule: RequantRule)
     }
 
     public static func run(x: UnsafePointer<Int8>, m: Int, k: Int, weights: NPUWeights, output: Output,
@@ -83,10 +83,9 @@ public enum IntGemm {
             switch output {
             case .int32(let p):
                 p[row * n + col] = acc
-            case .int8(let p, let zpX, let bias, let mults, let zpOut):
+            case .int8(let p, let zpX, let bias, let mults, let zpOut, let rule):
                 let a = acc &- zpX &* rowSum &+ (bias?[col] ?? 0)
-                let mm = mults[col]
-                p[row * n + col] = Int8(clamping: Requant.multiplyByQuantizedMultiplier(a, mm.m0, mm.shift) &+ zpOut)
+                p[row * n + col] = Requant.requantizeToInt8(a, mults[col], zeroPoint: zpOut, rule: rule)
             }
         }
     }
@@ -170,7 +169,7 @@ public enum IntGemm {
 
 /// Scalar integer reference for the NPU's fully connected layer, written directly from the TFLite definition
 /// (acc = sum (x - zp_x) * w + bias in int32, then requantize with the independent RequantReference
-/// arithmetic). Shares no code with IntGemm.
+/// arithmetic of the rule). Shares no code with IntGemm.
 public enum IntReference {
     /// sum_k (x[i, k] - zpX) * w[j, k] + bias[j], int32 wrapping.
     public static func accumulators(x: [Int8], w: [Int8], m: Int, k: Int, n: Int, zpX: Int32, bias: [Int32]?) -> [Int32] {
@@ -186,10 +185,9 @@ public enum IntReference {
     }
 
     public static func fullyConnected(x: [Int8], w: [Int8], m: Int, k: Int, n: Int, zpX: Int32, bias: [Int32]?,
-                                      multipliers: [Requant.Multiplier], zpOut: Int32) -> [Int8] {
+                                      multipliers: [Requant.Multiplier], zpOut: Int32, rule: RequantRule) -> [Int8] {
         accumulators(x: x, w: w, m: m, k: k, n: n, zpX: zpX, bias: bias).enumerated().map { idx, acc in
-            let mm = multipliers[idx % n]
-            let v = Int64(RequantReference.multiply(acc, mm.m0, mm.shift)) + Int64(zpOut)
+            let v = Int64(RequantReference.apply(acc, multipliers[idx % n], rule: rule)) + Int64(zpOut)
             return Int8(max(-128, min(127, v)))
         }
     }

@@ -230,7 +230,7 @@ public final class NPUSimulator: @unchecked Sendable {
         }
         do {
             let w = try NPUWeights(weight: weight, n: n, k: k, bits: config.weightBits, granularity: config.weightGranularity)
-            return try NPULinear(name: name, weights: w, bias: bias, input: input, output: output)
+            return try NPULinear(name: name, weights: w, bias: bias, input: input, output: output, rule: config.requant)
         } catch let e as QuantKitError {
             log.add(name, e.message)
             return nil
@@ -268,7 +268,8 @@ public final class NPUSimulator: @unchecked Sendable {
     /// Fallbacks and op counts, one line each.
     public var summary: String {
         var lines = ["npu: \(config.weightBits)-bit weights (\(config.weightGranularity.rawValue)), int8 activations "
-                     + "(\(config.calibration), \(calibrationTokens) calibration tokens), nonlinear ops on \(config.nonlinearMode.rawValue)",
+                     + "(\(config.calibration), \(calibrationTokens) calibration tokens), nonlinear ops on \(config.nonlinearMode.rawValue), "
+                     + "requantization \(config.requant.rawValue)",
                      "npu: \(fallbacks.count) module(s) fell back to the float CPU path"]
         lines += fallbacks.entries.map { "  \($0.module): \($0.reason)" }
         lines += npu.counter.entries.map { "npu op \($0.op) on \($0.unit): \($0.calls) calls, \($0.elements) elements" }

@@ -2,10 +2,11 @@ import Foundation
 import TensorCore
 
 /// The simulator's settings (`--npu-config FILE`, JSON). Every field is optional; defaults are W8 per-channel,
-/// A8 min/max, fp16 nonlinear unit, the edge-small hardware. Example:
+/// A8 min/max, fp16 nonlinear unit, the edge-small hardware, requantization as TFLite's reference kernels
+/// (RequantRule.default). Example:
 /// ```
 /// { "weight_bits": 4, "weight_granularity": "per_tensor", "activation_calibration": "percentile",
-///   "percentile": 99.99, "nonlinear_mode": "lut", "preset": "edge-large",
+///   "percentile": 99.99, "nonlinear_mode": "lut", "preset": "edge-large", "requant": "xnnpack",
 ///   "hardware": { "dram_bytes_per_second": 50e9 }, "min_calibration_tokens": 32 }
 /// ```
 public struct NPUConfig: Equatable, Sendable {
@@ -13,6 +14,8 @@ public struct NPUConfig: Equatable, Sendable {
     public var weightGranularity: WeightGranularity = .perChannel
     public var calibration: CalibrationMethod = .minMax
     public var nonlinearMode: NonlinearMode = .fp16
+    /// Which real kernel's int32 -> int8 rounding the NPU reproduces (`--requant`, "requant").
+    public var requant: RequantRule = .default
     public var hardware: NPUHardware = NPUHardware.presets[0]
     /// Fewer calibration tokens than this is an error (ranges from a handful of tokens are noise).
     public var minCalibrationTokens: Int = 16
@@ -21,7 +24,7 @@ public struct NPUConfig: Equatable, Sendable {
 
     public static let allowedKeys: Set<String> = ["weight_bits", "weight_granularity", "activation_calibration",
                                                   "percentile", "nonlinear_mode", "preset", "hardware",
-                                                  "min_calibration_tokens", "schema_version", "comment"]
+                                                  "min_calibration_tokens", "requant", "schema_version", "comment"]
 
     public static func load(path: String) throws -> NPUConfig {
         try parse(try readFile(path), source: path)
@@ -64,6 +67,12 @@ public struct NPUConfig: Equatable, Sendable {
                 throw fail("nonlinear_mode = \(v) is not one of fp16, lut")
             }
             c.nonlinearMode = m
+        }
+        if let v = obj["requant"] {
+            guard let s = v as? String, let r = RequantRule(rawValue: s) else {
+                throw fail("requant = \(v) is not one of \(RequantRule.names)")
+            }
+            c.requant = r
         }
         if let v = obj["preset"] {
             guard let s = v as? String else { throw fail("preset must be a string") }
@@ -111,7 +120,8 @@ public struct NPUConfig: Equatable, Sendable {
     /// A JSON description of the effective settings (for reports).
     public var json: [String: Any] {
         var d: [String: Any] = ["weight_bits": weightBits, "weight_granularity": weightGranularity.rawValue,
-                                "nonlinear_mode": nonlinearMode.rawValue, "min_calibration_tokens": minCalibrationTokens]
+                                "nonlinear_mode": nonlinearMode.rawValue, "min_calibration_tokens": minCalibrationTokens,
+                                "requant": requant.rawValue]
         switch calibration {
         case .minMax: d["activation_calibration"] = "minmax"
         case .mse: d["activation_calibration"] = "mse"

@@ -69,7 +69,7 @@ struct BenchNpuCommand: ParsableCommand {
                 xq.withUnsafeBufferPointer { xp in mults.withUnsafeBufferPointer { mp in yq.withUnsafeMutableBufferPointer { yp in
                     Self.time(reps: reps) {
                         IntGemm.run(x: xp.baseAddress!, m: m, k: k, weights: w,
-                                    output: .int8(yp.baseAddress!, zpX: 3, bias: nil, multipliers: mp.baseAddress!, zpOut: -5),
+                                    output: .int8(yp.baseAddress!, zpX: 3, bias: nil, multipliers: mp.baseAddress!, zpOut: -5, rule: .default),
                                     threads: threads)
                     } } } }
             }

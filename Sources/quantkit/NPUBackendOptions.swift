@@ -14,6 +14,8 @@ struct NpuBackendOptions: ParsableArguments {
         """)
     var npuCalibration: String?
     @Option(name: .customLong("npu-calibration-tokens"), help: "Calibration tokens for the NPU ranges.") var npuCalibrationTokens: Int = 4096
+    @Option(help: ArgumentHelp("How the NPU rounds int32 accumulators to int8: tflite-reference (default; TFLite's reference kernels), tflite-optimized (its ruy kernels), xnnpack (its default delegate), gemmlowp (the rule before tflite-reference). Overrides the --npu-config file's \"requant\".", valueName: "rule"))
+    var requant: String?
     @Flag(help: "SmoothQuant the float model before NPU calibration (migrates activation outliers of the normed inputs into q/k/v and gate/up).")
     var smoothquant = false
     @Option(name: .customLong("smoothquant-alpha"), help: "SmoothQuant migration strength in [0, 1]; default: searched on the calibration tokens (least KL to the float model).")
@@ -35,6 +37,7 @@ struct NpuBackendOptions: ParsableArguments {
         s.smoothQuantAlpha = smoothquantAlpha
         s.rotate = rotate
         s.rotationSeed = rotationSeed
+        s.requant = requant
         return s
     }
 
@@ -42,6 +45,7 @@ struct NpuBackendOptions: ParsableArguments {
         guard ["cpu", "npu"].contains(backend) else { throw ValidationError("--backend must be cpu or npu, not '\(backend)'") }
         if npuConfig != nil && !isNPU { throw ValidationError("--npu-config needs --backend npu") }
         if npuCalibration != nil && !isNPU { throw ValidationError("--npu-calibration needs --backend npu") }
+        if requant != nil && !isNPU { throw ValidationError("--requant needs --backend npu") }
         guard npuCalibrationTokens >= 1 else { throw ValidationError("--npu-calibration-tokens must be at least 1") }
         if (smoothquant || smoothquantAlpha != nil || smoothquantDown || rotate) && !isNPU {
             throw ValidationError("--smoothquant, --smoothquant-alpha and --rotate apply to --backend npu (for the CPU, rotate at quantize time: quantize --rotate)")

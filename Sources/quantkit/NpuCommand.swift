@@ -85,6 +85,8 @@ struct NpuReportCommand: ParsableCommand {
     @Option(help: "Model: a llama2.c .bin, a Hugging Face or quantized directory (quantkit quantize) or a llama GGUF file.") var model: String
     @OptionGroup var npu: NpuOptions
     @Option(help: "Calibration text (tokenized with the model's tokenizer; .jsonl/SQuAD .json read as text) or JSON token ids.") var calibration: String
+    @Option(help: ArgumentHelp("How the NPU rounds int32 accumulators to int8: tflite-reference (default; TFLite's reference kernels), tflite-optimized (its ruy kernels), xnnpack (its default delegate), gemmlowp (the rule before tflite-reference). Overrides the config's \"requant\".", valueName: "rule"))
+    var requant: String?
     @Option(help: "Tokens (from the end of the calibration file) used for the comparison; the rest calibrate.") var compareTokens: Int = 256
     @Option(help: "Window (tokens per forward pass).") var window: Int = 128
     @OptionGroup var workload: CostWorkloadOptions
@@ -92,7 +94,9 @@ struct NpuReportCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            var o = NPUReportOptions(model: model, config: try npu.load(), calibration: calibration)
+            var config = try npu.load()
+            if let r = requant { config.requant = try RequantRule(parsing: r, flag: "--requant") }
+            var o = NPUReportOptions(model: model, config: config, calibration: calibration)
             o.compareTokens = compareTokens
             o.window = window
             o.workload = workload.workload

@@ -8,7 +8,7 @@ import XCTest
 final class IntGemmTests: XCTestCase {
     /// Runs the fast kernel's fused int8 output stage.
     func fastFC(x: [Int8], m: Int, k: Int, weights: NPUWeights, zpX: Int32, bias: [Int32]?,
-                mults: [Requant.Multiplier], zpOut: Int32, threads: Int) -> [Int8] {
+                mults: [Requant.Multiplier], zpOut: Int32, threads: Int, rule: RequantRule) -> [Int8] {
         var out = [Int8](repeating: 0, count: m * weights.n)
         x.withUnsafeBufferPointer { xp in
             mults.withUnsafeBufferPointer { mp in
@@ -17,12 +17,12 @@ final class IntGemmTests: XCTestCase {
                         bias.withUnsafeBufferPointer { bp in
                             IntGemm.run(x: xp.baseAddress!, m: m, k: k, weights: weights,
                                         output: .int8(op.baseAddress!, zpX: zpX, bias: bp.baseAddress!,
-                                                      multipliers: mp.baseAddress!, zpOut: zpOut), threads: threads)
+                                                      multipliers: mp.baseAddress!, zpOut: zpOut, rule: rule), threads: threads)
                         }
                     } else {
                         IntGemm.run(x: xp.baseAddress!, m: m, k: k, weights: weights,
                                     output: .int8(op.baseAddress!, zpX: zpX, bias: nil, multipliers: mp.baseAddress!,
-                                                  zpOut: zpOut), threads: threads)
+                                                  zpOut: zpOut, rule: rule), threads: threads)
                     }
                 }
             }
@@ -40,6 +40,7 @@ final class IntGemmTests: XCTestCase {
         return out
     }
 
+    /// The Python re-implementation is gemmlowp's double rounding: the `gemmlowp` rule.
     func testFullyConnectedMatchesPythonFixture() throws {
         for c in TFLiteFixture.shared.fully_connected {
             let sIn = hexDouble(c.s_in), sOut = hexDouble(c.s_out), sW = c.s_w.map(hexDouble)
@@ -53,10 +54,10 @@ final class IntGemmTests: XCTestCase {
             let ref = IntReference.accumulators(x: c.x, w: c.w, m: c.m, k: c.k, n: c.n, zpX: c.zp_x, bias: c.bias)
             XCTAssertEqual(ref, c.acc, "\(c.name) scalar accumulators vs numpy")
             XCTAssertEqual(IntReference.fullyConnected(x: c.x, w: c.w, m: c.m, k: c.k, n: c.n, zpX: c.zp_x, bias: c.bias,
-                                                       multipliers: mults, zpOut: c.zp_out), c.y, "\(c.name) scalar")
+                                                       multipliers: mults, zpOut: c.zp_out, rule: .gemmlowp), c.y, "\(c.name) scalar")
             for threads in [1, 2] {
                 XCTAssertEqual(fastFC(x: c.x, m: c.m, k: c.k, weights: weights, zpX: c.zp_x, bias: c.bias, mults: mults,
-                                      zpOut: c.zp_out, threads: threads), c.y, "\(c.name) fast, \(threads) threads")
+                                      zpOut: c.zp_out, threads: threads, rule: .gemmlowp), c.y, "\(c.name) fast, \(threads) threads")
             }
         }
     }
@@ -70,7 +71,12 @@ final class IntGemmTests: XCTestCase {
         let weights = try NPUWeights(quantized: w, n: n, k: k, bits: bits, granularity: .perChannel,
                                      scales: [Float](repeating: 0.01, count: n))
         let bias = (0..<n).map { _ in Int32.random(in: -100_000...100_000, using: &rng) }
-        let mults = (0..<n).map { _ in Requant.quantizeMultiplier(Double.random(in: 1e-6...0.05, using: &rng)) }
+        let mults = (0..<n).map { _ -> Requant.Multiplier in
+            let f = Float.random(in: 1e-6...0.05, using: &rng)
+            var m = Requant.quantizeMultiplier(Double(f))
+            m.floatScale = f  // read by the xnnpack rule only
+            return m
+        }
         return (x, w, weights, bias, mults, Int32.random(in: -128...127, using: &rng), Int32.random(in: -128...127, using: &rng))
     }
 
@@ -87,11 +93,13 @@ final class IntGemmTests: XCTestCase {
                         let ref = IntReference.accumulators(x: c.x, w: c.w, m: m, k: k, n: n, zpX: 0, bias: nil)
                         XCTAssertEqual(fastAcc(x: c.x, m: m, k: k, weights: c.weights, threads: 2), ref,
                                        "int\(bits) acc m=\(m) k=\(k) n=\(n)")
-                        let refY = IntReference.fullyConnected(x: c.x, w: c.w, m: m, k: k, n: n, zpX: c.zpX, bias: c.bias,
-                                                               multipliers: c.mults, zpOut: c.zpOut)
-                        let y = fastFC(x: c.x, m: m, k: k, weights: c.weights, zpX: c.zpX, bias: c.bias, mults: c.mults,
-                                       zpOut: c.zpOut, threads: 2)
-                        XCTAssertEqual(y, refY, "int\(bits) fc m=\(m) k=\(k) n=\(n)")
+                        for rule in RequantRule.allCases {
+                            let refY = IntReference.fullyConnected(x: c.x, w: c.w, m: m, k: k, n: n, zpX: c.zpX, bias: c.bias,
+                                                                   multipliers: c.mults, zpOut: c.zpOut, rule: rule)
+                            let y = fastFC(x: c.x, m: m, k: k, weights: c.weights, zpX: c.zpX, bias: c.bias, mults: c.mults,
+                                           zpOut: c.zpOut, threads: 2, rule: rule)
+                            XCTAssertEqual(y, refY, "int\(bits) fc m=\(m) k=\(k) n=\(n) \(rule)")
+                        }
                         checked += 1
                     }
                 }

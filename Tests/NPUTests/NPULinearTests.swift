@@ -6,24 +6,24 @@ import TestSupport
 import XCTest
 
 final class NPULinearTests: XCTestCase {
-    /// The layer's float output is exactly dequant(scalar integer reference(quant(x))).
+    /// The layer's float output is exactly dequant(scalar integer reference(quant(x))), under every rule.
     func testLinearEqualsScalarPipeline() throws {
         var rng = SplitMix64(seed: 21)
         let m = 9, k = 70, n = 33
         let x = rng.floats(m * k, in: -2...3), w = rng.floats(n * k, in: -0.5...0.5), b = rng.floats(n, in: -1...1)
         for bits in [8, 4] {
-            for g in [WeightGranularity.perChannel, .perTensor] {
+            for (g, rule) in [WeightGranularity.perChannel, .perTensor].flatMap({ g in RequantRule.allCases.map { (g, $0) } }) {
                 let weights = try w.withUnsafeBufferPointer { try NPUWeights(weight: .f32($0.baseAddress!), n: n, k: k, bits: bits, granularity: g) }
                 var yf = [Float](repeating: 0, count: m * n)
                 Reference.matmulNT(x: x, m: m, k: k, weight: .f32(w), n: n, bias: b, out: &yf)
                 let inP = Int8AffineParams.fromRange(min: -2, max: 3), outP = Int8AffineParams.fromRange(min: yf.min()!, max: yf.max()!)
-                let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP)
+                let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP, rule: rule)
                 var y = [Float](repeating: 0, count: m * n)
                 layer.forward(x: x, rows: m, out: &y, threads: 2)
                 let xq = x.map { inP.quantize($0) }
                 let yq = IntReference.fullyConnected(x: xq, w: weights.unpacked(), m: m, k: k, n: n, zpX: inP.zeroPoint,
-                                                     bias: layer.bias, multipliers: layer.multipliers, zpOut: outP.zeroPoint)
-                XCTAssertEqual(y, yq.map { outP.dequantize($0) }, "int\(bits) \(g)")
+                                                     bias: layer.bias, multipliers: layer.multipliers, zpOut: outP.zeroPoint, rule: rule)
+                XCTAssertEqual(y, yq.map { outP.dequantize($0) }, "int\(bits) \(g) \(rule)")
                 // and it approximates the float layer (SQNR of a W8A8 layer on uniform data is ~30 dB; W4 ~15 dB)
                 let e = ErrorMetrics(reference: yf, approximation: y)
                 XCTAssertGreaterThan(e.sqnrDB, bits == 8 ? 25 : 12, "int\(bits) \(g): \(e)")

@@ -5,7 +5,8 @@ import TestSupport
 import XCTest
 
 /// Fixture written by Tools/reference_tflite_requant.py (an independent Python re-implementation of TFLite's
-/// QuantizeMultiplier / MultiplyByQuantizedMultiplier and gemmlowp's fixed-point functions).
+/// QuantizeMultiplier / MultiplyByQuantizedMultiplier and gemmlowp's fixed-point functions): the `gemmlowp` rule.
+/// The other rules are checked against TFLite itself in TFLiteKernelTests.
 struct TFLiteFixture: Decodable {
     struct QM: Decodable { let m: String; let m0: Int32; let shift: Int }
     struct MBQM: Decodable { let x: Int32; let m0: Int32; let shift: Int; let srdhm: Int32; let out: Int32 }
@@ -85,7 +86,89 @@ final class RequantTests: XCTestCase {
         for c in fx.requantize_int8 {
             let m = Requant.quantizeMultiplier(hexDouble(c.m))
             XCTAssertEqual(m, .init(m0: c.m0, shift: c.shift))
-            XCTAssertEqual(Requant.requantizeToInt8(c.acc, m, zeroPoint: c.zp), c.out, "requant \(c.acc) \(c.m)")
+            XCTAssertEqual(Requant.requantizeToInt8(c.acc, m, zeroPoint: c.zp, rule: .gemmlowp), c.out, "requant \(c.acc) \(c.m)")
+        }
+    }
+
+    /// Every rule's fast form (inlined by IntGemm) equals its independent scalar form, on random accumulators and
+    /// multipliers and on the edges (0, +-1, int32 extremes, exact halves).
+    func testRuleFastFormsEqualScalarForms() {
+        var rng = SplitMix64(seed: 99)
+        var cases: [(Int32, Requant.Multiplier)] = []
+        for _ in 0..<200_000 {
+            let f = Float(exp(Double.random(in: log(1e-9)...log(0.9), using: &rng)))
+            var m = Requant.quantizeMultiplier(Double(f))
+            m.floatScale = f
+            let acc: Int32 = Bool.random(using: &rng) ? Int32.random(in: -200_000...200_000, using: &rng)
+                : Int32.random(in: Int32.min...Int32.max, using: &rng)
+            cases.append((acc, m))
+        }
+        // Exact halves: M = 2^-e makes acc = (2j + 1) * 2^(e-1) a tie for every rule.
+        for e in 1...20 {
+            let m = Requant.Multiplier(m0: 1 << 30, shift: 1 - e, floatScale: Float(pow(2.0, Double(-e))))
+            for j in -40...40 { cases.append((Int32((2 * j + 1) << (e - 1)), m)) }
+        }
+        for acc in [0, 1, -1, Int32.max, Int32.min, Int32.min + 1] {
+            for m in [Requant.Multiplier(m0: Int32.max, shift: 0, floatScale: 1), .init(m0: 1 << 30, shift: -31, floatScale: 1e-9),
+                      .init(m0: 0, shift: 0), .init(m0: 1 << 30, shift: 2, floatScale: 2)] { cases.append((acc, m)) }
+        }
+        for rule in RequantRule.allCases {
+            var bad = 0
+            for (acc, m) in cases where Requant.apply(acc, m, rule: rule) != RequantReference.apply(acc, m, rule: rule) {
+                if bad < 5 { XCTFail("\(rule) acc=\(acc) \(m): fast \(Requant.apply(acc, m, rule: rule)), scalar \(RequantReference.apply(acc, m, rule: rule))") }
+                bad += 1
+            }
+            XCTAssertEqual(bad, 0, "\(rule)")
+        }
+    }
+
+    /// By hand, M = 1/4 (m0 = 2^30, shift = -1) on 6, -6, 10, -10 (ties 1.5, -1.5, 2.5, -2.5), 5 and -7 (1.25,
+    /// -1.75). The two-step rules first round x / 2 (5 -> 2.5 -> 3, -7 -> -3.5), then halve again: double rounding.
+    func testRuleTiesByHand() {
+        let m = Requant.Multiplier(m0: 1 << 30, shift: -1, floatScale: 0.25)
+        func r(_ rule: RequantRule) -> [Int32] { [6, -6, 10, -10, 5, -7].map { Requant.apply($0, m, rule: rule) } }
+        XCTAssertEqual(r(.tfliteReference), [2, -2, 3, -3, 1, -2])  // once, ties away from zero
+        XCTAssertEqual(r(.tfliteOptimized), [2, -1, 3, -2, 2, -1])  // twice, ties upward
+        XCTAssertEqual(r(.xnnpack), [2, -2, 2, -2, 1, -2])          // once, ties to even
+        XCTAssertEqual(r(.gemmlowp), [2, -2, 3, -3, 2, -2])         // twice, ties away from zero
+        for rule in RequantRule.allCases {
+            XCTAssertEqual([6, -6, 10, -10, 5, -7].map { RequantReference.apply($0, m, rule: rule) }, r(rule), "\(rule) scalar")
+        }
+    }
+
+    func testMultiplierFormationPerRule() {
+        let sIn: Float = 0.0123, sW: Float = 0.00457, sOut: Float = 0.0931
+        let dbl = Requant.quantizeMultiplier(Double(sIn) * Double(sW) / Double(sOut))
+        let f32 = Requant.quantizeMultiplier(Double(sIn * sW) / Double(sOut))
+        XCTAssertNotEqual(dbl, f32)  // these scales separate the two products
+        for perTensor in [false, true] {
+            XCTAssertEqual(Requant.multiplier(inputScale: sIn, weightScale: sW, outputScale: sOut, perTensor: perTensor, rule: .tfliteReference), dbl)
+            XCTAssertEqual(Requant.multiplier(inputScale: sIn, weightScale: sW, outputScale: sOut, perTensor: perTensor, rule: .gemmlowp), dbl)
+            let x = Requant.multiplier(inputScale: sIn, weightScale: sW, outputScale: sOut, perTensor: perTensor, rule: .xnnpack)
+            XCTAssertEqual(x.floatScale, sIn * sW / sOut)
+        }
+        XCTAssertEqual(Requant.multiplier(inputScale: sIn, weightScale: sW, outputScale: sOut, perTensor: true, rule: .tfliteOptimized), f32)
+        XCTAssertEqual(Requant.multiplier(inputScale: sIn, weightScale: sW, outputScale: sOut, perTensor: false, rule: .tfliteOptimized), dbl)
+        // Single rounding caps the shift at 30.
+        XCTAssertEqual(Requant.multiplier(inputScale: 1e6, weightScale: 1e6, outputScale: 1e-3, perTensor: false, rule: .tfliteReference),
+                       .init(m0: Int32.max, shift: 30))
+    }
+
+    func testRuleNamesAndDefault() throws {
+        XCTAssertEqual(RequantRule.default, .tfliteReference)
+        XCTAssertEqual(NPUConfig().requant, .tfliteReference)
+        for r in RequantRule.allCases { XCTAssertEqual(try RequantRule(parsing: r.rawValue, flag: "--requant"), r) }
+        XCTAssertThrowsError(try RequantRule(parsing: "tflite", flag: "--requant")) { e in
+            let s = "\(e)"
+            XCTAssertTrue(s.contains("--requant") && s.contains("'tflite'") && s.contains("tflite-reference"), s)
+            XCTAssertFalse(s.contains("\n"), s)
+        }
+        let c = try NPUConfig.parse(Data(#"{"requant": "xnnpack"}"#.utf8), source: "cfg.json")
+        XCTAssertEqual(c.requant, .xnnpack)
+        XCTAssertEqual(c.json["requant"] as? String, "xnnpack")
+        XCTAssertEqual(NPUConfig().json["requant"] as? String, "tflite-reference")
+        XCTAssertThrowsError(try NPUConfig.parse(Data(#"{"requant": "ruy"}"#.utf8), source: "cfg.json")) { e in
+            XCTAssertTrue("\(e)".contains("requant") && "\(e)".contains("cfg.json"), "\(e)")
         }
     }
 
