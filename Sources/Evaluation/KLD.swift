@@ -41,28 +41,41 @@ public struct LogitsFileHeader: Codable, Sendable, Equatable {
     public var source: String?
 }
 
-/// Collects scored rows of a base run and writes the zstd-compressed logits file.
+/// Collects scored rows of a base run and writes the zstd-compressed logits file. Rows go to an unlinked spool
+/// file as they come (the header, first in the file, needs the final count and NLL sum), and `write` streams
+/// header + rows through one zstd frame into place: memory stays flat whatever the number of scored tokens.
 public final class LogitsWriter {
     public let vocab: Int
     public let encoding: LogitsEncoding
     public let topK: Int
-    private var body = Data()
+    private let spoolDirectory: String
+    private var spool: Int32 = -1
+    private var pending = Data()
+    private var bodyBytes = 0
     private var count = 0
     private var nllSum: Double = 0
     private var lp: [Double]
     private var order: [Int]
+    /// Rows buffered in memory before they go to the spool.
+    public let bufferBytes: Int
 
-    public init(vocab: Int, topK: Int = 64, maxFullVocab: Int = 4096) {
+    /// `spoolDirectory`: where the rows wait until `write` (default: the temporary directory); the destination's
+    /// directory keeps them on the disk that will hold the file. `bufferBytes`: rows held before each spool write.
+    public init(vocab: Int, topK: Int = 64, maxFullVocab: Int = 4096, spoolDirectory: String? = nil, bufferBytes: Int = 1 << 20) {
         self.vocab = vocab
+        self.bufferBytes = max(1, bufferBytes)
         encoding = vocab <= maxFullVocab ? .f16LogProbs : .topK
         self.topK = min(topK, vocab)
+        self.spoolDirectory = spoolDirectory ?? NSTemporaryDirectory()
         lp = [Double](repeating: 0, count: vocab)
         order = Array(0..<vocab)
     }
 
-    private func append<T>(_ v: T) { withUnsafeBytes(of: v) { body.append(contentsOf: $0) } }
+    deinit { if spool >= 0 { close(spool) } }
 
-    public func add(_ row: ScoredRow) {
+    private func append<T>(_ v: T) { withUnsafeBytes(of: v) { pending.append(contentsOf: $0) } }
+
+    public func add(_ row: ScoredRow) throws {
         logSoftmax(row.logits, vocab: vocab, into: &lp)
         var am = 0
         for i in 1..<vocab where lp[i] > lp[am] { am = i }
@@ -91,21 +104,59 @@ public final class LogitsWriter {
             append(Float(max(0, 1 - mass)).bitPattern.littleEndian)
             for j in 0..<topK { append(UInt32(order[j]).littleEndian); append(Float(lp[order[j]]).bitPattern.littleEndian) }
         }
+        if pending.count >= bufferBytes { try flush() }
+    }
+
+    /// Moves the buffered rows to the spool file, made (and unlinked at once, so no interruption leaves it
+    /// behind) on first use.
+    private func flush() throws {
+        guard !pending.isEmpty else { return }
+        if spool < 0 {
+            let path = (spoolDirectory as NSString).appendingPathComponent(".quantkit-logits-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            spool = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+            guard spool >= 0 else {
+                throw QuantKitError(.io, "\(path): cannot write the logits spool (\(String(cString: strerror(errno))))")
+            }
+            unlink(path)
+        }
+        try pending.withUnsafeBytes { b in
+            var done = 0
+            while done < b.count {
+                let n = Glibc.write(spool, b.baseAddress! + done, b.count - done)
+                guard n > 0 else { throw QuantKitError(.io, "logits spool in \(spoolDirectory): write failed (\(String(cString: strerror(errno))))") }
+                done += n
+            }
+        }
+        bodyBytes += pending.count
+        pending.removeAll(keepingCapacity: true)
     }
 
     public func write(to path: String, corpusSHA256: String, tokenizer: String, protocolName: String, ctx: Int,
                       stride: Int?, model: String) throws {
+        try flush()
         let header = LogitsFileHeader(corpus_sha256: corpusSHA256, tokenizer: tokenizer, protocol: protocolName, ctx: ctx,
                                       stride: stride, model: model, vocab: vocab, encoding: encoding,
                                       top_k: encoding == .topK ? topK : nil, tokens_scored: count, nll_sum: nllSum)
         let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
         let json = try enc.encode(header)
-        var out = Data("QKLOGITS".utf8)
+        var prefix = Data("QKLOGITS".utf8)
         var n = UInt32(json.count).littleEndian
-        out.append(Data(bytes: &n, count: 4))
-        out.append(json)
-        out.append(body)
-        try AtomicFile.write(try Zstd.compress(out, level: 3), to: path)
+        prefix.append(Data(bytes: &n, count: 4))
+        prefix.append(json)
+        let (spool, total) = (spool, bodyBytes)
+        try AtomicFile.write(to: path) { handle in
+            let z = try ZstdFileWriter(handle: handle, level: 3, pledgedSize: prefix.count + total)
+            try z.write(prefix)
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            var offset = 0
+            while offset < total {
+                let got = buffer.withUnsafeMutableBytes { pread(spool, $0.baseAddress!, min($0.count, total - offset), off_t(offset)) }
+                guard got > 0 else { throw QuantKitError(.io, "\(path): reading the logits spool back failed") }
+                try buffer.withUnsafeBytes { try z.write(UnsafeRawBufferPointer(rebasing: $0.prefix(got))) }
+                offset += got
+            }
+            try z.finish()
+        }
     }
 }
 

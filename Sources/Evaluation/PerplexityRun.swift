@@ -453,7 +453,11 @@ public enum PerplexityRun {
         try base?.checkCompatible(corpusSHA256: sha, tokenizer: tokLabel, protocolName: protocolName, ctx: ctx,
                                   stride: opts.effectiveStride, vocab: m.config.vocabSize)
         let acc = base.map { KLDAccumulator(base: $0, firstRow: firstRow) }
-        let writer = o.saveLogits != nil ? LogitsWriter(vocab: m.config.vocabSize) : nil
+        // Rows wait on the destination's disk, not in memory, until the file is written.
+        let writer = o.saveLogits.map { path -> LogitsWriter in
+            let dir = (path as NSString).deletingLastPathComponent
+            return LogitsWriter(vocab: m.config.vocabSize, spoolDirectory: dir.isEmpty ? "." : dir)
+        }
         var measured = PerplexityMeasurement(info: PerplexityRunInfo(
             model: o.model, tokenizer: tokLabel, corpus: o.corpus, corpusSHA256: sha, protocolKind: opts.protocolKind, ctx: ctx,
             stride: opts.effectiveStride, corpusTokens: ids.tokens.count, backend: sim == nil ? "cpu" : "npu", activations: activations,
@@ -463,7 +467,7 @@ public enum PerplexityRun {
         var rowPlaces: [(tokenIndex: Int, windowPosition: Int, target: Int32)] = []
         let r = try Perplexity.evaluate(model: m, tokens: ids.tokens, addsBOS: tok.addsBOS, bosId: ids.bos, options: opts,
                                         windows: range, progress: progress) { row in
-            writer?.add(row)
+            try writer?.add(row)
             try acc?.add(row)
             if acc != nil { rowPlaces.append((row.tokenIndex, row.windowPosition, row.target)) }
             let chunk = row.chunk - range.lowerBound

@@ -13,7 +13,13 @@ public final class FloatPanels: @unchecked Sendable {
     enum Kind { case f32, f16, bf16 }
     var elementSize: Int { kind == .f32 ? 4 : 2 }
 
-    public init(_ weight: WeightRef, n: Int, k: Int, threads: Int = Parallel.defaultThreads) {
+    /// Panels packed per this many (a chunk): `packed` hears after each chunk, so a caller can let go of the
+    /// source rows already copied and the packing never holds two whole copies.
+    static let chunkPanels = 64
+
+    /// `packed(rows)`: called after source rows `rows` are in the panels (in order, each row once).
+    public init(_ weight: WeightRef, n: Int, k: Int, threads: Int = Parallel.defaultThreads,
+                packed: ((Range<Int>) -> Void)? = nil) {
         self.n = n
         self.k = k
         panels = (n + 15) / 16
@@ -28,15 +34,19 @@ public final class FloatPanels: @unchecked Sendable {
         let (n, k, panels) = (n, k, panels)
         func fill<T: Sendable>(_ w: UnsafePointer<T>, _ zero: T) {
             let src = SendablePointer(w)
-            Parallel.forRanges(panels, threads: threads) { r in
-                let out = UnsafeMutableRawPointer(dst.base).assumingMemoryBound(to: T.self)
-                for p in r {
-                    let base = out + p * k * 16
-                    for j in 0..<16 {
-                        let row = p * 16 + j
-                        for kk in 0..<k { base[kk * 16 + j] = row < n ? src.base[row * k + kk] : zero }
+            for c in stride(from: 0, to: panels, by: Self.chunkPanels) {
+                let chunk = c..<min(panels, c + Self.chunkPanels)
+                Parallel.forRanges(chunk.count, threads: threads) { r in
+                    let out = UnsafeMutableRawPointer(dst.base).assumingMemoryBound(to: T.self)
+                    for p in (r.lowerBound + chunk.lowerBound)..<(r.upperBound + chunk.lowerBound) {
+                        let base = out + p * k * 16
+                        for j in 0..<16 {
+                            let row = p * 16 + j
+                            for kk in 0..<k { base[kk * 16 + j] = row < n ? src.base[row * k + kk] : zero }
+                        }
                     }
                 }
+                packed?(min(n, chunk.lowerBound * 16)..<min(n, chunk.upperBound * 16))
             }
         }
         switch weight {
@@ -47,6 +57,24 @@ public final class FloatPanels: @unchecked Sendable {
     }
 
     deinit { storage.deallocate() }
+
+    /// Row `row` of the weight as Float32 (f16/bf16 widened exactly): a tied embedding's lookup reads the head's
+    /// panels instead of faulting the released row-major copy back in.
+    public func copyRow(_ row: Int, into dst: UnsafeMutablePointer<Float>) {
+        precondition(row >= 0 && row < n, "row outside the weight")
+        let offset = (row >> 4) * k * 16 + (row & 15)
+        switch kind {
+        case .f32:
+            let p = storage.assumingMemoryBound(to: Float.self) + offset
+            for kk in 0..<k { dst[kk] = p[kk * 16] }
+        case .f16:
+            let p = storage.assumingMemoryBound(to: Float16.self) + offset
+            for kk in 0..<k { dst[kk] = Float(p[kk * 16]) }
+        case .bf16:
+            let p = storage.assumingMemoryBound(to: UInt16.self) + offset
+            for kk in 0..<k { dst[kk] = bf16ToFloat(p[kk * 16]) }
+        }
+    }
 }
 
 /// Panels straight from a FloatPanels (the 16 x kcur block at panel n0/16, k offset k0): f32 is read in place by

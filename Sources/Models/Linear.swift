@@ -57,11 +57,21 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
         packLock.lock()
         defer { packLock.unlock() }
         if let p = packed { return p }
-        let p = FloatPanels(ref, n: outFeatures, k: inFeatures, threads: threads)
+        // Prefill no longer reads the row-major bytes: each chunk of rows is let go once packed, so the packing
+        // never holds both whole copies. Decode faults back what it touches; a tied embedding reads the panels.
+        let (storage, rowBytes) = (weight.storage, inFeatures * weight.dtype.byteSize)
+        let p = FloatPanels(ref, n: outFeatures, k: inFeatures, threads: threads) { rows in
+            storage.releaseResidentPages(bytes: (rows.lowerBound * rowBytes)..<(rows.upperBound * rowBytes))
+        }
         packed = p
-        // Prefill no longer reads the row-major bytes; decode and embedding lookups fault back what they touch.
-        weight.storage.releaseResidentPages()
         return p
+    }
+
+    /// The packed panels once a prefill made them (nil before, or with packing off).
+    public var packedPanels: FloatPanels? {
+        packLock.lock()
+        defer { packLock.unlock() }
+        return packed
     }
 
     public init(weight: Tensor, bias: Tensor? = nil, name: String = "linear") throws {

@@ -473,8 +473,13 @@ public final class LlamaModel {
     /// Embedding rows (converted to Float32) for `tokens` into x [tokens.count, dim]. Ids must be < vocab.
     public func embed(_ tokens: UnsafeBufferPointer<Int32>, into x: UnsafeMutablePointer<Float>) {
         let dim = config.hiddenSize
+        // A tied head that packed its panels released the row-major table: read the rows there (same values),
+        // so the table is held once.
+        let head = lmHead as? DenseLinear
+        let panels = head?.weight.storage === embedding.storage && head?.weight.dtype == embedding.dtype ? head?.packedPanels : nil
         for (r, t) in tokens.enumerated() {
             let dst = x + r * dim
+            if let panels { panels.copyRow(Int(t), into: dst); continue }
             let off = Int(t) * dim
             switch embedding.dtype {
             case .f32: dst.update(from: embedding.pointer(as: Float.self) + off, count: dim)
@@ -610,7 +615,12 @@ final class RecordingSource: WeightSource {
     func tensor(_ name: String) throws -> Tensor {
         guard base.contains(name) else { missing.append(name); return try base.tensor(name) }
         let t = try base.tensor(name)
-        if !accessed.contains(name) { try checkFinite(t, name: name) }
+        if !accessed.contains(name) {
+            try checkFinite(t, name: name)
+            // The check read every page: drop them, so the whole file never sits resident at once. Whoever uses
+            // the tensor (packing, quantizing one layer) faults its pages back and releases them after.
+            t.storage.releaseResidentPages()
+        }
         accessed.insert(name)
         return t
     }

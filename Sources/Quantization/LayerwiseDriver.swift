@@ -111,6 +111,9 @@ public enum LayerwiseDriver {
                                                 asymmetry: observer?.asymmetry(name))
                     let (replacement, output) = try algorithm.process(module)
                     try model.setLinear(replacement, named: name)
+                    // The module's working set (float copy, Hessian work, the replaced layer) is freed: give it back,
+                    // so the run holds one layer's working set at a time.
+                    HeapMemory.returnFreed()
                     outputs.append((name, output))
                     done += 1
                     counter.update(done: done, detail: name)

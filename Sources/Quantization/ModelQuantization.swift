@@ -227,6 +227,9 @@ public struct LayerQuantizer: LayerwiseAlgorithm {
         guard wT.shape.count == 2 else { throw QuantKitError(.shape, "\(name).weight is not 2-D") }
         let (out, inF) = (wT.shape[0], wT.shape[1])
         let w = wT.floats()
+        // The float copy above is all this layer needs: a mapped checkpoint's pages of it are let go, so quantizing
+        // holds one layer's float weights at a time.
+        wT.storage.releaseResidentPages()
         var q: QuantizedWeight?
         var pruned: [Float]?
         var loss: Double?, damp: Double?, esc = 0, dead = 0

@@ -35,10 +35,16 @@ public final class TensorStorage: @unchecked Sendable {
     /// back in from the page cache. For weights that were copied into another form (packed panels, decoded
     /// codes), so their file bytes stop counting against peak memory. Owned memory is left alone.
     public func releaseResidentPages() {
-        guard isMapped, byteCount > 0 else { return }
+        releaseResidentPages(bytes: 0..<byteCount)
+    }
+
+    /// The same for the whole pages inside bytes `range` of this view (a part already copied elsewhere).
+    public func releaseResidentPages(bytes range: Range<Int>) {
+        let range = range.clamped(to: 0..<byteCount)
+        guard isMapped, !range.isEmpty else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (Int(bitPattern: bytes) + page - 1) / page * page
-        let end = (Int(bitPattern: bytes) + byteCount) / page * page
+        let start = (Int(bitPattern: bytes) + range.lowerBound + page - 1) / page * page
+        let end = (Int(bitPattern: bytes) + range.upperBound) / page * page
         guard end > start, let p = UnsafeMutableRawPointer(bitPattern: start) else { return }
         _ = madvise(p, end - start, Int32(MADV_DONTNEED))
     }
@@ -74,4 +80,24 @@ public final class MappedFile: @unchecked Sendable {
     deinit {
         if size == 0 { UnsafeMutableRawPointer(mutating: base).deallocate() } else { munmap(UnsafeMutableRawPointer(mutating: base), size) }
     }
+}
+
+/// Process memory housekeeping.
+public enum HeapMemory {
+    /// Hands freed heap memory back to the system (glibc keeps large freed blocks otherwise: a layer-by-layer job
+    /// that frees each layer's working set would see its resident size creep up by them). A no-op elsewhere.
+    public static func returnFreed() {
+        if let trim = mallocTrim { _ = trim(0) }
+    }
+
+    // glibc's malloc_trim (malloc.h is not in the Glibc module); nil on other C libraries.
+    private typealias Trim = @convention(c) (Int) -> Int32
+    nonisolated(unsafe) private static let mallocTrim: Trim? = {
+        #if canImport(Glibc)
+        guard let f = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return nil }
+        return unsafeBitCast(f, to: Trim.self)
+        #else
+        return nil
+        #endif
+    }()
 }

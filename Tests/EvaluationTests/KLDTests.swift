@@ -24,7 +24,7 @@ final class KLDTests: XCTestCase {
 
     func saveBase(_ model: LlamaModel, _ tokens: [Int32], sha: String = "abc", tokenizer: String = "tok512") throws -> String {
         let w = LogitsWriter(vocab: model.config.vocabSize)
-        _ = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: Self.opts, onRow: { w.add($0) })
+        _ = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: Self.opts, onRow: { try w.add($0) })
         let path = Repo.tempDirectory("kld") + "/base.qklogits.zst"
         try w.write(to: path, corpusSHA256: sha, tokenizer: tokenizer, protocolName: "llamacpp", ctx: 128, stride: nil, model: "base")
         return path
@@ -34,6 +34,30 @@ final class KLDTests: XCTestCase {
         let acc = KLDAccumulator(base: try LogitsFile(path: base))
         _ = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: Self.opts, onRow: { try acc.add($0) })
         return try acc.result()
+    }
+
+    /// The base file is streamed through a spool, whatever the buffer: it equals the one-shot compression of the
+    /// file's content (what the in-memory writer wrote), and small buffers (many spool writes) change no byte.
+    func testStreamedBaseEqualsInMemoryEncoding() throws {
+        let (_, tokens) = try loadFixture()
+        let model = try LlamaModel.load(path: Repo.path("Models/stories260K/stories260K.bin"))
+        var files: [Data] = []
+        let (spool, out) = (Repo.tempDirectory("kld-spool"), Repo.tempDirectory("kld-stream"))
+        for buffer in [1 << 20, 4096, 1] {
+            let w = LogitsWriter(vocab: model.config.vocabSize, spoolDirectory: spool, bufferBytes: buffer)
+            _ = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: Self.opts, onRow: { try w.add($0) })
+            let path = out + "/base-\(buffer).zst"
+            try w.write(to: path, corpusSHA256: "abc", tokenizer: "tok512", protocolName: "llamacpp", ctx: 128, stride: nil, model: "base")
+            files.append(try Data(contentsOf: URL(fileURLWithPath: path)))
+        }
+        let content = try Zstd.decompress(files[0])
+        XCTAssertEqual(files[0], try Zstd.compress(content, level: 3))
+        XCTAssertEqual(files[1], files[0])
+        XCTAssertEqual(files[2], files[0])
+        // The reader checks the rows' bytes against the header's count.
+        XCTAssertEqual(try LogitsFile(path: out + "/base-1.zst").header.tokens_scored, 4 * 63)
+        // No spool file is left behind (it is unlinked when made).
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: spool), [])
     }
 
     func testModelAgainstItselfIsZero() throws {
@@ -97,7 +121,7 @@ final class KLDTests: XCTestCase {
         let q = try LlamaModel.load(path: dir)
         let w = LogitsWriter(vocab: 512, topK: 64, maxFullVocab: 0)
         XCTAssertEqual(w.encoding, .topK)
-        _ = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: Self.opts, onRow: { w.add($0) })
+        _ = try Perplexity.evaluate(model: model, tokens: tokens, addsBOS: true, bosId: 1, options: Self.opts, onRow: { try w.add($0) })
         let p = Repo.tempDirectory("kld") + "/topk.zst"
         try w.write(to: p, corpusSHA256: "x", tokenizer: "t", protocolName: "llamacpp", ctx: 128, stride: nil, model: "m")
         let topk = try compare(q, tokens, base: p)

@@ -39,7 +39,7 @@ final class SilentWrongAnswerTests: XCTestCase {
         let model = try LlamaModel.load(path: Self.stories)
         let w = LogitsWriter(vocab: model.config.vocabSize)
         _ = try Perplexity.evaluate(model: model, tokens: tokens(512), addsBOS: true, bosId: 1,
-                                    options: PerplexityOptions(ctx: 64, maxChunks: 2), onRow: { w.add($0) })
+                                    options: PerplexityOptions(ctx: 64, maxChunks: 2), onRow: { try w.add($0) })
         let path = Repo.tempDirectory("nankld") + "/base.qklogits.zst"
         try w.write(to: path, corpusSHA256: "x", tokenizer: "t", protocolName: "llamacpp", ctx: 64, stride: nil, model: "m")
         XCTAssertNoThrow(try LogitsFile(path: path))

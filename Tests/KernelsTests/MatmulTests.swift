@@ -104,6 +104,36 @@ final class MatmulTests: XCTestCase {
         }
     }
 
+    /// Packing reports every source row once, in order, in chunks; a packed row reads back as the row-major row
+    /// widened the same way (the tied embedding's lookup), for each dtype and short last panels.
+    func testPanelRowsAndPackedChunks() {
+        var rng = SplitMix64(seed: 77)
+        for (n, k) in [(1, 3), (17, 5), (1100, 9), (2049, 4)] {
+            let w32 = rng.floats(n * k)
+            let w16 = w32.map { Float16($0) }
+            let wbf = w32.map { floatToBF16($0) }
+            for kind in Kind.allCases {
+                func run(_ ref: WeightRef, _ expected: (Int) -> Float) {
+                    var seen: [Range<Int>] = []
+                    let p = FloatPanels(ref, n: n, k: k, threads: 2) { seen.append($0) }
+                    XCTAssertEqual(seen.first?.lowerBound, 0)
+                    XCTAssertEqual(seen.last?.upperBound, n)
+                    XCTAssertTrue(zip(seen, seen.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound }, "\(kind) \(n)")
+                    var row = [Float](repeating: .nan, count: k)
+                    for r in [0, n / 2, n - 1] {
+                        row.withUnsafeMutableBufferPointer { p.copyRow(r, into: $0.baseAddress!) }
+                        XCTAssertEqual(row.map(\.bitPattern), (0..<k).map { expected(r * k + $0).bitPattern }, "\(kind) \(n)x\(k) row \(r)")
+                    }
+                }
+                switch kind {
+                case .f32: w32.withUnsafeBufferPointer { b in run(.f32(b.baseAddress!)) { w32[$0] } }
+                case .f16: w16.withUnsafeBufferPointer { b in run(.f16(b.baseAddress!)) { Float(w16[$0]) } }
+                case .bf16: wbf.withUnsafeBufferPointer { b in run(.bf16(b.baseAddress!)) { bf16ToFloat(wbf[$0]) } }
+                }
+            }
+        }
+    }
+
     func testZeroK() {
         let b: [Float] = [1, 2, 3]
         var out = [Float](repeating: .nan, count: 6)

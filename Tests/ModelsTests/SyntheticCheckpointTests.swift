@@ -34,6 +34,19 @@ final class SyntheticCheckpointTests: XCTestCase {
         XCTAssertNotNil((bf.blocks[1].kProj as? DenseLinear)?.bias)
     }
 
+    /// A tied model's first prefill packs the head and lets the mapped table go; later windows embed from the
+    /// head's panels: the logits are the same bits as the first window's (which embedded from the table).
+    func testTiedEmbeddingFromPanelsKeepsLogits() throws {
+        for v in ["llama_mqa_f16_tied", "qwen2_bias_bf16_tied"] {
+            let model = try LlamaModel.load(path: Self.dir(v))
+            let tokens: [Int32] = [1, 5, 9, 2, 77, 3, 60, 61, 12]
+            let first = try model.logits(tokens)
+            XCTAssertNotNil((model.lmHead as? DenseLinear)?.packedPanels, v)
+            let again = try model.logits(tokens)
+            XCTAssertEqual(first.map(\.bitPattern), again.map(\.bitPattern), v)
+        }
+    }
+
     /// A checkpoint missing one tensor, with a wrongly shaped one and an extra one, is rejected with all three named.
     func testLoadListsMissingUnexpectedAndMisshaped() throws {
         let src = try SafetensorsCheckpoint(path: Self.dir("llama_gqa_f32_untied"))

@@ -61,3 +61,27 @@ final class ZstdTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
     }
 }
+
+final class ZstdFileWriterTests: XCTestCase {
+    /// Written piece by piece (odd sizes, several streaming buffers), the frame equals `Zstd.compress` of the whole.
+    func testPiecesEqualOneShotCompression() throws {
+        var rng = SplitMix64(seed: 7)
+        var data = Data(count: 3_000_017)
+        data.withUnsafeMutableBytes { b in for i in 0..<b.count { b[i] = UInt8(truncatingIfNeeded: (rng.next() % 7) * 31 + UInt64(i % 13)) } }
+        for level: Int32 in [3, 19] {
+            let path = Repo.tempDirectory("zstd-writer") + "/out-\(level).zst"
+            try AtomicFile.write(to: path) { handle in
+                let z = try ZstdFileWriter(handle: handle, level: level, pledgedSize: data.count)
+                var offset = 0, piece = 1
+                while offset < data.count {
+                    let n = min(piece, data.count - offset)
+                    try z.write(data.subdata(in: offset..<(offset + n)))
+                    offset += n
+                    piece = piece * 3 + 1
+                }
+                try z.finish()
+            }
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), try Zstd.compress(data, level: level), "level \(level)")
+        }
+    }
+}
