@@ -10,8 +10,10 @@
 # The fuzzer binary is built on request (QUANTKIT_FUZZ=1 adds it to Package.swift) in .build/fuzz, apart from the
 # ordinary build. Inputs the fuzzer discovers go to .build/fuzz-corpus/TARGET (kept between runs, never committed);
 # a crash, leak, timeout or out-of-memory input is written to .build/fuzz-findings/TARGET and the script exits 1.
-# A finding becomes a regression test in the ordinary test suite (Tests/*/FuzzRegressionTests.swift).
-# Each run ends with one line: "fuzz TARGET: N executions in S s (R/s), no finding".
+# Once fixed, a finding is kept in Tests/Fuzz/Regressions/TARGET/, which the ordinary test suite replays
+# (Tests/FuzzRegressionTests).
+# Each run ends with one line: "fuzz TARGET: N executions in S s (R/s), no finding". FUZZ_RUNS=N stops a target
+# after N executions instead (SECONDS is then only an upper bound).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,13 +37,13 @@ run_one() {
   local work=$ROOT/.build/fuzz-corpus/$target findings=$ROOT/.build/fuzz-findings/$target log
   mkdir -p "$work" "$findings"
   log=$(mktemp)
-  local status=0
+  local status=0 start=$SECONDS
   # -rss_limit_mb: a parser must refuse a file that claims a huge size, not allocate it.
   # -timeout: a parser must not hang on any input (the small seeds parse in milliseconds).
   # SWIFT_BACKTRACE off: Swift's crash handler would report its own memory reads instead of the trap.
   QUANTKIT_FUZZ_TARGET=$target SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=0 \
     "$BIN" "$work" "$SEEDS/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20 \
-    -max_len=65536 -print_final_stats=1 -artifact_prefix="$findings/" >"$log" 2>&1 || status=$?
+    -max_len=65536 -print_final_stats=1 ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -artifact_prefix="$findings/" >"$log" 2>&1 || status=$?
   local execs secs
   execs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' || true)
   secs=$(grep -E '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' || true)
@@ -50,13 +52,13 @@ run_one() {
     echo "fuzz $target: FINDING after ${execs:-?} executions (inputs in $findings; full log $log)" >&2
     return 1
   fi
-  echo "fuzz $target: ${execs:-?} executions in ${seconds} s (${secs:-?}/s), no finding"
+  echo "fuzz $target: ${execs:-?} executions in $((SECONDS - start)) s (${secs:-?}/s), no finding"
   rm -f "$log"
 }
 
 case "${1:-}" in
   --list)
-    grep -o 'FuzzTarget(name: "[^"]*", summary: "[^"]*"' Tests/Fuzz/Targets.swift | sed -E 's/FuzzTarget\(name: "([^"]*)", summary: "([^"]*)"/  \1: \2/'
+    grep -o 'FuzzTarget(name: "[^"]*", summary: "[^"]*"' Tests/FuzzTargets/Targets.swift | sed -E 's/FuzzTarget\(name: "([^"]*)", summary: "([^"]*)"/  \1: \2/'
     ;;
   --seeds)
     build
@@ -73,7 +75,7 @@ case "${1:-}" in
     exit "$bad"
     ;;
   ""|-h|--help)
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *)
     [ $# -eq 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || { echo "fuzz: usage: Tools/fuzz.sh TARGET|all SECONDS" >&2; exit 2; }
     build
