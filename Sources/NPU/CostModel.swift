@@ -52,9 +52,10 @@ public struct NPUHardware: Codable, Equatable, Sendable {
                     dramBytesPerSecond: 25e9, weightCompression: true, compressionRatio: 0.75, vectorOpsPerCycle: 64),
     ]
 
-    public static func preset(_ name: String) throws -> NPUHardware {
+    /// `source` names where the name came from in the error: the flag, or a config file's key.
+    public static func preset(_ name: String, source: String = "--preset") throws -> NPUHardware {
         guard let p = presets.first(where: { $0.name == name }) else {
-            throw QuantKitError(.config, "unknown NPU preset '\(name)'; known: \(presets.map(\.name).joined(separator: ", "))")
+            throw QuantKitError(.config, "\(source) '\(name)': unknown NPU preset; known: \(presets.map(\.name).joined(separator: ", "))")
         }
         return p
     }

@@ -76,7 +76,7 @@ public struct NPUConfig: Equatable, Sendable {
         }
         if let v = obj["preset"] {
             guard let s = v as? String else { throw fail("preset must be a string") }
-            do { c.hardware = try NPUHardware.preset(s) } catch let e as QuantKitError { throw fail(e.message) }
+            do { c.hardware = try NPUHardware.preset(s, source: "preset") } catch let e as QuantKitError { throw fail(e.message) }
         }
         if let v = obj["hardware"] {
             guard let h = v as? [String: Any] else { throw fail("hardware must be an object") }

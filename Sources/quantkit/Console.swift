@@ -63,6 +63,34 @@ func logInfo(_ message: String) {
     FileHandle.standardError.write(Data((message + "\n").utf8))
 }
 
+extension Console {
+    /// Parses and runs the command line. A bad flag or argument gets one line naming it, with where to find the
+    /// usage, and exit 64 (EX_USAGE); --help and --version print in full as usual.
+    static func runCommandLine(_ root: any ParsableCommand.Type) -> Never {
+        do {
+            var command = try root.parseAsRoot()
+            try command.run()
+            exit(0)
+        } catch {
+            let code = root.exitCode(for: error)
+            guard code != .success, !(error is ExitCode) else { root.exit(withError: error) }
+            let message = root.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            logInfo("error: \(message)" + (code == .validationFailure ? " (see '\(helpCommand())')" : ""))
+            exit(code.rawValue)
+        }
+    }
+
+    /// "quantkit perplexity --help", "quantkit npu report --help": the subcommand words the user typed.
+    private static func helpCommand() -> String {
+        var words = ["quantkit"]
+        for arg in CommandLine.arguments.dropFirst().prefix(2) {
+            guard !arg.hasPrefix("-"), words.count == 1 || ["npu", "rag", "bench"].contains(words[1]) else { break }
+            words.append(arg)
+        }
+        return (words + ["--help"]).joined(separator: " ")
+    }
+}
+
 /// Prints an error as one line on stderr and exits 1, instead of a stack trace.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do { try body() } catch let e as ExitCode { throw e } catch {

@@ -28,4 +28,4 @@ struct QuantKitCommand: ParsableCommand {
 
 Console.applyEnvironment()
 Console.handleInterrupts()
-QuantKitCommand.main()
+Console.runCommandLine(QuantKitCommand.self)

@@ -45,6 +45,32 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(err.contains("Fatal error") || err.contains("Stack dump"), "crash output: \(err)", file: file, line: line)
     }
 
+    /// A bad flag, a missing argument or an out-of-range value: exit 64 (EX_USAGE) with exactly one line on stderr
+    /// that names the flag and says where the usage is.
+    func testArgumentErrorsAreOneLineNamingTheFlag() throws {
+        let stories = "Models/stories260K/stories260K.bin", corpus = "Corpora/tinystories/tinystories_sample.txt.zst"
+        let cases: [([String], String)] = [
+            (["perplexity", "--model", stories, "--corpus", corpus, "--ctx", "0"], "--ctx 0"),
+            (["perplexity", "--model", stories, "--ctx", "16"], "--corpus"),
+            (["perplexity", "--model", stories, "--corpus", corpus, "--ctx", "16", "--no-such-flag"], "--no-such-flag"),
+        ]
+        for (args, needle) in cases {
+            let (code, _, err) = try run(args, expectSuccess: false)
+            XCTAssertEqual(code, 64, "\(args): \(err)")
+            let lines = err.split(separator: "\n", omittingEmptySubsequences: true)
+            XCTAssertEqual(lines.count, 1, "\(args): \(err)")
+            XCTAssertTrue(err.contains(needle) && err.contains("--help"), "\(args): \(err)")
+        }
+        // A value the library refuses after parsing: exit 1, still one line naming the flag.
+        let (presetCode, _, presetErr) = try run(["npu", "cost", "--model", stories, "--preset", "nope"], expectSuccess: false)
+        XCTAssertEqual(presetCode, 1)
+        XCTAssertEqual(presetErr.split(separator: "\n").count, 1, presetErr)
+        XCTAssertTrue(presetErr.contains("--preset 'nope'"), presetErr)
+        let (code, out, _) = try run(["perplexity", "--help"])
+        XCTAssertEqual(code, 0)
+        XCTAssertTrue(out.contains("USAGE: quantkit perplexity"), out)
+    }
+
     /// Inputs that used to give a figure with exit 0 (ppl nan, ppl 1.0), replace a file, or read a model as a
     /// tokenizer: each gets one line naming the culprit and exit 1.
     func testSilentWrongAnswersAreRefused() throws {
