@@ -24,7 +24,7 @@ public struct NPUBackendSettings: Sendable {
     /// `--requant` as given (a RequantRule name); it overrides the config file's "requant". nil: the file's or
     /// the default rule.
     public var requant: String?
-    public static let defaultCalibration = "Corpora/scifact/corpus.jsonl.zst"
+    public static var defaultCalibration: String { ShippedData.path("Corpora/scifact/corpus.jsonl.zst") }
     /// SmoothQuant's alpha search grid (the objective: mean KL(float || NPU) on the calibration tokens).
     public static let smoothQuantAlphaGrid: [Double] = (1...9).map { Double($0) / 10 }
 

@@ -54,7 +54,7 @@ public struct QuantizeRunOptions: Sendable {
     /// Where "minilm" is looked for first (the CLI's QUANTKIT_EMBEDDER).
     public var embedderOverride: String?
 
-    public static let defaultCalibration = "Corpora/scifact/corpus.jsonl.zst"
+    public static var defaultCalibration: String { ShippedData.path("Corpora/scifact/corpus.jsonl.zst") }
 
     public init(model: String, output: String) {
         self.model = model

@@ -27,6 +27,8 @@ enum Console {
             threads = n
         }
         Parallel.configure(threads: threads, spinPool: environment["QUANTKIT_SPIN_POOL"] != "0")
+        // Default paths (Corpora/..., Models/...) resolve from any directory against the checkout holding this binary.
+        ShippedData.root = Bundle.main.executablePath.flatMap { ShippedData.repositoryRoot(above: $0) }
         DenseLinear.prepackEnabled = environment["QUANTKIT_PREPACK"] != "0"
     }
 

@@ -42,7 +42,7 @@ struct RagAnswersCommand: RunCommand {
     var shard: String?
 
     func options() throws -> AnswersRunOptions {
-        var o = AnswersRunOptions(generator: generator, dataset: dataset)
+        var o = AnswersRunOptions(generator: ShippedData.path(generator), dataset: ShippedData.path(dataset))
         o.tokenizer = tokenizer
         o.generatorQuantized = generatorQuantized
         o.retriever = retriever

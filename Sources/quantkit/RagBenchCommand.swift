@@ -19,7 +19,7 @@ struct RagBenchCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let th = threads ?? Parallel.defaultThreads
-            let ds = try Datasets.loadBEIR(dataset, split: "test")
+            let ds = try Datasets.loadBEIR(ShippedData.path(dataset), split: "test")
             let dir = try RagEmbedders.resolveDirectory(embedder, embedderOverride: Console.embedderOverride)
             let texts = ds.corpus.prefix(docs).map(\.embeddingText)
             let (peak, _) = KernelBench.fmaPeak(threads: th, reps: 5)

@@ -53,7 +53,7 @@ struct RagRetrievalCommand: RunCommand {
     var shard: String?
 
     func options() throws -> RetrievalRunOptions {
-        var o = RetrievalRunOptions(dataset: dataset)
+        var o = RetrievalRunOptions(dataset: ShippedData.path(dataset))
         o.embedder = embedder
         o.embedderQuantized = embedderQuantized
         o.split = split

@@ -171,6 +171,12 @@ final class CLITests: XCTestCase {
         try run(["generate", "--model", model, "--prompt", "Once", "--max-tokens", "2"], in: elsewhere)
         try run(["rag", "answers", "--generator", model, "--dataset", Repo.path("Corpora/squad/squad-v2-dev-first5.json.zst"),
                  "--oracle-context", "--max-questions", "1", "--max-tokens", "2"], in: elsewhere)
+        // The shipped defaults (generator, SQuAD sample, GPTQ calibration text) resolve against the checkout too.
+        try run(["rag", "answers", "--oracle-context", "--max-questions", "1", "--max-tokens", "2"], in: elsewhere)
+        let out = elsewhere.appendingPathComponent("gptq").path
+        try? FileManager.default.removeItem(atPath: out)
+        try run(["quantize", "--model", model, "--method", "gptq", "--bits", "8", "--group-size", "-1", "--samples", "4",
+                 "--seqlen", "32", "--output", out], in: elsewhere)
     }
 
     func testQuantizeEvaluateCompareEndToEnd() throws {
