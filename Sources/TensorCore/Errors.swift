@@ -11,7 +11,7 @@ public struct QuantKitError: Error, CustomStringConvertible, Equatable, Sendable
 
     public init(_ kind: Kind, _ message: String) {
         self.kind = kind
-        self.message = message
+        self.message = OneLine.text(message)
     }
 
     public var description: String { message }
@@ -19,4 +19,28 @@ public struct QuantKitError: Error, CustomStringConvertible, Equatable, Sendable
 
 extension QuantKitError: LocalizedError {
     public var errorDescription: String? { message }
+}
+
+/// Error text as one readable line: names and values read from a user's file (a tensor name, a key, a token) may
+/// hold newlines, control bytes or megabytes of text, and an error message must still be the one line it promises.
+public enum OneLine {
+    /// The longest message kept whole; a longer one keeps its head and says how much was cut.
+    public static let maxCharacters = 2000
+
+    public static func text(_ s: String) -> String {
+        let needsEscape = s.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }
+        guard needsEscape || s.count > maxCharacters else { return s }
+        var out = ""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where u.value < 0x20 || u.value == 0x7F: out += "\\u{\(String(u.value, radix: 16))}"
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        guard out.count > maxCharacters else { return out }
+        return String(out.prefix(maxCharacters)) + "... (\(out.count - maxCharacters) more characters)"
+    }
 }

@@ -13,7 +13,9 @@ public enum SafetensorsError: Error, CustomStringConvertible, Equatable, Sendabl
     case missingTensor(file: String, tensor: String)
     case badIndex(file: String, detail: String)
 
-    public var description: String {
+    public var description: String { OneLine.text(rawDescription) }
+
+    private var rawDescription: String {
         switch self {
         case let .truncated(f, d): return "\(f): truncated safetensors file (\(d))"
         case let .headerTooLarge(f, n, s): return "\(f): header length \(n) exceeds what the file holds (\(s) bytes)"

@@ -27,7 +27,7 @@ public struct TokenizerError: Error, CustomStringConvertible, Equatable, Sendabl
     public init(_ kind: Kind, file: String, _ detail: String) {
         self.kind = kind; self.file = file; self.detail = detail
     }
-    public var description: String { "\(file): \(detail)" }
+    public var description: String { OneLine.text("\(file): \(detail)") }
 }
 
 public enum TokenizerLoader {

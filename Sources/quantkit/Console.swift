@@ -77,7 +77,7 @@ extension Console {
             let code = root.exitCode(for: error)
             guard code != .success, !(error is ExitCode) else { root.exit(withError: error) }
             let message = root.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            logInfo("error: \(message)" + (code == .validationFailure ? " (see '\(helpCommand())')" : ""))
+            logInfo("error: \(OneLine.text(message))" + (code == .validationFailure ? " (see '\(helpCommand())')" : ""))
             exit(code.rawValue)
         }
     }
@@ -96,7 +96,7 @@ extension Console {
 /// Prints an error as one line on stderr and exits 1, instead of a stack trace.
 func runReportingErrors(_ body: () throws -> Void) throws {
     do { try body() } catch let e as ExitCode { throw e } catch {
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+        FileHandle.standardError.write(Data("error: \(OneLine.text("\(error)"))\n".utf8))
         throw ExitCode(1)
     }
 }
