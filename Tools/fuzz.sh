@@ -13,7 +13,8 @@
 # Once fixed, a finding is kept in Tests/Fuzz/Regressions/TARGET/, which the ordinary test suite replays
 # (Tests/FuzzRegressionTests).
 # Each run ends with one line: "fuzz TARGET: N executions in S s (R/s), no finding". FUZZ_RUNS=N stops a target
-# after N executions instead (SECONDS is then only an upper bound).
+# after N executions instead (SECONDS is then only an upper bound); FUZZ_SEED=S fixes libFuzzer's random seed, so
+# that FUZZ_RUNS=N FUZZ_SEED=S replays the same inputs on every machine (the CI smoke).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,6 +36,8 @@ run_one() {
   local target=$1 seconds=$2
   [ -d "$SEEDS/$target" ] || { echo "fuzz: unknown target '$target' (one of: $(targets | tr '\n' ' '))" >&2; exit 2; }
   local work=$ROOT/.build/fuzz-corpus/$target findings=$ROOT/.build/fuzz-findings/$target log
+  # A replay (FUZZ_SEED) starts from the committed seeds alone, with Swift's hashing made deterministic too.
+  if [ -n "${FUZZ_SEED:-}" ]; then work=$(mktemp -d); export SWIFT_DETERMINISTIC_HASHING=1; fi
   mkdir -p "$work" "$findings"
   log=$(mktemp)
   local status=0 start=$SECONDS
@@ -43,7 +46,7 @@ run_one() {
   # SWIFT_BACKTRACE off: Swift's crash handler would report its own memory reads instead of the trap.
   QUANTKIT_FUZZ_TARGET=$target SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=0 \
     "$BIN" "$work" "$SEEDS/$target" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=20 \
-    -max_len=65536 -print_final_stats=1 ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -artifact_prefix="$findings/" >"$log" 2>&1 || status=$?
+    -max_len=65536 -print_final_stats=1 ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} ${FUZZ_SEED:+-seed=$FUZZ_SEED} -artifact_prefix="$findings/" >"$log" 2>&1 || status=$?
   local execs secs
   execs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' || true)
   secs=$(grep -E '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' || true)
@@ -54,6 +57,7 @@ run_one() {
   fi
   echo "fuzz $target: ${execs:-?} executions in $((SECONDS - start)) s (${secs:-?}/s), no finding"
   rm -f "$log"
+  if [ -n "${FUZZ_SEED:-}" ]; then rm -rf "$work"; fi
 }
 
 case "${1:-}" in
