@@ -50,6 +50,11 @@ run_one() {
   local execs secs
   execs=$(grep -E '^stat::number_of_executed_units:' "$log" | awk '{print $2}' || true)
   secs=$(grep -E '^stat::average_exec_per_sec:' "$log" | awk '{print $2}' || true)
+  if [ "$status" -ne 0 ] && grep -q "libFuzzer: run interrupted" "$log"; then
+    echo "fuzz $target: interrupted after ${execs:-?} executions in $((SECONDS - start)) s (${secs:-?}/s), no finding" >&2
+    rm -f "$log"
+    return 1
+  fi
   if [ "$status" -ne 0 ]; then
     grep -E "ERROR|SUMMARY|Fatal error|Test unit written|==[0-9]+==" "$log" | head -20 >&2 || true
     echo "fuzz $target: FINDING after ${execs:-?} executions (inputs in $findings; full log $log)" >&2
