@@ -61,6 +61,8 @@ public final class FloatPanels: @unchecked Sendable {
     /// Row `row` of the weight as Float32 (f16/bf16 widened exactly): a tied embedding's lookup reads the head's
     /// panels instead of faulting the released row-major copy back in.
     public func copyRow(_ row: Int, into dst: UnsafeMutablePointer<Float>) {
+        // Not reachable from input: token ids are checked against the vocabulary before any forward
+        // (LlamaModel.validate(tokens:), ModelLoading.checkVocab); this guards the kernel's own invariant.
         precondition(row >= 0 && row < n, "row outside the weight")
         let offset = (row >> 4) * k * 16 + (row & 15)
         switch kind {
