@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "Models", targets: ["Models"]),
         .library(name: "Quantization", targets: ["Quantization"]),
         .library(name: "NPU", targets: ["NPU"]),
+        .library(name: "Training", targets: ["Training"]),
         .library(name: "Evaluation", targets: ["Evaluation"]),
     ],
     dependencies: [
@@ -38,10 +39,11 @@ let package = Package(
         .target(name: "Models", dependencies: ["TensorCore", "Kernels", "Tokenization"], swiftSettings: settings),
         .target(name: "Quantization", dependencies: ["TensorCore", "Kernels", "Datasets", "Models"], swiftSettings: settings),
         .target(name: "NPU", dependencies: ["TensorCore", "Kernels", "Models"], swiftSettings: settings),
-        .target(name: "Evaluation", dependencies: ["TensorCore", "Kernels", "Tokenization", "Datasets", "Models", "Quantization", "NPU"],
+        .target(name: "Training", dependencies: ["TensorCore", "Kernels", "Models", "Quantization"], swiftSettings: settings),
+        .target(name: "Evaluation", dependencies: ["TensorCore", "Kernels", "Tokenization", "Datasets", "Models", "Quantization", "NPU", "Training"],
                 swiftSettings: settings),
         .executableTarget(name: "quantkit", dependencies: [
-            "TensorCore", "Kernels", "Tokenization", "Datasets", "Models", "Quantization", "NPU", "Evaluation",
+            "TensorCore", "Kernels", "Tokenization", "Datasets", "Models", "Quantization", "NPU", "Training", "Evaluation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: settings),
 
@@ -53,6 +55,7 @@ let package = Package(
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Datasets", "Models", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "NPUTests", dependencies: ["NPU", "Quantization", "Models", "Kernels", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Quantization", "Models", "Kernels", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Datasets", "Quantization", "NPU", "Models", "Tokenization", "TensorCore", "TestSupport"], exclude: ["Fixtures"], swiftSettings: settings),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "TensorCore"], swiftSettings: settings),
         // The parsers' fuzz targets (Tools/fuzz.sh); the tests run them over the seeds and every past finding.
