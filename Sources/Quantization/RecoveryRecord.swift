@@ -42,6 +42,33 @@ public struct RecoveryRecord: Codable, Sendable, Equatable {
         public init(pattern: String, target: Double, density: Double) { self.pattern = pattern; self.target = target; self.density = density }
     }
 
+    /// Quantization-aware fine-tuning with distillation (`quantkit finetune`); the full recipe and loss curve are
+    /// in the checkpoint's "finetune" record.
+    public struct FineTuneSettings: Codable, Sendable, Equatable {
+        public var steps: Int
+        public var tokens: Int
+        public var learningRate: Double
+        public var kd: Double
+        public var ce: Double
+        /// "none", "int8" or "w4a8".
+        public var activations: String
+        public var trainScales: Bool
+        /// Where the latent weights started (a checkpoint path, a quantize method, or "float").
+        public var initialization: String
+        /// Mean training loss of the last steps (the last tenth, at least one).
+        public var finalLoss: Double
+        enum CodingKeys: String, CodingKey {
+            case steps, tokens, learningRate = "learning_rate", kd, ce, activations, trainScales = "train_scales"
+            case initialization, finalLoss = "final_loss"
+        }
+        public init(steps: Int, tokens: Int, learningRate: Double, kd: Double, ce: Double, activations: String,
+                    trainScales: Bool, initialization: String, finalLoss: Double) {
+            self.steps = steps; self.tokens = tokens; self.learningRate = learningRate; self.kd = kd; self.ce = ce
+            self.activations = activations; self.trainScales = trainScales; self.initialization = initialization
+            self.finalLoss = finalLoss
+        }
+    }
+
     public var awq: AWQSettings?
     public var rotation: RotationSettings?
     public var hqq: HQQSettings?
@@ -50,15 +77,17 @@ public struct RecoveryRecord: Codable, Sendable, Equatable {
     public var gptaqAlpha: Double?
     /// SmoothQuant folded into the float model before quantization (for W8A8 runs such as a Q8_0 export), its alpha.
     public var smoothQuantAlpha: Double?
+    public var fineTune: FineTuneSettings?
 
     enum CodingKeys: String, CodingKey {
-        case awq, rotation, hqq, sparsity, gptaqAlpha = "gptaq_alpha", smoothQuantAlpha = "smoothquant_alpha"
+        case awq, rotation, hqq, sparsity, gptaqAlpha = "gptaq_alpha", smoothQuantAlpha = "smoothquant_alpha", fineTune = "finetune"
     }
 
     public init() {}
 
     public var isEmpty: Bool {
         awq == nil && rotation == nil && hqq == nil && sparsity == nil && gptaqAlpha == nil && smoothQuantAlpha == nil
+            && fineTune == nil
     }
 
     /// The record as a JSON object (for checkpoint metadata).

@@ -83,7 +83,8 @@ public final class TrainableLlama<T: TrainScalar> {
         set { graph.threads = newValue }
     }
 
-    static func shape(of name: String, _ c: LlamaConfig) -> [Int] {
+    /// The shape of a float tensor of the model, by HF name.
+    public static func shape(of name: String, _ c: LlamaConfig) -> [Int] {
         let dim = c.hiddenSize
         if name == "model.embed_tokens.weight" || name == "lm_head.weight" { return [c.vocabSize, dim] }
         if name.hasSuffix("norm.weight") { return [dim] }

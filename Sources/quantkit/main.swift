@@ -20,6 +20,7 @@ struct QuantKitCommand: ParsableCommand {
             LayersCommand.self,
             RagCommand.self,
             QuantizeCommand.self,
+            FinetuneCommand.self,
             SweepCommand.self,
             MergeCommand.self,
         ]

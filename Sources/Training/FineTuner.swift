@@ -1,0 +1,195 @@
+import Foundation
+import Models
+import TensorCore
+
+/// What a fine-tuning run did, recorded in its result and in the checkpoint it writes.
+public struct FineTuneRecipe: Sendable, Equatable, Codable {
+    public var steps: Int
+    public var batch: Int
+    public var sequenceLength: Int
+    public var optimizer: OptimizerSettings
+    public var loss: LossWeights
+    public var seed: UInt64
+    public var checkpointEvery: Int
+    /// "none", "int8" (the NPU's static per-tensor int8) or "w4a8" (per-32 blocks).
+    public var activations: String
+    public var trainScales: Bool
+    /// The quantizer the weights train against, e.g. "int4 sym g32", "npu int8 per-channel", "float".
+    public var weights: String
+    /// Where the latent weights started: a checkpoint path, or "float".
+    public var initialization: String
+
+    public init(steps: Int, batch: Int, sequenceLength: Int, optimizer: OptimizerSettings, loss: LossWeights, seed: UInt64,
+                checkpointEvery: Int, activations: String, trainScales: Bool, weights: String, initialization: String) {
+        self.steps = steps; self.batch = batch; self.sequenceLength = sequenceLength; self.optimizer = optimizer
+        self.loss = loss; self.seed = seed; self.checkpointEvery = checkpointEvery; self.activations = activations
+        self.trainScales = trainScales; self.weights = weights; self.initialization = initialization
+    }
+}
+
+/// One optimizer step as the loss curve records it.
+public struct StepRecord: Sendable, Equatable, Codable {
+    public var step: Int
+    public var loss: Double
+    public var kl: Double
+    public var ce: Double
+    public var sameTop: Double
+    public var gradientNorm: Double
+    public var learningRate: Double
+    public var seconds: Double
+}
+
+/// The training loop: batches drawn from the calibration windows in a seeded order, teacher logits computed on the
+/// fly by the float model (one forward per step, cheaper than storing them: see BENCHMARKS.md), the student's
+/// loss and gradients, AdamW. Its state (parameters, moments, step, loss curve) saves to one safetensors file.
+public final class FineTuner {
+    public let student: TrainableLlama<Float>
+    public let teacher: LlamaModel?
+    public let recipe: FineTuneRecipe
+    public let optimizer: AdamW
+    public private(set) var history: [StepRecord] = []
+    private let windows: [[Int32]]
+    private var order: (epoch: Int, permutation: [Int]) = (-1, [])
+    private let teacherCache: KVCache?
+    private let teacherState: RunState?
+
+    /// windows: token sequences of sequenceLength + 1 (inputs, then the last target).
+    public init(student: TrainableLlama<Float>, teacher: LlamaModel?, windows: [[Int32]], recipe: FineTuneRecipe) throws {
+        guard !windows.isEmpty else { throw QuantKitError(.input, "fine-tuning needs at least one calibration window") }
+        guard windows.allSatisfy({ $0.count == recipe.sequenceLength + 1 }) else {
+            throw QuantKitError(.input, "calibration windows must hold \(recipe.sequenceLength + 1) tokens")
+        }
+        guard recipe.loss.kd == 0 || teacher != nil else { throw QuantKitError(.input, "distillation needs the float teacher") }
+        self.student = student
+        self.teacher = teacher
+        self.recipe = recipe
+        self.windows = windows
+        optimizer = AdamW(settings: recipe.optimizer, parameterCount: student.parameters.count)
+        let rows = recipe.batch * recipe.sequenceLength
+        teacherCache = teacher.map { $0.makeCache(capacity: rows) }
+        teacherState = teacher.map { $0.makeState(maxRows: rows) }
+    }
+
+    public var step: Int { optimizer.step }
+
+    /// The window indices of a step's batch (1-based step): a fresh seeded shuffle of all windows every epoch.
+    public func batchIndices(step t: Int) -> [Int] {
+        let n = windows.count
+        return (0..<recipe.batch).map { b in
+            let i = (t - 1) * recipe.batch + b
+            let epoch = i / n
+            if order.epoch != epoch {
+                var rng = SplitMix64(seed: recipe.seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+                var p = Array(0..<n)
+                for j in stride(from: n - 1, to: 0, by: -1) { p.swapAt(j, rng.index(j + 1)) }
+                order = (epoch, p)
+            }
+            return order.permutation[i % n]
+        }
+    }
+
+    /// Inputs and next-token targets of a batch of windows, row-major.
+    func batch(_ indices: [Int]) -> (inputs: [Int32], targets: [Int32]) {
+        var inputs: [Int32] = [], targets: [Int32] = []
+        inputs.reserveCapacity(indices.count * recipe.sequenceLength)
+        targets.reserveCapacity(indices.count * recipe.sequenceLength)
+        for i in indices { inputs += windows[i].dropLast(); targets += windows[i].dropFirst() }
+        return (inputs, targets)
+    }
+
+    /// Loss (and gradients) of the student on a batch, the teacher's logits computed first.
+    private func loss(inputs: [Int32], targets: [Int32], gradients: Bool) -> LossValue {
+        let t: UnsafeMutablePointer<Float>? = teacher.map {
+            $0.forwardSequences(inputs, count: inputs.count / recipe.sequenceLength, cache: teacherCache!, state: teacherState!)
+        }
+        return student.loss(tokens: inputs, targets: targets,
+                            teacher: recipe.loss.kd != 0 ? t.map { UnsafePointer($0) } : nil,
+                            weights: recipe.loss, gradients: gradients)
+    }
+
+    /// One optimizer step on the next batch.
+    @discardableResult
+    public func runStep() -> StepRecord {
+        let start = Date()
+        let (inputs, targets) = batch(batchIndices(step: optimizer.step + 1))
+        let value = loss(inputs: inputs, targets: targets, gradients: true)
+        let (norm, rate) = optimizer.update(student.parameters, threads: student.threads)
+        let r = StepRecord(step: optimizer.step, loss: value.total, kl: value.kl, ce: value.ce, sameTop: value.sameTop,
+                           gradientNorm: norm, learningRate: rate * recipe.optimizer.learningRate,
+                           seconds: Date().timeIntervalSince(start))
+        history.append(r)
+        return r
+    }
+
+    /// Mean loss over windows (batches of the training batch size; a short last batch is left out), no update.
+    public func evaluate(_ held: [[Int32]]) throws -> LossValue {
+        let b = recipe.batch
+        guard held.count >= b else { throw QuantKitError(.input, "validation needs at least \(b) windows, got \(held.count)") }
+        var sum = LossValue(total: 0, kl: 0, ce: 0, sameTop: 0)
+        let batches = held.count / b
+        for k in 0..<batches {
+            var inputs: [Int32] = [], targets: [Int32] = []
+            for w in held[(k * b)..<((k + 1) * b)] { inputs += w.dropLast(); targets += w.dropFirst() }
+            let v = loss(inputs: inputs, targets: targets, gradients: false)
+            sum.total += v.total; sum.kl += v.kl; sum.ce += v.ce; sum.sameTop += v.sameTop
+        }
+        let n = Double(batches)
+        return LossValue(total: sum.total / n, kl: sum.kl / n, ce: sum.ce / n, sameTop: sum.sameTop / n)
+    }
+
+    // MARK: state
+
+    static let stateFormat = "quantkit-finetune-state-1"
+
+    /// Writes parameters, moments, step, recipe and loss curve to one file, atomically (an interrupted write leaves
+    /// the previous state in place).
+    public func saveState(to path: String) throws {
+        let p = student.parameters
+        var tensors: [(String, Tensor)] = []
+        for e in p.entries {
+            tensors.append(("param/" + e.name, Tensor(shape: e.shape, floats: p.array(e.name))))
+        }
+        tensors.append(("adam/m", Tensor(shape: [p.count], floats: Array(optimizer.firstMoment))))
+        tensors.append(("adam/v", Tensor(shape: [p.count], floats: Array(optimizer.secondMoment))))
+        let meta: [String: String] = [
+            "format": Self.stateFormat, "step": String(optimizer.step),
+            "recipe": String(decoding: try JSONEncoder().encode(recipe), as: UTF8.self),
+            "history": String(decoding: try JSONEncoder().encode(history), as: UTF8.self),
+        ]
+        try SafetensorsWriter.write(tensors, metadata: meta, to: path)
+    }
+
+    /// Continues from a saved state; refuses one written for another recipe or model.
+    public func restore(from path: String) throws {
+        let f = try SafetensorsFile(path: path)
+        guard f.metadata["format"] == Self.stateFormat, let stepText = f.metadata["step"], let step = Int(stepText),
+              let recipeText = f.metadata["recipe"], let historyText = f.metadata["history"] else {
+            throw QuantKitError(.format, "\(path): not a QuantKit fine-tuning state")
+        }
+        let saved: FineTuneRecipe, history: [StepRecord]
+        do {
+            saved = try JSONDecoder().decode(FineTuneRecipe.self, from: Data(recipeText.utf8))
+            history = try JSONDecoder().decode([StepRecord].self, from: Data(historyText.utf8))
+        } catch {
+            throw QuantKitError(.format, "\(path): its recipe or loss curve is unreadable")
+        }
+        guard saved == recipe else {
+            throw QuantKitError(.input, "\(path): was written by a run with another recipe; resume with the same flags")
+        }
+        guard step >= 0, step <= recipe.steps, history.count == step else {
+            throw QuantKitError(.format, "\(path): step \(step) does not fit its recipe or loss curve")
+        }
+        let p = student.parameters
+        for e in p.entries {
+            let t = try f.tensor("param/" + e.name)
+            guard t.shape == e.shape, t.dtype == .f32 else {
+                throw QuantKitError(.format, "\(path): param/\(e.name) is \(t.dtype.rawValue) \(t.shape), expected f32 \(e.shape)")
+            }
+            let v = t.floats()
+            guard v.allSatisfy(\.isFinite) else { throw QuantKitError(.numeric, "\(path): param/\(e.name) holds a non-finite value") }
+            p.set(e.name, v)
+        }
+        try optimizer.restore(step: step, firstMoment: try f.tensor("adam/m").floats(), secondMoment: try f.tensor("adam/v").floats())
+        self.history = history
+    }
+}
