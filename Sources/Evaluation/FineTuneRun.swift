@@ -222,6 +222,7 @@ public enum FineTuneRun {
         /// The starting checkpoint's method and recovery record ("finetune" and empty from the float weights).
         var method = "finetune"
         var recovery = RecoveryRecord()
+        var alreadyFineTuned = false
         var label = "float"
         var initialization = "float"
         var temporaryDirectory: String?
@@ -252,10 +253,26 @@ public enum FineTuneRun {
             s.temporaryDirectory = tmp
             q.model = o.model; q.output = tmp + "/init"
             progress.note("quantizing the starting point (\(q.method.rawValue), \(q.bits) bits, group \(q.groupSize))")
-            _ = try QuantizeRun.run(q, progress: progress)
+            do { _ = try QuantizeRun.run(q, progress: progress) } catch { try? FileManager.default.removeItem(atPath: tmp); throw error }
             dir = q.output
         }
-        let path = dir!
+        var c: Start
+        do { c = try checkpointStart(dir!, teacher: teacher, trainScales: o.trainScales) } catch {
+            if let t = s.temporaryDirectory { try? FileManager.default.removeItem(atPath: t) }
+            throw error
+        }
+        guard !c.alreadyFineTuned else {
+            throw QuantKitError(.input, "--init \(dir!): already fine-tuned; start from its post-training result")
+        }
+        c.initialization = o.initCheckpoint ?? "quantize --method \(o.quantize!.method.rawValue)"
+        c.temporaryDirectory = s.temporaryDirectory
+        return c
+    }
+
+    /// The student as a GPTQ-layout checkpoint holds it: latent weights = its dequantized codes, its scales, zero
+    /// points and groups; embeddings, norms and head as stored.
+    static func checkpointStart(_ path: String, teacher: LlamaModel, trainScales: Bool) throws -> Start {
+        var s = Start()
         guard GPTQCheckpoint.isGPTQ(path) else {
             throw QuantKitError(.input, "--init \(path): not a GPTQ-layout checkpoint (quantize_config.json or config.json quantization_config)")
         }
@@ -264,18 +281,17 @@ public enum FineTuneRun {
             s.method = summary.method
             s.recovery = summary.recovery ?? RecoveryRecord()
         }
-        guard s.recovery.fineTune == nil, extra["finetune"] == nil else {
-            throw QuantKitError(.input, "--init \(path): already fine-tuned; start from its post-training result")
-        }
+        s.alreadyFineTuned = s.recovery.fineTune != nil || extra["finetune"] != nil
         let config = try LlamaConfig.load(path: path + "/config.json")
         guard config.hiddenSize == teacher.config.hiddenSize, config.numHiddenLayers == teacher.config.numHiddenLayers,
               config.intermediateSize == teacher.config.intermediateSize, config.vocabSize == teacher.config.vocabSize,
               config.qDim == teacher.config.qDim, config.kvDim == teacher.config.kvDim,
               config.tieWordEmbeddings == teacher.config.tieWordEmbeddings else {
-            throw QuantKitError(.input, "--init \(path): its architecture differs from --model \(o.model)")
+            throw QuantKitError(.input, "--init \(path): its architecture differs from the float model \(teacher.name)")
         }
         try TrainableLlama<Float>.checkTrainable(config, source: path)
         let ckpt = try SafetensorsCheckpoint(path: path)
+        for name in HFExport.tensorNames(teacher.config) { s.tensors[name] = try teacher.source.tensor(name).floats() }
         for name in HFExport.tensorNames(config) where !name.hasPrefix("model.layers.") || name.hasSuffix("norm.weight") {
             guard ckpt.contains(name) else { throw QuantKitError(.input, "--init \(path): \(name) is missing") }
             s.tensors[name] = try ckpt.tensor(name).floats()
@@ -288,11 +304,11 @@ public enum FineTuneRun {
             s.tensors[m + ".weight"] = qw.dequantized()
             let st = QuantizerStart(qw)
             s.scales[m] = st.scales; s.zeros[m] = st.zeros; s.groups[m] = st.groups
-            s.modes[m] = .grouped(bits: bits, symmetric: cfg.sym, learnScales: o.trainScales)
+            s.modes[m] = .grouped(bits: bits, symmetric: cfg.sym, learnScales: trainScales)
         }
         s.quantizeConfig = cfg
         s.label = "int\(cfg.bits) \(cfg.sym ? "sym" : "asym") \(cfg.groupSize > 0 ? "g\(cfg.groupSize)" : "per-channel")\(cfg.descAct ? " act-order" : "")"
-        s.initialization = o.initCheckpoint ?? "quantize --method \(o.quantize!.method.rawValue)"
+        s.initialization = path
         return s
     }
 

@@ -53,6 +53,54 @@ final class ProcessLifecycleTests: XCTestCase {
         XCTAssertTrue(again.out.contains("gptq+mse-int4-g32"), again.out)
     }
 
+    /// SIGINT in the middle of fine-tuning: exit 130 saying how to resume, no output and no temporary file; the same
+    /// command with --resume finishes from the saved state with a checkpoint identical, byte for byte, to an
+    /// uninterrupted run's (the loop is repeatable bit for bit at a fixed thread count).
+    func testInterruptedFineTuneResumesToTheSameCheckpoint() throws {
+        let dir = Repo.tempDirectory("finetune-interrupt")
+        func args(_ out: String, _ extra: [String] = []) -> [String] {
+            ["finetune", "--model", "Models/stories260K/stories260K.bin", "--method", "rtn", "--bits", "4", "--group-size", "32",
+             "--steps", "120", "--batch", "2", "--seqlen", "32", "--samples", "16", "--checkpoint-every", "5", "--threads", "2",
+             "--output", dir + "/" + out] + extra
+        }
+        let env = ["QUANTKIT_QUIET": "1"]
+        let straight = try quantkit(args("straight"), environment: env)
+        XCTAssertEqual(straight.status, 0, straight.err)
+        // Interrupt once the first state is saved (the run takes a few seconds in all).
+        let p = Process()
+        var bin = Bundle(for: ProcessLifecycleTests.self).bundleURL.deletingLastPathComponent()
+        if !FileManager.default.fileExists(atPath: bin.appendingPathComponent("quantkit").path) {
+            bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        }
+        p.executableURL = bin.appendingPathComponent("quantkit")
+        p.arguments = args("cut")
+        p.currentDirectoryURL = Repo.root
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let state = dir + "/cut.finetune-state.safetensors"
+        let deadline = Date().addingTimeInterval(120)
+        while p.isRunning && !FileManager.default.fileExists(atPath: state) && Date() < deadline { usleep(2_000) }
+        XCTAssertTrue(p.isRunning, "the run ended before it could be interrupted")
+        p.interrupt()
+        p.waitUntilExit()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(p.terminationStatus, 130, message)
+        XCTAssertTrue(message.contains("interrupted (SIGINT)") && message.contains("--resume"), message)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/cut"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: state))
+        let leftovers = (FileManager.default.enumerator(atPath: dir)?.allObjects as? [String] ?? []).filter { $0.contains(".tmp-") }
+        XCTAssertEqual(leftovers, [])
+        let resumed = try quantkit(args("cut", ["--resume"]), environment: env)
+        XCTAssertEqual(resumed.status, 0, resumed.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: state), "the state is removed once the checkpoint is written")
+        let a = try Data(contentsOf: URL(fileURLWithPath: dir + "/straight/model.safetensors"))
+        let b = try Data(contentsOf: URL(fileURLWithPath: dir + "/cut/model.safetensors"))
+        XCTAssertEqual(a, b, "the resumed run's weights differ from the uninterrupted run's")
+    }
+
     func testOversubscribedThreadsFinishWithTheSameFigures() throws {
         let args = ["perplexity", "--model", "Models/stories260K/stories260K.bin", "--corpus",
                     "Corpora/tinystories/tinystories_sample.txt.zst", "--ctx", "64", "--max-chunks", "2"]

@@ -1,0 +1,104 @@
+import Foundation
+import Models
+import Quantization
+import TensorCore
+import TestSupport
+import Testing
+@testable import Evaluation
+@testable import Training
+
+/// `quantkit finetune` as a library run on the shipped stories260K, tiny recipes: the checkpoint it writes reads
+/// back in the engine to the model training computed, the recipe is recorded, bad starts are refused.
+@Suite struct FineTuneRunTests {
+    static let model = Repo.path("Models/stories260K/stories260K.bin")
+
+    static func options(_ dir: String) -> FineTuneRunOptions {
+        var o = FineTuneRunOptions(model: model, output: dir + "/out")
+        o.steps = 3; o.batch = 2; o.sequenceLength = 32; o.samples = 8; o.warmupSteps = 1; o.learningRate = 1e-3
+        o.checkpointEvery = 0; o.threads = 2
+        return o
+    }
+
+    /// Engine logits of a checkpoint on one sequence against the training graph started from that checkpoint.
+    static func agreement(_ path: String, trainScales: Bool) throws -> (worst: Float, scale: Float) {
+        let teacher = try LlamaModel.load(path: model)
+        let start = try FineTuneRun.checkpointStart(path, teacher: teacher, trainScales: trainScales)
+        let tokens: [Int32] = (0..<32).map { Int32(($0 * 37 + 11) % 512) }
+        let student = try TrainableLlama<Float>(config: teacher.config, tensors: start.tensors, weightQuant: start.modes,
+                                                scales: start.scales, zeros: start.zeros, groups: start.groups, batch: 1,
+                                                sequenceLength: 32, threads: 2)
+        _ = student.loss(tokens: tokens, targets: nil, teacher: nil, weights: LossWeights(kd: 0, ce: 0), gradients: false)
+        let trained = Array(UnsafeBufferPointer(start: student.logits, count: 32 * 512))
+        let engine = try ModelLoading.loadModel(path).logits(tokens)
+        return (maxAbsDiff(trained, engine), engine.map(abs).max()!)
+    }
+
+    @Test func trainedCheckpointReadsBackAsTrainedAndRecordsTheRecipe() throws {
+        let dir = Repo.tempDirectory("finetune")
+        var o = Self.options(dir)
+        var q = QuantizeRunOptions(model: Self.model, output: dir + "/unused")
+        q.method = .rtn; q.bits = 4; q.groupSize = 32
+        o.quantize = q
+        o.trainScales = true
+        o.scaleLearningRate = 1e-4
+        let r = try FineTuneRun.run(o)
+        #expect(r.curve.count == 3 && r.curve.allSatisfy { $0.loss.isFinite && $0.loss > 0 })
+        #expect(r.trainingTokens == 3 * 2 * 32)
+        // Logits of the written checkpoint in the engine (W4 kernels) and in the training graph agree to float
+        // rounding: the file holds the codes and scales training used.
+        let (worst, scale) = try Self.agreement(o.output, trainScales: true)
+        #expect(worst <= 1e-4 * scale, "engine vs training logits differ by \(worst) (largest logit \(scale))")
+        let summary = try #require(try GPTQCheckpoint.quantizationSummary(o.output))
+        #expect(summary.method == "rtn")
+        let ft = try #require(summary.recovery?.fineTune)
+        #expect(ft.steps == 3 && ft.tokens == 192 && ft.trainScales && ft.initialization == "quantize --method rtn")
+        // A fine-tuned checkpoint is not a starting point.
+        var again = Self.options(dir)
+        again.output = dir + "/again"; again.initCheckpoint = o.output
+        #expect(throws: QuantKitError.self) { try FineTuneRun.run(again) }
+        #expect(!FileManager.default.fileExists(atPath: o.resolvedStatePath))
+    }
+
+    @Test func npuTargetWritesWeightsOnTheInt8Grid() throws {
+        let dir = Repo.tempDirectory("finetune-npu")
+        var o = Self.options(dir)
+        o.target = .npu; o.activations = "int8"
+        _ = try FineTuneRun.run(o)
+        let m = try LlamaModel.load(path: o.output)
+        let w = try m.source.tensor("model.layers.0.mlp.up_proj.weight").floats()
+        let cols = m.config.hiddenSize
+        for r in 0..<4 {
+            let row = Array(w[(r * cols)..<((r + 1) * cols)])
+            let s = row.map(abs).max()! / 127
+            for v in row { #expect(abs(v / s - (v / s).rounded()) < 1e-3, "row \(r): \(v) is not on the int8 grid of scale \(s)") }
+        }
+        #expect(try GPTQCheckpoint.quantizationSummary(o.output)?.recovery?.fineTune?.activations == "int8")
+    }
+
+    @Test func validationTextOverlappingTheTrainingTextIsRefused() throws {
+        let dir = Repo.tempDirectory("finetune-leak")
+        var o = Self.options(dir)
+        o.target = .float
+        o.calibration = Repo.path("Corpora/wikitext-2-raw/wiki.test.raw.zst")
+        o.validation = Repo.path("Corpora/wikitext-2-raw/wiki.test.raw.zst")
+        do {
+            _ = try FineTuneRun.run(o)
+            Issue.record("an overlapping validation text was accepted")
+        } catch let e as QuantKitError {
+            #expect(e.description.contains("overlaps the training text"), "\(e)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: o.output))
+    }
+
+    @Test func stateFilesAreNeverSilentlyReusedOrInvented() throws {
+        let dir = Repo.tempDirectory("finetune-state")
+        var o = Self.options(dir)
+        o.target = .float
+        o.resume = true
+        #expect(throws: QuantKitError.self) { try FineTuneRun.run(o) }   // nothing to resume
+        o.resume = false
+        try Data("x".utf8).write(to: URL(fileURLWithPath: o.resolvedStatePath))
+        #expect(throws: QuantKitError.self) { try FineTuneRun.run(o) }   // an earlier run's state is in the way
+        #expect(!FileManager.default.fileExists(atPath: o.output))
+    }
+}
