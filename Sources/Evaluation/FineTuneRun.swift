@@ -31,6 +31,9 @@ public struct FineTuneRunOptions: Sendable {
     /// "none", "int8" (the NPU's static per-tensor int8 inputs) or "w4a8" (per-32 blocks, as W4A8 runs).
     public var activations = "none"
     public var trainScales = false
+    /// Train the tensors that stay float too (embedding, norms, head); default: only the quantized linears (and
+    /// their scales), so the float parts keep the float model's values.
+    public var trainFloatTensors = false
     public var calibration: String?
     public var tokenizer: String?
     /// Training windows drawn from the calibration text.
@@ -161,7 +164,8 @@ public enum FineTuneRun {
         let activations = try activationQuantizers(o, teacher: teacher, windows: prepared.windows)
         let student = try TrainableLlama<Float>(config: teacher.config, tensors: start.tensors, weightQuant: start.modes,
                                                 scales: start.scales, zeros: start.zeros, groups: start.groups,
-                                                activations: activations, batch: o.batch, sequenceLength: o.sequenceLength,
+                                                activations: activations, trainFloatTensors: o.trainFloatTensors || o.target == .float,
+                                                batch: o.batch, sequenceLength: o.sequenceLength,
                                                 threads: threads)
         var settings = OptimizerSettings(learningRate: o.learningRate, scaleLearningRate: o.scaleLearningRate,
                                          warmupSteps: o.warmupSteps, totalSteps: o.steps)
@@ -169,6 +173,7 @@ public enum FineTuneRun {
         let recipe = FineTuneRecipe(steps: o.steps, batch: o.batch, sequenceLength: o.sequenceLength, optimizer: settings,
                                     loss: LossWeights(kd: o.kdWeight, ce: o.ceWeight), seed: o.seed,
                                     checkpointEvery: o.checkpointEvery, activations: o.activations, trainScales: o.trainScales,
+                                    trainFloatTensors: o.trainFloatTensors || o.target == .float,
                                     weights: start.label, initialization: start.initialization)
         let tuner = try FineTuner(student: student, teacher: teacher, windows: prepared.windows, recipe: recipe)
         let state = o.resolvedStatePath

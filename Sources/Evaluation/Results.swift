@@ -151,7 +151,7 @@ public enum ResultKind: String, Sendable, CaseIterable {
 ///   on the NPU), quantize's `recovery`, `awq_search` and `timings.awq_s`, per-layer `density`; quantize methods
 ///   awq, hqq, sparsegpt.
 public enum ResultSchema {
-    public static let current = 5
+    public static let current = 6
     public static let oldestReadable = 1
 }
 

@@ -14,16 +14,20 @@ public struct FineTuneRecipe: Sendable, Equatable, Codable {
     /// "none", "int8" (the NPU's static per-tensor int8) or "w4a8" (per-32 blocks).
     public var activations: String
     public var trainScales: Bool
+    /// Whether the tensors that stay float (embedding, norms, head) train as well as the quantized linears.
+    public var trainFloatTensors: Bool
     /// The quantizer the weights train against, e.g. "int4 sym g32", "npu int8 per-channel", "float".
     public var weights: String
     /// Where the latent weights started: a checkpoint path, or "float".
     public var initialization: String
 
     public init(steps: Int, batch: Int, sequenceLength: Int, optimizer: OptimizerSettings, loss: LossWeights, seed: UInt64,
-                checkpointEvery: Int, activations: String, trainScales: Bool, weights: String, initialization: String) {
+                checkpointEvery: Int, activations: String, trainScales: Bool, trainFloatTensors: Bool, weights: String,
+                initialization: String) {
         self.steps = steps; self.batch = batch; self.sequenceLength = sequenceLength; self.optimizer = optimizer
         self.loss = loss; self.seed = seed; self.checkpointEvery = checkpointEvery; self.activations = activations
-        self.trainScales = trainScales; self.weights = weights; self.initialization = initialization
+        self.trainScales = trainScales; self.trainFloatTensors = trainFloatTensors; self.weights = weights
+        self.initialization = initialization
     }
 }
 

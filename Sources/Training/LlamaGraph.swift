@@ -215,6 +215,12 @@ final class LlamaGraph<T: TrainScalar> {
 
     // MARK: pieces
 
+    /// The buffer as Float (only called when T is Float).
+    @inline(__always)
+    private func f(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
+        UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+    }
+
     private func add(_ x: UnsafeMutablePointer<T>, _ y: UnsafePointer<T>, _ count: Int) {
         let a = SendablePointer(x), b = SendablePointer(y)
         Parallel.forRanges(count, threads: threads, minPerThread: 1 << 14) { r in for i in r { a[i] += b[i] } }
@@ -288,8 +294,18 @@ final class LlamaGraph<T: TrainScalar> {
         }
     }
 
-    /// Causal grouped-query attention of every sequence; keeps the probabilities [batch, heads, T, T].
+    private var attentionShape: CausalAttentionShape {
+        CausalAttentionShape(batch: batch, length: sequenceLength, heads: heads, kvHeads: kvHeads, headDim: headDim)
+    }
+
+    /// Causal grouped-query attention of every sequence; keeps the probabilities [batch, heads, T, T]. Float runs
+    /// the SIMD kernel; the loop below is its scalar twin (Double, the gradient checks).
     private func attentionForward(_ t: LayerTape) {
+        if T.self == Float.self {
+            Kernels.causalAttentionForward(attentionShape, q: f(t.q), k: f(t.k), v: f(t.v), probs: f(t.probs), out: f(t.att),
+                                           threads: threads)
+            return
+        }
         let (len, hd, qDim, kvDim, heads, group) = (sequenceLength, headDim, qDim, kvDim, heads, heads / kvHeads)
         let scale = T(1 / Double(hd).squareRoot())
         let q = SendablePointer(t.q), k = SendablePointer(t.k), v = SendablePointer(t.v)
@@ -325,6 +341,11 @@ final class LlamaGraph<T: TrainScalar> {
     /// dq, dk, dv from d(attention output) in `datt`. One work item per (sequence, kv head) so that the query heads
     /// sharing a kv head add into its dk, dv in a fixed order.
     private func attentionBackward(_ t: LayerTape) {
+        if T.self == Float.self {
+            Kernels.causalAttentionBackward(attentionShape, q: f(t.q), k: f(t.k), v: f(t.v), probs: f(t.probs), dOut: f(datt),
+                                            dq: f(dq), dk: f(dk), dv: f(dv), threads: threads)
+            return
+        }
         let (len, hd, qDim, kvDim, heads, group) = (sequenceLength, headDim, qDim, kvDim, heads, heads / kvHeads)
         let scale = T(1 / Double(hd).squareRoot())
         let q = SendablePointer(t.q), k = SendablePointer(t.k), v = SendablePointer(t.v), probs = SendablePointer(t.probs)

@@ -32,27 +32,28 @@ enum DistillationLoss {
                 same.withUnsafeMutableBufferPointer { sb in
                     let klp = SendablePointer(klb.baseAddress!), cep = SendablePointer(ceb.baseAddress!), sp = SendablePointer(sb.baseAddress!)
                     Parallel.forRanges(rows, threads: threads, minPerThread: 8) { range in
-                        let ls = UnsafeMutablePointer<Double>.allocate(capacity: vocab)
-                        let lt = UnsafeMutablePointer<Double>.allocate(capacity: vocab)
-                        defer { ls.deallocate(); lt.deallocate() }
+                        let scratch = UnsafeMutablePointer<Double>.allocate(capacity: 4 * vocab)
+                        defer { scratch.deallocate() }
+                        let ls = scratch, lt = scratch + vocab, ps = scratch + 2 * vocab, pt = scratch + 3 * vocab
                         for r in range {
-                            let sArgmax = logSoftmax(s.base + r * vocab, vocab, into: ls)
+                            // log p in ls/lt, p in ps/pt (one exp per entry).
+                            let sArgmax = logSoftmax(s.base + r * vocab, vocab, into: ls, probabilities: ps)
                             var tArgmax = -1
-                            if let tp { tArgmax = logSoftmax(tp.base + r * vocab, vocab, into: lt) }
+                            if let tp { tArgmax = logSoftmax(tp.base + r * vocab, vocab, into: lt, probabilities: pt) }
                             if tp != nil {
                                 var k = 0.0
-                                for v in 0..<vocab { let pt = exp(lt[v]); k += pt * (lt[v] - ls[v]) }
+                                for v in 0..<vocab { k += pt[v] * (lt[v] - ls[v]) }
                                 klp[r] = k
                                 sp[r] = sArgmax == tArgmax ? 1 : 0
                             }
                             if let tg { cep[r] = -ls[Int(tg[r])] }
                             guard let out else { continue }
                             let o = out.base + r * vocab
+                            let target = tg.map { Int($0[r]) } ?? -1
                             for v in 0..<vocab {
-                                let ps = exp(ls[v])
                                 var g = 0.0
-                                if tp != nil { g += weights.kd * (ps - exp(lt[v])) }
-                                if tg != nil { g += weights.ce * (ps - (v == Int(tg![r]) ? 1 : 0)) }
+                                if tp != nil { g += weights.kd * (ps[v] - pt[v]) }
+                                if tg != nil { g += weights.ce * (ps[v] - (v == target ? 1 : 0)) }
                                 o[v] = T(g * invRows)
                             }
                         }
@@ -65,14 +66,15 @@ enum DistillationLoss {
                          kl: klMean, ce: ceMean, sameTop: teacher != nil ? same.reduce(0, +) * invRows : 0)
     }
 
-    /// log-softmax of one row in Double; returns the index of the largest logit (first on ties).
-    private static func logSoftmax<T: TrainScalar>(_ x: UnsafePointer<T>, _ n: Int, into out: UnsafeMutablePointer<Double>) -> Int {
+    /// log-softmax and softmax of one row in Double; returns the index of the largest logit (first on ties).
+    private static func logSoftmax<T: TrainScalar>(_ x: UnsafePointer<T>, _ n: Int, into out: UnsafeMutablePointer<Double>,
+                                                   probabilities p: UnsafeMutablePointer<Double>) -> Int {
         var mx = -Double.infinity, arg = 0
         for i in 0..<n where Double(x[i]) > mx { mx = Double(x[i]); arg = i }
         var sum = 0.0
-        for i in 0..<n { sum += exp(Double(x[i]) - mx) }
-        let lse = mx + log(sum)
-        for i in 0..<n { out[i] = Double(x[i]) - lse }
+        for i in 0..<n { p[i] = exp(Double(x[i]) - mx); sum += p[i] }
+        let logSum = log(sum), inv = 1 / sum
+        for i in 0..<n { out[i] = Double(x[i]) - mx - logSum; p[i] *= inv }
         return arg
     }
 }

@@ -32,9 +32,11 @@ public final class TrainableLlama<T: TrainScalar> {
     /// - tensors: every float tensor by its HF name (HFExport.tensorNames), values row-major.
     /// - weightQuant: the fake quantization of each quantized linear (by module name, e.g. "model.layers.0.mlp.up_proj").
     /// - scales/zeros/groups: for grouped layers, the initial scales [out, groups], zero points and column groups.
+    /// - trainFloatTensors: whether the tensors that stay float (embedding, norms, untied head, unquantized
+    ///   linears) train too, or keep their values (their gradients are still computed, not applied).
     public init(config: LlamaConfig, tensors: [String: [T]], weightQuant: [String: WeightFakeQuant] = [:],
                 scales: [String: [T]] = [:], zeros: [String: [T]] = [:], groups: [String: [Int32]] = [:],
-                activations: ActivationFakeQuant = .none, batch: Int, sequenceLength: Int,
+                activations: ActivationFakeQuant = .none, trainFloatTensors: Bool = true, batch: Int, sequenceLength: Int,
                 threads: Int = Parallel.defaultThreads) throws {
         try Self.checkTrainable(config, source: "model")
         guard batch > 0, sequenceLength > 0 else { throw QuantKitError(.config, "batch and sequence length must be positive") }
@@ -49,7 +51,9 @@ public final class TrainableLlama<T: TrainScalar> {
             guard v.count == shape.reduce(1, *) else {
                 throw QuantKitError(.shape, "model: \(name) has \(v.count) values, expected \(shape)")
             }
-            specs.append((name, shape, shape.count == 2 ? .matrix : .vector, true))
+            // Quantized linears always train; the rest (embedding, norms, float head) when asked.
+            let quantized = name.hasSuffix(".weight") && weightQuant[String(name.dropLast(".weight".count))] != nil
+            specs.append((name, shape, shape.count == 2 ? .matrix : .vector, quantized || trainFloatTensors))
         }
         var zerosByModule = zeros, groupsByModule = groups
         for (module, mode) in weightQuant.sorted(by: { $0.key < $1.key }) {

@@ -13,6 +13,7 @@ struct BenchCommand: ParsableCommand {
             BenchNpuCommand.self,
             BenchTokenizeCommand.self,
             BenchKernelsCommand.self,
+            BenchTrainCommand.self,
             RagBenchCommand.self,
         ]
     )

@@ -21,6 +21,7 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "What the weights train against: checkpoint (grouped codes, from --init or --method), npu (the NPU's per-channel int8, written as float), float.") var target: String = "checkpoint"
     @Option(help: "Fake-quantize the linear layers' inputs: none, int8 (the NPU's static per-tensor int8) or w4a8 (per-32 blocks).") var activations: String = "none"
     @Flag(help: "Train the quantization scales too (LSQ).") var trainScales = false
+    @Flag(name: .customLong("train-float"), help: "Train the tensors that stay float too (embedding, norms, head); by default only the quantized linears train.") var trainFloat = false
     @Option(help: "Training text (default: the shipped SciFact abstracts).") var calibration: String?
     @Option(help: "Tokenizer for the training and validation text (default: the model's).") var tokenizer: String?
     @Option(help: "Training windows drawn from the text.") var samples: Int = 128
@@ -64,6 +65,7 @@ struct FinetuneCommand: ParsableCommand {
         }
         o.activations = activations
         o.trainScales = trainScales
+        o.trainFloatTensors = trainFloat
         o.calibration = calibration; o.tokenizer = tokenizer
         o.samples = samples; o.sequenceLength = seqlen; o.seed = seed
         o.steps = steps; o.batch = batch; o.learningRate = lr; o.scaleLearningRate = scaleLr; o.warmupSteps = warmup

@@ -1,0 +1,143 @@
+import TensorCore
+
+/// Causal grouped-query attention for training, forward and backward, over `batch` sequences of `length` tokens
+/// side by side: q [batch * length, heads * headDim], k and v [batch * length, kvHeads * headDim], RoPE already
+/// applied. The forward keeps the probabilities [batch, heads, length, length] (zero above the diagonal) for the
+/// backward. One work item per (sequence, kv head): its query heads run in order, so the kv head's dk, dv are summed
+/// in a fixed order and a run repeats bit for bit. The item's keys and values are transposed once, so that every
+/// sum and update runs SIMD along the keys (the head dimension is short: 8 in stories260K).
+/// The scalar twin is the training graph's own loop (Training's LlamaGraph over Double), which the tests compare.
+public struct CausalAttentionShape: Sendable {
+    public var batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int
+    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        self.batch = batch; self.length = length; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
+    }
+    var qDim: Int { heads * headDim }
+    var kvDim: Int { kvHeads * headDim }
+}
+
+extension Kernels {
+    public static func causalAttentionForward(_ s: CausalAttentionShape, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                                              v: UnsafePointer<Float>, probs: UnsafeMutablePointer<Float>,
+                                              out: UnsafeMutablePointer<Float>, threads: Int) {
+        let (len, hd, qDim, kvDim, heads, group) = (s.length, s.headDim, s.qDim, s.kvDim, s.heads, s.heads / s.kvHeads)
+        let scale = 1 / Float(hd).squareRoot()
+        let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v)
+        let pp = SendablePointer(probs), op = SendablePointer(out), kvh = s.kvHeads
+        Parallel.forEach(s.batch * kvh, threads: threads) { item in
+            let b = item / kvh, kh = item % kvh
+            // Keys and values transposed, [headDim][length]: every sum below runs along the keys.
+            let kt = UnsafeMutablePointer<Float>.allocate(capacity: hd * len), vt = UnsafeMutablePointer<Float>.allocate(capacity: hd * len)
+            defer { kt.deallocate(); vt.deallocate() }
+            for j in 0..<len {
+                let at = (b * len + j) * kvDim + kh * hd
+                for e in 0..<hd { kt[e * len + j] = kp[at + e]; vt[e * len + j] = vp[at + e] }
+            }
+            for h in (kh * group)..<((kh + 1) * group) {
+                for i in 0..<len {
+                    let n = i + 1
+                    let qi = qp.base + (b * len + i) * qDim + h * hd
+                    let pr = pp.base + ((b * heads + h) * len + i) * len
+                    pr.update(repeating: 0, count: len)
+                    for e in 0..<hd { axpy(qi[e] * scale, kt + e * len, pr, n) }
+                    Elementwise.softmaxRow(pr, n)
+                    let o = op.base + (b * len + i) * qDim + h * hd
+                    for e in 0..<hd { o[e] = dot(pr, vt + e * len, n) }
+                }
+            }
+        }
+    }
+
+    /// dq, dk, dv (overwritten) from dOut = d(attention output) and the forward's q, k, v, probabilities.
+    /// dK and dV build up transposed ([headDim][length], rows along the keys) so that every update runs along
+    /// the keys too, then land in dk, dv once per work item.
+    public static func causalAttentionBackward(_ s: CausalAttentionShape, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                                               v: UnsafePointer<Float>, probs: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
+                                               dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                               dv: UnsafeMutablePointer<Float>, threads: Int) {
+        let (len, hd, qDim, kvDim, heads, group) = (s.length, s.headDim, s.qDim, s.kvDim, s.heads, s.heads / s.kvHeads)
+        let scale = 1 / Float(hd).squareRoot()
+        let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v), pp = SendablePointer(probs)
+        let gp = SendablePointer(dOut), dqp = SendablePointer(dq), dkp = SendablePointer(dk), dvp = SendablePointer(dv)
+        let kvh = s.kvHeads
+        Parallel.forEach(s.batch * kvh, threads: threads) { item in
+            let b = item / kvh, kh = item % kvh
+            let buffers = UnsafeMutablePointer<Float>.allocate(capacity: 4 * hd * len + len)
+            defer { buffers.deallocate() }
+            let vt = buffers, kt = buffers + hd * len, dkt = buffers + 2 * hd * len, dvt = buffers + 3 * hd * len
+            let ds = buffers + 4 * hd * len
+            dkt.update(repeating: 0, count: 2 * hd * len)
+            for j in 0..<len {
+                let at = (b * len + j) * kvDim + kh * hd
+                for e in 0..<hd { vt[e * len + j] = vp[at + e]; kt[e * len + j] = kp[at + e] }
+            }
+            for h in (kh * group)..<((kh + 1) * group) {
+                for i in 0..<len {
+                    let n = i + 1
+                    let pr = pp.base + ((b * heads + h) * len + i) * len
+                    let go = gp.base + (b * len + i) * qDim + h * hd
+                    // dP = dO · Vᵀ, then dS = P (dP - <P, dP>) / sqrt(d).
+                    ds.update(repeating: 0, count: n)
+                    for e in 0..<hd { axpy(go[e], vt + e * len, ds, n) }
+                    scaleShifted(ds, pr, shift: dot(pr, ds, n), scale: scale, n)
+                    let qi = qp.base + (b * len + i) * qDim + h * hd, dqi = dqp.base + (b * len + i) * qDim + h * hd
+                    for e in 0..<hd {
+                        dqi[e] = dotAndUpdate(ds, kt + e * len, qi[e], dkt + e * len, pr, go[e], dvt + e * len, n)
+                    }
+                }
+            }
+            for j in 0..<len {
+                let at = (b * len + j) * kvDim + kh * hd
+                for e in 0..<hd { dkp[at + e] = dkt[e * len + j]; dvp[at + e] = dvt[e * len + j] }
+            }
+        }
+    }
+
+    /// y[0..<n] += a x[0..<n].
+    @inline(__always)
+    static func axpy(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        let av = SIMD8<Float>(repeating: a)
+        var i = 0
+        while i + 8 <= n { storeU(loadU(y + i) + av * loadU(x + i), y + i); i += 8 }
+        while i < n { y[i] += a * x[i]; i += 1 }
+    }
+
+    @inline(__always)
+    static func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= n { acc += loadU(x + i) * loadU(y + i); i += 8 }
+        var s = acc.sum()
+        while i < n { s += x[i] * y[i]; i += 1 }
+        return s
+    }
+
+    /// One pass along the keys for a head-dimension index e: returns Σ ds·kt (dq's entry) while dkt += a·ds and
+    /// dvt += c·p (dK's and dV's rows, transposed).
+    @inline(__always)
+    static func dotAndUpdate(_ ds: UnsafePointer<Float>, _ kt: UnsafePointer<Float>, _ a: Float, _ dkt: UnsafeMutablePointer<Float>,
+                             _ p: UnsafePointer<Float>, _ c: Float, _ dvt: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
+        let av = SIMD8<Float>(repeating: a), cv = SIMD8<Float>(repeating: c)
+        var acc = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= n {
+            let d = loadU(ds + i)
+            acc += d * loadU(kt + i)
+            storeU(loadU(dkt + i) + av * d, dkt + i)
+            storeU(loadU(dvt + i) + cv * loadU(p + i), dvt + i)
+            i += 8
+        }
+        var sum = acc.sum()
+        while i < n { sum += ds[i] * kt[i]; dkt[i] += a * ds[i]; dvt[i] += c * p[i]; i += 1 }
+        return sum
+    }
+
+    /// d[j] = p[j] (d[j] - shift) scale.
+    @inline(__always)
+    static func scaleShifted(_ d: UnsafeMutablePointer<Float>, _ p: UnsafePointer<Float>, shift: Float, scale: Float, _ n: Int) {
+        let sv = SIMD8<Float>(repeating: shift), cv = SIMD8<Float>(repeating: scale)
+        var i = 0
+        while i + 8 <= n { storeU(loadU(p + i) * (loadU(d + i) - sv) * cv, d + i); i += 8 }
+        while i < n { d[i] = p[i] * (d[i] - shift) * scale; i += 1 }
+    }
+}
