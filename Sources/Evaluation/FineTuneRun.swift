@@ -42,7 +42,7 @@ public struct FineTuneRunOptions: Sendable {
     public var seed: UInt64 = 0
     public var steps = 200
     public var batch = 8
-    public var learningRate = 1e-4
+    public var learningRate = 3e-4
     public var scaleLearningRate = 1e-5
     public var warmupSteps = 10
     public var minLearningRateRatio = 0.0

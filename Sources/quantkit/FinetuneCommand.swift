@@ -29,7 +29,7 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "Seed of the windows and their order: the same seed, machine and thread count repeat a run bit for bit.") var seed: UInt64 = 0
     @Option(help: "Optimizer steps.") var steps: Int = 200
     @Option(help: "Sequences per step.") var batch: Int = 8
-    @Option(help: "Peak learning rate of the weights (AdamW).") var lr: Double = 1e-4
+    @Option(help: "Peak learning rate of the weights (AdamW).") var lr: Double = 3e-4
     @Option(name: .customLong("scale-lr"), help: "Peak learning rate of the scales (with --train-scales).") var scaleLr: Double = 1e-5
     @Option(help: "Linear warmup steps, then cosine decay.") var warmup: Int = 10
     @Option(name: .customLong("min-lr-ratio"), help: "Final learning rate as a share of the peak.") var minLrRatio: Double = 0

@@ -270,7 +270,7 @@ final class CLITests: XCTestCase {
                                        "--json", dir + "/rtn4.json", "--save-tokens", dir + "/rtn4.tsv"])
         try run(["perplexity", "--model", dir + "/gptq4"] + common + ["--kld-base", dir + "/base.zst", "--json", dir + "/gptq4.json"])
         let f = try jsonObject(dir + "/float.json"), q = try jsonObject(dir + "/rtn4.json"), g = try jsonObject(dir + "/gptq4.json")
-        XCTAssertEqual(q["schema_version"] as? Int, 5)
+        XCTAssertEqual(q["schema_version"] as? Int, 6)
         XCTAssertTrue(f["quantization"] is NSNull, "a float model's quantization is null")
         XCTAssertNil(f["segments"], "no segments without --kld-base")
         let qq = q["quantization"] as! [String: Any], gq = g["quantization"] as! [String: Any]

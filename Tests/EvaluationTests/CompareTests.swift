@@ -241,14 +241,14 @@ final class CompareTests: XCTestCase {
     func testSchemaVersions() throws {
         var o = try object("ppl_int8.json")
         // Version 1 (before segments / quantization), 2 (before the common envelope), 3 (before GGUF), 4 (before the
-        // recovery methods) and 5 all read.
-        for v in [1, 2, 3, 4, 5] {
+        // recovery methods), 5 (before fine-tuning) and 6 all read.
+        for v in [1, 2, 3, 4, 5, 6] {
             o["schema_version"] = v
             XCTAssertEqual(try ResultFile(path: write(o, "v\(v).json")).schemaVersion, v)
         }
-        o["schema_version"] = 6
+        o["schema_version"] = 7
         let p = try write(o, "future.json")
-        assertError(try ResultFile(path: p), contains: [p, "schema_version 6 is newer", "reads (1...5)", "writes schema_version 6"])
+        assertError(try ResultFile(path: p), contains: [p, "schema_version 7 is newer", "reads (1...6)", "writes schema_version 7"])
         o["schema_version"] = 0
         assertError(try ResultFile(path: write(o, "old.json")), contains: ["schema_version 0 is too old", "re-run"])
         o.removeValue(forKey: "schema_version")

@@ -87,7 +87,8 @@ import Testing
         let recipe = FineTuneRecipe(steps: steps, batch: batch, sequenceLength: len,
                                     optimizer: OptimizerSettings(learningRate: lr, scaleLearningRate: 1e-4, warmupSteps: 1, totalSteps: steps),
                                     loss: LossWeights(kd: 1, ce: 0.5), seed: seed, checkpointEvery: 2, activations: "none",
-                                    trainScales: true, weights: "int4 sym g32", initialization: "rtn")
+                                    trainScales: true, trainFloatTensors: true, weights: "int4 sym g32",
+                                    initialization: "rtn")
         return try FineTuner(student: student, teacher: teacher, windows: windows, recipe: recipe)
     }
 
