@@ -50,6 +50,8 @@ public final class ParameterSet<T: TrainScalar> {
 
     public func set(_ name: String, _ v: [T]) {
         let e = entries[byName[name]!]
+        // Callers check counts first (TrainableLlama against the config's shapes, FineTuner.restore against the
+        // saved tensor's shape), so a file cannot reach this.
         precondition(v.count == e.count, "\(name): \(v.count) values for \(e.count)")
         v.withUnsafeBufferPointer { (values + e.offset).update(from: $0.baseAddress!, count: e.count) }
     }
