@@ -193,7 +193,7 @@ public enum FineTuneRun {
         let tokensPerStep = o.batch * o.sequenceLength
         var trainedSeconds = 0.0
         while tuner.step < o.steps {
-            let r = tuner.runStep()
+            let r = try tuner.runStep()
             guard r.loss.isFinite, r.gradientNorm.isFinite else {
                 throw QuantKitError(.numeric, "step \(r.step): the loss or gradient is not finite (loss \(r.loss)); lower --lr")
             }

@@ -91,7 +91,7 @@ public enum TrainingBench {
         let task = progress.task("bench train \(s.name) \(o.quant)", total: total, unit: "tokens")
         var timed = 0.0
         for i in 1...total {
-            let r = tuner.runStep()
+            let r = try tuner.runStep()
             if i > o.warmup { timed += r.seconds }
             task.update(done: i, units: i * o.batch * o.sequenceLength)
         }

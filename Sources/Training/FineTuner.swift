@@ -102,21 +102,21 @@ public final class FineTuner {
     }
 
     /// Loss (and gradients) of the student on a batch, the teacher's logits computed first.
-    private func loss(inputs: [Int32], targets: [Int32], gradients: Bool) -> LossValue {
+    private func loss(inputs: [Int32], targets: [Int32], gradients: Bool) throws -> LossValue {
         let t: UnsafeMutablePointer<Float>? = teacher.map {
             $0.forwardSequences(inputs, count: inputs.count / recipe.sequenceLength, cache: teacherCache!, state: teacherState!)
         }
-        return student.loss(tokens: inputs, targets: targets,
+        return try student.loss(tokens: inputs, targets: targets,
                             teacher: recipe.loss.kd != 0 ? t.map { UnsafePointer($0) } : nil,
                             weights: recipe.loss, gradients: gradients)
     }
 
     /// One optimizer step on the next batch.
     @discardableResult
-    public func runStep() -> StepRecord {
+    public func runStep() throws -> StepRecord {
         let start = Date()
         let (inputs, targets) = batch(batchIndices(step: optimizer.step + 1))
-        let value = loss(inputs: inputs, targets: targets, gradients: true)
+        let value = try loss(inputs: inputs, targets: targets, gradients: true)
         let (norm, rate) = optimizer.update(student.parameters, threads: student.threads)
         let r = StepRecord(step: optimizer.step, loss: value.total, kl: value.kl, ce: value.ce, sameTop: value.sameTop,
                            gradientNorm: norm, learningRate: rate * recipe.optimizer.learningRate,
@@ -134,7 +134,7 @@ public final class FineTuner {
         for k in 0..<batches {
             var inputs: [Int32] = [], targets: [Int32] = []
             for w in held[(k * b)..<((k + 1) * b)] { inputs += w.dropLast(); targets += w.dropFirst() }
-            let v = loss(inputs: inputs, targets: targets, gradients: false)
+            let v = try loss(inputs: inputs, targets: targets, gradients: false)
             sum.total += v.total; sum.kl += v.kl; sum.ce += v.ce; sum.sameTop += v.sameTop
         }
         let n = Double(batches)
@@ -191,7 +191,7 @@ public final class FineTuner {
             }
             let v = t.floats()
             guard v.allSatisfy(\.isFinite) else { throw QuantKitError(.numeric, "\(path): param/\(e.name) holds a non-finite value") }
-            p.set(e.name, v)
+            try p.set(e.name, v)
         }
         try optimizer.restore(step: step, firstMoment: try f.tensor("adam/m").floats(), secondMoment: try f.tensor("adam/v").floats())
         self.history = history

@@ -111,9 +111,7 @@ final class LlamaGraph<T: TrainScalar> {
 
     /// Runs the model on `tokens` ([batch, sequenceLength], row-major); logits land in `logits` [rows, vocab].
     func forward(tokens: [Int32]) {
-        // Not reachable from input: FineTuner builds every batch from windows it checked (count, and ids below the
-        // vocabulary through the teacher's validate), as TrainingBench does from its own draws.
-        precondition(tokens.count == rows, "the batch holds \(rows) tokens")
+        // TrainableLlama.loss checked the count and the ids.
         self.tokens = tokens
         for layer in linears { for l in layer { l.refresh(params, threads: threads) } }
         let x = UnsafeMutablePointer<T>.allocate(capacity: rows * dim)

@@ -48,11 +48,10 @@ public final class ParameterSet<T: TrainScalar> {
         return Array(UnsafeBufferPointer(start: values + e.offset, count: e.count))
     }
 
-    public func set(_ name: String, _ v: [T]) {
-        let e = entries[byName[name]!]
-        // Callers check counts first (TrainableLlama against the config's shapes, FineTuner.restore against the
-        // saved tensor's shape), so a file cannot reach this.
-        precondition(v.count == e.count, "\(name): \(v.count) values for \(e.count)")
+    public func set(_ name: String, _ v: [T]) throws {
+        guard let i = byName[name] else { throw QuantKitError(.input, "no trainable tensor named \(name)") }
+        let e = entries[i]
+        guard v.count == e.count else { throw QuantKitError(.shape, "\(name): \(v.count) values for \(e.shape)") }
         v.withUnsafeBufferPointer { (values + e.offset).update(from: $0.baseAddress!, count: e.count) }
     }
 

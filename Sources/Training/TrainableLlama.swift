@@ -71,8 +71,8 @@ public final class TrainableLlama<T: TrainScalar> {
             zerosByModule[module] = z; groupsByModule[module] = g
         }
         parameters = ParameterSet(specs)
-        for s in specs where s.kind != .scales { parameters.set(s.name, tensors[s.name]!) }
-        for (module, mode) in weightQuant { if case .grouped = mode { parameters.set(module + ".scales", scales[module]!) } }
+        for s in specs where s.kind != .scales { try parameters.set(s.name, tensors[s.name]!) }
+        for (module, mode) in weightQuant { if case .grouped = mode { try parameters.set(module + ".scales", scales[module]!) } }
         self.zeros = zerosByModule; self.groups = groupsByModule
         graph = LlamaGraph(config: config, params: parameters, weights: weightQuant, zeros: zerosByModule,
                            groups: groupsByModule, activations: activations, batch: batch, sequenceLength: sequenceLength,
@@ -103,9 +103,15 @@ public final class TrainableLlama<T: TrainScalar> {
     /// tokens: [batch, sequenceLength] inputs; targets: the next tokens (for the cross-entropy term);
     /// teacher: the teacher's logits [batch * sequenceLength, vocab] (for the KL term).
     public func loss(tokens: [Int32], targets: [Int32]?, teacher: UnsafePointer<T>?, weights: LossWeights,
-                     gradients: Bool) -> LossValue {
+                     gradients: Bool) throws -> LossValue {
+        let rows = batch * sequenceLength, vocab = config.vocabSize
+        guard tokens.count == rows, targets.map({ $0.count == rows }) ?? true else {
+            throw QuantKitError(.input, "a training batch holds \(rows) tokens (\(batch) x \(sequenceLength)), got \(tokens.count)")
+        }
+        if let bad = (tokens + (targets ?? [])).first(where: { $0 < 0 || Int($0) >= vocab }) {
+            throw QuantKitError(.input, "token id \(bad) is outside the vocabulary (0..<\(vocab))")
+        }
         graph.forward(tokens: tokens)
-        let rows = batch * sequenceLength
         let value = { (t: UnsafePointer<Int32>?) in
             DistillationLoss.evaluate(logits: self.graph.logits, rows: rows, vocab: self.config.vocabSize, teacher: teacher,
                                       targets: t, weights: weights, dLogits: gradients ? self.dLogits : nil,

@@ -39,13 +39,13 @@ import Testing
         let tokens = (0..<(batch * len)).map { _ in Int32(rng.index(c.vocabSize)) }
         let targets = (0..<(batch * len)).map { _ in Int32(rng.index(c.vocabSize)) }
         let teacher = (0..<(batch * len * c.vocabSize)).map { _ in 2 * Double(rng.signedUnitFloat()) }
-        func loss(gradients: Bool) -> Double {
-            teacher.withUnsafeBufferPointer {
-                m.loss(tokens: tokens, targets: weights.ce != 0 ? targets : nil, teacher: weights.kd != 0 ? $0.baseAddress : nil,
+        func loss(gradients: Bool) throws -> Double {
+            try teacher.withUnsafeBufferPointer {
+                try m.loss(tokens: tokens, targets: weights.ce != 0 ? targets : nil, teacher: weights.kd != 0 ? $0.baseAddress : nil,
                        weights: weights, gradients: gradients).total
             }
         }
-        _ = loss(gradients: true)
+        _ = try loss(gradients: true)
         let analytic = Array(UnsafeBufferPointer(start: m.parameters.grads, count: m.parameters.count))
         let h = 1e-5
         var worst = 0.0, probed = 0
@@ -53,8 +53,8 @@ import Testing
             for probe in 0..<4 {
                 let i = e.offset + (probe * 7919 + 13) % e.count
                 let p = m.parameters.values + i, saved = p.pointee
-                p.pointee = saved + h; let up = loss(gradients: false)
-                p.pointee = saved - h; let down = loss(gradients: false)
+                p.pointee = saved + h; let up = try loss(gradients: false)
+                p.pointee = saved - h; let down = try loss(gradients: false)
                 p.pointee = saved
                 let fd = (up - down) / (2 * h)
                 let err = abs(fd - analytic[i]) / max(1e-3, abs(fd))
@@ -76,5 +76,24 @@ import Testing
 
     @Test func multiHeadAttentionKDOnly() throws {
         try check(Self.config(tied: false, kvHeads: 4), weights: LossWeights(kd: 1, ce: 0), seed: 13)
+    }
+}
+
+/// A batch of the wrong size or with ids outside the vocabulary is refused with a typed error, never read.
+@Suite struct BatchValidationTests {
+    @Test func refusesBadBatches() throws {
+        let c = try FiniteDifferenceTests.config(tied: true)
+        let m = try TrainableLlama<Double>(config: c, tensors: FiniteDifferenceTests.randomTensors(c, seed: 1), batch: 2,
+                                           sequenceLength: 3, threads: 1)
+        let w = LossWeights(kd: 0, ce: 1)
+        #expect(throws: QuantKitError.self) { try m.loss(tokens: [1, 2, 3], targets: nil, teacher: nil, weights: w, gradients: true) }
+        #expect(throws: QuantKitError.self) {
+            try m.loss(tokens: [1, 2, 3, 4, 5, Int32(c.vocabSize)], targets: nil, teacher: nil, weights: w, gradients: true)
+        }
+        #expect(throws: QuantKitError.self) {
+            try m.loss(tokens: [1, 2, 3, 4, 5, 6], targets: [1, 2, 3, 4, 5, -1], teacher: nil, weights: w, gradients: true)
+        }
+        let ok = try m.loss(tokens: [1, 2, 3, 4, 5, 6], targets: [2, 3, 4, 5, 6, 7], teacher: nil, weights: w, gradients: true)
+        #expect(ok.ce.isFinite && ok.ce > 0)
     }
 }

@@ -29,11 +29,11 @@ import Testing
         let targets = (0..<(batch * len)).map { _ in Int32(rng.index(c.vocabSize)) }
         let teacher = (0..<(batch * len * c.vocabSize)).map { _ in 2 * rng.signedUnitFloat() }
         let w = LossWeights(kd: 1, ce: 0.5)
-        let ld = teacher.map(Double.init).withUnsafeBufferPointer {
-            md.loss(tokens: tokens, targets: targets, teacher: $0.baseAddress, weights: w, gradients: true)
+        let ld = try teacher.map(Double.init).withUnsafeBufferPointer {
+            try md.loss(tokens: tokens, targets: targets, teacher: $0.baseAddress, weights: w, gradients: true)
         }
-        let lf = teacher.withUnsafeBufferPointer {
-            mf.loss(tokens: tokens, targets: targets, teacher: $0.baseAddress, weights: w, gradients: true)
+        let lf = try teacher.withUnsafeBufferPointer {
+            try mf.loss(tokens: tokens, targets: targets, teacher: $0.baseAddress, weights: w, gradients: true)
         }
         #expect(abs(ld.total - lf.total) <= 1e-5 * abs(ld.total))
         for e in md.parameters.entries {

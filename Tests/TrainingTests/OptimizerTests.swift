@@ -28,7 +28,7 @@ import Testing
         let names = ["matrix", "vector", "scales"]
         let kinds: [ParameterSet<Float>.Kind] = [.matrix, .vector, .scales]
         let p = ParameterSet<Float>(names.indices.map { (names[$0], f.shapes[names[$0]]!, kinds[$0], true) })
-        for n in names { p.set(n, f.initial[n]!) }
+        for n in names { try p.set(n, f.initial[n]!) }
         let opt = AdamW(settings: settings, parameterCount: p.count)
         var worst: Float = 0
         for (t, step) in f.steps.enumerated() {
@@ -97,28 +97,28 @@ import Testing
     @Test func repeatsBitForBitAndLearns() throws {
         let a = try Self.tuner(), b = try Self.tuner()
         let before = Self.values(a)
-        for _ in 0..<4 { a.runStep(); b.runStep() }
+        for _ in 0..<4 { try a.runStep(); try b.runStep() }
         #expect(Self.values(a) == Self.values(b))
         #expect(a.history.map(\.loss) == b.history.map(\.loss))
         #expect(Self.values(a) != before)
         // Another seed draws other batches.
         let c = try Self.tuner(seed: 4)
-        for _ in 0..<4 { c.runStep() }
+        for _ in 0..<4 { try c.runStep() }
         #expect(c.history.map(\.loss) != a.history.map(\.loss))
     }
 
     @Test func resumedRunEqualsUninterrupted() throws {
         let straight = try Self.tuner()
-        for _ in 0..<4 { straight.runStep() }
+        for _ in 0..<4 { try straight.runStep() }
         let first = try Self.tuner()
-        first.runStep(); first.runStep()
+        try first.runStep(); try first.runStep()
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("qk-state-\(UUID().uuidString).safetensors").path
         defer { try? FileManager.default.removeItem(atPath: path) }
         try first.saveState(to: path)
         let resumed = try Self.tuner()
         try resumed.restore(from: path)
         #expect(resumed.step == 2)
-        resumed.runStep(); resumed.runStep()
+        try resumed.runStep(); try resumed.runStep()
         #expect(Self.values(resumed) == Self.values(straight))
         func curve(_ t: FineTuner) -> [[Double]] { t.history.map { [Double($0.step), $0.loss, $0.kl, $0.ce, $0.gradientNorm, $0.learningRate] } }
         #expect(curve(resumed) == curve(straight))
