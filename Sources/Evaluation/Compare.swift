@@ -40,7 +40,7 @@ public struct Comparison: Sendable, Encodable {
         case .perplexity: return ("ppl", "ppl", false)
         case .retrieval: return ("ndcg10", "nDCG@10", true)
         case .answers: return ("em", "EM", true)
-        case .layers: return ("", "", false)
+        case .layers, .finetune: return ("", "", false)
         }
     }
 
@@ -92,7 +92,7 @@ public struct Comparison: Sendable, Encodable {
                              baseline baselineFile: String? = nil) throws -> Comparison {
         guard !files.isEmpty else { throw QuantKitError(.input, "compare: no result files given") }
         try ResultFile.checkComparable(files)
-        let measured = files.filter { $0.kind != .layers }
+        let measured = files.filter { $0.kind.isMeasured }
         let layers = files.filter { $0.kind == .layers }.flatMap(\.layers)
         guard let kind = measured.first?.kind else {
             throw QuantKitError(.input, "compare: only layer results given; add perplexity, retrieval or answers results to compare")
@@ -174,7 +174,7 @@ public struct Comparison: Sendable, Encodable {
                 } else {
                     notes.append("no CI for \(r.label): per-query nDCG@10 values absent")
                 }
-            case .answers, .layers:
+            case .answers, .layers, .finetune:
                 break
             }
             let verdict = VerdictLogic.verdict(base: baseline, run: r, thresholds: thresholds, interval: ci, layers: layers)

@@ -34,6 +34,10 @@ public struct FineTuneRunOptions: Sendable {
     /// Train the tensors that stay float too (embedding, norms, head); default: only the quantized linears (and
     /// their scales), so the float parts keep the float model's values.
     public var trainFloatTensors = false
+    /// Distil a smaller float student instead ("LAYERSxHIDDEN", StudentShape.parse); needs --target float.
+    public var student: String?
+    /// Matrices' dtype of a float output (npu, float and student targets); nil keeps float32.
+    public var outputDType: DType?
     public var calibration: String?
     public var tokenizer: String?
     /// Training windows drawn from the calibration text.
@@ -86,6 +90,12 @@ public struct FineTuneRunOptions: Sendable {
             throw QuantKitError(.input, "--init and --method quantize into a checkpoint; --target \(target.rawValue) starts from the float weights")
         }
         if trainScales && target != .checkpoint { throw QuantKitError(.input, "--train-scales needs grouped weights (--init or --method)") }
+        if student != nil && target != .float {
+            throw QuantKitError(.input, "--student distils a float model: use --target float (quantize the student afterwards)")
+        }
+        if let d = outputDType, target == .checkpoint || ![.f32, .f16, .bf16].contains(d) {
+            throw QuantKitError(.input, "--dtype \(d.rawValue.lowercased()): applies to float outputs (--target npu|float), as f32, f16 or bf16")
+        }
     }
 }
 
@@ -102,8 +112,12 @@ public struct FineTuneReport: Encodable, Sendable {
     }
     public var model: String
     public var output: String
+    /// The quantized checkpoint it started from (--init); nil when it quantized its own start or began from float.
+    public var initCheckpoint: String?
     public var recipe: FineTuneRecipe
     public var calibration: CalibrationRecord?
+    /// A distilled student's shape against its teacher.
+    public var student: RecoveryRecord.StudentSettings?
     public var validation: Validation?
     public var curve: [StepRecord]
     public var resumedFromStep: Int
@@ -112,7 +126,7 @@ public struct FineTuneReport: Encodable, Sendable {
     public var seconds: Double
 
     enum CodingKeys: String, CodingKey {
-        case model, output, recipe, calibration, validation, curve
+        case model, output, initCheckpoint = "init_checkpoint", recipe, calibration, student, validation, curve
         case resumedFromStep = "resumed_from_step", trainingTokens = "training_tokens"
         case tokensPerSecond = "tokens_per_second", seconds
     }
@@ -159,10 +173,10 @@ public enum FineTuneRun {
         }
 
         // The student: its starting weights and quantizers.
-        let start = try studentStart(o, teacher: teacher, progress: progress)
+        let start = try studentStart(o, teacher: teacher, windows: prepared.windows, progress: progress)
         defer { if let d = start.temporaryDirectory { try? FileManager.default.removeItem(atPath: d) } }
         let activations = try activationQuantizers(o, teacher: teacher, windows: prepared.windows)
-        let student = try TrainableLlama<Float>(config: teacher.config, tensors: start.tensors, weightQuant: start.modes,
+        let student = try TrainableLlama<Float>(config: start.config ?? teacher.config, tensors: start.tensors, weightQuant: start.modes,
                                                 scales: start.scales, zeros: start.zeros, groups: start.groups,
                                                 activations: activations, trainFloatTensors: o.trainFloatTensors || o.target == .float,
                                                 batch: o.batch, sequenceLength: o.sequenceLength,
@@ -212,7 +226,8 @@ public enum FineTuneRun {
                                       klRecovered: b.kl > 0 ? (b.kl - a.kl) / b.kl : 0)
         } }
         let trained = (o.steps - resumedFrom) * tokensPerStep
-        return FineTuneReport(model: o.model, output: o.output, recipe: recipe, calibration: prepared.record, validation: validation,
+        return FineTuneReport(model: o.model, output: o.output, initCheckpoint: o.initCheckpoint, recipe: recipe, calibration: prepared.record,
+                              student: start.recovery.student, validation: validation,
                               curve: tuner.history, resumedFromStep: resumedFrom, trainingTokens: trained,
                               tokensPerSecond: trainedSeconds > 0 ? Double(trained) / trainedSeconds : 0,
                               seconds: Date().timeIntervalSince(t0))
@@ -228,6 +243,8 @@ public enum FineTuneRun {
         var method = "finetune"
         var recovery = RecoveryRecord()
         var alreadyFineTuned = false
+        /// A distilled student's own architecture (nil: the teacher's).
+        var config: LlamaConfig?
         var label = "float"
         var initialization = "float"
         var temporaryDirectory: String?
@@ -237,12 +254,14 @@ public enum FineTuneRun {
         (0..<c.numHiddenLayers).flatMap { l in LlamaBlock.linearNames.map { "model.layers.\(l).\($0)" } }
     }
 
-    static func studentStart(_ o: FineTuneRunOptions, teacher: LlamaModel, progress: any ProgressObserver) throws -> Start {
+    static func studentStart(_ o: FineTuneRunOptions, teacher: LlamaModel, windows: [[Int32]],
+                             progress: any ProgressObserver) throws -> Start {
         var s = Start()
         for name in HFExport.tensorNames(teacher.config) { s.tensors[name] = try teacher.source.tensor(name).floats() }
         switch o.target {
         case .float:
-            return s
+            guard let text = o.student else { return s }
+            return try smallerStudent(text, teacher: teacher, tensors: s.tensors, windows: windows, progress: progress)
         case .npu:
             for m in modules(teacher.config) { s.modes[m] = .npu(bits: 8) }
             s.label = "npu int8 per-channel"
@@ -272,6 +291,28 @@ public enum FineTuneRun {
         c.initialization = o.initCheckpoint ?? "quantize --method \(o.quantize!.method.rawValue)"
         c.temporaryDirectory = s.temporaryDirectory
         return c
+    }
+
+    /// A smaller student cut from the teacher (StudentCut): evenly spaced layers, each MLP narrowed to the channels
+    /// that contribute most on the first training windows.
+    static func smallerStudent(_ text: String, teacher: LlamaModel, tensors: [String: [Float]], windows: [[Int32]],
+                               progress: any ProgressObserver) throws -> Start {
+        let c = teacher.config
+        let shape = try StudentShape.parse(text, teacher: c)
+        let importance = try StudentCut.channelImportance(teacher: teacher, windows: Array(windows.prefix(16)))
+        let cut = try StudentCut.cut(teacher: c, tensors: tensors, shape: shape, importance: importance)
+        progress.note("student \(shape.label): teacher layers \(cut.keptLayers), MLP \(c.intermediateSize) -> \(shape.intermediateSize) channels")
+        var s = Start()
+        s.tensors = cut.tensors
+        s.config = cut.config
+        s.method = "distill"
+        s.recovery.student = .init(teacherLayers: c.numHiddenLayers, keptLayers: cut.keptLayers,
+                                   teacherIntermediateSize: c.intermediateSize, intermediateSize: shape.intermediateSize,
+                                   teacherBlockWeights: StudentCut.blockLinearWeights(c),
+                                   blockWeights: StudentCut.blockLinearWeights(cut.config))
+        s.label = "float student \(shape.label)"
+        s.initialization = "teacher layers \(cut.keptLayers.map(String.init).joined(separator: ",")), \(shape.intermediateSize) of \(c.intermediateSize) MLP channels"
+        return s
     }
 
     /// The student as a GPTQ-layout checkpoint holds it: latent weights = its dequantized codes, its scales, zero
@@ -347,7 +388,7 @@ public enum FineTuneRun {
     /// (NPU or float targets) of the weights as training saw them; the recipe and loss curve in its record.
     static func write(_ o: FineTuneRunOptions, student: TrainableLlama<Float>, start: Start, teacher: LlamaModel,
                       recipe: FineTuneRecipe, history: [StepRecord], fingerprint: CalibrationFingerprint?) throws {
-        let config = teacher.config
+        let config = student.config
         let p = student.parameters
         // The starting checkpoint's method and recovery record carry over, with the fine-tuning added to it.
         var recovery = start.recovery
@@ -379,12 +420,15 @@ public enum FineTuneRun {
             try GPTQCheckpoint.write(to: o.output, floatTensors: floats, layers: layers, config: cfg, metadata: record, files: files)
             return
         }
+        var written = config
+        if let d = o.outputDType { written.torchDtype = ["F32": "float32", "F16": "float16", "BF16": "bfloat16"][d.rawValue] }
         for name in HFExport.tensorNames(config) {
             let module = String(name.dropLast(".weight".count))
             let values = student.weightQuant[module] != nil ? student.effectiveWeight(module)! : p.array(name)
-            floats.append((name, Tensor(shape: p.entry(name)!.shape, floats: values)))
+            let t = Tensor(shape: p.entry(name)!.shape, floats: values)
+            floats.append((name, t.shape.count == 2 ? t.converted(to: o.outputDType ?? .f32) : t))
         }
-        files["config.json"] = try config.jsonData()
+        files["config.json"] = try written.jsonData()
         files[GPTQCheckpoint.floatRecordFile] = try JSONSerialization.data(withJSONObject: record, options: [.prettyPrinted, .sortedKeys])
         try AtomicFile.writeDirectory(to: o.output) { tmp in
             try SafetensorsWriter.write(floats, metadata: ["format": "pt"], to: tmp + "/model.safetensors")

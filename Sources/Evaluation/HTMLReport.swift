@@ -82,12 +82,30 @@ public enum HTMLReport {
         if !s.layers.isEmpty {
             h += "<section id=\"layers\"><h2>Layer sensitivity</h2>" + layersFigure(s.layers) + "</section>"
         }
+        if !s.fineTunes.isEmpty { h += fineTuneSection(s) }
         let notes = s.notes
         if !notes.isEmpty {
             h += "<section id=\"notes\"><h2>Notes</h2><ul>" + notes.map { "<li>\(e($0))</li>" }.joined() + "</ul></section>"
         }
         h += "<section id=\"files\"><p style=\"color:#777\">Files: \(e(s.files.joined(separator: ", ")))</p></section>"
         return page(title, h)
+    }
+
+    /// The fine-tuning runs: before/after table and the loss curves (at most 200 points each).
+    static func fineTuneSection(_ s: Study) -> String {
+        var h = "<section id=\"finetune\"><h2>Fine-tuning</h2><table><thead><tr>"
+        let t = s.fineTuneTable()
+        h += t[0].map { "<th>\(e($0))</th>" }.joined() + "</tr></thead><tbody>"
+        for row in t.dropFirst() { h += "<tr>" + row.map { "<td>\(e($0))</td>" }.joined() + "</tr>" }
+        h += "</tbody></table>"
+        let series = s.fineTunes.map { f -> (name: String, points: [SVGChart.Point]) in
+            let every = max(1, (f.result.curve.count + 199) / 200)
+            let kept = f.result.curve.enumerated().filter { $0.offset % every == 0 || $0.offset == f.result.curve.count - 1 }
+            return (f.name, kept.map { SVGChart.Point(x: Double($0.element.step), y: $0.element.loss, label: "") })
+        }
+        h += figure(SVGChart.lines(title: "Training loss per step", xLabel: "step", yLabel: "loss (KL to the teacher + CE)",
+                                   series: series, marks: false))
+        return h + "</section>"
     }
 
     /// Table, verdict lines, charts and segments of one comparison.

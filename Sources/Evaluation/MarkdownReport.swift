@@ -32,6 +32,18 @@ public enum MarkdownReport {
             m += "\n### \(c.kind.rawValue.capitalizedFirst) (baseline `\(c.baseline.label)`; worst verdict: \(c.worstDecision?.rawValue ?? "none"))\n\n"
             m += body(c, heading: "####")
         }
+        if !s.fineTunes.isEmpty {
+            m += "\n### Fine-tuning\n\n"
+            let f = s.fineTuneTable()
+            m += "| " + f[0].map(cell).joined(separator: " | ") + " |\n|" + f[0].map { _ in "---|" }.joined() + "\n"
+            for row in f.dropFirst() { m += "| " + row.map(cell).joined(separator: " | ") + " |\n" }
+            m += "\nTraining loss (KL to the teacher per token), every tenth of the run:\n\n"
+            for ft in s.fineTunes {
+                let every = max(1, ft.result.curve.count / 10)
+                let points = ft.result.curve.enumerated().filter { $0.offset % every == 0 || $0.offset == ft.result.curve.count - 1 }
+                m += "- `\(ft.name)`: " + points.map { "\($0.element.step): \(reportFormat($0.element.loss, 4))" }.joined(separator: ", ") + "\n"
+            }
+        }
         for n in s.notes { m += "\n> note: \(n)\n" }
         return m
     }

@@ -48,6 +48,14 @@ public enum ModelLoading {
 
     /// Storage bits per weight of the transformer blocks' linear layers (what quantization changes): codes plus
     /// per-group float16 scales and integer zero points for quantized layers, the stored dtype for float ones.
+    /// A distilled student's bits are counted per weight of its teacher, so it compares with the teacher's
+    /// quantized variants at equal size.
+    public static func blockLinearBitsPerWeight(_ m: LlamaModel, summary: QuantizationSummary?) -> Double? {
+        let own = blockLinearBitsPerWeight(m)
+        guard let s = summary?.recovery?.student else { return own }
+        return own.map { $0 * s.sizeRatio }
+    }
+
     public static func blockLinearBitsPerWeight(_ m: LlamaModel) -> Double? {
         var bits = 0.0, weights = 0.0
         for block in m.blocks {

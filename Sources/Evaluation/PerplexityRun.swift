@@ -458,11 +458,12 @@ public enum PerplexityRun {
             let dir = (path as NSString).deletingLastPathComponent
             return LogitsWriter(vocab: m.config.vocabSize, spoolDirectory: dir.isEmpty ? "." : dir)
         }
+        let summary = try GPTQCheckpoint.quantizationSummary(o.model)
         var measured = PerplexityMeasurement(info: PerplexityRunInfo(
             model: o.model, tokenizer: tokLabel, corpus: o.corpus, corpusSHA256: sha, protocolKind: opts.protocolKind, ctx: ctx,
             stride: opts.effectiveStride, corpusTokens: ids.tokens.count, backend: sim == nil ? "cpu" : "npu", activations: activations,
-            int8Activations: o.int8Activations, bitsPerWeight: sim == nil ? ModelLoading.blockLinearBitsPerWeight(m).map(ExactDouble.init) : nil,
-            quantization: try GPTQCheckpoint.quantizationSummary(o.model), gguf: gguf))
+            int8Activations: o.int8Activations, bitsPerWeight: sim == nil ? ModelLoading.blockLinearBitsPerWeight(m, summary: summary).map(ExactDouble.init) : nil,
+            quantization: summary, gguf: gguf))
         // Per scored token (with a KLD base): where it sits, for the per-segment breakdown.
         var rowPlaces: [(tokenIndex: Int, windowPosition: Int, target: Int32)] = []
         let r = try Perplexity.evaluate(model: m, tokens: ids.tokens, addsBOS: tok.addsBOS, bosId: ids.bos, options: opts,

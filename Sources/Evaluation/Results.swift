@@ -125,7 +125,10 @@ public enum JSONBridge {
 
 /// What a result file measures.
 public enum ResultKind: String, Sendable, CaseIterable {
-    case perplexity, retrieval, answers, layers
+    case perplexity, retrieval, answers, layers, finetune
+
+    /// Kinds with a headline metric that baselines and verdicts compare (layers and finetune results add detail).
+    public var isMeasured: Bool { self == .perplexity || self == .retrieval || self == .answers }
 
     /// Names other commands may write in "kind" for the same thing.
     static func parse(_ s: String) -> ResultKind? {
@@ -134,6 +137,7 @@ public enum ResultKind: String, Sendable, CaseIterable {
         case "retrieval", "ragretrieval": return .retrieval
         case "answers", "raganswers", "qa": return .answers
         case "layers", "sensitivity", "layersensitivity", "npureport", "npu", "quantize", "quantization": return .layers
+        case "finetune", "finetuning", "distill": return .finetune
         default: return nil
         }
     }
@@ -238,6 +242,8 @@ public struct ResultFile: Sendable {
     public let root: ResultValue
     public let runs: [ResultRun]
     public let layers: [LayerFigure]
+    /// A `finetune` result's recipe, loss curve and validation.
+    public let fineTune: FineTuneResult?
 
     public init(path: String) throws {
         let data = try readMaybeCompressed(path)
@@ -277,7 +283,10 @@ public struct ResultFile: Sendable {
                 throw QuantKitError(.format, "\(path): missing field \"layers\" (an array of per-layer figures) in a \(root["kind"]?.string ?? "layers") result")
             }
             runs = []
+        case .finetune:
+            runs = []
         }
+        fineTune = kind == .finetune ? try FineTuneResult(root, path: path) : nil
     }
 
     /// The "kind" field when present, otherwise inferred from the keys.
@@ -520,7 +529,7 @@ public struct ResultFile: Sendable {
         case .perplexity: return [["protocol"], ["ctx"], ["stride"], ["corpus_sha256"], ["tokenizer"]]
         case .retrieval: return [["dataset", "dataset_name"], ["split"], ["corpus_sha256", "dataset_sha256"], ["qrels_sha256", "qrels"]]
         case .answers: return [["dataset_sha256", "dataset_sha", "sha256"]]
-        case .layers: return []
+        case .layers, .finetune: return []
         }
     }
 
@@ -537,10 +546,10 @@ public struct ResultFile: Sendable {
     /// Throws a one-line error when `files` were not made on the same data with the same protocol.
     public static func checkComparable(_ files: [ResultFile]) throws {
         guard let first = files.first else { return }
-        for f in files.dropFirst() where f.kind != first.kind && f.kind != .layers && first.kind != .layers {
+        for f in files.dropFirst() where f.kind != first.kind && f.kind.isMeasured && first.kind.isMeasured {
             throw QuantKitError(.input, "cannot compare a \(first.kind.rawValue) result (\(first.path)) with a \(f.kind.rawValue) result (\(f.path))")
         }
-        let measured = files.filter { $0.kind != .layers }
+        let measured = files.filter { $0.kind.isMeasured }
         guard let ref = measured.first else { return }
         for keys in identityFields(ref.kind) {
             let a = ref.identity(keys)

@@ -153,9 +153,10 @@ public enum SVGChart {
     /// Points joined in x order, with axes, ticks and a label beside each point. A point whose x is not finite
     /// (unknown, e.g. no bits per weight) is drawn in a separate "unknown" lane at the right, on the same y
     /// scale, and is never joined. Labels are placed beside their point where they touch no other label or point;
-    /// a label moved away from its point gets a leader line.
+    /// a label moved away from its point gets a leader line. `marks: false` draws the lines alone (long curves such
+    /// as a loss per training step), without a dot or label per point.
     public static func lines(title: String, xLabel: String, yLabel: String, series: [(name: String, points: [Point])],
-                             width: Int = 760, height: Int = 340) -> String {
+                             width: Int = 760, height: Int = 340, marks: Bool = true) -> String {
         let colors = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2"]
         let w = Double(width), h = Double(height)
         let left = 70.0, right = 30.0, bottom = 50.0
@@ -199,11 +200,11 @@ public enum SVGChart {
         s += "<text x=\"14\" y=\"\(n((top + h - bottom) / 2))\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 14 \(n((top + h - bottom) / 2)))\">\(escape(yLabel))</text>"
         // Label placement, left to right: the first free spot beside the point, then further up or down.
         let area = Box(x0: left + 2, y0: top + 2, x1: w - right - 2, y1: h - bottom - 2)
-        let dots = all.map { Box(x0: px($0.x) - 5, y0: py($0.y) - 5, x1: px($0.x) + 5, y1: py($0.y) + 5) }
+        let dots = all.filter { _ in marks }.map { Box(x0: px($0.x) - 5, y0: py($0.y) - 5, x1: px($0.x) + 5, y1: py($0.y) + 5) }
         var taken: [Box] = []
         var placed: [String: (x: Double, y: Double, end: Bool, leader: Bool)] = [:]
         let order = series.enumerated().flatMap { si, ser in ser.points.enumerated().map { (si, $0, $1) } }
-            .filter { $0.2.y.isFinite }
+            .filter { marks && $0.2.y.isFinite }
             .sorted { (px($0.2.x), py($0.2.y)) < (px($1.2.x), py($1.2.y)) }
         for (si, pi, q) in order {
             let (cx, cy) = (px(q.x), py(q.y))
@@ -231,7 +232,7 @@ public enum SVGChart {
             if p.count > 1 {
                 s += "<polyline fill=\"none\" stroke=\"\(c)\" stroke-width=\"1.5\" points=\"" + p.map { "\(n(px($0.element.x))),\(n(py($0.element.y)))" }.joined(separator: " ") + "\"/>"
             }
-            for (pi, q) in ser.points.enumerated() where q.y.isFinite {
+            for (pi, q) in ser.points.enumerated() where marks && q.y.isFinite {
                 let xs = q.x.isFinite ? label(q.x) : "unknown"
                 s += "<g><title>\(escape(ser.name)) \(escape(q.label)): \(escape(xs)), \(escape(label(q.y)))</title>"
                 s += "<circle cx=\"\(n(px(q.x)))\" cy=\"\(n(py(q.y)))\" r=\"4\" fill=\"\(c)\"" + (q.x.isFinite ? "" : " stroke=\"#333\"") + "/>"

@@ -92,6 +92,8 @@ public struct Study: Sendable, Encodable {
     public var layers: [LayerFigure]
     public var variants: [StudyVariant]
     public var recommendations: [Recommendation]
+    /// Fine-tuning runs (`finetune` results), with the perplexity runs before and after when the study holds them.
+    public var fineTunes: [StudyFineTune] = []
     public var thresholds: VerdictThresholds
     public var files: [String]
 
@@ -101,11 +103,11 @@ public struct Study: Sendable, Encodable {
                              resamples: Int = Bootstrap.defaultResamples, seed: UInt64 = Bootstrap.defaultSeed) throws -> Study {
         guard !files.isEmpty else { throw QuantKitError(.input, "report: no result files given") }
         let layerFiles = files.filter { $0.kind == .layers }
-        let kinds = ResultKind.allCases.filter { k in k != .layers && files.contains { $0.kind == k } }
+        let kinds = ResultKind.allCases.filter { k in k.isMeasured && files.contains { $0.kind == k } }
         guard !kinds.isEmpty else {
             throw QuantKitError(.input, "report: only layer results given; add perplexity, retrieval or answers results")
         }
-        if let b = baseline, !files.contains(where: { $0.kind != .layers && Comparison.samePath($0.path, b) }) {
+        if let b = baseline, !files.contains(where: { $0.kind.isMeasured && Comparison.samePath($0.path, b) }) {
             throw QuantKitError(.input, "--baseline \(b): not one of the perplexity, retrieval or answers result files given")
         }
         var comparisons: [Comparison] = []
@@ -130,8 +132,10 @@ public struct Study: Sendable, Encodable {
             return Recommendation(role: role, kinds: cs.map(\.kind), baselines: cs.map { ($0.kind, $0.baseline.label) },
                                   variant: pick, ships: ships, nextSteps: steps)
         }
-        return Study(comparisons: comparisons, layers: layers, variants: variants, recommendations: recs,
-                     thresholds: thresholds, files: files.map(\.path))
+        var study = Study(comparisons: comparisons, layers: layers, variants: variants, recommendations: recs,
+                          thresholds: thresholds, files: files.map(\.path))
+        study.fineTunes = StudyFineTune.build(files, perplexity: comparisons.first { $0.kind == .perplexity })
+        return study
     }
 
     /// The variant key of a run label: its last path component.
@@ -231,8 +235,14 @@ public struct Study: Sendable, Encodable {
         if let l = ladderLine { out += "\n" + l + "\n" }
         for c in comparisons { if let l = c.referenceLine { out += l + "\n" } }
         out += "\n" + Comparison.align(variantTable()) + "\n"
+        if !fineTunes.isEmpty { out += "\nFine-tuning:\n" + Comparison.align(fineTuneTable()) + "\n" }
         return out
     }
+
+    /// The perplexity baseline's value, against which fine-tuning's recovered share is measured.
+    public var basePPL: Double? { comparisons.first { $0.kind == .perplexity }?.baseline.metrics["ppl"] }
+
+    func fineTuneTable() -> [[String]] { StudyFineTune.table(fineTunes, basePPL: basePPL) }
 
     /// Rows: variant, role, bits/w, the relative loss and decision per kind, overall.
     func variantTable() -> [[String]] {
@@ -297,6 +307,26 @@ public struct Study: Sendable, Encodable {
             try o.encode(l.role.rawValue, forKey: AnyKey("role"))
         }
         try c.encode(comparisons, forKey: AnyKey("comparisons"))
+        var fs = c.nestedUnkeyedContainer(forKey: AnyKey("fine_tunes"))
+        for f in fineTunes {
+            var o = fs.nestedContainer(keyedBy: AnyKey.self)
+            let r = f.result
+            try o.encode(f.name, forKey: AnyKey("name"))
+            try o.encode(r.weights, forKey: AnyKey("weights"))
+            try o.encode(r.initialization, forKey: AnyKey("initialization"))
+            try o.encode(r.steps, forKey: AnyKey("steps"))
+            try o.encode(r.curve.map { [Double($0.step), $0.loss, $0.kl] }, forKey: AnyKey("curve"))
+            try o.encodeIfPresent(f.start?.label, forKey: AnyKey("start_run"))
+            try o.encodeIfPresent(f.trained?.label, forKey: AnyKey("trained_run"))
+            for (key, metric) in [("ppl", "ppl"), ("kld_mean", "kldmean"), ("same_top_percent", "sametop")] {
+                if let ch = f.change(metric) { try o.encode(["before": ch.before, "after": ch.after], forKey: AnyKey(key)) }
+            }
+            try o.encodeIfPresent(f.recovered(basePPL: basePPL), forKey: AnyKey("ppl_loss_recovered"))
+            if let b = r.before, let a = r.after {
+                try o.encode(["kl_before": b.kl, "kl_after": a.kl, "same_top_before": b.sameTop, "same_top_after": a.sameTop],
+                             forKey: AnyKey("validation"))
+            }
+        }
         try c.encode(notes, forKey: AnyKey("notes"))
     }
 }

@@ -73,7 +73,7 @@ public enum VerdictLogic {
                 if best == nil || l > best!.0 { best = (l, "relative \(m.uppercased()) drop") }
             }
             return best
-        case .layers:
+        case .layers, .finetune:
             return nil
         }
     }

@@ -69,6 +69,29 @@ public struct RecoveryRecord: Codable, Sendable, Equatable {
         }
     }
 
+    /// A smaller student distilled from the teacher (`quantkit finetune --student`): which teacher layers and how
+    /// many MLP channels it kept, and both models' block linear weights, so its size is stated against the teacher.
+    public struct StudentSettings: Codable, Sendable, Equatable {
+        public var teacherLayers: Int
+        public var keptLayers: [Int]
+        public var teacherIntermediateSize: Int
+        public var intermediateSize: Int
+        public var teacherBlockWeights: Int
+        public var blockWeights: Int
+        enum CodingKeys: String, CodingKey {
+            case teacherLayers = "teacher_layers", keptLayers = "kept_layers", teacherIntermediateSize = "teacher_intermediate_size"
+            case intermediateSize = "intermediate_size", teacherBlockWeights = "teacher_block_weights", blockWeights = "block_weights"
+        }
+        public init(teacherLayers: Int, keptLayers: [Int], teacherIntermediateSize: Int, intermediateSize: Int,
+                    teacherBlockWeights: Int, blockWeights: Int) {
+            self.teacherLayers = teacherLayers; self.keptLayers = keptLayers
+            self.teacherIntermediateSize = teacherIntermediateSize; self.intermediateSize = intermediateSize
+            self.teacherBlockWeights = teacherBlockWeights; self.blockWeights = blockWeights
+        }
+        /// Student block weights per teacher block weight.
+        public var sizeRatio: Double { teacherBlockWeights > 0 ? Double(blockWeights) / Double(teacherBlockWeights) : 1 }
+    }
+
     public var awq: AWQSettings?
     public var rotation: RotationSettings?
     public var hqq: HQQSettings?
@@ -78,16 +101,18 @@ public struct RecoveryRecord: Codable, Sendable, Equatable {
     /// SmoothQuant folded into the float model before quantization (for W8A8 runs such as a Q8_0 export), its alpha.
     public var smoothQuantAlpha: Double?
     public var fineTune: FineTuneSettings?
+    public var student: StudentSettings?
 
     enum CodingKeys: String, CodingKey {
         case awq, rotation, hqq, sparsity, gptaqAlpha = "gptaq_alpha", smoothQuantAlpha = "smoothquant_alpha", fineTune = "finetune"
+        case student
     }
 
     public init() {}
 
     public var isEmpty: Bool {
         awq == nil && rotation == nil && hqq == nil && sparsity == nil && gptaqAlpha == nil && smoothQuantAlpha == nil
-            && fineTune == nil
+            && fineTune == nil && student == nil
     }
 
     /// The record as a JSON object (for checkpoint metadata).

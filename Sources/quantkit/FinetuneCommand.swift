@@ -22,6 +22,8 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "Fake-quantize the linear layers' inputs: none, int8 (the NPU's static per-tensor int8) or w4a8 (per-32 blocks).") var activations: String = "none"
     @Flag(help: "Train the quantization scales too (LSQ).") var trainScales = false
     @Flag(name: .customLong("train-float"), help: "Train the tensors that stay float too (embedding, norms, head); by default only the quantized linears train.") var trainFloat = false
+    @Option(help: "Distil a smaller float student (with --target float): LAYERSxHIDDEN, e.g. 3x86 (evenly spaced teacher layers, the MLP cut to its most active channels); '-' keeps the teacher's value.") var student: String?
+    @Option(help: "Matrices' dtype of a float output (--target npu|float): f32, f16 or bf16 (default f32).") var dtype: String?
     @Option(help: "Training text (default: the shipped SciFact abstracts).") var calibration: String?
     @Option(help: "Tokenizer for the training and validation text (default: the model's).") var tokenizer: String?
     @Option(help: "Training windows drawn from the text.") var samples: Int = 128
@@ -66,6 +68,11 @@ struct FinetuneCommand: ParsableCommand {
         o.activations = activations
         o.trainScales = trainScales
         o.trainFloatTensors = trainFloat
+        o.student = student
+        if let dtype {
+            guard let d = DType(rawValue: dtype.uppercased()) else { throw QuantKitError(.input, "--dtype must be f32, f16 or bf16 (got \(dtype))") }
+            o.outputDType = d
+        }
         o.calibration = calibration; o.tokenizer = tokenizer
         o.samples = samples; o.sequenceLength = seqlen; o.seed = seed
         o.steps = steps; o.batch = batch; o.learningRate = lr; o.scaleLearningRate = scaleLr; o.warmupSteps = warmup
@@ -91,6 +98,11 @@ struct FinetuneCommand: ParsableCommand {
         var lines: [String] = []
         let c = r.recipe
         lines.append("fine-tuned \(c.weights) (from \(c.initialization); activations \(c.activations)\(c.trainScales ? ", learned scales" : "")): \(c.steps) steps x \(c.batch) x \(c.sequenceLength) tokens, lr \(c.optimizer.learningRate), loss \(c.loss.kd) KL + \(c.loss.ce) CE")
+        if let st = r.student {
+            lines.append(String(format: "student: %d of %d teacher layers %@, MLP %d of %d channels; %d block weights, %.1f%% of the teacher's",
+                                st.keptLayers.count, st.teacherLayers, st.keptLayers.description, st.intermediateSize,
+                                st.teacherIntermediateSize, st.blockWeights, st.sizeRatio * 100))
+        }
         let every = max(1, r.curve.count / 10)
         lines.append("step      loss        KL          CE          same-top   grad-norm   lr")
         for s in r.curve where s.step % every == 0 || s.step == 1 || s.step == r.curve.count {

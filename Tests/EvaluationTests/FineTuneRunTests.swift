@@ -59,6 +59,30 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: o.resolvedStatePath))
     }
 
+    /// A 2 x 86 student written as f16: a float checkpoint of the student's shape that the engine loads, with the
+    /// cut recorded, and bits per weight counted per teacher weight: 16 x 2(64x192 + 3x64x86) / 5(64x192 + 3x64x172)
+    /// (attention: q and o 64 x 64, k and v 32 x 64).
+    @Test func distilledStudentIsAFloatCheckpointSizedAgainstItsTeacher() throws {
+        let dir = Repo.tempDirectory("finetune-student")
+        var o = Self.options(dir)
+        o.target = .float; o.student = "2x86"; o.outputDType = .f16
+        let r = try FineTuneRun.run(o)
+        #expect(r.student?.keptLayers == [0, 4] && r.student?.intermediateSize == 86)
+        let m = try LlamaModel.load(path: o.output)
+        #expect(m.config.numHiddenLayers == 2 && m.config.intermediateSize == 86)
+        #expect(try m.source.tensor("model.layers.1.mlp.down_proj.weight").dtype == .f16)
+        let summary = try GPTQCheckpoint.quantizationSummary(o.output)
+        #expect(summary?.method == "distill")
+        let bpw = try #require(ModelLoading.blockLinearBitsPerWeight(m, summary: summary))
+        let want = 16.0 * Double(2 * (64 * 192 + 3 * 64 * 86)) / Double(5 * (64 * 192 + 3 * 64 * 172))
+        #expect(abs(bpw - want) < 1e-12, "\(bpw) vs \(want)")
+        // A student needs --target float.
+        var bad = Self.options(dir)
+        bad.output = dir + "/bad"; bad.student = "2x86"; bad.target = .npu
+        #expect(throws: QuantKitError.self) { try FineTuneRun.run(bad) }
+        #expect(!FileManager.default.fileExists(atPath: bad.output))
+    }
+
     @Test func npuTargetWritesWeightsOnTheInt8Grid() throws {
         let dir = Repo.tempDirectory("finetune-npu")
         var o = Self.options(dir)

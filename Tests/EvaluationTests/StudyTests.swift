@@ -228,4 +228,55 @@ final class StudyTests: XCTestCase {
         XCTAssertTrue(md.contains("| fp32 (reference) | 32.00 | 10.0000 | -0.0500 | -0.50% |  | reference |"), md)
         XCTAssertTrue(md.contains("| fp32 (npu) | language model | unknown | +0.60% ship | ship |"), md)
     }
+
+    // MARK: fine-tuning
+
+    /// A `finetune` result that started from gptq-int4 (10.20) and wrote gptq-int4-ft (10.10): the study pairs the
+    /// two perplexity runs, so before -> after is 10.20 -> 10.10 and the share of GPTQ's loss against the FP16
+    /// baseline (10.05) recovered is (10.20 - 10.10) / (10.20 - 10.05) = 2/3; the validation KL 0.2 -> 0.05 is 75%.
+    func testFineTuneRunsAreShownBeforeAndAfterWithTheirCurve() throws {
+        var tuned = StudyFixture.ppl("gptq-int4-ft", 10.10, bits: 4.5, quant: ["method": "gptq", "bits": 4, "group_size": 32], kldBase: 10.00)
+        tuned["kld"] = ["kld_mean": 0.0004, "ppl_base": 10.00]
+        var curve: [[String: Any]] = []
+        for step in 1...30 {
+            let loss: Double = 0.3 - 0.005 * Double(step)
+            curve.append(["step": step, "loss": loss, "kl": loss, "ce": 0.0, "sameTop": 0.8, "gradientNorm": 1.0,
+                          "learningRate": 1e-4, "seconds": 0.1])
+        }
+        let ft: [String: Any] = ["schema_version": 6, "kind": "finetune", "model": "/study/fp32", "output": "/study/gptq-int4-ft",
+                                 "init_checkpoint": "/study/gptq-int4",
+                                 "recipe": ["steps": 30, "weights": "int4 sym g32", "initialization": "/study/gptq-int4"],
+                                 "curve": curve, "training_tokens": 30 * 2048,
+                                 "validation": ["file": "held.txt", "windows": 16, "tokens": 4096,
+                                                "before": ["total": 0.2, "kl": 0.2, "ce": 3.0, "sameTop": 0.70],
+                                                "after": ["total": 0.05, "kl": 0.05, "ce": 2.9, "sameTop": 0.80], "klRecovered": 0.75]]
+        let s = try fullStudy(extra: [("ppl-ft.json", tuned), ("ft.json", ft)])
+        XCTAssertEqual(s.fineTunes.count, 1)
+        let f = try XCTUnwrap(s.fineTunes.first)
+        XCTAssertEqual(f.name, "gptq-int4-ft")
+        XCTAssertEqual(f.change("ppl")?.before, 10.20)
+        XCTAssertEqual(f.change("ppl")?.after, 10.10)
+        XCTAssertEqual(try XCTUnwrap(f.recovered(basePPL: s.basePPL)), 2.0 / 3.0, accuracy: 1e-12)
+        XCTAssertEqual(try XCTUnwrap(f.result.klRecovered), 0.75, accuracy: 1e-12)
+        XCTAssertEqual(f.result.curve.count, 30)
+        // The fine-tuned checkpoint is a variant like any other (its verdict against FP16: +0.50%, ship).
+        XCTAssertTrue(s.variants.contains { $0.name == "gptq-int4-ft" && $0.ships })
+        let md = MarkdownReport.render(s)
+        XCTAssertTrue(md.contains("| gptq-int4-ft | int4 sym g32 | /study/gptq-int4 | 30 | 10.2000 -> 10.1000 | 66.67% |"), md)
+        XCTAssertTrue(md.contains("0.2000 -> 0.0500 (75.00%)"), md)
+        let html = HTMLReport.render(s)
+        XCTAssertTrue(html.contains("<section id=\"finetune\">") && html.contains("Training loss per step"), "no fine-tuning section")
+        // One polyline, no per-point dots for the curve.
+        let section = html.components(separatedBy: "<section id=\"finetune\">")[1].components(separatedBy: "</section>")[0]
+        XCTAssertEqual(section.components(separatedBy: "<polyline").count - 1, 1)
+        XCTAssertFalse(section.contains("<circle cx=\"7"), "a dot per step")
+        let body = try JSONSerialization.jsonObject(with: try ResultEnvelope(kind: "report").data(s)) as! [String: Any]
+        let fts = body["fine_tunes"] as! [[String: Any]]
+        XCTAssertEqual((fts[0]["ppl"] as? [String: Double])?["after"], 10.10)
+        XCTAssertEqual((fts[0]["curve"] as? [[Double]])?.count, 30)
+        // A finetune result missing its curve is refused by name.
+        var broken = ft
+        broken["curve"] = nil
+        XCTAssertThrowsError(try StudyFixture.file(broken, "broken.json", in: dir)) { e in XCTAssertTrue("\(e)".contains("\"curve\""), "\(e)") }
+    }
 }
