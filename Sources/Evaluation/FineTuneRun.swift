@@ -39,8 +39,12 @@ public struct FineTuneRunOptions: Sendable {
     /// Matrices' dtype of a float output (npu, float and student targets); nil keeps float32.
     public var outputDType: DType?
     public var calibration: String?
+    /// Train on windows the float teacher samples itself (data-free, LLM-QAT) instead of calibration text.
+    public var teacherSamples = false
+    /// Sampling temperature of the teacher's windows.
+    public var temperature = 1.0
     public var tokenizer: String?
-    /// Training windows drawn from the calibration text.
+    /// Training windows drawn from the calibration text (or sampled from the teacher).
     public var samples = 128
     public var sequenceLength = 256
     public var seed: UInt64 = 0
@@ -86,6 +90,10 @@ public struct FineTuneRunOptions: Sendable {
             throw QuantKitError(.input, "--activations must be none, int8 or w4a8 (got \(activations))")
         }
         guard validationWindows > 0 else { throw QuantKitError(.input, "--validation-windows must be positive") }
+        if teacherSamples && calibration != nil { throw QuantKitError(.input, "--teacher-samples and --calibration are exclusive") }
+        guard temperature.isFinite, temperature > 0, temperature <= 10 else {
+            throw QuantKitError(.input, "--temperature must be in (0, 10] (got \(temperature))")
+        }
         if target != .checkpoint && (initCheckpoint != nil || quantize != nil) {
             throw QuantKitError(.input, "--init and --method quantize into a checkpoint; --target \(target.rawValue) starts from the float weights")
         }
@@ -148,7 +156,8 @@ public enum FineTuneRun {
         var q = o.quantize ?? QuantizeRunOptions(model: o.model, output: o.output)
         q.model = o.model; q.calibration = o.calibration ?? q.calibration; q.tokenizer = o.tokenizer ?? q.tokenizer
         q.samples = o.samples; q.seqlen = o.sequenceLength + 1; q.seed = o.seed; q.preparedCalibration = nil
-        let prepared = try QuantizeRun.prepareCalibration(q)
+        let prepared = o.teacherSamples ? try teacherWindows(o, teacher: teacher, progress: progress)
+            : try QuantizeRun.prepareCalibration(q)
         for w in prepared.windows { try teacher.validate(tokens: w) }
 
         // Held-out windows: the leakage guard first.
@@ -231,6 +240,26 @@ public enum FineTuneRun {
                               curve: tuner.history, resumedFromStep: resumedFrom, trainingTokens: trained,
                               tokensPerSecond: trainedSeconds > 0 ? Double(trained) / trainedSeconds : 0,
                               seconds: Date().timeIntervalSince(t0))
+    }
+
+    /// Windows sampled from the teacher (TeacherSamples), recorded like calibration text: the decoded text's
+    /// fingerprint guards the evaluation text against overlap as calibration text's does.
+    static func teacherWindows(_ o: FineTuneRunOptions, teacher: LlamaModel, progress: any ProgressObserver) throws -> PreparedCalibration {
+        let tok = try ModelLoading.loadTokenizer(try ModelLoading.tokenizerPath(model: o.model, explicit: o.tokenizer))
+        guard let bos = tok.bosId else { throw QuantKitError(.input, "--teacher-samples: the tokenizer has no BOS token to start from") }
+        let task = progress.task("teacher samples", total: o.samples, unit: "windows")
+        let windows = try TeacherSamples.generate(teacher: teacher, count: o.samples, length: o.sequenceLength + 1,
+                                                  temperature: o.temperature, seed: o.seed, bos: Int32(bos),
+                                                  eos: tok.eosId.map(Int32.init)) { task.update(done: $0) }
+        var bytes = Data()
+        for w in windows { for t in w { withUnsafeBytes(of: t.littleEndian) { bytes.append(contentsOf: $0) } } }
+        let text = windows.map { tok.decode($0.map(Int.init), skipSpecialTokens: true) }.joined(separator: "\n")
+        let fingerprint = CalibrationFingerprint(text: text)
+        let label = String(format: "teacher samples (temperature %g)", o.temperature)
+        let record = CalibrationRecord(file: label, sha256: Digest.sha256(bytes), tokens: windows.count * (o.sequenceLength + 1),
+                                       samples: o.samples, seqlen: o.sequenceLength + 1, seed: o.seed,
+                                       fingerprint: "calibration_fingerprint.json")
+        return PreparedCalibration(windows: windows, record: record, fingerprint: fingerprint)
     }
 
     /// The student's starting point.

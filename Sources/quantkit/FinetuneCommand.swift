@@ -25,6 +25,8 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "Distil a smaller float student (with --target float): LAYERSxHIDDEN, e.g. 3x86 (evenly spaced teacher layers, the MLP cut to its most active channels); '-' keeps the teacher's value.") var student: String?
     @Option(help: "Matrices' dtype of a float output (--target npu|float): f32, f16 or bf16 (default f32).") var dtype: String?
     @Option(help: "Training text (default: the shipped SciFact abstracts).") var calibration: String?
+    @Flag(name: .customLong("teacher-samples"), help: "Train on --samples windows the float teacher samples itself from BOS (data-free, LLM-QAT) instead of calibration text.") var teacherSamples = false
+    @Option(help: "Sampling temperature of --teacher-samples.") var temperature: Double = 1
     @Option(help: "Tokenizer for the training and validation text (default: the model's).") var tokenizer: String?
     @Option(help: "Training windows drawn from the text.") var samples: Int = 128
     @Option(help: "Tokens per training sequence.") var seqlen: Int = 256
@@ -74,6 +76,7 @@ struct FinetuneCommand: ParsableCommand {
             o.outputDType = d
         }
         o.calibration = calibration; o.tokenizer = tokenizer
+        o.teacherSamples = teacherSamples; o.temperature = temperature
         o.samples = samples; o.sequenceLength = seqlen; o.seed = seed
         o.steps = steps; o.batch = batch; o.learningRate = lr; o.scaleLearningRate = scaleLr; o.warmupSteps = warmup
         o.minLearningRateRatio = minLrRatio; o.weightDecay = weightDecay; o.clipNorm = clip; o.kdWeight = kd; o.ceWeight = ce
