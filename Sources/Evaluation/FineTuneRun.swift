@@ -39,8 +39,8 @@ public struct FineTuneRunOptions: Sendable {
     /// Matrices' dtype of a float output (npu, float and student targets); nil keeps float32.
     public var outputDType: DType?
     public var calibration: String?
-    /// Train on windows the float teacher samples itself (data-free, LLM-QAT) instead of calibration text.
-    public var teacherSamples = false
+    /// Windows the float teacher samples itself (data-free, as LLM-QAT), added to the `samples` text windows.
+    public var teacherSamples = 0
     /// Sampling temperature of the teacher's windows.
     public var temperature = 1.0
     public var tokenizer: String?
@@ -73,9 +73,12 @@ public struct FineTuneRunOptions: Sendable {
     public var resolvedStatePath: String { statePath ?? output + ".finetune-state.safetensors" }
 
     func validate() throws {
-        let positive: [(String, Int)] = [("--steps", steps), ("--batch", batch), ("--samples", samples), ("--seqlen", sequenceLength)]
+        let positive: [(String, Int)] = [("--steps", steps), ("--batch", batch), ("--seqlen", sequenceLength)]
         for (flag, v) in positive where v <= 0 { throw QuantKitError(.input, "\(flag) must be positive (got \(v))") }
-        try UserLimits.checkCalibration(samples: samples, seqlen: sequenceLength + 1)
+        guard samples >= 0, teacherSamples >= 0, samples + teacherSamples > 0 else {
+            throw QuantKitError(.input, "--samples and --teacher-samples must be >= 0 and not both 0 (got \(samples), \(teacherSamples))")
+        }
+        try UserLimits.checkCalibration(samples: samples + teacherSamples, seqlen: sequenceLength + 1)
         guard steps <= 1_000_000, batch <= 4096, batch * sequenceLength <= UserLimits.contextTokens * 16 else {
             throw QuantKitError(.input, "--steps, --batch or --seqlen is too large (steps <= 1,000,000, batch x seqlen <= \(UserLimits.contextTokens * 16))")
         }
@@ -90,7 +93,6 @@ public struct FineTuneRunOptions: Sendable {
             throw QuantKitError(.input, "--activations must be none, int8 or w4a8 (got \(activations))")
         }
         guard validationWindows > 0 else { throw QuantKitError(.input, "--validation-windows must be positive") }
-        if teacherSamples && calibration != nil { throw QuantKitError(.input, "--teacher-samples and --calibration are exclusive") }
         guard temperature.isFinite, temperature > 0, temperature <= 10 else {
             throw QuantKitError(.input, "--temperature must be in (0, 10] (got \(temperature))")
         }
@@ -156,8 +158,7 @@ public enum FineTuneRun {
         var q = o.quantize ?? QuantizeRunOptions(model: o.model, output: o.output)
         q.model = o.model; q.calibration = o.calibration ?? q.calibration; q.tokenizer = o.tokenizer ?? q.tokenizer
         q.samples = o.samples; q.seqlen = o.sequenceLength + 1; q.seed = o.seed; q.preparedCalibration = nil
-        let prepared = o.teacherSamples ? try teacherWindows(o, teacher: teacher, progress: progress)
-            : try QuantizeRun.prepareCalibration(q)
+        let prepared = try trainingWindows(o, quantize: q, teacher: teacher, progress: progress)
         for w in prepared.windows { try teacher.validate(tokens: w) }
 
         // Held-out windows: the leakage guard first.
@@ -193,11 +194,12 @@ public enum FineTuneRun {
         var settings = OptimizerSettings(learningRate: o.learningRate, scaleLearningRate: o.scaleLearningRate,
                                          warmupSteps: o.warmupSteps, totalSteps: o.steps)
         settings.weightDecay = o.weightDecay; settings.clipNorm = o.clipNorm; settings.minRatio = o.minLearningRateRatio
-        let recipe = FineTuneRecipe(steps: o.steps, batch: o.batch, sequenceLength: o.sequenceLength, optimizer: settings,
+        var recipe = FineTuneRecipe(steps: o.steps, batch: o.batch, sequenceLength: o.sequenceLength, optimizer: settings,
                                     loss: LossWeights(kd: o.kdWeight, ce: o.ceWeight), seed: o.seed,
                                     checkpointEvery: o.checkpointEvery, activations: o.activations, trainScales: o.trainScales,
                                     trainFloatTensors: o.trainFloatTensors || o.target == .float,
                                     weights: start.label, initialization: start.initialization)
+        recipe.teacherSamples = o.teacherSamples; recipe.temperature = o.temperature
         let tuner = try FineTuner(student: student, teacher: teacher, windows: prepared.windows, recipe: recipe)
         let state = o.resolvedStatePath
         if o.resume {
@@ -242,24 +244,28 @@ public enum FineTuneRun {
                               seconds: Date().timeIntervalSince(t0))
     }
 
-    /// Windows sampled from the teacher (TeacherSamples), recorded like calibration text: the decoded text's
-    /// fingerprint guards the evaluation text against overlap as calibration text's does.
-    static func teacherWindows(_ o: FineTuneRunOptions, teacher: LlamaModel, progress: any ProgressObserver) throws -> PreparedCalibration {
+    /// The training windows: `samples` windows of the calibration text, then `teacherSamples` windows the teacher
+    /// samples itself (TeacherSamples). The fingerprint covers both texts (the teacher's decoded), so evaluation
+    /// text is guarded against overlap with everything training saw.
+    static func trainingWindows(_ o: FineTuneRunOptions, quantize q: QuantizeRunOptions, teacher: LlamaModel,
+                                progress: any ProgressObserver) throws -> PreparedCalibration {
+        let text: PreparedCalibration? = o.samples > 0 ? try QuantizeRun.prepareCalibration(q) : nil
+        guard o.teacherSamples > 0 else { return text! }
         let tok = try ModelLoading.loadTokenizer(try ModelLoading.tokenizerPath(model: o.model, explicit: o.tokenizer))
         guard let bos = tok.bosId else { throw QuantKitError(.input, "--teacher-samples: the tokenizer has no BOS token to start from") }
-        let task = progress.task("teacher samples", total: o.samples, unit: "windows")
-        let windows = try TeacherSamples.generate(teacher: teacher, count: o.samples, length: o.sequenceLength + 1,
+        let task = progress.task("teacher samples", total: o.teacherSamples, unit: "windows")
+        let sampled = try TeacherSamples.generate(teacher: teacher, count: o.teacherSamples, length: o.sequenceLength + 1,
                                                   temperature: o.temperature, seed: o.seed, bos: Int32(bos),
                                                   eos: tok.eosId.map(Int32.init)) { task.update(done: $0) }
         var bytes = Data()
-        for w in windows { for t in w { withUnsafeBytes(of: t.littleEndian) { bytes.append(contentsOf: $0) } } }
-        let text = windows.map { tok.decode($0.map(Int.init), skipSpecialTokens: true) }.joined(separator: "\n")
-        let fingerprint = CalibrationFingerprint(text: text)
-        let label = String(format: "teacher samples (temperature %g)", o.temperature)
-        let record = CalibrationRecord(file: label, sha256: Digest.sha256(bytes), tokens: windows.count * (o.sequenceLength + 1),
-                                       samples: o.samples, seqlen: o.sequenceLength + 1, seed: o.seed,
-                                       fingerprint: "calibration_fingerprint.json")
-        return PreparedCalibration(windows: windows, record: record, fingerprint: fingerprint)
+        for w in sampled { for t in w { withUnsafeBytes(of: t.littleEndian) { bytes.append(contentsOf: $0) } } }
+        var seen = sampled.map { tok.decode($0.map(Int.init), skipSpecialTokens: true) }.joined(separator: "\n")
+        if text != nil { seen = try CalibrationText.load(try q.calibrationFile()) + "\n" + seen }
+        let record = text?.record ?? CalibrationRecord(
+            file: String(format: "teacher samples (temperature %g)", o.temperature), sha256: Digest.sha256(bytes),
+            tokens: sampled.count * (o.sequenceLength + 1), samples: 0, seqlen: o.sequenceLength + 1, seed: o.seed,
+            fingerprint: "calibration_fingerprint.json")
+        return PreparedCalibration(windows: (text?.windows ?? []) + sampled, record: record, fingerprint: CalibrationFingerprint(text: seen))
     }
 
     /// The student's starting point.

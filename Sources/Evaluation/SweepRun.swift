@@ -3,9 +3,14 @@ import Foundation
 import Quantization
 import TensorCore
 
-/// One point of a sweep: a method with its recovery flags, at a bit width and group size.
+/// One point of a sweep: a method with its recovery flags, at a bit width and group size; or a smaller student
+/// distilled from the float model (`student`, no method), written as f16.
 public struct SweepVariant: Sendable, Equatable, Codable {
-    public var method: QuantMethod
+    public var method: QuantMethod?
+    /// Quantization-aware fine-tuning from the method's result (`quantkit finetune --init`).
+    public var finetune = false
+    /// A distilled student's shape ("LAYERSxHIDDEN"): method nil, bits 16.
+    public var student: String?
     public var awq = false
     public var rotate = false
     public var mse = false
@@ -16,16 +21,28 @@ public struct SweepVariant: Sendable, Equatable, Codable {
 
     /// "gptq+rotate+mse-int4-g32".
     public var label: String {
-        var parts = [method.rawValue]
+        if let s = student { return "distill-\(s)-f16" }
+        var parts = [method?.rawValue ?? "?"]
         if awq { parts.append("awq") }
         if rotate { parts.append("rotate") }
         if mse { parts.append("mse") }
         if actOrder { parts.append("actorder") }
         if gptaq { parts.append("gptaq") }
+        if finetune { parts.append("finetune") }
         return parts.joined(separator: "+") + "-int\(bits)-" + (groupSize > 0 ? "g\(groupSize)" : "pc")
     }
 
-    /// A method spec: a method name, optionally with "+awq", "+rotate", "+mse", "+actorder", "+gptaq" (e.g. "gptq+rotate+mse").
+    /// A distilled student of shape "LAYERSxHIDDEN" (either side "-" for the teacher's), checked in form here and
+    /// against the model when it runs.
+    public static func student(_ shape: String) throws -> SweepVariant {
+        let parts = shape.lowercased().split(separator: "x", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts.allSatisfy({ $0 == "-" || (Int($0).map { $0 > 0 } ?? false) }) else {
+            throw QuantKitError(.input, "--students '\(shape)': expected LAYERSxHIDDEN, e.g. 2x100 or 3x-")
+        }
+        return SweepVariant(method: nil, student: shape.lowercased(), bits: 16, groupSize: -1)
+    }
+
+    /// A method spec: a method name, optionally with "+awq", "+rotate", "+mse", "+actorder", "+gptaq", "+finetune" (e.g. "gptq+rotate+mse").
     public static func parse(_ spec: String, bits: Int, groupSize: Int) throws -> SweepVariant {
         let parts = spec.lowercased().split(separator: "+").map(String.init)
         guard let first = parts.first, let m = QuantMethod(rawValue: first), m != .sparsegpt else {
@@ -39,7 +56,8 @@ public struct SweepVariant: Sendable, Equatable, Codable {
             case "mse": v.mse = true
             case "actorder" where m == .gptq: v.actOrder = true
             case "gptaq" where m == .gptq: v.gptaq = true
-            default: throw QuantKitError(.input, "--methods '\(spec)': '+\(flag)' does not combine with \(m.rawValue) (flags: +awq for gptq/rtn, +rotate, +mse, +actorder and +gptaq for gptq)")
+            case "finetune" where m != .hqq: v.finetune = true
+            default: throw QuantKitError(.input, "--methods '\(spec)': '+\(flag)' does not combine with \(m.rawValue) (flags: +awq for gptq/rtn, +rotate, +mse, +actorder and +gptaq for gptq, +finetune for all but hqq)")
             }
         }
         return v
@@ -60,6 +78,10 @@ public struct SweepRunOptions: Sendable, Codable {
     public var methods = ["rtn", "gptq", "awq", "gptq+awq", "rtn+rotate", "gptq+rotate+mse"]
     public var bits = [8, 4]
     public var groupSizes = [32]
+    /// Distilled students ("LAYERSxHIDDEN"), each one point beside the quantized ones.
+    public var students: [String] = []
+    /// Optimizer steps of every fine-tuning (+finetune points) and distillation (students).
+    public var fineTuneSteps = 200
     public var samples = 128
     public var seqlen = 512
     public var seed: UInt64 = 0
@@ -89,6 +111,10 @@ public struct SweepRunOptions: Sendable, Codable {
                     if !out.contains(v) { out.append(v) }
                 }
             }
+        }
+        for s in students {
+            let v = try SweepVariant.student(s)
+            if !out.contains(v) { out.append(v) }
         }
         return out
     }
@@ -397,6 +423,11 @@ public final class SweepExecutor {
         let record = checkpoint(i) + ".quantized"
         guard !exists(record) else { return }
         let v = plan.variants[i]
+        let t0 = Date()
+        if v.student != nil || v.finetune {
+            try fineTune(i, record: record, started: t0)
+            return
+        }
         var q = QuantizeRunOptions(model: o.model, output: checkpoint(i))
         q.calibration = o.calibration
         q.tokenizer = o.tokenizer
@@ -404,7 +435,7 @@ public final class SweepExecutor {
         q.seqlen = o.seqlen
         q.seed = o.seed
         if prepared == nil { prepared = try QuantizeRun.prepareCalibration(q) }
-        q.method = v.method
+        q.method = v.method ?? .rtn
         q.bits = v.bits
         q.groupSize = v.groupSize
         q.awq = v.awq
@@ -414,9 +445,39 @@ public final class SweepExecutor {
         q.gptaqAlpha = v.gptaq ? 0.25 : nil
         q.preparedCalibration = prepared
         q.threads = o.threads
-        let t0 = Date()
         let qr = try QuantizeRun.run(q, progress: progress)
         try write(SweepQuantizedRecord(sizeBytes: qr.size.modelOutputFileBytes, quantizeSeconds: Date().timeIntervalSince(t0)), to: record)
+    }
+
+    /// A +finetune point (the method's result, then `finetune --init` from it) or a distilled student, with
+    /// finetune's default recipe on the sweep's calibration text.
+    func fineTune(_ i: Int, record: String, started t0: Date) throws {
+        var v = plan.variants[i]
+        var f = FineTuneRunOptions(model: o.model, output: checkpoint(i))
+        f.calibration = o.calibration
+        f.tokenizer = o.tokenizer
+        f.seed = o.seed
+        f.steps = o.fineTuneSteps
+        f.warmupSteps = min(f.warmupSteps, o.fineTuneSteps)
+        f.checkpointEvery = 0
+        f.threads = o.threads
+        if let s = v.student {
+            f.target = .float; f.student = s; f.outputDType = .f16; f.learningRate = 1e-3
+        } else {
+            // The starting point is the same variant without fine-tuning, quantized beside it.
+            v.finetune = false
+            let start = dir + "/" + v.label
+            let startRecord = start + ".quantized"
+            if !exists(startRecord) {
+                let shadow = SweepExecutor(plan: SweepPlan(options: o, variants: [v], evalShards: 1, stages: []), progress: progress)
+                try shadow.quantize(0)
+            }
+            f.initCheckpoint = start
+        }
+        let r = try FineTuneRun.run(f, progress: progress)
+        try ResultEnvelope(kind: "finetune").write(r, to: checkpoint(i) + ".finetune.json")
+        try write(SweepQuantizedRecord(sizeBytes: QuantizeRun.outputFileBytes(checkpoint(i)), quantizeSeconds: Date().timeIntervalSince(t0)),
+                  to: record)
     }
 
     /// Merges sharded evaluations, then the table and the study report from every task's records.
@@ -446,7 +507,8 @@ public final class SweepExecutor {
         let shipping = rows.filter { $0.verdict == .ship }
             .min { ($0.bitsPerWeight ?? 32, $0.qerror) < ($1.bitsPerWeight ?? 32, $1.qerror) }
         // The study report over the float base and every variant (verdicts, intervals, segments, charts).
-        let files = try ([baseJSON] + rows.map(\.result)).map { try ResultFile(path: $0) }
+        let trained = rows.map { $0.checkpoint + ".finetune.json" }.filter(exists)
+        let files = try ([baseJSON] + rows.map(\.result) + trained).map { try ResultFile(path: $0) }
         let study = try Study.build(files: files, thresholds: o.thresholds, baseline: nil, resamples: 200, seed: 0)
         let html = dir + "/report.html"
         try AtomicFile.write(Data(HTMLReport.render(study, title: "QuantKit sweep: \(URL(fileURLWithPath: o.model).lastPathComponent)").utf8), to: html)

@@ -20,6 +20,9 @@ public struct FineTuneRecipe: Sendable, Equatable, Codable {
     public var weights: String
     /// Where the latent weights started: a checkpoint path, or "float".
     public var initialization: String
+    /// Windows the teacher sampled itself (after the text's), and their sampling temperature.
+    public var teacherSamples = 0
+    public var temperature = 1.0
 
     public init(steps: Int, batch: Int, sequenceLength: Int, optimizer: OptimizerSettings, loss: LossWeights, seed: UInt64,
                 checkpointEvery: Int, activations: String, trainScales: Bool, trainFloatTensors: Bool, weights: String,

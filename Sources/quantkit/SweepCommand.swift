@@ -24,11 +24,14 @@ struct SweepCommand: ParsableCommand {
     @Option(help: "Tokenizer (default: the model's own).") var tokenizer: String?
     @Option(help: "Calibration text (default: Corpora/scifact/corpus.jsonl.zst).") var calibration: String?
     @Option(help: "Held-out evaluation text (must not overlap the calibration text).") var eval: String?
-    @Option(help: "Comma-separated method specs: a method (gptq, rtn, awq, hqq) with optional +awq, +rotate, +mse, +actorder, +gptaq.")
+    @Option(help: "Comma-separated method specs: a method (gptq, rtn, awq, hqq) with optional +awq, +rotate, +mse, +actorder, +gptaq, +finetune (quantization-aware fine-tuning from that result).")
     var methods: String = "rtn,gptq,awq,gptq+awq,rtn+rotate,gptq+rotate+mse"
     @Option(help: "Comma-separated bit widths (8-bit points are per channel).") var bits: String = "8,4"
     @Option(name: .customLong("group-sizes"), help: "Comma-separated group sizes for the points below 8 bits (-1 per channel).")
     var groupSizes: String = "32"
+    @Option(help: "Comma-separated shapes of smaller students to distil from the float model, LAYERSxHIDDEN (e.g. 2x100): f16 points sized per teacher weight.")
+    var students: String?
+    @Option(name: .customLong("finetune-steps"), help: "Optimizer steps of each +finetune point and student.") var finetuneSteps: Int = 200
     @Option(help: "Context length (window) in tokens.") var ctx: Int = 256
     @Option(name: .customLong("protocol"), help: "llamacpp | gptq | strided") var protocolKind: PerplexityProtocol = .llamacpp
     @Option(name: .customLong("max-chunks"), help: "Evaluate at most this many windows.") var maxChunks: Int?
@@ -94,6 +97,9 @@ struct SweepCommand: ParsableCommand {
         o.methods = try list(methods, "methods") { $0.isEmpty ? nil : $0 }
         o.bits = try list(bits, "bits") { Int($0) }
         o.groupSizes = try list(groupSizes, "group-sizes") { Int($0) }
+        o.students = try students.map { try list($0, "students") { $0.isEmpty ? nil : $0 } } ?? []
+        guard finetuneSteps > 0 else { throw QuantKitError(.input, "--finetune-steps must be positive (got \(finetuneSteps))") }
+        o.fineTuneSteps = finetuneSteps
         o.samples = samples
         o.seqlen = seqlen
         o.seed = seed

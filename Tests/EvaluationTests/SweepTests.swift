@@ -63,6 +63,38 @@ final class SweepTests: XCTestCase {
         XCTAssertTrue(r.table.contains("rtn+rotate-int4-g32"))
     }
 
+    /// A +finetune point and a distilled student beside the post-training point they compare with: the fine-tuned
+    /// point starts from the plain point's checkpoint (quantized once), the student is an f16 float model of its
+    /// own shape sized per teacher weight, and the study report shows both fine-tunings.
+    func testFineTunedPointsAndStudentsSitBesideTheirMethods() throws {
+        let dir = Repo.tempDirectory("sweep-ft")
+        let corpus = Repo.path("Corpora/tinystories/tinystories_sample.txt.zst")
+        let model = Repo.path("Models/stories260K/stories260K.bin")
+        var o = SweepRunOptions(model: model, corpus: corpus, evaluation: PerplexityOptions(ctx: 64, maxChunks: 4), output: dir)
+        o.calibration = Repo.path("Corpora/scifact/corpus.jsonl.zst")
+        o.methods = ["rtn", "rtn+finetune"]
+        o.bits = [4]
+        o.students = ["2x86"]
+        o.fineTuneSteps = 2
+        o.samples = 4
+        o.seqlen = 64
+        let r = try SweepRun.run(o)
+        XCTAssertEqual(r.rows.map(\.variant), ["rtn-int4-g32", "rtn+finetune-int4-g32", "distill-2x86-f16"])
+        let ft = try ResultFile(path: dir + "/rtn+finetune-int4-g32.finetune.json")
+        XCTAssertEqual(ft.fineTune?.initCheckpoint, dir + "/rtn-int4-g32")
+        XCTAssertEqual(ft.fineTune?.steps, 2)
+        let student = r.rows[2]
+        let want = 16.0 * Double(2 * (64 * 192 + 3 * 64 * 86)) / Double(5 * (64 * 192 + 3 * 64 * 172))
+        XCTAssertEqual(try XCTUnwrap(student.bitsPerWeight), want, accuracy: 1e-9)
+        XCTAssertNil(student.settings.method)
+        let md = try String(contentsOfFile: dir + "/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("### Fine-tuning"), md)
+        XCTAssertTrue(md.contains("| rtn+finetune-int4-g32 | int4 sym g32 |"), md)
+        XCTAssertTrue(md.contains("| distill-2x86-f16 | float student 2x86 |"), md)
+        XCTAssertThrowsError(try SweepVariant.student("2by86"))
+        XCTAssertThrowsError(try SweepVariant.parse("hqq+finetune", bits: 4, groupSize: 32))
+    }
+
     func testLeakageGuardRefusesOverlappingTexts() throws {
         let dir = Repo.tempDirectory("sweep-leak")
         let scifact = Repo.path("Corpora/scifact/corpus.jsonl.zst")
