@@ -25,7 +25,7 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "Distil a smaller float student (with --target float): LAYERSxHIDDEN, e.g. 3x86 (evenly spaced teacher layers, the MLP cut to its most active channels); '-' keeps the teacher's value.") var student: String?
     @Option(help: "Matrices' dtype of a float output (--target npu|float): f32, f16 or bf16 (default f32).") var dtype: String?
     @Option(help: "Training text (default: the shipped SciFact abstracts).") var calibration: String?
-    @Option(name: .customLong("teacher-samples"), help: "Add this many windows the float teacher samples itself from BOS (data-free, as LLM-QAT); --samples 0 trains on them alone.") var teacherSamples: Int = 0
+    @Option(name: .customLong("teacher-samples"), help: "Add this many windows the float teacher samples itself from BOS (data-free, as LLM-QAT; 0: the text alone); --samples 0 trains on them alone.") var teacherSamples: Int = 128
     @Option(help: "Sampling temperature of --teacher-samples.") var temperature: Double = 1
     @Option(help: "Tokenizer for the training and validation text (default: the model's).") var tokenizer: String?
     @Option(help: "Training windows drawn from the text.") var samples: Int = 128

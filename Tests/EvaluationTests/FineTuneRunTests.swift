@@ -15,7 +15,7 @@ import Testing
     static func options(_ dir: String) -> FineTuneRunOptions {
         var o = FineTuneRunOptions(model: model, output: dir + "/out")
         o.steps = 3; o.batch = 2; o.sequenceLength = 32; o.samples = 8; o.warmupSteps = 1; o.learningRate = 1e-3
-        o.checkpointEvery = 0; o.threads = 2
+        o.checkpointEvery = 0; o.threads = 2; o.teacherSamples = 4
         return o
     }
 
@@ -81,6 +81,25 @@ import Testing
         bad.output = dir + "/bad"; bad.student = "2x86"; bad.target = .npu
         #expect(throws: QuantKitError.self) { try FineTuneRun.run(bad) }
         #expect(!FileManager.default.fileExists(atPath: bad.output))
+    }
+
+    /// The default training set: the text's windows, then the teacher's own samples (as TeacherSamples draws them
+    /// for the run's seed); the leakage fingerprint stays the text's alone.
+    @Test func teacherSamplesFollowTheTextWindows() throws {
+        let dir = Repo.tempDirectory("finetune-mix")
+        var o = Self.options(dir)
+        o.samples = 2; o.teacherSamples = 3; o.seed = 5
+        let teacher = try LlamaModel.load(path: Self.model)
+        var q = QuantizeRunOptions(model: Self.model, output: o.output)
+        q.samples = 2; q.seqlen = 33; q.seed = 5
+        let mixed = try FineTuneRun.trainingWindows(o, quantize: q, teacher: teacher, progress: NoProgress())
+        let text = try QuantizeRun.prepareCalibration(q)
+        let sampled = try TeacherSamples.generate(teacher: teacher, count: 3, length: 33, temperature: 1, seed: 5, bos: 1, eos: 2)
+        #expect(mixed.windows == text.windows + sampled)
+        #expect(mixed.fingerprint == text.fingerprint && mixed.fingerprint != nil)
+        o.samples = 0
+        let alone = try FineTuneRun.trainingWindows(o, quantize: q, teacher: teacher, progress: NoProgress())
+        #expect(alone.windows == sampled && alone.fingerprint == nil && alone.record.samples == 0)
     }
 
     @Test func npuTargetWritesWeightsOnTheInt8Grid() throws {
