@@ -31,11 +31,15 @@ final class TransposedProductsTests: XCTestCase {
         }
     }
 
+    /// Whole 8 x 8 register blocks, partial blocks at both edges, tiles of 32 and fewer than 8 rows or columns.
     func testTransposeExact() {
-        let (rows, cols) = (37, 70)
-        let x = (0..<(rows * cols)).map { Float($0) }
-        var t = [Float](repeating: .nan, count: rows * cols)
-        Kernels.transpose(x, rows: rows, cols: cols, into: &t, threads: 3)
-        for r in 0..<rows { for c in 0..<cols { XCTAssertEqual(t[c * rows + r], x[r * cols + c]) } }
+        for (rows, cols) in [(37, 70), (8, 8), (64, 40), (256, 24), (5, 3), (1, 9), (9, 1), (33, 65)] {
+            let x = (0..<(rows * cols)).map { Float($0) }
+            var t = [Float](repeating: .nan, count: rows * cols)
+            Kernels.transpose(x, rows: rows, cols: cols, into: &t, threads: 3)
+            var wrong = 0
+            for r in 0..<rows { for c in 0..<cols where t[c * rows + r] != x[r * cols + c] { wrong += 1 } }
+            XCTAssertEqual(wrong, 0, "\(rows) x \(cols)")
+        }
     }
 }
