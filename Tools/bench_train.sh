@@ -18,7 +18,7 @@ OUT=$(mktemp -d)
 "$PY" -c "import torch" 2>/dev/null || { echo "bench_train: $PY has no torch (see Tools/bench_train_pytorch.py)" >&2; exit 1; }
 for r in $(seq 1 "$REPEATS"); do
   for shape in ${SHAPES:-small engine}; do
-    if [ "$shape" = small ]; then steps=10; warmup=2; else steps=3; warmup=1; fi
+    if [ "$shape" = small ]; then steps=30; warmup=3; else steps=3; warmup=1; fi
     for quant in none int4g32; do
       QUANTKIT_QUIET=1 "$Q" bench train --shape $shape --quant $quant --steps $steps --warmup $warmup --threads 2 --json "$OUT/q-$shape-$quant-$r.json"
       "$PY" Tools/bench_train_pytorch.py --shape $shape --quant $quant --steps $steps --warmup $warmup --threads 2 --json "$OUT/p-$shape-$quant-$r.json"

@@ -165,6 +165,30 @@ struct RowPanels<S: RowSource>: PanelSource {
     }
 }
 
+/// A weight stored k-major, [k][n] row-major (the transpose of the usual [n][k]): a panel's k step is 16
+/// consecutive floats of one row, so packing is a plain copy. The backward's products read their second operand
+/// this way without transposing it first.
+struct KMajorPanels: PanelSource, @unchecked Sendable {
+    let p: UnsafePointer<Float>
+    let n: Int
+    @inline(__always)
+    func panel(n0: Int, nv: Int, k0: Int, kcur: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafeRawPointer {
+        if nv == 16 {
+            for kk in 0..<kcur {
+                let s = p + (k0 + kk) * n + n0, d = scratch + kk * 16
+                storeU(loadU(s), d)
+                storeU(loadU(s + 8), d + 8)
+            }
+        } else {
+            for kk in 0..<kcur {
+                let s = p + (k0 + kk) * n + n0, d = scratch + kk * 16
+                for j in 0..<16 { d[j] = j < nv ? s[j] : 0 }
+            }
+        }
+        return UnsafeRawPointer(scratch)
+    }
+}
+
 /// Each thread's GEMM scratch (a kc x nc panel block, the edge tile, panel pointers), allocated on its first GEMM
 /// and freed when the thread exits: with several column chunks per thread per GEMM, a fresh 256 KiB allocation
 /// per chunk cost page faults.
