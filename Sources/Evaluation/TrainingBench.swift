@@ -25,6 +25,9 @@ public struct TrainingBenchOptions: Sendable {
     public var warmup = 2
     /// "none" or "int4g32" (symmetric int4, groups of 32, learned scales).
     public var quant = "none"
+    /// Without the teacher: next-token cross-entropy instead of KL, no teacher forward. The difference to a
+    /// normal step is the most a cache of the teacher's logits could save.
+    public var teacher = true
     public var threads = 2
     public init(shape: Shape) { self.shape = shape }
 }
@@ -36,10 +39,11 @@ public struct TrainingBenchReport: Codable, Sendable {
     public var sequenceLength: Int
     public var steps: Int
     public var threads: Int
+    public var teacher: Bool
     public var tokensPerSecond: Double
     public var millisecondsPerStep: Double
     enum CodingKeys: String, CodingKey {
-        case shape, quant, batch, steps, threads, sequenceLength = "sequence_length", tokensPerSecond = "tokens_per_second"
+        case shape, quant, batch, steps, threads, teacher, sequenceLength = "sequence_length", tokensPerSecond = "tokens_per_second"
         case millisecondsPerStep = "ms_per_step"
     }
 }
@@ -61,7 +65,8 @@ public enum TrainingBench {
         var tensors: [String: [Float]] = [:], source: [String: Tensor] = [:]
         for name in HFExport.tensorNames(config) {
             let shape = TrainableLlama<Float>.shape(of: name, config)
-            let v: [Float] = (0..<shape.reduce(1, *)).map { _ in name.hasSuffix("norm.weight") ? 1 : 0.04 * rng.signedUnitFloat() }
+            let norm = name.hasSuffix("norm.weight")
+            let v: [Float] = (0..<shape.reduce(1, *)).map { _ in norm ? 1 : 0.04 * rng.signedUnitFloat() }
             tensors[name] = v
             source[name] = Tensor(shape: shape, floats: v)
         }
@@ -85,9 +90,9 @@ public enum TrainingBench {
         let total = o.steps + o.warmup
         let recipe = FineTuneRecipe(steps: total, batch: o.batch, sequenceLength: o.sequenceLength,
                                     optimizer: OptimizerSettings(learningRate: 1e-4, scaleLearningRate: 1e-5, warmupSteps: 0, totalSteps: total),
-                                    loss: LossWeights(kd: 1, ce: 0), seed: 0, checkpointEvery: 0, activations: "none",
+                                    loss: o.teacher ? LossWeights(kd: 1, ce: 0) : LossWeights(kd: 0, ce: 1), seed: 0, checkpointEvery: 0, activations: "none",
                                     trainScales: o.quant != "none", trainFloatTensors: true, weights: o.quant, initialization: "random")
-        let tuner = try FineTuner(student: student, teacher: teacher, windows: windows, recipe: recipe)
+        let tuner = try FineTuner(student: student, teacher: o.teacher ? teacher : nil, windows: windows, recipe: recipe)
         let task = progress.task("bench train \(s.name) \(o.quant)", total: total, unit: "tokens")
         var timed = 0.0
         for i in 1...total {
@@ -96,7 +101,7 @@ public enum TrainingBench {
             task.update(done: i, units: i * o.batch * o.sequenceLength)
         }
         return TrainingBenchReport(shape: s.name, quant: o.quant, batch: o.batch, sequenceLength: o.sequenceLength, steps: o.steps,
-                                   threads: o.threads, tokensPerSecond: Double(o.steps * o.batch * o.sequenceLength) / timed,
+                                   threads: o.threads, teacher: o.teacher, tokensPerSecond: Double(o.steps * o.batch * o.sequenceLength) / timed,
                                    millisecondsPerStep: timed / Double(o.steps) * 1000)
     }
 }

@@ -15,6 +15,7 @@ struct BenchTrainCommand: ParsableCommand {
     @Option(help: "Timed steps.") var steps: Int = 10
     @Option(help: "Untimed steps first.") var warmup: Int = 2
     @Option(help: "none, or int4g32 (symmetric int4 groups of 32 with learned scales).") var quant: String = "none"
+    @Flag(name: .customLong("no-teacher"), help: "Cross-entropy without the teacher's forward: what a cache of its logits could save at most.") var noTeacher = false
     @Option(help: "Worker threads.") var threads: Int = 2
     @Option(help: "Write a JSON result here.") var json: String?
 
@@ -24,7 +25,7 @@ struct BenchTrainCommand: ParsableCommand {
                 throw QuantKitError(.input, "--shape must be small or engine (got \(shape))")
             }
             var o = TrainingBenchOptions(shape: s)
-            o.batch = batch; o.sequenceLength = seqlen; o.steps = steps; o.warmup = warmup; o.quant = quant; o.threads = max(1, threads)
+            o.batch = batch; o.sequenceLength = seqlen; o.steps = steps; o.warmup = warmup; o.quant = quant; o.threads = max(1, threads); o.teacher = !noTeacher
             let r = try TrainingBench.run(o, progress: Console.progress)
             let rss = Double(peakRSSKB()) / 1024
             print(String(format: "bench train %@ %@: %.1f tokens/s, %.1f ms/step (batch %d x %d, %d threads), peak RSS %.1f MiB",
