@@ -44,6 +44,9 @@ public struct FineTuneRunOptions: Sendable {
     public var teacherSamples = 128
     /// Sampling temperature of the teacher's windows.
     public var temperature = 1.0
+    /// Keep the teacher's logits of each window after their first use when they fit FineTuner.teacherCacheLimit
+    /// (exact, so the run is the same; faster from the second epoch on).
+    public var cacheTeacher = true
     public var tokenizer: String?
     /// Training windows drawn from the calibration text (or sampled from the teacher).
     public var samples = 128
@@ -201,6 +204,8 @@ public enum FineTuneRun {
                                     trainFloatTensors: o.trainFloatTensors || o.target == .float,
                                     weights: start.label, initialization: start.initialization)
         recipe.teacherSamples = o.teacherSamples; recipe.temperature = o.temperature
+        recipe.cacheTeacher = o.cacheTeacher && FineTuner.teacherCacheFits(windows: prepared.windows.count, sequenceLength: o.sequenceLength,
+                                                                           vocab: teacher.config.vocabSize)
         let tuner = try FineTuner(student: student, teacher: teacher, windows: prepared.windows, recipe: recipe)
         let state = o.resolvedStatePath
         if o.resume {

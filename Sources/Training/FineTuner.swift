@@ -23,6 +23,9 @@ public struct FineTuneRecipe: Sendable, Equatable, Codable {
     /// Windows the teacher sampled itself (after the text's), and their sampling temperature.
     public var teacherSamples = 0
     public var temperature = 1.0
+    /// Whether the teacher's logits are kept per window after their first use (exact Float32, when they fit
+    /// `FineTuner.teacherCacheLimit`) instead of recomputed every step.
+    public var cacheTeacher = false
 
     public init(steps: Int, batch: Int, sequenceLength: Int, optimizer: OptimizerSettings, loss: LossWeights, seed: UInt64,
                 checkpointEvery: Int, activations: String, trainScales: Bool, trainFloatTensors: Bool, weights: String,
@@ -46,9 +49,10 @@ public struct StepRecord: Sendable, Equatable, Codable {
     public var seconds: Double
 }
 
-/// The training loop: batches drawn from the calibration windows in a seeded order, teacher logits computed on the
-/// fly by the float model (one forward per step, cheaper than storing them: see BENCHMARKS.md), the student's
-/// loss and gradients, AdamW. Its state (parameters, moments, step, loss curve) saves to one safetensors file.
+/// The training loop: batches drawn from the calibration windows in a seeded order, the teacher's logits (computed
+/// by the float model one window at a time, so a window's logits never depend on its batch; kept after their first
+/// use when the recipe caches them), the student's loss and gradients, AdamW. Its state (parameters, moments, step,
+/// loss curve) saves to one safetensors file.
 public final class FineTuner {
     public let student: TrainableLlama<Float>
     public let teacher: LlamaModel?
@@ -59,6 +63,17 @@ public final class FineTuner {
     private var order: (epoch: Int, permutation: [Int]) = (-1, [])
     private let teacherCache: KVCache?
     private let teacherState: RunState?
+    /// The batch's teacher logits [batch * sequenceLength, vocab].
+    private let teacherLogits: UnsafeMutablePointer<Float>?
+    /// Per window, its logits once computed (recipe.cacheTeacher); nil entries are not computed yet.
+    private var cachedLogits: [UnsafeMutablePointer<Float>?]
+    /// The most a teacher cache may hold (bytes): beyond it the run computes the logits every step.
+    public static let teacherCacheLimit = 2 << 30
+
+    /// Whether the logits of `windows` windows fit the cache limit.
+    public static func teacherCacheFits(windows: Int, sequenceLength: Int, vocab: Int) -> Bool {
+        windows * sequenceLength * vocab * MemoryLayout<Float>.size <= teacherCacheLimit
+    }
 
     /// windows: token sequences of sequenceLength + 1 (inputs, then the last target).
     public init(student: TrainableLlama<Float>, teacher: LlamaModel?, windows: [[Int32]], recipe: FineTuneRecipe) throws {
@@ -72,9 +87,20 @@ public final class FineTuner {
         self.recipe = recipe
         self.windows = windows
         optimizer = AdamW(settings: recipe.optimizer, parameterCount: student.parameters.count)
+        if recipe.cacheTeacher, let t = teacher,
+           !Self.teacherCacheFits(windows: windows.count, sequenceLength: recipe.sequenceLength, vocab: t.config.vocabSize) {
+            throw QuantKitError(.input, "the teacher's logits of \(windows.count) windows exceed the \(Self.teacherCacheLimit >> 30) GiB cache; compute them every step")
+        }
         let rows = recipe.batch * recipe.sequenceLength
-        teacherCache = teacher.map { $0.makeCache(capacity: rows) }
-        teacherState = teacher.map { $0.makeState(maxRows: rows) }
+        teacherCache = teacher.map { $0.makeCache(capacity: recipe.sequenceLength) }
+        teacherState = teacher.map { $0.makeState(maxRows: recipe.sequenceLength) }
+        teacherLogits = teacher.map { .allocate(capacity: rows * $0.config.vocabSize) }
+        cachedLogits = Array(repeating: nil, count: windows.count)
+    }
+
+    deinit {
+        teacherLogits?.deallocate()
+        for p in cachedLogits { p?.deallocate() }
     }
 
     public var step: Int { optimizer.step }
@@ -95,6 +121,25 @@ public final class FineTuner {
         }
     }
 
+    /// The teacher's logits of a batch of windows into `teacherLogits`, window by window (from the cache when kept).
+    private func teacherLogits(for indices: [Int]?, inputs: [Int32]) -> UnsafePointer<Float>? {
+        guard let teacher, let out = teacherLogits else { return nil }
+        let len = recipe.sequenceLength, block = len * teacher.config.vocabSize
+        for b in 0..<(inputs.count / len) {
+            let dst = out + b * block
+            if recipe.cacheTeacher, let i = indices?[b], let kept = cachedLogits[i] { dst.update(from: kept, count: block); continue }
+            let logits = teacher.forwardSequences(Array(inputs[(b * len)..<((b + 1) * len)]), count: 1, cache: teacherCache!,
+                                                  state: teacherState!)
+            dst.update(from: logits, count: block)
+            if recipe.cacheTeacher, let i = indices?[b] {
+                let kept = UnsafeMutablePointer<Float>.allocate(capacity: block)
+                kept.update(from: logits, count: block)
+                cachedLogits[i] = kept
+            }
+        }
+        return UnsafePointer(out)
+    }
+
     /// Inputs and next-token targets of a batch of windows, row-major.
     func batch(_ indices: [Int]) -> (inputs: [Int32], targets: [Int32]) {
         var inputs: [Int32] = [], targets: [Int32] = []
@@ -104,22 +149,20 @@ public final class FineTuner {
         return (inputs, targets)
     }
 
-    /// Loss (and gradients) of the student on a batch, the teacher's logits computed first.
-    private func loss(inputs: [Int32], targets: [Int32], gradients: Bool) throws -> LossValue {
-        let t: UnsafeMutablePointer<Float>? = teacher.map {
-            $0.forwardSequences(inputs, count: inputs.count / recipe.sequenceLength, cache: teacherCache!, state: teacherState!)
-        }
-        return try student.loss(tokens: inputs, targets: targets,
-                            teacher: recipe.loss.kd != 0 ? t.map { UnsafePointer($0) } : nil,
-                            weights: recipe.loss, gradients: gradients)
+    /// Loss (and gradients) of the student on a batch, the teacher's logits first. `indices`: the batch's training
+    /// windows (nil for held-out windows, which are never cached).
+    private func loss(inputs: [Int32], targets: [Int32], indices: [Int]?, gradients: Bool) throws -> LossValue {
+        let t = recipe.loss.kd != 0 ? teacherLogits(for: indices, inputs: inputs) : nil
+        return try student.loss(tokens: inputs, targets: targets, teacher: t, weights: recipe.loss, gradients: gradients)
     }
 
     /// One optimizer step on the next batch.
     @discardableResult
     public func runStep() throws -> StepRecord {
         let start = Date()
-        let (inputs, targets) = batch(batchIndices(step: optimizer.step + 1))
-        let value = try loss(inputs: inputs, targets: targets, gradients: true)
+        let indices = batchIndices(step: optimizer.step + 1)
+        let (inputs, targets) = batch(indices)
+        let value = try loss(inputs: inputs, targets: targets, indices: indices, gradients: true)
         let (norm, rate) = optimizer.update(student.parameters, threads: student.threads)
         let r = StepRecord(step: optimizer.step, loss: value.total, kl: value.kl, ce: value.ce, sameTop: value.sameTop,
                            gradientNorm: norm, learningRate: rate * recipe.optimizer.learningRate,
@@ -137,7 +180,7 @@ public final class FineTuner {
         for k in 0..<batches {
             var inputs: [Int32] = [], targets: [Int32] = []
             for w in held[(k * b)..<((k + 1) * b)] { inputs += w.dropLast(); targets += w.dropFirst() }
-            let v = try loss(inputs: inputs, targets: targets, gradients: false)
+            let v = try loss(inputs: inputs, targets: targets, indices: nil, gradients: false)
             sum.total += v.total; sum.kl += v.kl; sum.ce += v.ce; sum.sameTop += v.sameTop
         }
         let n = Double(batches)
