@@ -50,8 +50,7 @@ public struct StepRecord: Sendable, Equatable, Codable {
 }
 
 /// The training loop: batches drawn from the calibration windows in a seeded order, the teacher's logits (computed
-/// by the float model one window at a time, so a window's logits never depend on its batch; kept after their first
-/// use when the recipe caches them), the student's loss and gradients, AdamW. Its state (parameters, moments, step,
+/// by the float model, and kept per window after their first use when the recipe caches them), the student's loss and gradients, AdamW. Its state (parameters, moments, step,
 /// loss curve) saves to one safetensors file.
 public final class FineTuner {
     public let student: TrainableLlama<Float>
@@ -92,8 +91,8 @@ public final class FineTuner {
             throw QuantKitError(.input, "the teacher's logits of \(windows.count) windows exceed the \(Self.teacherCacheLimit >> 30) GiB cache; compute them every step")
         }
         let rows = recipe.batch * recipe.sequenceLength
-        teacherCache = teacher.map { $0.makeCache(capacity: recipe.sequenceLength) }
-        teacherState = teacher.map { $0.makeState(maxRows: recipe.sequenceLength) }
+        teacherCache = teacher.map { $0.makeCache(capacity: rows) }
+        teacherState = teacher.map { $0.makeState(maxRows: rows) }
         teacherLogits = teacher.map { .allocate(capacity: rows * $0.config.vocabSize) }
         cachedLogits = Array(repeating: nil, count: windows.count)
     }
@@ -121,19 +120,28 @@ public final class FineTuner {
         }
     }
 
-    /// The teacher's logits of a batch of windows into `teacherLogits`, window by window (from the cache when kept).
+    /// The teacher's logits of a batch of windows into `teacherLogits`: kept windows from the cache, the others in
+    /// one forward side by side (a window's logits do not depend on the windows beside it: every row of a product
+    /// and every sequence's attention is computed on its own; `FineTunerTests.teacherCacheChangesNothing`).
     private func teacherLogits(for indices: [Int]?, inputs: [Int32]) -> UnsafePointer<Float>? {
         guard let teacher, let out = teacherLogits else { return nil }
         let len = recipe.sequenceLength, block = len * teacher.config.vocabSize
+        var missing: [Int] = []
         for b in 0..<(inputs.count / len) {
-            let dst = out + b * block
-            if recipe.cacheTeacher, let i = indices?[b], let kept = cachedLogits[i] { dst.update(from: kept, count: block); continue }
-            let logits = teacher.forwardSequences(Array(inputs[(b * len)..<((b + 1) * len)]), count: 1, cache: teacherCache!,
-                                                  state: teacherState!)
-            dst.update(from: logits, count: block)
+            if recipe.cacheTeacher, let i = indices?[b], let kept = cachedLogits[i] {
+                (out + b * block).update(from: kept, count: block)
+            } else {
+                missing.append(b)
+            }
+        }
+        guard !missing.isEmpty else { return UnsafePointer(out) }
+        let tokens = missing.flatMap { inputs[($0 * len)..<(($0 + 1) * len)] }
+        let logits = teacher.forwardSequences(tokens, count: missing.count, cache: teacherCache!, state: teacherState!)
+        for (j, b) in missing.enumerated() {
+            (out + b * block).update(from: logits + j * block, count: block)
             if recipe.cacheTeacher, let i = indices?[b] {
                 let kept = UnsafeMutablePointer<Float>.allocate(capacity: block)
-                kept.update(from: logits, count: block)
+                kept.update(from: logits + j * block, count: block)
                 cachedLogits[i] = kept
             }
         }
