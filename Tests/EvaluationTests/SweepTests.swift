@@ -30,16 +30,24 @@ final class SweepTests: XCTestCase {
         XCTAssertThrowsError(try o.variants())
     }
 
-    func testSweepOnStories260K() throws {
-        let dir = Repo.tempDirectory("sweep")
-        let corpus = Repo.path("Corpora/tinystories/tinystories_sample.txt.zst")
-        let model = Repo.path("Models/stories260K/stories260K.bin")
-        var o = SweepRunOptions(model: model, corpus: corpus, evaluation: PerplexityOptions(ctx: 64, maxChunks: 6), output: dir)
+    static let stories = Repo.path("Models/stories260K/stories260K.bin")
+    static let tinyStories = Repo.path("Corpora/tinystories/tinystories_sample.txt.zst")
+
+    /// A small sweep of stories260K on the TinyStories sample, calibrated on 4 x 64 SciFact tokens.
+    static func storiesSweep(_ dir: String, maxChunks: Int) -> SweepRunOptions {
+        var o = SweepRunOptions(model: stories, corpus: tinyStories, evaluation: PerplexityOptions(ctx: 64, maxChunks: maxChunks), output: dir)
         o.calibration = Repo.path("Corpora/scifact/corpus.jsonl.zst")
-        o.methods = ["rtn", "rtn+rotate"]
-        o.bits = [8, 4]
         o.samples = 4
         o.seqlen = 64
+        return o
+    }
+
+    func testSweepOnStories260K() throws {
+        let dir = Repo.tempDirectory("sweep")
+        let (corpus, model) = (Self.tinyStories, Self.stories)
+        var o = Self.storiesSweep(dir, maxChunks: 6)
+        o.methods = ["rtn", "rtn+rotate"]
+        o.bits = [8, 4]
         let r = try SweepRun.run(o)
         XCTAssertEqual(r.rows.map(\.variant), ["rtn-int8-pc", "rtn+rotate-int8-pc", "rtn-int4-g32", "rtn+rotate-int4-g32"])
         // The float base equals a plain perplexity run of the same protocol.
@@ -68,16 +76,11 @@ final class SweepTests: XCTestCase {
     /// own shape sized per teacher weight, and the study report shows both fine-tunings.
     func testFineTunedPointsAndStudentsSitBesideTheirMethods() throws {
         let dir = Repo.tempDirectory("sweep-ft")
-        let corpus = Repo.path("Corpora/tinystories/tinystories_sample.txt.zst")
-        let model = Repo.path("Models/stories260K/stories260K.bin")
-        var o = SweepRunOptions(model: model, corpus: corpus, evaluation: PerplexityOptions(ctx: 64, maxChunks: 4), output: dir)
-        o.calibration = Repo.path("Corpora/scifact/corpus.jsonl.zst")
+        var o = Self.storiesSweep(dir, maxChunks: 4)
         o.methods = ["rtn", "rtn+finetune"]
         o.bits = [4]
         o.students = ["2x86"]
         o.fineTuneSteps = 2
-        o.samples = 4
-        o.seqlen = 64
         let r = try SweepRun.run(o)
         XCTAssertEqual(r.rows.map(\.variant), ["rtn-int4-g32", "rtn+finetune-int4-g32", "distill-2x86-f16"])
         let ft = try ResultFile(path: dir + "/rtn+finetune-int4-g32.finetune.json")
