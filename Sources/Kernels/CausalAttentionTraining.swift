@@ -20,19 +20,15 @@ extension Kernels {
     public static func causalAttentionForward(_ s: CausalAttentionShape, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                                               v: UnsafePointer<Float>, probs: UnsafeMutablePointer<Float>,
                                               out: UnsafeMutablePointer<Float>, threads: Int) {
-        let (len, hd, qDim, kvDim, heads, group) = (s.length, s.headDim, s.qDim, s.kvDim, s.heads, s.heads / s.kvHeads)
+        let (len, hd, qDim, heads, group) = (s.length, s.headDim, s.qDim, s.heads, s.heads / s.kvHeads)
         let scale = 1 / Float(hd).squareRoot()
         let qp = SendablePointer(q), kp = SendablePointer(k), vp = SendablePointer(v)
         let pp = SendablePointer(probs), op = SendablePointer(out), kvh = s.kvHeads
         Parallel.forEach(s.batch * kvh, threads: threads) { item in
             let b = item / kvh, kh = item % kvh
-            // Keys and values transposed, [headDim][length]: every sum below runs along the keys.
             let kt = UnsafeMutablePointer<Float>.allocate(capacity: hd * len), vt = UnsafeMutablePointer<Float>.allocate(capacity: hd * len)
             defer { kt.deallocate(); vt.deallocate() }
-            for j in 0..<len {
-                let at = (b * len + j) * kvDim + kh * hd
-                for e in 0..<hd { kt[e * len + j] = kp[at + e]; vt[e * len + j] = vp[at + e] }
-            }
+            gatherTransposed(s, k: kp.base, v: vp.base, sequence: b, kvHead: kh, kt: kt, vt: vt)
             for h in (kh * group)..<((kh + 1) * group) {
                 // Query rows two at a time (as the backward): kt and vt are loaded once for both.
                 var i = 0
@@ -84,10 +80,7 @@ extension Kernels {
             let vt = buffers, kt = buffers + hd * len, dkt = buffers + 2 * hd * len, dvt = buffers + 3 * hd * len
             let ds = buffers + 4 * hd * len
             dkt.update(repeating: 0, count: 2 * hd * len)
-            for j in 0..<len {
-                let at = (b * len + j) * kvDim + kh * hd
-                for e in 0..<hd { vt[e * len + j] = vp[at + e]; kt[e * len + j] = kp[at + e] }
-            }
+            gatherTransposed(s, k: kp.base, v: vp.base, sequence: b, kvHead: kh, kt: kt, vt: vt)
             for h in (kh * group)..<((kh + 1) * group) {
                 // Query rows two at a time: they share every load and store of kt, vt, dkt and dvt over the keys
                 // the first row sees; the second row's one extra key follows on its own.
@@ -131,6 +124,17 @@ extension Kernels {
                 let at = (b * len + j) * kvDim + kh * hd
                 for e in 0..<hd { dkp[at + e] = dkt[e * len + j]; dvp[at + e] = dvt[e * len + j] }
             }
+        }
+    }
+
+    /// A work item's keys and values transposed, [headDim][length]: every sum along the keys reads contiguously.
+    @inline(__always)
+    static func gatherTransposed(_ s: CausalAttentionShape, k: UnsafePointer<Float>, v: UnsafePointer<Float>, sequence b: Int,
+                                 kvHead kh: Int, kt: UnsafeMutablePointer<Float>, vt: UnsafeMutablePointer<Float>) {
+        let (len, hd, kvDim) = (s.length, s.headDim, s.kvDim)
+        for j in 0..<len {
+            let at = (b * len + j) * kvDim + kh * hd
+            for e in 0..<hd { kt[e * len + j] = k[at + e]; vt[e * len + j] = v[at + e] }
         }
     }
 
