@@ -326,10 +326,14 @@ public enum SweepRun {
         }
         var opts = o
         opts.calibration = calibration
-        let stages: [[String]] = evalShards == 1
-            ? [["base"], variants.indices.map { "point:\($0)" }, ["report"]]
-            : [["base"], variants.indices.map { "quantize:\($0)" },
-               variants.indices.flatMap { i in (0..<evalShards).map { "evaluate:\(i):\($0)" } }, ["report"]]
+        // +finetune points start from their plain variant's checkpoint: they run a stage after the plain points, so
+        // no array task quantizes a directory that another is reading.
+        let plain = variants.indices.filter { !variants[$0].finetune }, tuned = variants.indices.filter { variants[$0].finetune }
+        let first = evalShards == 1 ? "point" : "quantize"
+        var stages: [[String]] = [["base"], plain.map { "\(first):\($0)" }, tuned.map { "\(first):\($0)" }]
+        if evalShards > 1 { stages.append(variants.indices.flatMap { i in (0..<evalShards).map { "evaluate:\(i):\($0)" } }) }
+        stages.append(["report"])
+        stages.removeAll { $0.isEmpty }
         return SweepPlan(options: opts, variants: variants, evalShards: evalShards, stages: stages)
     }
 }

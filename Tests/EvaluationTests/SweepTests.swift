@@ -81,6 +81,10 @@ final class SweepTests: XCTestCase {
         o.bits = [4]
         o.students = ["2x86"]
         o.fineTuneSteps = 2
+        // The fine-tuned point runs a stage after the plain one it starts from (array tasks never share a directory
+        // mid-write); sharded, its quantize task does too.
+        XCTAssertEqual(try SweepRun.plan(o, evalShards: 1).stages, [["base"], ["point:0", "point:2"], ["point:1"], ["report"]])
+        XCTAssertEqual(try SweepRun.plan(o, evalShards: 2).stages.prefix(3), [["base"], ["quantize:0", "quantize:2"], ["quantize:1"]])
         let r = try SweepRun.run(o)
         XCTAssertEqual(r.rows.map(\.variant), ["rtn-int4-g32", "rtn+finetune-int4-g32", "distill-2x86-f16"])
         let ft = try ResultFile(path: dir + "/rtn+finetune-int4-g32.finetune.json")
