@@ -32,7 +32,12 @@ let package = Package(
         .target(name: "TensorCore", dependencies: ["CZstd", "CHints", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: settings),
         .systemLibrary(name: "CHints"),
-        .target(name: "Kernels", dependencies: ["TensorCore", "CHints"], swiftSettings: settings),
+        // The kernels that need AVX-512 (VNNI): the only module compiled with those features; Kernels calls it only
+        // after checking the processor (CPUFeatures), so the binary still runs on any AVX2 machine.
+        .target(name: "KernelsVNNI", dependencies: ["CHints"],
+                swiftSettings: settings + (portable ? [] : [.unsafeFlags(["-Xcc", "-mavx512f", "-Xcc", "-mavx512bw", "-Xcc", "-mavx512vl",
+                                                                          "-Xcc", "-mavx512vnni"])])),
+        .target(name: "Kernels", dependencies: ["TensorCore", "CHints", "KernelsVNNI"], swiftSettings: settings),
         .target(name: "Tokenization", dependencies: ["TensorCore"], swiftSettings: settings),
         // The data layer; not named "Data", which would clash with Foundation.Data.
         .target(name: "Datasets", dependencies: ["TensorCore"], swiftSettings: settings),

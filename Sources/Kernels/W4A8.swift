@@ -1,4 +1,5 @@
 import _Builtin_intrinsics.intel
+import KernelsVNNI
 import TensorCore
 
 // W4A8: 4-bit weights times 8-bit activations in integer arithmetic, the way llama.cpp runs Q4_0 (its vec-dot
@@ -211,14 +212,23 @@ extension Kernels {
     /// (Int8Rows.quantize's ggmlScales), so the product is llama.cpp's Q4_0 x Q8_0 dot product.
     public static func matmulW4A8(x: UnsafePointer<Float>, m: Int, panels w: W4A8Panels, bias: UnsafePointer<Float>? = nil,
                                   out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads,
-                                  ggmlActivations: Bool = false) {
+                                  ggmlActivations: Bool = false, vnni: Bool = CPUFeatures.avx512VNNI) {
         guard m > 0 else { return }
         let t = m * w.n * w.k < 1 << 17 ? 1 : threads
         // W4A8Panels exist only for k divisible by 32.
         guard let a = Int8Rows(m: m, k: w.k) else { return }
         withPackedOrder(x, m: m, k: w.k, permutation: w.inputPermutation) { a.quantize($0, threads: t, ggmlScales: ggmlActivations) }
         let os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
+        let useVNNI = vnni && CPUFeatures.hardwareAVX512VNNI
         forEachOctetStrip(m: m, octets: w.octets, threads: t) { r, rows, o in
+            if useVNNI {
+                let k = w.k, blocks = k / 32, ng = w.nGroups
+                let y = W4A8VNNI.tile(codes: UnsafeRawPointer(a.codes + r * k), k: k, rows: rows,
+                                      blockScales: a.blockScales + r * blocks * 2, weights: UnsafeRawPointer(w.codes) + o * k * 4,
+                                      scales: w.scales + o * ng * 8, zeros: w.zeros + o * ng * 8, blockGroup: w.blockGroup)
+                storeOctet(os.base, n: w.n, r0: r, rows: rows, octet: o, bias: bs?.base, y.0, y.1, y.2)
+                return
+            }
             switch rows {
             case 3: W4A8Kernel.tile(w, a, r0: r, rows: 3, octet: o, bias: bs?.base, out: os.base)
             case 2: W4A8Kernel.tile(w, a, r0: r, rows: 2, octet: o, bias: bs?.base, out: os.base)

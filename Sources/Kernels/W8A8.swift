@@ -1,4 +1,5 @@
 import _Builtin_intrinsics.intel
+import KernelsVNNI
 import TensorCore
 
 // W8A8: 8-bit weights in blocks of 32 inputs (Q8_0: int8 codes c, one scale s per block, w = s c) times 8-bit
@@ -43,13 +44,25 @@ public final class W8A8Panels: @unchecked Sendable {
 extension Kernels {
     /// out[m, n] = W8A8 product of x [m, k] with the 8-bit weight, + bias; the activations are quantized as
     /// llama.cpp's x86 quantize_row_q8_0 does (Int8Rows with ggml scales); work split as W4A8's.
+    /// `vnni` picks the AVX512-VNNI tile (default: where the processor has it); both give identical outputs.
     public static func matmulW8A8(x: UnsafePointer<Float>, m: Int, panels w: W8A8Panels, bias: UnsafePointer<Float>? = nil,
-                                  out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads) {
+                                  out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads,
+                                  vnni: Bool = CPUFeatures.avx512VNNI) {
         guard m > 0, let a = Int8Rows(m: m, k: w.k) else { return }
         let t = m * w.n * w.k < 1 << 17 ? 1 : threads
         a.quantize(x, threads: t, ggmlScales: true)
         let os = SendablePointer(out), bs = bias.map { SendablePointer($0) }
+        let useVNNI = vnni && CPUFeatures.hardwareAVX512VNNI
         forEachOctetStrip(m: m, octets: w.octets, threads: t) { r, rows, o in
+            if useVNNI {
+                let k = w.k, blocks = k / 32
+                let y = W8A8VNNI.tile(codes: UnsafeRawPointer(a.codes + r * k), k: k, rows: rows,
+                                      blockScales: a.blockScales + r * blocks * 2,
+                                      weights: UnsafeRawPointer(w.codes) + o * k * 8,
+                                      scales: UnsafeRawPointer(w.scales + o * blocks * 8))
+                storeOctet(os.base, n: w.n, r0: r, rows: rows, octet: o, bias: bs?.base, y.0, y.1, y.2)
+                return
+            }
             switch rows {
             case 3: W8A8Kernel.tile(w, a, r0: r, rows: 3, octet: o, bias: bs?.base, out: os.base)
             case 2: W8A8Kernel.tile(w, a, r0: r, rows: 2, octet: o, bias: bs?.base, out: os.base)
