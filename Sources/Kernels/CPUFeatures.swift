@@ -1,15 +1,19 @@
 import CHints
-import Foundation
+import Synchronization
 
 /// What the processor offers beyond the AVX2 + FMA + F16C that every target is built for, checked once at run time.
-/// `QUANTKIT_ISA=avx2` turns the extra paths off (for same-machine comparisons and tests of the AVX2 kernels).
 public enum CPUFeatures {
-    /// AVX512-VNNI (with F, BW, VL and the OS's AVX-512 state): the integer kernels use vpdpbusd (KernelsVNNI).
-    public static let avx512VNNI: Bool = hardwareAVX512VNNI && ProcessInfo.processInfo.environment["QUANTKIT_ISA"] != "avx2"
-
-    /// What cpuid and xgetbv report, whatever QUANTKIT_ISA says.
+    /// What cpuid and xgetbv report: AVX512F, BW, VL and VNNI, with the OS saving the AVX-512 state.
     public static let hardwareAVX512VNNI: Bool = quantkit_cpu_has_avx512vnni() != 0
 
-    /// The instruction set the integer kernels run on, for benchmark and result lines.
+    /// Whether the integer kernels use vpdpbusd (KernelsVNNI): where the hardware has it, unless turned off (the
+    /// CLI maps QUANTKIT_ISA=avx2 onto this, for same-machine comparisons with the AVX2 tiles).
+    public static var avx512VNNI: Bool {
+        get { hardwareAVX512VNNI && vnniAllowed.load(ordering: .relaxed) }
+        set { vnniAllowed.store(newValue, ordering: .relaxed) }
+    }
+    private static let vnniAllowed = Atomic<Bool>(true)
+
+    /// The instruction set the integer kernels run on, for benchmark lines.
     public static var integerKernelISA: String { avx512VNNI ? "avx512-vnni" : "avx2" }
 }

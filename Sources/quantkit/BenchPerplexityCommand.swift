@@ -1,5 +1,6 @@
 import ArgumentParser
 import Evaluation
+import Kernels
 import Foundation
 import Models
 import Quantization
@@ -165,10 +166,10 @@ struct BenchPerplexityCommand: ParsableCommand {
             var ru = rusage()
             getrusage(Int32(RUSAGE_SELF.rawValue), &ru)
             let rssMiB = Double(ru.ru_maxrss) / 1024
-            print(String(format: "peak RSS %.1f MiB", rssMiB))
+            print(String(format: "peak RSS %.1f MiB; integer kernels on %@", rssMiB, CPUFeatures.integerKernelISA))
             if let j = json {
                 let obj: [String: Any] = ["benchmark": "perplexity", "results": rows, "peak_rss_mib": rssMiB,
-                                          "timings": [String: Double]()]
+                                          "integer_kernels": CPUFeatures.integerKernelISA, "timings": [String: Double]()]
                 try ResultEnvelope(kind: "bench_perplexity").write(obj, to: j)
             }
         }

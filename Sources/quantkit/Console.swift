@@ -1,6 +1,7 @@
 import ArgumentParser
 import Evaluation
 import Foundation
+import Kernels
 import Models
 import TensorCore
 
@@ -30,6 +31,7 @@ enum Console {
         // Default paths (Corpora/..., Models/...) resolve from any directory against the checkout holding this binary.
         ShippedData.root = Bundle.main.executablePath.flatMap { ShippedData.repositoryRoot(above: $0) }
         DenseLinear.prepackEnabled = environment["QUANTKIT_PREPACK"] != "0"
+        CPUFeatures.avx512VNNI = environment["QUANTKIT_ISA"] != "avx2"
     }
 
     /// What an interrupted command tells the user about resuming (set by commands whose work can resume).
