@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import TensorCore
 
 /// The training objective per position: kdWeight · KL(p_teacher ‖ p_student) + ceWeight · CE(next token), averaged
@@ -32,14 +33,14 @@ enum DistillationLoss {
                 same.withUnsafeMutableBufferPointer { sb in
                     let klp = SendablePointer(klb.baseAddress!), cep = SendablePointer(ceb.baseAddress!), sp = SendablePointer(sb.baseAddress!)
                     Parallel.forRanges(rows, threads: threads, minPerThread: 8) { range in
-                        let scratch = UnsafeMutablePointer<Double>.allocate(capacity: 4 * vocab)
+                        let scratch = UnsafeMutablePointer<Double>.allocate(capacity: 5 * vocab)
                         defer { scratch.deallocate() }
-                        let ls = scratch, lt = scratch + vocab, ps = scratch + 2 * vocab, pt = scratch + 3 * vocab
+                        let ls = scratch, lt = scratch + vocab, ps = scratch + 2 * vocab, pt = scratch + 3 * vocab, row = scratch + 4 * vocab
                         for r in range {
                             // log p in ls/lt, p in ps/pt (one exp per entry).
-                            let sArgmax = logSoftmax(s.base + r * vocab, vocab, into: ls, probabilities: ps)
+                            let sArgmax = logSoftmax(s.base + r * vocab, vocab, into: ls, probabilities: ps, scratch: row)
                             var tArgmax = -1
-                            if let tp { tArgmax = logSoftmax(tp.base + r * vocab, vocab, into: lt, probabilities: pt) }
+                            if let tp { tArgmax = logSoftmax(tp.base + r * vocab, vocab, into: lt, probabilities: pt, scratch: row) }
                             if tp != nil {
                                 var k = 0.0
                                 for v in 0..<vocab { k += pt[v] * (lt[v] - ls[v]) }
@@ -67,14 +68,11 @@ enum DistillationLoss {
     }
 
     /// log-softmax and softmax of one row in Double; returns the index of the largest logit (first on ties).
+    /// `scratch` holds the row widened to Double.
     private static func logSoftmax<T: TrainScalar>(_ x: UnsafePointer<T>, _ n: Int, into out: UnsafeMutablePointer<Double>,
-                                                   probabilities p: UnsafeMutablePointer<Double>) -> Int {
-        var mx = -Double.infinity, arg = 0
-        for i in 0..<n where Double(x[i]) > mx { mx = Double(x[i]); arg = i }
-        var sum = 0.0
-        for i in 0..<n { p[i] = exp(Double(x[i]) - mx); sum += p[i] }
-        let logSum = log(sum), inv = 1 / sum
-        for i in 0..<n { out[i] = Double(x[i]) - mx - logSum; p[i] *= inv }
-        return arg
+                                                   probabilities p: UnsafeMutablePointer<Double>,
+                                                   scratch: UnsafeMutablePointer<Double>) -> Int {
+        for i in 0..<n { scratch[i] = Double(x[i]) }
+        return Kernels.softmaxAndLogs(scratch, count: n, logs: out, probabilities: p)
     }
 }

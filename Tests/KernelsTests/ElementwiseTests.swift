@@ -132,6 +132,30 @@ final class ElementwiseTests: XCTestCase {
         XCTAssertEqual(Kernels.expForTesting(0), 1)
     }
 
+    /// The distillation loss's row softmax: against libm's exp and log in a plain loop, on rows whose lengths
+    /// leave every tail size, with a masked (-inf) entry, ties for the largest value and a 60-nat spread.
+    func testSoftmaxAndLogsMatchLibm() {
+        var rng = SplitMix64(seed: 23)
+        for n in [1, 3, 8, 13, 512, 517] {
+            var x = rng.floats(n, in: -30...30).map(Double.init)
+            if n > 4 { x[2] = -.infinity; x[3] = x.max()!; x[n - 1] = x[3] }
+            var logs = [Double](repeating: .nan, count: n), p = logs
+            let arg = Kernels.softmaxAndLogs(x, count: n, logs: &logs, probabilities: &p)
+            let mx = x.max()!
+            XCTAssertEqual(arg, x.firstIndex(of: mx), "first largest, n \(n)")
+            let sum = x.reduce(0.0) { $0 + Foundation.exp($1 - mx) }
+            for i in 0..<n {
+                let refP = Foundation.exp(x[i] - mx) / sum, refLog = x[i] - mx - Foundation.log(sum)
+                XCTAssertEqual(p[i], refP, accuracy: 1e-15 * max(refP, 1e-300) + 1e-300, "p[\(i)] n \(n)")
+                if refLog.isFinite {
+                    XCTAssertEqual(logs[i], refLog, accuracy: 1e-14 * max(1, abs(refLog)), "log p[\(i)] n \(n)")
+                } else {
+                    XCTAssertEqual(logs[i], -.infinity, "masked entry, n \(n)")
+                }
+            }
+        }
+    }
+
     func testRoPE() {
         var rng = SplitMix64(seed: 17)
         for headDim in [2, 6, 16, 64, 128] {
