@@ -189,6 +189,10 @@ public enum FineTuneRun {
         // The student: its starting weights and quantizers.
         let start = try studentStart(o, teacher: teacher, windows: prepared.windows, progress: progress)
         defer { if let d = start.temporaryDirectory { try? FileManager.default.removeItem(atPath: d) } }
+        if o.activations == "int8", start.config?.downProjInputHadamard == true {
+            throw QuantKitError(.input, "--activations int8 with a rotated --init: the static int8 ranges come from the unrotated teacher's "
+                                + "inputs, which a rotated model does not see; use --activations w4a8 or none")
+        }
         let activations = try activationQuantizers(o, teacher: teacher, windows: prepared.windows)
         let student = try TrainableLlama<Float>(config: start.config ?? teacher.config, tensors: start.tensors, weightQuant: start.modes,
                                                 scales: start.scales, zeros: start.zeros, groups: start.groups,
@@ -369,13 +373,17 @@ public enum FineTuneRun {
         }
         s.alreadyFineTuned = s.recovery.fineTune != nil || extra["finetune"] != nil
         let config = try LlamaConfig.load(path: path + "/config.json")
+        // A rotated checkpoint computes the float model's function in another basis: its head is untied and its
+        // down_proj input is rotated online. The student then trains in that basis, against the unrotated teacher.
+        let rotated = config.downProjInputHadamard == true
         guard config.hiddenSize == teacher.config.hiddenSize, config.numHiddenLayers == teacher.config.numHiddenLayers,
               config.intermediateSize == teacher.config.intermediateSize, config.vocabSize == teacher.config.vocabSize,
               config.qDim == teacher.config.qDim, config.kvDim == teacher.config.kvDim,
-              config.tieWordEmbeddings == teacher.config.tieWordEmbeddings else {
+              rotated || config.tieWordEmbeddings == teacher.config.tieWordEmbeddings else {
             throw QuantKitError(.input, "--init \(path): its architecture differs from the float model \(teacher.name)")
         }
         try TrainableLlama<Float>.checkTrainable(config, source: path)
+        if rotated { s.config = config }
         let ckpt = try SafetensorsCheckpoint(path: path)
         for name in HFExport.tensorNames(teacher.config) { s.tensors[name] = try teacher.source.tensor(name).floats() }
         for name in HFExport.tensorNames(config) where !name.hasPrefix("model.layers.") || name.hasSuffix("norm.weight") {

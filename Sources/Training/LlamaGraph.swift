@@ -21,6 +21,9 @@ final class LlamaGraph<T: TrainScalar> {
     private let dim: Int, qDim: Int, kvDim: Int, hidden: Int, vocab: Int, heads: Int, kvHeads: Int, headDim: Int
     private let eps: Double
     private let cosTable: [T], sinTable: [T]
+    /// Rotated checkpoints: T = H/sqrt(n) [hidden, hidden], applied to down_proj's input (h <- h T) as the engine
+    /// applies it online; the backward multiplies by its transpose.
+    private let hadamard: [T]?
 
     /// What one layer's forward keeps for the backward.
     private final class LayerTape {
@@ -75,6 +78,12 @@ final class LlamaGraph<T: TrainScalar> {
             }
         }
         cosTable = c; sinTable = s
+        if config.downProjInputHadamard == true, let h = Hadamard.signMatrix(order: config.intermediateSize) {
+            let scale = 1 / Double(config.intermediateSize).squareRoot()
+            hadamard = h.map { T(Double($0) * scale) }
+        } else {
+            hadamard = nil
+        }
         let dims: [String: (Int, Int)] = [
             "self_attn.q_proj": (config.qDim, dim), "self_attn.k_proj": (config.kvDim, dim), "self_attn.v_proj": (config.kvDim, dim),
             "self_attn.o_proj": (dim, config.qDim), "mlp.gate_proj": (config.intermediateSize, dim),
@@ -149,6 +158,7 @@ final class LlamaGraph<T: TrainScalar> {
         Parallel.forRanges(rows * hidden, threads: threads, minPerThread: 1 << 13) { r in
             for i in r { let a = g[i]; h[i] = a / (1 + T.exponential(-a)) * u[i] }
         }
+        rotateDownInput(t.h, transposed: false)
         ActivationQuantizer.forward(activations, key: p + "mlp.down_proj", x: t.h, rows: rows, cols: hidden, out: t.hq, threads: threads)
         linear(l, 6, t.hq, tmpDim)
         add(x, tmpDim, rows * dim)
@@ -180,11 +190,34 @@ final class LlamaGraph<T: TrainScalar> {
         w.backward(dEffective, params, threads: threads)
     }
 
+    /// x [rows, hidden] <- x T (forward) or x Tᵀ (backward) on rotated checkpoints; nothing otherwise. Float's
+    /// forward runs the engine's fast transform (the same Float arithmetic as inference); the rest is a dense product.
+    private func rotateDownInput(_ x: UnsafeMutablePointer<T>, transposed: Bool) {
+        guard let hadamard else { return }
+        if !transposed, T.self == Float.self {
+            let xf = UnsafeMutableRawPointer(x).assumingMemoryBound(to: Float.self)
+            // The order has a factorization: the config's validation and the init both checked it.
+            try? Hadamard.transform(xf, rows: rows, n: hidden, threads: threads)
+            return
+        }
+        let tmp = UnsafeMutablePointer<T>.allocate(capacity: rows * hidden)
+        defer { tmp.deallocate() }
+        hadamard.withUnsafeBufferPointer { h in
+            if transposed {
+                T.productNT(x, m: rows, k: hidden, h.baseAddress!, n: hidden, out: tmp, accumulate: false, threads: threads)
+            } else {
+                T.productNN(x, m: rows, k: hidden, h.baseAddress!, n: hidden, out: tmp, accumulate: false, threads: threads)
+            }
+        }
+        x.update(from: tmp, count: rows * hidden)
+    }
+
     private func layerBackward(_ l: Int) {
         let t = tapes[l], p = "model.layers.\(l)."
         // MLP: x_out = x_mid + down(act(silu(gate) * up)).
         linearBackward(l, 6, dOut: dx, input: t.hq, dInput: dh, accumulate: false)
         ActivationQuantizer.backward(activations, key: p + "mlp.down_proj", x: t.h, grad: dh, count: rows * hidden, threads: threads)
+        rotateDownInput(dh, transposed: true)
         let g = SendablePointer(t.gate), u = SendablePointer(t.up), dhp = SendablePointer(dh)
         let dg = SendablePointer(dgate), du = SendablePointer(dup)
         Parallel.forRanges(rows * hidden, threads: threads, minPerThread: 1 << 13) { r in

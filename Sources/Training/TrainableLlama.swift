@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import Quantization
 import TensorCore
@@ -22,7 +23,9 @@ public final class TrainableLlama<T: TrainScalar> {
         var unsupported: [String] = []
         if c.hasQKVBias || c.hasOBias || c.mlpBias == true { unsupported.append("linear biases") }
         if (0..<c.numHiddenLayers).contains(where: { c.attentionWindow(layer: $0) != nil }) { unsupported.append("sliding-window attention") }
-        if c.downProjInputHadamard == true { unsupported.append("an online Hadamard rotation (rotated checkpoints)") }
+        if c.downProjInputHadamard == true, Hadamard.factorization(of: c.intermediateSize) == nil {
+            unsupported.append("an online Hadamard rotation of order \(c.intermediateSize)")
+        }
         if let a = c.hiddenAct, a != "silu" { unsupported.append("activation \(a)") }
         guard unsupported.isEmpty else {
             throw QuantKitError(.config, "\(source): fine-tuning does not cover \(unsupported.joined(separator: ", ")) yet")

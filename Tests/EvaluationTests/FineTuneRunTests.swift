@@ -24,7 +24,7 @@ import Testing
         let teacher = try LlamaModel.load(path: model)
         let start = try FineTuneRun.checkpointStart(path, teacher: teacher, trainScales: trainScales)
         let tokens: [Int32] = (0..<32).map { Int32(($0 * 37 + 11) % 512) }
-        let student = try TrainableLlama<Float>(config: teacher.config, tensors: start.tensors, weightQuant: start.modes,
+        let student = try TrainableLlama<Float>(config: start.config ?? teacher.config, tensors: start.tensors, weightQuant: start.modes,
                                                 scales: start.scales, zeros: start.zeros, groups: start.groups, batch: 1,
                                                 sequenceLength: 32, threads: 2)
         _ = try student.loss(tokens: tokens, targets: nil, teacher: nil, weights: LossWeights(kd: 0, ce: 0), gradients: false)
@@ -57,6 +57,36 @@ import Testing
         again.output = dir + "/again"; again.initCheckpoint = o.output
         #expect(throws: QuantKitError.self) { try FineTuneRun.run(again) }
         #expect(!FileManager.default.fileExists(atPath: o.resolvedStatePath))
+    }
+
+    /// A rotated start (RTN INT4 g32 after the residual rotation, with the online Hadamard before down_proj; the
+    /// head untied): the training graph computes the engine's logits of the start and of the trained checkpoint,
+    /// and the output keeps the rotation. Static int8 activation ranges of the unrotated teacher are refused.
+    @Test func rotatedStartTrainsInItsOwnBasisAndStaysRotated() throws {
+        let dir = Repo.tempDirectory("finetune-rotated")
+        var q = QuantizeRunOptions(model: Self.model, output: dir + "/rotated")
+        q.method = .rtn; q.bits = 4; q.groupSize = 32; q.rotate = true
+        _ = try QuantizeRun.run(q)
+        let before = try Self.agreement(q.output, trainScales: false)
+        #expect(before.worst <= 1e-4 * before.scale, "rotated start: engine vs training logits differ by \(before.worst)")
+        var o = Self.options(dir)
+        o.initCheckpoint = q.output
+        o.trainScales = true
+        o.scaleLearningRate = 1e-4
+        let r = try FineTuneRun.run(o)
+        #expect(r.curve.count == 3 && r.curve.allSatisfy { $0.loss.isFinite && $0.loss > 0 })
+        let config = try LlamaConfig.load(path: o.output + "/config.json")
+        #expect(config.downProjInputHadamard == true && !config.tieWordEmbeddings)
+        let after = try Self.agreement(o.output, trainScales: true)
+        #expect(after.worst <= 1e-4 * after.scale, "trained rotated checkpoint: engine vs training logits differ by \(after.worst)")
+        // Training moved the weights: the trained logits are not the start's.
+        let tokens: [Int32] = (0..<32).map { Int32(($0 * 37 + 11) % 512) }
+        let moved = maxAbsDiff(try ModelLoading.loadModel(q.output).logits(tokens), try ModelLoading.loadModel(o.output).logits(tokens))
+        #expect(moved > 1e-3)
+        var int8 = Self.options(dir)
+        int8.initCheckpoint = q.output; int8.output = dir + "/int8"; int8.activations = "int8"
+        #expect(throws: QuantKitError.self) { try FineTuneRun.run(int8) }
+        #expect(!FileManager.default.fileExists(atPath: int8.output))
     }
 
     /// A 2 x 86 student written as f16: a float checkpoint of the student's shape that the engine loads, with the

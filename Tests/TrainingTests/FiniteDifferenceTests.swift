@@ -7,9 +7,9 @@ import Testing
 /// The backward pass against central finite differences of the loss, in Double, on tiny seeded models: every
 /// tensor of the model is probed at several entries.
 @Suite struct FiniteDifferenceTests {
-    static func config(tied: Bool, kvHeads: Int = 2) throws -> LlamaConfig {
+    static func config(tied: Bool, kvHeads: Int = 2, rotatedDown: Bool = false) throws -> LlamaConfig {
         let json = """
-        {"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":16,"intermediate_size":24,
+        {"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":16,"intermediate_size":24,\(rotatedDown ? "\"quantkit_down_proj_hadamard\":true," : "")
          "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":\(kvHeads),"vocab_size":20,
          "rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":\(tied),"max_position_embeddings":64}
         """
@@ -72,6 +72,12 @@ import Testing
 
     @Test func tiedHeadCrossEntropyOnly() throws {
         try check(Self.config(tied: true), weights: LossWeights(kd: 0, ce: 1), seed: 12)
+    }
+
+    /// A rotated checkpoint's online Hadamard before down_proj (order 24 = 12 x 2: H_12, which is not symmetric,
+    /// so the backward must use the transpose).
+    @Test func onlineHadamardBeforeDownProj() throws {
+        try check(Self.config(tied: false, rotatedDown: true), weights: LossWeights(kd: 1, ce: 0.5), seed: 14)
     }
 
     @Test func multiHeadAttentionKDOnly() throws {
