@@ -107,6 +107,10 @@ public struct FineTuneRunOptions: Sendable {
         if student != nil && target != .float {
             throw QuantKitError(.input, "--student distils a float model: use --target float (quantize the student afterwards)")
         }
+        if student != nil && activations == "int8" {
+            throw QuantKitError(.input, "--student with --activations int8: the static int8 ranges are observed per teacher layer, not the "
+                                + "student's; distil first, then fine-tune the student with --model STUDENT --target npu --activations int8")
+        }
         if let d = outputDType, target == .checkpoint || ![.f32, .f16, .bf16].contains(d) {
             throw QuantKitError(.input, "--dtype \(d.rawValue.lowercased()): applies to float outputs (--target npu|float), as f32, f16 or bf16")
         }

@@ -18,6 +18,7 @@ struct FinetuneCommand: ParsableCommand {
     @Flag(help: "Act-order for the starting point made with --method gptq.") var actOrder = false
     @Flag(help: "Asymmetric starting point made with --method.") var asym = false
     @Flag(help: "Clipping search for the starting point made with --method.") var mse = false
+    @Flag(help: "Rotate the starting point made with --method (as quantize --rotate); the student trains in the rotated basis.") var rotate = false
     @Option(help: "What the weights train against: checkpoint (grouped codes, from --init or --method), npu (the NPU's per-channel int8, written as float), float.") var target: String = "checkpoint"
     @Option(help: "Fake-quantize the linear layers' inputs: none, int8 (the NPU's static per-tensor int8) or w4a8 (per-32 blocks).") var activations: String = "none"
     @Flag(help: "Train the quantization scales too (LSQ).") var trainScales = false
@@ -65,8 +66,12 @@ struct FinetuneCommand: ParsableCommand {
             }
             var q = QuantizeRunOptions(model: model, output: output)
             q.method = m; q.bits = bits; q.groupSize = groupSize; q.actOrder = actOrder; q.symmetric = !asym; q.mseSearch = mse
+            q.rotate = rotate
             q.threads = threads
             o.quantize = q
+        }
+        if rotate && method == nil {
+            throw QuantKitError(.input, "--rotate applies to the starting point made with --method (rotate a checkpoint with quantize --rotate, then --init it)")
         }
         o.activations = activations
         o.trainScales = trainScales
