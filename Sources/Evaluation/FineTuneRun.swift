@@ -28,6 +28,9 @@ public struct FineTuneRunOptions: Sendable {
     /// Quantize settings to make the starting checkpoint here (used when initCheckpoint is nil and target is .checkpoint).
     public var quantize: QuantizeRunOptions?
     public var target: Target = .checkpoint
+    /// Rotate the float start of --target npu|float first (as `quantize --rotate`, seed 0): the student trains in
+    /// the rotated basis and the output stays rotated. (A start made with --method rotates through `quantize`.)
+    public var rotate = false
     /// "none", "int8" (the NPU's static per-tensor int8 inputs) or "w4a8" (per-32 blocks, as W4A8 runs).
     public var activations = "none"
     public var trainScales = false
@@ -102,6 +105,12 @@ public struct FineTuneRunOptions: Sendable {
         }
         if target != .checkpoint && (initCheckpoint != nil || quantize != nil) {
             throw QuantKitError(.input, "--init and --method quantize into a checkpoint; --target \(target.rawValue) starts from the float weights")
+        }
+        if rotate && target == .checkpoint {
+            throw QuantKitError(.input, "--rotate: with --init, rotate the checkpoint when quantizing it (quantize --rotate); with --method, set it there")
+        }
+        if rotate && student != nil {
+            throw QuantKitError(.input, "--rotate with --student: distil the student first, then fine-tune it with --rotate")
         }
         if trainScales && target != .checkpoint { throw QuantKitError(.input, "--train-scales needs grouped weights (--init or --method)") }
         if student != nil && target != .float {
@@ -193,11 +202,7 @@ public enum FineTuneRun {
         // The student: its starting weights and quantizers.
         let start = try studentStart(o, teacher: teacher, windows: prepared.windows, progress: progress)
         defer { if let d = start.temporaryDirectory { try? FileManager.default.removeItem(atPath: d) } }
-        if o.activations == "int8", start.config?.downProjInputHadamard == true {
-            throw QuantKitError(.input, "--activations int8 with a rotated --init: the static int8 ranges come from the unrotated teacher's "
-                                + "inputs, which a rotated model does not see; use --activations w4a8 or none")
-        }
-        let activations = try activationQuantizers(o, teacher: teacher, windows: prepared.windows)
+        let activations = try activationQuantizers(o, start: start, teacher: teacher, windows: prepared.windows)
         let student = try TrainableLlama<Float>(config: start.config ?? teacher.config, tensors: start.tensors, weightQuant: start.modes,
                                                 scales: start.scales, zeros: start.zeros, groups: start.groups,
                                                 activations: activations, trainFloatTensors: o.trainFloatTensors || o.target == .float,
@@ -296,6 +301,14 @@ public enum FineTuneRun {
         var label = "float"
         var initialization = "float"
         var temporaryDirectory: String?
+
+        /// The starting weights as a model's weight source.
+        func source() -> TensorDictionary {
+            guard let c = config else { preconditionFailure("a start with its own config") }
+            var out: [String: Tensor] = [:]
+            for name in HFExport.tensorNames(c) { out[name] = Tensor(shape: TrainableLlama<Float>.shape(of: name, c), floats: tensors[name]!) }
+            return TensorDictionary(out, label: label)
+        }
     }
 
     static func modules(_ c: LlamaConfig) -> [String] {
@@ -308,11 +321,13 @@ public enum FineTuneRun {
         for name in HFExport.tensorNames(teacher.config) { s.tensors[name] = try teacher.source.tensor(name).floats() }
         switch o.target {
         case .float:
+            if o.rotate { try rotateFloatStart(&s, teacher: teacher) }
             guard let text = o.student else { return s }
             return try smallerStudent(text, teacher: teacher, tensors: s.tensors, windows: windows, progress: progress)
         case .npu:
             for m in modules(teacher.config) { s.modes[m] = .npu(bits: 8) }
             s.label = "npu int8 per-channel"
+            if o.rotate { try rotateFloatStart(&s, teacher: teacher) }
             return s
         case .checkpoint:
             break
@@ -339,6 +354,18 @@ public enum FineTuneRun {
         c.initialization = o.initCheckpoint ?? "quantize --method \(o.quantize!.method.rawValue)"
         c.temporaryDirectory = s.temporaryDirectory
         return c
+    }
+
+    /// The float start rotated as `quantize --rotate` does (seed 0): norms folded, head untied, online Hadamard
+    /// before down_proj; the same function in another basis.
+    static func rotateFloatStart(_ s: inout Start, teacher: LlamaModel) throws {
+        let w = try LlamaFloatWeights(model: teacher)
+        s.recovery.rotation = try Rotation.apply(to: w, seed: 0, threads: teacher.threads)
+        s.config = w.config
+        s.tensors = [:]
+        for name in HFExport.tensorNames(w.config) { s.tensors[name] = w.values(name).map { Float($0) } }
+        s.label += ", rotated"
+        s.initialization = "float, rotated (seed 0)"
     }
 
     /// A smaller student cut from the teacher (StudentCut): evenly spaced layers, each MLP narrowed to the channels
@@ -410,18 +437,22 @@ public enum FineTuneRun {
         return s
     }
 
-    /// Per-tensor int8 parameters of every linear input, from the float model's min/max on the first training
-    /// windows (TFLite's range rule); W4A8's blocks need none.
-    static func activationQuantizers(_ o: FineTuneRunOptions, teacher: LlamaModel, windows: [[Int32]]) throws -> ActivationFakeQuant {
+    /// Per-tensor int8 parameters of every linear input, from min/max on the first training windows (TFLite's
+    /// range rule) of the float teacher, or of a rotated start's own forward (its linears see rotated inputs, which
+    /// the teacher never computes); W4A8's blocks need none.
+    static func activationQuantizers(_ o: FineTuneRunOptions, start: Start, teacher: LlamaModel, windows: [[Int32]]) throws -> ActivationFakeQuant {
         switch o.activations {
         case "w4a8": return .w4a8
         case "int8":
+            let model = try start.config?.downProjInputHadamard == true
+                ? LlamaModel(config: start.config!, source: start.source(), name: "rotated start") : teacher
+            model.threads = teacher.threads
             let ranges = RangeObserver()
-            teacher.observer = ranges
-            defer { teacher.observer = nil }
+            model.observer = ranges
+            defer { model.observer = nil }
             let n = min(windows.count, 16)
-            let cache = teacher.makeCache(capacity: o.sequenceLength), state = teacher.makeState(maxRows: o.sequenceLength)
-            for w in windows.prefix(n) { _ = teacher.forwardSequences(Array(w.dropLast()), count: 1, cache: cache, state: state) }
+            let cache = model.makeCache(capacity: o.sequenceLength), state = model.makeState(maxRows: o.sequenceLength)
+            for w in windows.prefix(n) { _ = model.forwardSequences(Array(w.dropLast()), count: 1, cache: cache, state: state) }
             return .int8Tensor(ranges.ranges.mapValues { AffineInt8.fromRange(min: $0.min, max: $0.max) })
         default: return .none
         }

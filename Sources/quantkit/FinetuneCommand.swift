@@ -18,7 +18,7 @@ struct FinetuneCommand: ParsableCommand {
     @Flag(help: "Act-order for the starting point made with --method gptq.") var actOrder = false
     @Flag(help: "Asymmetric starting point made with --method.") var asym = false
     @Flag(help: "Clipping search for the starting point made with --method.") var mse = false
-    @Flag(help: "Rotate the starting point made with --method (as quantize --rotate); the student trains in the rotated basis.") var rotate = false
+    @Flag(help: "Rotate the starting point made with --method, or the float start of --target npu|float (as quantize --rotate); the student trains in the rotated basis and stays rotated.") var rotate = false
     @Option(help: "What the weights train against: checkpoint (grouped codes, from --init or --method), npu (the NPU's per-channel int8, written as float), float.") var target: String = "checkpoint"
     @Option(help: "Fake-quantize the linear layers' inputs: none, int8 (the NPU's static per-tensor int8) or w4a8 (per-32 blocks).") var activations: String = "none"
     @Flag(help: "Train the quantization scales too (LSQ).") var trainScales = false
@@ -71,7 +71,10 @@ struct FinetuneCommand: ParsableCommand {
             o.quantize = q
         }
         if rotate && method == nil {
-            throw QuantKitError(.input, "--rotate applies to the starting point made with --method (rotate a checkpoint with quantize --rotate, then --init it)")
+            guard t != .checkpoint else {
+                throw QuantKitError(.input, "--rotate applies to the starting point made with --method or to --target npu|float (rotate a checkpoint with quantize --rotate, then --init it)")
+            }
+            o.rotate = true
         }
         o.activations = activations
         o.trainScales = trainScales

@@ -90,7 +90,9 @@ final class CLITests: XCTestCase {
         try expectError(["inspect", negBin], mentioning: "invalid llama2.c model header: field dim = -64")
         try expectError(["quantize", "--model", stories, "--bits", "5", "--output", dir + "/q"], mentioning: "--bits 5")
         try expectError(["quantize", "--model", stories, "--method", "rtn", "--act-order", "--output", dir + "/q"], mentioning: "--act-order")
-        try expectError(["finetune", "--model", stories, "--target", "npu", "--rotate", "--output", dir + "/ft"], mentioning: "--rotate")
+        try expectError(["finetune", "--model", stories, "--init", dir + "/q", "--rotate", "--output", dir + "/ft"], mentioning: "--rotate applies to")
+        try expectError(["finetune", "--model", stories, "--target", "float", "--student", "2x100", "--rotate", "--output", dir + "/ft"],
+                        mentioning: "--rotate with --student")
         try expectError(["finetune", "--model", stories, "--target", "float", "--student", "2x100", "--activations", "int8",
                          "--output", dir + "/ft"], mentioning: "--student with --activations int8")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/ft"))

@@ -61,7 +61,7 @@ import Testing
 
     /// A rotated start (RTN INT4 g32 after the residual rotation, with the online Hadamard before down_proj; the
     /// head untied): the training graph computes the engine's logits of the start and of the trained checkpoint,
-    /// and the output keeps the rotation. Static int8 activation ranges of the unrotated teacher are refused.
+    /// and the output keeps the rotation.
     @Test func rotatedStartTrainsInItsOwnBasisAndStaysRotated() throws {
         let dir = Repo.tempDirectory("finetune-rotated")
         var q = QuantizeRunOptions(model: Self.model, output: dir + "/rotated")
@@ -83,10 +83,65 @@ import Testing
         let tokens: [Int32] = (0..<32).map { Int32(($0 * 37 + 11) % 512) }
         let moved = maxAbsDiff(try ModelLoading.loadModel(q.output).logits(tokens), try ModelLoading.loadModel(o.output).logits(tokens))
         #expect(moved > 1e-3)
-        var int8 = Self.options(dir)
-        int8.initCheckpoint = q.output; int8.output = dir + "/int8"; int8.activations = "int8"
-        #expect(throws: QuantKitError.self) { try FineTuneRun.run(int8) }
-        #expect(!FileManager.default.fileExists(atPath: int8.output))
+    }
+
+    /// Static int8 ranges of a rotated start are observed on its own forward: layer 0's q_proj reads
+    /// RMSNorm(embedding) of the rotated embedding (gain folded to 1), computed here directly from the checkpoint;
+    /// the unrotated teacher's range for that input is another one.
+    @Test func rotatedStartsObserveTheirOwnInt8Ranges() throws {
+        let dir = Repo.tempDirectory("finetune-rotated-int8")
+        var q = QuantizeRunOptions(model: Self.model, output: dir + "/rotated")
+        q.method = .rtn; q.bits = 8; q.groupSize = -1; q.rotate = true
+        _ = try QuantizeRun.run(q)
+        let teacher = try LlamaModel.load(path: Self.model)
+        var o = Self.options(dir)
+        o.activations = "int8"
+        let windows: [[Int32]] = (0..<3).map { (w: Int) -> [Int32] in
+            (0..<33).map { (i: Int) -> Int32 in Int32((i * 37 + w * 101 + 11) % 512) }
+        }
+        let start = try FineTuneRun.checkpointStart(q.output, teacher: teacher, trainScales: false)
+        guard case .int8Tensor(let ranges) = try FineTuneRun.activationQuantizers(o, start: start, teacher: teacher, windows: windows),
+              case .int8Tensor(let teacherRanges) = try FineTuneRun.activationQuantizers(o, start: FineTuneRun.Start(), teacher: teacher, windows: windows)
+        else { Issue.record("no int8 quantizers"); return }
+        let ckpt = try SafetensorsCheckpoint(path: q.output)
+        let embed = try ckpt.tensor("model.embed_tokens.weight").floats(), gain = try ckpt.tensor("model.layers.0.input_layernorm.weight").floats()
+        let dim = teacher.config.hiddenSize
+        var lo = Float.infinity, hi = -Float.infinity
+        for w in windows {
+            for t in w.dropLast() {
+                let e = Array(embed[(Int(t) * dim)..<((Int(t) + 1) * dim)])
+                let r = 1 / (e.reduce(0) { $0 + Double($1) * Double($1) } / Double(dim) + Double(teacher.config.rmsNormEps)).squareRoot()
+                for j in 0..<dim { let x = Float(Double(e[j]) * r) * gain[j]; lo = min(lo, x); hi = max(hi, x) }
+            }
+        }
+        let want = AffineInt8.fromRange(min: lo, max: hi)
+        let got = try #require(ranges["model.layers.0.self_attn.q_proj"])
+        #expect(abs(got.scale / want.scale - 1) < 1e-5 && abs(got.zeroPoint - want.zeroPoint) <= 1, "\(got) vs \(want)")
+        let unrotated = try #require(teacherRanges["model.layers.0.self_attn.q_proj"])
+        #expect(abs(unrotated.scale / want.scale - 1) > 0.05, "the teacher's range \(unrotated) should differ from the rotated one \(want)")
+        #expect(ranges.keys.sorted() == teacherRanges.keys.sorted())
+    }
+
+    /// --target npu --rotate: the float start rotated in-process trains against the NPU's int8 weights and int8
+    /// activations and is written rotated (online Hadamard marked, head untied). With a learning rate of ~0 the
+    /// written model is the rotated float model, whose logits are the teacher's.
+    @Test func rotatedNPUTargetIsWrittenRotated() throws {
+        let dir = Repo.tempDirectory("finetune-npu-rotated")
+        var o = Self.options(dir)
+        o.target = .npu; o.rotate = true; o.activations = "int8"; o.learningRate = 1e-30; o.steps = 1; o.warmupSteps = 0
+        let r = try FineTuneRun.run(o)
+        #expect(r.recipe.weights == "npu int8 per-channel, rotated")
+        let m = try LlamaModel.load(path: o.output)
+        #expect(m.config.downProjInputHadamard == true && !m.config.tieWordEmbeddings)
+        #expect(try GPTQCheckpoint.quantizationSummary(o.output)?.recovery?.rotation?.onlineHadamard == true)
+        let tokens: [Int32] = (0..<32).map { Int32(($0 * 37 + 11) % 512) }
+        let want = try LlamaModel.load(path: Self.model).logits(tokens), got = try m.logits(tokens)
+        // The NPU target writes weights on the int8 grid, so the function differs by int8 weight rounding only.
+        let scale = want.map(abs).max()!
+        #expect(maxAbsDiff(got, want) < 0.05 * scale && maxAbsDiff(got, want) > 0, "\(maxAbsDiff(got, want)) of \(scale)")
+        var bad = Self.options(dir)
+        bad.output = dir + "/bad"; bad.rotate = true; bad.initCheckpoint = dir + "/none"
+        #expect(throws: QuantKitError.self) { try FineTuneRun.run(bad) }
     }
 
     /// A 2 x 86 student written as f16: a float checkpoint of the student's shape that the engine loads, with the
