@@ -309,8 +309,8 @@ public final class LlamaBlock {
         if run(upProj, "mlp.up_proj", s.xb, rows, s.hb2, ctx) { return }
         ctx.ops.swiglu(gate: s.hb, up: s.hb2, count: rows * c.intermediateSize)
         if c.downProjInputHadamard == true {
-            // Rotated checkpoints: the online half of down_proj's rotation (the config check guarantees the order).
-            try! Hadamard.transform(s.hb, rows: rows, n: c.intermediateSize, threads: ctx.threads)
+            // Rotated checkpoints: the online half of down_proj's rotation.
+            ctx.ops.hadamard(s.hb, rows: rows, n: c.intermediateSize, threads: ctx.threads)
         }
         if run(downProj, "mlp.down_proj", s.hb, rows, s.xb2, ctx) { return }
         ctx.ops.residualAdd(x, s.xb2, count: rows * dim)

@@ -20,12 +20,18 @@ public protocol NonlinearOps: Sendable {
     func swiglu(gate: UnsafeMutablePointer<Float>, up: UnsafePointer<Float>, count: Int)
     /// x += delta
     func residualAdd(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, count: Int)
+    /// Each row of x [rows, n] becomes x·H_n/√n in place: a rotated checkpoint's online transform before down_proj
+    /// (n has a Hadamard factorization: the config check guarantees it).
+    func hadamard(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, threads: Int)
     /// True when every operation treats rows independently (see LinearLayer.rowIndependent).
     var rowIndependent: Bool { get }
 }
 
 extension NonlinearOps {
     public var rowIndependent: Bool { false }
+    public func hadamard(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, threads: Int) {
+        try! Hadamard.transform(x, rows: rows, n: n, threads: threads)
+    }
 }
 
 public struct FloatOps: NonlinearOps {

@@ -30,6 +30,9 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
     public func residualAdd(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, count: Int) {
         npu.residualAdd(x, delta, count: count)
     }
+    public func hadamard(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, threads: Int) {
+        npu.hadamard(x, rows: rows, n: n, threads: threads)
+    }
 
     public func attention(q: UnsafePointer<Float>, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, tokens: Int,
                           start: Int, nHeads: Int, nKVHeads: Int, headDim: Int, window: Int?,

@@ -212,6 +212,15 @@ public final class NPUNonlinear: @unchecked Sendable {
         counter.record("residual_add", unit: "fp16", elements: count)
         for i in 0..<count { x[i] = fp16(fp16(x[i]) + fp16(y[i])) }
     }
+
+    /// A rotated model's online Hadamard on the fp16 unit (LUT mode has no table form for it either): fp16 inputs,
+    /// the signed sums and the 1/√n scale in fp32 as the unit's reductions accumulate, each output rounded once.
+    public func hadamard(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, threads: Int) {
+        counter.record("hadamard", unit: "fp16", elements: rows * n)
+        for i in 0..<(rows * n) { x[i] = fp16(x[i]) }
+        try! Hadamard.transform(x, rows: rows, n: n, threads: threads)
+        for i in 0..<(rows * n) { x[i] = fp16(x[i]) }
+    }
 }
 
 /// 256-entry exp table softmax (the TFLite int8 softmax scheme): scores are quantized per row to 8 bits as

@@ -63,6 +63,22 @@ final class NPUModelTests: XCTestCase {
         XCTAssertEqual(sim.npu.counter.calls("rms_norm", unit: "fp16"), 4 * (5 * 2 + 1))  // 4 windows x (2 per block + final)
     }
 
+    /// A rotated model on the NPU runs its online Hadamard on the fp16 unit (once per block per window), and stays
+    /// within the W8A8 bound of the float model.
+    func testRotatedModelRunsItsOnlineHadamardOnTheNPU() throws {
+        let w = try LlamaFloatWeights(model: try LlamaModel.load(path: Self.modelPath))
+        _ = try Rotation.apply(to: w, seed: 0)
+        let float = perplexity(try w.makeModel(), Self.evalTokens)
+        let model = try w.makeModel()
+        let sim = try NPUSimulator.calibrate(model: model, config: try NPUConfig.parse(Data(#"{"weight_bits": 8}"#.utf8), source: "test"),
+                                            calibrationTokens: Self.calibTokens)
+        try sim.apply(to: model)
+        sim.npu.counter.reset()
+        let npu = perplexity(model, Self.evalTokens)
+        XCTAssertEqual(sim.npu.counter.calls("hadamard", unit: "fp16"), 4 * 5)  // 4 windows x 5 blocks
+        XCTAssertLessThan(abs(npu - float) / float, 0.05, "rotated W8A8 \(npu) vs float \(float)")
+    }
+
     /// W8A16 on the CPU: RTN int8 symmetric per-channel weights (the Quantization target's quantizer) run on the
     /// CPU quantized kernels with float activations; lm_head quantized too, as the NPU path quantizes it.
     struct RTNBackend: LinearBackend {

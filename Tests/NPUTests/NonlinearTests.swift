@@ -34,6 +34,44 @@ final class NonlinearTests: XCTestCase {
         XCTAssertEqual(two, [0.5, 0.5])
     }
 
+    /// A rotated model's online Hadamard on the fp16 unit, in both modes: each output is the exact (Double) product
+    /// of the fp16-rounded row with H_n/√n (Hadamard.signMatrix, the dense definition), rounded once to fp16. The
+    /// unit sums in fp32, so an output may sit one fp16 step away where the fp32 sum crossed a rounding boundary.
+    func testHadamardOnTheFP16Unit() throws {
+        var rng = SplitMix64(seed: 13)
+        for n in [24, 172] {
+            let rows = 5
+            let x = rng.floats(rows * n, in: -3...3)
+            let h = try XCTUnwrap(Hadamard.signMatrix(order: n))
+            let scale = 1 / Double(n).squareRoot()
+            var want = [Float](repeating: 0, count: rows * n)
+            for r in 0..<rows {
+                for j in 0..<n {
+                    var acc = 0.0
+                    for i in 0..<n { acc += Double(Float(Float16(x[r * n + i]))) * Double(h[i * n + j]) }
+                    want[r * n + j] = Float(Float16(acc * scale))
+                }
+            }
+            var plain = x
+            try plain.withUnsafeMutableBufferPointer { try Hadamard.transform($0.baseAddress!, rows: rows, n: n) }
+            for mode in NonlinearMode.allCases {
+                let npu = NPUNonlinear(mode: mode)
+                var y = x
+                y.withUnsafeMutableBufferPointer { npu.hadamard($0.baseAddress!, rows: rows, n: n, threads: 2) }
+                XCTAssertTrue(isFP16(y), "\(mode) n=\(n)")
+                var exact = 0
+                for i in y.indices {
+                    let step = Float(Float16(want[i]).ulp)
+                    XCTAssertLessThanOrEqual(abs(y[i] - want[i]), step, "\(mode) n=\(n) [\(i)]: \(y[i]) vs \(want[i])")
+                    if y[i] == want[i] { exact += 1 }
+                }
+                XCTAssertGreaterThanOrEqual(Double(exact), 0.98 * Double(y.count), "\(mode) n=\(n): \(exact) of \(y.count) exact")
+                XCTAssertNotEqual(y, plain, "the fp16 unit rounds; the float transform does not")
+                XCTAssertEqual(npu.counter.calls("hadamard", unit: "fp16"), 1)
+            }
+        }
+    }
+
     func testActivationsBothModes() {
         var rng = SplitMix64(seed: 12)
         let n = 513
