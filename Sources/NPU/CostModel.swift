@@ -1,6 +1,7 @@
 import Foundation
-import TensorCore
+import Kernels
 import Models
+import TensorCore
 
 /// The simulated NPU's hardware parameters for the cost model.
 public struct NPUHardware: Codable, Equatable, Sendable {
@@ -93,12 +94,15 @@ public struct TransformerShape: Codable, Equatable, Sendable {
     /// Sliding attention window per layer (nil: full causal attention), as the engine applies it
     /// (LlamaConfig.attentionWindow). Absent or empty: no layer has a window.
     public var attentionWindows: [Int?]?
+    /// A rotated checkpoint's Hadamard transform on down_proj's input (`quantkit_down_proj_hadamard`); nil: none.
+    public var onlineHadamard: Bool?
     public var headDim: Int { explicitHeadDim ?? dim / heads }
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
 
     enum CodingKeys: String, CodingKey {
         case dim, hiddenDim, layers, heads, kvHeads, vocab, explicitHeadDim = "head_dim", attentionWindows = "attention_windows"
+        case onlineHadamard = "online_hadamard"
     }
 
     public init(dim: Int, hiddenDim: Int, layers: Int, heads: Int, kvHeads: Int, vocab: Int, headDim: Int? = nil,
@@ -117,6 +121,7 @@ public struct TransformerShape: Codable, Equatable, Sendable {
         let windows = c.attentionWindow == nil ? nil : (0..<c.numHiddenLayers).map { c.attentionWindow(layer: $0) }
         self.init(dim: c.hiddenSize, hiddenDim: c.intermediateSize, layers: c.numHiddenLayers, heads: c.numAttentionHeads,
                   kvHeads: c.kvHeads, vocab: c.vocabSize, headDim: c.headDim, attentionWindows: windows)
+        onlineHadamard = c.downProjInputHadamard == true ? true : nil
     }
 
     /// The shape of a llama2.c .bin (its header) or a Hugging Face directory (its config.json), read and validated
@@ -251,9 +256,13 @@ public enum CostModel {
     }
 
     /// Norms, RoPE, SwiGLU and residual adds of a block on the vector unit, in element operations: two RMSNorms
-    /// at 4 per element, RoPE 3 per q and k element, SwiGLU 5 per hidden element, two residual adds at 1.
+    /// at 4 per element, RoPE 3 per q and k element, SwiGLU 5 per hidden element, two residual adds at 1; a rotated
+    /// model's online Hadamard on down_proj's input adds n(m + k) for n = k 2^m (m butterfly stages, then the
+    /// k x k product that also applies 1/sqrt(n): Kernels' Hadamard.transform).
     public static func vectorOps(name: String, rows: Int, shape: TransformerShape, hw: NPUHardware) -> LayerCost {
-        let ops = rows * (2 * 4 * shape.dim + 3 * (shape.qDim + shape.kvDim) + 5 * shape.hiddenDim + 2 * shape.dim)
+        var perRow = 2 * 4 * shape.dim + 3 * (shape.qDim + shape.kvDim) + 5 * shape.hiddenDim + 2 * shape.dim
+        if shape.onlineHadamard == true, let (k, m) = Hadamard.factorization(of: shape.hiddenDim) { perRow += shape.hiddenDim * (m + k) }
+        let ops = rows * perRow
         let cycles = ceilDiv(Double(ops), Double(hw.vectorOpsPerCycle))
         return LayerCost(name: name, macs: 0, weightBytes: 0, activationBytes: 0, sramPeakBytes: rows * shape.dim * 2,
                          vectorOps: ops, computeCycles: 0, memoryCycles: 0, cycles: cycles, bound: .vector)

@@ -127,6 +127,26 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(r.layers.first { $0.name == "model.layers.0.vector_ops" }?.vectorOps, 2076)
     }
 
+    /// A rotated checkpoint's online Hadamard (n = 344 = 172 x 2: one butterfly stage, then the 172 x 172 base
+    /// product) adds 344 x (1 + 172) = 59,512 vector ops per token to each block: 2 x 4 x 64 + 3 x (64 + 32) +
+    /// 5 x 344 + 2 x 64 = 2,648 without it.
+    func testOnlineHadamardCostsVectorOps() throws {
+        let dir = Repo.tempDirectory("costhadamard")
+        func ops(rotated: Bool) throws -> Int? {
+            try Data("""
+                {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 344,
+                 "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512,
+                 "tie_word_embeddings": false, "quantkit_down_proj_hadamard": \(rotated)}
+                """.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+            let shape = try TransformerShape.load(model: dir)
+            XCTAssertEqual(shape.onlineHadamard, rotated ? true : nil)
+            return CostModel.phase(shape: shape, hw: small, weightBits: 8, rows: 3, past: 0).layers
+                .first { $0.name == "model.layers.0.vector_ops" }?.vectorOps
+        }
+        XCTAssertEqual(try ops(rotated: false), 3 * 2648)
+        XCTAssertEqual(try ops(rotated: true), 3 * (2648 + 59512))
+    }
+
     func testWholeModelTotals() throws {
         let r = try CostModel.report(shape: stories, hw: small, weightBits: 8, promptTokens: 64, decodeContext: 0)
         // Per block linears: 4096 + 2048 + 2048 + 4096 + 3 x 11008 = 45312 MACs; attention of one token 128;
