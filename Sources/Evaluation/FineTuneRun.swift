@@ -50,6 +50,9 @@ public struct FineTuneRunOptions: Sendable {
     /// Keep the teacher's logits of each window after their first use when they fit FineTuner.teacherCacheLimit
     /// (exact, so the run is the same; faster from the second epoch on).
     public var cacheTeacher = true
+    /// Distil from the teacher's top k tokens per position plus the rest, kept per window (FineTuneRecipe.teacherTopK);
+    /// nil: the full logits.
+    public var teacherTopK: Int?
     public var tokenizer: String?
     /// Training windows drawn from the calibration text (or sampled from the teacher).
     public var samples = 128
@@ -217,7 +220,8 @@ public enum FineTuneRun {
                                     trainFloatTensors: o.trainFloatTensors || o.target == .float,
                                     weights: start.label, initialization: start.initialization)
         recipe.teacherSamples = o.teacherSamples; recipe.temperature = o.temperature
-        recipe.cacheTeacher = o.cacheTeacher && FineTuner.teacherCacheFits(windows: prepared.windows.count, sequenceLength: o.sequenceLength,
+        recipe.teacherTopK = o.teacherTopK
+        recipe.cacheTeacher = o.cacheTeacher && o.teacherTopK == nil && FineTuner.teacherCacheFits(windows: prepared.windows.count, sequenceLength: o.sequenceLength,
                                                                            vocab: teacher.config.vocabSize)
         let tuner = try FineTuner(student: student, teacher: teacher, windows: prepared.windows, recipe: recipe)
         let state = o.resolvedStatePath

@@ -26,6 +26,9 @@ public struct FineTuneRecipe: Sendable, Equatable, Codable {
     /// Whether the teacher's logits are kept per window after their first use (exact Float32, when they fit
     /// `FineTuner.teacherCacheLimit`) instead of recomputed every step.
     public var cacheTeacher = false
+    /// Distil from the teacher's k most probable tokens per position plus the rest (TeacherTopK), kept per window
+    /// after their first use; nil: the full logits. Held-out windows are always scored against the full logits.
+    public var teacherTopK: Int?
 
     public init(steps: Int, batch: Int, sequenceLength: Int, optimizer: OptimizerSettings, loss: LossWeights, seed: UInt64,
                 checkpointEvery: Int, activations: String, trainScales: Bool, trainFloatTensors: Bool, weights: String,
@@ -66,12 +69,20 @@ public final class FineTuner {
     private let teacherLogits: UnsafeMutablePointer<Float>?
     /// Per window, its logits once computed (recipe.cacheTeacher); nil entries are not computed yet.
     private var cachedLogits: [UnsafeMutablePointer<Float>?]
+    /// recipe.teacherTopK: the batch's top-k targets, and per window its own once computed.
+    private let batchTopK: CompactTeacher?
+    private var cachedTopK: [CompactTeacher?]
     /// The most a teacher cache may hold (bytes): beyond it the run computes the logits every step.
     public static let teacherCacheLimit = 2 << 30
 
     /// Whether the logits of `windows` windows fit the cache limit.
     public static func teacherCacheFits(windows: Int, sequenceLength: Int, vocab: Int) -> Bool {
         windows * sequenceLength * vocab * MemoryLayout<Float>.size <= teacherCacheLimit
+    }
+
+    /// Whether the top-k targets of `windows` windows fit the cache limit.
+    public static func topKCacheFits(windows: Int, sequenceLength: Int, k: Int) -> Bool {
+        windows * sequenceLength * TeacherTopK.bytesPerPosition(k: k) <= teacherCacheLimit
     }
 
     /// windows: token sequences of sequenceLength + 1 (inputs, then the last target).
@@ -90,11 +101,22 @@ public final class FineTuner {
            !Self.teacherCacheFits(windows: windows.count, sequenceLength: recipe.sequenceLength, vocab: t.config.vocabSize) {
             throw QuantKitError(.input, "the teacher's logits of \(windows.count) windows exceed the \(Self.teacherCacheLimit >> 30) GiB cache; compute them every step")
         }
+        if let k = recipe.teacherTopK, let t = teacher {
+            guard k >= 1, k <= t.config.vocabSize else {
+                throw QuantKitError(.input, "--teacher-top-k must be in 1...\(t.config.vocabSize) (got \(k))")
+            }
+            guard !recipe.cacheTeacher else { throw QuantKitError(.input, "--teacher-top-k keeps its own cache; the full-logit cache is off with it") }
+            guard Self.topKCacheFits(windows: windows.count, sequenceLength: recipe.sequenceLength, k: k) else {
+                throw QuantKitError(.input, "the teacher's top \(k) of \(windows.count) windows exceed the \(Self.teacherCacheLimit >> 30) GiB cache; lower --teacher-top-k")
+            }
+        }
         let rows = recipe.batch * recipe.sequenceLength
         teacherCache = teacher.map { $0.makeCache(capacity: rows) }
         teacherState = teacher.map { $0.makeState(maxRows: rows) }
         teacherLogits = teacher.map { .allocate(capacity: rows * $0.config.vocabSize) }
         cachedLogits = Array(repeating: nil, count: windows.count)
+        batchTopK = teacher != nil ? recipe.teacherTopK.map { CompactTeacher(rows: rows, k: $0) } : nil
+        cachedTopK = Array(repeating: nil, count: windows.count)
     }
 
     deinit {
@@ -148,6 +170,30 @@ public final class FineTuner {
         return UnsafePointer(out)
     }
 
+    /// The teacher's top-k targets of a batch of training windows into `batchTopK`: kept windows from the cache, the
+    /// others from one forward side by side, selected and kept.
+    private func teacherTopK(for indices: [Int], inputs: [Int32], into out: CompactTeacher) -> TeacherTopK {
+        let len = recipe.sequenceLength
+        var missing: [Int] = []
+        for (b, i) in indices.enumerated() {
+            if let kept = cachedTopK[i] { out.copy(from: kept, rows: 0..<len, to: b * len) } else { missing.append(b) }
+        }
+        if let teacher, !missing.isEmpty {
+            let vocab = teacher.config.vocabSize
+            let tokens = missing.flatMap { inputs[($0 * len)..<(($0 + 1) * len)] }
+            let logits = teacher.forwardSequences(tokens, count: missing.count, cache: teacherCache!, state: teacherState!)
+            let fresh = CompactTeacher(rows: missing.count * len, k: out.k)
+            fresh.select(logits: logits, vocab: vocab, threads: student.threads)
+            for (j, b) in missing.enumerated() {
+                let kept = CompactTeacher(rows: len, k: out.k)
+                kept.copy(from: fresh, rows: (j * len)..<((j + 1) * len), to: 0)
+                cachedTopK[indices[b]] = kept
+                out.copy(from: fresh, rows: (j * len)..<((j + 1) * len), to: b * len)
+            }
+        }
+        return out.view
+    }
+
     /// Inputs and next-token targets of a batch of windows, row-major.
     func batch(_ indices: [Int]) -> (inputs: [Int32], targets: [Int32]) {
         var inputs: [Int32] = [], targets: [Int32] = []
@@ -160,6 +206,10 @@ public final class FineTuner {
     /// Loss (and gradients) of the student on a batch, the teacher's logits first. `indices`: the batch's training
     /// windows (nil for held-out windows, which are never cached).
     private func loss(inputs: [Int32], targets: [Int32], indices: [Int]?, gradients: Bool) throws -> LossValue {
+        if recipe.loss.kd != 0, let indices, let batchTopK {
+            let top = teacherTopK(for: indices, inputs: inputs, into: batchTopK)
+            return try student.loss(tokens: inputs, targets: targets, teacher: nil, teacherTopK: top, weights: recipe.loss, gradients: gradients)
+        }
         let t = recipe.loss.kd != 0 ? teacherLogits(for: indices, inputs: inputs) : nil
         return try student.loss(tokens: inputs, targets: targets, teacher: t, weights: recipe.loss, gradients: gradients)
     }
@@ -249,5 +299,32 @@ public final class FineTuner {
         }
         try optimizer.restore(step: step, firstMoment: try f.tensor("adam/m").floats(), secondMoment: try f.tensor("adam/v").floats())
         self.history = history
+    }
+}
+
+/// Owned storage of top-k targets for `rows` positions (TeacherTopK is its view).
+final class CompactTeacher {
+    let rows: Int, k: Int
+    let indices: UnsafeMutablePointer<Int32>, logProbs: UnsafeMutablePointer<Float>, rest: UnsafeMutablePointer<Float>
+
+    init(rows: Int, k: Int) {
+        self.rows = rows; self.k = k
+        indices = .allocate(capacity: rows * k); logProbs = .allocate(capacity: rows * k); rest = .allocate(capacity: rows)
+    }
+
+    deinit { indices.deallocate(); logProbs.deallocate(); rest.deallocate() }
+
+    var view: TeacherTopK { TeacherTopK(k: k, indices: indices, logProbs: logProbs, restLogProb: rest) }
+
+    func select(logits: UnsafePointer<Float>, vocab: Int, threads: Int) {
+        TeacherTopK.select(logits: logits, rows: rows, vocab: vocab, k: k, indices: indices, logProbs: logProbs, restLogProb: rest,
+                           threads: threads)
+    }
+
+    /// Rows `range` of `other` to rows starting at `at` here.
+    func copy(from other: CompactTeacher, rows range: Range<Int>, to at: Int) {
+        (indices + at * k).update(from: other.indices + range.lowerBound * k, count: range.count * k)
+        (logProbs + at * k).update(from: other.logProbs + range.lowerBound * k, count: range.count * k)
+        (rest + at).update(from: other.rest + range.lowerBound, count: range.count)
     }
 }

@@ -104,9 +104,9 @@ public final class TrainableLlama<T: TrainScalar> {
 
     /// Loss of one batch; with `gradients`, every parameter's gradient is left in `parameters.grads` (zeroed first).
     /// tokens: [batch, sequenceLength] inputs; targets: the next tokens (for the cross-entropy term);
-    /// teacher: the teacher's logits [batch * sequenceLength, vocab] (for the KL term).
-    public func loss(tokens: [Int32], targets: [Int32]?, teacher: UnsafePointer<T>?, weights: LossWeights,
-                     gradients: Bool) throws -> LossValue {
+    /// teacher: the teacher's logits [batch * sequenceLength, vocab] (for the KL term), or teacherTopK its top k.
+    public func loss(tokens: [Int32], targets: [Int32]?, teacher: UnsafePointer<T>?, teacherTopK: TeacherTopK? = nil,
+                     weights: LossWeights, gradients: Bool) throws -> LossValue {
         let rows = batch * sequenceLength, vocab = config.vocabSize
         guard tokens.count == rows, targets.map({ $0.count == rows }) ?? true else {
             throw QuantKitError(.input, "a training batch holds \(rows) tokens (\(batch) x \(sequenceLength)), got \(tokens.count)")
@@ -117,7 +117,7 @@ public final class TrainableLlama<T: TrainScalar> {
         graph.forward(tokens: tokens)
         let value = { (t: UnsafePointer<Int32>?) in
             DistillationLoss.evaluate(logits: self.graph.logits, rows: rows, vocab: self.config.vocabSize, teacher: teacher,
-                                      targets: t, weights: weights, dLogits: gradients ? self.dLogits : nil,
+                                      topK: teacherTopK, targets: t, weights: weights, dLogits: gradients ? self.dLogits : nil,
                                       threads: self.graph.threads)
         }
         let v = targets.map { t in t.withUnsafeBufferPointer { value($0.baseAddress) } } ?? value(nil)

@@ -29,6 +29,7 @@ struct FinetuneCommand: ParsableCommand {
     @Option(name: .customLong("teacher-samples"), help: "Add this many windows the float teacher samples itself from BOS (data-free, as LLM-QAT; 0: the text alone); --samples 0 trains on them alone.") var teacherSamples: Int = 128
     @Option(help: "Sampling temperature of --teacher-samples.") var temperature: Double = 1
     @Flag(name: .customLong("no-teacher-cache"), help: "Compute the teacher's logits every step instead of keeping each window's after its first use (kept only when they fit in 2 GiB).") var noTeacherCache = false
+    @Option(name: .customLong("teacher-top-k"), help: "Distil from the teacher's K most probable tokens per position plus their remaining mass, kept per window (a few hundred bytes a position, for large vocabularies whose full logits do not fit the cache); default: the full logits.") var teacherTopK: Int?
     @Option(help: "Tokenizer for the training and validation text (default: the model's).") var tokenizer: String?
     @Option(help: "Training windows drawn from the text.") var samples: Int = 128
     @Option(help: "Tokens per training sequence.") var seqlen: Int = 256
@@ -85,7 +86,7 @@ struct FinetuneCommand: ParsableCommand {
             o.outputDType = d
         }
         o.calibration = calibration; o.tokenizer = tokenizer
-        o.teacherSamples = teacherSamples; o.temperature = temperature; o.cacheTeacher = !noTeacherCache
+        o.teacherSamples = teacherSamples; o.temperature = temperature; o.cacheTeacher = !noTeacherCache; o.teacherTopK = teacherTopK
         o.samples = samples; o.sequenceLength = seqlen; o.seed = seed
         o.steps = steps; o.batch = batch; o.learningRate = lr; o.scaleLearningRate = scaleLr; o.warmupSteps = warmup
         o.minLearningRateRatio = minLrRatio; o.weightDecay = weightDecay; o.clipNorm = clip; o.kdWeight = kd; o.ceWeight = ce

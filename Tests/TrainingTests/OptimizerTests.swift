@@ -61,7 +61,7 @@ import Testing
     static let modelPath = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../../Models/stories260K/stories260K.bin").standardized.path
 
-    static func tuner(seed: UInt64 = 3, steps: Int = 4, lr: Double = 1e-3, cacheTeacher: Bool = false) throws -> FineTuner {
+    static func tuner(seed: UInt64 = 3, steps: Int = 4, lr: Double = 1e-3, cacheTeacher: Bool = false, teacherTopK: Int? = nil) throws -> FineTuner {
         let teacher = try LlamaModel.load(path: modelPath)
         teacher.threads = 2
         let c = teacher.config
@@ -91,6 +91,7 @@ import Testing
                                     initialization: "rtn")
         var r = recipe
         r.cacheTeacher = cacheTeacher
+        r.teacherTopK = teacherTopK
         return try FineTuner(student: student, teacher: teacher, windows: windows, recipe: r)
     }
 
