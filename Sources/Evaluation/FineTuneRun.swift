@@ -102,6 +102,7 @@ public struct FineTuneRunOptions: Sendable {
         guard ["none", "int8", "w4a8"].contains(activations) else {
             throw QuantKitError(.input, "--activations must be none, int8 or w4a8 (got \(activations))")
         }
+        if let k = teacherTopK, k < 1 { throw QuantKitError(.input, "--teacher-top-k must be at least 1 (got \(k))") }
         guard validationWindows > 0 else { throw QuantKitError(.input, "--validation-windows must be positive") }
         guard temperature.isFinite, temperature > 0, temperature <= 10 else {
             throw QuantKitError(.input, "--temperature must be in (0, 10] (got \(temperature))")

@@ -93,6 +93,10 @@ final class CLITests: XCTestCase {
         try expectError(["finetune", "--model", stories, "--init", dir + "/q", "--rotate", "--output", dir + "/ft"], mentioning: "--rotate applies to")
         try expectError(["finetune", "--model", stories, "--target", "float", "--student", "2x100", "--rotate", "--output", dir + "/ft"],
                         mentioning: "--rotate with --student")
+        try expectError(["finetune", "--model", stories, "--target", "npu", "--teacher-top-k", "0", "--output", dir + "/ft"],
+                        mentioning: "--teacher-top-k must be at least 1")
+        try expectError(["finetune", "--model", stories, "--target", "npu", "--teacher-top-k", "513", "--steps", "1", "--warmup", "0", "--samples", "8",
+                         "--teacher-samples", "0", "--output", dir + "/ft"], mentioning: "--teacher-top-k must be in 1...512")
         try expectError(["finetune", "--model", stories, "--target", "float", "--student", "2x100", "--activations", "int8",
                          "--output", dir + "/ft"], mentioning: "--student with --activations int8")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/ft"))
