@@ -17,10 +17,10 @@ extension Kernels {
                                 out: UnsafeMutablePointer<Float>, threads: Int = Parallel.defaultThreads) {
         guard n > 0, k > 0 else { return }
         guard m > 0 else { out.update(repeating: 0, count: n * k); return }
-        let at = UnsafeMutablePointer<Float>.allocate(capacity: n * m)
-        defer { at.deallocate() }
-        transpose(a, rows: m, cols: n, into: at, threads: threads)
-        Gemm.run(panels: KMajorPanels(p: b, n: k), x: at, m: n, k: m, n: k, bias: nil, out: out, threads: threads)
+        ScratchPool.shared.withBuffer(of: Float.self, count: n * m) { at in
+            transpose(a, rows: m, cols: n, into: at, threads: threads)
+            Gemm.run(panels: KMajorPanels(p: b, n: k), x: at, m: n, k: m, n: k, bias: nil, out: out, threads: threads)
+        }
     }
 
     /// out[c, r] = x[r, c] for x [rows, cols], in 32 x 32 tiles (both sides stay in cache) of 8 x 8 register

@@ -36,38 +36,41 @@ enum DistillationLoss {
                 same.withUnsafeMutableBufferPointer { sb in
                     let klp = SendablePointer(klb.baseAddress!), cep = SendablePointer(ceb.baseAddress!), sp = SendablePointer(sb.baseAddress!)
                     Parallel.forRanges(rows, threads: threads, minPerThread: 8) { range in
-                        let scratch = UnsafeMutablePointer<Double>.allocate(capacity: 5 * vocab)
-                        defer { scratch.deallocate() }
-                        let ls = scratch, lt = scratch + vocab, ps = scratch + 2 * vocab, pt = scratch + 3 * vocab, row = scratch + 4 * vocab
-                        for r in range {
-                            // log p in ls/lt, p in ps/pt (one exp per entry).
-                            let sArgmax = logSoftmax(s.base + r * vocab, vocab, into: ls, probabilities: ps, scratch: row)
-                            if let tp {
-                                let tArgmax = logSoftmax(tp.base + r * vocab, vocab, into: lt, probabilities: pt, scratch: row)
-                                var k = 0.0
-                                for v in 0..<vocab { k += pt[v] * (lt[v] - ls[v]) }
-                                klp[r] = k
-                                sp[r] = sArgmax == tArgmax ? 1 : 0
-                            } else if let topK {
-                                // pt <- the target p~ (see TeacherTopK); the KL over the k tokens and "any other".
-                                let (k, top) = binnedTarget(topK, row: r, vocab: vocab, studentProbabilities: ps, into: pt)
-                                var sum = 0.0
-                                for j in 0..<topK.k {
-                                    let v = Int(topK.indices[r * topK.k + j])
-                                    sum += pt[v] * (Double(topK.logProbs[r * topK.k + j]) - ls[v])
+                        ScratchPool.shared.withBuffer(of: Double.self, count: 5 * vocab) { scratch in
+                            let ls = scratch, lt = scratch + vocab, ps = scratch + 2 * vocab, pt = scratch + 3 * vocab, row = scratch + 4 * vocab
+                            // Without a teacher the gradient loop still reads pt (vectorized, then blended away): garbage
+                            // there can be denormal and stall every subtraction.
+                            if !distils { pt.initialize(repeating: 0, count: vocab) }
+                            for r in range {
+                                // log p in ls/lt, p in ps/pt (one exp per entry).
+                                let sArgmax = logSoftmax(s.base + r * vocab, vocab, into: ls, probabilities: ps, scratch: row)
+                                if let tp {
+                                    let tArgmax = logSoftmax(tp.base + r * vocab, vocab, into: lt, probabilities: pt, scratch: row)
+                                    var k = 0.0
+                                    for v in 0..<vocab { k += pt[v] * (lt[v] - ls[v]) }
+                                    klp[r] = k
+                                    sp[r] = sArgmax == tArgmax ? 1 : 0
+                                } else if let topK {
+                                    // pt <- the target p~ (see TeacherTopK); the KL over the k tokens and "any other".
+                                    let (k, top) = binnedTarget(topK, row: r, vocab: vocab, studentProbabilities: ps, into: pt)
+                                    var sum = 0.0
+                                    for j in 0..<topK.k {
+                                        let v = Int(topK.indices[r * topK.k + j])
+                                        sum += pt[v] * (Double(topK.logProbs[r * topK.k + j]) - ls[v])
+                                    }
+                                    klp[r] = sum + k
+                                    sp[r] = sArgmax == top ? 1 : 0
                                 }
-                                klp[r] = sum + k
-                                sp[r] = sArgmax == top ? 1 : 0
-                            }
-                            if let tg { cep[r] = -ls[Int(tg[r])] }
-                            guard let out else { continue }
-                            let o = out.base + r * vocab
-                            let target = tg.map { Int($0[r]) } ?? -1
-                            for v in 0..<vocab {
-                                var g = 0.0
-                                if distils { g += weights.kd * (ps[v] - pt[v]) }
-                                if tg != nil { g += weights.ce * (ps[v] - (v == target ? 1 : 0)) }
-                                o[v] = T(g * invRows)
+                                if let tg { cep[r] = -ls[Int(tg[r])] }
+                                guard let out else { continue }
+                                let o = out.base + r * vocab
+                                let target = tg.map { Int($0[r]) } ?? -1
+                                for v in 0..<vocab {
+                                    var g = 0.0
+                                    if distils { g += weights.kd * (ps[v] - pt[v]) }
+                                    if tg != nil { g += weights.ce * (ps[v] - (v == target ? 1 : 0)) }
+                                    o[v] = T(g * invRows)
+                                }
                             }
                         }
                     }

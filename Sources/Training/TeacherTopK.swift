@@ -33,26 +33,27 @@ public struct TeacherTopK: @unchecked Sendable {
         let src = SendablePointer(logits), ix = SendablePointer(indices), lp = SendablePointer(logProbs)
         let rest = SendablePointer(restLogProb)
         Parallel.forRanges(rows, threads: threads, minPerThread: 4) { range in
-            let scratch = UnsafeMutablePointer<Double>.allocate(capacity: 3 * vocab)
-            let chosen = UnsafeMutablePointer<Bool>.allocate(capacity: vocab)
-            defer { scratch.deallocate(); chosen.deallocate() }
-            chosen.initialize(repeating: false, count: vocab)
-            var heap: [(value: Float, id: Int32)] = []
-            heap.reserveCapacity(k)
-            for r in range {
-                let row = src.base + r * vocab
-                for v in 0..<vocab { scratch[v] = Double(row[v]) }
-                _ = Kernels.softmaxAndLogs(scratch, count: vocab, logs: scratch + vocab, probabilities: scratch + 2 * vocab)
-                selectLargest(row, vocab, k, into: &heap)
-                var left = 0.0
-                for (j, e) in heap.enumerated() {
-                    ix[r * k + j] = e.id
-                    lp[r * k + j] = Float(scratch[vocab + Int(e.id)])
-                    chosen[Int(e.id)] = true
+            ScratchPool.shared.withBuffer(of: Double.self, count: 3 * vocab) { scratch in
+                let chosen = UnsafeMutablePointer<Bool>.allocate(capacity: vocab)
+                defer { chosen.deallocate() }
+                chosen.initialize(repeating: false, count: vocab)
+                var heap: [(value: Float, id: Int32)] = []
+                heap.reserveCapacity(k)
+                for r in range {
+                    let row = src.base + r * vocab
+                    for v in 0..<vocab { scratch[v] = Double(row[v]) }
+                    _ = Kernels.softmaxAndLogs(scratch, count: vocab, logs: scratch + vocab, probabilities: scratch + 2 * vocab)
+                    selectLargest(row, vocab, k, into: &heap)
+                    var left = 0.0
+                    for (j, e) in heap.enumerated() {
+                        ix[r * k + j] = e.id
+                        lp[r * k + j] = Float(scratch[vocab + Int(e.id)])
+                        chosen[Int(e.id)] = true
+                    }
+                    for v in 0..<vocab where !chosen[v] { left += scratch[2 * vocab + v] }
+                    for e in heap { chosen[Int(e.id)] = false }
+                    rest[r] = left > 0 ? Float(Foundation.log(left)) : -.infinity
                 }
-                for v in 0..<vocab where !chosen[v] { left += scratch[2 * vocab + v] }
-                for e in heap { chosen[Int(e.id)] = false }
-                rest[r] = left > 0 ? Float(Foundation.log(left)) : -.infinity
             }
         }
     }
