@@ -1,6 +1,7 @@
 import Foundation
 import Datasets
 import Models
+import NPU
 import Quantization
 import TensorCore
 import Training
@@ -442,9 +443,11 @@ public enum FineTuneRun {
         return s
     }
 
-    /// Per-tensor int8 parameters of every linear input, from min/max on the first training windows (TFLite's
-    /// range rule) of the float teacher, or of a rotated start's own forward (its linears see rotated inputs, which
-    /// the teacher never computes); W4A8's blocks need none.
+    /// Per-tensor int8 parameters of every linear input, from the float teacher, or from a rotated start's own
+    /// forward (its linears see rotated inputs, which the teacher never computes); W4A8's blocks need none.
+    /// `--target npu`: the NPU's own calibration (`perplexity --backend npu`'s default: its settings, text and
+    /// token count), inputs and outputs of every linear and the head, so training rounds where the NPU rounds.
+    /// Otherwise: min/max on the first training windows (TFLite's range rule), inputs only.
     static func activationQuantizers(_ o: FineTuneRunOptions, start: Start, teacher: LlamaModel, windows: [[Int32]]) throws -> ActivationFakeQuant {
         switch o.activations {
         case "w4a8": return .w4a8
@@ -452,6 +455,14 @@ public enum FineTuneRun {
             let model = try start.config?.downProjInputHadamard == true
                 ? LlamaModel(config: start.config!, source: start.source(), name: "rotated start") : teacher
             model.threads = teacher.threads
+            if o.target == .npu {
+                let settings = NPUBackendSettings()
+                let tokenizer = try ModelLoading.loadTokenizer(try ModelLoading.tokenizerPath(model: o.model, explicit: o.tokenizer))
+                let ids = try NPUModelSetup.calibrationIDs(tokenizer: tokenizer, settings: settings)
+                let sim = try NPUSimulator.calibrate(model: model, config: try settings.loadConfig(), calibrationTokens: ids)
+                func params(_ p: Int8AffineParams) -> AffineInt8 { AffineInt8(scale: p.scale, zeroPoint: p.zeroPoint) }
+                return .int8Tensor(sim.ranges.mapValues { params($0.input) }, outputs: sim.ranges.mapValues { params($0.output) })
+            }
             let ranges = RangeObserver()
             model.observer = ranges
             defer { model.observer = nil }

@@ -34,8 +34,11 @@ public enum ActivationFakeQuant: Sendable, Equatable {
     /// the gradient passes unchanged (d is held constant).
     case w4a8
     /// The simulated NPU's static per-tensor int8 activations, one quantizer per linear input (keyed by the first
-    /// module reading it: q_proj, o_proj, gate_proj, down_proj); the gradient passes inside the range, 0 outside.
-    case int8Tensor([String: AffineInt8])
+    /// module reading it: q_proj, o_proj, gate_proj, down_proj, and lm_head when present); the gradient passes
+    /// inside the range, 0 outside. `outputs`: the NPU also requantizes every linear's output to int8 (keyed by
+    /// module: q_proj ... down_proj, lm_head); those pass the gradient unchanged (straight through, no clip mask:
+    /// their ranges are the observed min/max).
+    case int8Tensor([String: AffineInt8], outputs: [String: AffineInt8] = [:])
 }
 
 /// The fake-quantized weight of one linear layer: the quantizer's parameters, the effective weight the forward
@@ -181,22 +184,41 @@ enum ActivationQuantizer {
                     }
                 }
             }
-        case .int8Tensor(let table):
+        case .int8Tensor(let table, _):
             guard let p = table[key] else { if UnsafePointer(out) != x { out.update(from: x, count: rows * cols) }; return }
-            let scale = T(p.scale), zp = T(Double(p.zeroPoint))
-            Parallel.forRanges(rows * cols, threads: threads, minPerThread: 1 << 14) { range in
-                for i in range {
-                    let code = min(max((src[i] / scale).rounded(.toNearestOrAwayFromZero) + zp, -128), 127)
-                    dst[i] = scale * (code - zp)
-                }
+            roundTrip(p, x, out, count: rows * cols, threads: threads)
+        }
+    }
+
+    /// A linear's output as the NPU requantizes it (in place; nothing without an output quantizer for `key`).
+    static func output<T: TrainScalar>(_ mode: ActivationFakeQuant, key: String, _ x: UnsafeMutablePointer<T>, count: Int, threads: Int) {
+        guard case .int8Tensor(_, let outputs) = mode, let p = outputs[key] else { return }
+        roundTrip(p, x, x, count: count, threads: threads)
+    }
+
+    /// out = scale (clamp(round-half-away(x / scale) + zp, -128, 127) - zp), as the NPU quantizes and dequantizes.
+    private static func roundTrip<T: TrainScalar>(_ p: AffineInt8, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>,
+                                                  count: Int, threads: Int) {
+        let scale = T(p.scale), zp = T(Double(p.zeroPoint))
+        let src = SendablePointer(x), dst = SendablePointer(out)
+        Parallel.forRanges(count, threads: threads, minPerThread: 1 << 14) { range in
+            for i in range {
+                let code = min(max((src[i] / scale).rounded(.toNearestOrAwayFromZero) + zp, -128), 127)
+                dst[i] = scale * (code - zp)
             }
         }
+    }
+
+    /// Whether the mode quantizes `key`'s input (the head's input only when the table names it).
+    static func quantizesInput(_ mode: ActivationFakeQuant, key: String) -> Bool {
+        if case .int8Tensor(let table, _) = mode { return table[key] != nil }
+        return false
     }
 
     /// The straight-through gradient: unchanged, except outside an int8 tensor's range (zeroed there), in place.
     static func backward<T: TrainScalar>(_ mode: ActivationFakeQuant, key: String, x: UnsafePointer<T>,
                                          grad: UnsafeMutablePointer<T>, count: Int, threads: Int) {
-        guard case .int8Tensor(let table) = mode, let p = table[key] else { return }
+        guard case .int8Tensor(let table, _) = mode, let p = table[key] else { return }
         let scale = T(p.scale), zp = T(Double(p.zeroPoint))
         let src = SendablePointer(x), g = SendablePointer(grad)
         Parallel.forRanges(count, threads: threads, minPerThread: 1 << 14) { range in

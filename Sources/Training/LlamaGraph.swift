@@ -52,6 +52,9 @@ final class LlamaGraph<T: TrainScalar> {
     private let tapes: [LayerTape]
     private var tokens: [Int32] = []
     private let xFinal, rFinal, xf: UnsafeMutablePointer<T>
+    /// The head's input as it multiplies: xf, or its int8 round trip when the activations quantize the head's input.
+    private let headInput: UnsafeMutablePointer<T>
+    private let quantizedHeadInput: Bool
     let logits: UnsafeMutablePointer<T>
     // Backward work buffers.
     private let dx, dxb, dq, dk, dv, datt, dgate, dup, dh, tmpDim: UnsafeMutablePointer<T>
@@ -106,6 +109,8 @@ final class LlamaGraph<T: TrainScalar> {
             let p = UnsafeMutablePointer<T>.allocate(capacity: max(1, c)); p.initialize(repeating: 0, count: max(1, c)); return p
         }
         xFinal = alloc(n * dim); rFinal = alloc(n); xf = alloc(n * dim); logits = alloc(n * vocab)
+        quantizedHeadInput = ActivationQuantizer.quantizesInput(activations, key: "lm_head")
+        headInput = quantizedHeadInput ? alloc(n * dim) : xf
         dx = alloc(n * dim); dxb = alloc(n * dim); dq = alloc(n * qDim); dk = alloc(n * kvDim); dv = alloc(n * kvDim)
         datt = alloc(n * qDim); dgate = alloc(n * hidden); dup = alloc(n * hidden); dh = alloc(n * hidden); tmpDim = alloc(n * dim)
         let largest = max(vocab * dim, max(hidden * dim, max(qDim * dim, kvDim * dim)))
@@ -114,6 +119,7 @@ final class LlamaGraph<T: TrainScalar> {
 
     deinit {
         for p in [xFinal, rFinal, xf, logits, dx, dxb, dq, dk, dv, datt, dgate, dup, dh, tmpDim, dEffective] { p.deallocate() }
+        if quantizedHeadInput { headInput.deallocate() }
     }
 
     // MARK: forward
@@ -130,12 +136,18 @@ final class LlamaGraph<T: TrainScalar> {
         for l in 0..<config.numHiddenLayers { layerForward(l, x) }
         xFinal.update(from: x, count: rows * dim)
         rmsNorm(x, params.value("model.norm.weight"), out: xf, inverseRMS: rFinal)
-        T.productNT(xf, m: rows, k: dim, params.value(headName), n: vocab, out: logits, accumulate: false, threads: threads)
+        if quantizedHeadInput {
+            ActivationQuantizer.forward(activations, key: "lm_head", x: xf, rows: rows, cols: dim, out: headInput, threads: threads)
+        }
+        T.productNT(headInput, m: rows, k: dim, params.value(headName), n: vocab, out: logits, accumulate: false, threads: threads)
+        ActivationQuantizer.output(activations, key: "lm_head", logits, count: rows * vocab, threads: threads)
     }
 
+    /// out = x W_effᵀ for linear i of layer l, then the output's int8 round trip where the activations quantize it.
     private func linear(_ l: Int, _ i: Int, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>) {
         let w = linears[l][i]
         T.productNT(x, m: rows, k: w.inFeatures, w.effective, n: w.outFeatures, out: out, accumulate: false, threads: threads)
+        ActivationQuantizer.output(activations, key: w.name, out, count: rows * w.outFeatures, threads: threads)
     }
 
     private func layerForward(_ l: Int, _ x: UnsafeMutablePointer<T>) {
@@ -170,9 +182,10 @@ final class LlamaGraph<T: TrainScalar> {
     /// the loss with respect to the logits of the last forward.
     func backward(dLogits: UnsafePointer<T>) {
         // Head: dW += dLogitsᵀ xf; d xf = dLogits W.
-        T.productTN(dLogits, m: rows, n: vocab, xf, k: dim, out: dEffective, accumulate: false, threads: threads)
+        T.productTN(dLogits, m: rows, n: vocab, headInput, k: dim, out: dEffective, accumulate: false, threads: threads)
         add(params.grad(headName), dEffective, vocab * dim)
         T.productNN(dLogits, m: rows, k: vocab, params.value(headName), n: dim, out: dxb, accumulate: false, threads: threads)
+        ActivationQuantizer.backward(activations, key: "lm_head", x: xf, grad: dxb, count: rows * dim, threads: threads)
         dx.update(repeating: 0, count: rows * dim)
         rmsNormBackward(dy: dxb, x: xFinal, inverseRMS: rFinal, weight: params.value("model.norm.weight"),
                         dWeight: params.grad("model.norm.weight"), dx: dx)

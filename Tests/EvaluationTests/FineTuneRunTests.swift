@@ -100,8 +100,8 @@ import Testing
             (0..<33).map { (i: Int) -> Int32 in Int32((i * 37 + w * 101 + 11) % 512) }
         }
         let start = try FineTuneRun.checkpointStart(q.output, teacher: teacher, trainScales: false)
-        guard case .int8Tensor(let ranges) = try FineTuneRun.activationQuantizers(o, start: start, teacher: teacher, windows: windows),
-              case .int8Tensor(let teacherRanges) = try FineTuneRun.activationQuantizers(o, start: FineTuneRun.Start(), teacher: teacher, windows: windows)
+        guard case .int8Tensor(let ranges, _) = try FineTuneRun.activationQuantizers(o, start: start, teacher: teacher, windows: windows),
+              case .int8Tensor(let teacherRanges, _) = try FineTuneRun.activationQuantizers(o, start: FineTuneRun.Start(), teacher: teacher, windows: windows)
         else { Issue.record("no int8 quantizers"); return }
         let ckpt = try SafetensorsCheckpoint(path: q.output)
         let embed = try ckpt.tensor("model.embed_tokens.weight").floats(), gain = try ckpt.tensor("model.layers.0.input_layernorm.weight").floats()
@@ -120,6 +120,52 @@ import Testing
         let unrotated = try #require(teacherRanges["model.layers.0.self_attn.q_proj"])
         #expect(abs(unrotated.scale / want.scale - 1) > 0.05, "the teacher's range \(unrotated) should differ from the rotated one \(want)")
         #expect(ranges.keys.sorted() == teacherRanges.keys.sorted())
+    }
+
+    /// --target npu rounds where the simulated NPU rounds: every linear's input and output (the head's too) with the
+    /// NPU's own calibrated ranges. Reference: the NPU simulator itself (integer GEMMs, fixed-point requantization,
+    /// fp16 nonlinear unit) on the same tokens. Rounding codes flip between the two (fp16 against fp32 nonlinear
+    /// ops), so the test compares distances from the float model: with the output round trips the training forward
+    /// is as far from float as the NPU (within 30%); with inputs alone, what training saw before, it is not.
+    @Test func npuTargetRoundsWhereTheNPURounds() throws {
+        let dir = Repo.tempDirectory("finetune-npu-points")
+        var o = Self.options(dir)
+        o.target = .npu; o.activations = "int8"
+        let teacher = try LlamaModel.load(path: Self.model)
+        let start = try FineTuneRun.studentStart(o, teacher: teacher, windows: [], progress: NoProgress())
+        guard case .int8Tensor(let inputs, let outputs) = try FineTuneRun.activationQuantizers(o, start: start, teacher: teacher, windows: [])
+        else { Issue.record("no int8 quantizers"); return }
+        #expect(outputs.count == 7 * teacher.config.numHiddenLayers + 1 && outputs["lm_head"] != nil && inputs["lm_head"] != nil)
+        let tokenizer = try ModelLoading.loadTokenizer(try ModelLoading.tokenizerPath(model: Self.model, explicit: nil))
+        let text = "Once upon a time, there was a little girl named Lily. She loved to play in the park with her big red ball. "
+            + "One day, she saw a small dog under a tree. The dog was sad because it was lost."
+        let tokens = Array(tokenizer.encode(text, addSpecialTokens: true).map { Int32($0) }.prefix(48))
+        let n = tokens.count, vocab = teacher.config.vocabSize
+        func trainingLogits(_ a: ActivationFakeQuant) throws -> [Float] {
+            let m = try TrainableLlama<Float>(config: teacher.config, tensors: start.tensors, weightQuant: start.modes, activations: a,
+                                              batch: 1, sequenceLength: n, threads: 2)
+            _ = try m.loss(tokens: tokens, targets: nil, teacher: nil, weights: LossWeights(kd: 0, ce: 0), gradients: false)
+            return Array(UnsafeBufferPointer(start: m.logits, count: n * vocab))
+        }
+        let full = try trainingLogits(.int8Tensor(inputs, outputs: outputs))
+        let inputsOnly = try trainingLogits(.int8Tensor(inputs))
+        let npuModel = try LlamaModel.load(path: Self.model)
+        _ = try NPUModelSetup.apply(to: npuModel, tokenizer: tokenizer, settings: NPUBackendSettings(), window: 256)
+        let npu = try npuModel.logits(tokens)
+        func meanKL(_ p: [Float], _ q: [Float]) -> Double {
+            var total = 0.0
+            for r in 0..<n {
+                let a = p[(r * vocab)..<((r + 1) * vocab)].map(Double.init), b = q[(r * vocab)..<((r + 1) * vocab)].map(Double.init)
+                let ma = a.max()!, mb = b.max()!
+                let la = log(a.reduce(0) { $0 + exp($1 - ma) }) + ma, lb = log(b.reduce(0) { $0 + exp($1 - mb) }) + mb
+                for j in 0..<vocab { total += exp(a[j] - la) * ((a[j] - la) - (b[j] - lb)) }
+            }
+            return total / Double(n)
+        }
+        let float = try teacher.logits(tokens)
+        let npuKL = meanKL(float, npu), fullKL = meanKL(float, full), inputsKL = meanKL(float, inputsOnly)
+        #expect(abs(fullKL / npuKL - 1) < 0.3, "KL(float || NPU) \(npuKL), KL(float || training) \(fullKL) (inputs only: \(inputsKL))")
+        #expect(inputsKL < 0.7 * npuKL, "KL(float || NPU) \(npuKL), inputs only \(inputsKL)")
     }
 
     /// --target npu --rotate: the float start rotated in-process trains against the NPU's int8 weights and int8
