@@ -62,6 +62,9 @@ public struct FineTuneRunOptions: Sendable {
     public var steps = 200
     public var batch = 8
     public var learningRate = 3e-4
+    /// The CLI's default peak learning rate: 1e-4 for the NPU target, where 3e-4 gave a worse in-domain perplexity
+    /// than 1e-4 at every seed, rotated or not (BENCHMARKS.md, "The NPU's W8A8, fine-tuned from a rotated start").
+    public static func defaultLearningRate(for target: Target) -> Double { target == .npu ? 1e-4 : 3e-4 }
     public var scaleLearningRate = 1e-5
     public var warmupSteps = 10
     public var minLearningRateRatio = 0.0

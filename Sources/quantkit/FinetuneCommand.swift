@@ -20,7 +20,7 @@ struct FinetuneCommand: ParsableCommand {
     @Flag(help: "Clipping search for the starting point made with --method.") var mse = false
     @Flag(help: "Rotate the starting point made with --method, or the float start of --target npu|float (as quantize --rotate); the student trains in the rotated basis and stays rotated.") var rotate = false
     @Option(help: "What the weights train against: checkpoint (grouped codes, from --init or --method), npu (the NPU's per-channel int8, written as float), float.") var target: String = "checkpoint"
-    @Option(help: "Fake-quantize the linear layers' inputs: none, int8 (the NPU's static per-tensor int8) or w4a8 (per-32 blocks).") var activations: String = "none"
+    @Option(help: "Fake-quantize the linear layers' inputs: none, int8 (static per-tensor int8; with --target npu every point the NPU rounds, inputs and outputs, at the NPU's own calibrated ranges) or w4a8 (per-32 blocks).") var activations: String = "none"
     @Flag(help: "Train the quantization scales too (LSQ).") var trainScales = false
     @Flag(name: .customLong("train-float"), help: "Train the tensors that stay float too (embedding, norms, head); by default only the quantized linears train.") var trainFloat = false
     @Option(help: "Distil a smaller float student (with --target float): LAYERSxHIDDEN, e.g. 3x86 (evenly spaced teacher layers, the MLP cut to its most active channels); '-' keeps the teacher's value.") var student: String?
@@ -36,7 +36,7 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "Seed of the windows and their order: the same seed, machine and thread count repeat a run bit for bit.") var seed: UInt64 = 0
     @Option(help: "Optimizer steps.") var steps: Int = 200
     @Option(help: "Sequences per step.") var batch: Int = 8
-    @Option(help: "Peak learning rate of the weights (AdamW).") var lr: Double = 3e-4
+    @Option(help: "Peak learning rate of the weights (AdamW); default 3e-4, 1e-4 with --target npu.") var lr: Double?
     @Option(name: .customLong("scale-lr"), help: "Peak learning rate of the scales (with --train-scales).") var scaleLr: Double = 1e-5
     @Option(help: "Linear warmup steps, then cosine decay.") var warmup: Int = 10
     @Option(name: .customLong("min-lr-ratio"), help: "Final learning rate as a share of the peak.") var minLrRatio: Double = 0
@@ -88,7 +88,7 @@ struct FinetuneCommand: ParsableCommand {
         o.calibration = calibration; o.tokenizer = tokenizer
         o.teacherSamples = teacherSamples; o.temperature = temperature; o.cacheTeacher = !noTeacherCache; o.teacherTopK = teacherTopK
         o.samples = samples; o.sequenceLength = seqlen; o.seed = seed
-        o.steps = steps; o.batch = batch; o.learningRate = lr; o.scaleLearningRate = scaleLr; o.warmupSteps = warmup
+        o.steps = steps; o.batch = batch; o.learningRate = lr ?? FineTuneRunOptions.defaultLearningRate(for: t); o.scaleLearningRate = scaleLr; o.warmupSteps = warmup
         o.minLearningRateRatio = minLrRatio; o.weightDecay = weightDecay; o.clipNorm = clip; o.kdWeight = kd; o.ceWeight = ce
         o.checkpointEvery = checkpointEvery; o.statePath = state; o.resume = resume
         o.validation = validation; o.validationWindows = validationWindows

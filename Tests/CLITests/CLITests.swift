@@ -113,6 +113,18 @@ final class CLITests: XCTestCase {
                         mentioning: "--save-logits \(fifo)")
     }
 
+    /// --target npu trains at 1e-4 unless --lr says otherwise (3e-4 for the other targets); the summary prints it.
+    func testNPUTargetDefaultsToTheLowerLearningRate() throws {
+        let stories = "Models/stories260K/stories260K.bin", dir = Repo.tempDirectory("cli-finetune-npu-lr")
+        let small = ["--steps", "1", "--warmup", "0", "--samples", "4", "--teacher-samples", "0", "--batch", "2", "--seqlen", "16"]
+        let (_, npu, _) = try run(["finetune", "--model", stories, "--target", "npu", "--output", dir + "/npu"] + small)
+        XCTAssertTrue(npu.contains("lr 0.0001,"), npu)
+        let (_, float, _) = try run(["finetune", "--model", stories, "--target", "float", "--output", dir + "/float"] + small)
+        XCTAssertTrue(float.contains("lr 0.0003,"), float)
+        let (_, given, _) = try run(["finetune", "--model", stories, "--target", "npu", "--lr", "2e-4", "--output", dir + "/given"] + small)
+        XCTAssertTrue(given.contains("lr 0.0002,"), given)
+    }
+
     func testBadInputsGiveOneClearLine() throws {
         let dir = Repo.tempDirectory("cli")
         let broken = dir + "/broken.safetensors"
