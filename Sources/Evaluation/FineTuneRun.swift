@@ -34,6 +34,9 @@ public struct FineTuneRunOptions: Sendable {
     public var rotate = false
     /// "none", "int8" (the NPU's static per-tensor int8 inputs) or "w4a8" (per-32 blocks, as W4A8 runs).
     public var activations = "none"
+    /// The NPU settings file `perplexity --backend npu --npu-config` will use (--target npu --activations int8):
+    /// training calibrates and rounds as that NPU does (its calibration method, int16_outputs). nil: the defaults.
+    public var npuConfig: String?
     public var trainScales = false
     /// Train the tensors that stay float too (embedding, norms, head); default: only the quantized linears (and
     /// their scales), so the float parts keep the float model's values.
@@ -119,6 +122,9 @@ public struct FineTuneRunOptions: Sendable {
         }
         if rotate && student != nil {
             throw QuantKitError(.input, "--rotate with --student: distil the student first, then fine-tune it with --rotate")
+        }
+        if npuConfig != nil && !(target == .npu && activations == "int8") {
+            throw QuantKitError(.input, "--npu-config sets the NPU's activation rounding for --target npu --activations int8")
         }
         if trainScales && target != .checkpoint { throw QuantKitError(.input, "--train-scales needs grouped weights (--init or --method)") }
         if student != nil && target != .float {
@@ -221,7 +227,7 @@ public enum FineTuneRun {
         settings.weightDecay = o.weightDecay; settings.clipNorm = o.clipNorm; settings.minRatio = o.minLearningRateRatio
         var recipe = FineTuneRecipe(steps: o.steps, batch: o.batch, sequenceLength: o.sequenceLength, optimizer: settings,
                                     loss: LossWeights(kd: o.kdWeight, ce: o.ceWeight), seed: o.seed,
-                                    checkpointEvery: o.checkpointEvery, activations: o.activations, trainScales: o.trainScales,
+                                    checkpointEvery: o.checkpointEvery, activations: activationsLabel(o, activations), trainScales: o.trainScales,
                                     trainFloatTensors: o.trainFloatTensors || o.target == .float,
                                     weights: start.label, initialization: start.initialization)
         recipe.teacherSamples = o.teacherSamples; recipe.temperature = o.temperature
@@ -459,12 +465,19 @@ public enum FineTuneRun {
                 ? LlamaModel(config: start.config!, source: start.source(), name: "rotated start") : teacher
             model.threads = teacher.threads
             if o.target == .npu {
-                let settings = NPUBackendSettings()
+                let settings = NPUBackendSettings(configPath: o.npuConfig)
+                let config = try settings.loadConfig()
+                guard config.weightBits == 8, config.weightGranularity == .perChannel else {
+                    throw QuantKitError(.unsupported, "\(o.npuConfig ?? "--npu-config"): --target npu trains for int8 per-channel weights; "
+                                        + "weight_bits \(config.weightBits) \(config.weightGranularity.rawValue) is not trained for yet")
+                }
                 let tokenizer = try ModelLoading.loadTokenizer(try ModelLoading.tokenizerPath(model: o.model, explicit: o.tokenizer))
                 let ids = try NPUModelSetup.calibrationIDs(tokenizer: tokenizer, settings: settings)
-                let sim = try NPUSimulator.calibrate(model: model, config: try settings.loadConfig(), calibrationTokens: ids)
+                let sim = try NPUSimulator.calibrate(model: model, config: config, calibrationTokens: ids)
                 func params(_ p: Int8AffineParams) -> AffineInt8 { AffineInt8(scale: p.scale, zeroPoint: p.zeroPoint) }
-                return .int8Tensor(sim.ranges.mapValues { params($0.input) }, outputs: sim.ranges.mapValues { params($0.output) })
+                var outputs = sim.ranges.mapValues { params($0.output) }
+                for (module, scale) in sim.int16Outputs { outputs[module] = .int16Symmetric(scale: scale) }
+                return .int8Tensor(sim.ranges.mapValues { params($0.input) }, outputs: outputs)
             }
             let ranges = RangeObserver()
             model.observer = ranges
@@ -475,6 +488,13 @@ public enum FineTuneRun {
             return .int8Tensor(ranges.ranges.mapValues { AffineInt8.fromRange(min: $0.min, max: $0.max) })
         default: return .none
         }
+    }
+
+    /// The recipe's name for the activation rounding: --activations, and the int16 outputs an --npu-config keeps.
+    static func activationsLabel(_ o: FineTuneRunOptions, _ quantizers: ActivationFakeQuant) -> String {
+        guard case .int8Tensor(_, let outputs) = quantizers else { return o.activations }
+        let int16 = Set(outputs.filter { $0.value.qmax > 127 }.keys.compactMap { $0.split(separator: ".").last.map(String.init) })
+        return int16.isEmpty ? o.activations : o.activations + " (int16 outputs: " + int16.sorted().joined(separator: ", ") + ")"
     }
 
     final class RangeObserver: LinearObserver {

@@ -13,7 +13,7 @@ public struct CostWorkload: Sendable {
 
     public func report(shape: TransformerShape, config: NPUConfig) throws -> CostReport {
         try CostModel.report(shape: shape, hw: config.hardware, weightBits: config.weightBits,
-                             promptTokens: promptTokens, decodeContext: decodeContext)
+                             promptTokens: promptTokens, decodeContext: decodeContext, int16Outputs: config.int16Outputs)
     }
 }
 

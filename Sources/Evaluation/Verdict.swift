@@ -101,9 +101,13 @@ public enum VerdictLogic {
         if run.backend == "npu" {
             // Per-tensor int8 activations: outlier channels set the scales. Rotation spreads them (down_proj's input
             // included, which SmoothQuant leaves alone); bits and groups are the NPU's own.
+            // Then the largest single share of the rest: q_proj's and k_proj's int8 outputs, which feed q.k and the
+            // softmax (BENCHMARKS.md, "Where the NPU's W8A8 error comes from").
+            let wideQK = run.npuInt16Outputs.contains("q_proj") && run.npuInt16Outputs.contains("k_proj") ? [] :
+                ["if the NPU can write 16-bit outputs, keep q_proj's and k_proj's at int16 (--npu-config with \"int16_outputs\": [\"q_proj\", \"k_proj\"]): their int8 requantization is the largest single share of the W8A8 error; then fine-tune for that NPU (quantkit finetune --target npu --activations int8 --npu-config FILE)"]
             return run.npuRecovered
-                ? ["keep the modules the NPU handles worst on the CPU: `quantkit npu report` ranks them; a float model that was rotated and smoothed has no further post-training step here"]
-                : ["rotate the float model before the NPU (--backend npu --rotate: randomized Hadamard on the residual stream, online Hadamard before down_proj), or migrate activation outliers into the weights (--smoothquant)"]
+                ? wideQK + ["keep the modules the NPU handles worst on the CPU: `quantkit npu report` ranks them; a float model that was rotated and smoothed has no further post-training step here"]
+                : ["rotate the float model before the NPU (--backend npu --rotate: randomized Hadamard on the residual stream, online Hadamard before down_proj), or migrate activation outliers into the weights (--smoothquant)"] + wideQK
         }
         let rotated = get(["recovery"])?["rotation"] != nil
         if !quantizedGGUF && !rotated {

@@ -192,6 +192,8 @@ public struct CostReport: Codable, Sendable {
     public var hardware: NPUHardware
     public var shape: TransformerShape
     public var weightBits: Int
+    /// Modules with int16 outputs (absent when all are int8).
+    public var int16Outputs: [String]?
     public var prefill: CostPhase
     public var decode: CostPhase
 }
@@ -203,13 +205,13 @@ public enum CostModel {
     /// A fully connected layer over `rows` tokens: weights stream from DRAM once per call through a
     /// double-buffered tile of at most half the SRAM; activations (int8) stay in SRAM when input + output +
     /// tile fit, otherwise they make one DRAM round trip. Per output channel 8 parameter bytes (int32
-    /// multiplier with its shift packed, int32 bias).
+    /// multiplier with its shift packed, int32 bias). `outputBytes`: 2 for an int16 output.
     public static func linear(name: String, rows: Int, inFeatures: Int, outFeatures: Int, weightBits: Int,
-                              hw: NPUHardware) -> LayerCost {
+                              outputBytes: Int = 1, hw: NPUHardware) -> LayerCost {
         let macs = rows * inFeatures * outFeatures
         let payload = Double((inFeatures * outFeatures * weightBits + 7) / 8)
         let weightBytes = Int((hw.weightCompression ? payload * hw.compressionRatio : payload).rounded(.up)) + 8 * outFeatures
-        let acts = rows * (inFeatures + outFeatures)
+        let acts = rows * (inFeatures + outFeatures * outputBytes)
         let tile = min(weightBytes, hw.sramBytes / 2)
         let fits = acts + tile <= hw.sramBytes
         let actBytes = fits ? 0 : acts
@@ -225,16 +227,17 @@ public enum CostModel {
     /// MACs = 2 * heads * headDim * (sum of the keys each new token sees); K and V of the new tokens are written,
     /// and the cache is read from DRAM unless it fits in the activation half of SRAM. Softmax: ~5 vector ops per
     /// score. With a sliding window W a token sees at most W keys and only the last W cached tokens are kept.
+    /// `kvBytes`: bytes per cached key plus value element (2 for int8 K and V, 3 with int16 keys).
     public static func attention(name: String, rows: Int, past: Int, shape: TransformerShape, window: Int? = nil,
-                                 hw: NPUHardware) -> LayerCost {
+                                 kvBytes: Int = 2, hw: NPUHardware) -> LayerCost {
         let ctxSum = visibleKeys(rows: rows, past: past, window: window)
         let macs = 2 * shape.heads * shape.headDim * ctxSum
         let kept = window.map { min(past + rows, $0) } ?? past + rows
-        let cacheBytes = kept * shape.kvDim * 2
-        let written = rows * shape.kvDim * 2
+        let cacheBytes = kept * shape.kvDim * kvBytes
+        let written = rows * shape.kvDim * kvBytes
         let fits = cacheBytes <= hw.sramBytes / 2
         let pastRead = window.map { min(past, $0) } ?? past
-        let actBytes = written + (fits ? 0 : pastRead * shape.kvDim * 2)
+        let actBytes = written + (fits ? 0 : pastRead * shape.kvDim * kvBytes)
         let compute = ceilDiv(Double(macs), Double(hw.macsPerCycle))
         let memory = ceilDiv(Double(actBytes), hw.dramBytesPerCycle)
         let vops = 5 * shape.heads * ctxSum
@@ -268,21 +271,24 @@ public enum CostModel {
                          vectorOps: ops, computeCycles: 0, memoryCycles: 0, cycles: cycles, bound: .vector)
     }
 
-    /// All layers for `rows` tokens after `past` cached ones.
-    public static func phase(shape: TransformerShape, hw: NPUHardware, weightBits: Int, rows: Int, past: Int) -> CostPhase {
+    /// All layers for `rows` tokens after `past` cached ones. `int16Outputs`: the modules (q_proj ... lm_head)
+    /// whose outputs are int16 (2 bytes; int16 keys or values double their share of the KV cache).
+    public static func phase(shape: TransformerShape, hw: NPUHardware, weightBits: Int, rows: Int, past: Int,
+                             int16Outputs: [String] = []) -> CostPhase {
+        func bytes(_ module: String) -> Int { int16Outputs.contains(module) ? 2 : 1 }
         var layers: [LayerCost] = []
         for l in 0..<shape.layers {
             for (name, i, o) in shape.blockLinears {
                 let prefix = ["gate_proj", "up_proj", "down_proj"].contains(name) ? "mlp" : "self_attn"
                 layers.append(linear(name: "model.layers.\(l).\(prefix).\(name)", rows: rows, inFeatures: i, outFeatures: o,
-                                     weightBits: weightBits, hw: hw))
+                                     weightBits: weightBits, outputBytes: bytes(name), hw: hw))
             }
             layers.append(attention(name: "model.layers.\(l).self_attn.attention", rows: rows, past: past, shape: shape,
-                                    window: shape.attentionWindow(layer: l), hw: hw))
+                                    window: shape.attentionWindow(layer: l), kvBytes: bytes("k_proj") + bytes("v_proj"), hw: hw))
             layers.append(vectorOps(name: "model.layers.\(l).vector_ops", rows: rows, shape: shape, hw: hw))
         }
         layers.append(linear(name: "lm_head", rows: rows, inFeatures: shape.dim, outFeatures: shape.vocab,
-                             weightBits: weightBits, hw: hw))
+                             weightBits: weightBits, outputBytes: bytes("lm_head"), hw: hw))
         let cycles = layers.reduce(0) { $0 + $1.cycles }
         let seconds = Double(cycles) / hw.clockHz
         return CostPhase(tokens: rows, context: past + rows, layers: layers, totalCycles: cycles,
@@ -293,13 +299,15 @@ public enum CostModel {
 
     /// Prefill of `promptTokens` tokens, then decoding one token with `decodeContext` tokens already cached.
     public static func report(shape: TransformerShape, hw: NPUHardware, weightBits: Int, promptTokens: Int,
-                              decodeContext: Int) throws -> CostReport {
+                              decodeContext: Int, int16Outputs: [String] = []) throws -> CostReport {
         try hw.validate()
         guard weightBits == 8 || weightBits == 4 else { throw QuantKitError(.config, "weight bits must be 8 or 4, got \(weightBits)") }
         try UserLimits.check(promptTokens, "--prompt-tokens", 1...UserLimits.contextTokens)
         try UserLimits.check(decodeContext, "--decode-context", 0...UserLimits.contextTokens)
-        return CostReport(hardware: hw, shape: shape, weightBits: weightBits,
-                          prefill: phase(shape: shape, hw: hw, weightBits: weightBits, rows: promptTokens, past: 0),
-                          decode: phase(shape: shape, hw: hw, weightBits: weightBits, rows: 1, past: decodeContext))
+        return CostReport(hardware: hw, shape: shape, weightBits: weightBits, int16Outputs: int16Outputs.isEmpty ? nil : int16Outputs,
+                          prefill: phase(shape: shape, hw: hw, weightBits: weightBits, rows: promptTokens, past: 0,
+                                         int16Outputs: int16Outputs),
+                          decode: phase(shape: shape, hw: hw, weightBits: weightBits, rows: 1, past: decodeContext,
+                                        int16Outputs: int16Outputs))
     }
 }

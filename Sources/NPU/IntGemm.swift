@@ -33,6 +33,9 @@ public enum IntGemm {
         /// out[i, j] = sat8(zpOut + requant(sum_k (x - zpX) w + bias[j], M_j)), requant as `rule` defines it.
         case int8(UnsafeMutablePointer<Int8>, zpX: Int32, bias: UnsafePointer<Int32>?,
                   multipliers: UnsafePointer<Requant.Multiplier>, zpOut: Int32, rule: RequantRule)
+        /// out[i, j] = sat16(requant(sum_k (x - zpX) w + bias[j], M_j)): a symmetric int16 output (zero point 0).
+        case int16(UnsafeMutablePointer<Int16>, zpX: Int32, bias: UnsafePointer<Int32>?,
+                   multipliers: UnsafePointer<Requant.Multiplier>, rule: RequantRule)
     }
 
     public static func run(x: UnsafePointer<Int8>, m: Int, k: Int, weights: NPUWeights, output: Output,
@@ -86,6 +89,9 @@ public enum IntGemm {
             case .int8(let p, let zpX, let bias, let mults, let zpOut, let rule):
                 let a = acc &- zpX &* rowSum &+ (bias?[col] ?? 0)
                 p[row * n + col] = Requant.requantizeToInt8(a, mults[col], zeroPoint: zpOut, rule: rule)
+            case .int16(let p, let zpX, let bias, let mults, let rule):
+                let a = acc &- zpX &* rowSum &+ (bias?[col] ?? 0)
+                p[row * n + col] = Int16(clamping: Requant.apply(a, mults[col], rule: rule))
             }
         }
     }
@@ -189,6 +195,15 @@ public enum IntReference {
         accumulators(x: x, w: w, m: m, k: k, n: n, zpX: zpX, bias: bias).enumerated().map { idx, acc in
             let v = Int64(RequantReference.apply(acc, multipliers[idx % n], rule: rule)) + Int64(zpOut)
             return Int8(max(-128, min(127, v)))
+        }
+    }
+
+    /// The same layer with a symmetric int16 output: the requantized value saturated to [-32768, 32767].
+    public static func fullyConnected16(x: [Int8], w: [Int8], m: Int, k: Int, n: Int, zpX: Int32, bias: [Int32]?,
+                                        multipliers: [Requant.Multiplier], rule: RequantRule) -> [Int16] {
+        accumulators(x: x, w: w, m: m, k: k, n: n, zpX: zpX, bias: bias).enumerated().map { idx, acc in
+            let v = Int64(RequantReference.apply(acc, multipliers[idx % n], rule: rule))
+            return Int16(max(-32768, min(32767, v)))
         }
     }
 }

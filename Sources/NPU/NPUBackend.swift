@@ -83,13 +83,16 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
 public final class NPULinearBackend: LinearBackend, @unchecked Sendable {
     public let config: NPUConfig
     public let ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)]
+    /// Modules with int16 outputs (the config's int16_outputs) and their symmetric scales.
+    public let int16Outputs: [String: Float]
     public let fallback: LinearBackend
     public let log: FallbackLog
 
     public init(config: NPUConfig, ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)],
-                fallback: LinearBackend = DenseBackend(), log: FallbackLog = FallbackLog()) {
+                int16Outputs: [String: Float] = [:], fallback: LinearBackend = DenseBackend(), log: FallbackLog = FallbackLog()) {
         self.config = config
         self.ranges = ranges
+        self.int16Outputs = int16Outputs
         self.fallback = fallback
         self.log = log
     }
@@ -110,7 +113,7 @@ public final class NPULinearBackend: LinearBackend, @unchecked Sendable {
             return try fallback.makeLinear(name: name, source: source)
         }
         return try NPUSimulator.makeLayer(name: name, weight: ref, n: w.shape[0], k: w.shape[1], bias: b, input: r.input,
-                                          output: r.output, config: config, log: log)
+                                          output: r.output, int16Output: int16Outputs[name], config: config, log: log)
             ?? fallback.makeLinear(name: name, source: source)
     }
 }
@@ -162,18 +165,30 @@ final class CalibrationObserver: LinearObserver {
 public final class NPUSimulator: @unchecked Sendable {
     public let config: NPUConfig
     public let ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)]
+    /// The symmetric int16 output scale of each module the config's int16_outputs names.
+    public let int16Outputs: [String: Float]
     public let npu: NPUNonlinear
     public let fallbacks: FallbackLog
     public var ops: NPUNonlinearOps { NPUNonlinearOps(npu: npu) }
-    public var backend: NPULinearBackend { NPULinearBackend(config: config, ranges: ranges, log: fallbacks) }
+    public var backend: NPULinearBackend {
+        NPULinearBackend(config: config, ranges: ranges, int16Outputs: int16Outputs, log: fallbacks)
+    }
     public let calibrationTokens: Int
     /// Operations of the model that stay on the host CPU in float (not NPU hooks), listed in reports.
     public internal(set) var hostOps: [String] = []
 
-    init(config: NPUConfig, ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)], calibrationTokens: Int,
-         observer: any ProgressObserver = NoProgress()) {
+    init(config: NPUConfig, observed: CalibrationObserver, calibrationTokens: Int,
+         observer: any ProgressObserver = NoProgress()) throws {
+        var ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)] = [:]
+        var int16: [String: Float] = [:]
+        for (name, i) in observed.inputs {
+            let o = observed.outputs[name]!
+            ranges[name] = (try i.params(config.calibration), try o.params(config.calibration))
+            if config.hasInt16Output(name) { int16[name] = try o.int16Scale(config.calibration) }
+        }
         self.config = config
         self.ranges = ranges
+        self.int16Outputs = int16
         self.npu = NPUNonlinear(mode: config.nonlinearMode)
         self.fallbacks = FallbackLog(observer: observer)
         self.calibrationTokens = calibrationTokens
@@ -208,11 +223,7 @@ public final class NPUSimulator: @unchecked Sendable {
             begin = end
             task.update(done: begin)
         }
-        var ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)] = [:]
-        for (name, i) in obs.inputs {
-            ranges[name] = (try i.params(config.calibration), try obs.outputs[name]!.params(config.calibration))
-        }
-        return NPUSimulator(config: config, ranges: ranges, calibrationTokens: calibrationTokens.count, observer: progress)
+        return try NPUSimulator(config: config, observed: obs, calibrationTokens: calibrationTokens.count, observer: progress)
     }
 
     /// Calibrates on the float `model`, then returns a LinearBackend and NonlinearOps to hand to a fresh load.
@@ -224,7 +235,7 @@ public final class NPUSimulator: @unchecked Sendable {
 
     /// Builds one NPU layer, or nil (with a logged reason) when the NPU cannot run it.
     static func makeLayer(name: String, weight: WeightRef, n: Int, k: Int, bias: [Float]?, input: Int8AffineParams,
-                          output: Int8AffineParams, config: NPUConfig, log: FallbackLog) throws -> NPULinear? {
+                          output: Int8AffineParams, int16Output: Float?, config: NPUConfig, log: FallbackLog) throws -> NPULinear? {
         // sum over k of |x - zp| * |w| <= 255 * qmax * k must fit the int32 accumulator
         let qmax = config.weightBits == 8 ? 127 : 7
         if 255 * qmax * k > Int(Int32.max) {
@@ -233,7 +244,8 @@ public final class NPUSimulator: @unchecked Sendable {
         }
         do {
             let w = try NPUWeights(weight: weight, n: n, k: k, bits: config.weightBits, granularity: config.weightGranularity)
-            return try NPULinear(name: name, weights: w, bias: bias, input: input, output: output, rule: config.requant)
+            return try NPULinear(name: name, weights: w, bias: bias, input: input, output: output, int16OutputScale: int16Output,
+                                 rule: config.requant)
         } catch let e as QuantKitError {
             log.add(name, e.message)
             return nil
@@ -256,7 +268,8 @@ public final class NPUSimulator: @unchecked Sendable {
                 return layer
             }
             return try Self.makeLayer(name: name, weight: ref, n: dense.outFeatures, k: dense.inFeatures, bias: dense.bias,
-                                      input: r.input, output: r.output, config: config, log: fallbacks) ?? layer
+                                      input: r.input, output: r.output, int16Output: int16Outputs[name], config: config,
+                                      log: fallbacks) ?? layer
         }
         for b in model.blocks {
             for rel in LlamaBlock.linearNames {
@@ -270,7 +283,8 @@ public final class NPUSimulator: @unchecked Sendable {
 
     /// Fallbacks and op counts, one line each.
     public var summary: String {
-        var lines = ["npu: \(config.weightBits)-bit weights (\(config.weightGranularity.rawValue)), int8 activations "
+        let int16 = config.int16Outputs.isEmpty ? "" : " (int16 outputs: \(config.int16Outputs.joined(separator: ", ")))"
+        var lines = ["npu: \(config.weightBits)-bit weights (\(config.weightGranularity.rawValue)), int8 activations\(int16) "
                      + "(\(config.calibration), \(calibrationTokens) calibration tokens), nonlinear ops on \(config.nonlinearMode.rawValue), "
                      + "requantization \(config.requant.rawValue)",
                      "npu: \(fallbacks.count) module(s) fell back to the float CPU path"]

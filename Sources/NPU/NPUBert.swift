@@ -143,11 +143,7 @@ extension NPUSimulator {
         var stats = BertSentenceEncoder.Stats()
         _ = try encoder.encode(ids: texts, threads: threads,
                                progress: progress.task("npu calibration", total: texts.count, unit: "tok"), stats: &stats)
-        var ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)] = [:]
-        for (name, i) in obs.inputs {
-            ranges[name] = (try i.params(config.calibration), try obs.outputs[name]!.params(config.calibration))
-        }
-        let sim = NPUSimulator(config: config, ranges: ranges, calibrationTokens: tokens, observer: progress)
+        let sim = try NPUSimulator(config: config, observed: obs, calibrationTokens: tokens, observer: progress)
         sim.hostOps = ["embedding gather + position/type add", "pooling", "L2 normalisation"]
         return sim
     }

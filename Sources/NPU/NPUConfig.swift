@@ -7,8 +7,11 @@ import TensorCore
 /// ```
 /// { "weight_bits": 4, "weight_granularity": "per_tensor", "activation_calibration": "percentile",
 ///   "percentile": 99.99, "nonlinear_mode": "lut", "preset": "edge-large", "requant": "xnnpack",
-///   "hardware": { "dram_bytes_per_second": 50e9 }, "min_calibration_tokens": 32 }
+///   "hardware": { "dram_bytes_per_second": 50e9 }, "min_calibration_tokens": 32,
+///   "int16_outputs": ["q_proj", "k_proj"] }
 /// ```
+/// `int16_outputs` keeps the named modules' outputs at 16 bits (int16, symmetric, zero point 0: TFLite's 16-bit
+/// activations, W8A16 on other NPUs) while their inputs stay int8.
 public struct NPUConfig: Equatable, Sendable {
     public var weightBits: Int = 8
     public var weightGranularity: WeightGranularity = .perChannel
@@ -19,12 +22,22 @@ public struct NPUConfig: Equatable, Sendable {
     public var hardware: NPUHardware = NPUHardware.presets[0]
     /// Fewer calibration tokens than this is an error (ranges from a handful of tokens are noise).
     public var minCalibrationTokens: Int = 16
+    /// Modules (the last part of their names: q_proj ... down_proj, lm_head) whose outputs are int16, not int8.
+    public var int16Outputs: [String] = []
 
     public init() {}
 
     public static let allowedKeys: Set<String> = ["weight_bits", "weight_granularity", "activation_calibration",
                                                   "percentile", "nonlinear_mode", "preset", "hardware",
-                                                  "min_calibration_tokens", "requant", "schema_version", "comment"]
+                                                  "min_calibration_tokens", "requant", "int16_outputs", "schema_version",
+                                                  "comment"]
+    /// What `int16_outputs` may name.
+    public static let outputModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+
+    /// Whether `module`'s output is int16 (its name's last component is listed in `int16_outputs`).
+    public func hasInt16Output(_ module: String) -> Bool {
+        !int16Outputs.isEmpty && int16Outputs.contains(String(module.split(separator: ".").last ?? ""))
+    }
 
     public static func load(path: String) throws -> NPUConfig {
         try parse(try readFile(path), source: path)
@@ -86,6 +99,13 @@ public struct NPUConfig: Equatable, Sendable {
             guard let n = v as? Int, n >= 1 else { throw fail("min_calibration_tokens = \(v) is impossible (>= 1)") }
             c.minCalibrationTokens = n
         }
+        if let v = obj["int16_outputs"] {
+            guard let names = v as? [String] else { throw fail("int16_outputs must be a list of module names (e.g. [\"q_proj\", \"k_proj\"])") }
+            if let bad = names.first(where: { !outputModules.contains($0) }) {
+                throw fail("int16_outputs: '\(bad)' is not one of \(outputModules.joined(separator: ", "))")
+            }
+            c.int16Outputs = Array(Set(names)).sorted()
+        }
         try c.hardware.validate(source: source)
         return c
     }
@@ -121,7 +141,7 @@ public struct NPUConfig: Equatable, Sendable {
     public var json: [String: Any] {
         var d: [String: Any] = ["weight_bits": weightBits, "weight_granularity": weightGranularity.rawValue,
                                 "nonlinear_mode": nonlinearMode.rawValue, "min_calibration_tokens": minCalibrationTokens,
-                                "requant": requant.rawValue]
+                                "requant": requant.rawValue, "int16_outputs": int16Outputs]
         switch calibration {
         case .minMax: d["activation_calibration"] = "minmax"
         case .mse: d["activation_calibration"] = "mse"

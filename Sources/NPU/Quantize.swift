@@ -130,6 +130,20 @@ public final class RangeObserver: @unchecked Sendable {
         }
     }
 
+    /// The symmetric int16 scale (zero point 0) this tensor gets under `method`: the larger magnitude of the
+    /// method's range over 32767. mse, whose search is over int8 ranges, takes the min/max range (int16 steps are
+    /// 256 times finer, so clipping buys nothing).
+    public func int16Scale(_ method: CalibrationMethod) throws -> Float {
+        _ = try params(method == .mse ? .minMax : method)  // throws when calibration saw too few values
+        var lo = minValue, hi = maxValue
+        if case .percentile(let p) = method {
+            let sorted = samples.sorted()
+            (lo, hi) = (Self.percentile(sorted, 1 - p / 100), Self.percentile(sorted, p / 100))
+        }
+        let amax = Swift.max(abs(lo), abs(hi))
+        return amax > 1e-30 ? amax / 32767 : 1e-8
+    }
+
     /// Linear interpolation between closest ranks (numpy's default "linear" method).
     static func percentile(_ sorted: [Float], _ q: Double) -> Float {
         if sorted.count == 1 { return sorted[0] }

@@ -16,7 +16,17 @@ public enum WeightFakeQuant: Sendable, Equatable {
 public struct AffineInt8: Sendable, Equatable, Codable {
     public var scale: Float
     public var zeroPoint: Int32
+    /// The code range: [-128, 127], or [-32768, 32767] for an NPU's int16 output (`int16Symmetric`).
+    public var qmin: Int32 = -128
+    public var qmax: Int32 = 127
     public init(scale: Float, zeroPoint: Int32) { self.scale = scale; self.zeroPoint = zeroPoint }
+
+    /// A symmetric int16 tensor (zero point 0), as an NPU with int16 outputs writes it.
+    public static func int16Symmetric(scale: Float) -> AffineInt8 {
+        var p = AffineInt8(scale: scale, zeroPoint: 0)
+        p.qmin = -32768; p.qmax = 32767
+        return p
+    }
 
     /// TFLite's parameters for an observed range (the range widened to include 0).
     public static func fromRange(min lo: Float, max hi: Float) -> AffineInt8 {
@@ -196,14 +206,14 @@ enum ActivationQuantizer {
         roundTrip(p, x, x, count: count, threads: threads)
     }
 
-    /// out = scale (clamp(round-half-away(x / scale) + zp, -128, 127) - zp), as the NPU quantizes and dequantizes.
+    /// out = scale (clamp(round-half-away(x / scale) + zp, qmin, qmax) - zp), as the NPU quantizes and dequantizes.
     private static func roundTrip<T: TrainScalar>(_ p: AffineInt8, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>,
                                                   count: Int, threads: Int) {
-        let scale = T(p.scale), zp = T(Double(p.zeroPoint))
+        let scale = T(p.scale), zp = T(Double(p.zeroPoint)), lo = T(Double(p.qmin)), hi = T(Double(p.qmax))
         let src = SendablePointer(x), dst = SendablePointer(out)
         Parallel.forRanges(count, threads: threads, minPerThread: 1 << 14) { range in
             for i in range {
-                let code = min(max((src[i] / scale).rounded(.toNearestOrAwayFromZero) + zp, -128), 127)
+                let code = min(max((src[i] / scale).rounded(.toNearestOrAwayFromZero) + zp, lo), hi)
                 dst[i] = scale * (code - zp)
             }
         }
@@ -219,12 +229,12 @@ enum ActivationQuantizer {
     static func backward<T: TrainScalar>(_ mode: ActivationFakeQuant, key: String, x: UnsafePointer<T>,
                                          grad: UnsafeMutablePointer<T>, count: Int, threads: Int) {
         guard case .int8Tensor(let table, _) = mode, let p = table[key] else { return }
-        let scale = T(p.scale), zp = T(Double(p.zeroPoint))
+        let scale = T(p.scale), zp = T(Double(p.zeroPoint)), lo = T(Double(p.qmin)), hi = T(Double(p.qmax))
         let src = SendablePointer(x), g = SendablePointer(grad)
         Parallel.forRanges(count, threads: threads, minPerThread: 1 << 14) { range in
             for i in range {
                 let v = src[i] / scale + zp
-                if v < -128 || v > 127 { g[i] = 0 }
+                if v < lo || v > hi { g[i] = 0 }
             }
         }
     }

@@ -23,6 +23,7 @@ struct FinetuneCommand: ParsableCommand {
     @Option(help: "Fake-quantize the linear layers' inputs: none, int8 (static per-tensor int8; with --target npu every point the NPU rounds, inputs and outputs, at the NPU's own calibrated ranges) or w4a8 (per-32 blocks).") var activations: String = "none"
     @Flag(help: "Train the quantization scales too (LSQ).") var trainScales = false
     @Flag(name: .customLong("train-float"), help: "Train the tensors that stay float too (embedding, norms, head); by default only the quantized linears train.") var trainFloat = false
+    @Option(name: .customLong("npu-config"), help: "With --target npu --activations int8: the NPU settings (JSON) the model will run under (perplexity --backend npu --npu-config), so training calibrates and rounds as that NPU does, e.g. its int16_outputs.") var npuConfig: String?
     @Option(help: "Distil a smaller float student (with --target float): LAYERSxHIDDEN, e.g. 3x86 (evenly spaced teacher layers, the MLP cut to its most active channels); '-' keeps the teacher's value.") var student: String?
     @Option(help: "Matrices' dtype of a float output (--target npu|float): f32, f16 or bf16 (default f32).") var dtype: String?
     @Option(help: "Training text (default: the shipped SciFact abstracts).") var calibration: String?
@@ -78,6 +79,7 @@ struct FinetuneCommand: ParsableCommand {
             o.rotate = true
         }
         o.activations = activations
+        o.npuConfig = npuConfig
         o.trainScales = trainScales
         o.trainFloatTensors = trainFloat
         o.student = student

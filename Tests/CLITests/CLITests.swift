@@ -123,6 +123,13 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(float.contains("lr 0.0003,"), float)
         let (_, given, _) = try run(["finetune", "--model", stories, "--target", "npu", "--lr", "2e-4", "--output", dir + "/given"] + small)
         XCTAssertTrue(given.contains("lr 0.0002,"), given)
+        // --npu-config belongs to --target npu --activations int8, and its weights must be the ones training targets.
+        try expectError(["finetune", "--model", stories, "--target", "float", "--npu-config", dir + "/x.json", "--output", dir + "/x"] + small,
+                        mentioning: "--npu-config")
+        let w4 = dir + "/w4.json"
+        try Data(#"{"weight_bits": 4}"#.utf8).write(to: URL(fileURLWithPath: w4))
+        try expectError(["finetune", "--model", stories, "--target", "npu", "--activations", "int8", "--npu-config", w4,
+                         "--output", dir + "/w4"] + small, mentioning: "weight_bits 4")
     }
 
     func testBadInputsGiveOneClearLine() throws {

@@ -74,6 +74,28 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(c.bound, .vector)
     }
 
+    /// int16 outputs cost 2 bytes an element: a 64 -> 64 layer over 64 tokens with SRAM 8 KiB (tile 4096 B) spills
+    /// 64 x (64 + 2 x 64) = 12288 B instead of 64 x 128 = 8192 B; int16 keys make a cached token 32 x (2 + 1) = 96 B
+    /// instead of 64 B.
+    func testInt16OutputsCostTwoBytes() {
+        var hw = small
+        hw.sramBytes = 8192
+        let q8 = CostModel.linear(name: "q", rows: 64, inFeatures: 64, outFeatures: 64, weightBits: 8, hw: hw)
+        let q16 = CostModel.linear(name: "q", rows: 64, inFeatures: 64, outFeatures: 64, weightBits: 8, outputBytes: 2, hw: hw)
+        XCTAssertEqual(q8.activationBytes, 8192)
+        XCTAssertEqual(q16.activationBytes, 12288)
+        let a = CostModel.attention(name: "a", rows: 1, past: 99, shape: stories, kvBytes: 3, hw: small)
+        XCTAssertEqual(a.activationBytes, 96)
+        // The whole model: per layer q_proj and k_proj are the int16 ones; each token's key cache grows by 32 B.
+        let base = CostModel.phase(shape: stories, hw: small, weightBits: 8, rows: 1, past: 99)
+        let wide = CostModel.phase(shape: stories, hw: small, weightBits: 8, rows: 1, past: 99, int16Outputs: ["q_proj", "k_proj"])
+        XCTAssertEqual(wide.layers.first { $0.name == "model.layers.0.self_attn.attention" }?.activationBytes, 96)
+        XCTAssertEqual(wide.layers.first { $0.name == "model.layers.0.self_attn.q_proj" }?.sramPeakBytes,
+                       base.layers.first { $0.name == "model.layers.0.self_attn.q_proj" }!.sramPeakBytes + 64)
+        XCTAssertEqual(wide.layers.first { $0.name == "model.layers.0.self_attn.v_proj" },
+                       base.layers.first { $0.name == "model.layers.0.self_attn.v_proj" })
+    }
+
     /// A sliding window caps the keys each token sees: MACs against a per-token count written out here, for
     /// prefill crossing the window, prefill wholly past it, and decode; a window wider than the context changes nothing.
     func testSlidingWindowAttention() {
@@ -170,8 +192,12 @@ final class CostModelTests: XCTestCase {
         let ok = try NPUConfig.parse(Data("""
             {"weight_bits": 4, "weight_granularity": "per_tensor", "activation_calibration": "percentile",
              "percentile": 99.9, "nonlinear_mode": "lut", "preset": "edge-large",
-             "hardware": {"dram_bytes_per_second": 5e10}, "min_calibration_tokens": 8}
+             "hardware": {"dram_bytes_per_second": 5e10}, "min_calibration_tokens": 8, "int16_outputs": ["q_proj", "k_proj"]}
             """.utf8), source: "cfg.json")
+        XCTAssertEqual(ok.int16Outputs, ["k_proj", "q_proj"])
+        XCTAssertTrue(ok.hasInt16Output("model.layers.3.self_attn.k_proj"))
+        XCTAssertFalse(ok.hasInt16Output("model.layers.3.self_attn.v_proj"))
+        XCTAssertFalse(NPUConfig().hasInt16Output("lm_head"))
         XCTAssertEqual(ok.weightBits, 4)
         XCTAssertEqual(ok.weightGranularity, .perTensor)
         XCTAssertEqual(ok.calibration, .percentile(99.9))
@@ -190,6 +216,8 @@ final class CostModelTests: XCTestCase {
             (#"{"nonlinear_mode": "fp8"}"#, "nonlinear_mode"),
             (#"{"preset": "huge"}"#, "unknown NPU preset"),
             (#"[1, 2]"#, "not a JSON object"),
+            (#"{"int16_outputs": ["q_prj"]}"#, "int16_outputs: 'q_prj' is not one of"),
+            (#"{"int16_outputs": "q_proj"}"#, "int16_outputs must be a list"),
         ]
         for (text, needle) in bad {
             XCTAssertThrowsError(try NPUConfig.parse(Data(text.utf8), source: "cfg.json"), text) { e in

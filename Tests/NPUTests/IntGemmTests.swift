@@ -30,6 +30,51 @@ final class IntGemmTests: XCTestCase {
         return out
     }
 
+    func fastFC16(x: [Int8], m: Int, k: Int, weights: NPUWeights, zpX: Int32, bias: [Int32],
+                  mults: [Requant.Multiplier], threads: Int, rule: RequantRule) -> [Int16] {
+        var out = [Int16](repeating: 0, count: m * weights.n)
+        x.withUnsafeBufferPointer { xp in
+            mults.withUnsafeBufferPointer { mp in
+                bias.withUnsafeBufferPointer { bp in
+                    out.withUnsafeMutableBufferPointer { op in
+                        IntGemm.run(x: xp.baseAddress!, m: m, k: k, weights: weights,
+                                    output: .int16(op.baseAddress!, zpX: zpX, bias: bp.baseAddress!, multipliers: mp.baseAddress!,
+                                                   rule: rule), threads: threads)
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// The int16 output stage against the scalar reference, every rule, int8 and int4 weights, with multipliers
+    /// large enough that some outputs saturate at -32768 / 32767.
+    func testInt16OutputBitExact() throws {
+        var rng = SplitMix64(seed: 7)
+        var saturated = 0, checked = 0
+        for bits in [8, 4] {
+            for (m, k, n) in [(1, 64, 7), (7, 172, 33), (33, 513, 17)] {
+                let c = try randomCase(&rng, m: m, k: k, n: n, bits: bits)
+                let mults = (0..<n).map { _ -> Requant.Multiplier in
+                    let f = Float.random(in: 1e-4...0.25, using: &rng)
+                    var q = Requant.quantizeMultiplier(Double(f))
+                    q.floatScale = f
+                    return q
+                }
+                for rule in RequantRule.allCases {
+                    let ref = IntReference.fullyConnected16(x: c.x, w: c.w, m: m, k: k, n: n, zpX: c.zpX, bias: c.bias,
+                                                            multipliers: mults, rule: rule)
+                    XCTAssertEqual(fastFC16(x: c.x, m: m, k: k, weights: c.weights, zpX: c.zpX, bias: c.bias, mults: mults,
+                                            threads: 2, rule: rule), ref, "int\(bits) m=\(m) k=\(k) n=\(n) \(rule)")
+                    saturated += ref.filter { $0 == .min || $0 == .max }.count
+                    checked += ref.count
+                }
+            }
+        }
+        XCTAssertGreaterThan(saturated, 0)
+        XCTAssertLessThan(saturated, checked / 2)
+    }
+
     func fastAcc(x: [Int8], m: Int, k: Int, weights: NPUWeights, threads: Int) -> [Int32] {
         var out = [Int32](repeating: 0, count: m * weights.n)
         x.withUnsafeBufferPointer { xp in

@@ -32,6 +32,37 @@ final class NPULinearTests: XCTestCase {
         }
     }
 
+    /// An int16 output: the layer returns scale16 x the scalar reference's int16 codes, and those are the real
+    /// accumulator s_in s_w (sum (x_q - zp) w_q + bias) rounded to the int16 grid: within half a step for the
+    /// single-rounding rules, a step for the double-rounding ones (0.5 + 0.5 / 2^shift), where the int8 output is
+    /// 256 times coarser.
+    func testInt16OutputIsTheAccumulatorOnAFinerGrid() throws {
+        var rng = SplitMix64(seed: 22)
+        let m = 9, k = 70, n = 33
+        let x = rng.floats(m * k, in: -2...3), w = rng.floats(n * k, in: -0.5...0.5), b = rng.floats(n, in: -1...1)
+        let weights = try w.withUnsafeBufferPointer { try NPUWeights(weight: .f32($0.baseAddress!), n: n, k: k, bits: 8, granularity: .perChannel) }
+        var yf = [Float](repeating: 0, count: m * n)
+        Reference.matmulNT(x: x, m: m, k: k, weight: .f32(w), n: n, bias: b, out: &yf)
+        let amax = yf.map(abs).max()!
+        let inP = Int8AffineParams.fromRange(min: -2, max: 3), outP = Int8AffineParams.fromRange(min: yf.min()!, max: yf.max()!)
+        let s16 = amax / 32767
+        let xq = x.map { inP.quantize($0) }, wq = weights.unpacked()
+        for rule in RequantRule.allCases {
+            let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP, int16OutputScale: s16, rule: rule)
+            var y = [Float](repeating: 0, count: m * n)
+            layer.forward(x: x, rows: m, out: &y, threads: 2)
+            let codes = IntReference.fullyConnected16(x: xq, w: wq, m: m, k: k, n: n, zpX: inP.zeroPoint, bias: layer.bias,
+                                                      multipliers: layer.multipliers, rule: rule)
+            XCTAssertEqual(y, codes.map { s16 * Float($0) }, "\(rule)")
+            let acc = IntReference.accumulators(x: xq, w: wq, m: m, k: k, n: n, zpX: inP.zeroPoint, bias: layer.bias)
+            for i in 0..<(m * n) {
+                let real = Double(inP.scale) * Double(weights.scales[i % n]) * Double(acc[i])
+                let steps = rule == .tfliteReference || rule == .xnnpack ? 0.5001 : 1.0001
+                XCTAssertEqual(Double(y[i]), real, accuracy: steps * Double(s16) + 1e-6 * abs(real), "\(rule) \(i)")
+            }
+        }
+    }
+
     func testErrorMetricsHandComputed() {
         // ref (3, 4), approx (3, 3): MSE = 1/2, SQNR = 10 log10(25 / 1) = 13.979 dB, PSNR = 10 log10(16 / 0.5) = 15.051 dB,
         // cosine = 21 / (5 * sqrt 18).
