@@ -476,7 +476,19 @@ public enum FineTuneRun {
                 let sim = try NPUSimulator.calibrate(model: model, config: config, calibrationTokens: ids)
                 func params(_ p: Int8AffineParams) -> AffineInt8 { AffineInt8(scale: p.scale, zeroPoint: p.zeroPoint) }
                 var outputs = sim.ranges.mapValues { params($0.output) }
-                for (module, scale) in sim.int16Outputs { outputs[module] = .int16Symmetric(scale: scale) }
+                for (module, format) in sim.outputFormats {
+                    switch format {
+                    case .int16(let scale): outputs[module] = .int16Symmetric(scale: scale)
+                    case .int8PerChannel(let scales):
+                        let block = model.blocks.first { module.hasPrefix($0.prefix) }
+                        let width = module == "lm_head" ? model.config.vocabSize
+                            : block.flatMap { $0.linear(named: String(module.dropFirst($0.prefix.count)))?.outFeatures }
+                        guard scales.count == width else {
+                            throw QuantKitError(.shape, "\(module): \(scales.count) per-channel output scales for \(width ?? 0) outputs")
+                        }
+                        outputs[module] = .int8PerChannel(scales: scales)
+                    }
+                }
                 return .int8Tensor(sim.ranges.mapValues { params($0.input) }, outputs: outputs)
             }
             let ranges = RangeObserver()
@@ -493,8 +505,12 @@ public enum FineTuneRun {
     /// The recipe's name for the activation rounding: --activations, and the int16 outputs an --npu-config keeps.
     static func activationsLabel(_ o: FineTuneRunOptions, _ quantizers: ActivationFakeQuant) -> String {
         guard case .int8Tensor(_, let outputs) = quantizers else { return o.activations }
-        let int16 = Set(outputs.filter { $0.value.qmax > 127 }.keys.compactMap { $0.split(separator: ".").last.map(String.init) })
-        return int16.isEmpty ? o.activations : o.activations + " (int16 outputs: " + int16.sorted().joined(separator: ", ") + ")"
+        func names(_ include: (AffineInt8) -> Bool) -> String {
+            Set(outputs.filter { include($0.value) }.keys.compactMap { $0.split(separator: ".").last.map(String.init) }).sorted()
+                .joined(separator: ", ")
+        }
+        let int16 = names { $0.qmax > 127 }, perChannel = names { $0.channelScales != nil }
+        return o.activations + (int16.isEmpty ? "" : " (int16 outputs: \(int16))") + (perChannel.isEmpty ? "" : " (per-channel outputs: \(perChannel))")
     }
 
     final class RangeObserver: LinearObserver {

@@ -185,8 +185,9 @@ public struct ResultRun: Sendable {
     /// float model (`npu_recovery`).
     public var backend: String?
     public var npuRecovered = false
-    /// An NPU run's modules with int16 outputs (its npu_config's int16_outputs).
-    public var npuInt16Outputs: [String] = []
+    /// An NPU run's modules with int16 or per-channel int8 outputs (its npu_config's int16_outputs and
+    /// per_channel_outputs).
+    public var npuWideOutputs: [String] = []
     /// Perplexity: how many tokens and chunks (windows) the run scored, when the result says; runs scored on
     /// different numbers are not compared.
     public var tokensScored: Int?
@@ -388,7 +389,7 @@ public struct ResultFile: Sendable {
         runs[0].ggufTensorTypes = root["gguf"]?["tensor_types"]?.object?.compactMapValues { $0.int }
         runs[0].backend = root["backend"]?.string
         runs[0].npuRecovered = root["npu_recovery"]?.object != nil
-        runs[0].npuInt16Outputs = root["npu_config"]?["int16_outputs"]?.array?.compactMap(\.string) ?? []
+        runs[0].npuWideOutputs = ["int16_outputs", "per_channel_outputs"].flatMap { root["npu_config"]?[$0]?.array?.compactMap(\.string) ?? [] }
         let scored = root["tokens_scored"]?.int, chunkCount = root["chunks"]?.int ?? chunks?.count
         runs[0].tokensScored = scored
         runs[0].chunkCount = chunkCount

@@ -103,8 +103,8 @@ public enum VerdictLogic {
             // included, which SmoothQuant leaves alone); bits and groups are the NPU's own.
             // Then the largest single share of the rest: q_proj's and k_proj's int8 outputs, which feed q.k and the
             // softmax (BENCHMARKS.md, "Where the NPU's W8A8 error comes from").
-            let wideQK = run.npuInt16Outputs.contains("q_proj") && run.npuInt16Outputs.contains("k_proj") ? [] :
-                ["if the NPU can write 16-bit outputs, keep q_proj's and k_proj's at int16 (--npu-config with \"int16_outputs\": [\"q_proj\", \"k_proj\"]): their int8 requantization is the largest single share of the W8A8 error; then fine-tune for that NPU (quantkit finetune --target npu --activations int8 --npu-config FILE)"]
+            let wideQK = run.npuWideOutputs.contains("q_proj") && run.npuWideOutputs.contains("k_proj") ? [] :
+                ["give q_proj's and k_proj's outputs a scale per channel (--npu-config with \"per_channel_outputs\": [\"q_proj\", \"k_proj\"]; still int8, the output stage's per-channel multipliers carry it) or, if the NPU can write 16-bit outputs, int16 (\"int16_outputs\"): their per-tensor int8 requantization is the largest single share of the W8A8 error; then fine-tune for that NPU (quantkit finetune --target npu --activations int8 --npu-config FILE)"]
             return run.npuRecovered
                 ? wideQK + ["keep the modules the NPU handles worst on the CPU: `quantkit npu report` ranks them; a float model that was rotated and smoothed has no further post-training step here"]
                 : ["rotate the float model before the NPU (--backend npu --rotate: randomized Hadamard on the residual stream, online Hadamard before down_proj), or migrate activation outliers into the weights (--smoothquant)"] + wideQK

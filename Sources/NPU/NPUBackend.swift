@@ -83,16 +83,17 @@ public struct NPUNonlinearOps: NonlinearOps, @unchecked Sendable {
 public final class NPULinearBackend: LinearBackend, @unchecked Sendable {
     public let config: NPUConfig
     public let ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)]
-    /// Modules with int16 outputs (the config's int16_outputs) and their symmetric scales.
-    public let int16Outputs: [String: Float]
+    /// Modules whose outputs are not per-tensor int8 (the config's int16_outputs, per_channel_outputs).
+    public let outputFormats: [String: NPUOutputFormat]
     public let fallback: LinearBackend
     public let log: FallbackLog
 
     public init(config: NPUConfig, ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)],
-                int16Outputs: [String: Float] = [:], fallback: LinearBackend = DenseBackend(), log: FallbackLog = FallbackLog()) {
+                outputFormats: [String: NPUOutputFormat] = [:], fallback: LinearBackend = DenseBackend(),
+                log: FallbackLog = FallbackLog()) {
         self.config = config
         self.ranges = ranges
-        self.int16Outputs = int16Outputs
+        self.outputFormats = outputFormats
         self.fallback = fallback
         self.log = log
     }
@@ -113,7 +114,7 @@ public final class NPULinearBackend: LinearBackend, @unchecked Sendable {
             return try fallback.makeLinear(name: name, source: source)
         }
         return try NPUSimulator.makeLayer(name: name, weight: ref, n: w.shape[0], k: w.shape[1], bias: b, input: r.input,
-                                          output: r.output, int16Output: int16Outputs[name], config: config, log: log)
+                                          output: r.output, outputFormat: outputFormats[name], config: config, log: log)
             ?? fallback.makeLinear(name: name, source: source)
     }
 }
@@ -137,8 +138,14 @@ public final class FallbackLog: @unchecked Sendable {
 final class CalibrationObserver: LinearObserver {
     var inputs: [String: RangeObserver] = [:]
     var outputs: [String: RangeObserver] = [:]
+    /// max |output| per channel of the modules `perChannel` selects.
+    var channelAbsMax: [String: [Float]] = [:]
     let capacity: Int
-    init(capacity: Int) { self.capacity = capacity }
+    let perChannel: (String) -> Bool
+    init(capacity: Int, perChannel: @escaping (String) -> Bool = { _ in false }) {
+        self.capacity = capacity
+        self.perChannel = perChannel
+    }
     func observe(module: String, input: UnsafePointer<Float>, inFeatures: Int, output: UnsafePointer<Float>,
                  outFeatures: Int, rows: Int) {
         let i = inputs[module] ?? RangeObserver(name: module + " input", capacity: capacity)
@@ -146,6 +153,11 @@ final class CalibrationObserver: LinearObserver {
         inputs[module] = i; outputs[module] = o
         i.observe(input, count: rows * inFeatures)
         o.observe(output, count: rows * outFeatures)
+        if perChannel(module) {
+            var m = channelAbsMax[module] ?? [Float](repeating: 0, count: outFeatures)
+            for r in 0..<rows { for j in 0..<outFeatures where output[r * outFeatures + j].isFinite { m[j] = max(m[j], abs(output[r * outFeatures + j])) } }
+            channelAbsMax[module] = m
+        }
     }
 }
 
@@ -165,13 +177,13 @@ final class CalibrationObserver: LinearObserver {
 public final class NPUSimulator: @unchecked Sendable {
     public let config: NPUConfig
     public let ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)]
-    /// The symmetric int16 output scale of each module the config's int16_outputs names.
-    public let int16Outputs: [String: Float]
+    /// The output format of each module the config's int16_outputs or per_channel_outputs names.
+    public let outputFormats: [String: NPUOutputFormat]
     public let npu: NPUNonlinear
     public let fallbacks: FallbackLog
     public var ops: NPUNonlinearOps { NPUNonlinearOps(npu: npu) }
     public var backend: NPULinearBackend {
-        NPULinearBackend(config: config, ranges: ranges, int16Outputs: int16Outputs, log: fallbacks)
+        NPULinearBackend(config: config, ranges: ranges, outputFormats: outputFormats, log: fallbacks)
     }
     public let calibrationTokens: Int
     /// Operations of the model that stay on the host CPU in float (not NPU hooks), listed in reports.
@@ -180,15 +192,18 @@ public final class NPUSimulator: @unchecked Sendable {
     init(config: NPUConfig, observed: CalibrationObserver, calibrationTokens: Int,
          observer: any ProgressObserver = NoProgress()) throws {
         var ranges: [String: (input: Int8AffineParams, output: Int8AffineParams)] = [:]
-        var int16: [String: Float] = [:]
+        var formats: [String: NPUOutputFormat] = [:]
         for (name, i) in observed.inputs {
             let o = observed.outputs[name]!
             ranges[name] = (try i.params(config.calibration), try o.params(config.calibration))
-            if config.hasInt16Output(name) { int16[name] = try o.int16Scale(config.calibration) }
+            if config.hasInt16Output(name) { formats[name] = .int16(scale: try o.int16Scale(config.calibration)) }
+            if config.hasPerChannelOutput(name), let amax = observed.channelAbsMax[name] {
+                formats[name] = .int8PerChannel(scales: amax.map { $0 > 1e-30 ? $0 / 127 : 1e-8 })
+            }
         }
         self.config = config
         self.ranges = ranges
-        self.int16Outputs = int16
+        self.outputFormats = formats
         self.npu = NPUNonlinear(mode: config.nonlinearMode)
         self.fallbacks = FallbackLog(observer: observer)
         self.calibrationTokens = calibrationTokens
@@ -207,7 +222,7 @@ public final class NPUSimulator: @unchecked Sendable {
         try model.validate(tokens: calibrationTokens)
         let win = max(1, min(window ?? 256, model.config.maxPositionEmbeddings, calibrationTokens.count))
         let needsSamples = config.calibration != .minMax
-        let obs = CalibrationObserver(capacity: needsSamples ? 1 << 18 : 0)
+        let obs = CalibrationObserver(capacity: needsSamples ? 1 << 18 : 0, perChannel: config.hasPerChannelOutput)
         let savedObserver = model.observer, savedOps = model.ops
         model.observer = obs
         model.ops = FloatOps()
@@ -235,7 +250,7 @@ public final class NPUSimulator: @unchecked Sendable {
 
     /// Builds one NPU layer, or nil (with a logged reason) when the NPU cannot run it.
     static func makeLayer(name: String, weight: WeightRef, n: Int, k: Int, bias: [Float]?, input: Int8AffineParams,
-                          output: Int8AffineParams, int16Output: Float?, config: NPUConfig, log: FallbackLog) throws -> NPULinear? {
+                          output: Int8AffineParams, outputFormat: NPUOutputFormat?, config: NPUConfig, log: FallbackLog) throws -> NPULinear? {
         // sum over k of |x - zp| * |w| <= 255 * qmax * k must fit the int32 accumulator
         let qmax = config.weightBits == 8 ? 127 : 7
         if 255 * qmax * k > Int(Int32.max) {
@@ -244,7 +259,7 @@ public final class NPUSimulator: @unchecked Sendable {
         }
         do {
             let w = try NPUWeights(weight: weight, n: n, k: k, bits: config.weightBits, granularity: config.weightGranularity)
-            return try NPULinear(name: name, weights: w, bias: bias, input: input, output: output, int16OutputScale: int16Output,
+            return try NPULinear(name: name, weights: w, bias: bias, input: input, output: output, outputFormat: outputFormat,
                                  rule: config.requant)
         } catch let e as QuantKitError {
             log.add(name, e.message)
@@ -268,7 +283,7 @@ public final class NPUSimulator: @unchecked Sendable {
                 return layer
             }
             return try Self.makeLayer(name: name, weight: ref, n: dense.outFeatures, k: dense.inFeatures, bias: dense.bias,
-                                      input: r.input, output: r.output, int16Output: int16Outputs[name], config: config,
+                                      input: r.input, output: r.output, outputFormat: outputFormats[name], config: config,
                                       log: fallbacks) ?? layer
         }
         for b in model.blocks {
@@ -283,7 +298,8 @@ public final class NPUSimulator: @unchecked Sendable {
 
     /// Fallbacks and op counts, one line each.
     public var summary: String {
-        let int16 = config.int16Outputs.isEmpty ? "" : " (int16 outputs: \(config.int16Outputs.joined(separator: ", ")))"
+        let int16 = (config.int16Outputs.isEmpty ? "" : " (int16 outputs: \(config.int16Outputs.joined(separator: ", ")))")
+            + (config.perChannelOutputs.isEmpty ? "" : " (per-channel outputs: \(config.perChannelOutputs.joined(separator: ", ")))")
         var lines = ["npu: \(config.weightBits)-bit weights (\(config.weightGranularity.rawValue)), int8 activations\(int16) "
                      + "(\(config.calibration), \(calibrationTokens) calibration tokens), nonlinear ops on \(config.nonlinearMode.rawValue), "
                      + "requantization \(config.requant.rawValue)",

@@ -11,7 +11,9 @@ import TensorCore
 ///   "int16_outputs": ["q_proj", "k_proj"] }
 /// ```
 /// `int16_outputs` keeps the named modules' outputs at 16 bits (int16, symmetric, zero point 0: TFLite's 16-bit
-/// activations, W8A16 on other NPUs) while their inputs stay int8.
+/// activations, W8A16 on other NPUs) while their inputs stay int8. `per_channel_outputs` keeps them int8 with a
+/// symmetric scale per output channel (the output stage's per-channel multiplier carries it; the consumer, the
+/// fp16 vector unit, dequantizes per channel).
 public struct NPUConfig: Equatable, Sendable {
     public var weightBits: Int = 8
     public var weightGranularity: WeightGranularity = .perChannel
@@ -24,19 +26,24 @@ public struct NPUConfig: Equatable, Sendable {
     public var minCalibrationTokens: Int = 16
     /// Modules (the last part of their names: q_proj ... down_proj, lm_head) whose outputs are int16, not int8.
     public var int16Outputs: [String] = []
+    /// Modules whose int8 outputs have one symmetric scale per channel instead of one per tensor.
+    public var perChannelOutputs: [String] = []
 
     public init() {}
 
     public static let allowedKeys: Set<String> = ["weight_bits", "weight_granularity", "activation_calibration",
                                                   "percentile", "nonlinear_mode", "preset", "hardware",
-                                                  "min_calibration_tokens", "requant", "int16_outputs", "schema_version",
+                                                  "min_calibration_tokens", "requant", "int16_outputs", "per_channel_outputs", "schema_version",
                                                   "comment"]
     /// What `int16_outputs` may name.
     public static let outputModules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 
     /// Whether `module`'s output is int16 (its name's last component is listed in `int16_outputs`).
-    public func hasInt16Output(_ module: String) -> Bool {
-        !int16Outputs.isEmpty && int16Outputs.contains(String(module.split(separator: ".").last ?? ""))
+    public func hasInt16Output(_ module: String) -> Bool { Self.names(int16Outputs, module) }
+    /// Whether `module`'s output is int8 per channel (listed in `per_channel_outputs`).
+    public func hasPerChannelOutput(_ module: String) -> Bool { Self.names(perChannelOutputs, module) }
+    static func names(_ list: [String], _ module: String) -> Bool {
+        !list.isEmpty && list.contains(String(module.split(separator: ".").last ?? ""))
     }
 
     public static func load(path: String) throws -> NPUConfig {
@@ -99,12 +106,18 @@ public struct NPUConfig: Equatable, Sendable {
             guard let n = v as? Int, n >= 1 else { throw fail("min_calibration_tokens = \(v) is impossible (>= 1)") }
             c.minCalibrationTokens = n
         }
-        if let v = obj["int16_outputs"] {
-            guard let names = v as? [String] else { throw fail("int16_outputs must be a list of module names (e.g. [\"q_proj\", \"k_proj\"])") }
+        func modules(_ key: String) throws -> [String] {
+            guard let v = obj[key] else { return [] }
+            guard let names = v as? [String] else { throw fail("\(key) must be a list of module names (e.g. [\"q_proj\", \"k_proj\"])") }
             if let bad = names.first(where: { !outputModules.contains($0) }) {
-                throw fail("int16_outputs: '\(bad)' is not one of \(outputModules.joined(separator: ", "))")
+                throw fail("\(key): '\(bad)' is not one of \(outputModules.joined(separator: ", "))")
             }
-            c.int16Outputs = Array(Set(names)).sorted()
+            return Array(Set(names)).sorted()
+        }
+        c.int16Outputs = try modules("int16_outputs")
+        c.perChannelOutputs = try modules("per_channel_outputs")
+        if let both = c.int16Outputs.first(where: c.perChannelOutputs.contains) {
+            throw fail("'\(both)' is in both int16_outputs and per_channel_outputs")
         }
         try c.hardware.validate(source: source)
         return c
@@ -141,7 +154,8 @@ public struct NPUConfig: Equatable, Sendable {
     public var json: [String: Any] {
         var d: [String: Any] = ["weight_bits": weightBits, "weight_granularity": weightGranularity.rawValue,
                                 "nonlinear_mode": nonlinearMode.rawValue, "min_calibration_tokens": minCalibrationTokens,
-                                "requant": requant.rawValue, "int16_outputs": int16Outputs]
+                                "requant": requant.rawValue, "int16_outputs": int16Outputs,
+                                "per_channel_outputs": perChannelOutputs]
         switch calibration {
         case .minMax: d["activation_calibration"] = "minmax"
         case .mse: d["activation_calibration"] = "mse"

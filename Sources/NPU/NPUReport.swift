@@ -75,7 +75,7 @@ public enum NPUComparison {
         func build(_ name: String, _ l: LinearLayer) throws {
             guard let d = try? (l as? any FloatWeightsProviding)?.floatEquivalent, let ref = WeightRef(d.weight), let r = simulator.ranges[name] else { return }
             layers[name] = try NPUSimulator.makeLayer(name: name, weight: ref, n: d.outFeatures, k: d.inFeatures, bias: d.bias,
-                                                      input: r.input, output: r.output, int16Output: simulator.int16Outputs[name],
+                                                      input: r.input, output: r.output, outputFormat: simulator.outputFormats[name],
                                                       config: simulator.config, log: quietLog)
         }
         for b in model.blocks { for rel in LlamaBlock.linearNames { try build(b.prefix + rel, b.linear(named: rel)!) } }

@@ -19,7 +19,16 @@ public struct AffineInt8: Sendable, Equatable, Codable {
     /// The code range: [-128, 127], or [-32768, 32767] for an NPU's int16 output (`int16Symmetric`).
     public var qmin: Int32 = -128
     public var qmax: Int32 = 127
+    /// One symmetric scale per channel (the last dimension) instead of `scale`, zero point 0 (`int8PerChannel`).
+    public var channelScales: [Float]?
     public init(scale: Float, zeroPoint: Int32) { self.scale = scale; self.zeroPoint = zeroPoint }
+
+    /// A symmetric int8 tensor with a scale per channel, as an NPU's per-channel output writes it.
+    public static func int8PerChannel(scales: [Float]) -> AffineInt8 {
+        var p = AffineInt8(scale: 0, zeroPoint: 0)
+        p.channelScales = scales
+        return p
+    }
 
     /// A symmetric int16 tensor (zero point 0), as an NPU with int16 outputs writes it.
     public static func int16Symmetric(scale: Float) -> AffineInt8 {
@@ -200,10 +209,23 @@ enum ActivationQuantizer {
         }
     }
 
-    /// A linear's output as the NPU requantizes it (in place; nothing without an output quantizer for `key`).
-    static func output<T: TrainScalar>(_ mode: ActivationFakeQuant, key: String, _ x: UnsafeMutablePointer<T>, count: Int, threads: Int) {
+    /// A linear's output [rows, cols] as the NPU requantizes it (in place; nothing without an output quantizer for
+    /// `key`).
+    static func output<T: TrainScalar>(_ mode: ActivationFakeQuant, key: String, _ x: UnsafeMutablePointer<T>, rows: Int, cols: Int,
+                                       threads: Int) {
         guard case .int8Tensor(_, let outputs) = mode, let p = outputs[key] else { return }
-        roundTrip(p, x, x, count: count, threads: threads)
+        guard let channels = p.channelScales else { return roundTrip(p, x, x, count: rows * cols, threads: threads) }
+        // FineTuneRun checks the count against the module; a mismatch cannot reach here.
+        guard channels.count == cols else { return }
+        let scales = channels.map { T(Double($0)) }, dst = SendablePointer(x)
+        Parallel.forRanges(rows, threads: threads, minPerThread: 64) { range in
+            for r in range {
+                for c in 0..<cols {
+                    let code = min(max((dst[r * cols + c] / scales[c]).rounded(.toNearestOrAwayFromZero), -128), 127)
+                    dst[r * cols + c] = scales[c] * code
+                }
+            }
+        }
     }
 
     /// out = scale (clamp(round-half-away(x / scale) + zp, qmin, qmax) - zp), as the NPU quantizes and dequantizes.

@@ -140,14 +140,14 @@ final class LlamaGraph<T: TrainScalar> {
             ActivationQuantizer.forward(activations, key: "lm_head", x: xf, rows: rows, cols: dim, out: headInput, threads: threads)
         }
         T.productNT(headInput, m: rows, k: dim, params.value(headName), n: vocab, out: logits, accumulate: false, threads: threads)
-        ActivationQuantizer.output(activations, key: "lm_head", logits, count: rows * vocab, threads: threads)
+        ActivationQuantizer.output(activations, key: "lm_head", logits, rows: rows, cols: vocab, threads: threads)
     }
 
     /// out = x W_effᵀ for linear i of layer l, then the output's int8 round trip where the activations quantize it.
     private func linear(_ l: Int, _ i: Int, _ x: UnsafePointer<T>, _ out: UnsafeMutablePointer<T>) {
         let w = linears[l][i]
         T.productNT(x, m: rows, k: w.inFeatures, w.effective, n: w.outFeatures, out: out, accumulate: false, threads: threads)
-        ActivationQuantizer.output(activations, key: w.name, out, count: rows * w.outFeatures, threads: threads)
+        ActivationQuantizer.output(activations, key: w.name, out, rows: rows, cols: w.outFeatures, threads: threads)
     }
 
     private func layerForward(_ l: Int, _ x: UnsafeMutablePointer<T>) {

@@ -131,12 +131,14 @@ import Testing
         try roundsWhereTheNPURounds(npuConfig: nil)
     }
 
-    /// The same with `--npu-config` keeping q_proj's and k_proj's outputs at int16: training rounds those at the
-    /// int16 scales the NPU calibrates (the other 26 outputs stay int8) and stays as far from float as that NPU.
-    @Test func npuTargetRoundsAsTheConfiguredNPU() throws {
-        let dir = Repo.tempDirectory("finetune-npu-int16")
+    /// The same with `--npu-config` keeping q_proj's and k_proj's outputs at int16, or at int8 with per-channel
+    /// scales: training rounds those as the NPU calibrates them (the other 26 outputs stay per-tensor int8) and stays
+    /// as far from float as that NPU.
+    @Test(arguments: [#"{"int16_outputs": ["k_proj", "q_proj"]}"#, #"{"per_channel_outputs": ["k_proj", "q_proj"]}"#])
+    func npuTargetRoundsAsTheConfiguredNPU(config: String) throws {
+        let dir = Repo.tempDirectory("finetune-npu-config")
         let cfg = dir + "/npu.json"
-        try Data(#"{"int16_outputs": ["k_proj", "q_proj"]}"#.utf8).write(to: URL(fileURLWithPath: cfg))
+        try Data(config.utf8).write(to: URL(fileURLWithPath: cfg))
         try roundsWhereTheNPURounds(npuConfig: cfg)
     }
 
@@ -149,7 +151,10 @@ import Testing
         guard case .int8Tensor(let inputs, let outputs) = try FineTuneRun.activationQuantizers(o, start: start, teacher: teacher, windows: [])
         else { Issue.record("no int8 quantizers"); return }
         #expect(outputs.count == 7 * teacher.config.numHiddenLayers + 1 && outputs["lm_head"] != nil && inputs["lm_head"] != nil)
-        let wide = outputs.filter { $0.value.qmin == -32768 && $0.value.qmax == 32767 && $0.value.zeroPoint == 0 }.keys
+        let wide = outputs.filter {
+            ($0.value.qmin == -32768 && $0.value.qmax == 32767 && $0.value.zeroPoint == 0)
+                || [teacher.config.qDim, teacher.config.kvDim].contains($0.value.channelScales?.count ?? 0)
+        }.keys
         #expect(wide.count == (npuConfig == nil ? 0 : 2 * teacher.config.numHiddenLayers))
         #expect(wide.allSatisfy { $0.hasSuffix("self_attn.q_proj") || $0.hasSuffix("self_attn.k_proj") })
         let tokenizer = try ModelLoading.loadTokenizer(try ModelLoading.tokenizerPath(model: Self.model, explicit: nil))

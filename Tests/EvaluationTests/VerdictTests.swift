@@ -148,19 +148,19 @@ final class VerdictTests: XCTestCase {
         let n = VerdictLogic.nextSteps(run: npu, layers: [])
         XCTAssertEqual(n.count, 2)
         XCTAssertTrue(n[0].contains("--backend npu --rotate") && n[0].contains("--smoothquant"), "\(n)")
-        XCTAssertTrue(n[1].contains("int16_outputs") && n[1].contains("finetune --target npu"), "\(n)")
+        XCTAssertTrue(n[1].contains("per_channel_outputs") && n[1].contains("int16_outputs") && n[1].contains("finetune --target npu"), "\(n)")
         npu.npuRecovered = true
         XCTAssertFalse(VerdictLogic.nextSteps(run: npu, layers: []).contains { $0.contains("--rotate") })
-        npu.npuInt16Outputs = ["k_proj", "q_proj"]
+        npu.npuWideOutputs = ["k_proj", "q_proj"]
         XCTAssertEqual(VerdictLogic.nextSteps(run: npu, layers: []).count, 1)
         // Read from a perplexity result file as the NPU run writes it.
         let body: [String: Any] = ["schema_version": 5, "kind": "perplexity", "protocol": "llamacpp", "ctx": 128, "corpus_sha256": "x",
                                    "tokenizer": "t", "ppl": 3.3, "model": "m.bin", "backend": "npu",
                                    "npu_recovery": ["smoothquant_alpha": 0.5, "smoothquant_alpha_search": [], "rotation": NSNull()],
-                                   "npu_config": ["weight_bits": 8, "int16_outputs": ["q_proj", "k_proj"]]]
+                                   "npu_config": ["weight_bits": 8, "int16_outputs": ["q_proj"], "per_channel_outputs": ["k_proj"]]]
         let f = try ResultFile(data: JSONSerialization.data(withJSONObject: body), path: "n.json")
         XCTAssertEqual(f.runs[0].backend, "npu")
         XCTAssertTrue(f.runs[0].npuRecovered)
-        XCTAssertEqual(f.runs[0].npuInt16Outputs, ["q_proj", "k_proj"])
+        XCTAssertEqual(f.runs[0].npuWideOutputs, ["q_proj", "k_proj"])
     }
 }

@@ -198,6 +198,8 @@ final class CostModelTests: XCTestCase {
         XCTAssertTrue(ok.hasInt16Output("model.layers.3.self_attn.k_proj"))
         XCTAssertFalse(ok.hasInt16Output("model.layers.3.self_attn.v_proj"))
         XCTAssertFalse(NPUConfig().hasInt16Output("lm_head"))
+        let pc = try NPUConfig.parse(Data(#"{"per_channel_outputs": ["q_proj"]}"#.utf8), source: "cfg.json")
+        XCTAssertTrue(pc.hasPerChannelOutput("model.layers.0.self_attn.q_proj") && !pc.hasInt16Output("model.layers.0.self_attn.q_proj"))
         XCTAssertEqual(ok.weightBits, 4)
         XCTAssertEqual(ok.weightGranularity, .perTensor)
         XCTAssertEqual(ok.calibration, .percentile(99.9))
@@ -218,6 +220,8 @@ final class CostModelTests: XCTestCase {
             (#"[1, 2]"#, "not a JSON object"),
             (#"{"int16_outputs": ["q_prj"]}"#, "int16_outputs: 'q_prj' is not one of"),
             (#"{"int16_outputs": "q_proj"}"#, "int16_outputs must be a list"),
+            (#"{"per_channel_outputs": ["lm_haed"]}"#, "per_channel_outputs: 'lm_haed' is not one of"),
+            (#"{"per_channel_outputs": ["k_proj"], "int16_outputs": ["k_proj"]}"#, "'k_proj' is in both"),
         ]
         for (text, needle) in bad {
             XCTAssertThrowsError(try NPUConfig.parse(Data(text.utf8), source: "cfg.json"), text) { e in

@@ -48,7 +48,7 @@ final class NPULinearTests: XCTestCase {
         let s16 = amax / 32767
         let xq = x.map { inP.quantize($0) }, wq = weights.unpacked()
         for rule in RequantRule.allCases {
-            let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP, int16OutputScale: s16, rule: rule)
+            let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP, outputFormat: .int16(scale: s16), rule: rule)
             var y = [Float](repeating: 0, count: m * n)
             layer.forward(x: x, rows: m, out: &y, threads: 2)
             let codes = IntReference.fullyConnected16(x: xq, w: wq, m: m, k: k, n: n, zpX: inP.zeroPoint, bias: layer.bias,
@@ -61,6 +61,39 @@ final class NPULinearTests: XCTestCase {
                 XCTAssertEqual(Double(y[i]), real, accuracy: steps * Double(s16) + 1e-6 * abs(real), "\(rule) \(i)")
             }
         }
+    }
+
+    /// Per-channel int8 outputs: channel j is scales[j] x the scalar reference's int8 codes (zero point 0, the
+    /// multiplier formed with scales[j]), within half a step of the real accumulator for the single-rounding rules.
+    func testPerChannelInt8Output() throws {
+        var rng = SplitMix64(seed: 23)
+        let m = 9, k = 70, n = 33
+        let x = rng.floats(m * k, in: -2...3), w = rng.floats(n * k, in: -0.5...0.5), b = rng.floats(n, in: -1...1)
+        let weights = try w.withUnsafeBufferPointer { try NPUWeights(weight: .f32($0.baseAddress!), n: n, k: k, bits: 8, granularity: .perChannel) }
+        var yf = [Float](repeating: 0, count: m * n)
+        Reference.matmulNT(x: x, m: m, k: k, weight: .f32(w), n: n, bias: b, out: &yf)
+        // Channel maxima over the rows; every third channel's scale halved so that some codes saturate.
+        let scales = (0..<n).map { j in (0..<m).map { abs(yf[$0 * n + j]) }.max()! / 127 * (j % 3 == 0 ? 0.5 : 1) }
+        let inP = Int8AffineParams.fromRange(min: -2, max: 3), outP = Int8AffineParams.fromRange(min: yf.min()!, max: yf.max()!)
+        let xq = x.map { inP.quantize($0) }, wq = weights.unpacked()
+        for rule in [RequantRule.tfliteReference, .xnnpack] {
+            let layer = try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP,
+                                      outputFormat: .int8PerChannel(scales: scales), rule: rule)
+            var y = [Float](repeating: 0, count: m * n)
+            layer.forward(x: x, rows: m, out: &y, threads: 2)
+            let codes = IntReference.fullyConnected(x: xq, w: wq, m: m, k: k, n: n, zpX: inP.zeroPoint, bias: layer.bias,
+                                                    multipliers: layer.multipliers, zpOut: 0, rule: rule)
+            XCTAssertEqual(y, codes.enumerated().map { scales[$0.offset % n] * Float($0.element) }, "\(rule)")
+            XCTAssertTrue(codes.contains(127) || codes.contains(-128), "some channel saturates")
+            let acc = IntReference.accumulators(x: xq, w: wq, m: m, k: k, n: n, zpX: inP.zeroPoint, bias: layer.bias)
+            for i in 0..<(m * n) {
+                let j = i % n, real = Double(inP.scale) * Double(weights.scales[j]) * Double(acc[i])
+                let s = Double(scales[j]), clamped = min(max(real, -128 * s), 127 * s)
+                XCTAssertEqual(Double(y[i]), clamped, accuracy: 0.5001 * s + 1e-6 * abs(real), "\(rule) \(i)")
+            }
+        }
+        XCTAssertThrowsError(try NPULinear(name: "l", weights: weights, bias: b, input: inP, output: outP,
+                                           outputFormat: .int8PerChannel(scales: [1, 2])))
     }
 
     func testErrorMetricsHandComputed() {
