@@ -32,17 +32,24 @@ final class NPULinearTests: XCTestCase {
         }
     }
 
-    /// An int16 output: the layer returns scale16 x the scalar reference's int16 codes, and those are the real
-    /// accumulator s_in s_w (sum (x_q - zp) w_q + bias) rounded to the int16 grid: within half a step for the
-    /// single-rounding rules, a step for the double-rounding ones (0.5 + 0.5 / 2^shift), where the int8 output is
-    /// 256 times coarser.
-    func testInt16OutputIsTheAccumulatorOnAFinerGrid() throws {
-        var rng = SplitMix64(seed: 22)
+    /// A 9 x 70 -> 33 layer: inputs in [-2, 3], its int8 per-channel weights, bias, and the float output.
+    static func int8Layer(seed: UInt64) throws
+        -> (m: Int, k: Int, n: Int, x: [Float], b: [Float], weights: NPUWeights, yf: [Float]) {
+        var rng = SplitMix64(seed: seed)
         let m = 9, k = 70, n = 33
         let x = rng.floats(m * k, in: -2...3), w = rng.floats(n * k, in: -0.5...0.5), b = rng.floats(n, in: -1...1)
         let weights = try w.withUnsafeBufferPointer { try NPUWeights(weight: .f32($0.baseAddress!), n: n, k: k, bits: 8, granularity: .perChannel) }
         var yf = [Float](repeating: 0, count: m * n)
         Reference.matmulNT(x: x, m: m, k: k, weight: .f32(w), n: n, bias: b, out: &yf)
+        return (m, k, n, x, b, weights, yf)
+    }
+
+    /// An int16 output: the layer returns scale16 x the scalar reference's int16 codes, and those are the real
+    /// accumulator s_in s_w (sum (x_q - zp) w_q + bias) rounded to the int16 grid: within half a step for the
+    /// single-rounding rules, a step for the double-rounding ones (0.5 + 0.5 / 2^shift), where the int8 output is
+    /// 256 times coarser.
+    func testInt16OutputIsTheAccumulatorOnAFinerGrid() throws {
+        let (m, k, n, x, b, weights, yf) = try Self.int8Layer(seed: 22)
         let amax = yf.map(abs).max()!
         let inP = Int8AffineParams.fromRange(min: -2, max: 3), outP = Int8AffineParams.fromRange(min: yf.min()!, max: yf.max()!)
         let s16 = amax / 32767
@@ -66,12 +73,7 @@ final class NPULinearTests: XCTestCase {
     /// Per-channel int8 outputs: channel j is scales[j] x the scalar reference's int8 codes (zero point 0, the
     /// multiplier formed with scales[j]), within half a step of the real accumulator for the single-rounding rules.
     func testPerChannelInt8Output() throws {
-        var rng = SplitMix64(seed: 23)
-        let m = 9, k = 70, n = 33
-        let x = rng.floats(m * k, in: -2...3), w = rng.floats(n * k, in: -0.5...0.5), b = rng.floats(n, in: -1...1)
-        let weights = try w.withUnsafeBufferPointer { try NPUWeights(weight: .f32($0.baseAddress!), n: n, k: k, bits: 8, granularity: .perChannel) }
-        var yf = [Float](repeating: 0, count: m * n)
-        Reference.matmulNT(x: x, m: m, k: k, weight: .f32(w), n: n, bias: b, out: &yf)
+        let (m, k, n, x, b, weights, yf) = try Self.int8Layer(seed: 23)
         // Channel maxima over the rows; every third channel's scale halved so that some codes saturate.
         let scales = (0..<n).map { j in (0..<m).map { abs(yf[$0 * n + j]) }.max()! / 127 * (j % 3 == 0 ? 0.5 : 1) }
         let inP = Int8AffineParams.fromRange(min: -2, max: 3), outP = Int8AffineParams.fromRange(min: yf.min()!, max: yf.max()!)
