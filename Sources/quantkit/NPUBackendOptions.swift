@@ -7,7 +7,7 @@ import NPU
 struct NpuBackendOptions: ParsableArguments {
     @Option(help: "cpu | npu: also run the model's linear layers and nonlinear ops on the simulated integer NPU.")
     var backend: String = "cpu"
-    @Option(name: .customLong("npu-config"), help: "NPU settings (JSON), with --backend npu.") var npuConfig: String?
+    @Option(name: .customLong("npu-config"), help: "NPU settings (JSON), with --backend npu (keys as for quantkit npu --npu-config, e.g. \"per_channel_outputs\": [\"q_proj\", \"k_proj\"]).") var npuConfig: String?
     @Option(name: .customLong("npu-calibration"), help: """
         Text whose first tokens calibrate the NPU activation ranges (.jsonl BEIR corpus / SQuAD .json read as text; \
         default: Corpora/scifact/corpus.jsonl.zst; rag retrieval: the dataset's corpus passages).

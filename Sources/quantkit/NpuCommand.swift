@@ -14,7 +14,7 @@ struct NpuCommand: ParsableCommand {
 
 /// Options shared by the npu subcommands: which NPU.
 struct NpuOptions: ParsableArguments {
-    @Option(name: .customLong("npu-config"), help: "NPU settings (JSON): weight_bits, weight_granularity, activation_calibration, percentile, nonlinear_mode, preset, hardware{...}, min_calibration_tokens.")
+    @Option(name: .customLong("npu-config"), help: "NPU settings (JSON): weight_bits, weight_granularity, activation_calibration, percentile, nonlinear_mode, preset, hardware{...}, min_calibration_tokens, requant, int16_outputs and per_channel_outputs (module names, e.g. [\"q_proj\", \"k_proj\"]).")
     var npuConfig: String?
     @Option(help: "Hardware preset (edge-small, edge-mid, edge-large); overrides the config's hardware.")
     var preset: String?
