@@ -113,11 +113,7 @@ public final class RangeObserver: @unchecked Sendable {
 
     /// The int8 parameters this tensor gets under `method`; throws when calibration saw too few values.
     public func params(_ method: CalibrationMethod) throws -> Int8AffineParams {
-        let need = method.minimumSamples
-        guard count >= need else {
-            throw QuantKitError(.input, "calibration too small for tensor '\(name)': \(count) finite values observed, "
-                                + "\(method) needs at least \(need); give more calibration tokens or use minmax")
-        }
+        try checkCount(method)
         switch method {
         case .minMax:
             return Int8AffineParams.fromRange(min: minValue, max: maxValue)
@@ -134,7 +130,7 @@ public final class RangeObserver: @unchecked Sendable {
     /// method's range over 32767. mse, whose search is over int8 ranges, takes the min/max range (int16 steps are
     /// 256 times finer, so clipping buys nothing).
     public func int16Scale(_ method: CalibrationMethod) throws -> Float {
-        _ = try params(method == .mse ? .minMax : method)  // throws when calibration saw too few values
+        try checkCount(method == .mse ? .minMax : method)
         var lo = minValue, hi = maxValue
         if case .percentile(let p) = method {
             let sorted = samples.sorted()
@@ -142,6 +138,15 @@ public final class RangeObserver: @unchecked Sendable {
         }
         let amax = Swift.max(abs(lo), abs(hi))
         return amax > 1e-30 ? amax / 32767 : 1e-8
+    }
+
+    /// Throws when calibration saw fewer values than `method` needs.
+    func checkCount(_ method: CalibrationMethod) throws {
+        let need = method.minimumSamples
+        guard count >= need else {
+            throw QuantKitError(.input, "calibration too small for tensor '\(name)': \(count) finite values observed, "
+                                + "\(method) needs at least \(need); give more calibration tokens or use minmax")
+        }
     }
 
     /// Linear interpolation between closest ranks (numpy's default "linear" method).
